@@ -1,0 +1,86 @@
+"""The backend interface: run an export's chip graphs on a batch of input currents.
+
+A backend implements one method, :meth:`Backend.run_chip`, dispatching NIR node types through a
+``{node type: handler}`` map; the host part (ONNX) and zero-shot logic are shared here.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import nir
+import numpy as np
+
+from ..errors import ConfigError, UnsupportedNodeError
+from ..export import load_export
+from ..host import HostRuntime
+from ..lowering.fold import graph_to_chain
+from ..prompts import CIFAR_TEMPLATES, prompts_for
+
+
+def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:
+    """Host current -> integer bias mantissa of the first chip layer (clipped to its range)."""
+    lo, hi = q["bias_mant_range"]
+    return np.clip(np.round(current * q["input_scale"]), lo, hi)
+
+
+def chip_input(current: np.ndarray, graph: nir.NIRGraph) -> np.ndarray:
+    """The graph's input in its own units: float current, or ``mant * 2^e / 2^6`` (fixed point)."""
+    q = graph.metadata.get("input_quantization")
+    if q is None:
+        return current
+    return quantize_input(current, q) * 2.0 ** q["bias_exp"] / 64.0
+
+
+class Backend(ABC):
+    """Loads an export; runs its chip graphs; shares the host part."""
+
+    name: str = "abstract"
+    handlers: dict[type, str] = {}
+
+    def __init__(self, export_dir: Path) -> None:
+        self.export_dir = Path(export_dir)
+        self.manifest = load_export(self.export_dir)
+        self.time_steps = int(self.manifest["time_steps"])
+        self.host = HostRuntime(self.export_dir / "host")
+        self.graphs = {side: nir.read(self.export_dir / "chip" / f"{side}_encoder.nir")
+                       for side in ("image", "text")}
+        self.chains = {side: graph_to_chain(g) for side, g in self.graphs.items()}
+        for side, chain in self.chains.items():
+            for name, node in chain:
+                if type(node) not in self.handlers:
+                    raise UnsupportedNodeError(self.name, f"{side}/{name}", type(node).__name__)
+
+    @abstractmethod
+    def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
+        """Host currents ``[B, *in]`` -> spikes of every LIF layer, each ``[B, T, *shape]``
+        in PyTorch layout (channels first)."""
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- shared zero-shot pipeline ------------------------------------------------------------
+    def encode_images(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """uint8 ``[B,3,H,W]`` -> (normalised embeddings, per-layer spikes)."""
+        spikes = self.run_chip("image", self.host.image_current(images))
+        return self.host.readout("image", spikes[-1]), spikes
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        tokens = self.host.tokenize(texts, self.manifest["host"]["context_length"])
+        spikes = self.run_chip("text", self.host.text_current(tokens))
+        return self.host.readout("text", spikes[-1])
+
+    def class_weights(self, labels: list[str], templates: tuple[str, ...] = CIFAR_TEMPLATES
+                      ) -> np.ndarray:
+        """Per label: normalised mean of its prompts' features, computed on this backend."""
+        if not labels:
+            raise ConfigError("no labels given; pass at least one label")
+        texts = [p for lbl in labels for p in prompts_for(lbl, templates)]
+        feats = self.encode_texts(texts).reshape(len(labels), len(templates), -1).mean(1)
+        return feats / np.linalg.norm(feats, axis=-1, keepdims=True)

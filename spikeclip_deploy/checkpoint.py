@@ -1,0 +1,133 @@
+"""Checkpoints: ``NAME.safetensors`` (tensors) + ``NAME.json`` (config, metadata, sha256).
+
+Writes are atomic (temp file + rename, JSON last) so an interrupted save never corrupts an
+existing checkpoint; reads verify the hash, so truncation is caught before any tensor is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import CheckpointError, ConfigError
+from .nn.spikeclip import SpikeCLIP
+from .paths import models_dir
+
+FORMAT = "spikeclip-deploy/checkpoint@1"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sidecar(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def write_safetensors(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors and a JSON sidecar ``{format, sha256, **meta}`` atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    _atomic_write(path, lambda p: save_file(tensors, str(p)))
+    card = {"format": FORMAT, "sha256": sha256_file(path), **meta}
+    _atomic_write(sidecar(path), lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint; every problem is a CheckpointError naming the file."""
+    path = Path(path)
+    card_path = sidecar(path)
+    for p in (path, card_path):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file {p} is missing; a checkpoint is NAME.safetensors "
+                                  f"plus NAME.json side by side")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{card_path} is not valid JSON ({exc}); restore it or retrain") from None
+    if card.get("format") != FORMAT:
+        raise CheckpointError(f"{card_path} has format {card.get('format')!r}, expected {FORMAT!r}")
+    digest = sha256_file(path)
+    if digest != card.get("sha256"):
+        raise CheckpointError(f"{path} is truncated or corrupt: sha256 {digest[:12]}... does not "
+                              f"match {str(card.get('sha256'))[:12]}... in {card_path.name}; "
+                              f"copy it again or retrain")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
+    return state, card
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """A path to ``.safetensors``, or the name of a checkpoint shipped in ``models/``."""
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists() or os.sep in name_or_path:
+        return p if p.suffix == ".safetensors" else p.with_suffix(".safetensors")
+    shipped = models_dir() / f"{name_or_path}.safetensors"
+    if not shipped.exists():
+        avail = sorted(x.stem for x in models_dir().glob("*.safetensors"))
+        raise CheckpointError(f"no checkpoint named '{name_or_path}'; shipped: {', '.join(avail) or 'none'}"
+                              f"; or pass a path to a .safetensors file")
+    return shipped
+
+
+def save_model(path: Path, model: SpikeCLIP, metadata: dict[str, Any],
+               extra: dict[str, torch.Tensor] | None = None) -> None:
+    state = dict(model.state_dict())
+    state.update(extra or {})
+    write_safetensors(path, state, {"config": model.cfg.to_dict(), "metadata": metadata})
+
+
+def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, torch.Tensor]]:
+    """-> (model in eval mode, card, extra tensors not part of the model such as optimizer-free
+    class weights)."""
+    path = resolve_checkpoint(name_or_path)
+    state, card = read_safetensors(path)
+    try:
+        cfg = ModelConfig.from_dict(card["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{sidecar(path)} has no valid model config: {exc}") from None
+    model = SpikeCLIP(cfg)
+    own = model.state_dict()
+    model_state = {k: v for k, v in state.items() if k in own}
+    extra = {k: v for k, v in state.items() if k not in own}
+    missing = sorted(set(own) - set(model_state))
+    wrong = sorted(k for k in model_state if model_state[k].shape != own[k].shape)
+    if missing or wrong:
+        raise CheckpointError(f"{path} does not match config '{cfg.name}': missing {missing[:5]}, "
+                              f"wrong shapes {wrong[:5]}")
+    model.load_state_dict(model_state)
+    return model.eval(), card, extra
+
+
+def default_checkpoint_name() -> str:
+    return "spikeclip-tiny-cifar10"
+
+
+__all__ = ["save_model", "load_model", "read_safetensors", "write_safetensors", "resolve_checkpoint",
+           "sha256_file"]

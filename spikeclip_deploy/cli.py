@@ -1,0 +1,205 @@
+"""The ``spikeclip-deploy`` command line. Thin: each command builds a config, calls one library
+function and prints its summary. Every SpikeClipError becomes a clean one-line error here."""
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SpikeClipError
+
+
+class CleanErrors(click.Group):
+    """Converts typed library errors into ``Error: ...`` with exit code 2, no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpikeClipError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _command_line() -> str:
+    return "spikeclip-deploy " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@click.group(cls=CleanErrors)
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Deploy spiking CLIP models to Loihi (Lava) and a CPU reference."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("train-teacher")
+@click.option("--data", required=True, type=click.Path(), help="ImageFolder dir or tarball.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tower .safetensors.")
+@click.option("--epochs", default=4, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-fraction", default=0.1, show_default=True)
+def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, seed: int,
+                  val_fraction: float) -> None:
+    """Train the offline teacher's image tower against frozen MiniLM prompt embeddings."""
+    from .data import load_dataset, stratified_split
+    from .training.teacher_tower import TowerRecipe, train_tower
+
+    ds = load_dataset(data)
+    tr, va = stratified_split(ds.labels, val_fraction, seed)
+    meta = train_tower(ds.subset(tr), ds.subset(va), Path(out),
+                       TowerRecipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                       _command_line())
+    click.echo(f"teacher tower -> {out}: validation zero-shot top-1 {meta['val_zero_shot_top1']:.4f}")
+
+
+@main.command("train")
+@click.option("--model", "model_name", default="spikeclip-tiny", show_default=True,
+              help="Registered model config.")
+@click.option("--teacher", default="offline-minilm", show_default=True,
+              help="offline-minilm[:TOWER.safetensors] or clip:DIR (a transformers CLIP).")
+@click.option("--data", required=True, type=click.Path(), help="ImageFolder dir or tarball.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint .safetensors.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="A .train-state.pt to continue.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--text-epochs", default=30, show_default=True)
+@click.option("--distill-epochs", default=2, show_default=True)
+@click.option("--finetune-epochs", default=1, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--kl-weight", default=1.0, show_default=True)
+@click.option("--max-steps-per-epoch", type=int, help="Cap steps per epoch (smoke runs).")
+@click.option("--limit", type=int, help="Use only the first N training images (smoke runs).")
+def train(model_name: str, teacher: str, data: str, out: str, resume: str | None, seed: int,
+          val_fraction: float, text_epochs: int, distill_epochs: int, finetune_epochs: int,
+          batch_size: int, kl_weight: float, max_steps_per_epoch: int | None,
+          limit: int | None) -> None:
+    """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2)."""
+    from .training.run import TrainConfig, run_training
+
+    result = run_training(TrainConfig(
+        model=model_name, teacher=teacher, data=Path(data), out=Path(out),
+        resume=Path(resume) if resume else None, seed=seed, val_fraction=val_fraction,
+        text_epochs=text_epochs, distill_epochs=distill_epochs, finetune_epochs=finetune_epochs,
+        batch_size=batch_size, kl_weight=kl_weight, max_steps_per_epoch=max_steps_per_epoch,
+        limit=limit, command=_command_line()))
+    m = result["metrics"]
+    click.echo(f"checkpoint -> {out}\nvalidation zero-shot top-1 (n={m['n_val']}): student "
+               f"{m['val_zero_shot_top1_student']:.4f}, teacher {m['val_zero_shot_top1_teacher']:.4f}")
+
+
+TARGET = click.option("--target", default="loihi", show_default=True,
+                      help="loihi (Lava fixed point) or cpu (float reference).")
+MODEL = click.option("--model", "model", default=None,
+                     help="Checkpoint name in models/ or path to a .safetensors [default: shipped].")
+
+
+def _model(name: str | None) -> str:
+    from .checkpoint import default_checkpoint_name
+    return name or default_checkpoint_name()
+
+
+@main.command("export")
+@TARGET
+@MODEL
+@click.option("--out", type=click.Path(file_okay=False), help="Export directory [exports/NAME-TARGET].")
+@click.option("--force", is_flag=True, help="Replace an existing export directory.")
+def export_cmd(target: str, model: str | None, out: str | None, force: bool) -> None:
+    """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
+    from .export import ExportConfig, export_model
+    from .report import export_summary
+
+    path, manifest = export_model(ExportConfig(model=_model(model), target=target,
+                                               out=Path(out) if out else None, force=force))
+    click.echo(export_summary(path, manifest))
+
+
+@main.command("run")
+@TARGET
+@click.option("--export", "export_dir", type=click.Path(file_okay=False),
+              help="Export directory [exports/<default model>-TARGET, created if missing].")
+@click.option("--image", required=True, type=click.Path(), help="A PNG/JPEG of the model's size.")
+@click.option("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,ship".')
+def run_cmd(target: str, export_dir: str | None, image: str, labels: str) -> None:
+    """Zero-shot classify one image on a backend; prints the prediction and scores."""
+    from .inference import classify_image
+
+    result = classify_image(target, Path(export_dir) if export_dir else None, Path(image), labels)
+    click.echo(f"prediction: {result['prediction']}  (target {target})")
+    for label, score in sorted(result["scores"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {label:>20s}  {score:+.4f}")
+
+
+DATA = click.option("--data", required=True, type=click.Path(),
+                    help="ImageFolder dir or tarball (the validation split is used).")
+LIMIT = click.option("--limit", default=64, show_default=True, help="Number of validation images.")
+
+
+@main.command("verify")
+@TARGET
+@MODEL
+@DATA
+@LIMIT
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@click.option("--energy-json", type=click.Path(dir_okay=False),
+              help="Also write the energy report from the same Lava run (loihi target).")
+def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path: str | None,
+               energy_json: str | None) -> None:
+    """Float model vs CPU reference vs Lava: zero-shot accuracy, agreement, firing rates."""
+    from .report import energy_summary, verify_summary
+    from .verify.harness import VerifyConfig, run_verification, write_json
+
+    targets = ("cpu", "loihi") if target == "loihi" else ("cpu",)
+    result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
+                                           targets=targets))
+    if json_path:
+        write_json(Path(json_path), result)
+    click.echo(verify_summary(result))
+    if "energy" in result:
+        if energy_json:
+            write_json(Path(energy_json), result["energy"])
+        click.echo(energy_summary(result["energy"]))
+
+
+@main.command("energy")
+@MODEL
+@DATA
+@LIMIT
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
+def energy_cmd(model: str | None, data: str, limit: int, json_path: str | None) -> None:
+    """Synaptic operations from Lava's recorded spikes and energy per inference (SPEC 3)."""
+    from .report import energy_summary
+    from .verify.harness import VerifyConfig, run_verification, write_json
+
+    result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
+                                           targets=("loihi",)))
+    if json_path:
+        write_json(Path(json_path), result["energy"])
+    click.echo(energy_summary(result["energy"]))
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True)
+def models_cmd(as_json: bool) -> None:
+    """List registered model configs with parameter counts."""
+    from .config import list_configs
+    from .nn.spikeclip import SpikeCLIP, parameter_count
+
+    rows = []
+    for cfg in list_configs():
+        m = SpikeCLIP(cfg)
+        rows.append({"name": cfg.name, "image_params": parameter_count(m.image),
+                     "text_params": parameter_count(m.text)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            click.echo(f"{r['name']:<20s} image {r['image_params']:>10,d}  text {r['text_params']:>10,d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Model variants as registered configs (``models/configs/*.json``), like open_clip's."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .paths import models_dir
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A SpikeCLIP variant. Image side: host stem ``image_channels[0]``, then one stride-2
+    spiking conv per further entry, then a spiking 1x1 layer of ``image_mlp_hidden``."""
+
+    name: str
+    embed_dim: int
+    time_steps: int = 4
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    tdw: bool = True
+    image_size: int = 32
+    image_channels: tuple[int, ...] = (32, 64, 128)
+    image_mlp_hidden: int = 512
+    vocab_size: int = 30522
+    context_length: int = 20
+    text_width: int = 32
+    text_hidden: int = 512
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; known keys: {sorted(names)}")
+        try:
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+            cfg = cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"incomplete model config: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.time_steps < 1:
+            raise ConfigError(f"time_steps must be >= 1, got {self.time_steps}")
+        if len(self.image_channels) < 1:
+            raise ConfigError("image_channels needs at least the stem width")
+        if self.image_size % 2 ** (len(self.image_channels) - 1):
+            raise ConfigError(f"image_size {self.image_size} is not divisible by the conv strides")
+
+
+_REGISTRY: dict[str, ModelConfig] = {}
+
+
+def register_config(cfg: ModelConfig) -> None:
+    _REGISTRY[cfg.name] = cfg
+
+
+def _load_shipped() -> None:
+    folder = models_dir() / "configs"
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        data.setdefault("name", path.stem)
+        register_config(ModelConfig.from_dict(data))
+
+
+def list_configs() -> list[ModelConfig]:
+    if not _REGISTRY:
+        _load_shipped()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_config(name: str) -> ModelConfig:
+    names = [c.name for c in list_configs()]
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model config '{name}'; registered: {', '.join(names)}")
+    return _REGISTRY[name]
+
+
+def config_from_file(path: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc}") from None
+
+
+__all__ = ["ModelConfig", "register_config", "list_configs", "get_config", "config_from_file",
+           "CLIP_MEAN", "CLIP_STD"]

@@ -1,0 +1,137 @@
+"""Image datasets: an ImageFolder directory or a tarball of one, decoded once to a uint8 cache.
+
+A dataset here is ``(images uint8 [N, 3, H, W], labels int64 [N], class_names)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def subset(self, index: torch.Tensor) -> "ImageDataset":
+        return ImageDataset(self.images[index], self.labels[index], self.class_names)
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """One RGB image file -> uint8 ``[3, size, size]``; a wrong size or non-image is a DataError."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            arr = np.asarray(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path} is not a readable image ({exc}); pass a PNG or JPEG file") from None
+    if arr.shape[:2] != (size, size):
+        raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]} pixels; this model takes "
+                        f"{size}x{size} images: resize it first")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _find_root(folder: Path) -> Path:
+    """The ImageFolder root inside an extracted tarball: the deepest single-child folder."""
+    root = folder
+    while True:
+        children = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(children) == 1 and children[0].is_dir():
+            sub = [p for p in children[0].iterdir() if p.is_dir()]
+            if sub:
+                root = children[0]
+                continue
+        return root
+
+
+def _decode_folder(root: Path, size: int) -> ImageDataset:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{root} is not an ImageFolder directory (one sub-folder of images per "
+                        f"class): {exc}") from None
+    images = torch.empty((len(folder.samples), 3, size, size), dtype=torch.uint8)
+    for i, (path, _) in enumerate(folder.samples):
+        images[i] = load_image(Path(path), size)
+    labels = torch.tensor(folder.targets, dtype=torch.int64)
+    return ImageDataset(images, labels, tuple(folder.classes))
+
+
+def load_dataset(source: str | os.PathLike, size: int = 32) -> ImageDataset:
+    """Load an ImageFolder directory or a tarball of one (cached, keyed by content)."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"data path {source} does not exist; pass an ImageFolder directory or "
+                        f"a .tar.gz of one")
+    is_tar = source.is_file() and source.name.endswith(TARBALL_SUFFIXES)
+    if not source.is_dir() and not is_tar:
+        raise DataError(f"{source} is neither a directory nor a tarball ({', '.join(TARBALL_SUFFIXES)})")
+    key = _sha256(source)[:16] if is_tar else hashlib.sha256(
+        f"{source.resolve()}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "datasets" / f"{key}-{size}.npz"
+    if cached.exists():
+        with np.load(cached) as z:
+            return ImageDataset(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
+                                tuple(str(c) for c in z["class_names"]))
+    log.info("decoding %s (first use; cached at %s)", source, cached)
+    if is_tar:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                with tarfile.open(source) as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, OSError) as exc:
+                raise DataError(f"cannot extract {source}: {exc}") from None
+            ds = _decode_folder(_find_root(Path(tmp)), size)
+    else:
+        ds = _decode_folder(source, size)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = cached.with_suffix(".tmp.npz")
+    np.savez(tmp_path, images=ds.images.numpy(), labels=ds.labels.numpy(),
+             class_names=np.array(ds.class_names))
+    os.replace(tmp_path, cached)
+    return ds
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class random split with a fixed seed -> (train indices, validation indices)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        n_val = max(1, round(idx.numel() * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values

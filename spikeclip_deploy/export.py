@@ -1,0 +1,204 @@
+"""``spikeclip-deploy export``: checkpoint -> export directory (chip NIR + host part + manifest).
+
+Layout::
+
+    EXPORT/manifest.json            versions, target, dt, per-layer table, sha256 of every file
+    EXPORT/chip/image_encoder.nir   spiking part of the image encoder (standard NIR nodes)
+    EXPORT/chip/text_encoder.nir    spiking part of the text encoder
+    EXPORT/host/...                 see :mod:`spikeclip_deploy.host`
+
+The directory is built under a temporary name beside the destination and renamed into place,
+so a failure leaves nothing behind and an existing export is never half-overwritten.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import load_model, resolve_checkpoint, sha256_file
+from .errors import ExportError, HardwareLimitError
+from .hardware import load_profile
+from .host import write_host_part
+from .lowering.fold import chain_to_graph, lower_stack
+from .lowering.quantize import quantize_chain
+from .nn.encoders import SpikingEncoder
+from .nn.spikeclip import SpikeCLIP
+from .paths import PROJECT_ROOT
+from .prompts import prompts_for
+
+log = logging.getLogger(__name__)
+TARGETS = ("loihi", "cpu")
+DT = 1.0
+DISCRETISATION = ("forward Euler with dt=1 (one chip time step): v[t] = v[t-1] + dt/tau * "
+                  "(v_leak - v[t-1] + r*I[t]); spike when v[t] > v_threshold; then v[t] = v_reset")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: str
+    target: str = "loihi"
+    out: Path | None = None
+    force: bool = False
+    hardware: str = "loihi2"
+
+
+def library_versions() -> dict[str, str]:
+    out = {"spikeclip-deploy": __version__}
+    for pkg in ("torch", "nir", "lava-nc", "lava-dl", "numpy", "onnx", "onnxruntime", "snntorch"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _layer_table(chain: list[tuple[str, nir.NIRNode]], in_shape: tuple[int, ...]) -> list[dict]:
+    rows, shape = [], list(in_shape)
+    for name, node in chain:
+        row: dict[str, Any] = {"name": name, "type": type(node).__name__}
+        if isinstance(node, nir.LIF):
+            row["shape"] = list(np.asarray(node.tau).shape)
+            shape = row["shape"]
+        else:
+            row["weight_shape"] = list(np.asarray(node.weight).shape)
+            row["input_shape"] = shape
+        row.update({k: v for k, v in node.metadata.items() if k in ("loihi", "scale")})
+        rows.append(row)
+    return rows
+
+
+def _example_input(model: SpikeCLIP, side: str) -> torch.Tensor:
+    cfg = model.cfg
+    if side == "image":
+        return torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    return torch.zeros(1, cfg.context_length, dtype=torch.int64)
+
+
+def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
+                  ) -> tuple[nir.NIRGraph, list[dict]]:
+    """One encoder's chip part -> NIR graph (float for ``cpu``, fixed point for ``loihi``)."""
+    enc: SpikingEncoder = getattr(model, side)
+    with torch.no_grad():
+        x = _example_input(model, side)
+        current = enc.encode(model.normalize(x) if side == "image" else x)
+        out_shape = tuple(enc.run_stack(current)[-1].shape[2:])
+    in_shape = tuple(current.shape[1:])
+    chain = lower_stack(enc, in_shape)
+    meta: dict[str, Any] = {"dt": DT, "discretisation": DISCRETISATION, "target": target,
+                            "time_steps": model.cfg.time_steps, "input_coding": "direct",
+                            "encoder": side, "producer": f"spikeclip-deploy {__version__}"}
+    if target == "loihi":
+        chain, input_q = quantize_chain(chain, profile)
+        meta.update({"input_quantization": input_q, "hardware": profile["name"],
+                     "synapse_delay_steps": profile["synapse_delay_steps"],
+                     "units": "integer chip units; see each node's metadata['loihi']"})
+        check_limits(chain, profile, side)
+    return chain_to_graph(chain, in_shape, out_shape, meta), _layer_table(chain, in_shape)
+
+
+def check_limits(chain: list[tuple[str, nir.NIRNode]], profile: dict, side: str) -> None:
+    lim = profile["limits"]
+    neurons = sum(int(np.prod(np.asarray(n.tau).shape)) for _, n in chain if isinstance(n, nir.LIF))
+    if neurons > lim["neurons_per_chip"]:
+        raise HardwareLimitError(f"{side} encoder needs {neurons} neurons; {profile['name']} has "
+                                 f"{lim['neurons_per_chip']} per chip: use a smaller model config")
+
+
+def _float_label_features(model: SpikeCLIP, tokenizer, labels: list[str]) -> torch.Tensor:
+    feats = []
+    with torch.no_grad():
+        for lbl in labels:
+            tok = tokenizer(prompts_for(lbl), padding="max_length", truncation=True,
+                            max_length=model.cfg.context_length, return_tensors="pt")["input_ids"]
+            feats.append(model.encode_text(tok).mean(0))
+    return torch.nn.functional.normalize(torch.stack(feats), dim=-1)
+
+
+def default_out(model: str, target: str) -> Path:
+    return PROJECT_ROOT / "exports" / f"{Path(model).stem}-{target}"
+
+
+def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
+    """Write an export; returns (directory, manifest)."""
+    from transformers import AutoTokenizer
+
+    if cfg.target not in TARGETS:
+        raise ExportError(f"unknown target '{cfg.target}'; choose one of {', '.join(TARGETS)}")
+    out = Path(cfg.out) if cfg.out else default_out(cfg.model, cfg.target)
+    if out.exists() and not cfg.force:
+        raise ExportError(f"export directory {out} already exists; pass --force to replace it "
+                          f"or --out to write elsewhere")
+    ckpt = resolve_checkpoint(cfg.model)
+    model, card, _ = load_model(str(ckpt))
+    profile = load_profile(cfg.hardware)
+    tok_dir = ckpt.with_suffix(".tokenizer")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        (tmp / "chip").mkdir()
+        layers = {}
+        for side in ("image", "text"):
+            graph, layers[side] = lower_encoder(model, side, cfg.target, profile)
+            nir.write(tmp / "chip" / f"{side}_encoder.nir", graph)
+        labels = card["metadata"].get("metrics", {}).get("labels") or []
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
+        if tokenizer is None:
+            raise ExportError(f"tokenizer folder {tok_dir} is missing beside the checkpoint")
+        host = write_host_part(model, tmp / "host", tok_dir, labels,
+                               _float_label_features(model, tokenizer, labels))
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"format": "spikeclip-deploy/export@1", "target": cfg.target, "dt": DT,
+                    "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
+                    "model": {"name": ckpt.stem, "config": model.cfg.to_dict(),
+                              "checkpoint_sha256": card["sha256"],
+                              "metrics": card["metadata"].get("metrics", {})},
+                    "hardware": profile["name"] if cfg.target == "loihi" else None,
+                    "versions": library_versions(), "layers": layers, "host": host, "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
+        if out.exists():  # --force: swap atomically, then drop the old one
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, manifest
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def load_export(folder: Path) -> dict:
+    """Read and verify an export's manifest (every file's sha256)."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ExportError(f"{folder} is not an export (no manifest.json); create one with "
+                          f"`spikeclip-deploy export`")
+    manifest = json.loads(path.read_text())
+    for rel, digest in manifest["files"].items():
+        f = folder / rel
+        if not f.is_file() or sha256_file(f) != digest:
+            raise ExportError(f"export file {f} is missing or modified (sha256 mismatch); "
+                              f"re-run `spikeclip-deploy export --force`")
+    return manifest

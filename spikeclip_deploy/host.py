@@ -1,0 +1,131 @@
+"""The host part of an export: what the chip cannot run, as ONNX networks plus data files.
+
+* ``image_encode.onnx``: uint8 ``[B,3,H,W]`` -> normalisation -> stem conv (BN folded) -> input
+  current ``[B,C,H,W]`` (direct coding: the same current at every time step).
+* ``text_encode.onnx``: token ids ``[B,L]`` -> token + position embeddings -> ``[B, L*E]``.
+* ``*_readout.onnx``: last-layer spikes ``[B,T,...]`` -> token mean -> TDW -> projection ->
+  L2-normalised embedding.
+* ``tokenizer/``: the teacher's tokenizer; ``labels.json`` + ``label_features.npy``: the default
+  labels and their text features as the float model computes them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ExportError
+from .lowering.fold import fold_conv_bn
+from .nn.encoders import Readout
+from .nn.spikeclip import SpikeCLIP
+
+
+class ImageEncode(nn.Module):
+    def __init__(self, model: SpikeCLIP) -> None:
+        super().__init__()
+        w, b, conv = fold_conv_bn(model.image.encode)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                              conv.padding, bias=True)
+        self.conv.weight.data.copy_(torch.from_numpy(w))
+        self.conv.bias.data.copy_(torch.from_numpy(b))
+        self.register_buffer("mean", model.mean.clone())
+        self.register_buffer("std", model.std.clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.conv((images.float() / 255.0 - self.mean) / self.std)
+
+
+class ReadoutHead(nn.Module):
+    """``[B, T, C, *tokens]`` spikes -> normalised embedding (time axis second for batching)."""
+
+    def __init__(self, readout: Readout) -> None:
+        super().__init__()
+        self.readout = readout
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.readout(spikes.transpose(0, 1)), dim=-1)
+
+
+def _onnx(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
+    module = module.eval()
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), input_names=[in_name],
+                          output_names=[out_name], dynamic_axes={in_name: {0: "batch"},
+                                                                 out_name: {0: "batch"}},
+                          opset_version=17, dynamo=False)
+
+
+def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels: list[str],
+                    label_features: torch.Tensor) -> dict:
+    """Write the host part into ``folder``; returns its description for the manifest."""
+    import shutil
+
+    cfg = model.cfg
+    folder.mkdir(parents=True)
+    img = torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    _onnx(ImageEncode(model), img, folder / "image_encode.onnx", "images", "current")
+    tokens = torch.zeros(1, cfg.context_length, dtype=torch.int64)
+    _onnx(model.text.encode, tokens, folder / "text_encode.onnx", "tokens", "current")
+    for side, enc in (("image", model.image), ("text", model.text)):
+        inp = model.normalize(img) if side == "image" else tokens
+        with torch.no_grad():
+            last = enc.run_stack(enc.encode(inp))[-1]
+        spikes = torch.zeros(1, *last.transpose(0, 1).shape[1:])
+        _onnx(ReadoutHead(enc.readout), spikes, folder / f"{side}_readout.onnx", "spikes", "embedding")
+    if not tokenizer_dir.is_dir():
+        raise ExportError(f"tokenizer folder {tokenizer_dir} is missing; it is written beside the "
+                          f"checkpoint by `spikeclip-deploy train`")
+    shutil.copytree(tokenizer_dir, folder / "tokenizer")
+    (folder / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+    np.save(folder / "label_features.npy", label_features.numpy().astype(np.float32))
+    stem = model.image.encode[0]
+    macs = {"image_stem_macs": stem.out_channels * cfg.image_size**2 * stem.in_channels
+            * stem.kernel_size[0] * stem.kernel_size[1],
+            "image_readout_macs": model.image.readout.proj.weight.numel(),
+            "text_readout_macs": model.text.readout.proj.weight.numel()}
+    return {**macs, "time_steps": cfg.time_steps, "context_length": cfg.context_length,
+            "image_size": cfg.image_size, "labels": labels,
+            "label_features": "float model, normalised mean over prompt templates"}
+
+
+class HostRuntime:
+    """Runs an export's host part with onnxruntime, and its tokenizer."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self._sessions = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), opts,
+                                                     providers=["CPUExecutionProvider"])
+                          for name in ("image_encode", "text_encode", "image_readout", "text_readout")}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        self.labels: list[str] = json.loads((folder / "labels.json").read_text())
+        self.label_features = np.load(folder / "label_features.npy")
+
+    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+        sess = self._sessions[name]
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    def image_current(self, images: np.ndarray) -> np.ndarray:
+        return self._run("image_encode", images.astype(np.uint8))
+
+    def tokenize(self, texts: list[str], context_length: int) -> np.ndarray:
+        enc = self.tokenizer(texts, padding="max_length", truncation=True,
+                             max_length=context_length, return_tensors="np")
+        return enc["input_ids"].astype(np.int64)
+
+    def text_current(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run("text_encode", tokens)
+
+    def readout(self, side: str, spikes: np.ndarray) -> np.ndarray:
+        """``spikes [B, T, ...]`` -> normalised embeddings ``[B, D]``."""
+        return self._run(f"{side}_readout", spikes.astype(np.float32))
+
+
+__all__ = ["write_host_part", "HostRuntime", "ImageEncode", "ReadoutHead"]

@@ -1,0 +1,29 @@
+"""``spikeclip-deploy run``: zero-shot classification of one image on a backend."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .backends import get_backend
+from .checkpoint import default_checkpoint_name
+from .data import load_image
+from .export import ExportConfig, default_out, export_model
+from .prompts import parse_labels
+
+
+def classify_image(target: str, export_dir: Path | None, image: Path, labels_text: str) -> dict:
+    labels = parse_labels(labels_text)
+    backend_cls = get_backend(target)
+    if export_dir is None:
+        export_dir = default_out(default_checkpoint_name(), target)
+        if not export_dir.exists():
+            export_model(ExportConfig(model=default_checkpoint_name(), target=target))
+    with backend_cls(export_dir) as backend:
+        size = int(backend.manifest["host"]["image_size"])
+        img = load_image(image, size).numpy()[None]
+        class_w = backend.class_weights(labels)
+        feats, _ = backend.encode_images(img)
+    scores = (feats @ class_w.T)[0]
+    return {"prediction": labels[int(np.argmax(scores))],
+            "scores": {lbl: float(s) for lbl, s in zip(labels, scores)}}

@@ -1,0 +1,1 @@
+"""Lowering: PyTorch encoders -> float NIR chains -> Loihi fixed point (pure functions)."""

@@ -1,0 +1,120 @@
+r"""Quantize a float NIR chain to Loihi fixed point, as Lava's bit-accurate models compute it.
+
+Float neuron (dt = 1): :math:`v \leftarrow v + (I - v)/\tau`, :math:`I = W s + b`.
+Loihi (``PyLifModelBitAcc``, ``du = 4095`` so :math:`u_t` = this step's input):
+
+.. math::
+
+    v \leftarrow \mathrm{trunc}\!\left(v\,\frac{4096 - d_v}{4096}\right)
+        + 2^6 \textstyle\sum w s + b_m 2^{b_e}, \qquad s = [v > 2^6 v_{th}]
+
+With a per-layer integer scale :math:`S` (integer volts per float volt / :math:`2^6`):
+:math:`w = S W/\tau` rounded to an even 8-bit mantissa, :math:`v_{th} = S\,V_{th}`,
+:math:`b_m 2^{b_e} = 2^6 S b/\tau`, :math:`d_v = 4096/\tau`. :math:`S` is chosen so the largest
+weight fills the 8-bit range. The first LIF is driven by the host's input current
+:math:`x` as a per-neuron bias: :math:`b_m = \mathrm{round}(x \cdot 2^6 S_0 / \tau / 2^{b_e})`.
+
+The quantized chain is written as NIR with integer-valued parameters whose float semantics are
+the chip's up to the truncating decay: synapse weights :math:`w`, biases :math:`b_m 2^{b_e}/2^6`,
+LIF :math:`r = 2^6\tau`, :math:`V_{th} = 2^6 v_{th}`. Register values go in ``metadata['loihi']``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nir
+import numpy as np
+
+from ..errors import LoweringError
+
+log = logging.getLogger(__name__)
+SYNAPSES = (nir.Conv2d, nir.Affine)
+
+
+def round_even(x: np.ndarray) -> np.ndarray:
+    """Nearest even integer (8-bit mixed-sign weights lose their lowest bit in Lava)."""
+    return 2.0 * np.round(x / 2.0)
+
+
+def split_bias(bias_raw: np.ndarray, fp: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Integer bias -> (mantissa, shared exponent): smallest exponent whose mantissa fits."""
+    lo, hi = fp["bias_mant_range"]
+    e_lo, e_hi = fp["bias_exp_range"]
+    peak = float(np.max(np.abs(bias_raw))) if bias_raw.size else 0.0
+    for exp in range(e_lo, e_hi + 1):
+        if peak / 2**exp <= hi:
+            break
+    mant = np.clip(np.round(bias_raw / 2**exp), lo, hi)
+    return mant, exp
+
+
+def _decay(tau: float, fp: dict[str, Any]) -> int:
+    dv = 2 ** fp["decay_bits"] / tau
+    if abs(dv - round(dv)) > 1e-9:
+        raise LoweringError(f"tau={tau} needs dv={dv}, not a {fp['decay_bits']}-bit integer")
+    return int(round(dv))
+
+
+def _lif_tau(node: nir.LIF) -> float:
+    taus = np.unique(np.asarray(node.tau))
+    if taus.size != 1 or np.any(np.asarray(node.v_leak) != 0) or np.any(np.asarray(node.r) != 1):
+        raise LoweringError("only uniform-tau LIF layers with r=1 and v_leak=0 are quantized")
+    return float(taus[0])
+
+
+def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: dict, extra: dict) -> nir.LIF:
+    shape = np.asarray(node.tau).shape
+    full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
+    act = 2 ** fp["activation_shift"]
+    meta = {"loihi": {"du": 4095, "dv": _decay(tau, fp), "vth": vth, "bias_exp": bias_exp},
+            "scale": vth / float(np.unique(node.v_threshold)[0]), **extra}
+    return nir.LIF(tau=full(tau), r=full(act * tau), v_leak=full(0.0),
+                   v_threshold=full(vth * 2 ** fp["threshold_shift"]), v_reset=full(0.0),
+                   metadata=meta)
+
+
+def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: dict[str, Any]
+                   ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
+    """-> (integer chain, input quantization ``{input_scale, bias_exp, bias_mant_range}``)."""
+    fp = profile["fixed_point"]
+    act = 2 ** fp["activation_shift"]
+    w_lo, w_hi = fp["weight_mant_range"]
+    if not chain or not isinstance(chain[0][1], nir.LIF):
+        raise LoweringError("the chip chain must start with a LIF layer driven by the host input")
+    out: list[tuple[str, nir.NIRNode]] = []
+    name0, lif0 = chain[0]
+    tau0 = _lif_tau(lif0)
+    vth0 = int(fp["input_vth"])
+    v_th_float = float(np.unique(lif0.v_threshold)[0])
+    in_exp = int(fp["input_bias_exp"])
+    input_q = {"input_scale": act * (vth0 / v_th_float) / tau0 / 2**in_exp, "bias_exp": in_exp,
+               "bias_mant_range": list(fp["bias_mant_range"])}
+    out.append((name0, _int_lif(lif0, tau0, vth0, in_exp, fp, {"input_driven": True})))
+    i = 1
+    while i < len(chain):
+        (syn_name, syn), (lif_name, lif) = chain[i], chain[i + 1] if i + 1 < len(chain) else (None, None)
+        if not isinstance(syn, SYNAPSES) or not isinstance(lif, nir.LIF):
+            raise LoweringError(f"expected a synapse layer followed by a LIF at '{syn_name}'")
+        tau = _lif_tau(lif)
+        v_th = float(np.unique(lif.v_threshold)[0])
+        w = np.asarray(syn.weight, dtype=np.float64)
+        peak = float(np.max(np.abs(w))) / tau
+        scale = w_hi / peak if peak > 0 else float(fp["vth_range"][1])
+        vth = int(np.clip(np.floor(scale * v_th), *fp["vth_range"]))
+        s = vth / v_th
+        w_int = np.clip(round_even(w * s / tau), w_lo, w_hi)
+        bias_raw = np.round(act * s * np.asarray(syn.bias, dtype=np.float64) / tau)
+        mant, bexp = split_bias(bias_raw, fp)
+        bias_q = mant * 2.0**bexp / act
+        meta = {"loihi": {"weight_exp": int(fp["weight_exp"]), "num_weight_bits": fp["weight_bits"]},
+                "scale": s, "weight_absmax_float": float(np.max(np.abs(w)))}
+        if isinstance(syn, nir.Conv2d):
+            q = nir.Conv2d(input_shape=syn.input_shape, weight=w_int.astype(np.float32),
+                           stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
+                           groups=syn.groups, bias=bias_q.astype(np.float32), metadata=meta)
+        else:
+            q = nir.Affine(weight=w_int.astype(np.float32), bias=bias_q.astype(np.float32), metadata=meta)
+        out += [(syn_name, q), (lif_name, _int_lif(lif, tau, vth, bexp, fp, {}))]
+        i += 2
+    return out, input_q

@@ -1,0 +1,1 @@
+"""Trainable spiking networks (PyTorch)."""

@@ -1,0 +1,123 @@
+r"""Spiking image and text encoders.
+
+Each encoder has three parts, and the split is the deployment boundary:
+
+* ``encode`` (host, real-valued): the first layer that sees real input (direct coding). Its
+  output :math:`X` is the constant input current of the first spiking layer for all :math:`T`
+  steps.
+* ``stack`` (chip): alternating :class:`MultiStepLIF` and synapse layers (Conv2d+BatchNorm or
+  Linear), starting and ending with a LIF, strictly feed-forward.
+* ``readout`` (host): mean over tokens, time-dependent weights, projection.
+
+Time-dependent weights (TDW): :math:`y = \sum_t w_t\, r_t`, with :math:`w_t` learnable and
+initialised to :math:`\ln(0.1 \cdot 2^t)` (used directly as multipliers, as in SpikeCLIP).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .lif import MultiStepLIF
+
+
+class TimeDependentWeights(nn.Module):
+    r""":math:`y = \sum_t w_t x_t` over the leading time axis (or the plain mean if disabled)."""
+
+    def __init__(self, time_steps: int, learnable: bool = True) -> None:
+        super().__init__()
+        init = torch.tensor([math.log(0.1 * 2**t) for t in range(time_steps)])
+        if not learnable:
+            init = torch.full((time_steps,), 1.0 / time_steps)
+        self.weight = nn.Parameter(init, requires_grad=learnable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("t,t...->...", self.weight, x)
+
+
+class Readout(nn.Module):
+    """Host readout: ``[T, B, C, *tokens]`` spikes -> token mean -> TDW -> projection."""
+
+    def __init__(self, in_features: int, out_features: int, time_steps: int, tdw: bool) -> None:
+        super().__init__()
+        self.tdw = TimeDependentWeights(time_steps, learnable=tdw)
+        self.proj = nn.Linear(in_features, out_features)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        rates = spikes.flatten(3).mean(-1) if spikes.dim() > 3 else spikes
+        return self.proj(self.tdw(rates))
+
+
+class SpikingEncoder(nn.Module):
+    """``encode`` (host) -> repeat over T -> ``stack`` (chip) -> ``readout`` (host)."""
+
+    def __init__(self, encode: nn.Module, stack: Sequence[nn.Module], readout: Readout,
+                 time_steps: int) -> None:
+        super().__init__()
+        self.encode = encode
+        self.stack = nn.ModuleList(stack)
+        self.readout = readout
+        self.time_steps = time_steps
+
+    def run_stack(self, current: torch.Tensor) -> list[torch.Tensor]:
+        """Run the chip part on a constant input current; return every LIF layer's spikes."""
+        x = current.unsqueeze(0).expand(self.time_steps, *current.shape)
+        spikes = []
+        for layer in self.stack:
+            if isinstance(layer, MultiStepLIF):
+                x = layer(x)
+                spikes.append(x)
+            else:
+                t, b = x.shape[:2]
+                x = layer(x.flatten(0, 1))
+                x = x.reshape(t, b, *x.shape[1:])
+        return spikes
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.run_stack(self.encode(inputs))[-1])
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
+
+
+def build_image_encoder(channels: Sequence[int], mlp_hidden: int, embed_dim: int,
+                        time_steps: int, tau: float, v_threshold: float, tdw: bool) -> SpikingEncoder:
+    """Conv tokenizer (3x3 convs, stride 2 after the first) + a spiking 1x1 MLP layer.
+
+    ``channels[0]`` is the host stem; each further entry halves the resolution on chip.
+    """
+    lif = lambda: MultiStepLIF(tau=tau, v_threshold=v_threshold)  # noqa: E731
+    stack: list[nn.Module] = [lif()]
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        stack += [conv_bn(c_in, c_out, 3, 2), lif()]
+    stack += [conv_bn(channels[-1], mlp_hidden, 1, 1), lif()]
+    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), stack,
+                          Readout(mlp_hidden, embed_dim, time_steps, tdw), time_steps)
+
+
+class TokenEmbedding(nn.Module):
+    """Host text encoding: token + position embeddings, flattened to ``[B, L*E]``."""
+
+    def __init__(self, vocab_size: int, context_length: int, width: int) -> None:
+        super().__init__()
+        self.token = nn.Embedding(vocab_size, width)
+        self.position = nn.Parameter(torch.zeros(context_length, width))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (self.token(tokens) + self.position).flatten(1)
+
+
+def build_text_encoder(vocab_size: int, context_length: int, width: int, hidden: int,
+                       embed_dim: int, time_steps: int, tau: float, v_threshold: float,
+                       tdw: bool) -> SpikingEncoder:
+    """Embeddings -> LIF -> Linear(L*E, hidden) -> LIF -> [host] TDW -> Linear(hidden, D)."""
+    stack = [MultiStepLIF(tau, v_threshold), nn.Linear(context_length * width, hidden),
+             MultiStepLIF(tau, v_threshold)]
+    return SpikingEncoder(TokenEmbedding(vocab_size, context_length, width), stack,
+                          Readout(hidden, embed_dim, time_steps, tdw), time_steps)

@@ -1,0 +1,45 @@
+"""Human-readable summaries printed by the CLI (the JSON files carry the full data)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def export_summary(path: Path, manifest: dict) -> str:
+    lines = [f"export ({manifest['target']}) -> {path}",
+             f"  dt={manifest['dt']}  T={manifest['time_steps']}  hardware={manifest['hardware']}"]
+    for side, layers in manifest["layers"].items():
+        lines.append(f"  {side} encoder (chip):")
+        for row in layers:
+            shape = row.get("shape") or row.get("weight_shape")
+            q = row.get("loihi", {})
+            extra = (f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
+                     f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
+            lines.append(f"    {row['name']:<8s} {row['type']:<7s} {str(shape):<22s}{extra}")
+    lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
+    return "\n".join(lines)
+
+
+def verify_summary(r: dict) -> str:
+    acc = "  ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].items())
+    agr = "  ".join(f"{k} {v:.4f}" for k, v in r["agreement"].items())
+    lines = [f"verify {r['model']} on {r['n']} validation images of {r['data']}",
+             f"  zero-shot top-1: {acc}", f"  top-1 agreement: {agr}"]
+    for target, rates in r["firing_rates"].items():
+        lines.append(f"  firing rates ({target}): " +
+                     "  ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+    return "\n".join(lines)
+
+
+def energy_summary(e: dict) -> str:
+    lines = [f"energy per image inference (n={e['n']}, T={e['time_steps']}, from Lava spikes)",
+             f"  {'layer':<8s}{'input':<7s}{'rate':>7s}{'SOPs':>14s}{'rate*T*FLOPs':>14s}"]
+    for layer in e["layers"]:
+        lines.append(f"  {layer['name']:<8s}{layer['input']:<7s}{layer['firing_rate']:>7.3f}"
+                     f"{layer['sops']:>14,.0f}{layer['sops_analytic']:>14,.0f}")
+    lines += [f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs x T",
+              f"  SNN {e['energy_per_inference_mj']:.6f} mJ  vs ANN counterpart "
+              f"{e['ann_energy_per_inference_mj']:.6f} mJ  (ratio {e['energy_ratio_snn_over_ann']:.3f},"
+              f" reduction {100 * e['energy_reduction']:.1f} %)",
+              f"  E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} pJ; "
+              + e["note"]]
+    return "\n".join(lines)

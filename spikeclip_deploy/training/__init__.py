@@ -1,0 +1,1 @@
+"""Training: the offline teacher's image tower, then SpikeCLIP's two stages."""

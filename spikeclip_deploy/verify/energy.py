@@ -1,0 +1,89 @@
+r"""Synaptic operations and energy per inference (SPEC section 3, the paper's Appendix F).
+
+For a synapse layer :math:`l` fed by spikes :math:`s_{t,i}`:
+
+.. math::
+
+    \mathrm{SOP}_l = \sum_t \sum_i s_{t,i}\, \mathrm{fanout}_l(i)
+    \quad\text{(counted)},\qquad
+    \widehat{\mathrm{SOP}}_l = r_l \cdot T \cdot \mathrm{FLOPs}_l \quad\text{(analytic check)}
+
+:math:`E_{SNN} = E_{AC} \sum_l \mathrm{SOP}_l + E_{MAC}(T\cdot\mathrm{MAC}_{stem} + \mathrm{MAC}_{readout})`,
+:math:`E_{ANN} = E_{MAC}(\mathrm{MAC}_{stem} + \sum_l \mathrm{FLOPs}_l + \mathrm{MAC}_{readout})`.
+Only computation is counted, not memory access or data movement.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backends.cpu import pair
+
+PJ_PER_MJ = 1e9
+
+
+def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
+    """Synapses leaving each input neuron (shape ``in_shape``)."""
+    if isinstance(node, nir.Affine):
+        return np.full(in_shape, np.asarray(node.weight).shape[0], dtype=np.int64)
+    w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float64)
+    c_out, _, kh, kw = w.shape
+    ones_in = torch.ones(1, *in_shape, dtype=torch.float64, requires_grad=True)
+    out = F.conv2d(ones_in, torch.ones_like(w), stride=pair(node.stride), padding=pair(node.padding),
+                   dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
+    out.sum().backward()  # d(sum of outputs)/d(input i) = synapses leaving i
+    return ones_in.grad[0].round().numpy().astype(np.int64)
+
+
+def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one dense (non-spiking) evaluation of the layer."""
+    w = np.asarray(node.weight)
+    if isinstance(node, nir.Affine):
+        return int(w.shape[0] * w.shape[1])
+    h, wd = in_shape[1:]
+    (sh, sw), (ph, pw), (dh, dw) = pair(node.stride), pair(node.padding), pair(node.dilation)
+    ho = (h + 2 * ph - dh * (w.shape[2] - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (w.shape[3] - 1) - 1) // sw + 1
+    return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
+
+
+def energy_report(chain: list[tuple[str, nir.NIRNode]], spikes: list[np.ndarray],
+                  stem_macs: int, readout_macs: int, energy_model: dict[str, Any]) -> dict[str, Any]:
+    """``spikes``: one ``[N, T, *shape]`` array per LIF layer, in chain order."""
+    e_ac, e_mac = energy_model["e_ac_pj"], energy_model["e_mac_pj"]
+    n, t = spikes[0].shape[:2]
+    lif_names = [name for name, node in chain if isinstance(node, nir.LIF)]
+    layers, k = [], 0
+    for name, node in chain:
+        if isinstance(node, nir.LIF):
+            k += 1
+            continue
+        s = spikes[k - 1]
+        in_shape = s.shape[2:]
+        fo = fan_out(node, in_shape)
+        sops = float((s.reshape(n, t, -1).sum((0, 1)).astype(np.float64) * fo.reshape(-1)).sum() / n)
+        rate = float(s.mean())
+        fl = flops(node, in_shape)
+        layers.append({"name": name, "type": type(node).__name__, "input": lif_names[k - 1],
+                       "firing_rate": rate, "sops": sops, "sops_analytic": rate * t * fl,
+                       "flops": fl, "energy_pj": sops * e_ac})
+    total_sops = sum(layer["sops"] for layer in layers)
+    e_snn = e_ac * total_sops + e_mac * (t * stem_macs + readout_macs)
+    e_ann = e_mac * (stem_macs + sum(layer["flops"] for layer in layers) + readout_macs)
+    return {
+        "n": int(n), "time_steps": int(t), "layers": layers,
+        "neuron_firing_rates": {nm: float(s.mean()) for nm, s in zip(lif_names, spikes)},
+        "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * t * stem_macs,
+        "readout_macs": int(readout_macs), "total_sops": total_sops,
+        "energy_per_inference_mj": e_snn / PJ_PER_MJ,
+        "ann_energy_per_inference_mj": e_ann / PJ_PER_MJ,
+        "energy_ratio_snn_over_ann": e_snn / e_ann,
+        "energy_reduction": 1.0 - e_snn / e_ann,
+        "energy_model": energy_model,
+        "note": "computation only (E_AC per synaptic op, E_MAC per multiply-accumulate): memory "
+                "access and data movement are not counted",
+    }

@@ -1,0 +1,118 @@
+"""``verify`` and ``energy``: the float model, the CPU reference and Lava on the same images."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backends import get_backend
+from ..checkpoint import load_model, resolve_checkpoint
+from ..data import load_dataset, stratified_split
+from ..errors import DataError
+from ..export import ExportConfig, export_model
+from ..hardware import load_profile
+from ..prompts import CIFAR_TEMPLATES
+from .energy import energy_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    model: str
+    data: Path
+    limit: int = 64
+    targets: tuple[str, ...] = ("cpu", "loihi")
+    val_fraction: float = 0.1
+    seed: int = 0
+    templates: tuple[str, ...] = CIFAR_TEMPLATES
+    energy_model: str = "energy-45nm"
+
+
+def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The first ``limit`` images of the stratified validation split (shuffled with the seed)."""
+    ds = load_dataset(cfg.data, image_size)
+    if cfg.limit < 1:
+        raise DataError(f"--limit must be at least 1 (got {cfg.limit})")
+    _, val = stratified_split(ds.labels, cfg.val_fraction, cfg.seed)
+    val = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(cfg.seed))][:cfg.limit]
+    return ds.images[val].numpy(), ds.labels[val].numpy(), list(ds.class_names)
+
+
+def _predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
+    return (feats @ class_w.T).argmax(-1)
+
+
+def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
+    """Zero-shot accuracy of float / CPU reference / Lava, agreement and firing rates, and the
+    energy report from the Lava run's recorded spikes."""
+    ckpt = resolve_checkpoint(cfg.model)
+    model, card, _ = load_model(str(ckpt))
+    images, labels, class_names = validation_images(cfg, model.cfg.image_size)
+    preds: dict[str, np.ndarray] = {}
+    rates: dict[str, dict[str, float]] = {}
+    result: dict[str, Any] = {"model": ckpt.stem, "n": int(len(labels)), "labels": class_names,
+                              "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
+                                                               "seed": cfg.seed}}
+    float_w = _float_class_weights(model, ckpt, class_names, cfg.templates)
+    with torch.no_grad():
+        preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
+    workdir = Path(tempfile.mkdtemp(prefix="spikeclip-verify-"))
+    try:
+        for target in cfg.targets:
+            export_dir, _ = export_model(ExportConfig(model=str(ckpt), target=target,
+                                                      out=workdir / target))
+            with get_backend(target)(export_dir) as backend:
+                class_w = backend.class_weights(class_names, cfg.templates)
+                feats, spikes = backend.encode_images(images)
+                preds[target] = _predict(feats, class_w)
+                names = [n for n, node in backend.chains["image"] if type(node).__name__ == "LIF"]
+                rates[target] = {n: float(s.mean()) for n, s in zip(names, spikes)}
+                if target == "loihi":
+                    profile = load_profile(cfg.energy_model)
+                    host = backend.manifest["host"]
+                    result["energy"] = energy_report(backend.chains["image"], spikes,
+                                                     host["image_stem_macs"],
+                                                     host["image_readout_macs"], profile)
+                    result["loihi_spikes"] = spikes
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result["accuracy"] = {k: float((p == labels).mean()) for k, p in preds.items()}
+    result["agreement"] = {f"{a}_vs_{b}": float((preds[a] == preds[b]).mean())
+                           for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"))
+                           if a in preds and b in preds}
+    result["firing_rates"] = rates
+    result["checkpoint_metrics"] = card["metadata"].get("metrics", {})
+    return result
+
+
+def _float_class_weights(model, ckpt: Path, labels: list[str], templates) -> np.ndarray:
+    from transformers import AutoTokenizer
+
+    from ..prompts import prompts_for
+
+    tok = AutoTokenizer.from_pretrained(str(ckpt.with_suffix(".tokenizer")))
+    feats = []
+    with torch.no_grad():
+        for lbl in labels:
+            ids = tok(prompts_for(lbl, templates), padding="max_length", truncation=True,
+                      max_length=model.cfg.context_length, return_tensors="pt")["input_ids"]
+            feats.append(model.encode_text(ids).mean(0))
+    w = torch.nn.functional.normalize(torch.stack(feats), dim=-1)
+    return w.numpy()
+
+
+def write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in data.items() if k != "loihi_spikes"}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=1) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,42 @@
+import nir
+import numpy as np
+import pytest
+
+from spikeclip_deploy.errors import LoweringError
+from spikeclip_deploy.hardware import load_profile
+from spikeclip_deploy.lowering.quantize import quantize_chain, round_even, split_bias
+
+
+def lif(n, vth=1.0):
+    f = lambda v: np.full((n,), v, dtype=np.float32)  # noqa: E731
+    return nir.LIF(tau=f(2.0), r=f(1.0), v_leak=f(0.0), v_threshold=f(vth), v_reset=f(0.0))
+
+
+def test_quantized_weights_by_hand():
+    w = np.array([[0.5, -0.25], [0.1, 0.0]], dtype=np.float32)
+    b = np.array([0.1, -0.2], dtype=np.float32)
+    chain = [("lif0", lif(2)), ("dense0", nir.Affine(weight=w, bias=b)), ("lif1", lif(2))]
+    q, input_q = quantize_chain(chain, load_profile("loihi2"))
+    dense, lif1 = q[1][1], q[2][1]
+    # largest |w|/tau = 0.25 -> S = 254 / 0.25 = 1016 = vth; w*S/tau = [[254, -127], [50.8, 0]]
+    assert lif1.metadata["loihi"]["vth"] == 1016
+    assert dense.weight.tolist() == [[254, -128], [50, 0]]  # even mantissas (Lava drops the LSB)
+    # bias: 64 * 1016 * [0.1, -0.2] / 2 = [3251.2, -6502.4] -> exp 1 -> mant [1626, -3251] * 2
+    assert lif1.metadata["loihi"]["bias_exp"] == 1
+    assert np.allclose(dense.bias * 64, [3252, -6502])
+    assert lif1.metadata["loihi"]["dv"] == 2048 and lif1.metadata["loihi"]["du"] == 4095
+    assert np.all(lif1.v_threshold == 1016 * 64) and np.all(lif1.r == 128)
+    # first layer: vth 1024 and bias exponent 6 -> input scale 64 * 1024 / 2 / 64 = 512
+    assert input_q["input_scale"] == 512 and q[0][1].metadata["loihi"]["vth"] == 1024
+
+
+def test_round_even_and_split_bias():
+    assert round_even(np.array([3.0, 5.2, -1.2])).tolist() == [4.0, 6.0, -2.0]
+    fp = load_profile("loihi2")["fixed_point"]
+    mant, exp = split_bias(np.array([8190.0, -100.0]), fp)
+    assert exp == 1 and mant.tolist() == [4095, -50]
+
+
+def test_chain_must_alternate():
+    with pytest.raises(LoweringError, match="synapse layer followed by a LIF"):
+        quantize_chain([("lif0", lif(2)), ("lif1", lif(2))], load_profile("loihi2"))

@@ -1,0 +1,51 @@
+import nir
+import numpy as np
+
+from spikeclip_deploy.verify.energy import energy_report, fan_out, flops
+
+EM = {"e_ac_pj": 0.9, "e_mac_pj": 4.6}
+
+
+def lif(shape):
+    f = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
+    return nir.LIF(tau=f(2), r=f(1), v_leak=f(0), v_threshold=f(1), v_reset=f(0))
+
+
+def test_sops_of_a_three_neuron_network():
+    # 3 inputs -> Affine(2x3) -> 2 outputs; spikes at t0: [1,0,1], t1: [0,1,1] -> 4 spikes x fan-out 2
+    chain = [("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))), ("lif1", lif((2,)))]
+    spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2))]
+    rep = energy_report(chain, spikes, stem_macs=10, readout_macs=5, energy_model=EM)
+    layer = rep["layers"][0]
+    assert layer["sops"] == 8
+    assert layer["firing_rate"] == 4 / 6 and layer["flops"] == 6
+    assert np.isclose(layer["sops_analytic"], 4 / 6 * 2 * 6)
+    # E_SNN = 0.9 * 8 + 4.6 * (2 * 10 + 5) ; E_ANN = 4.6 * (10 + 6 + 5)
+    assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 25)
+    assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 21)
+    assert "not counted" in rep["note"]
+
+
+def test_conv_fan_out_by_hand():
+    conv = nir.Conv2d(input_shape=(3, 3), weight=np.ones((1, 1, 3, 3)), stride=1, padding=1,
+                      dilation=1, groups=1, bias=np.zeros(1))
+    fo = fan_out(conv, (1, 3, 3))
+    assert fo[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+    assert flops(conv, (1, 3, 3)) == 81
+
+
+def test_conv_sops_equal_an_independent_recount():
+    """spikes x fan-out equals the number of synaptic events a conv with unit weights sums."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    spikes = (rng.random((2, 4, 3, 8, 8)) < 0.2).astype(np.uint8)  # [N, T, C, H, W]
+    w = rng.normal(size=(5, 3, 3, 3)).astype(np.float32)
+    conv = nir.Conv2d(input_shape=(8, 8), weight=w, stride=2, padding=1, dilation=1, groups=1,
+                      bias=np.zeros(5))
+    chain = [("lif0", lif((3, 8, 8))), ("conv0", conv), ("lif1", lif((5, 4, 4)))]
+    rep = energy_report(chain, [spikes, np.zeros((2, 4, 5, 4, 4))], 0, 0, EM)
+    events = F.conv2d(torch.from_numpy(spikes.reshape(8, 3, 8, 8)).double(),
+                      torch.ones(5, 3, 3, 3, dtype=torch.float64), stride=2, padding=1).sum() / 2
+    assert rep["layers"][0]["sops"] == float(events)
