@@ -40,11 +40,12 @@ def main(verbose: int) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tower .safetensors.")
 @click.option("--epochs", default=4, show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--width", default=48, show_default=True, help="Tower base width.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--val-fraction", default=0.1, show_default=True)
-def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, seed: int,
-                  val_fraction: float) -> None:
+def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, width: int,
+                  seed: int, val_fraction: float) -> None:
     """Train the offline teacher's image tower against frozen MiniLM prompt embeddings."""
     from .data import load_dataset, stratified_split
     from .training.teacher_tower import TowerRecipe, train_tower
@@ -52,7 +53,8 @@ def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, 
     ds = load_dataset(data)
     tr, va = stratified_split(ds.labels, val_fraction, seed)
     meta = train_tower(ds.subset(tr), ds.subset(va), Path(out),
-                       TowerRecipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                       TowerRecipe(epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                                           seed=seed),
                        _command_line())
     click.echo(f"teacher tower -> {out}: validation zero-shot top-1 {meta['val_zero_shot_top1']:.4f}")
 

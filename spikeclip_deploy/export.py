@@ -36,7 +36,7 @@ from .lowering.quantize import quantize_chain
 from .nn.encoders import SpikingEncoder
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
-from .prompts import prompts_for
+from .zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
 TARGETS = ("loihi", "cpu")
@@ -116,16 +116,6 @@ def check_limits(chain: list[tuple[str, nir.NIRNode]], profile: dict, side: str)
                                  f"{lim['neurons_per_chip']} per chip: use a smaller model config")
 
 
-def _float_label_features(model: SpikeCLIP, tokenizer, labels: list[str]) -> torch.Tensor:
-    feats = []
-    with torch.no_grad():
-        for lbl in labels:
-            tok = tokenizer(prompts_for(lbl), padding="max_length", truncation=True,
-                            max_length=model.cfg.context_length, return_tensors="pt")["input_ids"]
-            feats.append(model.encode_text(tok).mean(0))
-    return torch.nn.functional.normalize(torch.stack(feats), dim=-1)
-
-
 def default_out(model: str, target: str) -> Path:
     return PROJECT_ROOT / "exports" / f"{Path(model).stem}-{target}"
 
@@ -156,8 +146,9 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
         if tokenizer is None:
             raise ExportError(f"tokenizer folder {tok_dir} is missing beside the checkpoint")
-        host = write_host_part(model, tmp / "host", tok_dir, labels,
-                               _float_label_features(model, tokenizer, labels))
+        label_w = (class_weights(student_text_encoder(model, tokenizer), labels) if labels
+                   else torch.zeros(0, model.cfg.embed_dim))
+        host = write_host_part(model, tmp / "host", tok_dir, labels, label_w)
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {"format": "spikeclip-deploy/export@1", "target": cfg.target, "dt": DT,
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,

@@ -115,11 +115,6 @@ class HostRuntime:
     def image_current(self, images: np.ndarray) -> np.ndarray:
         return self._run("image_encode", images.astype(np.uint8))
 
-    def tokenize(self, texts: list[str], context_length: int) -> np.ndarray:
-        enc = self.tokenizer(texts, padding="max_length", truncation=True,
-                             max_length=context_length, return_tensors="np")
-        return enc["input_ids"].astype(np.int64)
-
     def text_current(self, tokens: np.ndarray) -> np.ndarray:
         return self._run("text_encode", tokens)
 

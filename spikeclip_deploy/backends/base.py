@@ -11,11 +11,12 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from ..errors import ConfigError, UnsupportedNodeError
+from ..errors import UnsupportedNodeError
 from ..export import load_export
 from ..host import HostRuntime
 from ..lowering.fold import graph_to_chain
-from ..prompts import CIFAR_TEMPLATES, prompts_for
+from ..prompts import CIFAR_TEMPLATES
+from ..zeroshot import class_weights, tokenize
 
 
 def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:
@@ -72,15 +73,11 @@ class Backend(ABC):
         return self.host.readout("image", spikes[-1]), spikes
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        tokens = self.host.tokenize(texts, self.manifest["host"]["context_length"])
+        tokens = tokenize(self.host.tokenizer, texts, self.manifest["host"]["context_length"])
         spikes = self.run_chip("text", self.host.text_current(tokens))
         return self.host.readout("text", spikes[-1])
 
     def class_weights(self, labels: list[str], templates: tuple[str, ...] = CIFAR_TEMPLATES
                       ) -> np.ndarray:
         """Per label: normalised mean of its prompts' features, computed on this backend."""
-        if not labels:
-            raise ConfigError("no labels given; pass at least one label")
-        texts = [p for lbl in labels for p in prompts_for(lbl, templates)]
-        feats = self.encode_texts(texts).reshape(len(labels), len(templates), -1).mean(1)
-        return feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+        return class_weights(self.encode_texts, labels, templates).numpy()

@@ -5,7 +5,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 class Teacher(ABC):
@@ -32,12 +31,11 @@ class Teacher(ABC):
     def describe(self) -> dict:
         return {"name": self.name, "embed_dim": self.embed_dim, "logit_scale": self.logit_scale}
 
-    @torch.no_grad()
     def class_weights(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-        """Zero-shot classifier: per class, the normalised mean of its normalised prompt features."""
-        from ..prompts import prompts_for
-        feats = [self.encode_texts(prompts_for(lbl, templates)).mean(0) for lbl in labels]
-        return F.normalize(torch.stack(feats), dim=-1)
+        """Zero-shot classifier from the teacher's text features."""
+        from ..zeroshot import class_weights
+        with torch.no_grad():
+            return class_weights(self.encode_texts, labels, templates)
 
     def save_tokenizer(self, folder: Path) -> None:
         self.tokenizer().save_pretrained(str(folder))

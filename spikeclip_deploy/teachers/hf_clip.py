@@ -22,7 +22,7 @@ class HFCLIPTeacher(Teacher):
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.name = f"clip:{Path(path).resolve()}"
         self.embed_dim = int(self.model.config.projection_dim)
-        self.logit_scale = float(self.model.logit_scale.exp())
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
         self.image_size = int(self.model.config.vision_config.image_size)
         self._mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)

@@ -32,7 +32,7 @@ class Residual(nn.Module):
 
 
 class ImageTower(nn.Module):
-    """ResNet-style CIFAR tower -> ``embed_dim`` (about 0.3 M parameters at width 32)."""
+    """ResNet-style CIFAR tower -> ``embed_dim`` (about 0.7 M parameters at width 48)."""
 
     def __init__(self, embed_dim: int = 384, width: int = 32) -> None:
         super().__init__()
@@ -77,19 +77,21 @@ class OfflineMiniLMTeacher(Teacher):
         self.tower_meta = tower_meta
         self.name = "offline-minilm"
         self.embed_dim = text.embed_dim
-        self.logit_scale = float(tower.logit_scale.exp())
+        self.logit_scale = float(tower.logit_scale.detach().exp())
 
     @classmethod
-    def load(cls, tower_path: Path | None = None, *, untrained: bool = False) -> "OfflineMiniLMTeacher":
+    def load(cls, tower_path: Path | None = None, *, untrained: bool = False,
+             width: int = 32) -> "OfflineMiniLMTeacher":
         """Load the text tower and the trained image tower (``untrained`` only to train one)."""
         from ..checkpoint import read_safetensors
 
         text = MiniLMText()
-        tower = ImageTower(text.embed_dim)
+        tower = ImageTower(text.embed_dim, width)
         meta: dict = {}
         if not untrained:
             path = Path(tower_path) if tower_path else models_dir() / DEFAULT_TOWER
             state, meta = read_safetensors(path)
+            tower = ImageTower(text.embed_dim, int(meta["config"].get("width", 32)))
             try:
                 tower.load_state_dict(state)
             except RuntimeError as exc:

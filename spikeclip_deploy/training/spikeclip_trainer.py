@@ -30,6 +30,7 @@ from ..nn.spikeclip import SpikeCLIP
 from ..paths import cache_dir
 from ..prompts import CIFAR_TEMPLATES, distillation_texts, prompts_for
 from ..teachers.base import Teacher
+from ..zeroshot import class_weights, student_text_encoder, tokenize
 from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,6 @@ def init_text_embeddings(model: SpikeCLIP, teacher: Teacher) -> None:
     _, _, v = torch.pca_lowrank(centered, q=width, center=False)
     proj = centered @ v[:, :width]
     model.text.encode.token.weight.data.copy_(proj / proj.std() * 0.5)
-
-
-def tokenize(teacher: Teacher, texts: list[str], context_length: int) -> torch.Tensor:
-    enc = teacher.tokenizer()(texts, padding="max_length", truncation=True,
-                              max_length=context_length, return_tensors="pt")
-    return enc["input_ids"]
 
 
 def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str) -> torch.Tensor:
@@ -132,13 +127,9 @@ class Trainer:
         return blob.get("optimizer")
 
     # -- evaluation ------------------------------------------------------------------------
-    @torch.no_grad()
     def class_weights(self) -> torch.Tensor:
         self.model.eval()
-        feats = [self.model.encode_text(tokenize(self.teacher, prompts_for(lbl),
-                                                 self.cfg.context_length)).mean(0)
-                 for lbl in self.labels]
-        return F.normalize(torch.stack(feats), dim=-1)
+        return class_weights(student_text_encoder(self.model, self.teacher.tokenizer()), self.labels)
 
     def evaluate(self) -> float:
         self.model.eval()
@@ -199,7 +190,8 @@ class Trainer:
         feats = None
         if self.state.stage == "text":
             texts = distillation_texts() + [p for lbl in self.labels for p in prompts_for(lbl)]
-            tokens = tokenize(self.teacher, texts, self.cfg.context_length)
+            tokens = torch.from_numpy(tokenize(self.teacher.tokenizer(), texts,
+                                               self.cfg.context_length))
             targets = self.teacher.encode_texts(texts)
             self._run_stage("text", r.text_epochs, r.distill_lr, self.model.text.parameters(),
                             self._text_step(tokens, targets), len(texts), r.text_batch_size, opt_state)

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 class TowerRecipe:
     epochs: int = 4
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float = 0.05
+    width: int = 48
+    warmup_steps: int = 200
     weight_decay: float = 5e-4
     seed: int = 0
     bf16: bool = True
@@ -40,7 +42,7 @@ def random_crop(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> tor
 def train_tower(train: ImageDataset, val: ImageDataset, out: Path, recipe: TowerRecipe,
                 command: str) -> dict:
     gen = seed_everything(recipe.seed)
-    teacher = OfflineMiniLMTeacher.load(untrained=True)
+    teacher = OfflineMiniLMTeacher.load(untrained=True, width=recipe.width)
     class_w = teacher.class_weights(list(train.class_names), CIFAR_TEMPLATES)
     tower = teacher.tower.train().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(tower.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
@@ -52,7 +54,8 @@ def train_tower(train: ImageDataset, val: ImageDataset, out: Path, recipe: Tower
                    desc=f"teacher tower epoch {epoch + 1}/{recipe.epochs}", unit="batch")
         for idx in bar:
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, recipe.lr, recipe.lr * 0.01)
+                g["lr"] = cosine_lr(step, total, recipe.lr, recipe.lr * 0.01) * min(
+                    1.0, (step + 1) / recipe.warmup_steps)
             x, _ = random_flip(random_crop(train.images[idx], gen), gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
                 feats = tower(x.contiguous(memory_format=torch.channels_last))
@@ -68,6 +71,6 @@ def train_tower(train: ImageDataset, val: ImageDataset, out: Path, recipe: Tower
     log.info("teacher tower validation zero-shot top-1: %.4f", acc)
     meta = {"kind": "offline-minilm image tower", "val_zero_shot_top1": acc, "n_val": len(val),
             "recipe": {**recipe.__dict__}, "command": command}
-    write_safetensors(out, tower.state_dict(), {"config": {"embed_dim": teacher.embed_dim},
+    write_safetensors(out, tower.state_dict(), {"config": {"embed_dim": teacher.embed_dim, "width": recipe.width},
                                                 "metadata": meta})
     return meta

@@ -19,6 +19,7 @@ from ..errors import DataError
 from ..export import ExportConfig, export_model
 from ..hardware import load_profile
 from ..prompts import CIFAR_TEMPLATES
+from ..zeroshot import class_weights, student_text_encoder
 from .energy import energy_report
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,11 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"model": ckpt.stem, "n": int(len(labels)), "labels": class_names,
                               "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
                                                                "seed": cfg.seed}}
-    float_w = _float_class_weights(model, ckpt, class_names, cfg.templates)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt.with_suffix(".tokenizer")))
+    float_w = class_weights(student_text_encoder(model, tokenizer), class_names,
+                            cfg.templates).numpy()
     with torch.no_grad():
         preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
     workdir = Path(tempfile.mkdtemp(prefix="spikeclip-verify-"))
@@ -91,22 +96,6 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     result["firing_rates"] = rates
     result["checkpoint_metrics"] = card["metadata"].get("metrics", {})
     return result
-
-
-def _float_class_weights(model, ckpt: Path, labels: list[str], templates) -> np.ndarray:
-    from transformers import AutoTokenizer
-
-    from ..prompts import prompts_for
-
-    tok = AutoTokenizer.from_pretrained(str(ckpt.with_suffix(".tokenizer")))
-    feats = []
-    with torch.no_grad():
-        for lbl in labels:
-            ids = tok(prompts_for(lbl, templates), padding="max_length", truncation=True,
-                      max_length=model.cfg.context_length, return_tensors="pt")["input_ids"]
-            feats.append(model.encode_text(ids).mean(0))
-    w = torch.nn.functional.normalize(torch.stack(feats), dim=-1)
-    return w.numpy()
 
 
 def write_json(path: Path, data: dict) -> None:
