@@ -4,6 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/data/cifar10-train.tar.gz
 LIMIT ?= 64
+MODEL := spikeclip-tiny-cifar10
 CLI := $(VENV)/bin/spikeclip-deploy
 
 .PHONY: demo test venv clean-venv
@@ -19,7 +20,8 @@ $(STAMP): requirements/base.txt requirements/lava.txt pyproject.toml
 
 demo: $(STAMP)
 	$(CLI) export --target loihi --force
-	$(CLI) verify --target loihi --data $(DATA) --limit $(LIMIT) --json exports/verify.json --energy-json exports/energy.json
+	$(CLI) verify --target loihi --export exports/$(MODEL)-loihi --data $(DATA) --limit $(LIMIT) \
+		--json exports/verify.json --energy-json exports/energy.json
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

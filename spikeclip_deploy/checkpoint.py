@@ -5,10 +5,8 @@ existing checkpoint; reads verify the hash, so truncation is caught before any t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .fileutil import atomic_write, sha256_file
 from .nn.spikeclip import SpikeCLIP
 from .paths import models_dir
 
 FORMAT = "spikeclip-deploy/checkpoint@1"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sidecar(path: Path) -> Path:
@@ -52,9 +31,9 @@ def write_safetensors(path: Path, state: dict[str, torch.Tensor], meta: dict[str
     """Write tensors and a JSON sidecar ``{format, sha256, **meta}`` atomically."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _atomic_write(path, lambda p: save_file(tensors, str(p)))
+    atomic_write(path, lambda p: save_file(tensors, str(p)))
     card = {"format": FORMAT, "sha256": sha256_file(path), **meta}
-    _atomic_write(sidecar(path), lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(sidecar(path), lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

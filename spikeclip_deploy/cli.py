@@ -149,15 +149,18 @@ LIMIT = click.option("--limit", default=64, show_default=True, help="Number of v
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--energy-json", type=click.Path(dir_okay=False),
               help="Also write the energy report from the same Lava run (loihi target).")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False),
+              help="Verify this existing export of --target (else one is made in a temp dir).")
 def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path: str | None,
-               energy_json: str | None) -> None:
+               energy_json: str | None, export_dir: str | None) -> None:
     """Float model vs CPU reference vs Lava: zero-shot accuracy, agreement, firing rates."""
     from .report import energy_summary, verify_summary
     from .verify.harness import VerifyConfig, run_verification, write_json
 
     targets = ("cpu", "loihi") if target == "loihi" else ("cpu",)
+    exports = ((target, Path(export_dir)),) if export_dir else ()
     result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
-                                           targets=targets))
+                                           targets=targets, exports=exports))
     if json_path:
         write_json(Path(json_path), result)
     click.echo(verify_summary(result))

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .fileutil import atomic_write, sha256_file
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,6 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]} pixels; this model takes "
                         f"{size}x{size} images: resize it first")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _find_root(folder: Path) -> Path:
@@ -95,7 +88,7 @@ def load_dataset(source: str | os.PathLike, size: int = 32) -> ImageDataset:
     is_tar = source.is_file() and source.name.endswith(TARBALL_SUFFIXES)
     if not source.is_dir() and not is_tar:
         raise DataError(f"{source} is neither a directory nor a tarball ({', '.join(TARBALL_SUFFIXES)})")
-    key = _sha256(source)[:16] if is_tar else hashlib.sha256(
+    key = sha256_file(source)[:16] if is_tar else hashlib.sha256(
         f"{source.resolve()}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:16]
     cached = cache_dir() / "datasets" / f"{key}-{size}.npz"
     if cached.exists():
@@ -113,11 +106,11 @@ def load_dataset(source: str | os.PathLike, size: int = 32) -> ImageDataset:
             ds = _decode_folder(_find_root(Path(tmp)), size)
     else:
         ds = _decode_folder(source, size)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = cached.with_suffix(".tmp.npz")
-    np.savez(tmp_path, images=ds.images.numpy(), labels=ds.labels.numpy(),
-             class_names=np.array(ds.class_names))
-    os.replace(tmp_path, cached)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(),
+                     class_names=np.array(ds.class_names))
+    atomic_write(cached, write)
     return ds
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import load_model, resolve_checkpoint, sha256_file
+from .checkpoint import load_model, resolve_checkpoint
 from .errors import ExportError, HardwareLimitError
+from .fileutil import sha256_file
 from .hardware import load_profile
 from .host import write_host_part
 from .lowering.fold import chain_to_graph, lower_stack

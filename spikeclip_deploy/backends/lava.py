@@ -91,7 +91,7 @@ class _Network:
         self.lifs, self.synapses, self.sinks = [], [], []
         prev = None
         prev_syn = None
-        for name, node in chain:
+        for _, node in chain:
             if isinstance(node, nir.LIF):
                 shape = to_lava_layout(np.zeros(np.asarray(node.tau).shape)).shape
                 if prev_syn is not None:

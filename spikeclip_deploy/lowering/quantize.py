@@ -49,6 +49,13 @@ def split_bias(bias_raw: np.ndarray, fp: dict[str, Any]) -> tuple[np.ndarray, in
     return mant, exp
 
 
+def activation_worst_case(w_int: np.ndarray) -> int:
+    """Largest |sum of weights| one output neuron can receive in a step (all inputs spiking
+    with the same sign of weight)."""
+    w = w_int.reshape(w_int.shape[0], -1)
+    return int(max(np.clip(w, 0, None).sum(1).max(), -np.clip(w, None, 0).sum(1).min()))
+
+
 def _decay(tau: float, fp: dict[str, Any]) -> int:
     dv = 2 ** fp["decay_bits"] / tau
     if abs(dv - round(dv)) > 1e-9:
@@ -107,8 +114,15 @@ def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: dict[str, Any]
         bias_raw = np.round(act * s * np.asarray(syn.bias, dtype=np.float64) / tau)
         mant, bexp = split_bias(bias_raw, fp)
         bias_q = mant * 2.0**bexp / act
+        worst = activation_worst_case(w_int)
+        limit = 2 ** (fp["input_port_bits"] - 1) - 1
+        if worst > limit:
+            log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
+                        "Lava's simulation does not clip it, hardware may", syn_name, worst,
+                        fp["input_port_bits"], limit)
         meta = {"loihi": {"weight_exp": int(fp["weight_exp"]), "num_weight_bits": fp["weight_bits"]},
-                "scale": s, "weight_absmax_float": float(np.max(np.abs(w)))}
+                "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
+                "activation_worst_case": worst}
         if isinstance(syn, nir.Conv2d):
             q = nir.Conv2d(input_shape=syn.input_shape, weight=w_int.astype(np.float32),
                            stride=syn.stride, padding=syn.padding, dilation=syn.dilation,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import sha256_file
+from ..fileutil import sha256_file
 from ..config import get_config
 from ..data import load_dataset, stratified_split
 from ..errors import ConfigError

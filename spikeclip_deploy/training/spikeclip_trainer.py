@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..checkpoint import save_model
 from ..config import ModelConfig
 from ..data import ImageDataset
 from ..errors import CheckpointError
+from ..fileutil import atomic_write
 from ..nn.spikeclip import SpikeCLIP
 from ..paths import cache_dir
 from ..prompts import CIFAR_TEMPLATES, distillation_texts, prompts_for
@@ -83,9 +83,7 @@ def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str) -> torc
     feats = torch.stack([
         torch.cat([teacher.encode_images(v[idx]) for idx in batches(len(ds), 512, None)])
         for v in (ds.images, ds.images.flip(-1))])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(feats, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    atomic_write(path, lambda tmp: torch.save(feats, tmp))
     return feats
 
 
@@ -108,10 +106,7 @@ class Trainer:
         blob = {"model": self.model.state_dict(), "state": asdict(self.state),
                 "optimizer": opt.state_dict() if opt else None, "rng": self.gen.get_state(),
                 "recipe": asdict(self.recipe), "config": self.cfg.to_dict()}
-        tmp = self.state_path.with_suffix(".tmp")
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, tmp)
-        os.replace(tmp, self.state_path)
+        atomic_write(self.state_path, lambda tmp: torch.save(blob, tmp))
 
     def resume(self, path: Path) -> dict | None:
         try:

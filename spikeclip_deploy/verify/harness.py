@@ -15,8 +15,9 @@ import torch
 from ..backends import get_backend
 from ..checkpoint import load_model, resolve_checkpoint
 from ..data import load_dataset, stratified_split
-from ..errors import DataError
+from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
+from ..fileutil import atomic_write
 from ..hardware import load_profile
 from ..prompts import CIFAR_TEMPLATES
 from ..zeroshot import class_weights, student_text_encoder
@@ -35,6 +36,7 @@ class VerifyConfig:
     seed: int = 0
     templates: tuple[str, ...] = CIFAR_TEMPLATES
     energy_model: str = "energy-45nm"
+    exports: tuple[tuple[str, Path], ...] = ()  # (target, existing export dir) to use as is
 
 
 def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -71,10 +73,15 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
         preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
     workdir = Path(tempfile.mkdtemp(prefix="spikeclip-verify-"))
     try:
+        given = dict(cfg.exports)
         for target in cfg.targets:
-            export_dir, _ = export_model(ExportConfig(model=str(ckpt), target=target,
-                                                      out=workdir / target))
+            export_dir = given.get(target) or export_model(
+                ExportConfig(model=str(ckpt), target=target, out=workdir / target))[0]
             with get_backend(target)(export_dir) as backend:
+                made_from = backend.manifest["model"]["checkpoint_sha256"]
+                if made_from != card["sha256"]:
+                    raise ExportError(f"export {export_dir} was made from another checkpoint "
+                                      f"than {ckpt}; pass the matching --model or re-export")
                 class_w = backend.class_weights(class_names, cfg.templates)
                 feats, spikes = backend.encode_images(images)
                 preds[target] = _predict(feats, class_w)
@@ -99,9 +106,5 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in data.items() if k != "loihi_spikes"}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(clean, indent=1) + "\n"))

@@ -40,3 +40,11 @@ def test_round_even_and_split_bias():
 def test_chain_must_alternate():
     with pytest.raises(LoweringError, match="synapse layer followed by a LIF"):
         quantize_chain([("lif0", lif(2)), ("lif1", lif(2))], load_profile("loihi2"))
+
+
+def test_activation_worst_case_by_hand():
+    from spikeclip_deploy.lowering.quantize import activation_worst_case
+
+    # row 0: +254 +100 -56 -> positive 354; row 1: -256 -256 +2 -> negative 512
+    w = np.array([[254, 100, -56], [-256, -256, 2]])
+    assert activation_worst_case(w) == 512
