@@ -63,9 +63,11 @@ def test_lava_equals_cpu_on_the_fixed_point_graph(micro_exports):
 
 
 @pytest.mark.lava
-def test_lava_tiny_network_matches_hand_trace():
-    """LIF0 (bias-driven) -> Dense -> LIF1 on Lava fixed point vs the trace computed by hand."""
+def test_lava_tiny_network_matches_hand_trace(tmp_path):
+    """LIF0 (bias-driven) -> Dense -> LIF1, written to NIR, read back and run on Lava fixed
+    point, against the trace computed by hand."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+    from spikeclip_deploy.lowering.fold import chain_to_graph, graph_to_chain
 
     def lif(n, vth, bias_exp):
         f = lambda v: np.full((n,), v, dtype=np.float32)  # noqa: E731
@@ -75,6 +77,8 @@ def test_lava_tiny_network_matches_hand_trace():
     chain = [("lif0", lif(2, 10, 6)),
              ("dense0", nir.Affine(weight=w, bias=np.zeros(2), metadata={"loihi": {"weight_exp": 0}})),
              ("lif1", lif(2, 60, 0))]
+    nir.write(tmp_path / "tiny.nir", chain_to_graph(chain, (2,), (2,), {"dt": 1.0}))
+    chain = graph_to_chain(nir.read(tmp_path / "tiny.nir"))
     net = _Network(_lava(), chain, time_steps=4, handlers=LavaBackend.handlers)
     try:
         s0, s1 = net.run_sample(np.array([6, 20]))

@@ -28,3 +28,18 @@ def test_tdw_init_and_sum():
     assert torch.allclose(tdw.weight, torch.log(torch.tensor([0.1, 0.2, 0.4, 0.8])))
     x = torch.ones(4, 2)
     assert torch.allclose(tdw(x), torch.full((2,), float(tdw.weight.detach().sum())))
+
+
+def test_fused_equals_per_step_reference():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 16) * 1.5 + 0.8).requires_grad_(True)
+    g = torch.randn(4, 8, 16)
+    outs, grads = [], []
+    for fused in (True, False):
+        xi = x.detach().clone().requires_grad_(True)
+        s = MultiStepLIF(fused=fused)(xi)
+        (s * g).sum().backward()
+        outs.append(s)
+        grads.append(xi.grad)
+    assert torch.equal(outs[0], outs[1]) and outs[0].sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
