@@ -73,12 +73,15 @@ def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, 
 @click.option("--distill-epochs", default=2, show_default=True)
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--kl-weight", default=1.0, show_default=True)
+@click.option("--kl-weight", default=1.0, show_default=True,
+              help="lambda of the KL term (0 = the no-KL ablation).")
+@click.option("--bf16/--no-bf16", default=False, show_default=True,
+              help="bf16 autocast for the image forward pass.")
 @click.option("--max-steps-per-epoch", type=int, help="Cap steps per epoch (smoke runs).")
 @click.option("--limit", type=int, help="Use only the first N training images (smoke runs).")
 def train(model_name: str, teacher: str, data: str, out: str, resume: str | None, seed: int,
           val_fraction: float, text_epochs: int, distill_epochs: int, finetune_epochs: int,
-          batch_size: int, kl_weight: float, max_steps_per_epoch: int | None,
+          batch_size: int, kl_weight: float, bf16: bool, max_steps_per_epoch: int | None,
           limit: int | None) -> None:
     """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2)."""
     from .training.run import TrainConfig, run_training
@@ -87,9 +90,9 @@ def train(model_name: str, teacher: str, data: str, out: str, resume: str | None
         model=model_name, teacher=teacher, data=Path(data), out=Path(out),
         resume=Path(resume) if resume else None, seed=seed, val_fraction=val_fraction,
         text_epochs=text_epochs, distill_epochs=distill_epochs, finetune_epochs=finetune_epochs,
-        batch_size=batch_size, kl_weight=kl_weight, max_steps_per_epoch=max_steps_per_epoch,
+        batch_size=batch_size, kl_weight=kl_weight, bf16=bf16, max_steps_per_epoch=max_steps_per_epoch,
         limit=limit, command=_command_line()))
-    m = result["metrics"]
+    m = result.meta["metrics"]
     click.echo(f"checkpoint -> {out}\nvalidation zero-shot top-1 (n={m['n_val']}): student "
                f"{m['val_zero_shot_top1_student']:.4f}, teacher {m['val_zero_shot_top1_teacher']:.4f}")
 

@@ -16,8 +16,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A SpikeCLIP variant. Image side: host stem ``image_channels[0]``, then one stride-2
-    spiking conv per further entry, then a spiking 1x1 layer of ``image_mlp_hidden``."""
+    """A SpikeCLIP variant.
+
+    ``image_arch``: ``conv-chain`` (host stem ``image_channels[0]``, one stride-2 spiking conv per
+    further entry, a spiking 1x1 layer of ``image_mlp_hidden``: deployable), ``spikingformer``
+    (tokenizer ``image_channels``, ``image_depth`` SSA blocks) or ``scratch-transformer`` (the ANN
+    counterpart). ``text_arch``: ``spiking-mlp`` or ``ann-mlp``."""
 
     name: str
     embed_dim: int
@@ -32,6 +36,11 @@ class ModelConfig:
     context_length: int = 20
     text_width: int = 32
     text_hidden: int = 512
+    image_arch: str = "conv-chain"
+    text_arch: str = "spiking-mlp"
+    image_depth: int = 4
+    image_heads: int = 8
+    attn_threshold: float = 0.5
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     description: str = ""

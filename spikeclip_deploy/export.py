@@ -28,7 +28,7 @@ import torch
 
 from . import __version__
 from .checkpoint import load_model, resolve_checkpoint
-from .errors import ExportError, HardwareLimitError
+from .errors import ExportError, HardwareLimitError, LoweringError
 from .fileutil import sha256_file
 from .hardware import load_profile
 from .host import write_host_part
@@ -44,6 +44,17 @@ TARGETS = ("loihi", "cpu")
 DT = 1.0
 DISCRETISATION = ("forward Euler with dt=1 (one chip time step): v[t] = v[t-1] + dt/tau * "
                   "(v_leak - v[t-1] + r*I[t]); spike when v[t] > v_threshold; then v[t] = v_reset")
+
+
+UNDEPLOYABLE = {
+    "spikingformer": "the image encoder is a Spikingformer: its spiking self-attention multiplies "
+                     "two spike tensors (Q K^T V), which no NIR node and no Lava fixed-point "
+                     "process expresses, and its residual stream is real-valued; deploying it is "
+                     "not supported yet. Export a conv-chain config such as spikeclip-tiny",
+    "scratch-transformer": "this is the ANN counterpart (ScratchCLIP): nothing in it spikes, so "
+                           "there is nothing to put on the chip",
+    "ann-mlp": "the text encoder is an ANN (ScratchCLIP): nothing in it spikes",
+}
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,11 @@ def _example_input(model: SpikeCLIP, side: str) -> torch.Tensor:
 def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
                   ) -> tuple[nir.NIRGraph, list[dict]]:
     """One encoder's chip part -> NIR graph (float for ``cpu``, fixed point for ``loihi``)."""
-    enc: SpikingEncoder = getattr(model, side)
+    enc = getattr(model, side)
+    if not isinstance(enc, SpikingEncoder):
+        arch = model.cfg.image_arch if side == "image" else model.cfg.text_arch
+        raise LoweringError(UNDEPLOYABLE.get(arch, f"the {side} encoder ({arch}) is not a spiking "
+                                             f"feed-forward chain and cannot be lowered"))
     with torch.no_grad():
         x = _example_input(model, side)
         current = enc.encode(model.normalize(x) if side == "image" else x)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .encoders import SpikingEncoder, build_image_encoder, build_text_encoder
+from ..errors import ConfigError
+from .encoders import TokenEmbedding, build_image_encoder, build_text_encoder
+from .spikingformer import ScratchCLIPImage, Spikingformer
 
 
 class SpikeCLIP(nn.Module):
@@ -17,13 +20,12 @@ class SpikeCLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        common = dict(time_steps=cfg.time_steps, tau=cfg.tau, v_threshold=cfg.v_threshold,
-                      tdw=cfg.tdw)
-        self.image: SpikingEncoder = build_image_encoder(
-            cfg.image_channels, cfg.image_mlp_hidden, cfg.embed_dim, **common)
-        self.text: SpikingEncoder = build_text_encoder(
-            cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_hidden, cfg.embed_dim,
-            **common)
+        if cfg.image_arch not in IMAGE_ARCHS or cfg.text_arch not in TEXT_ARCHS:
+            raise ConfigError(f"config '{cfg.name}': unknown image_arch '{cfg.image_arch}' or "
+                              f"text_arch '{cfg.text_arch}'; known: {sorted(IMAGE_ARCHS)}, "
+                              f"{sorted(TEXT_ARCHS)}")
+        self.image: nn.Module = IMAGE_ARCHS[cfg.image_arch](cfg)
+        self.text: nn.Module = TEXT_ARCHS[cfg.text_arch](cfg)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -37,6 +39,49 @@ class SpikeCLIP(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(tokens), dim=-1)
+
+    def forward(self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unnormalised features of uint8 ``images`` or of ``tokens``, ``exp(logit_scale)``), as
+        open_clip returns it: the training entry point, so DistributedDataParallel sees every
+        parameter a step uses inside one forward pass."""
+        feats = self.image(self.normalize(images)) if images is not None else self.text(tokens)
+        return feats, self.logit_scale.exp()
+
+
+def _common(cfg: ModelConfig) -> dict:
+    return dict(time_steps=cfg.time_steps, tau=cfg.tau, v_threshold=cfg.v_threshold, tdw=cfg.tdw)
+
+
+class ANNTextEncoder(nn.Module):
+    """Text side of the ANN counterpart: embeddings -> Linear -> GELU -> Linear."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encode = TokenEmbedding(cfg.vocab_size, cfg.context_length, cfg.text_width)
+        self.body = nn.Sequential(nn.Linear(cfg.context_length * cfg.text_width, cfg.text_hidden),
+                                  nn.GELU(), nn.Linear(cfg.text_hidden, cfg.embed_dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.body(self.encode(tokens))
+
+
+IMAGE_ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "conv-chain": lambda c: build_image_encoder(c.image_channels, c.image_mlp_hidden, c.embed_dim,
+                                                **_common(c)),
+    "spikingformer": lambda c: Spikingformer(
+        c.embed_dim, dim=c.image_channels[-1], depth=c.image_depth, heads=c.image_heads,
+        mlp_hidden=c.image_mlp_hidden, time_steps=c.time_steps, tau=c.tau,
+        attn_threshold=c.attn_threshold, tdw=c.tdw, stem=tuple(c.image_channels[:-1])),
+    "scratch-transformer": lambda c: ScratchCLIPImage(
+        c.embed_dim, dim=c.image_channels[-1], depth=c.image_depth, heads=c.image_heads,
+        mlp_hidden=c.image_mlp_hidden, stem=tuple(c.image_channels[:-1])),
+}
+TEXT_ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "spiking-mlp": lambda c: build_text_encoder(c.vocab_size, c.context_length, c.text_width,
+                                                c.text_hidden, c.embed_dim, **_common(c)),
+    "ann-mlp": ANNTextEncoder,
+}
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -28,12 +28,19 @@ class TrainConfig:
     finetune_epochs: int = 1
     batch_size: int = 64
     kl_weight: float = 1.0
+    bf16: bool = False
     max_steps_per_epoch: int | None = None
     limit: int | None = None
     command: str = ""
 
 
-def run_training(tc: TrainConfig) -> dict:
+@dataclass
+class TrainResult:
+    meta: dict
+    model: torch.nn.Module
+
+
+def run_training(tc: TrainConfig) -> TrainResult:
     if tc.out.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors (got {tc.out})")
     cfg = get_config(tc.model)
@@ -52,8 +59,9 @@ def run_training(tc: TrainConfig) -> dict:
                  "sha256": sha256_file(tc.data) if tc.data.is_file() else None}
     recipe = Recipe(text_epochs=tc.text_epochs, distill_epochs=tc.distill_epochs,
                     finetune_epochs=tc.finetune_epochs, batch_size=tc.batch_size,
-                    kl_weight=tc.kl_weight, seed=tc.seed, max_steps_per_epoch=tc.max_steps_per_epoch)
+                    kl_weight=tc.kl_weight, seed=tc.seed, bf16=tc.bf16,
+                    max_steps_per_epoch=tc.max_steps_per_epoch)
     trainer = Trainer(cfg, teacher, ds.subset(tr), ds.subset(va), recipe, tc.out, data_desc,
                       tc.command)
     opt_state = trainer.resume(tc.resume) if tc.resume else None
-    return trainer.run(opt_state)
+    return TrainResult(trainer.run(opt_state), trainer.model)

@@ -13,10 +13,12 @@ output, so ``resume`` continues exactly where an interruption stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -31,6 +33,7 @@ from ..paths import cache_dir
 from ..prompts import CIFAR_TEMPLATES, distillation_texts, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
+from .distributed import init_distributed
 from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ class Recipe:
     finetune_lr: tuple[float, float] = (5e-4, 1e-5)
     kl_weight: float = 1.0
     seed: int = 0
-    bf16: bool = True
+    bf16: bool = False  # bf16 autocast for the image forward pass (no speed-up measured on this CPU)
     max_steps_per_epoch: int | None = None  # for smoke runs
 
 
@@ -62,29 +65,36 @@ STAGES = ("text", "distill", "finetune", "done")
 
 
 def init_text_embeddings(model: SpikeCLIP, teacher: Teacher) -> None:
-    """Initialise the student's token table from the teacher's by PCA to ``text_width`` dims."""
+    """Initialise the student's token table from the teacher's: a copy when the widths match,
+    else a PCA projection to ``text_width`` dims."""
     emb = teacher.token_embeddings().float()
     vocab, width = model.text.encode.token.weight.shape
     if emb.shape[0] != vocab:
         raise CheckpointError(f"teacher vocabulary {emb.shape[0]} != model vocab_size {vocab}")
+    if emb.shape[1] == width:
+        model.text.encode.token.weight.data.copy_(emb)
+        return
     centered = emb - emb.mean(0)
     _, _, v = torch.pca_lowrank(centered, q=width, center=False)
     proj = centered @ v[:, :width]
     model.text.encode.token.weight.data.copy_(proj / proj.std() * 0.5)
 
 
-def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str) -> torch.Tensor:
-    """``[2, N, D]`` teacher features of the images and their mirrors, cached on disk."""
-    key = hashlib.sha256(repr((teacher.describe(), tag, ds.images.shape)).encode()
-                         + ds.images[:: max(1, len(ds) // 64)].numpy().tobytes()).hexdigest()[:16]
-    path = cache_dir() / "teacher-features" / f"{key}.pt"
-    if path.exists():
-        return torch.load(path)
-    feats = torch.stack([
-        torch.cat([teacher.encode_images(v[idx]) for idx in batches(len(ds), 512, None)])
-        for v in (ds.images, ds.images.flip(-1))])
-    atomic_write(path, lambda tmp: torch.save(feats, tmp))
-    return feats
+def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, is_main: bool = True,
+                           barrier=lambda: None) -> np.ndarray:
+    """``[2, N, D]`` teacher features of the images and their mirrors, computed once and cached
+    on disk as a memory-mapped ``.npy`` keyed by teacher, data and preprocessing."""
+    key = hashlib.sha256(repr((teacher.describe(), tag, ds.images.shape, "uint8-flip")).encode()
+                         + ds.images.numpy().tobytes()).hexdigest()[:16]
+    path = cache_dir() / "teacher-features" / f"{key}.npy"
+    if is_main and not path.exists():
+        log.info("computing teacher image features for %d images (cached at %s)", len(ds), path)
+        feats = torch.stack([
+            torch.cat([teacher.encode_images(v[idx]) for idx in batches(len(ds), 512, None)])
+            for v in (ds.images, ds.images.flip(-1))]).numpy().astype(np.float32)
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), feats))
+    barrier()
+    return np.load(path, mmap_mode="r")
 
 
 class Trainer:
@@ -93,7 +103,9 @@ class Trainer:
         self.cfg, self.teacher, self.train_ds, self.val_ds = cfg, teacher, train, val
         self.recipe, self.out, self.data_desc, self.command = recipe, Path(out), data_desc, command
         self.gen = seed_everything(recipe.seed)
+        self.dist = init_distributed()
         self.model = SpikeCLIP(cfg)
+        self.net = self.dist.wrap(self.model)  # what training forwards go through
         self.state = TrainState()
         self.labels = list(train.class_names)
 
@@ -103,6 +115,8 @@ class Trainer:
         return self.out.with_suffix(".train-state.pt")
 
     def _save_state(self, opt: torch.optim.Optimizer | None) -> None:
+        if not self.dist.is_main:
+            return
         blob = {"model": self.model.state_dict(), "state": asdict(self.state),
                 "optimizer": opt.state_dict() if opt else None, "rng": self.gen.get_state(),
                 "recipe": asdict(self.recipe), "config": self.cfg.to_dict()}
@@ -142,14 +156,17 @@ class Trainer:
         while self.state.epoch < epochs:
             self.model.train()
             bar = tqdm(batches(n_items, batch_size, self.gen), total=steps, unit="batch",
-                       desc=f"{stage} {self.state.epoch + 1}/{epochs}", leave=False)
+                       desc=f"{stage} {self.state.epoch + 1}/{epochs}", leave=False,
+                       disable=not self.dist.is_main)
             total = 0.0
             for i, idx in enumerate(bar):
                 if i >= steps:
                     break
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(self.state.epoch * steps + i, epochs * steps, *lr)
-                loss = step_fn(idx)
+                # every rank draws the same batch and augmentation seed, then takes its shard
+                batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
+                loss = step_fn(self.dist.shard(idx), batch_seed)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -160,23 +177,31 @@ class Trainer:
             if stage != "text":
                 record["val_zero_shot_top1"] = self.evaluate()
             self.state.history.append(record)
-            log.info("%s", record)
+            if self.dist.is_main:
+                log.info("%s", record)
+                with open(self.out.with_suffix(".metrics.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
             self._save_state(opt)
         self.state.stage = STAGES[STAGES.index(stage) + 1]
         self.state.epoch = 0
         self._save_state(None)
 
     def _text_step(self, tokens: torch.Tensor, targets: torch.Tensor):
-        def step(idx: torch.Tensor) -> torch.Tensor:
-            return (1 - (self.model.encode_text(tokens[idx]) * targets[idx]).sum(-1)).mean()
+        def step(idx: torch.Tensor, _seed: int) -> torch.Tensor:
+            student = F.normalize(self.net(tokens=tokens[idx])[0], dim=-1)
+            return (1 - (student * targets[idx]).sum(-1)).mean()
         return step
 
-    def _image_forward(self, idx: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images, flipped = random_flip(self.train_ds.images[idx], self.gen)
+    def _image_forward(self, idx: torch.Tensor, feats: np.ndarray, seed: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (normalised student features, teacher features, student logit scale)."""
+        images, flipped = random_flip(self.train_ds.images[idx], torch.Generator().manual_seed(seed))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.bf16):
-            student = self.model.image(self.model.normalize(images))
-        teacher = torch.where(flipped[:, None], feats[1, idx], feats[0, idx])
-        return F.normalize(student.float(), dim=-1), teacher
+            student, scale = self.net(images=images)
+        rows = idx.numpy()
+        teacher = torch.where(flipped[:, None], torch.from_numpy(feats[1, rows]),
+                              torch.from_numpy(feats[0, rows]))
+        return F.normalize(student.float(), dim=-1), teacher, scale
 
     def run(self, opt_state: dict | None = None) -> dict:
         r = self.recipe
@@ -192,10 +217,11 @@ class Trainer:
                             self._text_step(tokens, targets), len(texts), r.text_batch_size, opt_state)
             opt_state = None
         if self.state.stage in ("distill", "finetune"):
-            feats = teacher_image_features(self.teacher, self.train_ds, self.data_desc.get("sha256", ""))
+            feats = teacher_image_features(self.teacher, self.train_ds, self.data_desc.get("sha256", ""),
+                                           self.dist.is_main, self.dist.barrier)
         if self.state.stage == "distill":
-            def distill(idx: torch.Tensor) -> torch.Tensor:
-                s, t = self._image_forward(idx, feats)
+            def distill(idx: torch.Tensor, seed: int) -> torch.Tensor:
+                s, t, _ = self._image_forward(idx, feats, seed)
                 return (1 - (s * t).sum(-1)).mean()
             self._run_stage("distill", r.distill_epochs, r.distill_lr, self.model.image.parameters(),
                             distill, len(self.train_ds), r.batch_size, opt_state)
@@ -204,9 +230,9 @@ class Trainer:
             student_w = self.class_weights()  # text encoder frozen: computed once
             teacher_w = self.teacher.class_weights(self.labels, CIFAR_TEMPLATES)
 
-            def finetune(idx: torch.Tensor) -> torch.Tensor:
-                s, t = self._image_forward(idx, feats)
-                logits = self.model.logit_scale.exp() * s @ student_w.T
+            def finetune(idx: torch.Tensor, seed: int) -> torch.Tensor:
+                s, t, scale = self._image_forward(idx, feats, seed)
+                logits = scale * s @ student_w.T
                 p_t = F.softmax(self.teacher.logit_scale * t @ teacher_w.T, dim=-1)
                 kl = F.kl_div(F.log_softmax(logits, -1), p_t, reduction="batchmean")
                 return F.cross_entropy(logits, self.train_ds.labels[idx]) + r.kl_weight * kl
@@ -226,7 +252,8 @@ class Trainer:
         meta = {"teacher": self.teacher.describe(), "data": self.data_desc,
                 "recipe": {**asdict(self.recipe), "command": self.command},
                 "metrics": metrics, "history": self.state.history}
-        save_model(self.out, self.model, meta)
-        tok_dir = self.out.with_suffix(".tokenizer")
-        self.teacher.save_tokenizer(tok_dir)
+        if self.dist.is_main:
+            save_model(self.out, self.model, meta)
+            self.teacher.save_tokenizer(self.out.with_suffix(".tokenizer"))
+        self.dist.barrier()
         return meta
