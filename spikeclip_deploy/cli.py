@@ -77,12 +77,15 @@ def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, 
               help="lambda of the KL term (0 = the no-KL ablation).")
 @click.option("--bf16/--no-bf16", default=False, show_default=True,
               help="bf16 autocast for the image forward pass.")
+@click.option("--text-datasets", default="cifar10,cifar100", show_default=True,
+              help="Label sets whose labels x templates form the text-distillation set "
+                   "(cifar10, cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap steps per epoch (smoke runs).")
 @click.option("--limit", type=int, help="Use only the first N training images (smoke runs).")
 def train(model_name: str, teacher: str, data: str, out: str, resume: str | None, seed: int,
           val_fraction: float, text_epochs: int, distill_epochs: int, finetune_epochs: int,
-          batch_size: int, kl_weight: float, bf16: bool, max_steps_per_epoch: int | None,
-          limit: int | None) -> None:
+          batch_size: int, kl_weight: float, bf16: bool, text_datasets: str,
+          max_steps_per_epoch: int | None, limit: int | None) -> None:
     """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2)."""
     from .training.run import TrainConfig, run_training
 
@@ -90,7 +93,9 @@ def train(model_name: str, teacher: str, data: str, out: str, resume: str | None
         model=model_name, teacher=teacher, data=Path(data), out=Path(out),
         resume=Path(resume) if resume else None, seed=seed, val_fraction=val_fraction,
         text_epochs=text_epochs, distill_epochs=distill_epochs, finetune_epochs=finetune_epochs,
-        batch_size=batch_size, kl_weight=kl_weight, bf16=bf16, max_steps_per_epoch=max_steps_per_epoch,
+        batch_size=batch_size, kl_weight=kl_weight, bf16=bf16,
+        text_datasets=tuple(d.strip() for d in text_datasets.split(",") if d.strip()),
+        max_steps_per_epoch=max_steps_per_epoch,
         limit=limit, command=_command_line()))
     m = result.meta["metrics"]
     click.echo(f"checkpoint -> {out}\nvalidation zero-shot top-1 (n={m['n_val']}): student "
@@ -154,8 +159,13 @@ LIMIT = click.option("--limit", default=64, show_default=True, help="Number of v
               help="Also write the energy report from the same Lava run (loihi target).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Verify this existing export of --target (else one is made in a temp dir).")
+@click.option("--noisy-labels", default=1, show_default=True,
+              help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
+@click.option("--synonyms", default=0.0, show_default=True,
+              help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
 def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path: str | None,
-               energy_json: str | None, export_dir: str | None) -> None:
+               energy_json: str | None, export_dir: str | None, noisy_labels: int,
+               synonyms: float) -> None:
     """Float model vs CPU reference vs Lava: zero-shot accuracy, agreement, firing rates."""
     from .report import energy_summary, verify_summary
     from .verify.harness import VerifyConfig, run_verification, write_json
@@ -163,7 +173,8 @@ def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path:
     targets = ("cpu", "loihi") if target == "loihi" else ("cpu",)
     exports = ((target, Path(export_dir)),) if export_dir else ()
     result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
-                                           targets=targets, exports=exports))
+                                           targets=targets, exports=exports,
+                                           noisy_factor=noisy_labels, synonym_fraction=synonyms))
     if json_path:
         write_json(Path(json_path), result)
     click.echo(verify_summary(result))

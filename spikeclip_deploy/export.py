@@ -34,6 +34,7 @@ from .hardware import load_profile
 from .host import write_host_part
 from .lowering.fold import chain_to_graph, lower_stack
 from .lowering.quantize import quantize_chain
+from .lowering.resources import chain_resources
 from .nn.encoders import SpikingEncoder
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
@@ -120,16 +121,19 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
         meta.update({"input_quantization": input_q, "hardware": profile["name"],
                      "synapse_delay_steps": profile["synapse_delay_steps"],
                      "units": "integer chip units; see each node's metadata['loihi']"})
-        check_limits(chain, profile, side)
+        check_limits(chain_resources(chain, in_shape), profile, side)
+    meta["resources"] = chain_resources(chain, in_shape)
     return chain_to_graph(chain, in_shape, out_shape, meta), _layer_table(chain, in_shape)
 
 
-def check_limits(chain: list[tuple[str, nir.NIRNode]], profile: dict, side: str) -> None:
+def check_limits(resources: dict[str, int], profile: dict, side: str) -> None:
+    """Neurons and synapses against the profile's per-chip limits (data in ``hardware/``)."""
     lim = profile["limits"]
-    neurons = sum(int(np.prod(np.asarray(n.tau).shape)) for _, n in chain if isinstance(n, nir.LIF))
-    if neurons > lim["neurons_per_chip"]:
-        raise HardwareLimitError(f"{side} encoder needs {neurons} neurons; {profile['name']} has "
-                                 f"{lim['neurons_per_chip']} per chip: use a smaller model config")
+    for kind in ("neurons", "synapses"):
+        if resources[kind] > lim[f"{kind}_per_chip"]:
+            raise HardwareLimitError(f"the {side} encoder needs {resources[kind]:,} {kind}; "
+                                     f"{profile['name']} has {lim[f'{kind}_per_chip']:,} per chip: "
+                                     f"use a smaller model config")
 
 
 def default_out(model: str, target: str) -> Path:
@@ -154,9 +158,10 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         (tmp / "chip").mkdir()
-        layers = {}
+        layers, resources = {}, {}
         for side in ("image", "text"):
             graph, layers[side] = lower_encoder(model, side, cfg.target, profile)
+            resources[side] = graph.metadata["resources"]
             nir.write(tmp / "chip" / f"{side}_encoder.nir", graph)
         labels = card["metadata"].get("metrics", {}).get("labels") or []
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
@@ -172,7 +177,8 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                               "checkpoint_sha256": card["sha256"],
                               "metrics": card["metadata"].get("metrics", {})},
                     "hardware": profile["name"] if cfg.target == "loihi" else None,
-                    "versions": library_versions(), "layers": layers, "host": host, "files": files}
+                    "versions": library_versions(), "layers": layers, "resources": resources,
+                    "host": host, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
         if out.exists():  # --force: swap atomically, then drop the old one
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

@@ -42,9 +42,3 @@ def parse_labels(text: str) -> list[str]:
 
 def prompts_for(label: str, templates: tuple[str, ...] = CIFAR_TEMPLATES) -> list[str]:
     return [t.format(label.replace("_", " ")) for t in templates]
-
-
-def distillation_texts(templates: tuple[str, ...] = CIFAR_TEMPLATES) -> list[str]:
-    """Text set for text-encoder distillation: CIFAR-10 + CIFAR-100 labels x templates."""
-    labels = sorted(set(CIFAR10_CLASSES) | set(CIFAR100_CLASSES))
-    return [p for label in labels for p in prompts_for(label, templates)]

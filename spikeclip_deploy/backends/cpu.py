@@ -13,16 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..lowering.resources import pair
 from .base import Backend, chip_input
 
 
 def _affine(node: nir.Affine, x: torch.Tensor) -> torch.Tensor:
     return x @ torch.as_tensor(node.weight, dtype=x.dtype).T + torch.as_tensor(node.bias, dtype=x.dtype)
-
-
-def pair(v) -> tuple[int, int]:
-    a = [int(x) for x in np.atleast_1d(np.asarray(v))]
-    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
 
 
 def _conv2d(node: nir.Conv2d, x: torch.Tensor) -> torch.Tensor:

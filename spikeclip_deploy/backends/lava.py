@@ -19,7 +19,7 @@ import numpy as np
 from .. import lava_compat
 from ..errors import BackendUnavailableError
 from .base import Backend, quantize_input
-from .cpu import pair
+from ..lowering.resources import pair
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ class TrainConfig:
     batch_size: int = 64
     kl_weight: float = 1.0
     bf16: bool = False
+    text_datasets: tuple[str, ...] = ("cifar10", "cifar100")
     max_steps_per_epoch: int | None = None
     limit: int | None = None
     command: str = ""
@@ -60,6 +61,7 @@ def run_training(tc: TrainConfig) -> TrainResult:
     recipe = Recipe(text_epochs=tc.text_epochs, distill_epochs=tc.distill_epochs,
                     finetune_epochs=tc.finetune_epochs, batch_size=tc.batch_size,
                     kl_weight=tc.kl_weight, seed=tc.seed, bf16=tc.bf16,
+                    text_datasets=tc.text_datasets,
                     max_steps_per_epoch=tc.max_steps_per_epoch)
     trainer = Trainer(cfg, teacher, ds.subset(tr), ds.subset(va), recipe, tc.out, data_desc,
                       tc.command)

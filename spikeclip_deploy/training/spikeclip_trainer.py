@@ -30,7 +30,8 @@ from ..errors import CheckpointError
 from ..fileutil import atomic_write
 from ..nn.spikeclip import SpikeCLIP
 from ..paths import cache_dir
-from ..prompts import CIFAR_TEMPLATES, distillation_texts, prompts_for
+from ..label_sets import distillation_text_set
+from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
 from .distributed import init_distributed
@@ -49,6 +50,7 @@ class Recipe:
     distill_lr: tuple[float, float] = (5e-3, 5e-4)
     finetune_lr: tuple[float, float] = (5e-4, 1e-5)
     kl_weight: float = 1.0
+    text_datasets: tuple[str, ...] = ("cifar10", "cifar100")
     seed: int = 0
     bf16: bool = False  # bf16 autocast for the image forward pass (no speed-up measured on this CPU)
     max_steps_per_epoch: int | None = None  # for smoke runs
@@ -209,7 +211,9 @@ class Trainer:
             init_text_embeddings(self.model, self.teacher)
         feats = None
         if self.state.stage == "text":
-            texts = distillation_texts() + [p for lbl in self.labels for p in prompts_for(lbl)]
+            texts = distillation_text_set(r.text_datasets)
+            known = set(texts)
+            texts += [p for lbl in self.labels for p in prompts_for(lbl) if p not in known]
             tokens = torch.from_numpy(tokenize(self.teacher.tokenizer(), texts,
                                                self.cfg.context_length))
             targets = self.teacher.encode_texts(texts)

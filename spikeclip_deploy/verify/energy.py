@@ -18,37 +18,10 @@ from typing import Any
 
 import nir
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..backends.cpu import pair
+from ..lowering.resources import fan_out, flops
 
 PJ_PER_MJ = 1e9
-
-
-def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
-    """Synapses leaving each input neuron (shape ``in_shape``)."""
-    if isinstance(node, nir.Affine):
-        return np.full(in_shape, np.asarray(node.weight).shape[0], dtype=np.int64)
-    w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float64)
-    c_out, _, kh, kw = w.shape
-    ones_in = torch.ones(1, *in_shape, dtype=torch.float64, requires_grad=True)
-    out = F.conv2d(ones_in, torch.ones_like(w), stride=pair(node.stride), padding=pair(node.padding),
-                   dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
-    out.sum().backward()  # d(sum of outputs)/d(input i) = synapses leaving i
-    return ones_in.grad[0].round().numpy().astype(np.int64)
-
-
-def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one dense (non-spiking) evaluation of the layer."""
-    w = np.asarray(node.weight)
-    if isinstance(node, nir.Affine):
-        return int(w.shape[0] * w.shape[1])
-    h, wd = in_shape[1:]
-    (sh, sw), (ph, pw), (dh, dw) = pair(node.stride), pair(node.padding), pair(node.dilation)
-    ho = (h + 2 * ph - dh * (w.shape[2] - 1) - 1) // sh + 1
-    wo = (wd + 2 * pw - dw * (w.shape[3] - 1) - 1) // sw + 1
-    return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
 
 
 def energy_report(chain: list[tuple[str, nir.NIRNode]], spikes: list[np.ndarray],

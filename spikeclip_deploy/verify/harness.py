@@ -19,6 +19,7 @@ from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
 from ..fileutil import atomic_write
 from ..hardware import load_profile
+from ..robustness import with_distractors, with_synonyms
 from ..prompts import CIFAR_TEMPLATES
 from ..zeroshot import class_weights, student_text_encoder
 from .energy import energy_report
@@ -37,6 +38,8 @@ class VerifyConfig:
     templates: tuple[str, ...] = CIFAR_TEMPLATES
     energy_model: str = "energy-45nm"
     exports: tuple[tuple[str, Path], ...] = ()  # (target, existing export dir) to use as is
+    noisy_factor: int = 1  # robustness: labels x factor with distractors
+    synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
 
 
 def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -59,16 +62,18 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     ckpt = resolve_checkpoint(cfg.model)
     model, card, _ = load_model(str(ckpt))
     images, labels, class_names = validation_images(cfg, model.cfg.image_size)
+    query = with_distractors(with_synonyms(class_names, cfg.synonym_fraction), cfg.noisy_factor)
     preds: dict[str, np.ndarray] = {}
     rates: dict[str, dict[str, float]] = {}
-    result: dict[str, Any] = {"model": ckpt.stem, "n": int(len(labels)), "labels": class_names,
+    result: dict[str, Any] = {"model": ckpt.stem, "n": int(len(labels)), "labels": query,
+                              "protocol": {"noisy_factor": cfg.noisy_factor,
+                                           "synonym_fraction": cfg.synonym_fraction},
                               "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
                                                                "seed": cfg.seed}}
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.with_suffix(".tokenizer")))
-    float_w = class_weights(student_text_encoder(model, tokenizer), class_names,
-                            cfg.templates).numpy()
+    float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
     with torch.no_grad():
         preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
     workdir = Path(tempfile.mkdtemp(prefix="spikeclip-verify-"))
@@ -82,7 +87,7 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                 if made_from != card["sha256"]:
                     raise ExportError(f"export {export_dir} was made from another checkpoint "
                                       f"than {ckpt}; pass the matching --model or re-export")
-                class_w = backend.class_weights(class_names, cfg.templates)
+                class_w = backend.class_weights(query, cfg.templates)
                 feats, spikes = backend.encode_images(images)
                 preds[target] = _predict(feats, class_w)
                 names = [n for n, node in backend.chains["image"] if type(node).__name__ == "LIF"]

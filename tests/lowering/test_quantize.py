@@ -48,3 +48,20 @@ def test_activation_worst_case_by_hand():
     # row 0: +254 +100 -56 -> positive 354; row 1: -256 -256 +2 -> negative 512
     w = np.array([[254, 100, -56], [-256, -256, 2]])
     assert activation_worst_case(w) == 512
+
+
+def test_hardware_limits_come_from_the_profile():
+    from spikeclip_deploy.errors import HardwareLimitError
+    from spikeclip_deploy.export import check_limits
+
+    profile = {"name": "small-chip", "limits": {"neurons_per_chip": 100, "synapses_per_chip": 50}}
+    check_limits({"neurons": 100, "synapses": 50}, profile, "image")
+    with pytest.raises(HardwareLimitError, match="needs 51 synapses; small-chip has 50"):
+        check_limits({"neurons": 10, "synapses": 51}, profile, "image")
+
+
+def test_chain_resources_by_hand():
+    from spikeclip_deploy.lowering.resources import chain_resources
+
+    chain = [("lif0", lif(3)), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))), ("lif1", lif(2))]
+    assert chain_resources(chain, (3,)) == {"neurons": 5, "synapses": 6}

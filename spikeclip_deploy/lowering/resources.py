@@ -1,0 +1,50 @@
+"""Static resource counts of a chip chain: fan-out, dense-equivalent MACs, neurons, synapses."""
+from __future__ import annotations
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def pair(v) -> tuple[int, int]:
+    a = [int(x) for x in np.atleast_1d(np.asarray(v))]
+    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
+
+
+def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
+    """Synapses leaving each input neuron (shape ``in_shape``)."""
+    if isinstance(node, nir.Affine):
+        return np.full(in_shape, np.asarray(node.weight).shape[0], dtype=np.int64)
+    w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float64)
+    c_out, _, kh, kw = w.shape
+    ones_in = torch.ones(1, *in_shape, dtype=torch.float64, requires_grad=True)
+    out = F.conv2d(ones_in, torch.ones_like(w), stride=pair(node.stride), padding=pair(node.padding),
+                   dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
+    out.sum().backward()  # d(sum of outputs)/d(input i) = synapses leaving i
+    return ones_in.grad[0].round().numpy().astype(np.int64)
+
+
+def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one dense (non-spiking) evaluation of the layer."""
+    w = np.asarray(node.weight)
+    if isinstance(node, nir.Affine):
+        return int(w.shape[0] * w.shape[1])
+    h, wd = in_shape[1:]
+    (sh, sw), (ph, pw), (dh, dw) = pair(node.stride), pair(node.padding), pair(node.dilation)
+    ho = (h + 2 * ph - dh * (w.shape[2] - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (w.shape[3] - 1) - 1) // sw + 1
+    return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
+
+
+def chain_resources(chain: list[tuple[str, nir.NIRNode]], in_shape: tuple[int, ...]) -> dict[str, int]:
+    """Neurons (LIF state) and synapses (one per input-output connection) of a chain."""
+    neurons = synapses = 0
+    shape = tuple(in_shape)
+    for _, node in chain:
+        if isinstance(node, nir.LIF):
+            shape = np.asarray(node.tau).shape
+            neurons += int(np.prod(shape))
+        else:
+            synapses += flops(node, shape)
+    return {"neurons": neurons, "synapses": synapses}
