@@ -17,7 +17,7 @@ import nir
 import numpy as np
 
 from .. import lava_compat
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ExportError
 from .base import Backend, quantize_input
 from ..lowering.resources import pair
 
@@ -31,13 +31,15 @@ def _lava():
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.process import Conv
         from lava.proc.dense.process import Dense
-        from lava.proc.io.sink import RingBuffer
-        from lava.proc.lif.process import LIF
+        from lava.proc.io.source import RingBuffer as Source
+        from lava.proc.lif.process import LIFReset
+
+        from .lava_procs import recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc and lava-dl ({exc}); "
                                       f"run `make venv`") from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
-                RingBuffer=RingBuffer, LIF=LIF)
+                Source=Source, LIF=LIFReset, io=lava_io)
 
 
 def to_lava_layout(a: np.ndarray) -> np.ndarray:
@@ -50,11 +52,13 @@ def from_lava_layout(a: np.ndarray) -> np.ndarray:
     return a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.T
 
 
-def _lif(L: dict, node: nir.LIF, shape: tuple[int, ...]) -> Any:
+def _lif(L: dict, node: nir.LIF, shape: tuple[int, ...], bias: np.ndarray, period: int,
+         offset: int) -> Any:
+    """``LIFReset``: u and v are zeroed when ``time_step % period == offset`` (sample start)."""
     q = node.metadata["loihi"]
-    bias = np.asarray(node.metadata.get("bias_mant", 0))
     return L["LIF"](shape=shape, du=int(q["du"]), dv=int(q["dv"]), vth=int(q["vth"]),
-                    bias_mant=bias, bias_exp=int(q["bias_exp"]))
+                    bias_mant=bias, bias_exp=int(q["bias_exp"]), reset_interval=period,
+                    reset_offset=offset)
 
 
 def _dense(L: dict, node: nir.Affine, shape: tuple[int, ...]) -> Any:
@@ -81,60 +85,65 @@ def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF) -> np.ndarray:
 
 
 class _Network:
-    """One encoder's chain as connected Lava processes with spike sinks."""
+    r"""One encoder's chain as Lava processes, run once over a whole batch.
 
-    def __init__(self, L: dict, chain: list, time_steps: int,
-                 handlers: dict[type, Callable]) -> None:
-        self.L, self.time_steps = L, time_steps
+    Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + L` (:math:`L`
+    synapse layers, each delaying by one step). The source drives the first LIF with sample
+    :math:`k`'s input mantissa through the whole period (``a_in << 6`` equals the bias
+    ``mant << 6``); LIF layer :math:`j` is reset at step :math:`kP+1+j` and its window is steps
+    :math:`kP+1+j .. kP+j+T`.
+    """
+
+    def __init__(self, L: dict, chain: list, time_steps: int, handlers: dict[type, Callable]) -> None:
+        self.L, self.chain, self.handlers, self.time_steps = L, chain, handlers, time_steps
         self.n_syn = sum(1 for _, n in chain if not isinstance(n, nir.LIF))
-        self.n_steps = time_steps + self.n_syn
-        self.lifs, self.synapses, self.sinks = [], [], []
-        prev = None
-        prev_syn = None
-        for _, node in chain:
-            if isinstance(node, nir.LIF):
-                shape = to_lava_layout(np.zeros(np.asarray(node.tau).shape)).shape
-                if prev_syn is not None:
-                    node.metadata["bias_mant"] = synapse_bias_mant(prev_syn, node)
-                proc = handlers[nir.LIF](L, node, shape)
-                sink = L["RingBuffer"](shape=shape, buffer=self.n_steps)
-                proc.s_out.connect(sink.a_in)
-                if prev is not None:
-                    prev.a_out.connect(proc.a_in)
-                self.lifs.append(proc)
-                self.sinks.append(sink)
-                prev = proc
-            else:
-                in_shape = self.lifs[-1].s_out.shape
-                proc = handlers[type(node)](L, node, in_shape)
-                prev.s_out.connect(proc.s_in)
-                self.synapses.append(proc)
-                prev, prev_syn = proc, node
-        self.started = False
+        self.period = time_steps + self.n_syn
 
-    def run_sample(self, bias_mant: np.ndarray) -> list[np.ndarray]:
-        first = self.lifs[0]
-        bias = to_lava_layout(bias_mant).astype(np.int32)
-        if not self.started:  # no runtime yet: initial values are the reset state
-            first.bias_mant.init = bias
-        else:
-            first.bias_mant.set(bias)
-            for var in [p.u for p in self.lifs] + [p.v for p in self.lifs] + [
-                    s.a_buff if hasattr(s, "a_buff") else s.a_buf for s in self.synapses]:
-                var.set(np.zeros(var.shape))
-        first.run(condition=self.L["RunSteps"](num_steps=self.n_steps),
-                  run_cfg=self.L["Loihi2SimCfg"](select_tag="fixed_pt"))
-        self.started = True
-        out = []
-        for k, sink in enumerate(self.sinks):
-            data = sink.data.get()[..., k:k + self.time_steps]
-            out.append(from_lava_layout(data).astype(np.uint8))
-        return out
+    def run(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
+        import tempfile
 
-    def stop(self) -> None:
-        if self.started:
-            self.lifs[0].stop()
-            self.started = False
+        b, p = len(inputs), self.period
+        steps = b * p
+        data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
+        data = np.repeat(data, p, axis=-1)  # each sample's input for its whole period
+        source = self.L["Source"](data=data)
+        with tempfile.TemporaryDirectory(prefix="spikeclip-lava-") as tmp:
+            prev, prev_syn, lifs, paths, procs = source, None, [], [], [source]
+            for _, node in self.chain:
+                if isinstance(node, nir.LIF):
+                    shape = to_lava_layout(np.zeros(np.asarray(node.tau).shape)).shape
+                    bias = synapse_bias_mant(prev_syn, node) if prev_syn is not None else 0
+                    j = len(lifs)
+                    proc = self.handlers[nir.LIF](self.L, node, shape, bias, p, (1 + j) % p)
+                    path = f"{tmp}/lif{j}.npy"
+                    self.L["io"].new_recording(path, steps, shape)
+                    recorder = self.L["io"].SpikeRecorder(shape=shape, path=path)
+                    proc.s_out.connect(recorder.a_in)
+                    (prev.s_out if prev is source else prev.a_out).connect(proc.a_in)
+                    lifs.append(proc)
+                    paths.append(path)
+                    procs += [proc, recorder]
+                    prev = proc
+                else:
+                    proc = self.handlers[type(node)](self.L, node, lifs[-1].s_out.shape)
+                    prev.s_out.connect(proc.s_in)
+                    procs.append(proc)
+                    prev, prev_syn = proc, node
+            cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
+                                         exception_proc_model_map=self.L["io"].MODEL_MAP)
+            try:
+                source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
+            finally:
+                source.stop()
+            out = []
+            for j, path in enumerate(paths):
+                rec = np.load(path)  # [steps, *lava_shape]
+                rows = (np.arange(b)[:, None] * p + j + np.arange(self.time_steps)[None, :])
+                windows = rec[rows.reshape(-1)]  # [B*T, *lava_shape]
+                out.append(np.stack([from_lava_layout(np.moveaxis(w, 0, -1))
+                                     for w in windows.reshape(b, self.time_steps, *rec.shape[1:])]))
+            return out
 
 
 class LavaBackend(Backend):
@@ -146,25 +155,14 @@ class LavaBackend(Backend):
     def __init__(self, export_dir) -> None:
         super().__init__(export_dir)
         if self.manifest["target"] != "loihi":
-            from ..errors import ExportError
             raise ExportError(f"{export_dir} is a '{self.manifest['target']}' export; the loihi "
                               f"backend needs one made with --target loihi")
         self._L = _lava()
-        self._nets: dict[str, _Network] = {}
-
-    def _net(self, side: str) -> _Network:
-        if side not in self._nets:
-            self._nets[side] = _Network(self._L, self.chains[side],
-                                        self.time_steps, self.handlers)
-        return self._nets[side]
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
         q = self.graphs[side].metadata["input_quantization"]
-        net = self._net(side)
-        per_sample = [net.run_sample(quantize_input(c, q)) for c in current]
-        return [np.stack([s[k] for s in per_sample]) for k in range(len(net.lifs))]
-
-    def close(self) -> None:
-        for net in self._nets.values():
-            net.stop()
-        self._nets.clear()
+        if q["bias_exp"] != 6:
+            raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the Lava "
+                              f"backend feeds the input through a_in (<< 6) and needs 6")
+        net = _Network(self._L, self.chains[side], self.time_steps, self.handlers)
+        return net.run(quantize_input(current, q))

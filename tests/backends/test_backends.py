@@ -80,28 +80,24 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
     nir.write(tmp_path / "tiny.nir", chain_to_graph(chain, (2,), (2,), {"dt": 1.0}))
     chain = graph_to_chain(nir.read(tmp_path / "tiny.nir"))
     net = _Network(_lava(), chain, time_steps=4, handlers=LavaBackend.handlers)
-    try:
-        s0, s1 = net.run_sample(np.array([6, 20]))
-        # lif0: v = trunc(v/2) + bias * 2^6 (bias_exp 6), spike when v > 10 * 2^6, reset to 0.
-        # neuron 0: 384, 576, 672 (spike), 384 -> 0 0 1 0; neuron 1: 1280 every step -> 1 1 1 1
-        v, trace0 = np.zeros(2, dtype=np.int64), []
-        for _ in range(4):
-            v = np.trunc(v / 2).astype(np.int64) + np.array([6, 20]) * 64
-            s = v > 640
-            v[s] = 0
-            trace0.append(s.astype(np.uint8))
-        assert s0.tolist() == np.array(trace0).tolist()
-        # lif1 sees lif0's spikes of the same window step (delay compensated): 64 * (W s)
-        v, trace1 = np.zeros(2, dtype=np.int64), []
-        for s in trace0:
-            v = np.trunc(v / 2).astype(np.int64) + 64 * (w.astype(np.int64) @ s)
-            out = v > 60 * 64
-            v[out] = 0
-            trace1.append(out.astype(np.uint8))
-        assert s1.tolist() == np.array(trace1).tolist()
-        assert np.array(trace0).sum() > 0 and np.array(trace1).sum() > 0
-        # a second sample starts from the reset state: same input -> same spikes
-        again = net.run_sample(np.array([6, 20]))
-        assert again[0].tolist() == s0.tolist() and again[1].tolist() == s1.tolist()
-    finally:
-        net.stop()
+    # two samples in one run: the second starts from the reset state, so both match the trace
+    (s0, s1) = net.run(np.array([[6, 20], [6, 20]]))
+    # lif0: v = trunc(v/2) + input * 2^6, spike when v > 10 * 2^6, reset to 0.
+    # neuron 0: 384, 576, 672 (spike), 384 -> 0 0 1 0; neuron 1: 1280 every step -> 1 1 1 1
+    v, trace0 = np.zeros(2, dtype=np.int64), []
+    for _ in range(4):
+        v = np.trunc(v / 2).astype(np.int64) + np.array([6, 20]) * 64
+        s = v > 640
+        v[s] = 0
+        trace0.append(s.astype(np.uint8))
+    # lif1 sees lif0's spikes of the same window step (delay compensated): 64 * (W s)
+    v, trace1 = np.zeros(2, dtype=np.int64), []
+    for s in trace0:
+        v = np.trunc(v / 2).astype(np.int64) + 64 * (w.astype(np.int64) @ s)
+        out = v > 60 * 64
+        v[out] = 0
+        trace1.append(out.astype(np.uint8))
+    for k in range(2):
+        assert s0[k].tolist() == np.array(trace0).tolist()
+        assert s1[k].tolist() == np.array(trace1).tolist()
+    assert np.array(trace0).sum() > 0 and np.array(trace1).sum() > 0
