@@ -10,7 +10,8 @@ For input current :math:`X_t` (:math:`t = 1..T`), membrane :math:`V_0 = 0`:
 
 :math:`\Theta` is the strict step (spike when :math:`H_t > V_{th}`, as Loihi tests
 ``v > vth``); its gradient is replaced by the sigmoid surrogate
-:math:`\alpha\,\sigma(\alpha x)(1-\sigma(\alpha x))` (snntorch's ``surrogate.sigmoid``).
+:math:`\alpha\,\sigma(\alpha x)(1-\sigma(\alpha x))` (snntorch's ``surrogate.sigmoid``, computed
+stably).
 The reset is hard (to 0) and detached from the graph.
 
 Two implementations with identical outputs and gradients: ``fused`` (default) runs the time
@@ -26,8 +27,27 @@ loop without building an autograd graph and back-propagates through time by hand
 from __future__ import annotations
 
 import torch
-from snntorch import surrogate
 from torch import nn
+
+
+class SigmoidSpike(torch.autograd.Function):
+    """Strict step forward; :math:`\alpha\sigma(\alpha x)(1-\sigma(\alpha x))` backward.
+
+    The same surrogate as snntorch's ``surrogate.sigmoid``, computed with ``torch.sigmoid``:
+    snntorch's ``exp(-a x) / (exp(-a x) + 1)^2`` overflows to NaN once ``a x < -44``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        sig = torch.sigmoid(ctx.alpha * x)
+        return grad * ctx.alpha * sig * (1.0 - sig), None
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -74,7 +94,6 @@ class MultiStepLIF(nn.Module):
         self.v_threshold = float(v_threshold)
         self.alpha = float(alpha)
         self.fused = fused
-        self._spike = surrogate.sigmoid(slope=alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
@@ -83,7 +102,7 @@ class MultiStepLIF(nn.Module):
         out = []
         for x_t in x:
             h = v + (x_t - v) / self.tau
-            s = self._spike(h - self.v_threshold)
+            s = SigmoidSpike.apply(h - self.v_threshold, self.alpha)
             v = h * (1.0 - s.detach())
             out.append(s)
         return torch.stack(out)
