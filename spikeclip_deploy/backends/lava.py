@@ -1,12 +1,13 @@
 r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 models
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
-Each NIR node becomes a Lava process through a handler map (LIF -> ``LIF``, Affine -> ``Dense``,
-Conv2d -> ``Conv``). The first LIF is driven by the host current as its per-neuron bias
-(direct coding). Lava delays every synapse layer's output by one step, so one sample runs
-``T + n_synapses`` steps and the k-th LIF layer's spikes are read from steps ``k .. k+T-1``
-(RingBuffer sinks). Before every sample, ``u``, ``v`` and the synapses' activation buffers are
-set to 0, since Lava never resets state by itself.
+Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
+``Dense``, Conv2d -> ``Conv``). A whole batch runs in one simulation (see :class:`_Network`):
+a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
+coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
+state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava
+delays every synapse layer's output by one step, so a sample takes ``T + n_synapses`` steps and
+the k-th LIF layer's spikes are read from its steps ``k .. k+T-1``.
 """
 from __future__ import annotations
 
