@@ -104,6 +104,17 @@ def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, 
     return model.eval(), card, extra
 
 
+def load_tokenizer(ckpt: Path):
+    """The tokenizer saved beside a checkpoint (``NAME.tokenizer/``, written by ``train``)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(ckpt).with_suffix(".tokenizer")
+    if not folder.is_dir():
+        raise CheckpointError(f"tokenizer folder {folder} is missing beside the checkpoint; it is "
+                              f"written by `spikeclip-deploy train` and travels with the checkpoint")
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def default_checkpoint_name() -> str:
     return "spikeclip-tiny-cifar10"
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import load_model, resolve_checkpoint
+from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from .errors import ExportError, HardwareLimitError, LoweringError
 from .fileutil import sha256_file
 from .hardware import load_profile
@@ -121,8 +121,9 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
         meta.update({"input_quantization": input_q, "hardware": profile["name"],
                      "synapse_delay_steps": profile["synapse_delay_steps"],
                      "units": "integer chip units; see each node's metadata['loihi']"})
-        check_limits(chain_resources(chain, in_shape), profile, side)
     meta["resources"] = chain_resources(chain, in_shape)
+    if target == "loihi":
+        check_limits(meta["resources"], profile, side)
     return chain_to_graph(chain, in_shape, out_shape, meta), _layer_table(chain, in_shape)
 
 
@@ -142,8 +143,6 @@ def default_out(model: str, target: str) -> Path:
 
 def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     """Write an export; returns (directory, manifest)."""
-    from transformers import AutoTokenizer
-
     if cfg.target not in TARGETS:
         raise ExportError(f"unknown target '{cfg.target}'; choose one of {', '.join(TARGETS)}")
     out = Path(cfg.out) if cfg.out else default_out(cfg.model, cfg.target)
@@ -164,9 +163,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
             resources[side] = graph.metadata["resources"]
             nir.write(tmp / "chip" / f"{side}_encoder.nir", graph)
         labels = card["metadata"].get("metrics", {}).get("labels") or []
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
-        if tokenizer is None:
-            raise ExportError(f"tokenizer folder {tok_dir} is missing beside the checkpoint")
+        tokenizer = load_tokenizer(ckpt)
         label_w = (class_weights(student_text_encoder(model, tokenizer), labels) if labels
                    else torch.zeros(0, model.cfg.embed_dim))
         host = write_host_part(model, tmp / "host", tok_dir, labels, label_w)

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ExportError
 from .lowering.fold import fold_conv_bn
 from .nn.encoders import Readout
 from .nn.spikeclip import SpikeCLIP
@@ -76,9 +75,6 @@ def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels:
             last = enc.run_stack(enc.encode(inp))[-1]
         spikes = torch.zeros(1, *last.transpose(0, 1).shape[1:])
         _onnx(ReadoutHead(enc.readout), spikes, folder / f"{side}_readout.onnx", "spikes", "embedding")
-    if not tokenizer_dir.is_dir():
-        raise ExportError(f"tokenizer folder {tokenizer_dir} is missing; it is written beside the "
-                          f"checkpoint by `spikeclip-deploy train`")
     shutil.copytree(tokenizer_dir, folder / "tokenizer")
     (folder / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
     np.save(folder / "label_features.npy", label_features.numpy().astype(np.float32))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..backends import get_backend
-from ..checkpoint import load_model, resolve_checkpoint
+from ..checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from ..data import load_dataset, stratified_split
 from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
@@ -70,10 +70,8 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                                            "synonym_fraction": cfg.synonym_fraction},
                               "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
                                                                "seed": cfg.seed}}
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt.with_suffix(".tokenizer")))
-    float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
+    float_w = class_weights(student_text_encoder(model, load_tokenizer(ckpt)), query,
+                            cfg.templates).numpy()
     with torch.no_grad():
         preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
     workdir = Path(tempfile.mkdtemp(prefix="spikeclip-verify-"))
