@@ -101,6 +101,12 @@ def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, 
         raise CheckpointError(f"{path} does not match config '{cfg.name}': missing {missing[:5]}, "
                               f"wrong shapes {wrong[:5]}")
     model.load_state_dict(model_state)
+    qa = card.get("metadata", {}).get("metrics", {}).get("quantization_aware")
+    if qa and qa.get("input_grid"):  # trained with the host current on the chip's input grid
+        from .hardware import load_profile
+        from .lowering.qat import quantize_inputs
+
+        quantize_inputs(model, load_profile(qa["hardware"])["fixed_point"])
     return model.eval(), card, extra
 
 

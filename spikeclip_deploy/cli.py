@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import SpikeClipError
+from .training.recipe import Recipe
 
 
 class CleanErrors(click.Group):
@@ -27,6 +28,14 @@ def _command_line() -> str:
     return "spikeclip-deploy " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+DATA_HELP = ("ImageFolder dir, tarball of one, or torchvision:NAME[:SPLIT]:ROOT (NAME: cifar10, "
+             "cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k; SPLIT defaults "
+             "to the training split, e.g. torchvision:cifar10:test:data/cifar)")
+DOWNLOAD = click.option("--download", is_flag=True,
+                        help="Let torchvision fetch a torchvision:NAME:ROOT dataset that is not "
+                             "under ROOT yet (needs network; off by default).")
+
+
 @click.group(cls=CleanErrors)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -36,7 +45,8 @@ def main(verbose: int) -> None:
 
 
 @main.command("train-teacher")
-@click.option("--data", required=True, type=click.Path(), help="ImageFolder dir or tarball.")
+@click.option("--data", required=True, type=click.Path(), help=DATA_HELP + ".")
+@DOWNLOAD
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tower .safetensors.")
 @click.option("--epochs", default=4, show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
@@ -44,13 +54,13 @@ def main(verbose: int) -> None:
 @click.option("--width", default=48, show_default=True, help="Tower base width.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--val-fraction", default=0.1, show_default=True)
-def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, width: int,
-                  seed: int, val_fraction: float) -> None:
+def train_teacher(data: str, download: bool, out: str, epochs: int, batch_size: int, lr: float,
+                  width: int, seed: int, val_fraction: float) -> None:
     """Train the offline teacher's image tower against frozen MiniLM prompt embeddings."""
     from .data import load_dataset, stratified_split
     from .training.teacher_tower import TowerRecipe, train_tower
 
-    ds = load_dataset(data)
+    ds = load_dataset(data, download=download)
     tr, va = stratified_split(ds.labels, val_fraction, seed)
     meta = train_tower(ds.subset(tr), ds.subset(va), Path(out),
                        TowerRecipe(epochs=epochs, batch_size=batch_size, lr=lr, width=width,
@@ -59,44 +69,90 @@ def train_teacher(data: str, out: str, epochs: int, batch_size: int, lr: float, 
     click.echo(f"teacher tower -> {out}: validation zero-shot top-1 {meta['val_zero_shot_top1']:.4f}")
 
 
+def _load_config_file(ctx: click.Context, _param, value: str | None) -> str | None:
+    """``--config FILE`` (JSON or TOML): its keys become the command's defaults, so flags given
+    on the command line still override them."""
+    if value:
+        from .config import read_option_file
+
+        values = read_option_file(Path(value))
+        known = {p.name for p in ctx.command.params if p.name != "config"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise click.BadParameter(f"unknown keys {unknown} in {value}; known: "
+                                     f"{', '.join(sorted(known))}", param_hint="--config")
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        start, end = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected START,END learning rates, got {text!r}") from None
+    return start, end
+
+
 @main.command("train")
-@click.option("--model", "model_name", default="spikeclip-tiny", show_default=True,
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+              callback=_load_config_file,
+              help="JSON or TOML file of option values (keys as the long flags, - or _); "
+                   "flags given here override it.")
+@click.option("--model", default="spikeclip-tiny", show_default=True,
               help="Registered model config.")
 @click.option("--teacher", default="offline-minilm", show_default=True,
-              help="offline-minilm[:TOWER.safetensors] or clip:DIR (a transformers CLIP).")
-@click.option("--data", required=True, type=click.Path(), help="ImageFolder dir or tarball.")
+              help="offline-minilm[:TOWER.safetensors], clip:DIR (a transformers CLIP) "
+                   "or open_clip:DIR (an open_clip model directory).")
+@click.option("--data", required=True, type=click.Path(), help=DATA_HELP + ".")
+@DOWNLOAD
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint .safetensors.")
-@click.option("--resume", type=click.Path(dir_okay=False), help="A .train-state.pt to continue.")
+@click.option("--resume", type=click.Path(dir_okay=False),
+              help="A .train-state.pt to continue (a finished run reopens at the first stage "
+                   "given more epochs).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--val-fraction", default=0.1, show_default=True)
-@click.option("--text-epochs", default=30, show_default=True)
-@click.option("--distill-epochs", default=2, show_default=True)
-@click.option("--finetune-epochs", default=1, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--kl-weight", default=1.0, show_default=True,
+@click.option("--text-epochs", default=Recipe.text_epochs, show_default=True)
+@click.option("--distill-epochs", default=Recipe.distill_epochs, show_default=True,
+              help="Image distillation epochs (0 = the no-pre-training ablation).")
+@click.option("--finetune-epochs", default=Recipe.finetune_epochs, show_default=True)
+@click.option("--qat-epochs", default=Recipe.qat_epochs, show_default=True,
+              help="Quantization-aware fine-tuning epochs on the --hardware grid, after "
+                   "fine-tuning; the checkpoint then holds the quantized values.")
+@click.option("--batch-size", default=Recipe.batch_size, show_default=True,
+              help="Image batch (distillation and fine-tuning).")
+@click.option("--text-batch-size", default=Recipe.text_batch_size, show_default=True)
+@click.option("--distill-lr", default=",".join(map(str, Recipe.distill_lr)), show_default=True,
+              help="Cosine schedule START,END for both distillation stages.")
+@click.option("--finetune-lr", default=",".join(map(str, Recipe.finetune_lr)), show_default=True)
+@click.option("--qat-lr", default=",".join(map(str, Recipe.qat_lr)), show_default=True)
+@click.option("--kl-weight", default=Recipe.kl_weight, show_default=True,
               help="lambda of the KL term (0 = the no-KL ablation).")
+@click.option("--hardware", default=Recipe.hardware, show_default=True,
+              help="Hardware profile (hardware/NAME.json) for --qat-epochs.")
 @click.option("--bf16/--no-bf16", default=False, show_default=True,
-              help="bf16 autocast for the image forward pass.")
+              help="bf16 autocast for the image forward pass, where the device supports it.")
+@click.option("--device", default=Recipe.device, show_default=True,
+              help="auto (this process's GPU under torchrun, else cpu), cpu, cuda or cuda:N.")
 @click.option("--text-datasets", default="cifar10,cifar100", show_default=True,
               help="Label sets whose labels x templates form the text-distillation set "
                    "(cifar10, cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap steps per epoch (smoke runs).")
+@click.option("--checkpoint-every", default=Recipe.checkpoint_every, show_default=True,
+              help="Save the training state every N steps within an epoch too (0: per epoch).")
 @click.option("--limit", type=int, help="Use only the first N training images (smoke runs).")
-def train(model_name: str, teacher: str, data: str, out: str, resume: str | None, seed: int,
-          val_fraction: float, text_epochs: int, distill_epochs: int, finetune_epochs: int,
-          batch_size: int, kl_weight: float, bf16: bool, text_datasets: str,
-          max_steps_per_epoch: int | None, limit: int | None) -> None:
+def train(model: str, teacher: str, data: str, download: bool, out: str, resume: str | None,
+          val_fraction: float, limit: int | None, text_datasets: str, distill_lr: str,
+          finetune_lr: str, qat_lr: str, **recipe) -> None:
     """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2)."""
     from .training.run import TrainConfig, run_training
 
     result = run_training(TrainConfig(
-        model=model_name, teacher=teacher, data=Path(data), out=Path(out),
-        resume=Path(resume) if resume else None, seed=seed, val_fraction=val_fraction,
-        text_epochs=text_epochs, distill_epochs=distill_epochs, finetune_epochs=finetune_epochs,
-        batch_size=batch_size, kl_weight=kl_weight, bf16=bf16,
-        text_datasets=tuple(d.strip() for d in text_datasets.split(",") if d.strip()),
-        max_steps_per_epoch=max_steps_per_epoch,
-        limit=limit, command=_command_line()))
+        model=model, teacher=teacher, data=Path(data), download=download, out=Path(out),
+        resume=Path(resume) if resume else None, val_fraction=val_fraction, limit=limit,
+        recipe=Recipe(**recipe, distill_lr=_pair(distill_lr), finetune_lr=_pair(finetune_lr),
+                      qat_lr=_pair(qat_lr),
+                      text_datasets=tuple(d.strip() for d in text_datasets.split(",") if d.strip())),
+        command=_command_line()))
     m = result.meta["metrics"]
     click.echo(f"checkpoint -> {out}\nvalidation zero-shot top-1 (n={m['n_val']}): student "
                f"{m['val_zero_shot_top1_student']:.4f}, teacher {m['val_zero_shot_top1_teacher']:.4f}")
@@ -145,7 +201,7 @@ def run_cmd(target: str, export_dir: str | None, image: str, labels: str) -> Non
 
 
 DATA = click.option("--data", required=True, type=click.Path(),
-                    help="ImageFolder dir or tarball (the validation split is used).")
+                    help=DATA_HELP + "; its stratified validation split is used.")
 LIMIT = click.option("--limit", default=64, show_default=True, help="Number of validation images.")
 
 
@@ -153,6 +209,7 @@ LIMIT = click.option("--limit", default=64, show_default=True, help="Number of v
 @TARGET
 @MODEL
 @DATA
+@DOWNLOAD
 @LIMIT
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--energy-json", type=click.Path(dir_okay=False),
@@ -163,7 +220,8 @@ LIMIT = click.option("--limit", default=64, show_default=True, help="Number of v
               help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
 @click.option("--synonyms", default=0.0, show_default=True,
               help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
-def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path: str | None,
+def verify_cmd(target: str, model: str | None, data: str, download: bool, limit: int,
+               json_path: str | None,
                energy_json: str | None, export_dir: str | None, noisy_labels: int,
                synonyms: float) -> None:
     """Float model vs CPU reference vs Lava: zero-shot accuracy, agreement, firing rates."""
@@ -173,7 +231,7 @@ def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path:
     targets = ("cpu", "loihi") if target == "loihi" else ("cpu",)
     exports = ((target, Path(export_dir)),) if export_dir else ()
     result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
-                                           targets=targets, exports=exports,
+                                           download=download, targets=targets, exports=exports,
                                            noisy_factor=noisy_labels, synonym_fraction=synonyms))
     if json_path:
         write_json(Path(json_path), result)
@@ -187,15 +245,17 @@ def verify_cmd(target: str, model: str | None, data: str, limit: int, json_path:
 @main.command("energy")
 @MODEL
 @DATA
+@DOWNLOAD
 @LIMIT
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
-def energy_cmd(model: str | None, data: str, limit: int, json_path: str | None) -> None:
+def energy_cmd(model: str | None, data: str, download: bool, limit: int,
+               json_path: str | None) -> None:
     """Synaptic operations from Lava's recorded spikes and energy per inference (SPEC 3)."""
     from .report import energy_summary
     from .verify.harness import VerifyConfig, run_verification, write_json
 
     result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
-                                           targets=("loihi",)))
+                                           download=download, targets=("loihi",)))
     if json_path:
         write_json(Path(json_path), result["energy"])
     click.echo(energy_summary(result["energy"]))
@@ -216,8 +276,10 @@ def models_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     else:
+        width = max(len(r["name"]) for r in rows)
         for r in rows:
-            click.echo(f"{r['name']:<20s} image {r['image_params']:>10,d}  text {r['text_params']:>10,d}")
+            click.echo(f"{r['name']:<{width}s}  image {r['image_params']:>10,d}  "
+                       f"text {r['text_params']:>10,d}")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,21 @@ def config_from_file(path: Path) -> ModelConfig:
 
 __all__ = ["ModelConfig", "register_config", "list_configs", "get_config", "config_from_file",
            "CLIP_MEAN", "CLIP_STD"]
+
+
+def read_option_file(path: Path) -> dict[str, Any]:
+    """A command's option values from a JSON or TOML file, keys normalised to ``snake_case``
+    (``--finetune-epochs`` -> ``finetune_epochs``); lists become comma-separated strings."""
+    import tomllib
+
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read option file {path}: {exc}; expected a JSON object or "
+                          f"TOML table of option values") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"option file {path} must hold a JSON object / TOML table, "
+                          f"got {type(data).__name__}")
+    norm = lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return {k.lstrip("-").replace("-", "_"): norm(v) for k, v in data.items()}

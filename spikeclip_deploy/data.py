@@ -1,4 +1,5 @@
-"""Image datasets: an ImageFolder directory or a tarball of one, decoded once to a uint8 cache.
+"""Image datasets: an ImageFolder directory, a tarball of one, or a torchvision dataset
+(``torchvision:NAME[:SPLIT]:ROOT``, see :mod:`.torchvision_data`), decoded once to a uint8 cache.
 
 A dataset here is ``(images uint8 [N, 3, H, W], labels int64 [N], class_names)``.
 """
@@ -64,12 +65,26 @@ def _find_root(folder: Path) -> Path:
         return root
 
 
+def _empty_class_folders(root: Path) -> list[str]:
+    """Class sub-folders without a single image file (ImageFolder refuses the whole set)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not root.is_dir():
+        return []
+    return [d.name for d in sorted(root.iterdir()) if d.is_dir() and not any(
+        f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS) for f in d.rglob("*"))]
+
+
 def _decode_folder(root: Path, size: int) -> ImageDataset:
     from torchvision.datasets import ImageFolder
 
     try:
         folder = ImageFolder(str(root))
     except (FileNotFoundError, RuntimeError) as exc:
+        empty = _empty_class_folders(root)
+        if empty:
+            raise DataError(f"class folder(s) {', '.join(empty)} in {root} hold no image files; "
+                            f"add images (PNG, JPEG, ...) or remove those folders") from None
         raise DataError(f"{root} is not an ImageFolder directory (one sub-folder of images per "
                         f"class): {exc}") from None
     images = torch.empty((len(folder.samples), 3, size, size), dtype=torch.uint8)
@@ -79,22 +94,63 @@ def _decode_folder(root: Path, size: int) -> ImageDataset:
     return ImageDataset(images, labels, tuple(folder.classes))
 
 
-def load_dataset(source: str | os.PathLike, size: int = 32) -> ImageDataset:
-    """Load an ImageFolder directory or a tarball of one (cached, keyed by content)."""
+def _cache_file(key: str, size: int) -> Path:
+    return cache_dir() / "datasets" / f"{key}-{size}.npz"
+
+
+def _read_cache(cached: Path) -> ImageDataset:
+    with np.load(cached) as z:
+        return ImageDataset(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
+                            tuple(str(c) for c in z["class_names"]))
+
+
+def _write_cache(cached: Path, ds: ImageDataset) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(),
+                     class_names=np.array(ds.class_names))
+    atomic_write(cached, write)
+
+
+def _load_torchvision(spec_text: str, size: int, download: bool) -> ImageDataset:
+    from . import torchvision_data as tvd
+
+    spec = tvd.parse_spec(spec_text)
+    key = tvd.cache_stamp(spec) if spec.root.is_dir() else None
+    if key and _cache_file(key, size).exists():
+        return _read_cache(_cache_file(key, size))
+    log.info("decoding %s (first use)", spec)
+    ds = tvd.decode(spec, size, download)
+    key = tvd.cache_stamp(spec)  # after a download the files are new
+    if key:
+        log.info("cached %s at %s", spec, _cache_file(key, size))
+        _write_cache(_cache_file(key, size), ds)
+    return ds
+
+
+def load_dataset(source: str | os.PathLike, size: int = 32, download: bool = False
+                 ) -> ImageDataset:
+    """Load an ImageFolder directory, a tarball of one, or ``torchvision:NAME[:SPLIT]:ROOT``
+    (cached, keyed by content). ``download`` lets torchvision fetch a missing dataset."""
+    from .torchvision_data import is_torchvision_spec
+
+    if is_torchvision_spec(os.fspath(source)):
+        return _load_torchvision(os.fspath(source), size, download)
+    if download:
+        log.warning("--download applies to torchvision:NAME[:SPLIT]:ROOT data only; ignored for %s",
+                    source)
     source = Path(source)
     if not source.exists():
-        raise DataError(f"data path {source} does not exist; pass an ImageFolder directory or "
-                        f"a .tar.gz of one")
+        raise DataError(f"data path {source} does not exist; pass an ImageFolder directory, "
+                        f"a .tar.gz of one, or torchvision:NAME[:SPLIT]:ROOT")
     is_tar = source.is_file() and source.name.endswith(TARBALL_SUFFIXES)
     if not source.is_dir() and not is_tar:
         raise DataError(f"{source} is neither a directory nor a tarball ({', '.join(TARBALL_SUFFIXES)})")
     key = sha256_file(source)[:16] if is_tar else hashlib.sha256(
         f"{source.resolve()}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "datasets" / f"{key}-{size}.npz"
+    cached = _cache_file(key, size)
     if cached.exists():
-        with np.load(cached) as z:
-            return ImageDataset(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
-                                tuple(str(c) for c in z["class_names"]))
+        return _read_cache(cached)
     log.info("decoding %s (first use; cached at %s)", source, cached)
     if is_tar:
         with tempfile.TemporaryDirectory() as tmp:
@@ -106,11 +162,7 @@ def load_dataset(source: str | os.PathLike, size: int = 32) -> ImageDataset:
             ds = _decode_folder(_find_root(Path(tmp)), size)
     else:
         ds = _decode_folder(source, size)
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(),
-                     class_names=np.array(ds.class_names))
-    atomic_write(cached, write)
+    _write_cache(cached, ds)
     return ds
 
 

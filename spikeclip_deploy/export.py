@@ -109,7 +109,7 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
                                              f"feed-forward chain and cannot be lowered"))
     with torch.no_grad():
         x = _example_input(model, side)
-        current = enc.encode(model.normalize(x) if side == "image" else x)
+        current = enc.current(model.normalize(x) if side == "image" else x)
         out_shape = tuple(enc.run_stack(current)[-1].shape[2:])
     in_shape = tuple(current.shape[1:])
     chain = lower_stack(enc, in_shape)
@@ -118,6 +118,12 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
                             "encoder": side, "producer": f"spikeclip-deploy {__version__}"}
     if target == "loihi":
         chain, input_q = quantize_chain(chain, profile)
+        grid = enc.input_grid.grid
+        if grid is not None and not np.isclose(grid[0], input_q["input_scale"]):
+            raise LoweringError(f"the {side} encoder was trained for an input grid of scale "
+                                f"{grid[0]}, but '{profile['name']}' quantizes its input "
+                                f"with scale {input_q['input_scale']}; export to the hardware "
+                                f"it was trained for")
         meta.update({"input_quantization": input_q, "hardware": profile["name"],
                      "synapse_delay_steps": profile["synapse_delay_steps"],
                      "units": "integer chip units; see each node's metadata['loihi']"})

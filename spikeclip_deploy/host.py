@@ -1,7 +1,8 @@
 """The host part of an export: what the chip cannot run, as ONNX networks plus data files.
 
 * ``image_encode.onnx``: uint8 ``[B,3,H,W]`` -> normalisation -> stem conv (BN folded) -> input
-  current ``[B,C,H,W]`` (direct coding: the same current at every time step).
+  current ``[B,C,H,W]`` (direct coding: the same current at every time step; rounded to the
+  chip's input grid for quantization-aware models).
 * ``text_encode.onnx``: token ids ``[B,L]`` -> token + position embeddings -> ``[B, L*E]``.
 * ``*_readout.onnx``: last-layer spikes ``[B,T,...]`` -> token mean -> TDW -> projection ->
   L2-normalised embedding.
@@ -26,6 +27,7 @@ from .nn.spikeclip import SpikeCLIP
 class ImageEncode(nn.Module):
     def __init__(self, model: SpikeCLIP) -> None:
         super().__init__()
+        self.grid = model.image.input_grid
         w, b, conv = fold_conv_bn(model.image.encode)
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                               conv.padding, bias=True)
@@ -35,7 +37,7 @@ class ImageEncode(nn.Module):
         self.register_buffer("std", model.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.conv((images.float() / 255.0 - self.mean) / self.std)
+        return self.grid(self.conv((images.float() / 255.0 - self.mean) / self.std))
 
 
 class ReadoutHead(nn.Module):
@@ -68,11 +70,12 @@ def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels:
     img = torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
     _onnx(ImageEncode(model), img, folder / "image_encode.onnx", "images", "current")
     tokens = torch.zeros(1, cfg.context_length, dtype=torch.int64)
-    _onnx(model.text.encode, tokens, folder / "text_encode.onnx", "tokens", "current")
+    _onnx(nn.Sequential(model.text.encode, model.text.input_grid), tokens,
+          folder / "text_encode.onnx", "tokens", "current")
     for side, enc in (("image", model.image), ("text", model.text)):
         inp = model.normalize(img) if side == "image" else tokens
         with torch.no_grad():
-            last = enc.run_stack(enc.encode(inp))[-1]
+            last = enc.run_stack(enc.current(inp))[-1]
         spikes = torch.zeros(1, *last.transpose(0, 1).shape[1:])
         _onnx(ReadoutHead(enc.readout), spikes, folder / f"{side}_readout.onnx", "spikes", "embedding")
     shutil.copytree(tokenizer_dir, folder / "tokenizer")

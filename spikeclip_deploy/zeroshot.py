@@ -31,7 +31,7 @@ def class_weights(encode_texts: Callable[[list[str]], torch.Tensor], labels: lis
 def student_text_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     """``texts -> normalised features`` of a float SpikeCLIP's text encoder."""
     def encode(texts: list[str]) -> torch.Tensor:
+        tokens = torch.from_numpy(tokenize(tokenizer, texts, model.cfg.context_length))
         with torch.no_grad():
-            return model.encode_text(torch.from_numpy(tokenize(tokenizer, texts,
-                                                               model.cfg.context_length)))
+            return model.encode_text(tokens.to(model.logit_scale.device)).cpu()
     return encode

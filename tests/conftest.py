@@ -93,3 +93,6 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# compiled LIF loops cost ~13 s of compilation per process; tests/nn/test_lif.py covers them
+# explicitly (use_compile=True), everything else runs the bit-identical eager fused loop
+os.environ.setdefault("SPIKECLIP_LIF_COMPILE", "0")

@@ -2,6 +2,7 @@ import tarfile
 
 import pytest
 import torch
+from PIL import Image
 
 from spikeclip_deploy.data import load_dataset, load_image, stratified_split
 from spikeclip_deploy.errors import DataError
@@ -42,3 +43,23 @@ def test_shared_cifar10_tarball(shared_cifar10):
     ds = load_dataset(shared_cifar10)
     assert len(ds) == 50000 and len(ds.class_names) == 10
     assert torch.bincount(ds.labels).tolist() == [5000] * 10
+
+
+def test_image_folder_errors(tmp_path):
+    root = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(root / "cat" / "0.png")
+    (root / "dog" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="class folder\\(s\\) dog in .* hold no image files"):
+        load_dataset(root)
+    (root / "dog" / "0.png").write_text("not a png")
+    with pytest.raises(DataError, match="0.png is not a readable image"):
+        load_dataset(root)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="is not an ImageFolder directory"):
+        load_dataset(tmp_path / "flat")
+    bad_tar = tmp_path / "broken.tar.gz"
+    bad_tar.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(DataError, match="cannot extract"):
+        load_dataset(bad_tar)

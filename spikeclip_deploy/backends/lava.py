@@ -19,8 +19,8 @@ import numpy as np
 
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError
-from .base import Backend, quantize_input
 from ..lowering.resources import pair
+from .base import Backend, quantize_input
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Fold BatchNorm into the preceding conv/linear and lower the chip stack to float NIR nodes."""
 from __future__ import annotations
 
-import numpy as np
 import nir
+import numpy as np
 import torch
 from torch import nn
 

@@ -49,6 +49,38 @@ def split_bias(bias_raw: np.ndarray, fp: dict[str, Any]) -> tuple[np.ndarray, in
     return mant, exp
 
 
+def layer_threshold(weight_absmax: float, tau: float, v_threshold: float, fp: dict[str, Any]) -> int:
+    """Integer threshold :math:`v_{th} = \lfloor w_{max} \tau V_{th} / |W|_{max} \rfloor`: the
+    largest whose scale :math:`S = v_{th}/V_{th}` keeps every weight in the mantissa range.
+
+    The relative guard of 1e-6 makes quantization idempotent: weights already on the grid
+    of :math:`S` (quantization-aware training) give back the same :math:`S` despite float32
+    round-off."""
+    peak = weight_absmax / tau
+    w_hi = fp["weight_mant_range"][1]
+    raw = w_hi / peak * v_threshold * (1 + 1e-6) if peak > 0 else fp["vth_range"][1]
+    return int(np.clip(np.floor(raw), *fp["vth_range"]))
+
+
+def quantize_weight(w: np.ndarray, scale: float, tau: float, fp: dict[str, Any]) -> np.ndarray:
+    """Float weights -> integer mantissas :math:`\mathrm{round\_even}(S W/\tau)`, clipped."""
+    return np.clip(round_even(w * scale / tau), *fp["weight_mant_range"])
+
+
+def quantize_bias(b: np.ndarray, scale: float, tau: float, fp: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Float bias -> (mantissa, exponent) of :math:`2^6 S b/\tau`."""
+    return split_bias(np.round(2 ** fp["activation_shift"] * scale * b / tau), fp)
+
+
+def input_quantization(tau: float, v_threshold: float, fp: dict[str, Any]) -> dict[str, Any]:
+    """How the host's input current :math:`x` drives the first LIF as a bias:
+    :math:`b_m = \mathrm{clip}(\mathrm{round}(x \cdot \mathrm{input\_scale}))` with
+    :math:`\mathrm{input\_scale} = 2^6 S_0/\tau/2^{b_e}`, :math:`S_0 = v_{th,0}/V_{th}`."""
+    vth0, exp = int(fp["input_vth"]), int(fp["input_bias_exp"])
+    scale = 2 ** fp["activation_shift"] * (vth0 / v_threshold) / tau / 2**exp
+    return {"input_scale": scale, "bias_exp": exp, "bias_mant_range": list(fp["bias_mant_range"])}
+
+
 def activation_worst_case(w_int: np.ndarray) -> int:
     """Largest |sum of weights| one output neuron can receive in a step (all inputs spiking
     with the same sign of weight)."""
@@ -86,18 +118,14 @@ def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: dict[str, Any]
     """-> (integer chain, input quantization ``{input_scale, bias_exp, bias_mant_range}``)."""
     fp = profile["fixed_point"]
     act = 2 ** fp["activation_shift"]
-    w_lo, w_hi = fp["weight_mant_range"]
     if not chain or not isinstance(chain[0][1], nir.LIF):
         raise LoweringError("the chip chain must start with a LIF layer driven by the host input")
     out: list[tuple[str, nir.NIRNode]] = []
     name0, lif0 = chain[0]
     tau0 = _lif_tau(lif0)
-    vth0 = int(fp["input_vth"])
-    v_th_float = float(np.unique(lif0.v_threshold)[0])
-    in_exp = int(fp["input_bias_exp"])
-    input_q = {"input_scale": act * (vth0 / v_th_float) / tau0 / 2**in_exp, "bias_exp": in_exp,
-               "bias_mant_range": list(fp["bias_mant_range"])}
-    out.append((name0, _int_lif(lif0, tau0, vth0, in_exp, fp, {"input_driven": True})))
+    input_q = input_quantization(tau0, float(np.unique(lif0.v_threshold)[0]), fp)
+    out.append((name0, _int_lif(lif0, tau0, int(fp["input_vth"]), input_q["bias_exp"], fp,
+                                {"input_driven": True})))
     i = 1
     while i < len(chain):
         (syn_name, syn), (lif_name, lif) = chain[i], chain[i + 1] if i + 1 < len(chain) else (None, None)
@@ -106,13 +134,10 @@ def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: dict[str, Any]
         tau = _lif_tau(lif)
         v_th = float(np.unique(lif.v_threshold)[0])
         w = np.asarray(syn.weight, dtype=np.float64)
-        peak = float(np.max(np.abs(w))) / tau
-        scale = w_hi / peak if peak > 0 else float(fp["vth_range"][1])
-        vth = int(np.clip(np.floor(scale * v_th), *fp["vth_range"]))
+        vth = layer_threshold(float(np.max(np.abs(w))), tau, v_th, fp)
         s = vth / v_th
-        w_int = np.clip(round_even(w * s / tau), w_lo, w_hi)
-        bias_raw = np.round(act * s * np.asarray(syn.bias, dtype=np.float64) / tau)
-        mant, bexp = split_bias(bias_raw, fp)
+        w_int = quantize_weight(w, s, tau, fp)
+        mant, bexp = quantize_bias(np.asarray(syn.bias, dtype=np.float64), s, tau, fp)
         bias_q = mant * 2.0**bexp / act
         worst = activation_worst_case(w_int)
         limit = 2 ** (fp["input_port_bits"] - 1) - 1

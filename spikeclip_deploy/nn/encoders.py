@@ -3,8 +3,8 @@ r"""Spiking image and text encoders.
 Each encoder has three parts, and the split is the deployment boundary:
 
 * ``encode`` (host, real-valued): the first layer that sees real input (direct coding). Its
-  output :math:`X` is the constant input current of the first spiking layer for all :math:`T`
-  steps.
+  output :math:`X` (on the chip's input grid, for quantization-aware models) is the constant
+  input current of the first spiking layer for all :math:`T` steps.
 * ``stack`` (chip): alternating :class:`MultiStepLIF` and synapse layers (Conv2d+BatchNorm or
   Linear), starting and ending with a LIF, strictly feed-forward.
 * ``readout`` (host): mean over tokens, time-dependent weights, projection.
@@ -50,6 +50,23 @@ class Readout(nn.Module):
         return self.proj(self.tdw(rates))
 
 
+class InputGrid(nn.Module):
+    r"""The chip's input grid for the host current, once set (quantization-aware models):
+    :math:`x \mapsto \mathrm{clip}(\mathrm{round}(x s), lo, hi)/s`, straight-through gradient.
+    Holds no tensors, so checkpoints do not change; ``grid`` is ``(s, lo, hi)`` or ``None``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid: tuple[float, float, float] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grid is None:
+            return x
+        scale, lo, hi = self.grid
+        q = torch.clamp(torch.round(x * scale), lo, hi) / scale
+        return x + (q - x).detach() if x.requires_grad else q
+
+
 class SpikingEncoder(nn.Module):
     """``encode`` (host) -> repeat over T -> ``stack`` (chip) -> ``readout`` (host)."""
 
@@ -60,6 +77,11 @@ class SpikingEncoder(nn.Module):
         self.stack = nn.ModuleList(stack)
         self.readout = readout
         self.time_steps = time_steps
+        self.input_grid = InputGrid()
+
+    def current(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The host part: ``encode``, then the input grid."""
+        return self.input_grid(self.encode(inputs))
 
     def run_stack(self, current: torch.Tensor) -> list[torch.Tensor]:
         """Run the chip part on a constant input current; return every LIF layer's spikes."""
@@ -76,7 +98,7 @@ class SpikingEncoder(nn.Module):
         return spikes
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.run_stack(self.encode(inputs))[-1])
+        return self.readout(self.run_stack(self.current(inputs))[-1])
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:

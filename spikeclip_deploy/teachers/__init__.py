@@ -8,7 +8,8 @@ from .base import Teacher
 
 
 def load_teacher(spec: str) -> Teacher:
-    """``offline-minilm[:TOWER.safetensors]`` or ``clip:DIR`` (a transformers CLIP directory)."""
+    """``offline-minilm[:TOWER.safetensors]``, ``clip:DIR`` (a transformers CLIP directory) or
+    ``open_clip:DIR`` (an open_clip directory, see :mod:`.open_clip_teacher`)."""
     kind, _, arg = spec.partition(":")
     if kind == "offline-minilm":
         from .offline import OfflineMiniLMTeacher
@@ -18,7 +19,13 @@ def load_teacher(spec: str) -> Teacher:
             raise ConfigError("teacher 'clip' needs a directory: --teacher clip:/path/to/clip")
         from .hf_clip import HFCLIPTeacher
         return HFCLIPTeacher(Path(arg))
-    raise ConfigError(f"unknown teacher '{spec}'; use 'offline-minilm' or 'clip:DIR'")
+    if kind == "open_clip":
+        if not arg:
+            raise ConfigError("teacher 'open_clip' needs a directory: "
+                              "--teacher open_clip:/path/to/open_clip_model")
+        from .open_clip_teacher import OpenCLIPTeacher
+        return OpenCLIPTeacher(Path(arg))
+    raise ConfigError(f"unknown teacher '{spec}'; use 'offline-minilm', 'clip:DIR' or 'open_clip:DIR'")
 
 
 __all__ = ["Teacher", "load_teacher"]

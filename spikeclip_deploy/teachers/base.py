@@ -5,6 +5,21 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+
+def to_pixels(images: torch.Tensor, size: int | tuple[int, int], mean, std,
+              mode: str = "bicubic") -> torch.Tensor:
+    """uint8 ``[B,3,h,w]`` -> float ``[B,3,H,W]``: scaled to [0, 1], resized to ``size`` with
+    ``mode`` (``bicubic``, ``bilinear`` or ``nearest``) when it differs, then ``(x - mean) / std``."""
+    x = images.float() / 255.0
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) != hw:
+        extra = {} if mode == "nearest" else {"align_corners": False}
+        x = F.interpolate(x, size=hw, mode=mode, **extra)
+    mean = torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 class Teacher(ABC):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..config import CLIP_MEAN, CLIP_STD
 from ..errors import ConfigError
-from .base import Teacher
+from .base import Teacher, to_pixels
 
 
 class HFCLIPTeacher(Teacher):
@@ -24,8 +24,6 @@ class HFCLIPTeacher(Teacher):
         self.embed_dim = int(self.model.config.projection_dim)
         self.logit_scale = float(self.model.logit_scale.detach().exp())
         self.image_size = int(self.model.config.vision_config.image_size)
-        self._mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
     def tokenizer(self):
         return self._tokenizer
@@ -35,10 +33,8 @@ class HFCLIPTeacher(Teacher):
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
-        feats = self.model.get_image_features(pixel_values=(x - self._mean) / self._std)
+        pixels = to_pixels(images, self.image_size, CLIP_MEAN, CLIP_STD)
+        feats = self.model.get_image_features(pixel_values=pixels)
         return F.normalize(getattr(feats, "pooler_output", feats), dim=-1)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ processes (gloo on CPU, nccl on GPUs); a single plain process needs no launcher.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -12,11 +13,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
+
+    def device(self, spec: str = "auto") -> torch.device:
+        """``auto``: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+        if spec == "auto":
+            return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(spec)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: CUDA is not available here; use --device cpu")
+        return device
 
     @property
     def is_main(self) -> bool:
@@ -29,7 +44,9 @@ class Dist:
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world == 1:
             return model
-        return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        device = next(model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -44,4 +61,15 @@ def init_distributed() -> Dist:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast: on the CPU always (fast with AMX), on CUDA where the GPU supports it."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("--bf16: %s does not support bfloat16; training in float32", device)
+        return False
+    return True

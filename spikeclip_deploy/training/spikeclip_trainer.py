@@ -6,9 +6,14 @@ r"""SpikeCLIP's two training stages (SPEC section 2).
 2. Dual-loss fine-tuning, text encoder frozen: class weights are the normalised mean of each
    class's normalised prompt features; logits :math:`= s \cos`;
    :math:`\mathcal{L} = \mathrm{CE}(z_s, y) + \lambda\, \mathrm{KL}(p_t \,\|\, p_s)` (batch mean).
+3. Optional quantization-aware fine-tuning (same loss; :mod:`..lowering.qat`): the chip
+   synapses train through the Loihi export's quantizer and end on its grid; the host current is
+   rounded to the chip's input grid.
 
-Training state (model, optimizer, stage, epoch, RNG) is saved after every epoch next to the
-output, so ``resume`` continues exactly where an interruption stopped.
+Training state (model, optimizer, stage, epoch, step within the epoch, RNG) is saved next to the
+output after every epoch and every ``checkpoint_every`` steps, so ``resume`` continues exactly
+where an interruption stopped (the epoch's draws are replayed, its finished steps skipped).
+Resuming a finished run with a larger epoch count for a stage reopens training at that stage.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,32 +34,19 @@ from ..config import ModelConfig
 from ..data import ImageDataset
 from ..errors import CheckpointError
 from ..fileutil import atomic_write
+from ..hardware import load_profile
+from ..label_sets import distillation_text_set
+from ..lowering import qat
 from ..nn.spikeclip import SpikeCLIP
 from ..paths import cache_dir
-from ..label_sets import distillation_text_set
 from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
-from .distributed import init_distributed
 from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
+from .distributed import bf16_supported, init_distributed
+from .recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    text_epochs: int = 30
-    distill_epochs: int = 2
-    finetune_epochs: int = 1
-    batch_size: int = 64
-    text_batch_size: int = 256
-    distill_lr: tuple[float, float] = (5e-3, 5e-4)
-    finetune_lr: tuple[float, float] = (5e-4, 1e-5)
-    kl_weight: float = 1.0
-    text_datasets: tuple[str, ...] = ("cifar10", "cifar100")
-    seed: int = 0
-    bf16: bool = False  # bf16 autocast for the image forward pass (no speed-up measured on this CPU)
-    max_steps_per_epoch: int | None = None  # for smoke runs
 
 
 @dataclass
@@ -61,9 +54,12 @@ class TrainState:
     stage: str = "text"
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    step: int = 0  # steps done in the current epoch (mid-epoch checkpoints)
+    loss_sum: float = 0.0
+    epoch_rng: Any = None  # generator state at the start of the current epoch, to replay it
 
 
-STAGES = ("text", "distill", "finetune", "done")
+STAGES = ("text", "distill", "finetune", "qat", "done")
 
 
 def init_text_embeddings(model: SpikeCLIP, teacher: Teacher) -> None:
@@ -106,7 +102,9 @@ class Trainer:
         self.recipe, self.out, self.data_desc, self.command = recipe, Path(out), data_desc, command
         self.gen = seed_everything(recipe.seed)
         self.dist = init_distributed()
-        self.model = SpikeCLIP(cfg)
+        self.device = self.dist.device(recipe.device)
+        self.amp = recipe.bf16 and bf16_supported(self.device)
+        self.model = SpikeCLIP(cfg).to(self.device)
         self.net = self.dist.wrap(self.model)  # what training forwards go through
         self.state = TrainState()
         self.labels = list(train.class_names)
@@ -119,14 +117,14 @@ class Trainer:
     def _save_state(self, opt: torch.optim.Optimizer | None) -> None:
         if not self.dist.is_main:
             return
-        blob = {"model": self.model.state_dict(), "state": asdict(self.state),
+        blob = {"model": qat.plain_state_dict(self.model), "state": asdict(self.state),
                 "optimizer": opt.state_dict() if opt else None, "rng": self.gen.get_state(),
                 "recipe": asdict(self.recipe), "config": self.cfg.to_dict()}
         atomic_write(self.state_path, lambda tmp: torch.save(blob, tmp))
 
     def resume(self, path: Path) -> dict | None:
         try:
-            blob = torch.load(path, weights_only=False)
+            blob = torch.load(path, weights_only=False, map_location=self.device)
         except (OSError, RuntimeError, EOFError) as exc:
             raise CheckpointError(f"cannot resume from {path}: {exc}") from None
         if blob.get("config") != self.cfg.to_dict():
@@ -134,48 +132,82 @@ class Trainer:
         self.model.load_state_dict(blob["model"])
         self.state = TrainState(**blob["state"])
         self.gen.set_state(blob["rng"])
+        if self._reopen():
+            log.info("reopened the run at stage %s epoch %d (more epochs requested)",
+                     self.state.stage, self.state.epoch)
+            return None
         log.info("resumed at stage %s epoch %d", self.state.stage, self.state.epoch)
         return blob.get("optimizer")
+
+    def _epochs(self, stage: str) -> int:
+        return getattr(self.recipe, f"{stage}_epochs")
+
+    def _reopen(self) -> bool:
+        """Go back to the first finished stage now given more epochs than its history shows."""
+        for stage in STAGES[:STAGES.index(self.state.stage)]:
+            done = sum(1 for h in self.state.history if h["stage"] == stage)
+            if self._epochs(stage) > done:
+                self.state.stage, self.state.epoch = stage, done
+                return True
+        return False
 
     # -- evaluation ------------------------------------------------------------------------
     def class_weights(self) -> torch.Tensor:
         self.model.eval()
-        return class_weights(student_text_encoder(self.model, self.teacher.tokenizer()), self.labels)
+        return class_weights(student_text_encoder(self.model, self.teacher.tokenizer()),
+                             self.labels).to(self.device)
 
     def evaluate(self) -> float:
         self.model.eval()
-        return zero_shot_accuracy(self.model.encode_image, self.class_weights(), self.val_ds)
+        return zero_shot_accuracy(lambda x: self.model.encode_image(x.to(self.device)).cpu(),
+                                  self.class_weights().cpu(), self.val_ds)
 
     # -- stages ----------------------------------------------------------------------------
     def _run_stage(self, stage: str, epochs: int, lr: tuple[float, float], params, step_fn,
-                   n_items: int, batch_size: int, opt_state: dict | None) -> None:
+                   n_items: int, batch_size: int, opt_state: dict | None,
+                   train_mode=None) -> None:
         opt = torch.optim.Adam(params, lr=lr[0], amsgrad=True)
         if opt_state:
             opt.load_state_dict(opt_state)
         steps = -(-n_items // batch_size)
         if self.recipe.max_steps_per_epoch:
             steps = min(steps, self.recipe.max_steps_per_epoch)
+        every = self.recipe.checkpoint_every
         while self.state.epoch < epochs:
             self.model.train()
+            if train_mode:
+                train_mode(self.model)
+            if self.state.step == 0:
+                self.state.epoch_rng = self.gen.get_state()
+            else:  # resumed mid-epoch: replay this epoch's draws, skip the steps already done
+                self.gen.set_state(self.state.epoch_rng)
+                log.info("resuming %s epoch %d at step %d", stage, self.state.epoch + 1,
+                         self.state.step)
             bar = tqdm(batches(n_items, batch_size, self.gen), total=steps, unit="batch",
                        desc=f"{stage} {self.state.epoch + 1}/{epochs}", leave=False,
                        disable=not self.dist.is_main)
-            total = 0.0
             for i, idx in enumerate(bar):
                 if i >= steps:
                     break
-                for g in opt.param_groups:
-                    g["lr"] = cosine_lr(self.state.epoch * steps + i, epochs * steps, *lr)
                 # every rank draws the same batch and augmentation seed, then takes its shard
                 batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
+                if i < self.state.step:
+                    continue
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(self.state.epoch * steps + i, epochs * steps, *lr)
                 loss = step_fn(self.dist.shard(idx), batch_seed)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item()
+                self.state.loss_sum += loss.item()
+                self.state.step = i + 1
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                if every and self.state.step % every == 0 and self.state.step < steps:
+                    self._save_state(opt)
             self.state.epoch += 1
-            record = {"stage": stage, "epoch": self.state.epoch, "loss": total / max(steps, 1)}
+            record = {"stage": stage, "epoch": self.state.epoch,
+                      "loss": self.state.loss_sum / max(steps, 1)}
+            self.state.step, self.state.loss_sum, self.state.epoch_rng = 0, 0.0, None
             if stage != "text":
                 record["val_zero_shot_top1"] = self.evaluate()
             self.state.history.append(record)
@@ -190,20 +222,20 @@ class Trainer:
 
     def _text_step(self, tokens: torch.Tensor, targets: torch.Tensor):
         def step(idx: torch.Tensor, _seed: int) -> torch.Tensor:
-            student = F.normalize(self.net(tokens=tokens[idx])[0], dim=-1)
-            return (1 - (student * targets[idx]).sum(-1)).mean()
+            student = F.normalize(self.net(tokens=tokens[idx].to(self.device))[0], dim=-1)
+            return (1 - (student * targets[idx].to(self.device)).sum(-1)).mean()
         return step
 
     def _image_forward(self, idx: torch.Tensor, feats: np.ndarray, seed: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (normalised student features, teacher features, student logit scale)."""
         images, flipped = random_flip(self.train_ds.images[idx], torch.Generator().manual_seed(seed))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.bf16):
-            student, scale = self.net(images=images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            student, scale = self.net(images=images.to(self.device))
         rows = idx.numpy()
         teacher = torch.where(flipped[:, None], torch.from_numpy(feats[1, rows]),
                               torch.from_numpy(feats[0, rows]))
-        return F.normalize(student.float(), dim=-1), teacher, scale
+        return F.normalize(student.float(), dim=-1), teacher.to(self.device), scale
 
     def run(self, opt_state: dict | None = None) -> dict:
         r = self.recipe
@@ -220,7 +252,7 @@ class Trainer:
             self._run_stage("text", r.text_epochs, r.distill_lr, self.model.text.parameters(),
                             self._text_step(tokens, targets), len(texts), r.text_batch_size, opt_state)
             opt_state = None
-        if self.state.stage in ("distill", "finetune"):
+        if self.state.stage in ("distill", "finetune", "qat"):
             feats = teacher_image_features(self.teacher, self.train_ds, self.data_desc.get("sha256", ""),
                                            self.dist.is_main, self.dist.barrier)
         if self.state.stage == "distill":
@@ -230,29 +262,59 @@ class Trainer:
             self._run_stage("distill", r.distill_epochs, r.distill_lr, self.model.image.parameters(),
                             distill, len(self.train_ds), r.batch_size, opt_state)
             opt_state = None
+        params = lambda: list(self.model.image.parameters()) + [self.model.logit_scale]  # noqa: E731
         if self.state.stage == "finetune":
-            student_w = self.class_weights()  # text encoder frozen: computed once
-            teacher_w = self.teacher.class_weights(self.labels, CIFAR_TEMPLATES)
-
-            def finetune(idx: torch.Tensor, seed: int) -> torch.Tensor:
-                s, t, scale = self._image_forward(idx, feats, seed)
-                logits = scale * s @ student_w.T
-                p_t = F.softmax(self.teacher.logit_scale * t @ teacher_w.T, dim=-1)
-                kl = F.kl_div(F.log_softmax(logits, -1), p_t, reduction="batchmean")
-                return F.cross_entropy(logits, self.train_ds.labels[idx]) + r.kl_weight * kl
-            params = list(self.model.image.parameters()) + [self.model.logit_scale]
-            self._run_stage("finetune", r.finetune_epochs, r.finetune_lr, params, finetune,
-                            len(self.train_ds), r.batch_size, opt_state)
+            self._run_stage("finetune", r.finetune_epochs, r.finetune_lr, params(),
+                            self._finetune_step(feats), len(self.train_ds), r.batch_size, opt_state)
+            opt_state = None
+        if self.state.stage == "qat" and r.qat_epochs > 0:
+            fp = load_profile(r.hardware)["fixed_point"]
+            qat.snap_to_grid(self.model.text, fp)  # frozen text encoder: quantized as is
+            qat.quantize_inputs(self.model, fp)
+            qat.enable(self.model.image, fp)
+            self.net = self.dist.wrap(self.model)  # DDP must see the parametrized weights
+            self._run_stage("qat", r.qat_epochs, r.qat_lr, params(), self._finetune_step(feats),
+                            len(self.train_ds), r.batch_size, opt_state,
+                            train_mode=qat.freeze_batchnorm)
+        elif self.state.stage == "qat":
+            self.state.stage = "done"
         return self.finish()
+
+    def _finetune_step(self, feats: np.ndarray):
+        """CE + lambda KL against the teacher, text encoder frozen (class weights computed once)."""
+        student_w = self.class_weights()
+        teacher_w = self.teacher.class_weights(self.labels, CIFAR_TEMPLATES).to(self.device)
+
+        def step(idx: torch.Tensor, seed: int) -> torch.Tensor:
+            s, t, scale = self._image_forward(idx, feats, seed)
+            logits = scale * s @ student_w.T
+            p_t = F.softmax(self.teacher.logit_scale * t @ teacher_w.T, dim=-1)
+            kl = F.kl_div(F.log_softmax(logits, -1), p_t, reduction="batchmean")
+            labels = self.train_ds.labels[idx].to(self.device)
+            return F.cross_entropy(logits, labels) + self.recipe.kl_weight * kl
+        return step
 
     def finish(self) -> dict:
         teacher_w = self.teacher.class_weights(self.labels, CIFAR_TEMPLATES)
+        self.model.cpu()
+        self.device = torch.device("cpu")
+        quantization = None
+        if self.recipe.qat_epochs > 0:  # the float model ends on the chip's grid
+            fp = load_profile(self.recipe.hardware)["fixed_point"]
+            for encoder in (self.model.text, self.model.image):
+                qat.snap_to_grid(encoder, fp)
+            qat.quantize_inputs(self.model, fp)
+            quantization = {"hardware": self.recipe.hardware, "input_grid": True,
+                            "grid_error": max(qat.grid_error(e, fp)
+                                              for e in (self.model.text, self.model.image))}
         metrics = {
             "val_zero_shot_top1_student": self.evaluate(),
             "val_zero_shot_top1_teacher": zero_shot_accuracy(self.teacher.encode_images, teacher_w,
                                                              self.val_ds),
             "n_val": len(self.val_ds), "labels": self.labels, "templates": list(CIFAR_TEMPLATES),
         }
+        if quantization:
+            metrics["quantization_aware"] = quantization
         meta = {"teacher": self.teacher.describe(), "data": self.data_desc,
                 "recipe": {**asdict(self.recipe), "command": self.command},
                 "metrics": metrics, "history": self.state.history}

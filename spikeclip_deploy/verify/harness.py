@@ -19,8 +19,8 @@ from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
 from ..fileutil import atomic_write
 from ..hardware import load_profile
-from ..robustness import with_distractors, with_synonyms
 from ..prompts import CIFAR_TEMPLATES
+from ..robustness import with_distractors, with_synonyms
 from ..zeroshot import class_weights, student_text_encoder
 from .energy import energy_report
 
@@ -32,6 +32,7 @@ class VerifyConfig:
     model: str
     data: Path
     limit: int = 64
+    download: bool = False  # let torchvision fetch a torchvision:NAME:ROOT dataset
     targets: tuple[str, ...] = ("cpu", "loihi")
     val_fraction: float = 0.1
     seed: int = 0
@@ -44,7 +45,7 @@ class VerifyConfig:
 
 def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The first ``limit`` images of the stratified validation split (shuffled with the seed)."""
-    ds = load_dataset(cfg.data, image_size)
+    ds = load_dataset(cfg.data, image_size, download=cfg.download)
     if cfg.limit < 1:
         raise DataError(f"--limit must be at least 1 (got {cfg.limit})")
     _, val = stratified_split(ds.labels, cfg.val_fraction, cfg.seed)

@@ -106,3 +106,31 @@ def test_verify_and_energy_on_micro(micro_ckpt, image_folder, tmp_path):
     e = json.loads(ej.read_text())
     assert e["layers"] and all({"name", "sops", "firing_rate"} <= set(layer) for layer in e["layers"])
     assert e["energy_per_inference_mj"] > 0 and "not counted" in r.output
+
+
+def test_train_config_file_with_flag_override(image_folder, tmp_path):
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps({
+        "model": "spikeclip-micro", "text-epochs": 1, "distill_epochs": 1, "finetune-epochs": 2,
+        "batch-size": 8, "text-batch-size": 64, "max-steps-per-epoch": 1, "val-fraction": 0.25,
+        "finetune-lr": [1e-4, 1e-5]}))
+    out = tmp_path / "m.safetensors"
+    r = invoke("train", "--config", cfg, "--data", image_folder, "--out", out,
+               "--finetune-epochs", "1")
+    assert r.exit_code == 0, r.output
+    recipe = json.loads(out.with_suffix(".json").read_text())["metadata"]["recipe"]
+    assert recipe["finetune_epochs"] == 1  # the flag beats the file
+    assert recipe["distill_epochs"] == 1 and recipe["text_batch_size"] == 64
+    assert recipe["finetune_lr"] == [1e-4, 1e-5]
+
+
+def test_train_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('finetune_epochs = 2\nlearning_rate = 0.1\n')
+    r = invoke("train", "--config", bad, "--data", tmp_path, "--out", tmp_path / "m.safetensors")
+    assert r.exit_code == 2 and "unknown keys ['learning_rate']" in r.output
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    r = invoke("train", "--config", broken, "--data", tmp_path, "--out", tmp_path / "m.safetensors")
+    assert r.exit_code != 0 and "cannot read option file" in r.output
+    assert "Traceback" not in r.output

@@ -1,5 +1,9 @@
+import logging
+
+import pytest
 import torch
 
+from spikeclip_deploy.nn import lif as lif_module
 from spikeclip_deploy.nn.encoders import TimeDependentWeights
 from spikeclip_deploy.nn.lif import MultiStepLIF
 
@@ -30,19 +34,83 @@ def test_tdw_init_and_sum():
     assert torch.allclose(tdw(x), torch.full((2,), float(tdw.weight.detach().sum())))
 
 
-def test_fused_equals_per_step_reference():
+def _spikes_and_grad(lif: MultiStepLIF, x: torch.Tensor, g: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    s = lif(x)
+    (s * g).sum().backward()
+    return s.detach(), x.grad
+
+
+@pytest.mark.parametrize("use_compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("tau,v_th", [(2.0, 1.0), (3.0, 0.5)])
+def test_fused_equals_per_step_reference(use_compile, tau, v_th):
     torch.manual_seed(0)
-    x = (torch.randn(4, 8, 16) * 1.5 + 0.8).requires_grad_(True)
+    x = torch.randn(4, 8, 16) * 1.5 + 0.8
+    x[:, 0, 0] = torch.tensor([2.0, 1.0, 0.5, 0.25]) * v_th * tau  # lands exactly on threshold
     g = torch.randn(4, 8, 16)
-    outs, grads = [], []
-    for fused in (True, False):
-        xi = x.detach().clone().requires_grad_(True)
-        s = MultiStepLIF(fused=fused)(xi)
-        (s * g).sum().backward()
-        outs.append(s)
-        grads.append(xi.grad)
-    assert torch.equal(outs[0], outs[1]) and outs[0].sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    s_ref, g_ref = _spikes_and_grad(MultiStepLIF(tau, v_th, fused=False), x, g)
+    s, grad = _spikes_and_grad(MultiStepLIF(tau, v_th, use_compile=use_compile), x, g)
+    assert torch.equal(s, s_ref) and s.sum() > 0
+    if use_compile and lif_module._compile_failed:
+        pytest.skip("torch.compile does not work here (the eager fallback ran and matched)")
+    if use_compile:  # inductor's sigmoid may differ from ATen's in the last bits
+        torch.testing.assert_close(grad, g_ref, rtol=1e-5, atol=1e-7)
+    else:  # the same ATen ops in the same order
+        assert torch.equal(grad, g_ref)
+
+
+@pytest.mark.parametrize("use_compile", [False, True], ids=["eager", "compiled"])
+def test_fused_keeps_channels_last_layout(use_compile):
+    torch.manual_seed(1)
+    x = (torch.randn(2 * 3, 5, 4, 4) + 1.0).contiguous(memory_format=torch.channels_last)
+    x = x.unflatten(0, (2, 3))  # [T, B, C, H, W] laid out [T, B, H, W, C]
+    g = torch.randn(2, 3, 5, 4, 4)
+    s_ref, g_ref = _spikes_and_grad(MultiStepLIF(fused=False), x.contiguous(), g)
+    s, grad = _spikes_and_grad(MultiStepLIF(use_compile=use_compile), x, g)
+    assert s.stride() == x.stride() and grad.stride() == x.stride()
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(grad, g_ref, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # inference path (no BPTT buffers)
+        assert torch.equal(MultiStepLIF(use_compile=use_compile)(x), s_ref)
+
+
+@pytest.fixture
+def fresh_compile_state(monkeypatch):
+    monkeypatch.setattr(lif_module, "_compiled", {})
+    monkeypatch.setattr(lif_module, "_compile_failed", False)
+
+
+def test_compile_disabled_by_flag_or_env(monkeypatch, fresh_compile_state):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: calls.append(a))
+    x = torch.randn(3, 10, requires_grad=True)
+    MultiStepLIF(use_compile=False)(x).sum().backward()
+    monkeypatch.setenv(lif_module.COMPILE_ENV, "0")
+    MultiStepLIF()(x).sum().backward()
+    assert calls == [] and lif_module._compiled == {} and not lif_module._compile_failed
+
+
+def _compile_fails_late(fn, **kwargs):  # as without a C++ compiler: at the first call
+    def run(*args):
+        raise RuntimeError("no C++ compiler")
+    return run
+
+
+def _compile_fails_early(fn, **kwargs):  # as on a Python that dynamo does not support
+    raise RuntimeError("no C++ compiler")
+
+
+@pytest.mark.parametrize("broken_compile", [_compile_fails_late, _compile_fails_early])
+def test_compile_failure_falls_back_to_eager(monkeypatch, fresh_compile_state, caplog,
+                                            broken_compile):
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(2)
+    x, g = torch.randn(4, 6) + 1.0, torch.randn(4, 6)
+    with caplog.at_level(logging.WARNING, logger=lif_module.__name__):
+        s, grad = _spikes_and_grad(MultiStepLIF(use_compile=True), x, g)
+    assert "no C++ compiler" in caplog.text and lif_module._compile_failed
+    s_ref, g_ref = _spikes_and_grad(MultiStepLIF(fused=False), x, g)
+    assert torch.equal(s, s_ref) and torch.equal(grad, g_ref)
 
 
 def test_surrogate_is_finite_far_below_threshold():

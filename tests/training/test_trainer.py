@@ -1,10 +1,14 @@
 """Both training stages on a tiny ImageFolder with the offline teacher (untrained tower)."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from spikeclip_deploy.checkpoint import load_model, write_safetensors
+from spikeclip_deploy.hardware import load_profile
+from spikeclip_deploy.lowering import qat
+from spikeclip_deploy.training.recipe import Recipe
 from spikeclip_deploy.training.run import TrainConfig, run_training
 
 
@@ -20,25 +24,33 @@ def tower(tmp_path_factory):
 
 def test_train_both_stages_then_resume(image_folder, tower, tmp_path):
     out = tmp_path / "m.safetensors"
+    recipe = Recipe(text_epochs=1, distill_epochs=1, finetune_epochs=1, batch_size=8,
+                    text_batch_size=64, max_steps_per_epoch=2)
     cfg = TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}", data=image_folder,
-                      out=out, val_fraction=0.25, text_epochs=1, distill_epochs=1,
-                      finetune_epochs=1, batch_size=8, max_steps_per_epoch=2)
+                      out=out, val_fraction=0.25, recipe=recipe)
     meta = run_training(cfg).meta
     model, card, _ = load_model(str(out))
     assert [h["stage"] for h in card["metadata"]["history"]] == ["text", "distill", "finetune"]
     assert 0.0 <= meta["metrics"]["val_zero_shot_top1_student"] <= 1.0
+    assert "quantization_aware" not in meta["metrics"]
     assert out.with_suffix(".tokenizer").is_dir()
     state = out.with_suffix(".train-state.pt")
     assert state.exists()
-    # resume from the finished state with one more fine-tuning epoch: only that epoch runs
-    more = TrainConfig(**{**cfg.__dict__, "finetune_epochs": 2, "resume": state})
-    blob = torch.load(state, weights_only=False)
-    blob["state"] = {"stage": "finetune", "epoch": 1, "history": blob["state"]["history"]}
-    torch.save(blob, state)
+    # a finished run given one more fine-tuning epoch reopens there; only that epoch runs
+    assert torch.load(state, weights_only=False)["state"]["stage"] == "qat"
+    more = replace(cfg, recipe=replace(recipe, finetune_epochs=2), resume=state)
     meta2 = run_training(more).meta
     stages = [(h["stage"], h["epoch"]) for h in meta2["history"]]
     assert stages == [("text", 1), ("distill", 1), ("finetune", 1), ("finetune", 2)]
     assert json.loads(out.with_suffix(".json").read_text())["sha256"]
+    # a finished run reopens at the first stage given more epochs: here quantization-aware
+    # fine-tuning, after which the float weights are on the Loihi grid
+    qat_cfg = replace(more, recipe=replace(more.recipe, qat_epochs=1))
+    meta3 = run_training(qat_cfg).meta
+    assert [h["stage"] for h in meta3["history"]][-2:] == ["finetune", "qat"]
+    assert meta3["metrics"]["quantization_aware"]["grid_error"] < 1e-3
+    qmodel, _, _ = load_model(str(out))
+    assert qat.grid_error(qmodel.image, load_profile("loihi2")["fixed_point"]) < 1e-3
 
 
 def test_torchrun_two_cpu_processes(image_folder, tower, tmp_path):
@@ -57,10 +69,57 @@ def test_torchrun_two_cpu_processes(image_folder, tower, tmp_path):
            "train", "--model", "spikeclip-micro", "--teacher", f"offline-minilm:{tower}",
            "--data", str(image_folder), "--out", str(out), "--val-fraction", "0.25",
            "--text-epochs", "1", "--distill-epochs", "1", "--finetune-epochs", "1",
-           "--batch-size", "8", "--max-steps-per-epoch", "2"]
+           "--batch-size", "8", "--text-batch-size", "64", "--max-steps-per-epoch", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("checkpoint ->") == 2  # both ranks finish; rank 0 alone writes
     _, card, _ = load_model(str(out))
     assert [h["stage"] for h in card["metadata"]["history"]] == ["text", "distill", "finetune"]
+
+
+def test_interrupted_mid_epoch_resumes_to_the_same_weights(image_folder, tower, tmp_path, monkeypatch):
+    """Killed during image distillation after 2 of 3 steps; resuming from the mid-epoch state
+    gives the weights of an uninterrupted run (nothing lost, nothing repeated)."""
+    from spikeclip_deploy.training.spikeclip_trainer import Trainer
+
+    recipe = Recipe(text_epochs=0, distill_epochs=1, finetune_epochs=0, batch_size=8,
+                    checkpoint_every=1)
+    base = dict(model="spikeclip-micro", teacher=f"offline-minilm:{tower}", data=image_folder,
+                val_fraction=0.25, recipe=recipe)
+    run_training(TrainConfig(out=tmp_path / "a.safetensors", **base))
+    forward, calls = Trainer._image_forward, []
+
+    def dies_on_third_step(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(self, *args)
+
+    monkeypatch.setattr(Trainer, "_image_forward", dies_on_third_step)
+    out = tmp_path / "b.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(TrainConfig(out=out, **base))
+    assert not out.exists()
+    state = torch.load(out.with_suffix(".train-state.pt"), weights_only=False)["state"]
+    assert (state["stage"], state["epoch"], state["step"]) == ("distill", 0, 2)
+    monkeypatch.setattr(Trainer, "_image_forward", forward)
+    run_training(TrainConfig(out=out, resume=out.with_suffix(".train-state.pt"), **base))
+    a, _, _ = load_model(str(tmp_path / "a.safetensors"))
+    b, _, _ = load_model(str(out))
+    for (name, pa), pb in zip(a.image.state_dict().items(), b.image.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_device_selection():
+    from spikeclip_deploy.errors import ConfigError
+    from spikeclip_deploy.training.distributed import Dist, bf16_supported
+
+    d = Dist()
+    assert d.device("cpu") == torch.device("cpu") and bf16_supported(torch.device("cpu"))
+    if torch.cuda.is_available():
+        assert d.device("auto") == torch.device("cuda:0")
+    else:
+        assert d.device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            d.device("cuda:1")

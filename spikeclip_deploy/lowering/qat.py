@@ -1,0 +1,154 @@
+r"""Quantization-aware fine-tuning for the chip stacks, on the grid the Loihi export uses.
+
+Each chip synapse (Conv2d+BatchNorm2d, folded, or Linear) followed by a LIF of time constant
+:math:`\tau` and threshold :math:`V_{th}` is trained through the export's quantizer
+(:mod:`..lowering.quantize`) with a straight-through estimator:
+
+.. math::
+
+    v_{th} = \lfloor w_{max}\tau V_{th}/|W|_{max} \rfloor,\quad S = v_{th}/V_{th},\quad
+    \hat W = \mathrm{clip}(\mathrm{round\_even}(S W/\tau))\,\tau/S,\quad
+    \partial \hat W/\partial W := 1
+
+BatchNorm statistics are frozen (eval mode) so the folded weight the forward pass quantizes is
+the one the export folds. :func:`snap_to_grid` then writes the quantized values back into the
+float parameters (weights and biases), and :func:`quantize_inputs` puts the host's input
+current on the chip's input grid (``SpikingEncoder.input_grid``), so the float model *is* the
+integer model up to the chip's truncating decay.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ConfigError
+from ..nn.encoders import SpikingEncoder
+from ..nn.lif import MultiStepLIF
+from .quantize import input_quantization, layer_threshold, quantize_bias
+
+
+def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm2d | None, MultiStepLIF]]:
+    """(weight module, its BatchNorm or None, the LIF it drives) for every chip synapse."""
+    layers = list(encoder.stack)
+    for syn, lif in zip(layers[:-1], layers[1:]):
+        if isinstance(syn, MultiStepLIF):
+            continue
+        if not isinstance(lif, MultiStepLIF):
+            raise ConfigError(f"quantization-aware training needs synapse -> LIF chip stacks; "
+                              f"found {type(syn).__name__} -> {type(lif).__name__}")
+        if isinstance(syn, nn.Sequential) and isinstance(syn[0], nn.Conv2d) \
+                and isinstance(syn[1], nn.BatchNorm2d) and len(syn) == 2:
+            yield syn[0], syn[1], lif
+        elif isinstance(syn, nn.Linear):
+            yield syn, None, lif
+        else:
+            raise ConfigError(f"quantization-aware training supports Conv2d+BatchNorm2d and Linear "
+                              f"chip synapses, not {type(syn).__name__}; this model cannot be "
+                              f"deployed by the Loihi export either")
+
+
+def _bn_gain(bn: nn.BatchNorm2d | None, like: torch.Tensor) -> torch.Tensor:
+    if bn is None:
+        return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+    return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(like.dtype)
+
+
+class FoldedFakeQuant(nn.Module):
+    """Parametrization of a synapse weight: fold BN, quantize (STE), unfold."""
+
+    def __init__(self, bn: nn.BatchNorm2d | None, tau: float, v_threshold: float,
+                 fp: dict[str, Any]) -> None:
+        super().__init__()
+        self._bn = (bn,)  # a reference, not a submodule: its state stays where it is
+        self.tau, self.v_threshold, self.fp = tau, v_threshold, fp
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        gain = _bn_gain(self._bn[0], w).view(-1, *([1] * (w.dim() - 1)))
+        folded = w * gain
+        vth = layer_threshold(float(folded.detach().abs().max()), self.tau, self.v_threshold, self.fp)
+        s = vth / self.v_threshold
+        lo, hi = self.fp["weight_mant_range"]
+        q = torch.clamp(2.0 * torch.round(folded * (s / self.tau) / 2.0), lo, hi) * (self.tau / s)
+        return (folded + (q - folded).detach()) / gain
+
+
+def enable(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
+    """Train ``encoder``'s chip synapses through the quantizer (idempotent)."""
+    for weighted, bn, lif in _synapses(encoder):
+        if not parametrize.is_parametrized(weighted, "weight"):
+            parametrize.register_parametrization(
+                weighted, "weight", FoldedFakeQuant(bn, lif.tau, lif.v_threshold, fp))
+
+
+def quantize_inputs(model: nn.Module, fp: dict[str, Any]) -> None:
+    """Round every spiking encoder's host current to the grid the export feeds the chip."""
+    for encoder in (model.image, model.text):
+        if not isinstance(encoder, SpikingEncoder):
+            raise ConfigError(f"{type(encoder).__name__} is not a spiking chip encoder")
+        first = encoder.stack[0]
+        q = input_quantization(first.tau, first.v_threshold, fp)
+        encoder.input_grid.grid = (q["input_scale"], *map(float, q["bias_mant_range"]))
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode (frozen running statistics)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.no_grad()
+def snap_to_grid(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
+    """Remove the parametrizations and write the quantized folded weights and biases back, so
+    that folding then quantizing again reproduces the same integers."""
+    act = 2 ** fp["activation_shift"]
+    for weighted, bn, lif in _synapses(encoder):
+        if parametrize.is_parametrized(weighted, "weight"):
+            parametrize.remove_parametrizations(weighted, "weight", leave_parametrized=False)
+        w = weighted.weight
+        gain = _bn_gain(bn, w).double()
+        folded = w.double() * gain.view(-1, *([1] * (w.dim() - 1)))
+        if bn is None:
+            bias = weighted.bias.double() if weighted.bias is not None else torch.zeros_like(gain)
+        else:
+            b0 = weighted.bias.double() if weighted.bias is not None else 0.0
+            bias = bn.bias.double() + (b0 - bn.running_mean.double()) * gain
+        vth = layer_threshold(float(folded.abs().max()), lif.tau, lif.v_threshold, fp)
+        s = vth / lif.v_threshold
+        lo, hi = fp["weight_mant_range"]
+        w_q = torch.clamp(2.0 * torch.round(folded * (s / lif.tau) / 2.0), lo, hi) * (lif.tau / s)
+        mant, exp = quantize_bias(bias.cpu().numpy(), s, lif.tau, fp)
+        b_q = torch.from_numpy(mant * 2.0**exp / act * lif.tau / s).to(w.device)
+        weighted.weight.copy_((w_q / gain.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype))
+        if bn is None:
+            if weighted.bias is None:
+                raise ConfigError("a chip Linear without bias cannot hold a quantized bias")
+            weighted.bias.copy_(b_q.to(w.dtype))
+        else:
+            b0 = weighted.bias.double() if weighted.bias is not None else 0.0
+            bn.bias.copy_((b_q - (b0 - bn.running_mean.double()) * gain).to(bn.bias.dtype))
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with parametrized weights under their plain names (the float originals),
+    so a training state saved mid-QAT loads into an unparametrized model."""
+    return {k.replace("parametrizations.weight.original", "weight"): v
+            for k, v in model.state_dict().items()}
+
+
+def grid_error(encoder: SpikingEncoder, fp: dict[str, Any]) -> float:
+    """Largest distance of a folded weight from the quantization grid, in mantissa units
+    (0 after :func:`snap_to_grid`, up to float round-off)."""
+    worst = 0.0
+    with torch.no_grad():
+        for weighted, bn, lif in _synapses(encoder):
+            w = weighted.weight.double()
+            folded = w * _bn_gain(bn, w).view(-1, *([1] * (w.dim() - 1)))
+            vth = layer_threshold(float(folded.abs().max()), lif.tau, lif.v_threshold, fp)
+            x = (folded * (vth / lif.v_threshold) / lif.tau).cpu().numpy()
+            worst = max(worst, float(np.max(np.abs(x - 2.0 * np.round(x / 2.0)))))
+    return worst
