@@ -109,7 +109,7 @@ def _pair(text: str) -> tuple[float, float]:
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="A .train-state.pt to continue (a finished run reopens at the first stage "
                    "given more epochs).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=Recipe.seed, show_default=True)
 @click.option("--val-fraction", default=0.1, show_default=True)
 @click.option("--text-epochs", default=Recipe.text_epochs, show_default=True)
 @click.option("--distill-epochs", default=Recipe.distill_epochs, show_default=True,
@@ -129,11 +129,11 @@ def _pair(text: str) -> tuple[float, float]:
               help="lambda of the KL term (0 = the no-KL ablation).")
 @click.option("--hardware", default=Recipe.hardware, show_default=True,
               help="Hardware profile (hardware/NAME.json) for --qat-epochs.")
-@click.option("--bf16/--no-bf16", default=False, show_default=True,
+@click.option("--bf16/--no-bf16", default=Recipe.bf16, show_default=True,
               help="bf16 autocast for the image forward pass, where the device supports it.")
 @click.option("--device", default=Recipe.device, show_default=True,
               help="auto (this process's GPU under torchrun, else cpu), cpu, cuda or cuda:N.")
-@click.option("--text-datasets", default="cifar10,cifar100", show_default=True,
+@click.option("--text-datasets", default=",".join(Recipe.text_datasets), show_default=True,
               help="Label sets whose labels x templates form the text-distillation set "
                    "(cifar10, cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap steps per epoch (smoke runs).")
@@ -143,7 +143,8 @@ def _pair(text: str) -> tuple[float, float]:
 def train(model: str, teacher: str, data: str, download: bool, out: str, resume: str | None,
           val_fraction: float, limit: int | None, text_datasets: str, distill_lr: str,
           finetune_lr: str, qat_lr: str, **recipe) -> None:
-    """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2)."""
+    """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2), then
+    optionally fine-tune it quantization-aware on a chip's grid (--qat-epochs)."""
     from .training.run import TrainConfig, run_training
 
     result = run_training(TrainConfig(

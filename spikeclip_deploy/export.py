@@ -119,11 +119,11 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
     if target == "loihi":
         chain, input_q = quantize_chain(chain, profile)
         grid = enc.input_grid.grid
-        if grid is not None and not np.isclose(grid[0], input_q["input_scale"]):
-            raise LoweringError(f"the {side} encoder was trained for an input grid of scale "
-                                f"{grid[0]}, but '{profile['name']}' quantizes its input "
-                                f"with scale {input_q['input_scale']}; export to the hardware "
-                                f"it was trained for")
+        chip = (input_q["input_scale"], *input_q["bias_mant_range"])
+        if grid is not None and not np.allclose(grid, chip):
+            raise LoweringError(f"the {side} encoder was trained for the input grid {grid} "
+                                f"(scale, lo, hi), but '{profile['name']}' quantizes its input "
+                                f"with {chip}; export to the hardware it was trained for")
         meta.update({"input_quantization": input_q, "hardware": profile["name"],
                      "synapse_delay_steps": profile["synapse_delay_steps"],
                      "units": "integer chip units; see each node's metadata['loihi']"})

@@ -40,8 +40,8 @@ def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm
         if not isinstance(lif, MultiStepLIF):
             raise ConfigError(f"quantization-aware training needs synapse -> LIF chip stacks; "
                               f"found {type(syn).__name__} -> {type(lif).__name__}")
-        if isinstance(syn, nn.Sequential) and isinstance(syn[0], nn.Conv2d) \
-                and isinstance(syn[1], nn.BatchNorm2d) and len(syn) == 2:
+        if isinstance(syn, nn.Sequential) and len(syn) == 2 and isinstance(syn[0], nn.Conv2d) \
+                and isinstance(syn[1], nn.BatchNorm2d):
             yield syn[0], syn[1], lif
         elif isinstance(syn, nn.Linear):
             yield syn, None, lif
@@ -57,6 +57,23 @@ def _bn_gain(bn: nn.BatchNorm2d | None, like: torch.Tensor) -> torch.Tensor:
     return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(like.dtype)
 
 
+def on_grid(folded: torch.Tensor, tau: float, v_threshold: float, fp: dict[str, Any]
+            ) -> tuple[torch.Tensor, float]:
+    """(folded weights on the export's grid, their scale :math:`S`). When the largest weight
+    rounds below the top mantissa (thresholds under ~254), the export would derive another
+    :math:`S` from the result, so :math:`S` is re-derived until it is a fixed point."""
+    lo, hi = fp["weight_mant_range"]
+    vth = layer_threshold(float(folded.detach().abs().max()), tau, v_threshold, fp)
+    for _ in range(8):
+        s = vth / v_threshold
+        q = torch.clamp(2.0 * torch.round(folded * (s / tau) / 2.0), lo, hi) * (tau / s)
+        again = layer_threshold(float(q.detach().abs().max()), tau, v_threshold, fp)
+        if again == vth:
+            break
+        vth = again
+    return q, s
+
+
 class FoldedFakeQuant(nn.Module):
     """Parametrization of a synapse weight: fold BN, quantize (STE), unfold."""
 
@@ -69,10 +86,7 @@ class FoldedFakeQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         gain = _bn_gain(self._bn[0], w).view(-1, *([1] * (w.dim() - 1)))
         folded = w * gain
-        vth = layer_threshold(float(folded.detach().abs().max()), self.tau, self.v_threshold, self.fp)
-        s = vth / self.v_threshold
-        lo, hi = self.fp["weight_mant_range"]
-        q = torch.clamp(2.0 * torch.round(folded * (s / self.tau) / 2.0), lo, hi) * (self.tau / s)
+        q, _ = on_grid(folded, self.tau, self.v_threshold, self.fp)
         return (folded + (q - folded).detach()) / gain
 
 
@@ -92,6 +106,21 @@ def quantize_inputs(model: nn.Module, fp: dict[str, Any]) -> None:
         first = encoder.stack[0]
         q = input_quantization(first.tau, first.v_threshold, fp)
         encoder.input_grid.grid = (q["input_scale"], *map(float, q["bias_mant_range"]))
+
+
+def check_supported(model: nn.Module, profile: dict[str, Any]) -> None:
+    """Raise a :class:`ConfigError` before training if quantization-aware training cannot
+    apply: both encoders must be spiking synapse -> LIF chains and the profile a chip's."""
+    if "fixed_point" not in profile:
+        raise ConfigError(f"hardware profile '{profile.get('name')}' has no fixed_point section; "
+                          f"quantization-aware training needs a chip profile such as loihi2")
+    for side in ("image", "text"):
+        encoder = getattr(model, side)
+        if not isinstance(encoder, SpikingEncoder):
+            raise ConfigError(f"the {side} encoder ({type(encoder).__name__}) is not a spiking "
+                              f"chip chain; quantization-aware training and the Loihi export "
+                              f"need one")
+        list(_synapses(encoder))
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -117,16 +146,14 @@ def snap_to_grid(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
         else:
             b0 = weighted.bias.double() if weighted.bias is not None else 0.0
             bias = bn.bias.double() + (b0 - bn.running_mean.double()) * gain
-        vth = layer_threshold(float(folded.abs().max()), lif.tau, lif.v_threshold, fp)
-        s = vth / lif.v_threshold
-        lo, hi = fp["weight_mant_range"]
-        w_q = torch.clamp(2.0 * torch.round(folded * (s / lif.tau) / 2.0), lo, hi) * (lif.tau / s)
+        if bn is None and weighted.bias is None:
+            raise ConfigError("a chip Linear without bias cannot hold a quantized bias; "
+                              "build it with bias=True")
+        w_q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
         mant, exp = quantize_bias(bias.cpu().numpy(), s, lif.tau, fp)
         b_q = torch.from_numpy(mant * 2.0**exp / act * lif.tau / s).to(w.device)
         weighted.weight.copy_((w_q / gain.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype))
         if bn is None:
-            if weighted.bias is None:
-                raise ConfigError("a chip Linear without bias cannot hold a quantized bias")
             weighted.bias.copy_(b_q.to(w.dtype))
         else:
             b0 = weighted.bias.double() if weighted.bias is not None else 0.0

@@ -50,7 +50,7 @@ def split_bias(bias_raw: np.ndarray, fp: dict[str, Any]) -> tuple[np.ndarray, in
 
 
 def layer_threshold(weight_absmax: float, tau: float, v_threshold: float, fp: dict[str, Any]) -> int:
-    """Integer threshold :math:`v_{th} = \lfloor w_{max} \tau V_{th} / |W|_{max} \rfloor`: the
+    r"""Integer threshold :math:`v_{th} = \lfloor w_{max} \tau V_{th} / |W|_{max} \rfloor`: the
     largest whose scale :math:`S = v_{th}/V_{th}` keeps every weight in the mantissa range.
 
     The relative guard of 1e-6 makes quantization idempotent: weights already on the grid
@@ -63,17 +63,17 @@ def layer_threshold(weight_absmax: float, tau: float, v_threshold: float, fp: di
 
 
 def quantize_weight(w: np.ndarray, scale: float, tau: float, fp: dict[str, Any]) -> np.ndarray:
-    """Float weights -> integer mantissas :math:`\mathrm{round\_even}(S W/\tau)`, clipped."""
+    r"""Float weights -> integer mantissas :math:`\mathrm{round\_even}(S W/\tau)`, clipped."""
     return np.clip(round_even(w * scale / tau), *fp["weight_mant_range"])
 
 
 def quantize_bias(b: np.ndarray, scale: float, tau: float, fp: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """Float bias -> (mantissa, exponent) of :math:`2^6 S b/\tau`."""
+    r"""Float bias -> (mantissa, exponent) of :math:`2^6 S b/\tau`."""
     return split_bias(np.round(2 ** fp["activation_shift"] * scale * b / tau), fp)
 
 
 def input_quantization(tau: float, v_threshold: float, fp: dict[str, Any]) -> dict[str, Any]:
-    """How the host's input current :math:`x` drives the first LIF as a bias:
+    r"""How the host's input current :math:`x` drives the first LIF as a bias:
     :math:`b_m = \mathrm{clip}(\mathrm{round}(x \cdot \mathrm{input\_scale}))` with
     :math:`\mathrm{input\_scale} = 2^6 S_0/\tau/2^{b_e}`, :math:`S_0 = v_{th,0}/V_{th}`."""
     vth0, exp = int(fp["input_vth"]), int(fp["input_bias_exp"])

@@ -25,9 +25,12 @@ class Dist:
     local_rank: int = 0
 
     def device(self, spec: str = "auto") -> torch.device:
-        """``auto``: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+        """``auto``: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU; ``cuda`` under
+        torchrun: this process's GPU."""
         if spec == "auto":
-            return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+            spec = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        elif spec == "cuda" and self.world > 1:
+            spec = f"cuda:{self.local_rank}"
         device = torch.device(spec)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {spec}: CUDA is not available here; use --device cpu")
@@ -53,16 +56,20 @@ class Dist:
             dist.barrier()
 
 
-def init_distributed() -> Dist:
-    """Join the process group torchrun describes in the environment, if any."""
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group torchrun describes in the environment, if any: nccl when the
+    processes train on GPUs (``device`` auto with CUDA, or cuda), gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device} under torchrun: use auto, cuda or cpu (each process "
+                          f"takes cuda:LOCAL_RANK)")
+    gpus = device != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if gpus else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if gpus:
         torch.cuda.set_device(local)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
 

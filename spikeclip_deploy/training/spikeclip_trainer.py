@@ -101,10 +101,12 @@ class Trainer:
         self.cfg, self.teacher, self.train_ds, self.val_ds = cfg, teacher, train, val
         self.recipe, self.out, self.data_desc, self.command = recipe, Path(out), data_desc, command
         self.gen = seed_everything(recipe.seed)
-        self.dist = init_distributed()
+        self.dist = init_distributed(recipe.device)
         self.device = self.dist.device(recipe.device)
         self.amp = recipe.bf16 and bf16_supported(self.device)
         self.model = SpikeCLIP(cfg).to(self.device)
+        if recipe.qat_epochs > 0:  # fail now, not after hours of earlier stages
+            qat.check_supported(self.model, load_profile(recipe.hardware))
         self.net = self.dist.wrap(self.model)  # what training forwards go through
         self.state = TrainState()
         self.labels = list(train.class_names)
@@ -124,13 +126,19 @@ class Trainer:
 
     def resume(self, path: Path) -> dict | None:
         try:
-            blob = torch.load(path, weights_only=False, map_location=self.device)
+            blob = torch.load(path, weights_only=False, map_location="cpu")
         except (OSError, RuntimeError, EOFError) as exc:
             raise CheckpointError(f"cannot resume from {path}: {exc}") from None
         if blob.get("config") != self.cfg.to_dict():
             raise CheckpointError(f"{path} was trained with another model config; pass the same --model")
         self.model.load_state_dict(blob["model"])
         self.state = TrainState(**blob["state"])
+        saved = blob.get("recipe", {})
+        exact = ("batch_size", "text_batch_size", "seed", "max_steps_per_epoch")
+        changed = [k for k in exact if k in saved and saved[k] != getattr(self.recipe, k)]
+        if self.state.step and changed:
+            raise CheckpointError(f"{path} stopped mid-epoch with other {', '.join(changed)}; "
+                                  f"resume with the same values to continue the epoch exactly")
         self.gen.set_state(blob["rng"])
         if self._reopen():
             log.info("reopened the run at stage %s epoch %d (more epochs requested)",
@@ -147,7 +155,7 @@ class Trainer:
         for stage in STAGES[:STAGES.index(self.state.stage)]:
             done = sum(1 for h in self.state.history if h["stage"] == stage)
             if self._epochs(stage) > done:
-                self.state.stage, self.state.epoch = stage, done
+                self.state = TrainState(stage=stage, epoch=done, history=self.state.history)
                 return True
         return False
 
@@ -239,7 +247,8 @@ class Trainer:
 
     def run(self, opt_state: dict | None = None) -> dict:
         r = self.recipe
-        if self.state.stage == "text" and self.state.epoch == 0 and not self.state.history:
+        if (self.state.stage == "text" and self.state.epoch == 0 and self.state.step == 0
+                and not self.state.history):
             init_text_embeddings(self.model, self.teacher)
         feats = None
         if self.state.stage == "text":
@@ -273,6 +282,10 @@ class Trainer:
             qat.quantize_inputs(self.model, fp)
             qat.enable(self.model.image, fp)
             self.net = self.dist.wrap(self.model)  # DDP must see the parametrized weights
+            if self.amp:
+                log.warning("quantization-aware epochs run in float32: bf16 would move the "
+                            "weights off the chip's grid")
+                self.amp = False
             self._run_stage("qat", r.qat_epochs, r.qat_lr, params(), self._finetune_step(feats),
                             len(self.train_ds), r.batch_size, opt_state,
                             train_mode=qat.freeze_batchnorm)
@@ -307,6 +320,10 @@ class Trainer:
             quantization = {"hardware": self.recipe.hardware, "input_grid": True,
                             "grid_error": max(qat.grid_error(e, fp)
                                               for e in (self.model.text, self.model.image))}
+            if quantization["grid_error"] > 1e-3:
+                log.warning("a chip layer did not settle on the quantization grid (error %.3g "
+                            "mantissa steps); the export will re-round it",
+                            quantization["grid_error"])
         metrics = {
             "val_zero_shot_top1_student": self.evaluate(),
             "val_zero_shot_top1_teacher": zero_shot_accuracy(self.teacher.encode_images, teacher_w,

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from spikeclip_deploy.config import get_config
+from spikeclip_deploy.errors import ConfigError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.lowering.fold import lower_stack
@@ -83,8 +84,26 @@ def test_plain_state_dict_loads_into_an_unparametrized_model():
 def test_unsupported_chip_layer_is_refused():
     enc = SpikingEncoder(nn.Identity(), [MultiStepLIF(), nn.Conv2d(2, 2, 3), MultiStepLIF()],
                          nn.Identity(), 4)
-    with pytest.raises(Exception, match="Conv2d"):
+    with pytest.raises(ConfigError, match="Conv2d"):
         qat.enable(enc, FP)
+    with pytest.raises(ConfigError, match="fixed_point"):
+        qat.check_supported(_random_model(), load_profile("energy-45nm"))
+
+
+def test_large_weights_settle_on_a_grid_the_export_reproduces():
+    """Thresholds below ~254 (largest folded weight above tau V_th): the largest weight may round
+    below the top mantissa, so the scale is re-derived until the export would derive it too."""
+    model = _random_model()
+    with torch.no_grad():  # |W|max 46.19, tau 2: vth = floor(254 / 23.095) = 10, and the largest
+        for m in model.text.stack:  # mantissa round_even(230.95) = 230 would give vth 11 on export
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(46.19 / m.weight.abs().max())
+    qat.snap_to_grid(model.text, FP)
+    ints, _ = quantize_chain(lower_stack(model.text, (model.cfg.context_length * model.cfg.text_width,)),
+                             load_profile("loihi2"))
+    assert ints[2][1].metadata["loihi"]["vth"] == 11
+    assert qat.grid_error(model.text, FP) < 1e-3
+    assert _integer_vs_float(model.text, (model.cfg.context_length * model.cfg.text_width,)) < 1e-5
 
 
 def test_quantization_aware_checkpoint_exports_to_the_same_network(micro_ckpt, tmp_path):

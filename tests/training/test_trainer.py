@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spikeclip_deploy.checkpoint import load_model, write_safetensors
+from spikeclip_deploy.errors import CheckpointError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.training.recipe import Recipe
@@ -104,6 +105,9 @@ def test_interrupted_mid_epoch_resumes_to_the_same_weights(image_folder, tower, 
     state = torch.load(out.with_suffix(".train-state.pt"), weights_only=False)["state"]
     assert (state["stage"], state["epoch"], state["step"]) == ("distill", 0, 2)
     monkeypatch.setattr(Trainer, "_image_forward", forward)
+    other = {**base, "recipe": replace(recipe, batch_size=4)}
+    with pytest.raises(CheckpointError, match="batch_size"):  # the epoch could not be replayed
+        run_training(TrainConfig(out=out, resume=out.with_suffix(".train-state.pt"), **other))
     run_training(TrainConfig(out=out, resume=out.with_suffix(".train-state.pt"), **base))
     a, _, _ = load_model(str(tmp_path / "a.safetensors"))
     b, _, _ = load_model(str(out))
