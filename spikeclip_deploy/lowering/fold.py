@@ -18,11 +18,20 @@ def fold_conv_bn(seq: nn.Module) -> tuple[np.ndarray, np.ndarray, nn.Conv2d]:
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
         raise LoweringError(f"expected Conv2d + BatchNorm2d, got {type(conv).__name__} + {type(bn).__name__}")
     with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        w = conv.weight * scale.view(-1, 1, 1, 1)
-        b0 = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        b = bn.bias + (b0 - bn.running_mean) * scale
+        w = conv.weight * bn_gain(bn).view(-1, 1, 1, 1)
+        b = folded_bias(conv.bias, bn)
     return w.numpy().astype(np.float32), b.numpy().astype(np.float32), conv
+
+
+def bn_gain(bn: nn.BatchNorm2d) -> torch.Tensor:
+    r""":math:`\gamma/\sqrt{\sigma^2+\epsilon}` per channel (eval-mode statistics)."""
+    return bn.weight / torch.sqrt(bn.running_var + bn.eps)
+
+
+def folded_bias(bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> torch.Tensor:
+    r""":math:`\beta + (b-\mu)\gamma/\sqrt{\sigma^2+\epsilon}` (:math:`b = 0` without a bias)."""
+    b0 = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return bn.bias + (b0 - bn.running_mean) * bn_gain(bn)
 
 
 def _lif(layer: MultiStepLIF, shape: tuple[int, ...]) -> nir.LIF:

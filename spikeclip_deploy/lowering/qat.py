@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
+from .fold import bn_gain
 from .quantize import input_quantization, layer_threshold, quantize_bias
 
 
@@ -54,7 +55,7 @@ def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm
 def _bn_gain(bn: nn.BatchNorm2d | None, like: torch.Tensor) -> torch.Tensor:
     if bn is None:
         return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
-    return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(like.dtype)
+    return bn_gain(bn).to(like.dtype)
 
 
 def on_grid(folded: torch.Tensor, tau: float, v_threshold: float, fp: dict[str, Any]
@@ -138,17 +139,15 @@ def snap_to_grid(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
     for weighted, bn, lif in _synapses(encoder):
         if parametrize.is_parametrized(weighted, "weight"):
             parametrize.remove_parametrizations(weighted, "weight", leave_parametrized=False)
-        w = weighted.weight
-        gain = _bn_gain(bn, w).double()
-        folded = w.double() * gain.view(-1, *([1] * (w.dim() - 1)))
-        if bn is None:
-            bias = weighted.bias.double() if weighted.bias is not None else torch.zeros_like(gain)
-        else:
-            b0 = weighted.bias.double() if weighted.bias is not None else 0.0
-            bias = bn.bias.double() + (b0 - bn.running_mean.double()) * gain
         if bn is None and weighted.bias is None:
             raise ConfigError("a chip Linear without bias cannot hold a quantized bias; "
                               "build it with bias=True")
+        w = weighted.weight
+        gain = _bn_gain(bn, w).double()
+        folded = w.double() * gain.view(-1, *([1] * (w.dim() - 1)))
+        b0 = weighted.bias.double() if weighted.bias is not None else 0.0
+        # the folded bias in float64 (so snapping twice is bit-identical)
+        bias = b0 if bn is None else bn.bias.double() + (b0 - bn.running_mean.double()) * gain
         w_q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
         mant, exp = quantize_bias(bias.cpu().numpy(), s, lif.tau, fp)
         b_q = torch.from_numpy(mant * 2.0**exp / act * lif.tau / s).to(w.device)
@@ -156,7 +155,6 @@ def snap_to_grid(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
         if bn is None:
             weighted.bias.copy_(b_q.to(w.dtype))
         else:
-            b0 = weighted.bias.double() if weighted.bias is not None else 0.0
             bn.bias.copy_((b_q - (b0 - bn.running_mean.double()) * gain).to(bn.bias.dtype))
 
 

@@ -146,6 +146,7 @@ def _lif_backward_eager(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th:
 _EAGER = {"forward": _lif_forward_eager, "backward": _lif_backward_eager}
 _TO_COMPILE = {"forward": _lif_forward, "backward": _lif_backward}
 _compiled: dict[str, object] = {}
+_compiled_ok: set[str] = set()
 _compile_failed = False
 
 
@@ -162,10 +163,14 @@ def _run(name: str, use_compile: bool, *args):
         return _TO_COMPILE[name](*args)
     if not use_compile or _compile_failed or torch.jit.is_tracing():
         return fn(*args)
+    if name in _compiled_ok:  # compiled and ran once: later errors (e.g. out of memory) are real
+        return _compiled[name](*args)
     try:
         if name not in _compiled:
             _compiled[name] = torch.compile(_TO_COMPILE[name], dynamic=True, fullgraph=True)
-        return _compiled[name](*args)
+        out = _compiled[name](*args)
+        _compiled_ok.add(name)
+        return out
     except Exception as exc:  # noqa: BLE001  (no C++ compiler, unsupported platform, ...)
         _compile_failed = True
         log.warning("torch.compile of the fused LIF loops failed; using the eager fused loops "

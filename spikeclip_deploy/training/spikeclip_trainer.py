@@ -257,7 +257,7 @@ class Trainer:
             texts += [p for lbl in self.labels for p in prompts_for(lbl) if p not in known]
             tokens = torch.from_numpy(tokenize(self.teacher.tokenizer(), texts,
                                                self.cfg.context_length))
-            targets = self.teacher.encode_texts(texts)
+            targets = self.teacher.text_features(texts)
             self._run_stage("text", r.text_epochs, r.distill_lr, self.model.text.parameters(),
                             self._text_step(tokens, targets), len(texts), r.text_batch_size, opt_state)
             opt_state = None

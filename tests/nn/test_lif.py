@@ -77,6 +77,7 @@ def test_fused_keeps_channels_last_layout(use_compile):
 @pytest.fixture
 def fresh_compile_state(monkeypatch):
     monkeypatch.setattr(lif_module, "_compiled", {})
+    monkeypatch.setattr(lif_module, "_compiled_ok", set())
     monkeypatch.setattr(lif_module, "_compile_failed", False)
 
 
@@ -111,6 +112,26 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, fresh_compile_state, c
     assert "no C++ compiler" in caplog.text and lif_module._compile_failed
     s_ref, g_ref = _spikes_and_grad(MultiStepLIF(fused=False), x, g)
     assert torch.equal(s, s_ref) and torch.equal(grad, g_ref)
+
+
+def test_errors_after_a_successful_compiled_call_are_not_swallowed(monkeypatch, fresh_compile_state):
+    calls = []
+
+    def works_once(fn, **kwargs):
+        def run(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("out of memory")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", works_once)
+    x = torch.randn(3, 5, requires_grad=True)
+    lif = MultiStepLIF(use_compile=True)
+    lif(x)  # forward compiled and ran
+    with pytest.raises(RuntimeError, match="out of memory"):
+        lif(x)
+    assert not lif_module._compile_failed
 
 
 def test_surrogate_is_finite_far_below_threshold():

@@ -33,6 +33,9 @@ def test_hf_clip_teacher_from_local_directory(tmp_path):
     txt = teacher.encode_texts(["a photo of a cat.", "a photo of a dog."])
     assert img.shape == (2, 16) and txt.shape == (2, 16)
     assert torch.allclose(img.norm(dim=-1), torch.ones(2), atol=1e-5)
+    texts = ["a photo of a cat.", "a photo of a dog.", "a ship."]  # batched = all at once
+    assert torch.allclose(teacher.text_features(texts, batch_size=2), teacher.encode_texts(texts),
+                          atol=1e-5)
     w = teacher.class_weights(["cat", "dog", "ship"], ("a photo of a {}.", "a {}."))
     assert w.shape == (3, 16)
     assert teacher.token_embeddings().shape[1] == 32
