@@ -191,7 +191,8 @@ class Trainer:
                 self.gen.set_state(self.state.epoch_rng)
                 log.info("resuming %s epoch %d at step %d", stage, self.state.epoch + 1,
                          self.state.step)
-            bar = tqdm(batches(n_items, batch_size, self.gen), total=steps, unit="batch",
+            bar = tqdm(batches(n_items, batch_size, self.gen), total=steps,  # throughput in items/s
+                       unit="text" if stage == "text" else "img", unit_scale=batch_size,
                        desc=f"{stage} {self.state.epoch + 1}/{epochs}", leave=False,
                        disable=not self.dist.is_main)
             for i, idx in enumerate(bar):
