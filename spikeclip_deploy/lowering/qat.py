@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -52,10 +51,15 @@ def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm
                               f"deployed by the Loihi export either")
 
 
-def _bn_gain(bn: nn.BatchNorm2d | None, like: torch.Tensor) -> torch.Tensor:
+def _folded(w: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``w`` with ``bn`` folded in, the per-output-channel gain shaped to divide it back out);
+    computed in ``w``'s dtype."""
+    shape = (-1, *([1] * (w.dim() - 1)))
     if bn is None:
-        return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
-    return bn_gain(bn).to(like.dtype)
+        gain = torch.ones(w.shape[0], dtype=w.dtype, device=w.device).view(shape)
+    else:
+        gain = bn_gain(bn).to(w.dtype).view(shape)
+    return w * gain, gain
 
 
 def on_grid(folded: torch.Tensor, tau: float, v_threshold: float, fp: dict[str, Any]
@@ -85,8 +89,7 @@ class FoldedFakeQuant(nn.Module):
         self.tau, self.v_threshold, self.fp = tau, v_threshold, fp
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        gain = _bn_gain(self._bn[0], w).view(-1, *([1] * (w.dim() - 1)))
-        folded = w * gain
+        folded, gain = _folded(w, self._bn[0])
         q, _ = on_grid(folded, self.tau, self.v_threshold, self.fp)
         return (folded + (q - folded).detach()) / gain
 
@@ -143,15 +146,14 @@ def snap_to_grid(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
             raise ConfigError("a chip Linear without bias cannot hold a quantized bias; "
                               "build it with bias=True")
         w = weighted.weight
-        gain = _bn_gain(bn, w).double()
-        folded = w.double() * gain.view(-1, *([1] * (w.dim() - 1)))
+        folded, gain_w = _folded(w.double(), bn)  # float64, so snapping twice is bit-identical
+        gain = gain_w.flatten()
         b0 = weighted.bias.double() if weighted.bias is not None else 0.0
-        # the folded bias in float64 (so snapping twice is bit-identical)
         bias = b0 if bn is None else bn.bias.double() + (b0 - bn.running_mean.double()) * gain
         w_q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
         mant, exp = quantize_bias(bias.cpu().numpy(), s, lif.tau, fp)
         b_q = torch.from_numpy(mant * 2.0**exp / act * lif.tau / s).to(w.device)
-        weighted.weight.copy_((w_q / gain.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype))
+        weighted.weight.copy_((w_q / gain_w).to(w.dtype))
         if bn is None:
             weighted.bias.copy_(b_q.to(w.dtype))
         else:
@@ -171,9 +173,7 @@ def grid_error(encoder: SpikingEncoder, fp: dict[str, Any]) -> float:
     worst = 0.0
     with torch.no_grad():
         for weighted, bn, lif in _synapses(encoder):
-            w = weighted.weight.double()
-            folded = w * _bn_gain(bn, w).view(-1, *([1] * (w.dim() - 1)))
-            vth = layer_threshold(float(folded.abs().max()), lif.tau, lif.v_threshold, fp)
-            x = (folded * (vth / lif.v_threshold) / lif.tau).cpu().numpy()
-            worst = max(worst, float(np.max(np.abs(x - 2.0 * np.round(x / 2.0)))))
+            folded, _ = _folded(weighted.weight.double(), bn)
+            q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
+            worst = max(worst, float((folded - q).abs().max()) * s / lif.tau)
     return worst
