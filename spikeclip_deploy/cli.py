@@ -15,13 +15,25 @@ from .training.recipe import Recipe
 
 
 class CleanErrors(click.Group):
-    """Converts typed library errors into ``Error: ...`` with exit code 2, no traceback."""
+    """One place where errors become messages. Exit codes: 2 for usage errors (click's own:
+    unknown option, bad option value), 1 for user errors (every :class:`SpikeClipError`, and
+    operating-system errors such as permission denied, no space left or file too large, which
+    name the path), each a one-line ``Error: ...`` with no traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SpikeClipError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(os_error_message(exc)) from None
+
+
+def os_error_message(exc: OSError) -> str:
+    """``PATH: reason`` for an operating-system error (the path is what the user can fix)."""
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(map(str, paths))}: {reason}" if paths else reason
 
 
 def _command_line() -> str:

@@ -7,20 +7,22 @@ Layout::
     EXPORT/chip/text_encoder.nir    spiking part of the text encoder
     EXPORT/host/...                 see :mod:`spikeclip_deploy.host`
 
-The directory is built under a temporary name beside the destination and renamed into place,
-so a failure leaves nothing behind and an existing export is never half-overwritten.
+The directory is built under a locked temporary name beside the destination, flushed to disk
+and renamed into place, so a failure leaves nothing behind (a killed run's leftovers are removed
+by the next run) and an existing export is never half-overwritten. ``--force`` replaces only a
+directory that is an export of this tool, and a destination that appears while the export runs
+is never silently replaced.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nir
 import numpy as np
@@ -29,12 +31,15 @@ import torch
 from . import __version__
 from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from .errors import ExportError, HardwareLimitError, LoweringError
-from .fileutil import sha256_file
+from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
+                       is_empty_dir, owned_tempdir, rename_noreplace, sha256_file, with_path,
+                       write_bytes)
 from .hardware import load_profile
 from .host import write_host_part
 from .lowering.fold import chain_to_graph, lower_stack
 from .lowering.quantize import quantize_chain
 from .lowering.resources import chain_resources
+from .manifest import FORMAT, MANIFEST, is_export
 from .nn.encoders import SpikingEncoder
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
@@ -147,34 +152,86 @@ def default_out(model: str, target: str) -> Path:
     return PROJECT_ROOT / "exports" / f"{Path(model).stem}-{target}"
 
 
+def check_replaceable(out: Path) -> None:
+    """``--force`` replaces an export of this tool only, and never the working directory."""
+    if not out.is_dir():
+        raise ExportError(f"{out} exists and is not a directory; remove it or pass another --out")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ExportError(f"--out {out} is (or holds) the current directory; --force will not "
+                          f"replace it: pass a sub-directory such as --out exports/NAME")
+    if not is_export(out):
+        raise ExportError(f"{out} is not an export of this tool (no valid {MANIFEST}); --force "
+                          f"replaces only exports: empty it yourself or pass another --out")
+
+
+def _restore_replaced(out: Path) -> Callable[[Path], None]:
+    """For a killed ``--force`` run caught between its two renames: put the old export back."""
+    def restore(stale: Path) -> None:
+        if (stale / "x").is_dir() and not out.exists():
+            os.rename(stale / "x", out)
+    return restore
+
+
+def publish(tmp: Path, out: Path, force: bool) -> None:
+    """Flush ``tmp`` and rename it to ``out`` under ``out``'s lock. A destination that exists
+    by now (another run finished first) is replaced only with ``force`` and only if it is an
+    export; the old one is moved aside first and removed after the swap."""
+    fsync_tree(tmp)
+    with destination_lock(out):
+        if out.exists() and not is_empty_dir(out):
+            if not force:
+                raise ExportError(f"{out} appeared while this export ran (another run?); it was "
+                                  f"left as it is: pass --force to replace it or --out elsewhere")
+            check_replaceable(out)
+            with owned_tempdir(out.parent, f".{out.name}.old-") as old:
+                os.rename(out, old / "x")
+                os.rename(tmp, out)
+        else:
+            rename_noreplace(tmp, out)
+        fsync_path(out.parent)
+
+
 def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     """Write an export; returns (directory, manifest)."""
     if cfg.target not in TARGETS:
         raise ExportError(f"unknown target '{cfg.target}'; choose one of {', '.join(TARGETS)}")
-    out = Path(cfg.out) if cfg.out else default_out(cfg.model, cfg.target)
-    if out.exists() and not cfg.force:
-        raise ExportError(f"export directory {out} already exists; pass --force to replace it "
-                          f"or --out to write elsewhere")
+    out = Path(os.path.abspath(cfg.out if cfg.out else default_out(cfg.model, cfg.target)))
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise ExportError(f"--out {out}: {existing} is a file, not a directory; pass an --out "
+                          f"inside a directory")
+    # a killed run's leftovers: a half-replaced export is restored, then staging dirs removed
+    clean_stale(out.parent, f".{glob_escape(out.name)}.old-*", _restore_replaced(out))
+    if out.exists() and not is_empty_dir(out):
+        if not cfg.force:
+            raise ExportError(f"export directory {out} already exists; pass --force to replace "
+                              f"it or --out to write elsewhere")
+        check_replaceable(out)
     ckpt = resolve_checkpoint(cfg.model)
     model, card, _ = load_model(str(ckpt))
     profile = load_profile(cfg.hardware)
     tok_dir = ckpt.with_suffix(".tokenizer")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise with_path(exc, out.parent) from None
+    with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
         layers, resources = {}, {}
         for side in ("image", "text"):
             graph, layers[side] = lower_encoder(model, side, cfg.target, profile)
             resources[side] = graph.metadata["resources"]
-            nir.write(tmp / "chip" / f"{side}_encoder.nir", graph)
+            buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
+            nir.write(buf, graph)
+            write_bytes(tmp / "chip" / f"{side}_encoder.nir", buf.getvalue())
         labels = card["metadata"].get("metrics", {}).get("labels") or []
         tokenizer = load_tokenizer(ckpt)
         label_w = (class_weights(student_text_encoder(model, tokenizer), labels) if labels
                    else torch.zeros(0, model.cfg.embed_dim))
         host = write_host_part(model, tmp / "host", tok_dir, labels, label_w)
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"format": "spikeclip-deploy/export@1", "target": cfg.target, "dt": DT,
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p)
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"format": FORMAT, "target": cfg.target, "dt": DT,
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
                     "model": {"name": ckpt.stem, "config": model.cfg.to_dict(),
                               "checkpoint_sha256": card["sha256"],
@@ -182,17 +239,9 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "hardware": profile["name"] if cfg.target == "loihi" else None,
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "host": host, "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
-        if out.exists():  # --force: swap atomically, then drop the old one
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_bytes(tmp / MANIFEST,
+                    (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
+        publish(tmp, out, cfg.force)
     return out, manifest
 
 
@@ -202,19 +251,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(type(o).__name__)
-
-
-def load_export(folder: Path) -> dict:
-    """Read and verify an export's manifest (every file's sha256)."""
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise ExportError(f"{folder} is not an export (no manifest.json); create one with "
-                          f"`spikeclip-deploy export`")
-    manifest = json.loads(path.read_text())
-    for rel, digest in manifest["files"].items():
-        f = folder / rel
-        if not f.is_file() or sha256_file(f) != digest:
-            raise ExportError(f"export file {f} is missing or modified (sha256 mismatch); "
-                              f"re-run `spikeclip-deploy export --force`")
-    return manifest

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fileutil import write_bytes
 from .lowering.fold import fold_conv_bn
 from .nn.encoders import Readout
 from .nn.spikeclip import SpikeCLIP
@@ -53,11 +55,13 @@ class ReadoutHead(nn.Module):
 
 def _onnx(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
     module = module.eval()
+    buf = io.BytesIO()  # serialise in memory: a full disk is then a plain, named OSError
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(path), input_names=[in_name],
+        torch.onnx.export(module, (example,), buf, input_names=[in_name],
                           output_names=[out_name], dynamic_axes={in_name: {0: "batch"},
                                                                  out_name: {0: "batch"}},
                           opset_version=17, dynamo=False)
+    write_bytes(path, buf.getvalue())
 
 
 def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels: list[str],
@@ -79,8 +83,10 @@ def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels:
         spikes = torch.zeros(1, *last.transpose(0, 1).shape[1:])
         _onnx(ReadoutHead(enc.readout), spikes, folder / f"{side}_readout.onnx", "spikes", "embedding")
     shutil.copytree(tokenizer_dir, folder / "tokenizer")
-    (folder / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
-    np.save(folder / "label_features.npy", label_features.numpy().astype(np.float32))
+    write_bytes(folder / "labels.json", (json.dumps(labels, indent=1) + "\n").encode())
+    buf = io.BytesIO()
+    np.save(buf, label_features.numpy().astype(np.float32))
+    write_bytes(folder / "label_features.npy", buf.getvalue())
     stem = model.image.encode[0]
     macs = {"image_stem_macs": stem.out_channels * cfg.image_size**2 * stem.in_channels
             * stem.kernel_size[0] * stem.kernel_size[1],

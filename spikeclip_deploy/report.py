@@ -24,6 +24,8 @@ def verify_summary(r: dict) -> str:
     agr = "  ".join(f"{k} {v:.4f}" for k, v in r["agreement"].items())
     lines = [f"verify {r['model']} on {r['n']} validation images of {r['data']}",
              f"  zero-shot top-1: {acc}", f"  top-1 agreement: {agr}"]
+    for target, b in r.get("backends", {}).items():
+        lines.append(f"  {target}: {b['runs']} ({b['export']})")
     for target, rates in r["firing_rates"].items():
         lines.append(f"  firing rates ({target}): " +
                      "  ".join(f"{k} {v:.3f}" for k, v in rates.items()))

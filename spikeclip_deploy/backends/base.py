@@ -5,18 +5,21 @@ A backend implements one method, :meth:`Backend.run_chip`, dispatching NIR node 
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import nir
 import numpy as np
 
-from ..errors import UnsupportedNodeError
-from ..export import load_export
+from ..errors import ExportError, UnsupportedNodeError
+from ..manifest import load_export
 from ..host import HostRuntime
 from ..lowering.fold import graph_to_chain
 from ..prompts import CIFAR_TEMPLATES
 from ..zeroshot import class_weights, tokenize
+
+log = logging.getLogger(__name__)
 
 
 def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:
@@ -38,10 +41,21 @@ class Backend(ABC):
 
     name: str = "abstract"
     handlers: dict[type, str] = {}
+    #: export target -> what this backend computes on such an export
+    runs: dict[str, str] = {}
 
     def __init__(self, export_dir: Path) -> None:
         self.export_dir = Path(export_dir)
         self.manifest = load_export(self.export_dir)
+        target = self.manifest["target"]
+        if target not in self.runs:
+            raise ExportError(f"{export_dir} is a --target {target} export; the {self.name} "
+                              f"backend runs exports made with --target "
+                              f"{' or '.join(sorted(self.runs))}")
+        #: what runs, for reports: this backend on this export
+        self.description = f"{self.name} backend on a --target {target} export: {self.runs[target]}"
+        if target != self.name:
+            log.warning("%s (%s)", self.description, self.export_dir)
         self.time_steps = int(self.manifest["time_steps"])
         self.host = HostRuntime(self.export_dir / "host")
         self.graphs = {side: nir.read(self.export_dir / "chip" / f"{side}_encoder.nir")

@@ -49,6 +49,9 @@ class CPUBackend(Backend):
 
     name = "cpu"
     handlers: dict[type, Callable] = {nir.LIF: LIFState, nir.Affine: _affine, nir.Conv2d: _conv2d}
+    runs = {"cpu": "the float graph in float64",
+            "loihi": "the fixed-point graph read in float64 (integer weights and thresholds, "
+                     "exact decays): close to the chip, not bit-exact (its decay truncates)"}
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
         dtype = torch.float64

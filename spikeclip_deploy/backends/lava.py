@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError
+from ..fileutil import owned_tempdir
 from ..lowering.resources import pair
 from .base import Backend, quantize_input
 
@@ -102,14 +103,12 @@ class _Network:
 
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
-        import tempfile
-
         b, p = len(inputs), self.period
         steps = b * p
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
         data = np.repeat(data, p, axis=-1)  # each sample's input for its whole period
         source = self.L["Source"](data=data)
-        with tempfile.TemporaryDirectory(prefix="spikeclip-lava-") as tmp:
+        with owned_tempdir(None, "spikeclip-lava-") as tmp:
             prev, prev_syn, lifs, paths, procs = source, None, [], [], [source]
             for _, node in self.chain:
                 if isinstance(node, nir.LIF):
@@ -152,12 +151,10 @@ class LavaBackend(Backend):
 
     name = "loihi"
     handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv}
+    runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
 
     def __init__(self, export_dir) -> None:
         super().__init__(export_dir)
-        if self.manifest["target"] != "loihi":
-            raise ExportError(f"{export_dir} is a '{self.manifest['target']}' export; the loihi "
-                              f"backend needs one made with --target loihi")
         self._L = _lava()
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:

@@ -123,6 +123,13 @@ class Trainer:
                 "optimizer": opt.state_dict() if opt else None, "rng": self.gen.get_state(),
                 "recipe": asdict(self.recipe), "config": self.cfg.to_dict()}
         atomic_write(self.state_path, lambda tmp: torch.save(blob, tmp))
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """``NAME.metrics.jsonl``: one line per finished epoch, rewritten from the saved state's
+        history (never appended), so a kill at any moment cannot leave it out of step."""
+        lines = "".join(json.dumps(record) + "\n" for record in self.state.history)
+        atomic_write(self.out.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(lines))
 
     def resume(self, path: Path) -> dict | None:
         try:
@@ -140,6 +147,8 @@ class Trainer:
             raise CheckpointError(f"{path} stopped mid-epoch with other {', '.join(changed)}; "
                                   f"resume with the same values to continue the epoch exactly")
         self.gen.set_state(blob["rng"])
+        if self.dist.is_main:
+            self._write_metrics()
         if self._reopen():
             log.info("reopened the run at stage %s epoch %d (more epochs requested)",
                      self.state.stage, self.state.epoch)
@@ -222,8 +231,6 @@ class Trainer:
             self.state.history.append(record)
             if self.dist.is_main:
                 log.info("%s", record)
-                with open(self.out.with_suffix(".metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(record) + "\n")
             self._save_state(opt)
         self.state.stage = STAGES[STAGES.index(stage) + 1]
         self.state.epoch = 0

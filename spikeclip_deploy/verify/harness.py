@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from ..checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from ..data import load_dataset, stratified_split
 from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
-from ..fileutil import atomic_write
+from ..fileutil import atomic_write, owned_tempdir
 from ..hardware import load_profile
 from ..prompts import CIFAR_TEMPLATES
 from ..robustness import with_distractors, with_synonyms
@@ -75,13 +73,15 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                             cfg.templates).numpy()
     with torch.no_grad():
         preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
-    workdir = Path(tempfile.mkdtemp(prefix="spikeclip-verify-"))
-    try:
+    with owned_tempdir(None, "spikeclip-verify-") as workdir:
         given = dict(cfg.exports)
         for target in cfg.targets:
             export_dir = given.get(target) or export_model(
                 ExportConfig(model=str(ckpt), target=target, out=workdir / target))[0]
             with get_backend(target)(export_dir) as backend:
+                result.setdefault("backends", {})[target] = {
+                    "export": str(export_dir), "export_target": backend.manifest["target"],
+                    "runs": backend.description}
                 made_from = backend.manifest["model"]["checkpoint_sha256"]
                 if made_from != card["sha256"]:
                     raise ExportError(f"export {export_dir} was made from another checkpoint "
@@ -98,8 +98,6 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                                                      host["image_stem_macs"],
                                                      host["image_readout_macs"], profile)
                     result["loihi_spikes"] = spikes
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     result["accuracy"] = {k: float((p == labels).mean()) for k, p in preds.items()}
     result["agreement"] = {f"{a}_vs_{b}": float((preds[a] == preds[b]).mean())
                            for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"))
