@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from spikeclip_deploy.fileutil import (atomic_write, clean_stale, owned_tempdir, rename_noreplace,
-                                       with_path)
+from spikeclip_deploy.fileutil import atomic_write, clean_stale, owned_tempdir, with_path
 
 
 def hold_lock(path):
@@ -76,19 +75,6 @@ def test_owned_tempdir_is_removed_and_cleans_dead_siblings(tmp_path):
     finally:
         os.close(fd)
     assert [p.name for p in tmp_path.iterdir()] == ["job-alive"]
-
-
-def test_rename_noreplace(tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    dst.mkdir()  # empty: nothing is lost by replacing it
-    rename_noreplace(src, dst)
-    assert dst.is_dir() and not src.exists()
-    src.mkdir()
-    (dst / "theirs").write_text("x")
-    with pytest.raises(FileExistsError, match="appeared during the run"):
-        rename_noreplace(src, dst)
-    assert (dst / "theirs").read_text() == "x" and src.is_dir()
 
 
 def test_with_path_adds_the_name_only_when_missing(tmp_path):
