@@ -195,9 +195,8 @@ def load_dataset(source: str | os.PathLike, size: int = 32, download: bool = Fal
                 with tarfile.open(source) as tar:
                     tar.extractall(tmp, filter="data")
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise DataError(f"cannot extract {source}: {exc or type(exc).__name__}; the "
-                                f"archive is truncated or corrupt: copy or download it again"
-                                ) from None
+                raise DataError(f"cannot extract {source}: {exc}; the archive is truncated or "
+                                f"corrupt: copy or download it again") from None
             ds = _decode_folder(_find_root(Path(tmp)), size)
     else:
         ds = _decode_folder(source, size)
