@@ -48,6 +48,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{card_path} is not valid JSON ({exc}); restore it or retrain") from None
+    _check_card(card, card_path)
     if card.get("format") != FORMAT:
         raise CheckpointError(f"{card_path} has format {card.get('format')!r}, expected {FORMAT!r}")
     digest = sha256_file(path)
@@ -60,6 +61,18 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
     return state, card
+
+
+def _check_card(card: Any, card_path: Path) -> None:
+    """The card's shape: a JSON object whose ``config`` and ``metadata`` are objects."""
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{card_path} must hold a JSON object (format, sha256, config, "
+                              f"metadata), got {json.dumps(card)[:60]}; restore it or retrain")
+    for key in ("config", "metadata"):
+        if not isinstance(card.get(key), dict):
+            got = f"got {json.dumps(card[key])[:60]}" if key in card else "it is missing"
+            raise CheckpointError(f"{card_path}: field '{key}' must be a JSON object ({got}); "
+                                  f"restore the card or retrain")
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:
@@ -89,7 +102,7 @@ def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, 
     state, card = read_safetensors(path)
     try:
         cfg = ModelConfig.from_dict(card["config"])
-    except (KeyError, ConfigError) as exc:
+    except ConfigError as exc:
         raise CheckpointError(f"{sidecar(path)} has no valid model config: {exc}") from None
     model = SpikeCLIP(cfg)
     own = model.state_dict()

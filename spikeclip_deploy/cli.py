@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -40,6 +41,11 @@ def _command_line() -> str:
     return "spikeclip-deploy " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+EPOCHS = click.IntRange(min=0)
+POSITIVE = click.IntRange(min=1)
+SEED = click.IntRange(0, 2**32 - 1)
+FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
+
 DATA_HELP = ("ImageFolder dir, tarball of one, or torchvision:NAME[:SPLIT]:ROOT (NAME: cifar10, "
              "cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k; SPLIT defaults "
              "to the training split, e.g. torchvision:cifar10:test:data/cifar)")
@@ -60,12 +66,12 @@ def main(verbose: int) -> None:
 @click.option("--data", required=True, type=click.Path(), help=DATA_HELP + ".")
 @DOWNLOAD
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tower .safetensors.")
-@click.option("--epochs", default=4, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=0.05, show_default=True)
-@click.option("--width", default=48, show_default=True, help="Tower base width.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--epochs", default=4, show_default=True, type=EPOCHS)
+@click.option("--batch-size", default=128, show_default=True, type=POSITIVE)
+@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--width", default=48, show_default=True, type=POSITIVE, help="Tower base width.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--val-fraction", default=0.1, show_default=True, type=FRACTION)
 def train_teacher(data: str, download: bool, out: str, epochs: int, batch_size: int, lr: float,
                   width: int, seed: int, val_fraction: float) -> None:
     """Train the offline teacher's image tower against frozen MiniLM prompt embeddings."""
@@ -97,11 +103,14 @@ def _load_config_file(ctx: click.Context, _param, value: str | None) -> str | No
     return value
 
 
-def _pair(text: str) -> tuple[float, float]:
+def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
+    """``START,END`` -> two positive, finite learning rates."""
     try:
         start, end = (float(v) for v in str(text).split(","))
     except ValueError:
         raise click.BadParameter(f"expected START,END learning rates, got {text!r}") from None
+    if not (0 < start < math.inf and 0 < end < math.inf):
+        raise click.BadParameter(f"learning rates must be positive and finite, got {text!r}")
     return start, end
 
 
@@ -121,23 +130,27 @@ def _pair(text: str) -> tuple[float, float]:
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="A .train-state.pt to continue (a finished run reopens at the first stage "
                    "given more epochs).")
-@click.option("--seed", default=Recipe.seed, show_default=True)
-@click.option("--val-fraction", default=0.1, show_default=True)
-@click.option("--text-epochs", default=Recipe.text_epochs, show_default=True)
-@click.option("--distill-epochs", default=Recipe.distill_epochs, show_default=True,
+@click.option("--seed", default=Recipe.seed, show_default=True, type=SEED)
+@click.option("--val-fraction", default=0.1, show_default=True, type=FRACTION)
+@click.option("--text-epochs", default=Recipe.text_epochs, show_default=True, type=EPOCHS)
+@click.option("--distill-epochs", default=Recipe.distill_epochs, show_default=True, type=EPOCHS,
               help="Image distillation epochs (0 = the no-pre-training ablation).")
-@click.option("--finetune-epochs", default=Recipe.finetune_epochs, show_default=True)
-@click.option("--qat-epochs", default=Recipe.qat_epochs, show_default=True,
+@click.option("--finetune-epochs", default=Recipe.finetune_epochs, show_default=True, type=EPOCHS)
+@click.option("--qat-epochs", default=Recipe.qat_epochs, show_default=True, type=EPOCHS,
               help="Quantization-aware fine-tuning epochs on the --hardware grid, after "
                    "fine-tuning; the checkpoint then holds the quantized values.")
-@click.option("--batch-size", default=Recipe.batch_size, show_default=True,
+@click.option("--batch-size", default=Recipe.batch_size, show_default=True, type=POSITIVE,
               help="Image batch (distillation and fine-tuning).")
-@click.option("--text-batch-size", default=Recipe.text_batch_size, show_default=True)
+@click.option("--text-batch-size", default=Recipe.text_batch_size, show_default=True,
+              type=POSITIVE)
 @click.option("--distill-lr", default=",".join(map(str, Recipe.distill_lr)), show_default=True,
-              help="Cosine schedule START,END for both distillation stages.")
-@click.option("--finetune-lr", default=",".join(map(str, Recipe.finetune_lr)), show_default=True)
-@click.option("--qat-lr", default=",".join(map(str, Recipe.qat_lr)), show_default=True)
+              callback=_lr_pair, help="Cosine schedule START,END for both distillation stages.")
+@click.option("--finetune-lr", default=",".join(map(str, Recipe.finetune_lr)), show_default=True,
+              callback=_lr_pair)
+@click.option("--qat-lr", default=",".join(map(str, Recipe.qat_lr)), show_default=True,
+              callback=_lr_pair)
 @click.option("--kl-weight", default=Recipe.kl_weight, show_default=True,
+              type=click.FloatRange(min=0),
               help="lambda of the KL term (0 = the no-KL ablation).")
 @click.option("--hardware", default=Recipe.hardware, show_default=True,
               help="Hardware profile (hardware/NAME.json) for --qat-epochs.")
@@ -148,13 +161,13 @@ def _pair(text: str) -> tuple[float, float]:
 @click.option("--text-datasets", default=",".join(Recipe.text_datasets), show_default=True,
               help="Label sets whose labels x templates form the text-distillation set "
                    "(cifar10, cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k).")
-@click.option("--max-steps-per-epoch", type=int, help="Cap steps per epoch (smoke runs).")
+@click.option("--max-steps-per-epoch", type=POSITIVE, help="Cap steps per epoch (smoke runs).")
 @click.option("--checkpoint-every", default=Recipe.checkpoint_every, show_default=True,
+              type=click.IntRange(min=0),
               help="Save the training state every N steps within an epoch too (0: per epoch).")
-@click.option("--limit", type=int, help="Use only the first N training images (smoke runs).")
+@click.option("--limit", type=POSITIVE, help="Use only the first N training images (smoke runs).")
 def train(model: str, teacher: str, data: str, download: bool, out: str, resume: str | None,
-          val_fraction: float, limit: int | None, text_datasets: str, distill_lr: str,
-          finetune_lr: str, qat_lr: str, **recipe) -> None:
+          val_fraction: float, limit: int | None, text_datasets: str, **recipe) -> None:
     """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (SPEC section 2), then
     optionally fine-tune it quantization-aware on a chip's grid (--qat-epochs)."""
     from .training.run import TrainConfig, run_training
@@ -162,8 +175,7 @@ def train(model: str, teacher: str, data: str, download: bool, out: str, resume:
     result = run_training(TrainConfig(
         model=model, teacher=teacher, data=Path(data), download=download, out=Path(out),
         resume=Path(resume) if resume else None, val_fraction=val_fraction, limit=limit,
-        recipe=Recipe(**recipe, distill_lr=_pair(distill_lr), finetune_lr=_pair(finetune_lr),
-                      qat_lr=_pair(qat_lr),
+        recipe=Recipe(**recipe,
                       text_datasets=tuple(d.strip() for d in text_datasets.split(",") if d.strip())),
         command=_command_line()))
     m = result.meta["metrics"]
@@ -215,7 +227,8 @@ def run_cmd(target: str, export_dir: str | None, image: str, labels: str) -> Non
 
 DATA = click.option("--data", required=True, type=click.Path(),
                     help=DATA_HELP + "; its stratified validation split is used.")
-LIMIT = click.option("--limit", default=64, show_default=True, help="Number of validation images.")
+LIMIT = click.option("--limit", default=64, show_default=True, type=POSITIVE,
+                     help="Number of validation images.")
 
 
 @main.command("verify")
@@ -229,9 +242,9 @@ LIMIT = click.option("--limit", default=64, show_default=True, help="Number of v
               help="Also write the energy report from the same Lava run (loihi target).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Verify this existing export of --target (else one is made in a temp dir).")
-@click.option("--noisy-labels", default=1, show_default=True,
+@click.option("--noisy-labels", default=1, show_default=True, type=POSITIVE,
               help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
-@click.option("--synonyms", default=0.0, show_default=True,
+@click.option("--synonyms", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
 def verify_cmd(target: str, model: str | None, data: str, download: bool, limit: int,
                json_path: str | None,

@@ -10,6 +10,9 @@ import logging
 import os
 import tarfile
 import tempfile
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,17 +42,32 @@ class ImageDataset:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """One RGB image file -> uint8 ``[3, size, size]``; a wrong size or non-image is a DataError."""
+    """One image file -> uint8 RGB ``[3, size, size]``; a wrong size, an image too large to
+    open safely or a non-image is a DataError."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            arr = np.asarray(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.size != (size, size):
+                    raise DataError(f"{path} is {img.width}x{img.height} pixels; this model takes "
+                                    f"{size}x{size} images: resize it first")
+                arr = _rgb_array(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path} is too large to open safely ({exc}; the limit is Pillow's "
+                        f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); this model takes "
+                        f"{size}x{size} images: resize it first") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path} is not a readable image ({exc}); pass a PNG or JPEG file") from None
-    if arr.shape[:2] != (size, size):
-        raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]} pixels; this model takes "
-                        f"{size}x{size} images: resize it first")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _rgb_array(img: Image.Image) -> np.ndarray:
+    """uint8 ``[H, W, 3]``. 16-bit greyscale (modes ``I;16*``, ``I``) keeps its high byte, where
+    Pillow's ``convert("RGB")`` would saturate every value above 255."""
+    if img.mode.startswith("I"):
+        grey = (np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"))
 
 
 def _find_root(folder: Path) -> Path:
@@ -105,11 +123,31 @@ def _read_cache(cached: Path) -> ImageDataset:
 
 
 def _write_cache(cached: Path, ds: ImageDataset) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=ds.images.numpy(), labels=ds.labels.numpy(),
-                     class_names=np.array(ds.class_names))
-    atomic_write(cached, write)
+    """Cache a decoded dataset as ``.npz``; a cache that cannot be written (read-only, full, not
+    a folder) is skipped with a warning."""
+    arrays = {"images": ds.images.numpy(), "labels": ds.labels.numpy(),
+              "class_names": np.array(ds.class_names)}
+
+    def write(tmp: Path) -> None:  # not np.savez: it leaves its zip file open on a write error
+        with zipfile.ZipFile(tmp, "w") as z:
+            for name, arr in arrays.items():
+                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, arr)
+    try:
+        atomic_write(cached, write)
+    except OSError as exc:
+        log.warning("cannot write the dataset cache %s (%s); continuing without a cache "
+                    "(set $SPIKECLIP_CACHE to a writable folder to keep one)", cached, exc)
+
+
+def _folder_stamp(root: Path) -> str:
+    """Cache key of an ImageFolder: every file's relative path, size and modification time, so
+    an image added, deleted or replaced in any class folder invalidates the cache."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _load_torchvision(spec_text: str, size: int, download: bool) -> ImageDataset:
@@ -146,8 +184,7 @@ def load_dataset(source: str | os.PathLike, size: int = 32, download: bool = Fal
     is_tar = source.is_file() and source.name.endswith(TARBALL_SUFFIXES)
     if not source.is_dir() and not is_tar:
         raise DataError(f"{source} is neither a directory nor a tarball ({', '.join(TARBALL_SUFFIXES)})")
-    key = sha256_file(source)[:16] if is_tar else hashlib.sha256(
-        f"{source.resolve()}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    key = sha256_file(source)[:16] if is_tar else _folder_stamp(source)
     cached = _cache_file(key, size)
     if cached.exists():
         return _read_cache(cached)
@@ -157,8 +194,9 @@ def load_dataset(source: str | os.PathLike, size: int = 32, download: bool = Fal
             try:
                 with tarfile.open(source) as tar:
                     tar.extractall(tmp, filter="data")
-            except (tarfile.TarError, OSError) as exc:
-                raise DataError(f"cannot extract {source}: {exc}") from None
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise DataError(f"cannot extract {source}: {exc}; the archive is truncated or "
+                                f"corrupt: copy or download it again") from None
             ds = _decode_folder(_find_root(Path(tmp)), size)
     else:
         ds = _decode_folder(source, size)

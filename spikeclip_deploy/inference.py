@@ -10,6 +10,7 @@ from .checkpoint import default_checkpoint_name
 from .data import load_image
 from .export import ExportConfig, default_out, export_model
 from .prompts import parse_labels
+from .zeroshot import warn_indistinct_labels
 
 
 def classify_image(target: str, export_dir: Path | None, image: Path, labels_text: str) -> dict:
@@ -20,6 +21,7 @@ def classify_image(target: str, export_dir: Path | None, image: Path, labels_tex
         if not export_dir.exists():
             export_model(ExportConfig(model=default_checkpoint_name(), target=target))
     with backend_cls(export_dir) as backend:
+        warn_indistinct_labels(backend.host.tokenizer, labels)
         size = int(backend.manifest["host"]["image_size"])
         img = load_image(image, size).numpy()[None]
         class_w = backend.class_weights(labels)

@@ -1,6 +1,8 @@
 """Zero-shot classification pieces shared by training, export, backends and verification."""
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from typing import Callable
 
 import numpy as np
@@ -10,12 +12,36 @@ import torch.nn.functional as F
 from .errors import DataError
 from .prompts import CIFAR_TEMPLATES, prompts_for
 
+log = logging.getLogger(__name__)
+
 
 def tokenize(tokenizer, texts: list[str], context_length: int) -> np.ndarray:
     """Token ids ``[B, context_length]`` (padded/truncated), int64."""
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=context_length,
                     return_tensors="np")
     return enc["input_ids"].astype(np.int64)
+
+
+def warn_indistinct_labels(tokenizer, labels: list[str]) -> None:
+    """Log a warning naming labels the tokenizer cannot tell apart: labels of unknown tokens only
+    (emoji for a WordPiece vocabulary) and labels with the same tokens (``Cat``/``cat`` for an
+    uncased one) get meaningless or identical class weights."""
+    groups: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for label in labels:
+        groups[tuple(tokenizer(label, add_special_tokens=False)["input_ids"])].append(label)
+    unknown, alike = [], []
+    for ids, same in groups.items():
+        if all(i == tokenizer.unk_token_id for i in ids):
+            unknown += same
+        elif len(same) > 1:
+            alike.append(same)
+    if unknown:
+        log.warning("labels %s are unknown tokens only to the tokenizer, so the model cannot "
+                    "tell what they name; spell them in words", unknown)
+    if alike:
+        log.warning("labels %s tokenize identically (the tokenizer cannot tell them apart), so "
+                    "they score the same; rename them to differ in words, not only in case",
+                    alike)
 
 
 def class_weights(encode_texts: Callable[[list[str]], torch.Tensor], labels: list[str],

@@ -71,6 +71,23 @@ def micro_ckpt(tmp_path_factory) -> Path:
     return make_micro_checkpoint(tmp_path_factory.mktemp("ckpt") / "micro.safetensors")
 
 
+@pytest.fixture()
+def ckpt_with_card(micro_ckpt, tmp_path):
+    """``edit -> path``: a copy of the micro checkpoint (and its tokenizer) whose card JSON is
+    ``edit(card)``."""
+    import json
+    import shutil
+
+    def make(edit) -> Path:
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(micro_ckpt.read_bytes())
+        shutil.copytree(micro_ckpt.with_suffix(".tokenizer"), bad.with_suffix(".tokenizer"))
+        card = json.loads(micro_ckpt.with_suffix(".json").read_text())
+        bad.with_suffix(".json").write_text(json.dumps(edit(card)))
+        return bad
+    return make
+
+
 @pytest.fixture(scope="session")
 def micro_exports(micro_ckpt, tmp_path_factory) -> dict[str, Path]:
     from spikeclip_deploy.export import ExportConfig, export_model

@@ -37,3 +37,24 @@ def test_mismatched_config(micro_ckpt, tmp_path):
     bad.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="does not match config"):
         load_model(str(bad))
+
+
+@pytest.mark.parametrize("edit, message", [
+    pytest.param(lambda card: [card], "must hold a JSON object", id="list"),
+    pytest.param(lambda card: {k: v for k, v in card.items() if k != "metadata"},
+                 "field 'metadata' must be a JSON object \\(it is missing\\)", id="no-metadata"),
+    pytest.param(lambda card: {**card, "metadata": ["x"]},
+                 "field 'metadata' must be a JSON object", id="metadata-list"),
+    pytest.param(lambda card: {**card, "config": None}, "field 'config' must be a JSON object",
+                 id="config-null"),
+    pytest.param(lambda card: {**card, "config": {**card["config"], "time_steps": "4"}},
+                 "field 'time_steps' must be an integer, got '4'", id="time_steps-str"),
+    pytest.param(lambda card: {**card, "config": {**card["config"], "time_steps": 4.5}},
+                 "field 'time_steps' must be an integer, got 4.5", id="time_steps-float"),
+    pytest.param(lambda card: {**card, "config": {**card["config"], "image_channels": [8, "16"]}},
+                 "field 'image_channels' must be a list of integers", id="channels-str"),
+])
+def test_card_that_parses_but_is_wrong(ckpt_with_card, edit, message):
+    bad = ckpt_with_card(edit)
+    with pytest.raises(CheckpointError, match=f"{bad.with_suffix('.json')}.*{message}"):
+        load_model(str(bad))

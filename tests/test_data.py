@@ -1,5 +1,7 @@
+import shutil
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,3 +65,80 @@ def test_image_folder_errors(tmp_path):
     bad_tar.write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="cannot extract"):
         load_dataset(bad_tar)
+
+
+def test_truncated_tarball_is_a_data_error(image_folder, tmp_path):
+    tar = tmp_path / "imgs.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(image_folder, arcname="train")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    with pytest.raises(DataError, match=f"cannot extract {cut}.*truncated or corrupt"):
+        load_dataset(cut)
+
+
+def test_16_bit_greyscale_png_keeps_its_range(tmp_path):
+    grey = (np.arange(32 * 32, dtype=np.uint16) * 64).reshape(32, 32)  # 0 .. 65472
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    img = load_image(tmp_path / "g16.png", 32)
+    expected = torch.from_numpy((grey >> 8).astype(np.uint8))
+    assert all(torch.equal(img[c], expected) for c in range(3))
+
+
+@pytest.mark.parametrize("limit", [400, 600])  # 32x32 = 1024 pixels: PIL's error, its warning
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch, limit):
+    Image.new("RGB", (32, 32)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(DataError, match=f"big.png is too large to open safely.*{limit}"):
+        load_image(tmp_path / "big.png", 32)
+
+
+def test_folder_cache_follows_the_files(image_folder, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(image_folder, root)
+    assert len(load_dataset(root)) == 24
+    Image.new("RGB", (32, 32), (7, 7, 7)).save(root / "bird" / "new.png")
+    ds = load_dataset(root)
+    assert len(ds) == 25 and (ds.images == 7).all(dim=(1, 2, 3)).sum() == 1
+    (root / "bird" / "new.png").unlink()
+    (root / "airplane" / "0.png").unlink()
+    assert len(load_dataset(root)) == 23
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(root / "airplane" / "1.png")  # replaced in place
+    assert (load_dataset(root).images == 9).all(dim=(1, 2, 3)).sum() == 1
+
+
+def test_unwritable_cache_falls_back_with_a_warning(image_folder, tmp_path, monkeypatch, caplog):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SPIKECLIP_CACHE", str(not_a_folder))
+    assert len(load_dataset(image_folder)) == 24
+    assert "cannot write the dataset cache" in caplog.text and str(not_a_folder) in caplog.text
+    assert not_a_folder.read_text() == "a file where the cache folder should be"
+
+
+def test_full_cache_disk_falls_back_with_a_warning(image_folder, tmp_path, monkeypatch):
+    """A write that fails midway (here: over a file-size limit, as on a full disk) leaves no
+    cache file and no "seek of closed file" noise from an unclosed zip file."""
+    import gc
+    import resource
+    import signal
+    import sys
+
+    from spikeclip_deploy import data
+
+    warned, unraisable = [], []
+    monkeypatch.setattr(data.log, "warning", lambda msg, *args: warned.append(msg % args))
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    monkeypatch.setenv("SPIKECLIP_CACHE", str(tmp_path / "cache"))
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, limits[1]))  # the cache needs ~75 kB
+    try:
+        assert len(load_dataset(image_folder)) == 24
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    gc.collect()
+    assert len(warned) == 1 and "cannot write the dataset cache" in warned[0], warned
+    assert not unraisable and not list((tmp_path / "cache" / "datasets").iterdir())

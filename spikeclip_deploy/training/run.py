@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..fileutil import sha256_file
 from ..teachers import load_teacher
 from ..torchvision_data import is_torchvision_spec
+from ..zeroshot import warn_indistinct_labels
 from .spikeclip_trainer import Recipe, Trainer
 
 
@@ -46,6 +47,7 @@ def run_training(tc: TrainConfig) -> TrainResult:
         raise ConfigError(f"model '{cfg.name}' has embed_dim {cfg.embed_dim} but teacher "
                           f"'{teacher.name}' has {teacher.embed_dim}; pick a matching config")
     ds = load_dataset(tc.data, cfg.image_size, download=tc.download)
+    warn_indistinct_labels(teacher.tokenizer(), list(ds.class_names))
     tr, va = stratified_split(ds.labels, tc.val_fraction, tc.recipe.seed)
     if tc.limit:
         gen = torch.Generator().manual_seed(tc.recipe.seed)

@@ -132,10 +132,17 @@ class Trainer:
         atomic_write(self.out.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(lines))
 
     def resume(self, path: Path) -> dict | None:
+        hint = "pass the NAME.train-state.pt that `train` writes beside its --out checkpoint"
         try:
             blob = torch.load(path, weights_only=False, map_location="cpu")
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"cannot resume from {path}: {exc}") from None
+        except Exception as exc:  # unpickling garbage raises nearly any exception type
+            raise CheckpointError(f"cannot resume from {path}: not a readable training state "
+                                  f"({type(exc).__name__}: {exc}); {hint}") from None
+        fields = ("model", "state", "rng", "config")
+        missing = [k for k in fields if k not in blob] if isinstance(blob, dict) else list(fields)
+        if missing:
+            raise CheckpointError(f"cannot resume from {path}: a training state needs the "
+                                  f"field(s) {', '.join(missing)}; {hint}")
         if blob.get("config") != self.cfg.to_dict():
             raise CheckpointError(f"{path} was trained with another model config; pass the same --model")
         self.model.load_state_dict(blob["model"])

@@ -19,7 +19,7 @@ from ..fileutil import atomic_write, owned_tempdir
 from ..hardware import load_profile
 from ..prompts import CIFAR_TEMPLATES
 from ..robustness import with_distractors, with_synonyms
-from ..zeroshot import class_weights, student_text_encoder
+from ..zeroshot import class_weights, student_text_encoder, warn_indistinct_labels
 from .energy import energy_report
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     energy report from the Lava run's recorded spikes."""
     ckpt = resolve_checkpoint(cfg.model)
     model, card, _ = load_model(str(ckpt))
+    energy_model = load_profile(cfg.energy_model, "energy") if "loihi" in cfg.targets else None
     images, labels, class_names = validation_images(cfg, model.cfg.image_size)
     query = with_distractors(with_synonyms(class_names, cfg.synonym_fraction), cfg.noisy_factor)
     preds: dict[str, np.ndarray] = {}
@@ -69,8 +70,9 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                                            "synonym_fraction": cfg.synonym_fraction},
                               "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
                                                                "seed": cfg.seed}}
-    float_w = class_weights(student_text_encoder(model, load_tokenizer(ckpt)), query,
-                            cfg.templates).numpy()
+    tokenizer = load_tokenizer(ckpt)
+    warn_indistinct_labels(tokenizer, query)
+    float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
     with torch.no_grad():
         preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
     with owned_tempdir(None, "spikeclip-verify-") as workdir:
@@ -92,11 +94,10 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                 names = [n for n, node in backend.chains["image"] if type(node).__name__ == "LIF"]
                 rates[target] = {n: float(s.mean()) for n, s in zip(names, spikes)}
                 if target == "loihi":
-                    profile = load_profile(cfg.energy_model)
                     host = backend.manifest["host"]
                     result["energy"] = energy_report(backend.chains["image"], spikes,
                                                      host["image_stem_macs"],
-                                                     host["image_readout_macs"], profile)
+                                                     host["image_readout_macs"], energy_model)
                     result["loihi_spikes"] = spikes
     result["accuracy"] = {k: float((p == labels).mean()) for k, p in preds.items()}
     result["agreement"] = {f"{a}_vs_{b}": float((preds[a] == preds[b]).mean())
