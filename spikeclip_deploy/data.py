@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -21,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
-from .fileutil import atomic_write, sha256_file
+from .fileutil import atomic_write, owned_tempdir, sha256_file
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -190,7 +189,7 @@ def load_dataset(source: str | os.PathLike, size: int = 32, download: bool = Fal
         return _read_cache(cached)
     log.info("decoding %s (first use; cached at %s)", source, cached)
     if is_tar:
-        with tempfile.TemporaryDirectory() as tmp:
+        with owned_tempdir(None, "spikeclip-data-") as tmp:
             try:
                 with tarfile.open(source) as tar:
                     tar.extractall(tmp, filter="data")

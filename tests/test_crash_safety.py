@@ -180,3 +180,15 @@ def test_metrics_log_never_duplicates_an_epoch(tower, image_folder, tmp_path, mo
     _, card, _ = load_model(str(out))
     assert [(h["stage"], h["epoch"]) for h in card["metadata"]["history"]] == \
         [("distill", 1), ("distill", 2)]
+
+
+def test_unwritable_cache_trains_without_it(tower, image_folder, tmp_path, monkeypatch):
+    """A cache folder that cannot be written: teacher features stay in memory, with a warning."""
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SPIKECLIP_CACHE", str(blocked))
+    recipe = replace(RECIPE, text_epochs=0, distill_epochs=1, finetune_epochs=0)
+    run_training(TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
+                             data=image_folder, out=tmp_path / "m.safetensors", val_fraction=0.25,
+                             recipe=recipe))
+    assert blocked.read_text() == "a file where the cache folder should be"

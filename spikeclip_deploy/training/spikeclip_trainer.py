@@ -43,7 +43,7 @@ from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
 from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
-from .distributed import bf16_supported, init_distributed
+from .distributed import Dist, bf16_supported, init_distributed
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -78,20 +78,29 @@ def init_text_embeddings(model: SpikeCLIP, teacher: Teacher) -> None:
     model.text.encode.token.weight.data.copy_(proj / proj.std() * 0.5)
 
 
-def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, is_main: bool = True,
-                           barrier=lambda: None) -> np.ndarray:
+def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, dist: Dist) -> np.ndarray:
     """``[2, N, D]`` teacher features of the images and their mirrors, computed once and cached
     on disk as a memory-mapped ``.npy`` keyed by teacher, data and preprocessing."""
     key = hashlib.sha256(repr((teacher.describe(), tag, ds.images.shape, "uint8-flip")).encode()
                          + ds.images.numpy().tobytes()).hexdigest()[:16]
     path = cache_dir() / "teacher-features" / f"{key}.npy"
-    if is_main and not path.exists():
+    if dist.is_main and not path.exists():
         log.info("computing teacher image features for %d images (cached at %s)", len(ds), path)
         feats = torch.stack([
             torch.cat([teacher.encode_images(v[idx]) for idx in batches(len(ds), 512, None)])
             for v in (ds.images, ds.images.flip(-1))]).numpy().astype(np.float32)
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), feats))
-    barrier()
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, feats)
+        try:
+            atomic_write(path, write)
+        except OSError as exc:
+            if dist.world > 1:  # the other ranks read the file
+                raise
+            log.warning("cannot cache teacher features at %s (%s); keeping them in memory (set "
+                        "$SPIKECLIP_CACHE to a writable folder to keep them)", path, exc)
+            return feats
+    dist.barrier()
     return np.load(path, mmap_mode="r")
 
 
@@ -277,8 +286,8 @@ class Trainer:
                             self._text_step(tokens, targets), len(texts), r.text_batch_size, opt_state)
             opt_state = None
         if self.state.stage in ("distill", "finetune", "qat"):
-            feats = teacher_image_features(self.teacher, self.train_ds, self.data_desc.get("sha256", ""),
-                                           self.dist.is_main, self.dist.barrier)
+            feats = teacher_image_features(self.teacher, self.train_ds,
+                                           self.data_desc.get("sha256", ""), self.dist)
         if self.state.stage == "distill":
             def distill(idx: torch.Tensor, seed: int) -> torch.Tensor:
                 s, t, _ = self._image_forward(idx, feats, seed)
