@@ -74,7 +74,7 @@ class ExportConfig:
 
 def library_versions() -> dict[str, str]:
     out = {"spikeclip-deploy": __version__}
-    for pkg in ("torch", "nir", "lava-nc", "lava-dl", "numpy", "onnx", "onnxruntime", "snntorch"):
+    for pkg in ("torch", "nir", "lava-nc", "numpy", "onnx", "onnxruntime"):
         try:
             out[pkg] = importlib_metadata.version(pkg)
         except importlib_metadata.PackageNotFoundError:

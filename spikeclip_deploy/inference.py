@@ -1,6 +1,7 @@
 """``spikeclip-deploy run``: zero-shot classification of one image on a backend."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from .export import ExportConfig, default_out, export_model
 from .prompts import parse_labels
 from .zeroshot import warn_indistinct_labels
 
+log = logging.getLogger(__name__)
+
 
 def classify_image(target: str, export_dir: Path | None, image: Path, labels_text: str) -> dict:
     labels = parse_labels(labels_text)
@@ -19,7 +22,11 @@ def classify_image(target: str, export_dir: Path | None, image: Path, labels_tex
     if export_dir is None:
         export_dir = default_out(default_checkpoint_name(), target)
         if not export_dir.exists():
-            export_model(ExportConfig(model=default_checkpoint_name(), target=target))
+            log.warning("no export at %s yet: creating it from the shipped model %s (as "
+                        "`spikeclip-deploy export --target %s` does)", export_dir,
+                        default_checkpoint_name(), target)
+            export_model(ExportConfig(model=default_checkpoint_name(), target=target,
+                                      out=export_dir))
     with backend_cls(export_dir) as backend:
         warn_indistinct_labels(backend.host.tokenizer, labels)
         size = int(backend.manifest["host"]["image_size"])
@@ -27,5 +34,6 @@ def classify_image(target: str, export_dir: Path | None, image: Path, labels_tex
         class_w = backend.class_weights(labels)
         feats, _ = backend.encode_images(img)
     scores = (feats @ class_w.T)[0]
-    return {"prediction": labels[int(np.argmax(scores))],
+    return {"prediction": labels[int(np.argmax(scores))], "target": target,
+            "export": str(export_dir),
             "scores": {lbl: float(s) for lbl, s in zip(labels, scores)}}

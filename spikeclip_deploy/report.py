@@ -45,3 +45,22 @@ def energy_summary(e: dict) -> str:
               f"  E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} pJ; "
               + e["note"]]
     return "\n".join(lines)
+
+
+def models_summary(found: dict) -> str:
+    lines = ["model configs:"]
+    width = max(len(c["name"]) for c in found["configs"])
+    for c in found["configs"]:
+        params = (f"  image {c['image_params']:>10,d}  text {c['text_params']:>10,d}"
+                  if "image_params" in c else "")
+        lines.append(f"  {c['name']:<{width}s}  {c['image_arch']:<19s} {c['text_arch']:<11s} "
+                     f"T={c['time_steps']}{params}")
+    lines.append("shipped checkpoints (validation zero-shot top-1 as measured at training):")
+    for k in found["checkpoints"]:
+        acc = k["val_zero_shot_top1"]
+        measured = (f"{100 * acc:.2f} % (n={k['n_val']}, teacher "
+                    f"{100 * k['teacher_val_zero_shot_top1']:.2f} %)" if acc is not None
+                    else "not recorded")
+        lines.append(f"  {k['name']}  config {k['config']}  {measured}"
+                     + ("  quantization-aware" if k["quantization_aware"] else ""))
+    return "\n".join(lines)

@@ -1,14 +1,23 @@
 """Backends: plug-ins that run an export's chip graphs. Look one up with :func:`get_backend`."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
-from .base import Backend
+
+if TYPE_CHECKING:  # the registry itself stays import-light (the CLI reads it at start-up)
+    from .base import Backend
 
 _BACKENDS = {"cpu": "spikeclip_deploy.backends.cpu:CPUBackend",
              "loihi": "spikeclip_deploy.backends.lava:LavaBackend"}
 
 
-def get_backend(name: str) -> type[Backend]:
+def targets() -> tuple[str, ...]:
+    """The registered target names."""
+    return tuple(_BACKENDS)
+
+
+def get_backend(name: str) -> type["Backend"]:
     """The backend class for a target name (imported lazily: lava only when asked for)."""
     import importlib
 
@@ -18,4 +27,4 @@ def get_backend(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Backend", "get_backend"]
+__all__ = ["get_backend", "targets"]

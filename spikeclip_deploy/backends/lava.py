@@ -38,7 +38,7 @@ def _lava():
 
         from .lava_procs import recorder as lava_io
     except ImportError as exc:
-        raise BackendUnavailableError(f"the loihi target needs lava-nc and lava-dl ({exc}); "
+        raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 Source=Source, LIF=LIFReset, io=lava_io)

@@ -1,4 +1,4 @@
-r"""Spikingformer-4-384 image encoder as SpikeCLIP uses it (SPEC section 1), and its ANN twin.
+r"""Spikingformer-4-384 image encoder as SpikeCLIP uses it, and its ANN twin.
 
 Tokenizer: 3x3 convs with BatchNorm 3-48-96-192-384(-384), max pools after the third and fourth,
 LIF after each but the last, giving 64 tokens x 384 at 32x32. Blocks keep a real-valued

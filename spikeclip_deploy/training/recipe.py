@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training hyperparameters; the defaults are the paper's reference ones (SPEC section 2)
+    """Training hyperparameters; the defaults are the SpikeCLIP paper's reference ones
     where it gives them."""
 
     text_epochs: int = 30

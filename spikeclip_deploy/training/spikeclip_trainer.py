@@ -1,4 +1,4 @@
-r"""SpikeCLIP's two training stages (SPEC section 2).
+r"""SpikeCLIP's two training stages (the paper's recipe).
 
 1. Distillation: :math:`\mathcal{L} = 1 - \cos(f_s, f_t)` for texts (labels x templates) and
    images; only the student learns. Teacher image features are computed once per epoch-invariant
@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..checkpoint import save_model
 from ..config import ModelConfig
@@ -39,6 +38,7 @@ from ..label_sets import distillation_text_set
 from ..lowering import qat
 from ..nn.spikeclip import SpikeCLIP
 from ..paths import cache_dir
+from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
@@ -216,10 +216,10 @@ class Trainer:
                 self.gen.set_state(self.state.epoch_rng)
                 log.info("resuming %s epoch %d at step %d", stage, self.state.epoch + 1,
                          self.state.step)
-            bar = tqdm(batches(n_items, batch_size, self.gen), total=steps,  # throughput in items/s
-                       unit="text" if stage == "text" else "img", unit_scale=batch_size,
-                       desc=f"{stage} {self.state.epoch + 1}/{epochs}", leave=False,
-                       disable=not self.dist.is_main)
+            bar = progress(batches(n_items, batch_size, self.gen), total=steps,  # items/s
+                           unit="text" if stage == "text" else "img", unit_scale=batch_size,
+                           desc=f"{stage} {self.state.epoch + 1}/{epochs}",
+                           disable=not self.dist.is_main)
             for i, idx in enumerate(bar):
                 if i >= steps:
                     break

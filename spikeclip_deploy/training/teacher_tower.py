@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..checkpoint import write_safetensors
 from ..data import ImageDataset
+from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES
 from ..teachers.offline import OfflineMiniLMTeacher
 from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
@@ -50,7 +50,7 @@ def train_tower(train: ImageDataset, val: ImageDataset, out: Path, recipe: Tower
     steps_per_epoch = -(-len(train) // recipe.batch_size)
     total, step = recipe.epochs * steps_per_epoch, 0
     for epoch in range(recipe.epochs):
-        bar = tqdm(batches(len(train), recipe.batch_size, gen), total=steps_per_epoch,
+        bar = progress(batches(len(train), recipe.batch_size, gen), total=steps_per_epoch,
                    desc=f"teacher tower epoch {epoch + 1}/{recipe.epochs}", unit="batch")
         for idx in bar:
             for g in opt.param_groups:

@@ -1,4 +1,4 @@
-r"""Synaptic operations and energy per inference (SPEC section 3, the paper's Appendix F).
+r"""Synaptic operations and energy per inference (the SpikeCLIP paper's Appendix F model).
 
 For a synapse layer :math:`l` fed by spikes :math:`s_{t,i}`:
 

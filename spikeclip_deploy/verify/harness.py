@@ -5,7 +5,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
 from ..fileutil import atomic_write, owned_tempdir
 from ..hardware import load_profile
+from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES
 from ..robustness import with_distractors, with_synonyms
 from ..zeroshot import class_weights, student_text_encoder, warn_indistinct_labels
@@ -39,6 +40,7 @@ class VerifyConfig:
     exports: tuple[tuple[str, Path], ...] = ()  # (target, existing export dir) to use as is
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
+    batch_size: int = 32  # images per backend run (bounds memory; one Lava run per batch)
 
 
 def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -53,6 +55,26 @@ def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, n
 
 def _predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
     return (feats @ class_w.T).argmax(-1)
+
+
+def _in_batches(encode: Callable[[np.ndarray], tuple[np.ndarray, list[np.ndarray]]],
+                images: np.ndarray, batch_size: int, desc: str
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``encode`` over ``images`` batch by batch (with a progress bar) -> (features, per-layer
+    spikes), concatenated over the batches."""
+    feats, spikes = [], []
+    for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        f, s = encode(images[start:start + batch_size])
+        feats.append(f)
+        spikes.append(s)
+    return np.concatenate(feats), [np.concatenate(layer) for layer in zip(*spikes)]
+
+
+def _float_encode(model) -> Callable[[np.ndarray], tuple[np.ndarray, list[np.ndarray]]]:
+    def encode(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        with torch.no_grad():
+            return model.encode_image(torch.from_numpy(images)).numpy(), []
+    return encode
 
 
 def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
@@ -73,8 +95,8 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(ckpt)
     warn_indistinct_labels(tokenizer, query)
     float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
-    with torch.no_grad():
-        preds["float"] = _predict(model.encode_image(torch.from_numpy(images)).numpy(), float_w)
+    feats, _ = _in_batches(_float_encode(model), images, cfg.batch_size, "float model")
+    preds["float"] = _predict(feats, float_w)
     with owned_tempdir(None, "spikeclip-verify-") as workdir:
         given = dict(cfg.exports)
         for target in cfg.targets:
@@ -89,7 +111,8 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                     raise ExportError(f"export {export_dir} was made from another checkpoint "
                                       f"than {ckpt}; pass the matching --model or re-export")
                 class_w = backend.class_weights(query, cfg.templates)
-                feats, spikes = backend.encode_images(images)
+                feats, spikes = _in_batches(backend.encode_images, images, cfg.batch_size,
+                                            f"{target} backend")
                 preds[target] = _predict(feats, class_w)
                 names = [n for n, node in backend.chains["image"] if type(node).__name__ == "LIF"]
                 rates[target] = {n: float(s.mean()) for n, s in zip(names, spikes)}

@@ -54,7 +54,6 @@ def test_failed_export_leaves_nothing(tmp_path, micro_ckpt):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["export", "--target", "fpga"], "unknown target 'fpga'"),
     (["export", "--model", "/nonexistent/m.safetensors"], "missing"),
 ])
 def test_bad_export_inputs(args, message, tmp_path):
@@ -75,7 +74,7 @@ def test_run_bad_inputs(micro_exports, tmp_path, cat_png):
     r = invoke("run", "--target", "cpu", "--export", exp, "--image", big, "--labels", "cat")
     assert r.exit_code != 0 and "48x64" in r.output and "32x32" in r.output
     r = invoke("run", "--target", "tpu", "--export", exp, "--image", cat_png, "--labels", "cat")
-    assert r.exit_code != 0 and "unknown target 'tpu'" in r.output
+    assert r.exit_code == 2 and "'tpu' is not one of 'cpu', 'loihi'" in r.output
 
 
 def test_corrupt_checkpoint_cli(micro_ckpt, tmp_path):
@@ -86,11 +85,33 @@ def test_corrupt_checkpoint_cli(micro_ckpt, tmp_path):
     assert r.exit_code != 0 and "truncated or corrupt" in r.output and not (tmp_path / "e").exists()
 
 
-def test_models_json():
-    r = invoke("models", "--json")
-    rows = json.loads(r.output)
-    assert {"spikeclip-tiny", "spikeclip-micro"} <= {row["name"] for row in rows}
-    assert all(row["image_params"] > 0 and row["text_params"] > 0 for row in rows)
+def test_models_lists_configs_and_shipped_checkpoints():
+    from spikeclip_deploy.config import get_config
+    from spikeclip_deploy.nn.spikeclip import SpikeCLIP, parameter_count
+    from spikeclip_deploy.paths import models_dir
+
+    found = json.loads(invoke("models", "--json").output)
+    assert {"spikeclip-tiny", "spikeclip-micro"} <= {c["name"] for c in found["configs"]}
+    assert not any("image_params" in c for c in found["configs"])  # counted only on request
+    card = json.loads((models_dir() / "spikeclip-tiny-cifar10.json").read_text())
+    tiny = next(k for k in found["checkpoints"] if k["name"] == "spikeclip-tiny-cifar10")
+    assert tiny["config"] == "spikeclip-tiny"
+    assert tiny["val_zero_shot_top1"] == card["metadata"]["metrics"]["val_zero_shot_top1_student"]
+    r = invoke("models")
+    assert f"{100 * tiny['val_zero_shot_top1']:.2f} %" in r.output
+    counted = json.loads(invoke("models", "--json", "--params").output)
+    micro = next(c for c in counted["configs"] if c["name"] == "spikeclip-micro")
+    model = SpikeCLIP(get_config("spikeclip-micro"))
+    assert (micro["image_params"], micro["text_params"]) == (parameter_count(model.image),
+                                                             parameter_count(model.text))
+
+
+def test_version_and_target_choices():
+    from spikeclip_deploy import __version__
+
+    assert invoke("--version").output.strip() == f"spikeclip-deploy, version {__version__}"
+    r = invoke("export", "--target", "fpga")
+    assert r.exit_code == 2 and "'fpga' is not one of 'cpu', 'loihi'" in r.output
 
 
 @pytest.mark.lava
@@ -134,3 +155,26 @@ def test_train_config_file_errors(tmp_path):
     r = invoke("train", "--config", broken, "--data", tmp_path, "--out", tmp_path / "m.safetensors")
     assert r.exit_code != 0 and "cannot read option file" in r.output
     assert "Traceback" not in r.output
+
+
+def test_run_creates_the_default_export_and_says_so(micro_ckpt, tmp_path, cat_png, monkeypatch,
+                                                     caplog):
+    from spikeclip_deploy import inference
+    from spikeclip_deploy.backends import get_backend
+    from spikeclip_deploy.data import load_image
+
+    auto = tmp_path / "auto-export"
+    monkeypatch.setattr(inference, "default_out", lambda model, target: auto)
+    monkeypatch.setattr(inference, "default_checkpoint_name", lambda: str(micro_ckpt))
+    with caplog.at_level("WARNING", logger="spikeclip_deploy.inference"):
+        r = invoke("run", "--target", "cpu", "--image", cat_png, "--labels", "cat,dog,ship",
+                   "--json")
+    assert r.exit_code == 0, r.output
+    assert f"no export at {auto} yet: creating it" in caplog.text
+    result = json.loads(r.output)
+    with get_backend("cpu")(auto) as cpu:  # the same answer, computed here
+        feats, _ = cpu.encode_images(load_image(cat_png, 32).numpy()[None])
+        scores = (feats @ cpu.class_weights(["cat", "dog", "ship"]).T)[0]
+    assert result["scores"] == pytest.approx(dict(zip(["cat", "dog", "ship"], scores.tolist())))
+    assert result["prediction"] == ["cat", "dog", "ship"][int(np.argmax(scores))]
+    assert (result["target"], result["export"]) == ("cpu", str(auto))

@@ -23,3 +23,14 @@ def test_energy_counts_equal_an_independent_recount(micro_ckpt, image_folder):
         assert layer["sops"] == pytest.approx(events, rel=0, abs=1e-9)
         assert layer["firing_rate"] == pytest.approx(float(np.mean(s)))
     assert all(s.mean() > 0 for s in spikes[:2])
+
+
+def test_batches_give_the_result_of_one_run(micro_ckpt, image_folder):
+    """Streaming the images in batches of 1 changes nothing against one batch of all 5."""
+    cfg = VerifyConfig(model=str(micro_ckpt), data=image_folder, limit=5, val_fraction=0.5,
+                       targets=("cpu",))
+    one = run_verification(cfg)
+    streamed = run_verification(VerifyConfig(**{**cfg.__dict__, "batch_size": 1}))
+    assert one["n"] == streamed["n"] == 5
+    for key in ("accuracy", "agreement", "firing_rates"):
+        assert one[key] == streamed[key], key
