@@ -5,8 +5,8 @@ Each encoder has three parts, and the split is the deployment boundary:
 * ``encode`` (host, real-valued): the first layer that sees real input (direct coding). Its
   output :math:`X` (on the chip's input grid, for quantization-aware models) is the constant
   input current of the first spiking layer for all :math:`T` steps.
-* ``stack`` (chip): alternating :class:`MultiStepLIF` and synapse layers (Conv2d+BatchNorm or
-  Linear), starting and ending with a LIF, strictly feed-forward.
+* ``stack`` (chip, a :class:`~.chip_graph.ChipGraph`): LIF neurons and synapse layers (Conv2d+BatchNorm,
+  Linear), a chain or a graph with fan-in, ending in a LIF.
 * ``readout`` (host): mean over tokens, time-dependent weights, projection.
 
 Time-dependent weights (TDW): :math:`y = \sum_t w_t\, r_t`, with :math:`w_t` learnable and
@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .chip_graph import ChipGraph
 from .lif import MultiStepLIF
 
 
@@ -70,11 +71,11 @@ class InputGrid(nn.Module):
 class SpikingEncoder(nn.Module):
     """``encode`` (host) -> repeat over T -> ``stack`` (chip) -> ``readout`` (host)."""
 
-    def __init__(self, encode: nn.Module, stack: Sequence[nn.Module], readout: Readout,
+    def __init__(self, encode: nn.Module, stack: ChipGraph, readout: Readout,
                  time_steps: int) -> None:
         super().__init__()
         self.encode = encode
-        self.stack = nn.ModuleList(stack)
+        self.stack = stack
         self.readout = readout
         self.time_steps = time_steps
         self.input_grid = InputGrid()
@@ -84,18 +85,10 @@ class SpikingEncoder(nn.Module):
         return self.input_grid(self.encode(inputs))
 
     def run_stack(self, current: torch.Tensor) -> list[torch.Tensor]:
-        """Run the chip part on a constant input current; return every LIF layer's spikes."""
-        x = current.unsqueeze(0).expand(self.time_steps, *current.shape)
-        spikes = []
-        for layer in self.stack:
-            if isinstance(layer, MultiStepLIF):
-                x = layer(x)
-                spikes.append(x)
-            else:
-                t, b = x.shape[:2]
-                x = layer(x.flatten(0, 1))
-                x = x.reshape(t, b, *x.shape[1:])
-        return spikes
+        """Run the chip part on a constant input current; return every LIF layer's spikes
+        ``[T, B, ...]`` in layer order (the last one leaves the chip)."""
+        outs = self.stack(current, self.time_steps)
+        return [outs[i] for i in self.stack.lif_indices()]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.readout(self.run_stack(self.current(inputs))[-1])
@@ -119,7 +112,7 @@ def build_image_encoder(channels: Sequence[int], mlp_hidden: int, embed_dim: int
     for c_in, c_out in zip(channels[:-1], channels[1:]):
         stack += [conv_bn(c_in, c_out, 3, 2), lif()]
     stack += [conv_bn(channels[-1], mlp_hidden, 1, 1), lif()]
-    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), stack,
+    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), ChipGraph(stack),
                           Readout(mlp_hidden, embed_dim, time_steps, tdw), time_steps)
 
 
@@ -141,5 +134,5 @@ def build_text_encoder(vocab_size: int, context_length: int, width: int, hidden:
     """Embeddings -> LIF -> Linear(L*E, hidden) -> LIF -> [host] TDW -> Linear(hidden, D)."""
     stack = [MultiStepLIF(tau, v_threshold), nn.Linear(context_length * width, hidden),
              MultiStepLIF(tau, v_threshold)]
-    return SpikingEncoder(TokenEmbedding(vocab_size, context_length, width), stack,
+    return SpikingEncoder(TokenEmbedding(vocab_size, context_length, width), ChipGraph(stack),
                           Readout(hidden, embed_dim, time_steps, tdw), time_steps)
