@@ -119,7 +119,7 @@ def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, 
         from .hardware import load_profile
         from .lowering.qat import quantize_inputs
 
-        quantize_inputs(model, load_profile(qa["hardware"])["fixed_point"])
+        quantize_inputs(model, load_profile(qa["hardware"]).fixed_point)
     return model.eval(), card, extra
 
 

@@ -34,7 +34,7 @@ from .errors import ExportError, HardwareLimitError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, rename_noreplace, sha256_file, with_path,
                        write_bytes)
-from .hardware import load_profile
+from .hardware import ChipProfile, load_profile
 from .host import write_host_part
 from .lowering.fold import chain_to_graph, lower_stack
 from .lowering.quantize import quantize_chain
@@ -104,7 +104,7 @@ def _example_input(model: SpikeCLIP, side: str) -> torch.Tensor:
     return torch.zeros(1, cfg.context_length, dtype=torch.int64)
 
 
-def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
+def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: ChipProfile
                   ) -> tuple[nir.NIRGraph, list[dict]]:
     """One encoder's chip part -> NIR graph (float for ``cpu``, fixed point for ``loihi``)."""
     enc = getattr(model, side)
@@ -127,10 +127,10 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
         chip = (input_q["input_scale"], *input_q["bias_mant_range"])
         if grid is not None and not np.allclose(grid, chip):
             raise LoweringError(f"the {side} encoder was trained for the input grid {grid} "
-                                f"(scale, lo, hi), but '{profile['name']}' quantizes its input "
+                                f"(scale, lo, hi), but '{profile.name}' quantizes its input "
                                 f"with {chip}; export to the hardware it was trained for")
-        meta.update({"input_quantization": input_q, "hardware": profile["name"],
-                     "synapse_delay_steps": profile["synapse_delay_steps"],
+        meta.update({"input_quantization": input_q, "hardware": profile.name,
+                     "synapse_delay_steps": profile.synapse_delay_steps,
                      "units": "integer chip units; see each node's metadata['loihi']"})
     meta["resources"] = chain_resources(chain, in_shape)
     if target == "loihi":
@@ -138,13 +138,13 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
     return chain_to_graph(chain, in_shape, out_shape, meta), _layer_table(chain, in_shape)
 
 
-def check_limits(resources: dict[str, int], profile: dict, side: str) -> None:
+def check_limits(resources: dict[str, int], profile: ChipProfile, side: str) -> None:
     """Neurons and synapses against the profile's per-chip limits (data in ``hardware/``)."""
-    lim = profile["limits"]
     for kind in ("neurons", "synapses"):
-        if resources[kind] > lim[f"{kind}_per_chip"]:
+        limit = getattr(profile.limits, f"{kind}_per_chip")
+        if resources[kind] > limit:
             raise HardwareLimitError(f"the {side} encoder needs {resources[kind]:,} {kind}; "
-                                     f"{profile['name']} has {lim[f'{kind}_per_chip']:,} per chip: "
+                                     f"{profile.name} has {limit:,} per chip: "
                                      f"use a smaller model config")
 
 
@@ -236,7 +236,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "model": {"name": ckpt.stem, "config": model.cfg.to_dict(),
                               "checkpoint_sha256": card["sha256"],
                               "metrics": card["metadata"].get("metrics", {})},
-                    "hardware": profile["name"] if cfg.target == "loihi" else None,
+                    "hardware": profile.name if cfg.target == "loihi" else None,
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "host": host, "files": files}
         write_bytes(tmp / MANIFEST,

@@ -1,46 +1,125 @@
-"""Hardware profiles and energy models, read from ``hardware/*.json`` (data, not code)."""
+"""Hardware profiles (``hardware/NAME.json``, data, not code) as typed, frozen records.
+
+A chip profile holds every fixed-point constant the lowering and the backends use; an energy
+profile the per-operation energies of a cost model. Loading checks each field's presence and
+type and names the file and the field when one is wrong.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .paths import hardware_dir
 
-_FIXED_POINT = ("weight_bits", "weight_mant_range", "weight_exp", "bias_mant_range",
-                "bias_exp_range", "vth_range", "decay_bits", "activation_shift", "threshold_shift",
-                "input_port_bits", "input_bias_exp", "input_vth")
-# the fields each kind of profile must have (``a.b``: field b of object a)
-FIELDS = {
-    "chip": ("name", "synapse_delay_steps", "limits.neurons_per_chip", "limits.synapses_per_chip",
-             *(f"fixed_point.{k}" for k in _FIXED_POINT)),
-    "energy": ("e_mac_pj", "e_ac_pj"),
-}
+
+@dataclass(frozen=True)
+class FixedPoint:
+    r"""Loihi-style fixed point as Lava's bit-accurate models compute it: 8-bit weight mantissas
+    (:math:`w 2^{e_w}`), biases :math:`b_m 2^{b_e}`, inputs and biases shifted left by
+    ``activation_shift`` into the 24-bit state, thresholds :math:`v_{th} 2^{\mathrm{threshold\_shift}}`,
+    12-bit decays (``du_instant_current``: :math:`u` holds only this step's input)."""
+
+    weight_bits: int
+    weight_mant_range: tuple[int, int]
+    weight_exp: int
+    bias_mant_range: tuple[int, int]
+    bias_exp_range: tuple[int, int]
+    vth_range: tuple[int, int]
+    decay_bits: int
+    du_instant_current: int
+    activation_shift: int
+    threshold_shift: int
+    input_port_bits: int
+    input_bias_exp: int
+    input_vth: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    neurons_per_chip: int
+    synapses_per_chip: int
+
+
+@dataclass(frozen=True)
+class ChipProfile:
+    name: str
+    description: str
+    fixed_point: FixedPoint
+    synapse_delay_steps: int  # steps a spike takes through one synapse layer
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    name: str
+    description: str
+    e_mac_pj: float  # one multiply-accumulate (real-valued input)
+    e_ac_pj: float  # one accumulate (a synaptic operation driven by a spike)
+    scope: str  # what the model counts, stated in every report
+
+
+KINDS = {"chip": ChipProfile, "energy": EnergyModel}
+
+
+def _build(cls: type, data: Any, where: str, path: Path) -> Any:
+    """``cls`` from JSON ``data``; a missing or mistyped field is a ConfigError naming it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"hardware profile {path}: '{where or 'the file'}' must be a JSON "
+                          f"object")
+    hints = typing.get_type_hints(cls)
+    prefix = f"{where}." if where else ""
+    missing = [prefix + f.name for f in dataclasses.fields(cls) if f.name not in data]
+    if missing:
+        raise ConfigError(f"hardware profile {path} lacks the field(s) {', '.join(missing)} "
+                          f"that every {_kind(cls)} profile needs; restore them, as in the "
+                          f"shipped hardware/*.json")
+    return cls(**{f.name: _value(hints[f.name], data[f.name], prefix + f.name, path)
+                  for f in dataclasses.fields(cls)})
+
+
+def _kind(cls: type) -> str:
+    return next((k for k, c in KINDS.items() if c is cls), "chip")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_SCALARS = {int: (_is_int, "an integer"),
+            float: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+            str: (lambda v: isinstance(v, str), "a string")}
+
+
+def _value(hint: Any, value: Any, dotted: str, path: Path) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, dotted, path)
+    if typing.get_origin(hint) is tuple:  # an integer range [lo, hi]
+        if not (isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))):
+            raise ConfigError(f"hardware profile {path}: field {dotted} must be a list of two "
+                              f"integers, got {value!r}")
+        return tuple(value)
+    check, what = _SCALARS[hint]
+    if not check(value):
+        raise ConfigError(f"hardware profile {path}: field {dotted} must be {what}, got {value!r}")
+    return value
 
 
 @lru_cache(maxsize=None)
-def load_profile(name: str, kind: str = "chip") -> dict[str, Any]:
-    """``hardware/NAME.json``, checked to hold the fields of a ``chip`` or ``energy`` profile."""
+def load_profile(name: str, kind: str = "chip") -> Any:
+    """``hardware/NAME.json`` as a :class:`ChipProfile` (``kind="chip"``) or an
+    :class:`EnergyModel` (``kind="energy"``)."""
     path = hardware_dir() / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in hardware_dir().glob("*.json"))
         raise ConfigError(f"no hardware profile '{name}' in {hardware_dir()}; known: {', '.join(known)}")
     try:
-        profile = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"cannot read hardware profile {path}: {exc}") from None
-    missing = [f for f in FIELDS[kind] if not _has_field(profile, f)]
-    if missing:
-        raise ConfigError(f"hardware profile {path} lacks the field(s) {', '.join(missing)} "
-                          f"that every {kind} profile needs; restore them, as in the shipped "
-                          f"hardware/*.json")
-    return profile
-
-
-def _has_field(profile: Any, dotted: str) -> bool:
-    for key in dotted.split("."):
-        if not isinstance(profile, dict) or key not in profile:
-            return False
-        profile = profile[key]
-    return True
+    return _build(KINDS[kind], data, "", path)

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import ExportError
 from .fileutil import sha256_file
 
-FORMAT = "spikeclip-deploy/export@1"
+FORMAT = "spikeclip-deploy/export@2"  # @2: register constants in the NIR metadata
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("format", "target", "time_steps", "model", "host", "files")
 #: the files the backends open (the tokenizer folder must hold at least one file)

@@ -20,12 +20,41 @@ def shipped(name: str) -> dict:
     return json.loads((PROJECT_ROOT / "hardware" / f"{name}.json").read_text())
 
 
-def test_shipped_profiles_are_complete():
-    assert load_profile("loihi2")["limits"] and load_profile("energy-45nm", "energy")["e_ac_pj"]
+def test_shipped_profiles_load_as_typed_records():
+    chip, energy = load_profile("loihi2"), load_profile("energy-45nm", "energy")
+    assert chip.limits.neurons_per_chip == shipped("loihi2")["limits"]["neurons_per_chip"]
+    assert chip.fixed_point.weight_mant_range == (-256, 254)  # a JSON list becomes a tuple
+    assert (energy.e_ac_pj, energy.e_mac_pj) == (0.9, 4.6)
+    with pytest.raises(AttributeError):  # frozen
+        chip.fixed_point.activation_shift = 7
 
 
-@pytest.mark.parametrize("drop, field", [("limits", "limits.neurons_per_chip"),
-                                         ("fixed_point", "fixed_point.weight_bits")])
+def test_every_profile_key_is_read():
+    """No key in the shipped JSON that the typed record (and so the code) does not hold."""
+    import dataclasses
+
+    def keys(record):
+        return {f.name: (keys(getattr(record, f.name))
+                         if dataclasses.is_dataclass(getattr(record, f.name)) else None)
+                for f in dataclasses.fields(record)}
+
+    def json_keys(data):
+        return {k: (json_keys(v) if isinstance(v, dict) else None) for k, v in data.items()}
+
+    assert json_keys(shipped("loihi2")) == keys(load_profile("loihi2"))
+    assert json_keys(shipped("energy-45nm")) == keys(load_profile("energy-45nm", "energy"))
+
+
+def test_a_mistyped_field_is_named(profiles):
+    profile = shipped("loihi2")
+    profile["fixed_point"]["weight_bits"] = "8"
+    profile["fixed_point"]["vth_range"] = [1]
+    (profiles / "loihi2.json").write_text(json.dumps(profile))
+    with pytest.raises(ConfigError, match="field fixed_point.weight_bits must be an integer"):
+        load_profile("loihi2")
+
+
+@pytest.mark.parametrize("drop, field", [("limits", "limits"), ("fixed_point", "fixed_point")])
 def test_chip_profile_without_a_section(profiles, drop, field):
     profile = shipped("loihi2")
     del profile[drop]
@@ -35,7 +64,8 @@ def test_chip_profile_without_a_section(profiles, drop, field):
 
 
 def test_energy_profile_fields_and_broken_json(profiles):
-    (profiles / "e.json").write_text(json.dumps({"e_mac_pj": 4.6}))
+    (profiles / "e.json").write_text(json.dumps({k: v for k, v in shipped("energy-45nm").items()
+                                                 if k != "e_ac_pj"}))
     with pytest.raises(ConfigError, match=r"e.json lacks the field\(s\) e_ac_pj that every energy"):
         load_profile("e", "energy")
     (profiles / "broken.json").write_text("{")

@@ -29,11 +29,12 @@ def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:
 
 
 def chip_input(current: np.ndarray, graph: nir.NIRGraph) -> np.ndarray:
-    """The graph's input in its own units: float current, or ``mant * 2^e / 2^6`` (fixed point)."""
+    """The graph's input in its own units: float current, or :math:`b_m 2^{b_e} / 2^{a}` (fixed
+    point, :math:`a` the activation shift)."""
     q = graph.metadata.get("input_quantization")
     if q is None:
         return current
-    return quantize_input(current, q) * 2.0 ** q["bias_exp"] / 64.0
+    return quantize_input(current, q) * 2.0 ** (q["bias_exp"] - q["activation_shift"])
 
 
 class Backend(ABC):

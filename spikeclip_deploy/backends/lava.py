@@ -77,10 +77,11 @@ def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
                      weight_exp=int(node.metadata["loihi"]["weight_exp"]))
 
 
-def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF) -> np.ndarray:
-    """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``: ``bias * 2^6 / 2^e``."""
+def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
+    """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``: ``bias * 2^a / 2^e``
+    (``a`` the activation shift)."""
     exp = int(lif.metadata["loihi"]["bias_exp"])
-    b = np.asarray(syn.bias, dtype=np.float64) * 64.0 / 2**exp
+    b = np.asarray(syn.bias, dtype=np.float64) * 2.0 ** (shift - exp)
     shape = np.asarray(lif.tau).shape
     full = np.broadcast_to(b.reshape(-1, *([1] * (len(shape) - 1))), shape)
     return to_lava_layout(np.round(full)).astype(np.int32)
@@ -96,8 +97,10 @@ class _Network:
     :math:`kP+1+j .. kP+j+T`.
     """
 
-    def __init__(self, L: dict, chain: list, time_steps: int, handlers: dict[type, Callable]) -> None:
+    def __init__(self, L: dict, chain: list, time_steps: int, handlers: dict[type, Callable],
+                 shift: int) -> None:
         self.L, self.chain, self.handlers, self.time_steps = L, chain, handlers, time_steps
+        self.shift = shift  # activation shift: inputs and biases enter the state << shift
         self.n_syn = sum(1 for _, n in chain if not isinstance(n, nir.LIF))
         self.period = time_steps + self.n_syn
 
@@ -113,7 +116,7 @@ class _Network:
             for _, node in self.chain:
                 if isinstance(node, nir.LIF):
                     shape = to_lava_layout(np.zeros(np.asarray(node.tau).shape)).shape
-                    bias = synapse_bias_mant(prev_syn, node) if prev_syn is not None else 0
+                    bias = synapse_bias_mant(prev_syn, node, self.shift) if prev_syn is not None else 0
                     j = len(lifs)
                     proc = self.handlers[nir.LIF](self.L, node, shape, bias, p, (1 + j) % p)
                     path = f"{tmp}/lif{j}.npy"
@@ -159,8 +162,10 @@ class LavaBackend(Backend):
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
         q = self.graphs[side].metadata["input_quantization"]
-        if q["bias_exp"] != 6:
+        if q["bias_exp"] != q["activation_shift"]:
             raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the Lava "
-                              f"backend feeds the input through a_in (<< 6) and needs 6")
-        net = _Network(self._L, self.chains[side], self.time_steps, self.handlers)
+                              f"backend feeds the input through a_in (<< {q['activation_shift']}) "
+                              f"and needs {q['activation_shift']}")
+        net = _Network(self._L, self.chains[side], self.time_steps, self.handlers,
+                       q["activation_shift"])
         return net.run(quantize_input(current, q))

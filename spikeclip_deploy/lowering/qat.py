@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
+from ..hardware import ChipProfile, FixedPoint
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
 from .fold import bn_gain
@@ -62,12 +63,12 @@ def _folded(w: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
     return w * gain, gain
 
 
-def on_grid(folded: torch.Tensor, tau: float, v_threshold: float, fp: dict[str, Any]
+def on_grid(folded: torch.Tensor, tau: float, v_threshold: float, fp: FixedPoint
             ) -> tuple[torch.Tensor, float]:
     """(folded weights on the export's grid, their scale :math:`S`). When the largest weight
     rounds below the top mantissa (thresholds under ~254), the export would derive another
     :math:`S` from the result, so :math:`S` is re-derived until it is a fixed point."""
-    lo, hi = fp["weight_mant_range"]
+    lo, hi = fp.weight_mant_range
     vth = layer_threshold(float(folded.detach().abs().max()), tau, v_threshold, fp)
     for _ in range(8):
         s = vth / v_threshold
@@ -83,7 +84,7 @@ class FoldedFakeQuant(nn.Module):
     """Parametrization of a synapse weight: fold BN, quantize (STE), unfold."""
 
     def __init__(self, bn: nn.BatchNorm2d | None, tau: float, v_threshold: float,
-                 fp: dict[str, Any]) -> None:
+                 fp: FixedPoint) -> None:
         super().__init__()
         self._bn = (bn,)  # a reference, not a submodule: its state stays where it is
         self.tau, self.v_threshold, self.fp = tau, v_threshold, fp
@@ -94,7 +95,7 @@ class FoldedFakeQuant(nn.Module):
         return (folded + (q - folded).detach()) / gain
 
 
-def enable(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
+def enable(encoder: SpikingEncoder, fp: FixedPoint) -> None:
     """Train ``encoder``'s chip synapses through the quantizer (idempotent)."""
     for weighted, bn, lif in _synapses(encoder):
         if not parametrize.is_parametrized(weighted, "weight"):
@@ -102,7 +103,7 @@ def enable(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
                 weighted, "weight", FoldedFakeQuant(bn, lif.tau, lif.v_threshold, fp))
 
 
-def quantize_inputs(model: nn.Module, fp: dict[str, Any]) -> None:
+def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
     """Round every spiking encoder's host current to the grid the export feeds the chip."""
     for encoder in (model.image, model.text):
         if not isinstance(encoder, SpikingEncoder):
@@ -112,12 +113,9 @@ def quantize_inputs(model: nn.Module, fp: dict[str, Any]) -> None:
         encoder.input_grid.grid = (q["input_scale"], *map(float, q["bias_mant_range"]))
 
 
-def check_supported(model: nn.Module, profile: dict[str, Any]) -> None:
+def check_supported(model: nn.Module, profile: ChipProfile) -> None:
     """Raise a :class:`ConfigError` before training if quantization-aware training cannot
     apply: both encoders must be spiking synapse -> LIF chains and the profile a chip's."""
-    if "fixed_point" not in profile:
-        raise ConfigError(f"hardware profile '{profile.get('name')}' has no fixed_point section; "
-                          f"quantization-aware training needs a chip profile such as loihi2")
     for side in ("image", "text"):
         encoder = getattr(model, side)
         if not isinstance(encoder, SpikingEncoder):
@@ -135,10 +133,10 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def snap_to_grid(encoder: SpikingEncoder, fp: dict[str, Any]) -> None:
+def snap_to_grid(encoder: SpikingEncoder, fp: FixedPoint) -> None:
     """Remove the parametrizations and write the quantized folded weights and biases back, so
     that folding then quantizing again reproduces the same integers."""
-    act = 2 ** fp["activation_shift"]
+    act = 2 ** fp.activation_shift
     for weighted, bn, lif in _synapses(encoder):
         if parametrize.is_parametrized(weighted, "weight"):
             parametrize.remove_parametrizations(weighted, "weight", leave_parametrized=False)
@@ -167,7 +165,7 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items()}
 
 
-def grid_error(encoder: SpikingEncoder, fp: dict[str, Any]) -> float:
+def grid_error(encoder: SpikingEncoder, fp: FixedPoint) -> float:
     """Largest distance of a folded weight from the quantization grid, in mantissa units
     (0 after :func:`snap_to_grid`, up to float round-off)."""
     worst = 0.0

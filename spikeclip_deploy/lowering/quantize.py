@@ -27,6 +27,7 @@ import nir
 import numpy as np
 
 from ..errors import LoweringError
+from ..hardware import ChipProfile, FixedPoint
 
 log = logging.getLogger(__name__)
 SYNAPSES = (nir.Conv2d, nir.Affine)
@@ -37,10 +38,10 @@ def round_even(x: np.ndarray) -> np.ndarray:
     return 2.0 * np.round(x / 2.0)
 
 
-def split_bias(bias_raw: np.ndarray, fp: dict[str, Any]) -> tuple[np.ndarray, int]:
+def split_bias(bias_raw: np.ndarray, fp: FixedPoint) -> tuple[np.ndarray, int]:
     """Integer bias -> (mantissa, shared exponent): smallest exponent whose mantissa fits."""
-    lo, hi = fp["bias_mant_range"]
-    e_lo, e_hi = fp["bias_exp_range"]
+    lo, hi = fp.bias_mant_range
+    e_lo, e_hi = fp.bias_exp_range
     peak = float(np.max(np.abs(bias_raw))) if bias_raw.size else 0.0
     for exp in range(e_lo, e_hi + 1):
         if peak / 2**exp <= hi:
@@ -49,7 +50,7 @@ def split_bias(bias_raw: np.ndarray, fp: dict[str, Any]) -> tuple[np.ndarray, in
     return mant, exp
 
 
-def layer_threshold(weight_absmax: float, tau: float, v_threshold: float, fp: dict[str, Any]) -> int:
+def layer_threshold(weight_absmax: float, tau: float, v_threshold: float, fp: FixedPoint) -> int:
     r"""Integer threshold :math:`v_{th} = \lfloor w_{max} \tau V_{th} / |W|_{max} \rfloor`: the
     largest whose scale :math:`S = v_{th}/V_{th}` keeps every weight in the mantissa range.
 
@@ -57,28 +58,29 @@ def layer_threshold(weight_absmax: float, tau: float, v_threshold: float, fp: di
     of :math:`S` (quantization-aware training) give back the same :math:`S` despite float32
     round-off."""
     peak = weight_absmax / tau
-    w_hi = fp["weight_mant_range"][1]
-    raw = w_hi / peak * v_threshold * (1 + 1e-6) if peak > 0 else fp["vth_range"][1]
-    return int(np.clip(np.floor(raw), *fp["vth_range"]))
+    w_hi = fp.weight_mant_range[1]
+    raw = w_hi / peak * v_threshold * (1 + 1e-6) if peak > 0 else fp.vth_range[1]
+    return int(np.clip(np.floor(raw), *fp.vth_range))
 
 
-def quantize_weight(w: np.ndarray, scale: float, tau: float, fp: dict[str, Any]) -> np.ndarray:
+def quantize_weight(w: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> np.ndarray:
     r"""Float weights -> integer mantissas :math:`\mathrm{round\_even}(S W/\tau)`, clipped."""
-    return np.clip(round_even(w * scale / tau), *fp["weight_mant_range"])
+    return np.clip(round_even(w * scale / tau), *fp.weight_mant_range)
 
 
-def quantize_bias(b: np.ndarray, scale: float, tau: float, fp: dict[str, Any]) -> tuple[np.ndarray, int]:
+def quantize_bias(b: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> tuple[np.ndarray, int]:
     r"""Float bias -> (mantissa, exponent) of :math:`2^6 S b/\tau`."""
-    return split_bias(np.round(2 ** fp["activation_shift"] * scale * b / tau), fp)
+    return split_bias(np.round(2 ** fp.activation_shift * scale * b / tau), fp)
 
 
-def input_quantization(tau: float, v_threshold: float, fp: dict[str, Any]) -> dict[str, Any]:
+def input_quantization(tau: float, v_threshold: float, fp: FixedPoint) -> dict[str, Any]:
     r"""How the host's input current :math:`x` drives the first LIF as a bias:
     :math:`b_m = \mathrm{clip}(\mathrm{round}(x \cdot \mathrm{input\_scale}))` with
     :math:`\mathrm{input\_scale} = 2^6 S_0/\tau/2^{b_e}`, :math:`S_0 = v_{th,0}/V_{th}`."""
-    vth0, exp = int(fp["input_vth"]), int(fp["input_bias_exp"])
-    scale = 2 ** fp["activation_shift"] * (vth0 / v_threshold) / tau / 2**exp
-    return {"input_scale": scale, "bias_exp": exp, "bias_mant_range": list(fp["bias_mant_range"])}
+    vth0, exp = int(fp.input_vth), int(fp.input_bias_exp)
+    scale = 2 ** fp.activation_shift * (vth0 / v_threshold) / tau / 2**exp
+    return {"input_scale": scale, "bias_exp": exp, "bias_mant_range": list(fp.bias_mant_range),
+            "activation_shift": fp.activation_shift}
 
 
 def activation_worst_case(w_int: np.ndarray) -> int:
@@ -88,10 +90,10 @@ def activation_worst_case(w_int: np.ndarray) -> int:
     return int(max(np.clip(w, 0, None).sum(1).max(), -np.clip(w, None, 0).sum(1).min()))
 
 
-def _decay(tau: float, fp: dict[str, Any]) -> int:
-    dv = 2 ** fp["decay_bits"] / tau
+def _decay(tau: float, fp: FixedPoint) -> int:
+    dv = 2 ** fp.decay_bits / tau
     if abs(dv - round(dv)) > 1e-9:
-        raise LoweringError(f"tau={tau} needs dv={dv}, not a {fp['decay_bits']}-bit integer")
+        raise LoweringError(f"tau={tau} needs dv={dv}, not a {fp.decay_bits}-bit integer")
     return int(round(dv))
 
 
@@ -102,29 +104,29 @@ def _lif_tau(node: nir.LIF) -> float:
     return float(taus[0])
 
 
-def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: dict, extra: dict) -> nir.LIF:
+def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: FixedPoint, extra: dict) -> nir.LIF:
     shape = np.asarray(node.tau).shape
     full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
-    act = 2 ** fp["activation_shift"]
-    meta = {"loihi": {"du": 4095, "dv": _decay(tau, fp), "vth": vth, "bias_exp": bias_exp},
+    act = 2 ** fp.activation_shift
+    meta = {"loihi": {"du": fp.du_instant_current, "dv": _decay(tau, fp), "vth": vth, "bias_exp": bias_exp},
             "scale": vth / float(np.unique(node.v_threshold)[0]), **extra}
     return nir.LIF(tau=full(tau), r=full(act * tau), v_leak=full(0.0),
-                   v_threshold=full(vth * 2 ** fp["threshold_shift"]), v_reset=full(0.0),
+                   v_threshold=full(vth * 2 ** fp.threshold_shift), v_reset=full(0.0),
                    metadata=meta)
 
 
-def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: dict[str, Any]
+def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: ChipProfile
                    ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
     """-> (integer chain, input quantization ``{input_scale, bias_exp, bias_mant_range}``)."""
-    fp = profile["fixed_point"]
-    act = 2 ** fp["activation_shift"]
+    fp = profile.fixed_point
+    act = 2 ** fp.activation_shift
     if not chain or not isinstance(chain[0][1], nir.LIF):
         raise LoweringError("the chip chain must start with a LIF layer driven by the host input")
     out: list[tuple[str, nir.NIRNode]] = []
     name0, lif0 = chain[0]
     tau0 = _lif_tau(lif0)
     input_q = input_quantization(tau0, float(np.unique(lif0.v_threshold)[0]), fp)
-    out.append((name0, _int_lif(lif0, tau0, int(fp["input_vth"]), input_q["bias_exp"], fp,
+    out.append((name0, _int_lif(lif0, tau0, int(fp.input_vth), input_q["bias_exp"], fp,
                                 {"input_driven": True})))
     i = 1
     while i < len(chain):
@@ -140,12 +142,12 @@ def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: dict[str, Any]
         mant, bexp = quantize_bias(np.asarray(syn.bias, dtype=np.float64), s, tau, fp)
         bias_q = mant * 2.0**bexp / act
         worst = activation_worst_case(w_int)
-        limit = 2 ** (fp["input_port_bits"] - 1) - 1
+        limit = 2 ** (fp.input_port_bits - 1) - 1
         if worst > limit:
             log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
                         "Lava's simulation does not clip it, hardware may", syn_name, worst,
-                        fp["input_port_bits"], limit)
-        meta = {"loihi": {"weight_exp": int(fp["weight_exp"]), "num_weight_bits": fp["weight_bits"]},
+                        fp.input_port_bits, limit)
+        meta = {"loihi": {"weight_exp": int(fp.weight_exp), "num_weight_bits": fp.weight_bits},
                 "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
                 "activation_worst_case": worst}
         if isinstance(syn, nir.Conv2d):

@@ -301,7 +301,7 @@ class Trainer:
                             self._finetune_step(feats), len(self.train_ds), r.batch_size, opt_state)
             opt_state = None
         if self.state.stage == "qat" and r.qat_epochs > 0:
-            fp = load_profile(r.hardware)["fixed_point"]
+            fp = load_profile(r.hardware).fixed_point
             qat.snap_to_grid(self.model.text, fp)  # frozen text encoder: quantized as is
             qat.quantize_inputs(self.model, fp)
             qat.enable(self.model.image, fp)
@@ -337,7 +337,7 @@ class Trainer:
         self.device = torch.device("cpu")
         quantization = None
         if self.recipe.qat_epochs > 0:  # the float model ends on the chip's grid
-            fp = load_profile(self.recipe.hardware)["fixed_point"]
+            fp = load_profile(self.recipe.hardware).fixed_point
             for encoder in (self.model.text, self.model.image):
                 qat.snap_to_grid(encoder, fp)
             qat.quantize_inputs(self.model, fp)

@@ -14,20 +14,22 @@ Only computation is counted, not memory access or data movement.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import nir
 import numpy as np
 
+from ..hardware import EnergyModel
 from ..lowering.resources import fan_out, flops
 
 PJ_PER_MJ = 1e9
 
 
 def energy_report(chain: list[tuple[str, nir.NIRNode]], spikes: list[np.ndarray],
-                  stem_macs: int, readout_macs: int, energy_model: dict[str, Any]) -> dict[str, Any]:
+                  stem_macs: int, readout_macs: int, energy_model: EnergyModel) -> dict[str, Any]:
     """``spikes``: one ``[N, T, *shape]`` array per LIF layer, in chain order."""
-    e_ac, e_mac = energy_model["e_ac_pj"], energy_model["e_mac_pj"]
+    e_ac, e_mac = energy_model.e_ac_pj, energy_model.e_mac_pj
     n, t = spikes[0].shape[:2]
     lif_names = [name for name, node in chain if isinstance(node, nir.LIF)]
     layers, k = [], 0
@@ -56,7 +58,7 @@ def energy_report(chain: list[tuple[str, nir.NIRNode]], spikes: list[np.ndarray]
         "ann_energy_per_inference_mj": e_ann / PJ_PER_MJ,
         "energy_ratio_snn_over_ann": e_snn / e_ann,
         "energy_reduction": 1.0 - e_snn / e_ann,
-        "energy_model": energy_model,
+        "energy_model": dataclasses.asdict(energy_model),
         "note": "computation only (E_AC per synaptic op, E_MAC per multiply-accumulate): memory "
                 "access and data movement are not counted",
     }

@@ -79,7 +79,7 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
              ("lif1", lif(2, 60, 0))]
     nir.write(tmp_path / "tiny.nir", chain_to_graph(chain, (2,), (2,), {"dt": 1.0}))
     chain = graph_to_chain(nir.read(tmp_path / "tiny.nir"))
-    net = _Network(_lava(), chain, time_steps=4, handlers=LavaBackend.handlers)
+    net = _Network(_lava(), chain, time_steps=4, handlers=LavaBackend.handlers, shift=6)
     # two samples in one run: the second starts from the reset state, so both match the trace
     (s0, s1) = net.run(np.array([[6, 20], [6, 20]]))
     # lif0: v = trunc(v/2) + input * 2^6, spike when v > 10 * 2^6, reset to 0.

@@ -15,7 +15,7 @@ from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
 from spikeclip_deploy.nn.spikeclip import SpikeCLIP
 
-FP = load_profile("loihi2")["fixed_point"]
+FP = load_profile("loihi2").fixed_point
 
 
 def test_fake_quant_by_hand():

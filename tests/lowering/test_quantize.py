@@ -32,7 +32,7 @@ def test_quantized_weights_by_hand():
 
 def test_round_even_and_split_bias():
     assert round_even(np.array([3.0, 5.2, -1.2])).tolist() == [4.0, 6.0, -2.0]
-    fp = load_profile("loihi2")["fixed_point"]
+    fp = load_profile("loihi2").fixed_point
     mant, exp = split_bias(np.array([8190.0, -100.0]), fp)
     assert exp == 1 and mant.tolist() == [4095, -50]
 
@@ -54,7 +54,11 @@ def test_hardware_limits_come_from_the_profile():
     from spikeclip_deploy.errors import HardwareLimitError
     from spikeclip_deploy.export import check_limits
 
-    profile = {"name": "small-chip", "limits": {"neurons_per_chip": 100, "synapses_per_chip": 50}}
+    import dataclasses
+
+    from spikeclip_deploy.hardware import Limits
+
+    profile = dataclasses.replace(load_profile("loihi2"), name="small-chip", limits=Limits(100, 50))
     check_limits({"neurons": 100, "synapses": 50}, profile, "image")
     with pytest.raises(HardwareLimitError, match="needs 51 synapses; small-chip has 50"):
         check_limits({"neurons": 10, "synapses": 51}, profile, "image")

@@ -51,7 +51,7 @@ def test_train_both_stages_then_resume(image_folder, tower, tmp_path):
     assert [h["stage"] for h in meta3["history"]][-2:] == ["finetune", "qat"]
     assert meta3["metrics"]["quantization_aware"]["grid_error"] < 1e-3
     qmodel, _, _ = load_model(str(out))
-    assert qat.grid_error(qmodel.image, load_profile("loihi2")["fixed_point"]) < 1e-3
+    assert qat.grid_error(qmodel.image, load_profile("loihi2").fixed_point) < 1e-3
 
 
 def test_torchrun_two_cpu_processes(image_folder, tower, tmp_path):

@@ -1,10 +1,11 @@
 import nir
 import numpy as np
 
+from spikeclip_deploy.hardware import EnergyModel
 from spikeclip_deploy.lowering.resources import fan_out, flops
 from spikeclip_deploy.verify.energy import energy_report
 
-EM = {"e_ac_pj": 0.9, "e_mac_pj": 4.6}
+EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9, scope="computation only")
 
 
 def lif(shape):
