@@ -106,10 +106,8 @@ def test_lava_equals_the_fixed_point_model_exactly(micro_exports, zero_shot):
             assert 0 < want.mean() < 1, (side, j)
             assert np.array_equal(g, want), (side, j, int((g != want).sum()))
             assert np.array_equal(c, e), (side, j, int((c != e).sum()))
-        if side == "image":
-            assert np.array_equal(feats, host.readout("image", chip[-1]))
-        else:
-            assert np.array_equal(text, host.readout("text", chip[-1]))
+        embeddings = feats if side == "image" else text
+        assert np.array_equal(embeddings, host.readout(side, chip[-1])), side
 
 
 def test_unknown_target():
