@@ -224,20 +224,19 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool) -> 
 @TARGET
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Export directory [exports/<default model>-TARGET, created if missing].")
-@click.option("--image", required=True, type=click.Path(), help="A PNG/JPEG of the model's size.")
+@click.option("--image", "images", required=True, multiple=True, type=click.Path(),
+              help="A PNG/JPEG of the model's size; repeat for a batch.")
 @click.option("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,ship".')
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run_cmd(target: str, export_dir: str | None, image: str, labels: str, as_json: bool) -> None:
-    """Zero-shot classify one image on a backend; prints the prediction and scores."""
-    from .inference import classify_image
+def run_cmd(target: str, export_dir: str | None, images: tuple[str, ...], labels: str,
+            as_json: bool) -> None:
+    """Zero-shot classify images on a backend; prints each prediction and its scores."""
+    from .inference import classify_images
+    from .report import run_summary
 
-    result = classify_image(target, Path(export_dir) if export_dir else None, Path(image), labels)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    click.echo(f"prediction: {result['prediction']}  (target {target})")
-    for label, score in sorted(result["scores"].items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {label:>20s}  {score:+.4f}")
+    result = classify_images(target, Path(export_dir) if export_dir else None,
+                             [Path(p) for p in images], labels)
+    click.echo(json.dumps(result, indent=1) if as_json else run_summary(result))
 
 
 DATA = click.option("--data", required=True, type=click.Path(),

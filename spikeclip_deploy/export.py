@@ -41,6 +41,7 @@ from .lowering.quantize import quantize_chain
 from .lowering.resources import chain_resources
 from .manifest import FORMAT, MANIFEST, is_export
 from .nn.encoders import SpikingEncoder
+from .progress import progress
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
 from .zeroshot import class_weights, student_text_encoder
@@ -218,7 +219,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
         layers, resources = {}, {}
-        for side in ("image", "text"):
+        for side in progress(("image", "text"), desc=f"export ({cfg.target})", unit="encoder"):
             graph, layers[side] = lower_encoder(model, side, cfg.target, profile)
             resources[side] = graph.metadata["resources"]
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves

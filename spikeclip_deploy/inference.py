@@ -1,4 +1,4 @@
-"""``spikeclip-deploy run``: zero-shot classification of one image on a backend."""
+"""``spikeclip-deploy run``: zero-shot classification of images on a backend."""
 from __future__ import annotations
 
 import logging
@@ -10,13 +10,18 @@ from .backends import get_backend
 from .checkpoint import default_checkpoint_name
 from .data import load_image
 from .export import ExportConfig, default_out, export_model
+from .progress import progress
 from .prompts import parse_labels
 from .zeroshot import warn_indistinct_labels
 
 log = logging.getLogger(__name__)
 
 
-def classify_image(target: str, export_dir: Path | None, image: Path, labels_text: str) -> dict:
+def classify_images(target: str, export_dir: Path | None, images: list[Path], labels_text: str,
+                    batch_size: int = 32) -> dict:
+    """Zero-shot classify ``images`` on ``target``'s backend (the default model's export when
+    ``export_dir`` is None, created if missing): ``{target, export, labels, results}`` with one
+    ``{image, prediction, scores}`` per image."""
     labels = parse_labels(labels_text)
     backend_cls = get_backend(target)
     if export_dir is None:
@@ -27,13 +32,16 @@ def classify_image(target: str, export_dir: Path | None, image: Path, labels_tex
                         default_checkpoint_name(), target)
             export_model(ExportConfig(model=default_checkpoint_name(), target=target,
                                       out=export_dir))
+    results = []
     with backend_cls(export_dir) as backend:
         warn_indistinct_labels(backend.host.tokenizer, labels)
         size = int(backend.manifest["host"]["image_size"])
-        img = load_image(image, size).numpy()[None]
+        pixels = np.stack([load_image(p, size).numpy() for p in images])  # all checked first
         class_w = backend.class_weights(labels)
-        feats, _ = backend.encode_images(img)
-    scores = (feats @ class_w.T)[0]
-    return {"prediction": labels[int(np.argmax(scores))], "target": target,
-            "export": str(export_dir),
-            "scores": {lbl: float(s) for lbl, s in zip(labels, scores)}}
+        for start in progress(range(0, len(images), batch_size), desc=f"{target} backend",
+                              unit="batch"):
+            feats, _ = backend.encode_images(pixels[start:start + batch_size])
+            for path, scores in zip(images[start:start + batch_size], feats @ class_w.T):
+                results.append({"image": str(path), "prediction": labels[int(np.argmax(scores))],
+                                "scores": {lbl: float(s) for lbl, s in zip(labels, scores)}})
+    return {"target": target, "export": str(export_dir), "labels": labels, "results": results}

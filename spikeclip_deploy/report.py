@@ -64,3 +64,12 @@ def models_summary(found: dict) -> str:
         lines.append(f"  {k['name']}  config {k['config']}  {measured}"
                      + ("  quantization-aware" if k["quantization_aware"] else ""))
     return "\n".join(lines)
+
+
+def run_summary(result: dict) -> str:
+    lines = []
+    for r in result["results"]:
+        lines.append(f"{r['image']}: prediction: {r['prediction']}  (target {result['target']})")
+        for label, score in sorted(r["scores"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {label:>20s}  {score:+.4f}")
+    return "\n".join(lines)

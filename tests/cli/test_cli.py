@@ -37,20 +37,27 @@ def test_run_predicts_the_highest_independent_score(target, micro_ckpt, micro_ex
                                                     tmp_path):
     """`run` on each target: the scores computed here without the backends (the PyTorch model
     for the float export, the fixed-point model for the loihi one) and their argmax."""
-    from spikeclip_deploy.inference import classify_image
+    from spikeclip_deploy.inference import classify_images
 
     labels = ["cat", "dog", "ship", "truck"]
-    pixels = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "x.png")
-    image = pixels.transpose(2, 0, 1)[None]
-    want = (zero_shot.float_model(micro_ckpt, image, labels) if target == "cpu"
-            else zero_shot.loihi(micro_exports[target], image, labels))[0]
-    assert np.sort(want)[-1] - np.sort(want)[-2] > 1e-4  # a clear winner at atol 1e-5
-    result = classify_image(target, micro_exports[target], tmp_path / "x.png", ",".join(labels))
-    assert result["prediction"] == labels[int(np.argmax(want))]
-    np.testing.assert_allclose([result["scores"][lbl] for lbl in labels], want, atol=1e-5)
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    paths = [tmp_path / "x.png", tmp_path / "y.png"]
+    for p, px in zip(paths, pixels):
+        Image.fromarray(px).save(p)
+    images = pixels.transpose(0, 3, 1, 2)
+    want = (zero_shot.float_model(micro_ckpt, images, labels) if target == "cpu"
+            else zero_shot.loihi(micro_exports[target], images, labels))
+    top2 = np.sort(want, axis=1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] > 1e-4)  # a clear winner at atol 1e-5
+    result = classify_images(target, micro_exports[target], paths, ",".join(labels),
+                             batch_size=1)  # two runs of one image
+    for r, w, p in zip(result["results"], want, paths):
+        assert (r["image"], r["prediction"]) == (str(p), labels[int(np.argmax(w))])
+        np.testing.assert_allclose([r["scores"][lbl] for lbl in labels], w, atol=1e-5)
     r = invoke("run", "--target", target, "--export", micro_exports[target], "--image",
-               tmp_path / "x.png", "--labels", ",".join(labels))
+               paths[0], "--labels", ",".join(labels))
+    want = want[:1]
     assert r.exit_code == 0 and f"prediction: {labels[int(np.argmax(want))]} " in r.output
 
 
@@ -145,9 +152,10 @@ def test_run_creates_the_default_export_and_says_so(micro_ckpt, tmp_path, cat_pn
     with get_backend("cpu")(auto) as cpu:  # the same answer, computed here
         feats, _ = cpu.encode_images(load_image(cat_png, 32).numpy()[None])
         scores = (feats @ cpu.class_weights(["cat", "dog", "ship"]).T)[0]
-    assert result["scores"] == pytest.approx(dict(zip(["cat", "dog", "ship"], scores.tolist())))
-    assert result["prediction"] == ["cat", "dog", "ship"][int(np.argmax(scores))]
-    assert (result["target"], result["export"]) == ("cpu", str(auto))
+    (one,) = result["results"]
+    assert one["scores"] == pytest.approx(dict(zip(["cat", "dog", "ship"], scores.tolist())))
+    assert one["prediction"] == ["cat", "dog", "ship"][int(np.argmax(scores))]
+    assert (result["target"], result["export"], one["image"]) == ("cpu", str(auto), str(cat_png))
 
 
 def test_help_names_the_data_sources():
