@@ -32,18 +32,18 @@ from . import __version__
 from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from .errors import ExportError, HardwareLimitError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
-                       is_empty_dir, owned_tempdir, rename_noreplace, sha256_file, with_path,
-                       write_bytes)
+                       is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
 from .hardware import ChipProfile, load_profile
 from .host import write_host_part
-from .lowering.fold import chain_to_graph, lower_stack
+from .lowering.fold import lower_stack
 from .lowering.quantize import quantize_chain
 from .lowering.resources import chain_resources
 from .manifest import FORMAT, MANIFEST, is_export
+from .nirgraph import chain_to_graph
 from .nn.encoders import SpikingEncoder
-from .progress import progress
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
+from .progress import progress
 from .zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
                 os.rename(out, old / "x")
                 os.rename(tmp, out)
         else:
-            rename_noreplace(tmp, out)
+            os.rename(tmp, out)  # also replaces an empty directory
         fsync_path(out.parent)
 
 

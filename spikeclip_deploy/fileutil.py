@@ -7,7 +7,6 @@ next run can tell a leftover from a sibling still at work and removes only lefto
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import logging
@@ -180,13 +179,3 @@ def destination_lock(dest: Path) -> Iterator[None]:
 
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
-
-
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst`` unless ``dst`` exists (an empty directory counts as absent)."""
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-            raise FileExistsError(errno.EEXIST, "appeared during the run", str(dst)) from None
-        raise

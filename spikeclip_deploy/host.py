@@ -97,35 +97,4 @@ def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels:
             "label_features": "float model, normalised mean over prompt templates"}
 
 
-class HostRuntime:
-    """Runs an export's host part with onnxruntime, and its tokenizer."""
-
-    def __init__(self, folder: Path) -> None:
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self._sessions = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), opts,
-                                                     providers=["CPUExecutionProvider"])
-                          for name in ("image_encode", "text_encode", "image_readout", "text_readout")}
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        self.labels: list[str] = json.loads((folder / "labels.json").read_text())
-        self.label_features = np.load(folder / "label_features.npy")
-
-    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
-        sess = self._sessions[name]
-        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-    def image_current(self, images: np.ndarray) -> np.ndarray:
-        return self._run("image_encode", images.astype(np.uint8))
-
-    def text_current(self, tokens: np.ndarray) -> np.ndarray:
-        return self._run("text_encode", tokens)
-
-    def readout(self, side: str, spikes: np.ndarray) -> np.ndarray:
-        """``spikes [B, T, ...]`` -> normalised embeddings ``[B, D]``."""
-        return self._run(f"{side}_readout", spikes.astype(np.float32))
-
-
-__all__ = ["write_host_part", "HostRuntime", "ImageEncode", "ReadoutHead"]
+__all__ = ["write_host_part", "ImageEncode", "ReadoutHead"]

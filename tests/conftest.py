@@ -158,7 +158,7 @@ class ZeroShot:
     def loihi(cls, export: Path, images: np.ndarray, labels: list[str]) -> np.ndarray:
         import nir
 
-        from spikeclip_deploy.host import HostRuntime
+        from spikeclip_deploy.backends.host_runtime import HostRuntime
         from spikeclip_deploy.zeroshot import tokenize
 
         manifest = json.loads((export / "manifest.json").read_text())

@@ -14,10 +14,10 @@ import numpy as np
 
 from ..errors import ExportError, UnsupportedNodeError
 from ..manifest import load_export
-from ..host import HostRuntime
-from ..lowering.fold import graph_to_chain
+from ..nirgraph import graph_to_chain
 from ..prompts import CIFAR_TEMPLATES
 from ..zeroshot import class_weights, tokenize
+from .host_runtime import HostRuntime
 
 log = logging.getLogger(__name__)
 

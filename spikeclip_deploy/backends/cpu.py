@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..lowering.resources import pair
+from ..nirgraph import pair
 from .base import Backend, chip_input
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError
 from ..fileutil import owned_tempdir
-from ..lowering.resources import pair
+from ..nirgraph import pair
 from .base import Backend, quantize_input
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ integer model up to the chip's truncating decay.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn

@@ -6,10 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def pair(v) -> tuple[int, int]:
-    a = [int(x) for x in np.atleast_1d(np.asarray(v))]
-    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
+from ..nirgraph import pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:

@@ -128,7 +128,7 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
     """LIF0 (bias-driven) -> Dense -> LIF1, written to NIR, read back and run on Lava fixed
     point, against the trace computed by hand."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
-    from spikeclip_deploy.lowering.fold import chain_to_graph, graph_to_chain
+    from spikeclip_deploy.nirgraph import chain_to_graph, graph_to_chain
 
     def lif(n, vth, bias_exp):
         f = lambda v: np.full((n,), v, dtype=np.float32)  # noqa: E731

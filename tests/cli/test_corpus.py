@@ -12,13 +12,12 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from torchvision.datasets import CIFAR10
 from PIL import Image
+from torchvision.datasets import CIFAR10
 
 from spikeclip_deploy import export as export_mod
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.paths import PROJECT_ROOT
-
 
 TRAIN = ["train", "--model", "spikeclip-micro"]
 VERIFY = ["verify", "--target", "cpu"]

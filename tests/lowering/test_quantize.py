@@ -51,11 +51,10 @@ def test_activation_worst_case_by_hand():
 
 
 def test_hardware_limits_come_from_the_profile():
-    from spikeclip_deploy.errors import HardwareLimitError
-    from spikeclip_deploy.export import check_limits
-
     import dataclasses
 
+    from spikeclip_deploy.errors import HardwareLimitError
+    from spikeclip_deploy.export import check_limits
     from spikeclip_deploy.hardware import Limits
 
     profile = dataclasses.replace(load_profile("loihi2"), name="small-chip", limits=Limits(100, 50))
