@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .backends import targets
+from .targets import target_names
 from .errors import SpikeClipError
 from .training.recipe import Recipe
 
@@ -194,7 +194,7 @@ def train(model: str, teacher: str, data: str, download: bool, out: str, resume:
 
 
 TARGET = click.option("--target", default="loihi", show_default=True,
-                      type=click.Choice(targets()),
+                      type=click.Choice(target_names()),
                       help="loihi (Lava fixed point) or cpu (float reference).")
 MODEL = click.option("--model", "model", default=None,
                      help="Checkpoint name in models/ or path to a .safetensors [default: shipped].")

@@ -30,24 +30,22 @@ import torch
 
 from . import __version__
 from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
-from .errors import ExportError, HardwareLimitError, LoweringError
+from .errors import ExportError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
-from .hardware import ChipProfile, load_profile
+from .hardware import load_profile
 from .host import write_host_part
-from .lowering.fold import lower_stack
-from .lowering.quantize import quantize_chain
-from .lowering.resources import chain_resources
+from .lowering.graph import Graph, run_passes, to_nir, trace
+from .lowering.passes import LoweringContext, passes_named
 from .manifest import FORMAT, MANIFEST, is_export
-from .nirgraph import chain_to_graph
 from .nn.encoders import SpikingEncoder
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
 from .progress import progress
+from .targets import Target, get_target
 from .zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
-TARGETS = ("loihi", "cpu")
 DT = 1.0
 DISCRETISATION = ("forward Euler with dt=1 (one chip time step): v[t] = v[t-1] + dt/tau * "
                   "(v_leak - v[t-1] + r*I[t]); spike when v[t] > v_threshold; then v[t] = v_reset")
@@ -70,7 +68,6 @@ class ExportConfig:
     target: str = "loihi"
     out: Path | None = None
     force: bool = False
-    hardware: str = "loihi2"
 
 
 def library_versions() -> dict[str, str]:
@@ -83,16 +80,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _layer_table(chain: list[tuple[str, nir.NIRNode]], in_shape: tuple[int, ...]) -> list[dict]:
-    rows, shape = [], list(in_shape)
-    for name, node in chain:
-        row: dict[str, Any] = {"name": name, "type": type(node).__name__}
+def _layer_table(graph: Graph) -> list[dict]:
+    rows = []
+    for layer in graph.layers:
+        node = layer.node
+        row: dict[str, Any] = {"name": layer.name, "type": type(node).__name__,
+                               "inputs": list(layer.inputs), "placement": layer.placement}
         if isinstance(node, nir.LIF):
             row["shape"] = list(np.asarray(node.tau).shape)
-            shape = row["shape"]
         else:
             row["weight_shape"] = list(np.asarray(node.weight).shape)
-            row["input_shape"] = shape
         row.update({k: v for k, v in node.metadata.items() if k in ("loihi", "scale")})
         rows.append(row)
     return rows
@@ -105,48 +102,29 @@ def _example_input(model: SpikeCLIP, side: str) -> torch.Tensor:
     return torch.zeros(1, cfg.context_length, dtype=torch.int64)
 
 
-def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: ChipProfile
-                  ) -> tuple[nir.NIRGraph, list[dict]]:
-    """One encoder's chip part -> NIR graph (float for ``cpu``, fixed point for ``loihi``)."""
+def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
+    """One encoder's chip graph, traced from the model (float, BatchNorm not yet folded)."""
     enc = getattr(model, side)
     if not isinstance(enc, SpikingEncoder):
         arch = model.cfg.image_arch if side == "image" else model.cfg.text_arch
         raise LoweringError(UNDEPLOYABLE.get(arch, f"the {side} encoder ({arch}) is not a spiking "
-                                             f"feed-forward chain and cannot be lowered"))
+                                             f"encoder with a chip graph and cannot be lowered"))
     with torch.no_grad():
         x = _example_input(model, side)
         current = enc.current(model.normalize(x) if side == "image" else x)
-        out_shape = tuple(enc.run_stack(current)[-1].shape[2:])
-    in_shape = tuple(current.shape[1:])
-    chain = lower_stack(enc, in_shape)
-    meta: dict[str, Any] = {"dt": DT, "discretisation": DISCRETISATION, "target": target,
-                            "time_steps": model.cfg.time_steps, "input_coding": "direct",
-                            "encoder": side, "producer": f"spikeclip-deploy {__version__}"}
-    if target == "loihi":
-        chain, input_q = quantize_chain(chain, profile)
-        grid = enc.input_grid.grid
-        chip = (input_q["input_scale"], *input_q["bias_mant_range"])
-        if grid is not None and not np.allclose(grid, chip):
-            raise LoweringError(f"the {side} encoder was trained for the input grid {grid} "
-                                f"(scale, lo, hi), but '{profile.name}' quantizes its input "
-                                f"with {chip}; export to the hardware it was trained for")
-        meta.update({"input_quantization": input_q, "hardware": profile.name,
-                     "synapse_delay_steps": profile.synapse_delay_steps,
-                     "units": "integer chip units; see each node's metadata['loihi']"})
-    meta["resources"] = chain_resources(chain, in_shape)
-    if target == "loihi":
-        check_limits(meta["resources"], profile, side)
-    return chain_to_graph(chain, in_shape, out_shape, meta), _layer_table(chain, in_shape)
+    graph = trace(enc, side, current)
+    return graph.replace(meta={"dt": DT, "discretisation": DISCRETISATION,
+                               "time_steps": model.cfg.time_steps, "input_coding": "direct",
+                               "encoder": side, "producer": f"spikeclip-deploy {__version__}"})
 
 
-def check_limits(resources: dict[str, int], profile: ChipProfile, side: str) -> None:
-    """Neurons and synapses against the profile's per-chip limits (data in ``hardware/``)."""
-    for kind in ("neurons", "synapses"):
-        limit = getattr(profile.limits, f"{kind}_per_chip")
-        if resources[kind] > limit:
-            raise HardwareLimitError(f"the {side} encoder needs {resources[kind]:,} {kind}; "
-                                     f"{profile.name} has {limit:,} per chip: "
-                                     f"use a smaller model config")
+def lower_encoder(model: SpikeCLIP, side: str, target: Target) -> Graph:
+    """Trace one encoder and run the target's passes over it."""
+    graph = trace_encoder(model, side)
+    graph = graph.replace(meta={**graph.meta, "target": target.name})
+    ctx = LoweringContext(target.name, load_profile(target.hardware) if target.hardware else None,
+                          getattr(model, side).input_grid.grid)
+    return run_passes(graph, passes_named(target.passes), ctx)
 
 
 def default_out(model: str, target: str) -> Path:
@@ -194,8 +172,7 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
 
 def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     """Write an export; returns (directory, manifest)."""
-    if cfg.target not in TARGETS:
-        raise ExportError(f"unknown target '{cfg.target}'; choose one of {', '.join(TARGETS)}")
+    target = get_target(cfg.target)
     out = Path(os.path.abspath(cfg.out if cfg.out else default_out(cfg.model, cfg.target)))
     existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
@@ -210,7 +187,6 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         check_replaceable(out)
     ckpt = resolve_checkpoint(cfg.model)
     model, card, _ = load_model(str(ckpt))
-    profile = load_profile(cfg.hardware)
     tok_dir = ckpt.with_suffix(".tokenizer")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,12 +194,13 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         raise with_path(exc, out.parent) from None
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
-        layers, resources = {}, {}
+        layers, resources, partition = {}, {}, {}
         for side in progress(("image", "text"), desc=f"export ({cfg.target})", unit="encoder"):
-            graph, layers[side] = lower_encoder(model, side, cfg.target, profile)
-            resources[side] = graph.metadata["resources"]
+            graph = lower_encoder(model, side, target)
+            layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
+            partition[side] = graph.meta["partition"]
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
-            nir.write(buf, graph)
+            nir.write(buf, to_nir(graph))
             write_bytes(tmp / "chip" / f"{side}_encoder.nir", buf.getvalue())
         labels = card["metadata"].get("metrics", {}).get("labels") or []
         tokenizer = load_tokenizer(ckpt)
@@ -237,8 +214,9 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "model": {"name": ckpt.stem, "config": model.cfg.to_dict(),
                               "checkpoint_sha256": card["sha256"],
                               "metrics": card["metadata"].get("metrics", {})},
-                    "hardware": profile.name if cfg.target == "loihi" else None,
+                    "hardware": target.hardware, "passes": list(target.passes),
                     "versions": library_versions(), "layers": layers, "resources": resources,
+                    "partition": partition,
                     "host": host, "files": files}
         write_bytes(tmp / MANIFEST,
                     (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())

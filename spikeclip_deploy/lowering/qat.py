@@ -28,24 +28,27 @@ from ..errors import ConfigError
 from ..hardware import ChipProfile, FixedPoint
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
-from .fold import bn_gain
+from .fold import bn_gain, folded_bias
 from .quantize import input_quantization, layer_threshold, quantize_bias
 
 
 def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm2d | None, MultiStepLIF]]:
-    """(weight module, its BatchNorm or None, the LIF it drives) for every chip synapse."""
-    layers = list(encoder.stack)
-    for syn, lif in zip(layers[:-1], layers[1:]):
+    """(weight module, its BatchNorm or None, the LIF it drives) for every chip synapse of the
+    encoder's chip graph."""
+    graph = encoder.stack
+    for i, syn in enumerate(graph):
         if isinstance(syn, MultiStepLIF):
             continue
-        if not isinstance(lif, MultiStepLIF):
-            raise ConfigError(f"quantization-aware training needs synapse -> LIF chip stacks; "
-                              f"found {type(syn).__name__} -> {type(lif).__name__}")
+        drives = [graph[j] for j in graph.consumers(i)]
+        if len(drives) != 1 or not isinstance(drives[0], MultiStepLIF):
+            raise ConfigError(f"quantization-aware training needs every chip synapse to drive "
+                              f"exactly one LIF; layer {i} ({type(syn).__name__}) drives "
+                              f"{[type(d).__name__ for d in drives]}")
         if isinstance(syn, nn.Sequential) and len(syn) == 2 and isinstance(syn[0], nn.Conv2d) \
                 and isinstance(syn[1], nn.BatchNorm2d):
-            yield syn[0], syn[1], lif
+            yield syn[0], syn[1], drives[0]
         elif isinstance(syn, nn.Linear):
-            yield syn, None, lif
+            yield syn, None, drives[0]
         else:
             raise ConfigError(f"quantization-aware training supports Conv2d+BatchNorm2d and Linear "
                               f"chip synapses, not {type(syn).__name__}; this model cannot be "
@@ -59,7 +62,7 @@ def _folded(w: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
     if bn is None:
         gain = torch.ones(w.shape[0], dtype=w.dtype, device=w.device).view(shape)
     else:
-        gain = bn_gain(bn).to(w.dtype).view(shape)
+        gain = bn_gain(bn.weight, bn.running_var, bn.eps).to(w.dtype).view(shape)
     return w * gain, gain
 
 
@@ -147,7 +150,7 @@ def snap_to_grid(encoder: SpikingEncoder, fp: FixedPoint) -> None:
         folded, gain_w = _folded(w.double(), bn)  # float64, so snapping twice is bit-identical
         gain = gain_w.flatten()
         b0 = weighted.bias.double() if weighted.bias is not None else 0.0
-        bias = b0 if bn is None else bn.bias.double() + (b0 - bn.running_mean.double()) * gain
+        bias = b0 if bn is None else folded_bias(b0, bn.bias.double(), bn.running_mean.double(), gain)
         w_q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
         mant, exp = quantize_bias(bias.cpu().numpy(), s, lif.tau, fp)
         b_q = torch.from_numpy(mant * 2.0**exp / act * lif.tau / s).to(w.device)

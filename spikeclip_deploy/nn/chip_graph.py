@@ -73,5 +73,9 @@ class ChipGraph(nn.ModuleList):
                 outs.append(y.reshape(t, b, *y.shape[1:]))
         return outs
 
+    def consumers(self, i: int) -> list[int]:
+        """The layers that read layer ``i``'s output."""
+        return [j for j, ins in enumerate(self.inputs) if i in ins]
+
     def lif_indices(self) -> list[int]:
         return [i for i, layer in enumerate(self) if isinstance(layer, MultiStepLIF)]

@@ -88,7 +88,7 @@ def test_version_and_target_choices():
 
     assert invoke("--version").output.strip() == f"spikeclip-deploy, version {__version__}"
     r = invoke("export", "--target", "fpga")
-    assert r.exit_code == 2 and "'fpga' is not one of 'cpu', 'loihi'" in r.output
+    assert r.exit_code == 2 and "'fpga' is not one of 'loihi', 'cpu'" in r.output
 
 
 @pytest.mark.lava

@@ -9,8 +9,10 @@ from spikeclip_deploy.config import get_config
 from spikeclip_deploy.errors import ConfigError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
-from spikeclip_deploy.lowering.fold import lower_stack
+from spikeclip_deploy.lowering.graph import run_passes, trace
+from spikeclip_deploy.lowering.passes import PASSES
 from spikeclip_deploy.lowering.quantize import quantize_chain
+from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
 from spikeclip_deploy.nn.spikeclip import SpikeCLIP
@@ -41,9 +43,16 @@ def _random_model(seed: int = 0) -> SpikeCLIP:
     return model.eval()
 
 
+def _float_chain(encoder: SpikingEncoder, input_shape) -> list:
+    """The traced chip chain with BatchNorm folded, as ``[(name, float NIR node)]``."""
+    graph = run_passes(trace(encoder, "test", torch.zeros(1, *input_shape)), (PASSES["fold_bn"],),
+                       None)
+    return [(layer.name, layer.node) for layer in graph.layers]
+
+
 def _integer_vs_float(encoder: SpikingEncoder, input_shape) -> float:
     """Largest |float folded weight - integer weight * tau / S| over the export's chain."""
-    floats = lower_stack(encoder, input_shape)
+    floats = _float_chain(encoder, input_shape)
     ints, _ = quantize_chain(floats, load_profile("loihi2"))
     worst = 0.0
     for (name, f), (_, q), (_, lif) in zip(floats[1::2], ints[1::2], ints[2::2]):
@@ -82,7 +91,8 @@ def test_plain_state_dict_loads_into_an_unparametrized_model():
 
 
 def test_unsupported_chip_layer_is_refused():
-    enc = SpikingEncoder(nn.Identity(), [MultiStepLIF(), nn.Conv2d(2, 2, 3), MultiStepLIF()],
+    enc = SpikingEncoder(nn.Identity(),
+                         ChipGraph([MultiStepLIF(), nn.Conv2d(2, 2, 3), MultiStepLIF()]),
                          nn.Identity(), 4)
     with pytest.raises(ConfigError, match="Conv2d"):
         qat.enable(enc, FP)
@@ -99,7 +109,7 @@ def test_large_weights_settle_on_a_grid_the_export_reproduces():
             if isinstance(m, nn.Linear):
                 m.weight.mul_(46.19 / m.weight.abs().max())
     qat.snap_to_grid(model.text, FP)
-    ints, _ = quantize_chain(lower_stack(model.text, (model.cfg.context_length * model.cfg.text_width,)),
+    ints, _ = quantize_chain(_float_chain(model.text, (model.cfg.context_length * model.cfg.text_width,)),
                              load_profile("loihi2"))
     assert ints[2][1].metadata["loihi"]["vth"] == 11
     assert qat.grid_error(model.text, FP) < 1e-3

@@ -54,13 +54,20 @@ def test_hardware_limits_come_from_the_profile():
     import dataclasses
 
     from spikeclip_deploy.errors import HardwareLimitError
-    from spikeclip_deploy.export import check_limits
     from spikeclip_deploy.hardware import Limits
+    from spikeclip_deploy.lowering.graph import Graph
+    from spikeclip_deploy.lowering.passes import PASSES, LoweringContext
 
     profile = dataclasses.replace(load_profile("loihi2"), name="small-chip", limits=Limits(100, 50))
-    check_limits({"neurons": 100, "synapses": 50}, profile, "image")
+    ctx = LoweringContext("loihi", profile, None)
+
+    def graph(neurons, synapses):
+        return Graph("image", (), (1,), (1,), meta={"resources": {"neurons": neurons,
+                                                                  "synapses": synapses}})
+    fits = graph(100, 50)
+    assert PASSES["check_limits"].run(fits, ctx) is fits
     with pytest.raises(HardwareLimitError, match="needs 51 synapses; small-chip has 50"):
-        check_limits({"neurons": 10, "synapses": 51}, profile, "image")
+        PASSES["check_limits"].run(graph(10, 51), ctx)
 
 
 def test_chain_resources_by_hand():

@@ -35,7 +35,7 @@ def test_scratchclip_is_the_ann_counterpart():
 
 def test_export_refuses_spiking_self_attention(paper):
     from spikeclip_deploy.export import lower_encoder
-    from spikeclip_deploy.hardware import load_profile
+    from spikeclip_deploy.targets import get_target
 
     with pytest.raises(LoweringError, match="self-attention"):
-        lower_encoder(paper, "image", "loihi", load_profile("loihi2"))
+        lower_encoder(paper, "image", get_target("loihi"))

@@ -1,0 +1,168 @@
+"""The lowering's one representation: an encoder traced once into a graph of layers, and the
+infrastructure that runs passes over it (each pass a pure function that states what it requires
+and what it ensures, checked around every run, as torch.fx's ``passes/infra`` does).
+
+A :class:`Layer` holds a NIR node (the data NIR writes: LIF, Conv2d, Affine), the layers whose
+outputs are summed into it (``INPUT`` is the host's input current; several entries are fan-in),
+the PyTorch module it was traced from (so quantization-aware training finds its weights
+through the graph), and where it runs (``chip`` or ``host``) with the reason. The graph's
+``host`` entries describe the host parts around the chip layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import nir
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LoweringError
+from ..nn.chip_graph import HOST_INPUT, SpikeMaxPool
+from ..nn.encoders import SpikingEncoder
+from ..nn.lif import MultiStepLIF
+
+INPUT = "input"
+SYNAPSES = (nir.Conv2d, nir.Affine)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    node: nir.NIRNode
+    inputs: tuple[str, ...]
+    source: str  # module path inside the encoder, e.g. "stack.1"
+    placement: str = ""  # "chip" or "host", set by the partition pass
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Graph:
+    side: str
+    layers: tuple[Layer, ...]  # in topological order
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    host: Mapping[str, str] = field(default_factory=dict)  # host part -> why it is not on chip
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def layer(self, name: str) -> Layer:
+        return next(layer for layer in self.layers if layer.name == name)
+
+    def consumers(self, name: str) -> list[Layer]:
+        return [layer for layer in self.layers if name in layer.inputs]
+
+    def replace(self, **changes) -> "Graph":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """``run(graph, context) -> graph``; ``requires``/``ensures`` return a violation message or
+    None."""
+
+    name: str
+    run: Callable[[Graph, Any], Graph]
+    requires: Callable[[Graph], str | None] = lambda g: None
+    ensures: Callable[[Graph], str | None] = lambda g: None
+
+
+def run_passes(graph: Graph, passes: tuple[Pass, ...], context: Any) -> Graph:
+    """Run ``passes`` in order, checking each one's precondition before and postcondition after."""
+    for p in passes:
+        problem = p.requires(graph)
+        if problem:
+            raise LoweringError(f"{graph.side} encoder, before pass '{p.name}': {problem}")
+        graph = p.run(graph, context)
+        problem = p.ensures(graph)
+        if problem:
+            raise LoweringError(f"{graph.side} encoder, pass '{p.name}' broke its guarantee: "
+                                f"{problem}")
+    return graph
+
+
+# -- tracing: the one place that walks the PyTorch layers ---------------------------------------
+def _lif_node(layer: MultiStepLIF, shape: tuple[int, ...]) -> nir.LIF:
+    full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
+    return nir.LIF(tau=full(layer.tau), r=full(1.0), v_leak=full(0.0),
+                   v_threshold=full(layer.v_threshold), v_reset=full(0.0))
+
+
+def _synapse_node(layer: nn.Module, shape: tuple[int, ...]) -> nir.NIRNode:
+    """Float NIR synapse, BatchNorm still separate (in ``metadata['batchnorm']``)."""
+    if isinstance(layer, nn.Sequential) and len(layer) == 2 and isinstance(layer[0], nn.Conv2d) \
+            and isinstance(layer[1], nn.BatchNorm2d):
+        conv, bn = layer
+        w = conv.weight.detach().numpy().astype(np.float32)
+        b = (conv.bias.detach().numpy() if conv.bias is not None
+             else np.zeros(w.shape[0])).astype(np.float32)
+        stats = {k: getattr(bn, a).detach().numpy().astype(np.float64) for k, a in
+                 (("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"),
+                  ("var", "running_var"))}
+        return nir.Conv2d(input_shape=shape[1:], weight=w, stride=conv.stride,
+                          padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                          bias=b, metadata={"batchnorm": {**stats, "eps": float(bn.eps)}})
+    if isinstance(layer, nn.Linear):
+        w = layer.weight.detach().numpy().astype(np.float32)
+        b = (layer.bias.detach().numpy() if layer.bias is not None
+             else np.zeros(w.shape[0])).astype(np.float32)
+        return nir.Affine(weight=w, bias=b)
+    raise LoweringError(f"cannot lower chip layer {type(layer).__name__}: only LIF, "
+                        f"Conv2d+BatchNorm2d and Linear run on chip"
+                        + ("; spike-domain pooling is not lowered yet"
+                           if isinstance(layer, SpikeMaxPool) else ""))
+
+
+HOST_PARTS = {
+    "encode": "real-valued input (direct coding): a multiply-accumulate layer, computed once per "
+              "sample on the host; its output is the chip's constant input current",
+    "readout": "token mean, time-dependent weights and projection of the last spikes: "
+               "real-valued arithmetic after the chip",
+}
+
+
+def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
+    """The chip graph of ``encoder`` as float NIR layers (shapes from one forward pass of the
+    example host ``current``), named ``lifN``, ``convN``, ``denseN`` in order."""
+    if not isinstance(encoder, SpikingEncoder):
+        raise LoweringError(f"the {side} encoder ({type(encoder).__name__}) is not a spiking "
+                            f"encoder with a chip graph")
+    with torch.no_grad():
+        outs = encoder.stack(current, encoder.time_steps)
+    names: list[str] = []
+    layers: list[Layer] = []
+    counts = {"lif": 0, "conv": 0, "dense": 0}
+    for i, (module, ins) in enumerate(zip(encoder.stack, encoder.stack.inputs)):
+        in_shape = tuple(current.shape[1:]) if ins[0] == HOST_INPUT else tuple(outs[ins[0]].shape[2:])
+        if isinstance(module, MultiStepLIF):
+            kind, node = "lif", _lif_node(module, tuple(outs[i].shape[2:]))
+        else:
+            node = _synapse_node(module, in_shape)
+            kind = "conv" if isinstance(node, nir.Conv2d) else "dense"
+        name = f"{kind}{counts[kind]}"
+        counts[kind] += 1
+        names.append(name)
+        layers.append(Layer(name, node, tuple(INPUT if j == HOST_INPUT else names[j] for j in ins),
+                            f"stack.{i}"))
+    return Graph(side, tuple(layers), tuple(current.shape[1:]), tuple(outs[-1].shape[2:]),
+                 host=dict(HOST_PARTS))
+
+
+def is_chain(graph: Graph) -> str | None:
+    """None if every layer reads exactly the one before it (the first reads the input)."""
+    for prev, layer in zip((INPUT, *(la.name for la in graph.layers)), graph.layers):
+        if layer.inputs != (prev,):
+            return (f"layer '{layer.name}' reads {list(layer.inputs)}; this pass handles "
+                    f"feed-forward chains only (fan-in is not lowered yet)")
+    return None
+
+
+def to_nir(graph: Graph) -> nir.NIRGraph:
+    """Input -> layers -> Output, one edge per summed input; the graph's meta as metadata."""
+    nodes: dict[str, nir.NIRNode] = {INPUT: nir.Input(input_type={"input": np.array(graph.input_shape)})}
+    nodes.update({layer.name: layer.node for layer in graph.layers})
+    nodes["output"] = nir.Output(output_type={"output": np.array(graph.output_shape)})
+    edges = [(src, layer.name) for layer in graph.layers for src in layer.inputs]
+    edges.append((graph.layers[-1].name, "output"))
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.meta), type_check=False)

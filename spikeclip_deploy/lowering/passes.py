@@ -1,0 +1,158 @@
+"""The lowering passes, each a pure function over a :class:`~.graph.Graph`:
+
+``fold_bn`` -> ``partition`` -> ``quantize`` (chip targets) -> ``resources`` -> ``check_limits``
+(chip targets). A target (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order;
+:data:`PASSES` maps those names to the passes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+import nir
+import numpy as np
+
+from ..errors import HardwareLimitError, LoweringError
+from ..hardware import ChipProfile
+from .fold import bn_gain, folded_bias
+from .graph import INPUT, SYNAPSES, Graph, Layer, Pass, is_chain
+from .quantize import quantize_chain
+from .resources import chain_resources
+
+
+@dataclass(frozen=True)
+class LoweringContext:
+    target: str
+    profile: ChipProfile | None  # the hardware the target quantizes for (None: float)
+    input_grid: tuple[float, float, float] | None  # the grid the model was trained on, if any
+
+
+# -- fold_bn -------------------------------------------------------------------------------------
+def _fold_layer(layer: Layer) -> Layer:
+    bn = layer.node.metadata.get("batchnorm")
+    if bn is None:
+        return layer
+    gain = bn_gain(bn["gamma"], bn["var"], bn["eps"])
+    w = np.asarray(layer.node.weight, np.float64) * gain.reshape(-1, 1, 1, 1)
+    b = folded_bias(np.asarray(layer.node.bias, np.float64), bn["beta"], bn["mean"], gain)
+    meta = {k: v for k, v in layer.node.metadata.items() if k != "batchnorm"}
+    node = dataclasses.replace(layer.node, weight=w.astype(np.float32), bias=b.astype(np.float32),
+                               metadata=meta)
+    return dataclasses.replace(layer, node=node)
+
+
+def _bn_left(graph: Graph) -> str | None:
+    left = [la.name for la in graph.layers if "batchnorm" in la.node.metadata]
+    return f"BatchNorm still separate in {left}" if left else None
+
+
+FOLD_BN = Pass("fold_bn", lambda g, ctx: g.replace(layers=tuple(map(_fold_layer, g.layers))),
+               ensures=_bn_left)
+
+
+# -- partition -----------------------------------------------------------------------------------
+CHIP_REASONS = {nir.LIF: "LIF neurons: neuro-core compartments",
+                nir.Conv2d: "convolution read from spikes: neuro-core synapses (accumulate only)",
+                nir.Affine: "dense layer read from spikes: neuro-core synapses (accumulate only)"}
+
+
+def _place(graph: Graph, layer: Layer) -> Layer:
+    reason = CHIP_REASONS.get(type(layer.node))
+    if reason is None:
+        raise LoweringError(f"layer '{layer.name}' ({type(layer.node).__name__}) has no chip "
+                            f"or host placement rule")
+    if isinstance(layer.node, SYNAPSES):
+        sources = [graph.layer(src) if src != INPUT else None for src in layer.inputs]
+        if any(s is None or not isinstance(s.node, nir.LIF) for s in sources):
+            raise LoweringError(f"synapse layer '{layer.name}' reads {list(layer.inputs)}, not "
+                                f"spikes: a neuro-core synapse multiplies a weight by a spike; "
+                                f"put a LIF before it")
+    return dataclasses.replace(layer, placement="chip", reason=reason)
+
+
+def _partition(graph: Graph, ctx: LoweringContext) -> Graph:
+    layers = tuple(_place(graph, layer) for layer in graph.layers)
+    table = {la.name: {"placement": la.placement, "reason": la.reason} for la in layers}
+    table.update({part: {"placement": "host", "reason": why} for part, why in graph.host.items()})
+    return graph.replace(layers=layers, meta={**graph.meta, "partition": table})
+
+
+def _unplaced(graph: Graph) -> str | None:
+    left = [la.name for la in graph.layers if la.placement not in ("chip", "host")]
+    return f"layers without a placement: {left}" if left else None
+
+
+PARTITION = Pass("partition", _partition, ensures=_unplaced)
+
+
+# -- quantize ------------------------------------------------------------------------------------
+def _quantize(graph: Graph, ctx: LoweringContext) -> Graph:
+    if ctx.profile is None:
+        raise LoweringError(f"target '{ctx.target}' quantizes but names no hardware profile")
+    chain, input_q = quantize_chain([(la.name, la.node) for la in graph.layers], ctx.profile)
+    chip = (input_q["input_scale"], *input_q["bias_mant_range"])
+    if ctx.input_grid is not None and not np.allclose(ctx.input_grid, chip):
+        raise LoweringError(f"the {graph.side} encoder was trained for the input grid "
+                            f"{ctx.input_grid} (scale, lo, hi), but '{ctx.profile.name}' "
+                            f"quantizes its input with {chip}; export to the hardware it was "
+                            f"trained for")
+    layers = tuple(dataclasses.replace(la, node=node) for la, (_, node) in zip(graph.layers, chain))
+    meta = {**graph.meta, "input_quantization": input_q, "hardware": ctx.profile.name,
+            "synapse_delay_steps": ctx.profile.synapse_delay_steps,
+            "units": "integer chip units; see each node's metadata['loihi']"}
+    return graph.replace(layers=layers, meta=meta)
+
+
+def _requires_chain_folded(graph: Graph) -> str | None:
+    return is_chain(graph) or _bn_left(graph)
+
+
+def _off_grid(graph: Graph) -> str | None:
+    for la in graph.layers:
+        if "loihi" not in la.node.metadata:
+            return f"layer '{la.name}' has no register values"
+        if isinstance(la.node, SYNAPSES) and not np.array_equal(la.node.weight,
+                                                                 np.round(la.node.weight)):
+            return f"synapse '{la.name}' has non-integer weights"
+    return None
+
+
+QUANTIZE = Pass("quantize", _quantize, requires=_requires_chain_folded, ensures=_off_grid)
+
+
+# -- resources and limits ------------------------------------------------------------------------
+def _resources(graph: Graph, ctx: LoweringContext) -> Graph:
+    counts = chain_resources([(la.name, la.node) for la in graph.layers], graph.input_shape)
+    return graph.replace(meta={**graph.meta, "resources": counts})
+
+
+RESOURCES = Pass("resources", _resources, requires=is_chain,
+                 ensures=lambda g: None if "resources" in g.meta else "no resource counts")
+
+
+def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
+    """Neurons and synapses against the profile's per-chip limits (data in ``hardware/``)."""
+    for kind in ("neurons", "synapses"):
+        limit = getattr(ctx.profile.limits, f"{kind}_per_chip")
+        if graph.meta["resources"][kind] > limit:
+            raise HardwareLimitError(f"the {graph.side} encoder needs "
+                                     f"{graph.meta['resources'][kind]:,} {kind}; "
+                                     f"{ctx.profile.name} has {limit:,} per chip: use a smaller "
+                                     f"model config")
+    return graph
+
+
+CHECK_LIMITS = Pass("check_limits", _check_limits,
+                    requires=lambda g: None if "resources" in g.meta else "no resource counts")
+
+PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, PARTITION, QUANTIZE, RESOURCES,
+                                               CHECK_LIMITS)}
+
+
+def passes_named(names: tuple[str, ...]) -> tuple[Pass, ...]:
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise LoweringError(f"unknown lowering pass(es) {unknown}; known: {', '.join(PASSES)}")
+    return tuple(PASSES[n] for n in names)
+
+
+__all__ = ["LoweringContext", "PASSES", "passes_named"]

@@ -1,0 +1,36 @@
+"""The target registry: a target names its hardware profile, its lowering passes and its
+backend. Adding a target is one entry here. Import-light (strings only), so the CLI and the
+run side can read it without loading the build side."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    hardware: str | None  # hardware/NAME.json whose fixed point the export uses (None: float)
+    passes: tuple[str, ...]  # lowering passes, in order (spikeclip_deploy.lowering.passes)
+    backend: str  # "module:Class" of the run-side backend
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("loihi", "Loihi 2 fixed point, run bit-accurately on Lava", "loihi2",
+           ("fold_bn", "partition", "quantize", "resources", "check_limits"),
+           "spikeclip_deploy.backends.lava:LavaBackend"),
+    Target("cpu", "float reference: the float NIR graph interpreted in float64", None,
+           ("fold_bn", "partition", "resources"), "spikeclip_deploy.backends.cpu:CPUBackend"),
+)}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ConfigError(f"unknown target '{name}'; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def target_names() -> tuple[str, ...]:
+    return tuple(TARGETS)

@@ -1,0 +1,107 @@
+"""Each lowering pass alone, on graphs small enough to check by hand, and the pass infrastructure
+(preconditions before, postconditions after)."""
+import dataclasses
+
+import nir
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikeclip_deploy.errors import LoweringError
+from spikeclip_deploy.hardware import load_profile
+from spikeclip_deploy.lowering.graph import Graph, Pass, run_passes, to_nir, trace
+from spikeclip_deploy.lowering.passes import PASSES, LoweringContext
+from spikeclip_deploy.nn.chip_graph import ChipGraph
+from spikeclip_deploy.nn.encoders import SpikingEncoder
+from spikeclip_deploy.nn.lif import MultiStepLIF
+
+CPU = LoweringContext("cpu", None, None)
+LOIHI = LoweringContext("loihi", load_profile("loihi2"), None)
+
+
+def encoder(layers, inputs=None):
+    return SpikingEncoder(nn.Identity(), ChipGraph(layers, inputs), nn.Identity(), 4)
+
+
+def conv_bn():
+    seq = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2)).eval()
+    with torch.no_grad():
+        seq[0].weight.copy_(torch.tensor([1.0, -2.0]).view(2, 1, 1, 1))
+        seq[1].weight.copy_(torch.tensor([2.0, 0.5]))  # gamma
+        seq[1].bias.copy_(torch.tensor([0.1, -0.1]))  # beta
+        seq[1].running_mean.copy_(torch.tensor([1.0, 0.0]))
+        seq[1].running_var.copy_(torch.tensor([4.0 - 1e-5, 0.25 - 1e-5]))  # sigma 2, 0.5
+    return seq
+
+
+def test_trace_names_layers_and_records_fan_in():
+    lin = lambda: nn.Linear(3, 3)  # noqa: E731
+    enc = encoder([MultiStepLIF(), lin(), MultiStepLIF(), lin(), MultiStepLIF()],
+                  [(-1,), (0,), (1,), (2,), (1, 3)])
+    g = trace(enc, "text", torch.zeros(1, 3))
+    assert [(la.name, la.inputs, la.source) for la in g.layers] == [
+        ("lif0", ("input",), "stack.0"), ("dense0", ("lif0",), "stack.1"),
+        ("lif1", ("dense0",), "stack.2"), ("dense1", ("lif1",), "stack.3"),
+        ("lif2", ("dense0", "dense1"), "stack.4")]
+    assert sorted(to_nir(g).edges) == sorted([("input", "lif0"), ("lif0", "dense0"),
+                                              ("dense0", "lif1"), ("lif1", "dense1"),
+                                              ("dense0", "lif2"), ("dense1", "lif2"),
+                                              ("lif2", "output")])
+    with pytest.raises(LoweringError, match="'lif2' reads \\['dense0', 'dense1'\\].*fan-in is not "
+                                            "lowered yet"):
+        run_passes(g, (PASSES["fold_bn"], PASSES["resources"]), CPU)
+
+
+def test_fold_bn_by_hand():
+    """gain = gamma / sigma = [1, 1]; W' = [1, -2]; b' = beta - mu * gain = [-0.9, -0.1]."""
+    g = trace(encoder([MultiStepLIF(), conv_bn(), MultiStepLIF()]), "image", torch.zeros(1, 1, 2, 2))
+    assert "batchnorm" in g.layer("conv0").node.metadata
+    folded = run_passes(g, (PASSES["fold_bn"],), CPU).layer("conv0").node
+    np.testing.assert_allclose(folded.weight.flatten(), [1.0, -2.0], rtol=1e-6)
+    np.testing.assert_allclose(folded.bias, [-0.9, -0.1], rtol=1e-6)
+    assert "batchnorm" not in folded.metadata
+    assert g.layer("conv0").node.weight.flatten().tolist() == [1.0, -2.0]  # input untouched
+
+
+def test_partition_places_every_layer_with_its_reason():
+    g = trace(encoder([MultiStepLIF(), nn.Linear(2, 2), MultiStepLIF()]), "text", torch.zeros(1, 2))
+    p = run_passes(g, (PASSES["partition"],), CPU)
+    assert [(la.placement, la.reason.split(":")[0]) for la in p.layers] == [
+        ("chip", "LIF neurons"), ("chip", "dense layer read from spikes"), ("chip", "LIF neurons")]
+    assert p.meta["partition"]["encode"]["placement"] == "host"
+    assert p.meta["partition"]["readout"]["placement"] == "host"
+    # a synapse that reads the real-valued host current cannot run on a neuro-core
+    bad = g.replace(layers=(dataclasses.replace(g.layers[1], inputs=("input",)), g.layers[2]))
+    with pytest.raises(LoweringError, match="'dense0' reads \\['input'\\], not spikes"):
+        run_passes(bad, (PASSES["partition"],), CPU)
+
+
+def test_quantize_requires_folded_batchnorm_and_ensures_integers():
+    g = trace(encoder([MultiStepLIF(), conv_bn(), MultiStepLIF()]), "image", torch.zeros(1, 1, 2, 2))
+    with pytest.raises(LoweringError, match="before pass 'quantize': BatchNorm still separate"):
+        run_passes(g, (PASSES["quantize"],), LOIHI)
+    q = run_passes(g, (PASSES["fold_bn"], PASSES["quantize"]), LOIHI)
+    # |W'|max = 2, tau 2: vth = floor(254 * 2 / 2) = 254 = S; W = round_even(254 W' / 2)
+    assert q.layer("lif1").node.metadata["loihi"]["vth"] == 254
+    assert q.layer("conv0").node.weight.flatten().tolist() == [128.0, -254.0]
+    assert q.meta["hardware"] == "loihi2" and q.meta["input_quantization"]["activation_shift"] == 6
+
+
+def test_run_passes_checks_requires_and_ensures():
+    g = Graph("image", (), (1,), (1,))
+    ok = Pass("ok", lambda graph, ctx: graph)
+    refuses = Pass("picky", lambda graph, ctx: graph, requires=lambda graph: "needs more")
+    breaks = Pass("sloppy", lambda graph, ctx: graph, ensures=lambda graph: "left a mess")
+    assert run_passes(g, (ok,), None) is g
+    with pytest.raises(LoweringError, match="image encoder, before pass 'picky': needs more"):
+        run_passes(g, (ok, refuses), None)
+    with pytest.raises(LoweringError, match="pass 'sloppy' broke its guarantee: left a mess"):
+        run_passes(g, (breaks,), None)
+
+
+def test_resources_count_the_traced_graph():
+    g = trace(encoder([MultiStepLIF(), nn.Linear(3, 2), MultiStepLIF()]), "text", torch.zeros(1, 3))
+    r = run_passes(g, (PASSES["fold_bn"], PASSES["resources"]), CPU).meta["resources"]
+    assert r == {"neurons": 3 + 2, "synapses": 3 * 2}
+    assert isinstance(g.layer("dense0").node, nir.Affine)
