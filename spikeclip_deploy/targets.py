@@ -19,10 +19,12 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("loihi", "Loihi 2 fixed point, run bit-accurately on Lava", "loihi2",
-           ("fold_bn", "partition", "quantize", "resources", "check_limits"),
+           ("fold_bn", "split_fanout", "partition", "align_delays", "quantize", "resources",
+            "check_limits"),
            "spikeclip_deploy.backends.lava:LavaBackend"),
     Target("cpu", "float reference: the float NIR graph interpreted in float64", None,
-           ("fold_bn", "partition", "resources"), "spikeclip_deploy.backends.cpu:CPUBackend"),
+           ("fold_bn", "split_fanout", "partition", "resources"),
+           "spikeclip_deploy.backends.cpu:CPUBackend"),
 )}
 
 

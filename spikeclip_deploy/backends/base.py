@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ExportError, UnsupportedNodeError
 from ..manifest import load_export
-from ..nirgraph import graph_to_chain
+from ..nirgraph import graph_layers
 from ..prompts import CIFAR_TEMPLATES
 from ..zeroshot import class_weights, tokenize
 from .host_runtime import HostRuntime
@@ -61,16 +61,22 @@ class Backend(ABC):
         self.host = HostRuntime(self.export_dir / "host")
         self.graphs = {side: nir.read(self.export_dir / "chip" / f"{side}_encoder.nir")
                        for side in ("image", "text")}
-        self.chains = {side: graph_to_chain(g) for side, g in self.graphs.items()}
-        for side, chain in self.chains.items():
-            for name, node in chain:
-                if type(node) not in self.handlers:
-                    raise UnsupportedNodeError(self.name, f"{side}/{name}", type(node).__name__)
+        #: each encoder's chip layers in topological order, with the layers summed into each
+        self.layers = {side: graph_layers(g) for side, g in self.graphs.items()}
+        for side, layers in self.layers.items():
+            for layer in layers:
+                if type(layer.node) not in self.handlers:
+                    raise UnsupportedNodeError(self.name, f"{side}/{layer.name}",
+                                               type(layer.node).__name__)
+
+    def lif_names(self, side: str) -> list[str]:
+        """The LIF layers of an encoder, in the order :meth:`run_chip` returns their spikes."""
+        return [la.name for la in self.layers[side] if isinstance(la.node, nir.LIF)]
 
     @abstractmethod
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
-        """Host currents ``[B, *in]`` -> spikes of every LIF layer, each ``[B, T, *shape]``
-        in PyTorch layout (channels first)."""
+        """Host currents ``[B, *in]`` -> spikes of every LIF layer (:meth:`lif_names` order,
+        the last one leaves the chip), each ``[B, T, *shape]`` in PyTorch layout."""
 
     def close(self) -> None:
         """Release simulator resources."""

@@ -1,5 +1,6 @@
-r"""CPU reference: a plain PyTorch interpreter of the float NIR chain, batched over samples.
+r"""CPU reference: a plain PyTorch interpreter of the float NIR graph, batched over samples.
 
+Any graph: each layer takes the sum of its inputs of the same step (fan-in).
 LIF per step (dt = 1): :math:`v \leftarrow v + (v_{leak} - v + r I)/\tau`,
 :math:`s = [v > V_{th}]`, :math:`v \leftarrow v_{reset}` where :math:`s = 1`.
 State is zero at the start of every sample.
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nirgraph import pair
+from ..nirgraph import INPUT, ChipLayer, pair
 from .base import Backend, chip_input
 
 
@@ -54,17 +55,25 @@ class CPUBackend(Backend):
                      "exact decays): close to the chip, not bit-exact (its decay truncates)"}
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
-        dtype = torch.float64
-        x_in = torch.as_tensor(chip_input(current, self.graphs[side]), dtype=dtype)
-        chain = self.chains[side]
-        states = {name: LIFState(node, dtype) for name, node in chain if isinstance(node, nir.LIF)}
-        record: dict[str, list[torch.Tensor]] = {name: [] for name in states}
-        for _ in range(self.time_steps):
-            x = x_in
-            for name, node in chain:
-                if name in states:
-                    x = states[name].step(x)
-                    record[name].append(x)
-                else:
-                    x = self.handlers[type(node)](node, x)
-        return [torch.stack(record[n], 1).numpy().astype(np.uint8) for n in states]
+        x_in = torch.as_tensor(chip_input(current, self.graphs[side]), dtype=torch.float64)
+        return run_graph(self.layers[side], x_in, self.time_steps, self.handlers)
+
+
+def run_graph(layers: list[ChipLayer], x_in: torch.Tensor, time_steps: int,
+              handlers: dict[type, Callable]) -> list[np.ndarray]:
+    """Every layer in topological order at each step, on the sum of its inputs of the same step
+    (the float semantics: no synaptic delay). -> spikes ``[B, T, *shape]`` of every LIF."""
+    states = {la.name: LIFState(la.node, x_in.dtype) for la in layers if isinstance(la.node, nir.LIF)}
+    record: dict[str, list[torch.Tensor]] = {name: [] for name in states}
+    for _ in range(time_steps):
+        out = {INPUT: x_in}
+        for la in layers:
+            x = out[la.inputs[0]]
+            for extra in la.inputs[1:]:
+                x = x + out[extra]
+            if la.name in states:
+                out[la.name] = states[la.name].step(x)
+                record[la.name].append(out[la.name])
+            else:
+                out[la.name] = handlers[type(la.node)](la.node, x)
+    return [torch.stack(record[n], 1).numpy().astype(np.uint8) for n in states]

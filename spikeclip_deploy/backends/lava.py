@@ -2,12 +2,13 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense``, Conv2d -> ``Conv``). A whole batch runs in one simulation (see :class:`_Network`):
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv``); several synapses into one LIF (fan-in) sum at
+its input port. A whole batch runs in one simulation (see :class:`_Network`):
 a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
 state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava
-delays every synapse layer's output by one step, so a sample takes ``T + n_synapses`` steps and
-the k-th LIF layer's spikes are read from its steps ``k .. k+T-1``.
+delays every synapse layer's output by one step, so a sample takes ``T + depth`` steps and a
+LIF's spikes are read from its window ``depth .. depth+T-1``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError
 from ..fileutil import owned_tempdir
-from ..nirgraph import pair
+from ..nirgraph import INPUT, ChipLayer, depths, pair
 from .base import Backend, quantize_input
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _lava():
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.process import Conv
-        from lava.proc.dense.process import Dense
+        from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
 
@@ -41,6 +42,7 @@ def _lava():
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
+                DelayDense=DelayDense,
                 Source=Source, LIF=LIFReset, io=lava_io)
 
 
@@ -64,11 +66,19 @@ def _lif(L: dict, node: nir.LIF, shape: tuple[int, ...], bias: np.ndarray, perio
 
 
 def _dense(L: dict, node: nir.Affine, shape: tuple[int, ...]) -> Any:
-    return L["Dense"](weights=np.asarray(node.weight).astype(np.int32),
-                      weight_exp=int(node.metadata["loihi"]["weight_exp"]), num_message_bits=0)
+    """``Dense``, or ``DelayDense`` holding the output ``delay`` more steps (path alignment)."""
+    w = np.asarray(node.weight).astype(np.int32)
+    exp = int(node.metadata["loihi"]["weight_exp"])
+    delay = int(node.metadata.get("delay", 0))
+    if delay:
+        return L["DelayDense"](weights=w, delays=delay, weight_exp=exp, num_message_bits=0)
+    return L["Dense"](weights=w, weight_exp=exp, num_message_bits=0)
 
 
 def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
+    if int(node.metadata.get("delay", 0)):
+        raise ExportError("a convolution on a shorter path needs an aligning delay, which Lava's "
+                          "Conv process cannot hold; this graph runs on the cpu backend only")
     w = np.asarray(node.weight).astype(np.int32)  # [Cout, Cin, kH, kW] (correlation)
     lava_w = w.transpose(0, 3, 2, 1)[:, ::-1, ::-1].copy()  # Lava flips: true convolution
     return L["Conv"](weight=lava_w, input_shape=shape, stride=pair(node.stride)[::-1],
@@ -88,21 +98,22 @@ def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
 
 
 class _Network:
-    r"""One encoder's chain as Lava processes, run once over a whole batch.
+    r"""One encoder's chip graph as Lava processes, run once over a whole batch.
 
-    Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + L` (:math:`L`
-    synapse layers, each delaying by one step). The source drives the first LIF with sample
-    :math:`k`'s input mantissa through the whole period (``a_in << 6`` equals the bias
-    ``mant << 6``); LIF layer :math:`j` is reset at step :math:`kP+1+j` and its window is steps
-    :math:`kP+1+j .. kP+j+T`.
+    Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + D` (:math:`D` the
+    deepest layer's chip-step offset, :func:`~spikeclip_deploy.nirgraph.depths`: each synapse
+    delays by one step, plus its aligning delay). The source drives the input LIFs with sample
+    :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
+    ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window
+    is steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
     """
 
-    def __init__(self, L: dict, chain: list, time_steps: int, handlers: dict[type, Callable],
-                 shift: int) -> None:
-        self.L, self.chain, self.handlers, self.time_steps = L, chain, handlers, time_steps
+    def __init__(self, L: dict, layers: list[ChipLayer], time_steps: int,
+                 handlers: dict[type, Callable], shift: int) -> None:
+        self.L, self.layers, self.handlers, self.time_steps = L, layers, handlers, time_steps
         self.shift = shift  # activation shift: inputs and biases enter the state << shift
-        self.n_syn = sum(1 for _, n in chain if not isinstance(n, nir.LIF))
-        self.period = time_steps + self.n_syn
+        self.depth = depths(layers)
+        self.period = time_steps + max(self.depth.values())
 
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
@@ -111,28 +122,30 @@ class _Network:
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
         data = np.repeat(data, p, axis=-1)  # each sample's input for its whole period
         source = self.L["Source"](data=data)
+        by_name = {la.name: la for la in self.layers}
         with owned_tempdir(None, "spikeclip-lava-") as tmp:
-            prev, prev_syn, lifs, paths, procs = source, None, [], [], [source]
-            for _, node in self.chain:
-                if isinstance(node, nir.LIF):
-                    shape = to_lava_layout(np.zeros(np.asarray(node.tau).shape)).shape
-                    bias = synapse_bias_mant(prev_syn, node, self.shift) if prev_syn is not None else 0
-                    j = len(lifs)
-                    proc = self.handlers[nir.LIF](self.L, node, shape, bias, p, (1 + j) % p)
-                    path = f"{tmp}/lif{j}.npy"
+            procs: dict[str, Any] = {}
+            recorded: list[tuple[str, str]] = []
+            for la in self.layers:
+                if isinstance(la.node, nir.LIF):
+                    shape = to_lava_layout(np.zeros(np.asarray(la.node.tau).shape)).shape
+                    syns = [by_name[i].node for i in la.inputs if i != INPUT]
+                    bias = sum((synapse_bias_mant(syn, la.node, self.shift) for syn in syns),
+                               np.zeros(shape, dtype=np.int32))
+                    proc = self.handlers[nir.LIF](self.L, la.node, shape, bias, p,
+                                                  (1 + self.depth[la.name]) % p)
+                    for i in la.inputs:
+                        (source.s_out if i == INPUT else procs[i].a_out).connect(proc.a_in)
+                    path = f"{tmp}/{la.name}.npy"
                     self.L["io"].new_recording(path, steps, shape)
                     recorder = self.L["io"].SpikeRecorder(shape=shape, path=path)
                     proc.s_out.connect(recorder.a_in)
-                    (prev.s_out if prev is source else prev.a_out).connect(proc.a_in)
-                    lifs.append(proc)
-                    paths.append(path)
-                    procs += [proc, recorder]
-                    prev = proc
+                    recorded.append((la.name, path))
                 else:
-                    proc = self.handlers[type(node)](self.L, node, lifs[-1].s_out.shape)
-                    prev.s_out.connect(proc.s_in)
-                    procs.append(proc)
-                    prev, prev_syn = proc, node
+                    (src,) = la.inputs
+                    proc = self.handlers[type(la.node)](self.L, la.node, procs[src].s_out.shape)
+                    procs[src].s_out.connect(proc.s_in)
+                procs[la.name] = proc
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
                                          exception_proc_model_map=self.L["io"].MODEL_MAP)
             try:
@@ -140,9 +153,10 @@ class _Network:
             finally:
                 source.stop()
             out = []
-            for j, path in enumerate(paths):
+            for name, path in recorded:
                 rec = np.load(path)  # [steps, *lava_shape]
-                rows = (np.arange(b)[:, None] * p + j + np.arange(self.time_steps)[None, :])
+                rows = (np.arange(b)[:, None] * p + self.depth[name]
+                        + np.arange(self.time_steps)[None, :])
                 windows = rec[rows.reshape(-1)]  # [B*T, *lava_shape]
                 out.append(np.stack([from_lava_layout(np.moveaxis(w, 0, -1))
                                      for w in windows.reshape(b, self.time_steps, *rec.shape[1:])]))
@@ -166,6 +180,6 @@ class LavaBackend(Backend):
             raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the Lava "
                               f"backend feeds the input through a_in (<< {q['activation_shift']}) "
                               f"and needs {q['activation_shift']}")
-        net = _Network(self._L, self.chains[side], self.time_steps, self.handlers,
+        net = _Network(self._L, self.layers[side], self.time_steps, self.handlers,
                        q["activation_shift"])
         return net.run(quantize_input(current, q))

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
+from ..nirgraph import INPUT
 from ..nn.chip_graph import HOST_INPUT, SpikeMaxPool
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
 
-INPUT = "input"
 SYNAPSES = (nir.Conv2d, nir.Affine)
 
 
@@ -147,15 +147,6 @@ def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
                             f"stack.{i}"))
     return Graph(side, tuple(layers), tuple(current.shape[1:]), tuple(outs[-1].shape[2:]),
                  host=dict(HOST_PARTS))
-
-
-def is_chain(graph: Graph) -> str | None:
-    """None if every layer reads exactly the one before it (the first reads the input)."""
-    for prev, layer in zip((INPUT, *(la.name for la in graph.layers)), graph.layers):
-        if layer.inputs != (prev,):
-            return (f"layer '{layer.name}' reads {list(layer.inputs)}; this pass handles "
-                    f"feed-forward chains only (fan-in is not lowered yet)")
-    return None
 
 
 def to_nir(graph: Graph) -> nir.NIRGraph:

@@ -1,7 +1,7 @@
 """The lowering passes, each a pure function over a :class:`~.graph.Graph`:
 
-``fold_bn`` -> ``partition`` -> ``quantize`` (chip targets) -> ``resources`` -> ``check_limits``
-(chip targets). A target (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order;
+``fold_bn`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
+``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order;
 :data:`PASSES` maps those names to the passes.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile
+from ..nirgraph import ChipLayer, depths
 from .fold import bn_gain, folded_bias
-from .graph import INPUT, SYNAPSES, Graph, Layer, Pass, is_chain
-from .quantize import quantize_chain
-from .resources import chain_resources
+from .graph import INPUT, SYNAPSES, Graph, Layer, Pass
+from .quantize import quantize_layers
+from .resources import graph_resources
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,36 @@ def _bn_left(graph: Graph) -> str | None:
 
 FOLD_BN = Pass("fold_bn", lambda g, ctx: g.replace(layers=tuple(map(_fold_layer, g.layers))),
                ensures=_bn_left)
+
+
+# -- split_fanout --------------------------------------------------------------------------------
+def _split_fanout(graph: Graph, ctx: LoweringContext) -> Graph:
+    """A synapse layer read by k > 1 layers (a term of a residual stream) becomes k copies
+    ``NAME_CONSUMER``, one per reader: on a chip each destination has synapses of its own, and
+    each copy can then take its reader's scale and delay."""
+    layers: list[Layer] = []
+    renamed: dict[tuple[str, str], str] = {}  # (synapse, reader) -> copy
+    for layer in graph.layers:
+        readers = graph.consumers(layer.name)
+        if isinstance(layer.node, SYNAPSES) and len(readers) > 1:
+            for reader in readers:
+                copy = f"{layer.name}_{reader.name}"
+                renamed[(layer.name, reader.name)] = copy
+                layers.append(dataclasses.replace(layer, name=copy))
+        else:
+            layers.append(layer)
+    layers = [dataclasses.replace(la, inputs=tuple(renamed.get((i, la.name), i) for i in la.inputs))
+              for la in layers]
+    return graph.replace(layers=tuple(layers))
+
+
+def _shared_synapses(graph: Graph) -> str | None:
+    shared = [la.name for la in graph.layers
+              if isinstance(la.node, SYNAPSES) and len(graph.consumers(la.name)) > 1]
+    return f"synapse layers read by several layers: {shared}" if shared else None
+
+
+SPLIT_FANOUT = Pass("split_fanout", _split_fanout, ensures=_shared_synapses)
 
 
 # -- partition -----------------------------------------------------------------------------------
@@ -84,11 +115,50 @@ def _unplaced(graph: Graph) -> str | None:
 PARTITION = Pass("partition", _partition, ensures=_unplaced)
 
 
+# -- align_delays --------------------------------------------------------------------------------
+def _depths(graph: Graph) -> dict[str, int]:
+    """Synapse layers on the longest path from the input to each layer."""
+    depth: dict[str, int] = {INPUT: 0}
+    for la in graph.layers:
+        depth[la.name] = max(depth[i] for i in la.inputs) + isinstance(la.node, SYNAPSES)
+    return depth
+
+
+def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
+    """A chip delays every synapse by one step, the float model by none: a LIF fed by paths of
+    different synaptic depth would see them in different steps. Each synapse into a LIF holds
+    its output ``depth(LIF) - depth(synapse)`` steps more (``metadata['delay']``), so all its
+    paths arrive together, as in the float model."""
+    depth = _depths(graph)
+    extra: dict[str, int] = {}
+    for la in graph.layers:
+        if isinstance(la.node, nir.LIF):
+            for i in la.inputs:
+                if i != INPUT:
+                    extra[i] = depth[la.name] - depth[i]
+    layers = tuple(dataclasses.replace(la, node=dataclasses.replace(
+        la.node, metadata={**la.node.metadata, "delay": extra[la.name]}))
+        if extra.get(la.name) else la for la in graph.layers)
+    return graph.replace(layers=layers)
+
+
+def _misaligned(graph: Graph) -> str | None:
+    try:  # the run side's own reading of the delays
+        depths([ChipLayer(la.name, la.node, la.inputs) for la in graph.layers])
+    except LoweringError as exc:
+        return str(exc)
+    return None
+
+
+ALIGN_DELAYS = Pass("align_delays", _align_delays, requires=_shared_synapses, ensures=_misaligned)
+
+
 # -- quantize ------------------------------------------------------------------------------------
 def _quantize(graph: Graph, ctx: LoweringContext) -> Graph:
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' quantizes but names no hardware profile")
-    chain, input_q = quantize_chain([(la.name, la.node) for la in graph.layers], ctx.profile)
+    chain, input_q = quantize_layers([(la.name, la.node, la.inputs) for la in graph.layers],
+                                     ctx.profile)
     chip = (input_q["input_scale"], *input_q["bias_mant_range"])
     if ctx.input_grid is not None and not np.allclose(ctx.input_grid, chip):
         raise LoweringError(f"the {graph.side} encoder was trained for the input grid "
@@ -102,8 +172,8 @@ def _quantize(graph: Graph, ctx: LoweringContext) -> Graph:
     return graph.replace(layers=layers, meta=meta)
 
 
-def _requires_chain_folded(graph: Graph) -> str | None:
-    return is_chain(graph) or _bn_left(graph)
+def _requires_folded_unshared(graph: Graph) -> str | None:
+    return _bn_left(graph) or _shared_synapses(graph)
 
 
 def _off_grid(graph: Graph) -> str | None:
@@ -116,16 +186,17 @@ def _off_grid(graph: Graph) -> str | None:
     return None
 
 
-QUANTIZE = Pass("quantize", _quantize, requires=_requires_chain_folded, ensures=_off_grid)
+QUANTIZE = Pass("quantize", _quantize, requires=_requires_folded_unshared, ensures=_off_grid)
 
 
 # -- resources and limits ------------------------------------------------------------------------
 def _resources(graph: Graph, ctx: LoweringContext) -> Graph:
-    counts = chain_resources([(la.name, la.node) for la in graph.layers], graph.input_shape)
+    counts = graph_resources([(la.name, la.node, la.inputs) for la in graph.layers],
+                             graph.input_shape)
     return graph.replace(meta={**graph.meta, "resources": counts})
 
 
-RESOURCES = Pass("resources", _resources, requires=is_chain,
+RESOURCES = Pass("resources", _resources,
                  ensures=lambda g: None if "resources" in g.meta else "no resource counts")
 
 
@@ -144,8 +215,8 @@ def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
 CHECK_LIMITS = Pass("check_limits", _check_limits,
                     requires=lambda g: None if "resources" in g.meta else "no resource counts")
 
-PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, PARTITION, QUANTIZE, RESOURCES,
-                                               CHECK_LIMITS)}
+PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, SPLIT_FANOUT, PARTITION, ALIGN_DELAYS,
+                                               QUANTIZE, RESOURCES, CHECK_LIMITS)}
 
 
 def passes_named(names: tuple[str, ...]) -> tuple[Pass, ...]:

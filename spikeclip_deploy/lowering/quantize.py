@@ -117,45 +117,73 @@ def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: FixedPoint,
 
 def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: ChipProfile
                    ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
-    """-> (integer chain, input quantization ``{input_scale, bias_exp, bias_mant_range}``)."""
+    """A chain ``[(name, node)]``, each layer reading the one before: :func:`quantize_layers`."""
+    names = ["input"] + [name for name, _ in chain]
+    return quantize_layers([(name, node, (prev,)) for (name, node), prev in zip(chain, names)],
+                           profile)
+
+
+def _int_synapse(syn: nir.NIRNode, w_int: np.ndarray, bias_q: np.ndarray, meta: dict) -> nir.NIRNode:
+    meta = {**meta, **({"delay": syn.metadata["delay"]} if "delay" in syn.metadata else {})}
+    if isinstance(syn, nir.Conv2d):
+        return nir.Conv2d(input_shape=syn.input_shape, weight=w_int.astype(np.float32),
+                          stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
+                          groups=syn.groups, bias=bias_q.astype(np.float32), metadata=meta)
+    return nir.Affine(weight=w_int.astype(np.float32), bias=bias_q.astype(np.float32), metadata=meta)
+
+
+def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], profile: ChipProfile
+                    ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
+    """Layers ``(name, node, inputs)`` in topological order (``"input"``: the host current) ->
+    (integer layers, input quantization ``{input_scale, bias_exp, bias_mant_range, ...}``).
+
+    A LIF fed by several synapses (fan-in) takes one scale for all of them (its threshold fits
+    the largest weight among them) and one bias, the sum of theirs, held by the first."""
     fp = profile.fixed_point
     act = 2 ** fp.activation_shift
-    if not chain or not isinstance(chain[0][1], nir.LIF):
-        raise LoweringError("the chip chain must start with a LIF layer driven by the host input")
-    out: list[tuple[str, nir.NIRNode]] = []
-    name0, lif0 = chain[0]
-    tau0 = _lif_tau(lif0)
-    input_q = input_quantization(tau0, float(np.unique(lif0.v_threshold)[0]), fp)
-    out.append((name0, _int_lif(lif0, tau0, int(fp.input_vth), input_q["bias_exp"], fp,
-                                {"input_driven": True})))
-    i = 1
-    while i < len(chain):
-        (syn_name, syn), (lif_name, lif) = chain[i], chain[i + 1] if i + 1 < len(chain) else (None, None)
-        if not isinstance(syn, SYNAPSES) or not isinstance(lif, nir.LIF):
-            raise LoweringError(f"expected a synapse layer followed by a LIF at '{syn_name}'")
-        tau = _lif_tau(lif)
-        v_th = float(np.unique(lif.v_threshold)[0])
-        w = np.asarray(syn.weight, dtype=np.float64)
-        vth = layer_threshold(float(np.max(np.abs(w))), tau, v_th, fp)
+    nodes = {name: node for name, node, _ in layers}
+    out: dict[str, nir.NIRNode] = {}
+    input_q = None
+    for name, node, inputs in layers:
+        if not isinstance(node, nir.LIF):
+            if not isinstance(node, SYNAPSES):
+                raise LoweringError(f"cannot quantize layer '{name}' ({type(node).__name__})")
+            continue
+        tau, v_th = _lif_tau(node), float(np.unique(node.v_threshold)[0])
+        if inputs == ("input",):
+            if input_q is not None:
+                raise LoweringError(f"'{name}' is a second LIF driven by the host input")
+            input_q = input_quantization(tau, v_th, fp)
+            out[name] = _int_lif(node, tau, int(fp.input_vth), input_q["bias_exp"], fp,
+                                 {"input_driven": True})
+            continue
+        syns = [(i, nodes.get(i)) for i in inputs]
+        if any(not isinstance(syn, SYNAPSES) for _, syn in syns):
+            raise LoweringError(f"LIF '{name}' reads {list(inputs)}: a chip LIF is fed by synapse "
+                                f"layers only (or by the host input alone)")
+        ws = [np.asarray(syn.weight, dtype=np.float64) for _, syn in syns]
+        w_max = max(float(np.max(np.abs(w))) for w in ws)
+        vth = layer_threshold(w_max, tau, v_th, fp)
         s = vth / v_th
-        w_int = quantize_weight(w, s, tau, fp)
-        mant, bexp = quantize_bias(np.asarray(syn.bias, dtype=np.float64), s, tau, fp)
-        bias_q = mant * 2.0**bexp / act
-        worst = activation_worst_case(w_int)
+        mant, bexp = quantize_bias(sum(np.asarray(syn.bias, dtype=np.float64) for _, syn in syns),
+                                   s, tau, fp)
         limit = 2 ** (fp.input_port_bits - 1) - 1
-        if worst > limit:
-            log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
-                        "Lava's simulation does not clip it, hardware may", syn_name, worst,
-                        fp.input_port_bits, limit)
-        meta = {"loihi": {"weight_exp": int(fp.weight_exp), "num_weight_bits": fp.weight_bits},
-                "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
-                "activation_worst_case": worst}
-        if isinstance(syn, nir.Conv2d):
-            q = nir.Conv2d(input_shape=syn.input_shape, weight=w_int.astype(np.float32),
-                           stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
-                           groups=syn.groups, bias=bias_q.astype(np.float32), metadata=meta)
-        else:
-            q = nir.Affine(weight=w_int.astype(np.float32), bias=bias_q.astype(np.float32), metadata=meta)
-        out += [(syn_name, q), (lif_name, _int_lif(lif, tau, vth, bexp, fp, {}))]
-        i += 2
-    return out, input_q
+        for k, ((syn_name, syn), w) in enumerate(zip(syns, ws)):
+            w_int = quantize_weight(w, s, tau, fp)
+            worst = activation_worst_case(w_int)
+            if worst > limit:
+                log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
+                            "Lava's simulation does not clip it, hardware may", syn_name, worst,
+                            fp.input_port_bits, limit)
+            bias_q = mant * 2.0**bexp / act if k == 0 else np.zeros_like(mant)
+            meta = {"loihi": {"weight_exp": int(fp.weight_exp), "num_weight_bits": fp.weight_bits},
+                    "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
+                    "activation_worst_case": worst}
+            out[syn_name] = _int_synapse(syn, w_int, bias_q, meta)
+        out[name] = _int_lif(node, tau, vth, bexp, fp, {})
+    if input_q is None:
+        raise LoweringError("no chip LIF is driven by the host input")
+    unread = [name for name, _, _ in layers if name not in out]
+    if unread:
+        raise LoweringError(f"synapse layer(s) {unread} drive no LIF")
+    return [(name, out[name]) for name, _, _ in layers], input_q

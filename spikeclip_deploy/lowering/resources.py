@@ -34,14 +34,17 @@ def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
     return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
 
 
-def chain_resources(chain: list[tuple[str, nir.NIRNode]], in_shape: tuple[int, ...]) -> dict[str, int]:
-    """Neurons (LIF state) and synapses (one per input-output connection) of a chain."""
+def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
+                    in_shape: tuple[int, ...]) -> dict[str, int]:
+    """Neurons (LIF state) and synapses (one per input-output connection) of chip layers
+    ``(name, node, inputs)`` in topological order (``"input"``: shape ``in_shape``)."""
+    shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
     neurons = synapses = 0
-    shape = tuple(in_shape)
-    for _, node in chain:
+    for name, node, inputs in layers:
         if isinstance(node, nir.LIF):
-            shape = np.asarray(node.tau).shape
-            neurons += int(np.prod(shape))
+            shapes[name] = np.asarray(node.tau).shape
+            neurons += int(np.prod(shapes[name]))
         else:
-            synapses += flops(node, shape)
+            synapses += flops(node, shapes[inputs[0]])
+            shapes[name] = shapes[inputs[0]]
     return {"neurons": neurons, "synapses": synapses}

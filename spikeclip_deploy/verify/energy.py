@@ -22,35 +22,38 @@ import numpy as np
 
 from ..hardware import EnergyModel
 from ..lowering.resources import fan_out, flops
+from ..nirgraph import ChipLayer
 
 PJ_PER_MJ = 1e9
 
 
-def energy_report(chain: list[tuple[str, nir.NIRNode]], spikes: list[np.ndarray],
+def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
                   stem_macs: int, readout_macs: int, energy_model: EnergyModel) -> dict[str, Any]:
-    """``spikes``: one ``[N, T, *shape]`` array per LIF layer, in chain order."""
+    """``layers``: an encoder's chip layers in topological order; ``spikes``: one
+    ``[N, T, *shape]`` array per LIF layer, in that order."""
     e_ac, e_mac = energy_model.e_ac_pj, energy_model.e_mac_pj
     n, t = spikes[0].shape[:2]
-    lif_names = [name for name, node in chain if isinstance(node, nir.LIF)]
-    layers, k = [], 0
-    for name, node in chain:
-        if isinstance(node, nir.LIF):
-            k += 1
+    lif_names = [la.name for la in layers if isinstance(la.node, nir.LIF)]
+    by_lif = dict(zip(lif_names, spikes))
+    rows = []
+    for la in layers:
+        if isinstance(la.node, nir.LIF):
             continue
-        s = spikes[k - 1]
+        (src,) = la.inputs
+        s = by_lif[src]
         in_shape = s.shape[2:]
-        fo = fan_out(node, in_shape)
+        fo = fan_out(la.node, in_shape)
         sops = float((s.reshape(n, t, -1).sum((0, 1)).astype(np.float64) * fo.reshape(-1)).sum() / n)
         rate = float(s.mean())
-        fl = flops(node, in_shape)
-        layers.append({"name": name, "type": type(node).__name__, "input": lif_names[k - 1],
-                       "firing_rate": rate, "sops": sops, "sops_analytic": rate * t * fl,
-                       "flops": fl, "energy_pj": sops * e_ac})
-    total_sops = sum(layer["sops"] for layer in layers)
+        fl = flops(la.node, in_shape)
+        rows.append({"name": la.name, "type": type(la.node).__name__, "input": src,
+                     "firing_rate": rate, "sops": sops, "sops_analytic": rate * t * fl,
+                     "flops": fl, "energy_pj": sops * e_ac})
+    total_sops = sum(row["sops"] for row in rows)
     e_snn = e_ac * total_sops + e_mac * (t * stem_macs + readout_macs)
-    e_ann = e_mac * (stem_macs + sum(layer["flops"] for layer in layers) + readout_macs)
+    e_ann = e_mac * (stem_macs + sum(row["flops"] for row in rows) + readout_macs)
     return {
-        "n": int(n), "time_steps": int(t), "layers": layers,
+        "n": int(n), "time_steps": int(t), "layers": rows,
         "neuron_firing_rates": {nm: float(s.mean()) for nm, s in zip(lif_names, spikes)},
         "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * t * stem_macs,
         "readout_macs": int(readout_macs), "total_sops": total_sops,

@@ -114,11 +114,11 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                 feats, spikes = _in_batches(backend.encode_images, images, cfg.batch_size,
                                             f"{target} backend")
                 preds[target] = _predict(feats, class_w)
-                names = [n for n, node in backend.chains["image"] if type(node).__name__ == "LIF"]
+                names = backend.lif_names("image")
                 rates[target] = {n: float(s.mean()) for n, s in zip(names, spikes)}
                 if target == "loihi":
                     host = backend.manifest["host"]
-                    result["energy"] = energy_report(backend.chains["image"], spikes,
+                    result["energy"] = energy_report(backend.layers["image"], spikes,
                                                      host["image_stem_macs"],
                                                      host["image_readout_macs"], energy_model)
                     result["loihi_spikes"] = spikes

@@ -128,7 +128,8 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
     """LIF0 (bias-driven) -> Dense -> LIF1, written to NIR, read back and run on Lava fixed
     point, against the trace computed by hand."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
-    from spikeclip_deploy.nirgraph import chain_to_graph, graph_to_chain
+    from spikeclip_deploy.lowering.graph import Graph, Layer, to_nir
+    from spikeclip_deploy.nirgraph import graph_layers
 
     def lif(n, vth, bias_exp):
         f = lambda v: np.full((n,), v, dtype=np.float32)  # noqa: E731
@@ -138,9 +139,11 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
     chain = [("lif0", lif(2, 10, 6)),
              ("dense0", nir.Affine(weight=w, bias=np.zeros(2), metadata={"loihi": {"weight_exp": 0}})),
              ("lif1", lif(2, 60, 0))]
-    nir.write(tmp_path / "tiny.nir", chain_to_graph(chain, (2,), (2,), {"dt": 1.0}))
-    chain = graph_to_chain(nir.read(tmp_path / "tiny.nir"))
-    net = _Network(_lava(), chain, time_steps=4, handlers=LavaBackend.handlers, shift=6)
+    graph = Graph("text", tuple(Layer(name, node, (prev,), "") for (name, node), prev in
+                                zip(chain, ["input", "lif0", "dense0"])), (2,), (2,), meta={"dt": 1.0})
+    nir.write(tmp_path / "tiny.nir", to_nir(graph))
+    layers = graph_layers(nir.read(tmp_path / "tiny.nir"))
+    net = _Network(_lava(), layers, time_steps=4, handlers=LavaBackend.handlers, shift=6)
     # two samples in one run: the second starts from the reset state, so both match the trace
     (s0, s1) = net.run(np.array([[6, 20], [6, 20]]))
     # lif0: v = trunc(v/2) + input * 2^6, spike when v > 10 * 2^6, reset to 0.

@@ -48,9 +48,24 @@ def test_trace_names_layers_and_records_fan_in():
                                               ("dense0", "lif1"), ("lif1", "dense1"),
                                               ("dense0", "lif2"), ("dense1", "lif2"),
                                               ("lif2", "output")])
-    with pytest.raises(LoweringError, match="'lif2' reads \\['dense0', 'dense1'\\].*fan-in is not "
-                                            "lowered yet"):
-        run_passes(g, (PASSES["fold_bn"], PASSES["resources"]), CPU)
+
+
+def test_split_fanout_and_align_delays_by_hand():
+    """dense0 feeds lif1 and (with dense1) lif2: two copies, one per reader; lif2's paths have
+    synaptic depth 1 (via dense0) and 2 (via dense1), so the copy into lif2 is held one step."""
+    lin = lambda: nn.Linear(3, 3)  # noqa: E731
+    enc = encoder([MultiStepLIF(), lin(), MultiStepLIF(), lin(), MultiStepLIF()],
+                  [(-1,), (0,), (1,), (2,), (1, 3)])
+    g = run_passes(trace(enc, "text", torch.zeros(1, 3)),
+                   (PASSES["split_fanout"], PASSES["align_delays"]), CPU)
+    assert [(la.name, la.inputs, la.node.metadata.get("delay", 0)) for la in g.layers] == [
+        ("lif0", ("input",), 0), ("dense0_lif1", ("lif0",), 0), ("dense0_lif2", ("lif0",), 1),
+        ("lif1", ("dense0_lif1",), 0), ("dense1", ("lif1",), 0),
+        ("lif2", ("dense0_lif2", "dense1"), 0)]
+    assert g.layer("dense0_lif1").source == g.layer("dense0_lif2").source == "stack.1"
+    # quantizing without splitting is refused: a shared synapse has two readers' scales
+    with pytest.raises(LoweringError, match="before pass 'quantize': .*read by several"):
+        run_passes(trace(enc, "text", torch.zeros(1, 3)), (PASSES["quantize"],), LOIHI)
 
 
 def test_fold_bn_by_hand():

@@ -37,9 +37,28 @@ def test_round_even_and_split_bias():
     assert exp == 1 and mant.tolist() == [4095, -50]
 
 
-def test_chain_must_alternate():
-    with pytest.raises(LoweringError, match="synapse layer followed by a LIF"):
+def test_a_chip_lif_reads_synapses_or_the_input_alone():
+    with pytest.raises(LoweringError, match="LIF 'lif1' reads \\['lif0'\\]: a chip LIF is fed by "
+                                            "synapse layers only"):
         quantize_chain([("lif0", lif(2)), ("lif1", lif(2))], load_profile("loihi2"))
+
+
+def test_fan_in_shares_one_scale_and_one_bias():
+    """lif1 reads dense_a (|W|max 0.5) and dense_b (|W|max 1.0), tau 2, V_th 1: one threshold
+    floor(254 * 2 / 1.0) = 508 = S for both; W_a = round_even(254 * [0.5, -0.25]) = [128, -64]
+    (127 rounds to the even 128), W_b = [254, 0]; biases 0.25 + 0.5 summed: 64 * 508 * 0.75 / 2
+    = 12192 -> mantissa 3048, exponent 2, held by dense_a (dense_b's is 0)."""
+    from spikeclip_deploy.lowering.quantize import quantize_layers
+
+    def dense(w, b):
+        return nir.Affine(weight=np.array([w]), bias=np.array([b]))
+    layers = [("lif0", lif(2), ("input",)), ("dense_a", dense([0.5, -0.25], 0.25), ("lif0",)),
+              ("dense_b", dense([1.0, 0.0], 0.5), ("lif0",)),
+              ("lif1", lif(1), ("dense_a", "dense_b"))]
+    q = dict(quantize_layers(layers, load_profile("loihi2"))[0])
+    assert q["lif1"].metadata["loihi"]["vth"] == 508 and q["lif1"].metadata["loihi"]["bias_exp"] == 2
+    assert q["dense_a"].weight.tolist() == [[128, -64]] and q["dense_b"].weight.tolist() == [[254, 0]]
+    assert (q["dense_a"].bias * 64).tolist() == [12192] and q["dense_b"].bias.tolist() == [0]
 
 
 def test_activation_worst_case_by_hand():
@@ -71,7 +90,9 @@ def test_hardware_limits_come_from_the_profile():
 
 
 def test_chain_resources_by_hand():
-    from spikeclip_deploy.lowering.resources import chain_resources
+    from spikeclip_deploy.lowering.resources import graph_resources
 
-    chain = [("lif0", lif(3)), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))), ("lif1", lif(2))]
-    assert chain_resources(chain, (3,)) == {"neurons": 5, "synapses": 6}
+    layers = [("lif0", lif(3), ("input",)),
+              ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2)), ("lif0",)),
+              ("lif1", lif(2), ("dense0",))]
+    assert graph_resources(layers, (3,)) == {"neurons": 5, "synapses": 6}

@@ -3,6 +3,7 @@ import numpy as np
 
 from spikeclip_deploy.hardware import EnergyModel
 from spikeclip_deploy.lowering.resources import fan_out, flops
+from spikeclip_deploy.nirgraph import ChipLayer
 from spikeclip_deploy.verify.energy import energy_report
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9, scope="computation only")
@@ -13,9 +14,16 @@ def lif(shape):
     return nir.LIF(tau=f(2), r=f(1), v_leak=f(0), v_threshold=f(1), v_reset=f(0))
 
 
+def as_layers(chain):
+    """A chain ``[(name, node)]`` as chip layers, each reading the one before."""
+    names = ["input"] + [name for name, _ in chain]
+    return [ChipLayer(name, node, (prev,)) for (name, node), prev in zip(chain, names)]
+
+
 def test_sops_of_a_three_neuron_network():
     # 3 inputs -> Affine(2x3) -> 2 outputs; spikes at t0: [1,0,1], t1: [0,1,1] -> 4 spikes x fan-out 2
-    chain = [("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))), ("lif1", lif((2,)))]
+    chain = as_layers([("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))),
+                       ("lif1", lif((2,)))])
     spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2))]
     rep = energy_report(chain, spikes, stem_macs=10, readout_macs=5, energy_model=EM)
     layer = rep["layers"][0]
@@ -46,7 +54,7 @@ def test_conv_sops_equal_an_independent_recount():
     w = rng.normal(size=(5, 3, 3, 3)).astype(np.float32)
     conv = nir.Conv2d(input_shape=(8, 8), weight=w, stride=2, padding=1, dilation=1, groups=1,
                       bias=np.zeros(5))
-    chain = [("lif0", lif((3, 8, 8))), ("conv0", conv), ("lif1", lif((5, 4, 4)))]
+    chain = as_layers([("lif0", lif((3, 8, 8))), ("conv0", conv), ("lif1", lif((5, 4, 4)))])
     rep = energy_report(chain, [spikes, np.zeros((2, 4, 5, 4, 4))], 0, 0, EM)
     events = F.conv2d(torch.from_numpy(spikes.reshape(8, 3, 8, 8)).double(),
                       torch.ones(5, 3, 3, 3, dtype=torch.float64), stride=2, padding=1).sum() / 2

@@ -1,0 +1,91 @@
+"""Graphs with fan-in on every backend: a residual network whose last LIF sums a path of
+synaptic depth 1 and a path of depth 3 gives identical spikes, every layer and every step, in
+the float model, the CPU reference (float export and fixed-point export) and Lava."""
+import nir
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikeclip_deploy.backends.base import chip_input, quantize_input
+from spikeclip_deploy.backends.cpu import CPUBackend, run_graph
+from spikeclip_deploy.lowering.graph import run_passes, to_nir, trace
+from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
+from spikeclip_deploy.hardware import load_profile
+from spikeclip_deploy.nirgraph import graph_layers
+from spikeclip_deploy.nn.chip_graph import ChipGraph
+from spikeclip_deploy.nn.encoders import SpikingEncoder
+from spikeclip_deploy.nn.lif import MultiStepLIF
+from spikeclip_deploy.targets import get_target
+
+T = 4
+
+
+def on_grid_linear(rng, n_in, n_out, peak=True):
+    """Weights k/127 and biases j/254 (k, j integers): exactly representable on the Loihi grid
+    of a LIF whose largest incoming weight is 1 (threshold 508, weights 2k, bias mantissas 64j),
+    so the chip and the float model compute the same numbers."""
+    lin = nn.Linear(n_in, n_out)
+    k = rng.integers(-127, 128, (n_out, n_in))
+    if peak:
+        k[0, 0] = 127
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(k / 127.0))
+        lin.bias.copy_(torch.from_numpy(rng.integers(-30, 31, n_out) / 254.0))
+    return lin
+
+
+@pytest.fixture(scope="module")
+def residual():
+    """lif0 -dA-> lif1 -dB-> lif2 -dC-> lif3, and dA also into lif3 (depths 1 and 3)."""
+    rng = np.random.default_rng(7)
+    n = 24
+    layers = [MultiStepLIF(), on_grid_linear(rng, n, n), MultiStepLIF(), on_grid_linear(rng, n, n),
+              MultiStepLIF(), on_grid_linear(rng, n, n, peak=False), MultiStepLIF()]
+    enc = SpikingEncoder(nn.Identity(), ChipGraph(layers, [(-1,), (0,), (1,), (2,), (3,), (4,),
+                                                           (1, 5)]), nn.Identity(), T)
+    current = torch.from_numpy(rng.integers(-300, 1200, (6, n)) / 512.0).float()  # input grid
+    with torch.no_grad():
+        outs = enc.stack(current, T)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
+    assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
+    return enc, current.numpy().astype(np.float64), want
+
+
+def export_graph(enc, target, tmp_path):
+    t = get_target(target)
+    ctx = LoweringContext(t.name, load_profile(t.hardware) if t.hardware else None, None)
+    g = run_passes(trace(enc, "text", torch.zeros(1, 24)), passes_named(t.passes), ctx)
+    path = tmp_path / f"{target}.nir"
+    nir.write(path, to_nir(g))
+    return nir.read(path)
+
+
+def test_the_exported_graph_aligns_the_short_path(residual, tmp_path):
+    graph = export_graph(residual[0], "loihi", tmp_path)
+    delays = {la.name: la.node.metadata.get("delay", 0) for la in graph_layers(graph)
+              if not isinstance(la.node, nir.LIF)}
+    assert delays == {"dense0_lif1": 0, "dense0_lif3": 2, "dense1": 0, "dense2": 0}
+
+
+@pytest.mark.parametrize("target", ["cpu", "loihi"])
+def test_cpu_reference_equals_the_float_model(residual, target, tmp_path):
+    enc, current, want = residual
+    graph = export_graph(enc, target, tmp_path)
+    got = run_graph(graph_layers(graph), torch.from_numpy(chip_input(current, graph)), T,
+                    CPUBackend.handlers)
+    for layer, (g, w) in enumerate(zip(got, want)):
+        assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
+
+
+@pytest.mark.lava
+def test_lava_equals_the_float_model(residual, tmp_path):
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
+    enc, current, want = residual
+    graph = export_graph(enc, "loihi", tmp_path)
+    q = graph.metadata["input_quantization"]
+    net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"])
+    got = net.run(quantize_input(current, q))
+    for layer, (g, w) in enumerate(zip(got, want)):
+        assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
