@@ -112,6 +112,10 @@ def lower_encoder(model: SpikeCLIP, side: str, target: str, profile: dict
         arch = model.cfg.image_arch if side == "image" else model.cfg.text_arch
         raise LoweringError(UNDEPLOYABLE.get(arch, f"the {side} encoder ({arch}) is not a spiking "
                                              f"feed-forward chain and cannot be lowered"))
+    if enc.stack.inputs != tuple((i - 1,) for i in range(len(enc.stack))):
+        raise LoweringError(f"the {side} encoder's chip graph is not a chain (fan-in of a "
+                            f"residual stream, spike pooling): lowering such graphs is not "
+                            f"supported yet. Export a conv-chain config such as spikeclip-tiny")
     with torch.no_grad():
         x = _example_input(model, side)
         current = enc.current(model.normalize(x) if side == "image" else x)
