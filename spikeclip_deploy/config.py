@@ -21,7 +21,9 @@ class ModelConfig:
 
     ``image_arch``: ``conv-chain`` (host stem ``image_channels[0]``, one stride-2 spiking conv per
     further entry, a spiking 1x1 layer of ``image_mlp_hidden``: deployable), ``spikingformer``
-    (tokenizer ``image_channels``, ``image_depth`` SSA blocks) or ``scratch-transformer`` (the ANN
+    (tokenizer ``image_channels``, ``image_depth`` SSA blocks; ``spike_pool`` moves its max pools
+    after the LIF), ``native-spikingformer`` (the chip-native variant: spike pooling, a depthwise
+    ``token_mixer_kernel`` conv as token mixer) or ``scratch-transformer`` (the ANN
     counterpart). ``text_arch``: ``spiking-mlp`` or ``ann-mlp``."""
 
     name: str
@@ -42,6 +44,8 @@ class ModelConfig:
     image_depth: int = 4
     image_heads: int = 8
     attn_threshold: float = 0.5
+    spike_pool: bool = False
+    token_mixer_kernel: int = 3
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     description: str = ""
@@ -74,6 +78,9 @@ class ModelConfig:
                                   f"{_type_name(hints[f.name])}, got {value!r}")
         if self.time_steps < 1:
             raise ConfigError(f"time_steps must be >= 1, got {self.time_steps}")
+        if self.token_mixer_kernel < 1 or self.token_mixer_kernel % 2 == 0:
+            raise ConfigError(f"token_mixer_kernel must be odd and >= 1, got "
+                              f"{self.token_mixer_kernel}")
         if len(self.image_channels) < 1:
             raise ConfigError("image_channels needs at least the stem width")
         if self.image_size % 2 ** (len(self.image_channels) - 1):

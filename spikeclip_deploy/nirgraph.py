@@ -24,6 +24,39 @@ def pair(v) -> tuple[int, int]:
     return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
 
 
+def ungroup(node: nir.Conv2d) -> nir.Conv2d:
+    """A grouped convolution as the dense one it equals (zero weights across groups), with
+    ``metadata['groups']``: nir 1.0.8 infers a Conv2d's input channels as ``weight.shape[1]``,
+    so a grouped convolution would fail its type check in ``nir.read``."""
+    g = int(np.asarray(node.groups))
+    if g == 1:
+        return node
+    w = np.asarray(node.weight)
+    c_out, c_in_g = w.shape[:2]
+    dense = np.zeros((c_out, c_in_g * g, *w.shape[2:]), dtype=w.dtype)
+    per = c_out // g
+    for k in range(g):
+        dense[k * per:(k + 1) * per, k * c_in_g:(k + 1) * c_in_g] = w[k * per:(k + 1) * per]
+    return nir.Conv2d(input_shape=node.input_shape, weight=dense, stride=node.stride,
+                      padding=node.padding, dilation=node.dilation, groups=1, bias=node.bias,
+                      metadata={**node.metadata, "groups": g})
+
+
+def regroup(node: nir.NIRNode) -> nir.NIRNode:
+    """The inverse of :func:`ungroup` (other nodes unchanged)."""
+    g = int(node.metadata.get("groups", 1)) if isinstance(node, nir.Conv2d) else 1
+    if g == 1:
+        return node
+    w = np.asarray(node.weight)
+    per, c_in_g = w.shape[0] // g, w.shape[1] // g
+    grouped = np.concatenate([w[k * per:(k + 1) * per, k * c_in_g:(k + 1) * c_in_g]
+                              for k in range(g)])
+    meta = {k: v for k, v in node.metadata.items() if k != "groups"}
+    return nir.Conv2d(input_shape=node.input_shape, weight=grouped, stride=node.stride,
+                      padding=node.padding, dilation=node.dilation, groups=g, bias=node.bias,
+                      metadata=meta)
+
+
 @dataclass(frozen=True)
 class ChipLayer:
     name: str
@@ -32,7 +65,8 @@ class ChipLayer:
 
 
 def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
-    """The graph's layers in a topological order (ties in the order the graph lists them)."""
+    """The graph's layers in topological order, keeping the graph's own order where it allows
+    (the order they were traced in); grouped convolutions regrouped (:func:`regroup`)."""
     io = {n for n, node in graph.nodes.items() if isinstance(node, (nir.Input, nir.Output))}
     inputs: dict[str, list[str]] = {n: [] for n in graph.nodes if n not in io}
     for src, dst in graph.edges:
@@ -40,15 +74,14 @@ def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
             inputs[dst].append(INPUT if src in io else src)
     order, done = [], {INPUT}
     pending = list(inputs)
-    while pending:
-        ready = [n for n in pending if all(i in done for i in inputs[n])]
-        if not ready:
+    while pending:  # the first node (in the graph's own order) whose inputs are all placed
+        name = next((n for n in pending if all(i in done for i in inputs[n])), None)
+        if name is None:
             raise LoweringError(f"the chip graph has a cycle through {pending}; only feed-forward "
                                 f"graphs run")
-        for n in ready:
-            order.append(ChipLayer(n, graph.nodes[n], tuple(inputs[n])))
-            done.add(n)
-        pending = [n for n in pending if n not in done]
+        order.append(ChipLayer(name, regroup(graph.nodes[name]), tuple(inputs[name])))
+        done.add(name)
+        pending.remove(name)
     return order
 
 

@@ -53,7 +53,7 @@ def models_summary(found: dict) -> str:
     for c in found["configs"]:
         params = (f"  image {c['image_params']:>10,d}  text {c['text_params']:>10,d}"
                   if "image_params" in c else "")
-        lines.append(f"  {c['name']:<{width}s}  {c['image_arch']:<19s} {c['text_arch']:<11s} "
+        lines.append(f"  {c['name']:<{width}s}  {c['image_arch']:<20s} {c['text_arch']:<11s} "
                      f"T={c['time_steps']}{params}")
     lines.append("shipped checkpoints (validation zero-shot top-1 as measured at training):")
     for k in found["checkpoints"]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
-from ..nirgraph import INPUT
+from ..nirgraph import INPUT, ungroup
 from ..nn.chip_graph import HOST_INPUT, SpikeMaxPool
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
@@ -109,9 +109,7 @@ def _synapse_node(layer: nn.Module, shape: tuple[int, ...]) -> nir.NIRNode:
              else np.zeros(w.shape[0])).astype(np.float32)
         return nir.Affine(weight=w, bias=b)
     raise LoweringError(f"cannot lower chip layer {type(layer).__name__}: only LIF, "
-                        f"Conv2d+BatchNorm2d and Linear run on chip"
-                        + ("; spike-domain pooling is not lowered yet"
-                           if isinstance(layer, SpikeMaxPool) else ""))
+                        f"Conv2d+BatchNorm2d, Linear and spike max-pooling run on chip")
 
 
 HOST_PARTS = {
@@ -122,37 +120,74 @@ HOST_PARTS = {
 }
 
 
+#: threshold of the LIF that turns a sum-pool of spikes into their OR (below one spike's v)
+OR_THRESHOLD = 0.25
+
+
+def _pool_nodes(pool: SpikeMaxPool, shape: tuple[int, ...], tau: float
+                ) -> tuple[nir.Conv2d, nir.LIF]:
+    r"""Spike max-pooling on chip: a sum-pool synapse (depthwise conv of ones) into a LIF that
+    spikes on any input spike. With :math:`\tau = 2`, one spike gives
+    :math:`v = 1/\tau = 0.5 > 0.25`, none leaves :math:`v = 0`; every spike resets, so the LIF
+    holds no memory: its output is the OR over the window, as max-pooling binary spikes is."""
+    c, h, w = shape
+    k, st, pad = pool.kernel_size, pool.stride, pool.padding
+    if 1.0 / tau <= OR_THRESHOLD:
+        raise LoweringError(f"spike pooling needs one spike to cross the OR threshold "
+                            f"{OR_THRESHOLD}: tau {tau} is too slow")
+    conv = nir.Conv2d(input_shape=(h, w), weight=np.ones((c, 1, k, k), dtype=np.float32),
+                      stride=st, padding=pad, dilation=1, groups=c,
+                      bias=np.zeros(c, dtype=np.float32))
+    out = (c, (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1)
+    full = lambda v: np.full(out, v, dtype=np.float32)  # noqa: E731
+    return conv, nir.LIF(tau=full(tau), r=full(1.0), v_leak=full(0.0),
+                         v_threshold=full(OR_THRESHOLD), v_reset=full(0.0))
+
+
 def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
     """The chip graph of ``encoder`` as float NIR layers (shapes from one forward pass of the
-    example host ``current``), named ``lifN``, ``convN``, ``denseN`` in order."""
+    example host ``current``), named ``lifN``, ``convN``, ``denseN``, ``poolN`` in order; a
+    spike max-pool becomes a sum-pool synapse ``poolN`` and the OR LIF after it."""
     if not isinstance(encoder, SpikingEncoder):
         raise LoweringError(f"the {side} encoder ({type(encoder).__name__}) is not a spiking "
                             f"encoder with a chip graph")
     with torch.no_grad():
         outs = encoder.stack(current, encoder.time_steps)
-    names: list[str] = []
+    names: list[str] = []  # per module: the layer that carries its output
     layers: list[Layer] = []
-    counts = {"lif": 0, "conv": 0, "dense": 0}
+    counts = {"lif": 0, "conv": 0, "dense": 0, "pool": 0}
+
+    def add(kind: str, node: nir.NIRNode, inputs: tuple[str, ...], source: str) -> str:
+        name = f"{kind}{counts[kind]}"
+        counts[kind] += 1
+        layers.append(Layer(name, node, inputs, source))
+        return name
+
+    lif_tau = next(m.tau for m in encoder.stack if isinstance(m, MultiStepLIF))
     for i, (module, ins) in enumerate(zip(encoder.stack, encoder.stack.inputs)):
         in_shape = tuple(current.shape[1:]) if ins[0] == HOST_INPUT else tuple(outs[ins[0]].shape[2:])
+        inputs = tuple(INPUT if j == HOST_INPUT else names[j] for j in ins)
         if isinstance(module, MultiStepLIF):
-            kind, node = "lif", _lif_node(module, tuple(outs[i].shape[2:]))
+            names.append(add("lif", _lif_node(module, tuple(outs[i].shape[2:])), inputs,
+                             f"stack.{i}"))
+        elif isinstance(module, SpikeMaxPool):
+            conv, lif = _pool_nodes(module, in_shape, lif_tau)
+            pool = add("pool", conv, inputs, f"stack.{i}")
+            names.append(add("lif", lif, (pool,), f"stack.{i}"))
         else:
             node = _synapse_node(module, in_shape)
             kind = "conv" if isinstance(node, nir.Conv2d) else "dense"
-        name = f"{kind}{counts[kind]}"
-        counts[kind] += 1
-        names.append(name)
-        layers.append(Layer(name, node, tuple(INPUT if j == HOST_INPUT else names[j] for j in ins),
-                            f"stack.{i}"))
+            names.append(add(kind, node, inputs, f"stack.{i}"))
     return Graph(side, tuple(layers), tuple(current.shape[1:]), tuple(outs[-1].shape[2:]),
                  host=dict(HOST_PARTS))
 
 
 def to_nir(graph: Graph) -> nir.NIRGraph:
-    """Input -> layers -> Output, one edge per summed input; the graph's meta as metadata."""
+    """Input -> layers -> Output, one edge per summed input; the graph's meta as metadata;
+    grouped convolutions written as dense ones (:func:`~spikeclip_deploy.nirgraph.ungroup`)."""
     nodes: dict[str, nir.NIRNode] = {INPUT: nir.Input(input_type={"input": np.array(graph.input_shape)})}
-    nodes.update({layer.name: layer.node for layer in graph.layers})
+    nodes.update({layer.name: ungroup(layer.node) if isinstance(layer.node, nir.Conv2d)
+                  else layer.node for layer in graph.layers})
     nodes["output"] = nir.Output(output_type={"output": np.array(graph.output_shape)})
     edges = [(src, layer.name) for layer in graph.layers for src in layer.inputs]
     edges.append((graph.layers[-1].name, "output"))

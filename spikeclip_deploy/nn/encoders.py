@@ -94,9 +94,10 @@ class SpikingEncoder(nn.Module):
         return self.readout(self.run_stack(self.current(inputs))[-1])
 
 
-def conv_bn(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups,
+                  bias=False),
         nn.BatchNorm2d(c_out),
     )
 

@@ -11,6 +11,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .encoders import TokenEmbedding, build_image_encoder, build_text_encoder
+from .native import build_native_spikingformer
 from .spikingformer import ScratchCLIPImage, Spikingformer
 
 
@@ -72,7 +73,11 @@ IMAGE_ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "spikingformer": lambda c: Spikingformer(
         c.embed_dim, dim=c.image_channels[-1], depth=c.image_depth, heads=c.image_heads,
         mlp_hidden=c.image_mlp_hidden, time_steps=c.time_steps, tau=c.tau,
-        attn_threshold=c.attn_threshold, tdw=c.tdw, stem=tuple(c.image_channels[:-1])),
+        attn_threshold=c.attn_threshold, tdw=c.tdw, stem=tuple(c.image_channels[:-1]),
+        spike_pool=c.spike_pool),
+    "native-spikingformer": lambda c: build_native_spikingformer(
+        c.image_channels, c.image_depth, c.image_mlp_hidden, c.token_mixer_kernel, c.embed_dim,
+        **_common(c)),
     "scratch-transformer": lambda c: ScratchCLIPImage(
         c.embed_dim, dim=c.image_channels[-1], depth=c.image_depth, heads=c.image_heads,
         mlp_hidden=c.image_mlp_hidden, stem=tuple(c.image_channels[:-1])),

@@ -1,7 +1,10 @@
 r"""Spikingformer-4-384 image encoder as SpikeCLIP uses it, and its ANN twin.
 
 Tokenizer: 3x3 convs with BatchNorm 3-48-96-192-384(-384), max pools after the third and fourth,
-LIF after each but the last, giving 64 tokens x 384 at 32x32. Blocks keep a real-valued
+LIF after each but the last, giving 64 tokens x 384 at 32x32. With ``spike_pool`` the two max
+pools move after their LIFs (the OR of spikes, :class:`~.chip_graph.SpikeMaxPool`, as on chip);
+the modules and state-dict names stay the same, so original weights fine-tune. (The chip-native
+variant, :mod:`.native`, always pools spikes.) Blocks keep a real-valued
 residual stream :math:`x`:
 
 .. math::
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .chip_graph import SpikeMaxPool
 from .encoders import Readout
 from .lif import MultiStepLIF
 
@@ -80,16 +84,21 @@ class Spikingformer(nn.Module):
 
     def __init__(self, embed_dim: int, dim: int = 384, depth: int = 4, heads: int = 8,
                  mlp_hidden: int = 1536, time_steps: int = 4, tau: float = 2.0,
-                 attn_threshold: float = 0.5, tdw: bool = True, stem: tuple[int, ...] = (48, 96, 192)
-                 ) -> None:
+                 attn_threshold: float = 0.5, tdw: bool = True, stem: tuple[int, ...] = (48, 96, 192),
+                 spike_pool: bool = False) -> None:
         super().__init__()
         self.time_steps = time_steps
         chans = (3, *stem, dim)
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
-            layers += [TimeDistributed(*conv_bn(c_in, c_out, 3),
-                                       *([nn.MaxPool2d(3, 2, 1)] if i >= len(chans) - 3 else [])),
-                       MultiStepLIF(tau)]
+            pool = i >= len(chans) - 3
+            if pool and spike_pool:  # parameter-free modules: the state-dict names do not change
+                layers += [TimeDistributed(*conv_bn(c_in, c_out, 3)),
+                           nn.Sequential(MultiStepLIF(tau), TimeDistributed(SpikeMaxPool(3, 2, 1)))]
+            else:
+                layers += [TimeDistributed(*conv_bn(c_in, c_out, 3),
+                                           *([nn.MaxPool2d(3, 2, 1)] if pool else [])),
+                           MultiStepLIF(tau)]
         layers.append(TimeDistributed(*conv_bn(dim, dim, 3)))
         self.tokenizer = nn.Sequential(*layers)
         self.blocks = nn.ModuleList(

@@ -1,11 +1,19 @@
 """The teacher interface: frozen encoders whose normalised features the student imitates."""
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ..fileutil import atomic_write
+from ..paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 
 def to_pixels(images: torch.Tensor, size: int | tuple[int, int], mean, std,
@@ -52,10 +60,22 @@ class Teacher(ABC):
         return {"name": self.name, "embed_dim": self.embed_dim, "logit_scale": self.logit_scale}
 
     def class_weights(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-        """Zero-shot classifier from the teacher's text features."""
+        """Zero-shot classifier from the teacher's text features, cached on disk keyed by the
+        teacher, labels and templates (so that training with a frozen student text encoder
+        runs where the teacher's text tower is not installed, from a cache filled where it is)."""
         from ..zeroshot import class_weights
+        key = hashlib.sha256(json.dumps([self.describe(), list(labels), list(templates)],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = cache_dir() / "teacher-class-weights" / f"{key}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
         with torch.no_grad():
-            return class_weights(self.encode_texts, labels, templates)
+            weights = class_weights(self.encode_texts, labels, templates)
+        try:
+            atomic_write(path, lambda tmp: torch.save(weights, tmp))
+        except OSError as exc:
+            log.warning("cannot cache the teacher's class weights at %s (%s)", path, exc)
+        return weights
 
     def save_tokenizer(self, folder: Path) -> None:
         self.tokenizer().save_pretrained(str(folder))

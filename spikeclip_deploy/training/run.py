@@ -29,6 +29,7 @@ class TrainConfig:
     resume: Path | None = None
     val_fraction: float = 0.1
     limit: int | None = None
+    init_text_from: str | None = None  # checkpoint whose text encoder and tokenizer to start from
     command: str = ""
 
 
@@ -47,7 +48,6 @@ def run_training(tc: TrainConfig) -> TrainResult:
         raise ConfigError(f"model '{cfg.name}' has embed_dim {cfg.embed_dim} but teacher "
                           f"'{teacher.name}' has {teacher.embed_dim}; pick a matching config")
     ds = load_dataset(tc.data, cfg.image_size, download=tc.download)
-    warn_indistinct_labels(teacher.tokenizer(), list(ds.class_names))
     tr, va = stratified_split(ds.labels, tc.val_fraction, tc.recipe.seed)
     if tc.limit:
         gen = torch.Generator().manual_seed(tc.recipe.seed)
@@ -58,6 +58,7 @@ def run_training(tc: TrainConfig) -> TrainResult:
                  "val_fraction": tc.val_fraction, "split_seed": tc.recipe.seed,
                  "sha256": sha256_file(tc.data) if tc.data.is_file() else None}
     trainer = Trainer(cfg, teacher, ds.subset(tr), ds.subset(va), tc.recipe, tc.out, data_desc,
-                      tc.command)
+                      tc.command, init_text=tc.init_text_from)
+    warn_indistinct_labels(trainer.tokenizer(), list(ds.class_names))
     opt_state = trainer.resume(tc.resume) if tc.resume else None
     return TrainResult(trainer.run(opt_state), trainer.model)

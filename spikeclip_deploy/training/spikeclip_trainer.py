@@ -10,6 +10,10 @@ r"""SpikeCLIP's two training stages (the paper's recipe).
    synapses train through the Loihi export's quantizer and end on its grid; the host current is
    rounded to the chip's input grid.
 
+``init_text`` (a checkpoint with the same text encoder config) replaces the student's text
+encoder and tokenizer by that checkpoint's; with no text epochs, distillation and fine-tuning
+then need the teacher's text tower only for its class weights, which are cached on disk.
+
 Training state (model, optimizer, stage, epoch, step within the epoch, RNG) is saved next to the
 output after every epoch and every ``checkpoint_every`` steps, so ``resume`` continues exactly
 where an interruption stopped (the epoch's draws are replayed, its finished steps skipped).
@@ -28,11 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import save_model
+from ..checkpoint import load_tokenizer, read_safetensors, resolve_checkpoint, save_model
 from ..config import ModelConfig
 from ..data import ImageDataset
 from ..errors import CheckpointError
-from ..fileutil import atomic_write
+from ..fileutil import atomic_write, sha256_file
 from ..hardware import load_profile
 from ..label_sets import distillation_text_set
 from ..lowering import qat
@@ -60,6 +64,8 @@ class TrainState:
 
 
 STAGES = ("text", "distill", "finetune", "qat", "done")
+TEXT_FIELDS = ("text_arch", "vocab_size", "context_length", "text_width", "text_hidden",
+               "embed_dim", "time_steps", "tau", "v_threshold", "tdw")  # define the text encoder
 
 
 def init_text_embeddings(model: SpikeCLIP, teacher: Teacher) -> None:
@@ -106,7 +112,8 @@ def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, dist: D
 
 class Trainer:
     def __init__(self, cfg: ModelConfig, teacher: Teacher, train: ImageDataset, val: ImageDataset,
-                 recipe: Recipe, out: Path, data_desc: dict, command: str) -> None:
+                 recipe: Recipe, out: Path, data_desc: dict, command: str,
+                 init_text: str | None = None) -> None:
         self.cfg, self.teacher, self.train_ds, self.val_ds = cfg, teacher, train, val
         self.recipe, self.out, self.data_desc, self.command = recipe, Path(out), data_desc, command
         self.gen = seed_everything(recipe.seed)
@@ -116,9 +123,28 @@ class Trainer:
         self.model = SpikeCLIP(cfg).to(self.device)
         if recipe.qat_epochs > 0:  # fail now, not after hours of earlier stages
             qat.check_supported(self.model, load_profile(recipe.hardware))
+        self.init_text = self._init_text(init_text) if init_text else None
         self.net = self.dist.wrap(self.model)  # what training forwards go through
         self.state = TrainState()
         self.labels = list(train.class_names)
+
+    def _init_text(self, name: str) -> dict:
+        """Load checkpoint ``name``'s text encoder into the student; -> its description."""
+        path = resolve_checkpoint(name)
+        state, card = read_safetensors(path)
+        src = card.get("config", {})
+        differ = [f for f in TEXT_FIELDS if src.get(f) != getattr(self.cfg, f)]
+        if differ:
+            raise CheckpointError(f"{path} has another text encoder than '{self.cfg.name}' "
+                                  f"(config fields {', '.join(differ)} differ)")
+        text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+        self.model.text.load_state_dict(text)
+        self._tokenizer = load_tokenizer(path)
+        return {"checkpoint": path.name, "sha256": sha256_file(path)}
+
+    def tokenizer(self):
+        """The student's tokenizer: the ``init_text`` checkpoint's, else the teacher's."""
+        return self._tokenizer if self.init_text else self.teacher.tokenizer()
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -187,7 +213,7 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------
     def class_weights(self) -> torch.Tensor:
         self.model.eval()
-        return class_weights(student_text_encoder(self.model, self.teacher.tokenizer()),
+        return class_weights(student_text_encoder(self.model, self.tokenizer()),
                              self.labels).to(self.device)
 
     def evaluate(self) -> float:
@@ -272,14 +298,16 @@ class Trainer:
     def run(self, opt_state: dict | None = None) -> dict:
         r = self.recipe
         if (self.state.stage == "text" and self.state.epoch == 0 and self.state.step == 0
-                and not self.state.history):
+                and not self.state.history and not self.init_text):
             init_text_embeddings(self.model, self.teacher)
         feats = None
+        if self.state.stage == "text" and r.text_epochs == 0:  # no teacher text features needed
+            self.state.stage = "distill"
         if self.state.stage == "text":
             texts = distillation_text_set(r.text_datasets)
             known = set(texts)
             texts += [p for lbl in self.labels for p in prompts_for(lbl) if p not in known]
-            tokens = torch.from_numpy(tokenize(self.teacher.tokenizer(), texts,
+            tokens = torch.from_numpy(tokenize(self.tokenizer(), texts,
                                                self.cfg.context_length))
             targets = self.teacher.text_features(texts)
             self._run_stage("text", r.text_epochs, r.distill_lr, self.model.text.parameters(),
@@ -357,10 +385,11 @@ class Trainer:
         if quantization:
             metrics["quantization_aware"] = quantization
         meta = {"teacher": self.teacher.describe(), "data": self.data_desc,
+                **({"init_text_from": self.init_text} if self.init_text else {}),
                 "recipe": {**asdict(self.recipe), "command": self.command},
                 "metrics": metrics, "history": self.state.history}
         if self.dist.is_main:
             save_model(self.out, self.model, meta)
-            self.teacher.save_tokenizer(self.out.with_suffix(".tokenizer"))
+            self.tokenizer().save_pretrained(str(self.out.with_suffix(".tokenizer")))
         self.dist.barrier()
         return meta

