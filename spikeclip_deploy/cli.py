@@ -215,13 +215,23 @@ def _model(name: str | None) -> str:
 @MODEL
 @click.option("--out", type=click.Path(file_okay=False), help="Export directory [exports/NAME-TARGET].")
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
-def export_cmd(target: str, model: str | None, out: str | None, force: bool) -> None:
+@click.option("--init", type=click.Choice(["checkpoint", "random"]), default="checkpoint",
+              show_default=True,
+              help="random: export a seeded random initialisation of the registered config "
+                   "--model (no checkpoint needed), to check its deployability and cost.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of --init random.")
+def export_cmd(target: str, model: str | None, out: str | None, force: bool, init: str,
+               seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
     from .export import ExportConfig, export_model
     from .report import export_summary
 
+    if init == "random" and model is None:
+        raise click.UsageError("--init random needs --model CONFIG (see `spikeclip-deploy models`)")
     path, manifest = export_model(ExportConfig(model=_model(model), target=target,
-                                               out=Path(out) if out else None, force=force))
+                                               out=Path(out) if out else None, force=force,
+                                               init=init, seed=seed))
     click.echo(export_summary(path, manifest))
 
 

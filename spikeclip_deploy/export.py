@@ -30,6 +30,7 @@ import torch
 
 from . import __version__
 from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
+from .config import get_config
 from .errors import ExportError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
@@ -43,6 +44,7 @@ from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
 from .progress import progress
 from .targets import Target, get_target
+from .tokenizers import tokenizer_for_vocab
 from .zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,12 @@ UNDEPLOYABLE = {
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model: str
+    model: str  # a checkpoint (name or path), or with init="random" a registered config
     target: str = "loihi"
     out: Path | None = None
     force: bool = False
+    init: str = "checkpoint"  # or "random": a seeded random initialisation of the config
+    seed: int = 0
 
 
 def library_versions() -> dict[str, str]:
@@ -185,9 +189,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
             raise ExportError(f"export directory {out} already exists; pass --force to replace "
                               f"it or --out to write elsewhere")
         check_replaceable(out)
-    ckpt = resolve_checkpoint(cfg.model)
-    model, card, _ = load_model(str(ckpt))
-    tok_dir = ckpt.with_suffix(".tokenizer")
+    model, tokenizer, info = _source(cfg)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,18 +204,15 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
             nir.write(buf, to_nir(graph))
             write_bytes(tmp / "chip" / f"{side}_encoder.nir", buf.getvalue())
-        labels = card["metadata"].get("metrics", {}).get("labels") or []
-        tokenizer = load_tokenizer(ckpt)
+        labels = info["metrics"].get("labels") or []
         label_w = (class_weights(student_text_encoder(model, tokenizer), labels) if labels
                    else torch.zeros(0, model.cfg.embed_dim))
-        host = write_host_part(model, tmp / "host", tok_dir, labels, label_w)
+        host = write_host_part(model, tmp / "host", tokenizer, labels, label_w)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, "target": cfg.target, "dt": DT,
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
-                    "model": {"name": ckpt.stem, "config": model.cfg.to_dict(),
-                              "checkpoint_sha256": card["sha256"],
-                              "metrics": card["metadata"].get("metrics", {})},
+                    "model": {**info, "config": model.cfg.to_dict()},
                     "hardware": target.hardware, "passes": list(target.passes),
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "partition": partition,
@@ -222,6 +221,26 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
         publish(tmp, out, cfg.force)
     return out, manifest
+
+
+def _source(cfg: ExportConfig) -> tuple[SpikeCLIP, Any, dict[str, Any]]:
+    """(model, tokenizer, the manifest's model description) from a checkpoint, or a seeded
+    random initialisation of a registered config (to check an architecture's deployability and
+    cost before training it; the manifest says ``"weights": "random-init"``)."""
+    if cfg.init == "random":
+        config = get_config(cfg.model)
+        torch.manual_seed(cfg.seed)
+        model = SpikeCLIP(config).eval()
+        return model, tokenizer_for_vocab(config.vocab_size), {
+            "name": config.name, "weights": "random-init", "seed": cfg.seed,
+            "checkpoint_sha256": None, "metrics": {}}
+    if cfg.init != "checkpoint":
+        raise ExportError(f"unknown --init '{cfg.init}'; choose checkpoint or random")
+    ckpt = resolve_checkpoint(cfg.model)
+    model, card, _ = load_model(str(ckpt))
+    return model, load_tokenizer(ckpt), {
+        "name": ckpt.stem, "weights": "checkpoint", "checkpoint_sha256": card["sha256"],
+        "metrics": card["metadata"].get("metrics", {})}
 
 
 def _json_default(o: Any) -> Any:

@@ -64,11 +64,9 @@ def _onnx(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, ou
     write_bytes(path, buf.getvalue())
 
 
-def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels: list[str],
+def write_host_part(model: SpikeCLIP, folder: Path, tokenizer, labels: list[str],
                     label_features: torch.Tensor) -> dict:
     """Write the host part into ``folder``; returns its description for the manifest."""
-    import shutil
-
     cfg = model.cfg
     folder.mkdir(parents=True)
     img = torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
@@ -82,7 +80,7 @@ def write_host_part(model: SpikeCLIP, folder: Path, tokenizer_dir: Path, labels:
             last = enc.run_stack(enc.current(inp))[-1]
         spikes = torch.zeros(1, *last.transpose(0, 1).shape[1:])
         _onnx(ReadoutHead(enc.readout), spikes, folder / f"{side}_readout.onnx", "spikes", "embedding")
-    shutil.copytree(tokenizer_dir, folder / "tokenizer")
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
     write_bytes(folder / "labels.json", (json.dumps(labels, indent=1) + "\n").encode())
     buf = io.BytesIO()
     np.save(buf, label_features.numpy().astype(np.float32))

@@ -106,6 +106,11 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                 result.setdefault("backends", {})[target] = {
                     "export": str(export_dir), "export_target": backend.manifest["target"],
                     "runs": backend.description}
+                if backend.manifest["model"].get("weights") == "random-init":
+                    raise ExportError(f"export {export_dir} holds a random initialisation of "
+                                      f"'{backend.manifest['model']['name']}', not a trained "
+                                      f"checkpoint: verify compares it against one; export a "
+                                      f"checkpoint")
                 made_from = backend.manifest["model"]["checkpoint_sha256"]
                 if made_from != card["sha256"]:
                     raise ExportError(f"export {export_dir} was made from another checkpoint "

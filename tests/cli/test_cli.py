@@ -163,3 +163,27 @@ def test_help_names_the_data_sources():
         r = invoke(command, "--help")
         assert r.exit_code == 0 and "torchvision:NAME[:SPLIT]:ROOT" in r.output
         assert "--download" in r.output
+
+
+def test_export_random_init_of_a_config(tmp_path, image_folder):
+    """A registered config with no checkpoint: a seeded random initialisation exports, the same
+    seed byte for byte, and the manifest says what it is."""
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = tmp_path / name
+        r = invoke("-q", "export", "--target", "loihi", "--model", "spikeclip-native-small",
+                   "--init", "random", "--seed", seed, "--out", out)
+        assert r.exit_code == 0, r.output
+        runs[name] = json.loads((out / "manifest.json").read_text())
+    assert runs["a"]["model"]["weights"] == "random-init" and runs["a"]["model"]["seed"] == 3
+    assert runs["a"]["model"]["checkpoint_sha256"] is None
+    assert runs["a"]["files"] == runs["b"]["files"]  # deterministic
+    assert runs["a"]["files"]["chip/image_encoder.nir"] != runs["c"]["files"]["chip/image_encoder.nir"]
+    assert runs["a"]["partition"]["image"]["pool0"]["placement"] == "chip"
+    r = invoke("verify", "--target", "cpu", "--model", "spikeclip-tiny-cifar10", "--data",
+               image_folder, "--limit", 2, "--export", tmp_path / "a")
+    assert r.exit_code == 1 and "random initialisation of 'spikeclip-native-small'" in r.output
+    r = invoke("export", "--init", "random", "--out", tmp_path / "d")
+    assert r.exit_code == 2 and "--init random needs --model CONFIG" in r.output
+    r = invoke("export", "--init", "random", "--model", "nope", "--out", tmp_path / "d")
+    assert r.exit_code == 1 and "unknown model config 'nope'" in r.output
