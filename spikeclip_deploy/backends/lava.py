@@ -2,7 +2,7 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv``); several synapses into one LIF (fan-in) sum at
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or ``DelaySparse``); several synapses into one LIF (fan-in) sum at
 its input port. A whole batch runs in one simulation (see :class:`_Network`):
 a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
@@ -33,16 +33,18 @@ def _lava():
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.process import Conv
+        from lava.proc.conv.utils import conv_to_sparse
         from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
+        from lava.proc.sparse.process import DelaySparse
 
         from .lava_procs import recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
-                DelayDense=DelayDense,
+                DelayDense=DelayDense, DelaySparse=DelaySparse, conv_to_sparse=conv_to_sparse,
                 Source=Source, LIF=LIFReset, io=lava_io)
 
 
@@ -75,16 +77,42 @@ def _dense(L: dict, node: nir.Affine, shape: tuple[int, ...]) -> Any:
     return L["Dense"](weights=w, weight_exp=exp, num_message_bits=0)
 
 
-def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
-    if int(node.metadata.get("delay", 0)):
-        raise ExportError("a convolution on a shorter path needs an aligning delay, which Lava's "
-                          "Conv process cannot hold; this graph runs on the cpu backend only")
+def _lava_kernel(node: nir.Conv2d) -> np.ndarray:
     w = np.asarray(node.weight).astype(np.int32)  # [Cout, Cin, kH, kW] (correlation)
-    lava_w = w.transpose(0, 3, 2, 1)[:, ::-1, ::-1].copy()  # Lava flips: true convolution
-    return L["Conv"](weight=lava_w, input_shape=shape, stride=pair(node.stride)[::-1],
-                     padding=pair(node.padding)[::-1], dilation=pair(node.dilation)[::-1],
-                     groups=int(np.asarray(node.groups)),
-                     weight_exp=int(node.metadata["loihi"]["weight_exp"]))
+    return w.transpose(0, 3, 2, 1)[:, ::-1, ::-1].copy()  # Lava flips: true convolution
+
+
+def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
+    """``Conv``, or for a delayed one (path alignment) ``DelaySparse`` over the convolution's
+    sparse matrix (Lava's ``conv_to_sparse``): ``Conv`` has no delays."""
+    kw = dict(stride=pair(node.stride)[::-1], padding=pair(node.padding)[::-1],
+              dilation=pair(node.dilation)[::-1])
+    exp = int(node.metadata["loihi"]["weight_exp"])
+    delay = int(node.metadata.get("delay", 0))
+    if delay:
+        return conv_as_sparse(L, node, shape, delay)
+    return L["Conv"](weight=_lava_kernel(node), input_shape=shape,
+                     groups=int(np.asarray(node.groups)), weight_exp=exp, **kw)
+
+
+def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
+    """The convolution as a ``DelaySparse`` on flattened (Lava-layout, C-order) neurons."""
+    from scipy.sparse import csr_matrix
+
+    x, y, _ = shape
+    (sx, sy), (px, py), (dx, dy) = (pair(node.stride)[::-1], pair(node.padding)[::-1],
+                                    pair(node.dilation)[::-1])
+    kernel = _lava_kernel(node)  # [Cout, kX, kY, Cin/groups]
+    out = ((x + 2 * px - dx * (kernel.shape[1] - 1) - 1) // sx + 1,
+           (y + 2 * py - dy * (kernel.shape[2] - 1) - 1) // sy + 1, kernel.shape[0])
+    dst, src, wgt = L["conv_to_sparse"](shape, out, kernel, (sx, sy), (px, py), (dx, dy),
+                                        int(np.asarray(node.groups)))
+    n = (int(np.prod(out)), int(np.prod(shape)))
+    weights = csr_matrix((wgt, (dst, src)), shape=n)
+    delays = csr_matrix((np.full(len(wgt), delay), (dst, src)), shape=n)
+    return L["DelaySparse"](weights=weights, delays=delays,
+                            weight_exp=int(node.metadata["loihi"]["weight_exp"]),
+                            num_message_bits=0)
 
 
 def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
@@ -135,7 +163,10 @@ class _Network:
                     proc = self.handlers[nir.LIF](self.L, la.node, shape, bias, p,
                                                   (1 + self.depth[la.name]) % p)
                     for i in la.inputs:
-                        (source.s_out if i == INPUT else procs[i].a_out).connect(proc.a_in)
+                        port = source.s_out if i == INPUT else procs[i].a_out
+                        if port.shape != proc.a_in.shape:  # a sparse synapse's flat output
+                            port = port.reshape(proc.a_in.shape)
+                        port.connect(proc.a_in)
                     path = f"{tmp}/{la.name}.npy"
                     self.L["io"].new_recording(path, steps, shape)
                     recorder = self.L["io"].SpikeRecorder(shape=shape, path=path)
@@ -144,7 +175,9 @@ class _Network:
                 else:
                     (src,) = la.inputs
                     proc = self.handlers[type(la.node)](self.L, la.node, procs[src].s_out.shape)
-                    procs[src].s_out.connect(proc.s_in)
+                    port = procs[src].s_out
+                    port = port if port.shape == proc.s_in.shape else port.flatten()
+                    port.connect(proc.s_in)
                 procs[la.name] = proc
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
                                          exception_proc_model_map=self.L["io"].MODEL_MAP)

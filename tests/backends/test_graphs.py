@@ -89,3 +89,45 @@ def test_lava_equals_the_float_model(residual, tmp_path):
     got = net.run(quantize_input(current, q))
     for layer, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
+
+
+def on_grid_conv(rng, c, peak=True):
+    """3x3 conv + an identity BatchNorm, weights k/127 and biases j/254 (on the Loihi grid)."""
+    conv, bn = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+    k = rng.integers(-127, 128, (c, c, 3, 3))
+    if peak:
+        k[0, 0, 1, 1] = 127
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(k / 127.0))
+        bn.bias.copy_(torch.from_numpy(rng.integers(-30, 31, c) / 254.0))
+        bn.running_var.fill_(1.0 - bn.eps)
+    return nn.Sequential(conv, bn).eval()
+
+
+@pytest.mark.lava
+def test_a_delayed_convolution_path_on_lava(tmp_path):
+    """The residual network with 3x3 convolutions: the short path's convolution is held two
+    steps (DelaySparse over the convolution's sparse matrix); Lava equals the float model."""
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
+    rng = np.random.default_rng(3)
+    layers = [MultiStepLIF(), on_grid_conv(rng, 4), MultiStepLIF(), on_grid_conv(rng, 4),
+              MultiStepLIF(), on_grid_conv(rng, 4, peak=False), MultiStepLIF()]
+    enc = SpikingEncoder(nn.Identity(), ChipGraph(layers, [(-1,), (0,), (1,), (2,), (3,), (4,),
+                                                           (1, 5)]), nn.Identity(), T)
+    current = torch.from_numpy(rng.integers(-300, 1200, (3, 4, 6, 6)) / 512.0).float()
+    with torch.no_grad():
+        outs = enc.stack(current, T)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
+    assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
+    ctx = LoweringContext("loihi", load_profile("loihi2"), None)
+    g = run_passes(trace(enc, "image", torch.zeros(1, 4, 6, 6)),
+                   passes_named(get_target("loihi").passes), ctx)
+    assert g.layer("conv0_lif3").node.metadata["delay"] == 2
+    nir.write(tmp_path / "g.nir", to_nir(g))
+    graph = nir.read(tmp_path / "g.nir")
+    q = graph.metadata["input_quantization"]
+    net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"])
+    got = net.run(quantize_input(current.numpy().astype(np.float64), q))
+    for layer, (gl, w) in enumerate(zip(got, want)):
+        assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
