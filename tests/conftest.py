@@ -180,6 +180,18 @@ def zero_shot() -> type[ZeroShot]:
 
 
 @pytest.fixture(scope="session")
+def tower(tmp_path_factory) -> Path:
+    """An untrained offline-teacher image tower (width 8), for training tests."""
+    from spikeclip_deploy.checkpoint import write_safetensors
+    from spikeclip_deploy.teachers.offline import ImageTower
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tower") / "tower.safetensors"
+    write_safetensors(path, ImageTower(width=8).state_dict(), {"config": {"width": 8}, "metadata": {}})
+    return path
+
+
+@pytest.fixture(scope="session")
 def micro_ckpt(tmp_path_factory) -> Path:
     return make_micro_checkpoint(tmp_path_factory.mktemp("ckpt") / "micro.safetensors")
 

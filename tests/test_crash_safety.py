@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from spikeclip_deploy.checkpoint import load_model, write_safetensors
+from spikeclip_deploy.checkpoint import load_model
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.manifest import load_export
@@ -94,16 +94,6 @@ def test_verify_killed_then_rerun(micro_ckpt, image_folder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(tmp.glob("spikeclip-*")) == []  # (other libraries keep their caches there)
     assert json.loads(report.read_text())["n"] == 2
-
-
-@pytest.fixture(scope="module")
-def tower(tmp_path_factory):
-    from spikeclip_deploy.teachers.offline import ImageTower
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tower") / "tower.safetensors"
-    write_safetensors(path, ImageTower(width=8).state_dict(), {"config": {"width": 8}, "metadata": {}})
-    return path
 
 
 RECIPE = Recipe(text_epochs=1, distill_epochs=2, finetune_epochs=1, batch_size=4,

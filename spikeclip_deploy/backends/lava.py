@@ -13,10 +13,12 @@ LIF's spikes are read from its window ``depth .. depth+T-1``.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Callable
 
 import nir
 import numpy as np
+from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError
@@ -97,8 +99,6 @@ def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
 
 def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
     """The convolution as a ``DelaySparse`` on flattened (Lava-layout, C-order) neurons."""
-    from scipy.sparse import csr_matrix
-
     x, y, _ = shape
     (sx, sy), (px, py), (dx, dy) = (pair(node.stride)[::-1], pair(node.padding)[::-1],
                                     pair(node.dilation)[::-1])
@@ -182,7 +182,9 @@ class _Network:
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
                                          exception_proc_model_map=self.L["io"].MODEL_MAP)
             try:
-                source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
+                with warnings.catch_warnings():  # DelaySparse's model edits its csr matrices
+                    warnings.simplefilter("ignore", SparseEfficiencyWarning)
+                    source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
             finally:
                 source.stop()
             out = []

@@ -115,14 +115,6 @@ def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: FixedPoint,
                    metadata=meta)
 
 
-def quantize_chain(chain: list[tuple[str, nir.NIRNode]], profile: ChipProfile
-                   ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
-    """A chain ``[(name, node)]``, each layer reading the one before: :func:`quantize_layers`."""
-    names = ["input"] + [name for name, _ in chain]
-    return quantize_layers([(name, node, (prev,)) for (name, node), prev in zip(chain, names)],
-                           profile)
-
-
 def _int_synapse(syn: nir.NIRNode, w_int: np.ndarray, bias_q: np.ndarray, meta: dict) -> nir.NIRNode:
     meta = {**meta, **({"delay": syn.metadata["delay"]} if "delay" in syn.metadata else {})}
     if isinstance(syn, nir.Conv2d):

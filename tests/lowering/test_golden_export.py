@@ -14,9 +14,15 @@ import numpy as np
 
 from spikeclip_deploy.checkpoint import load_model
 from spikeclip_deploy.hardware import load_profile
-from spikeclip_deploy.lowering.quantize import quantize_chain
+from spikeclip_deploy.lowering.quantize import quantize_layers
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "micro_loihi_chip.json"
+
+def quantize_chain(chain, profile):
+    """``quantize_layers`` on a chain ``[(name, node)]``, each layer reading the one before."""
+    names = ["input"] + [name for name, _ in chain]
+    return quantize_layers([(n, node, (prev,)) for (n, node), prev in zip(chain, names)], profile)
+
 
 
 def digest(a) -> str:

@@ -11,13 +11,19 @@ from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.lowering.graph import run_passes, trace
 from spikeclip_deploy.lowering.passes import PASSES
-from spikeclip_deploy.lowering.quantize import quantize_chain
+from spikeclip_deploy.lowering.quantize import quantize_layers
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
 from spikeclip_deploy.nn.spikeclip import SpikeCLIP
 
 FP = load_profile("loihi2").fixed_point
+
+def quantize_chain(chain, profile):
+    """``quantize_layers`` on a chain ``[(name, node)]``, each layer reading the one before."""
+    names = ["input"] + [name for name, _ in chain]
+    return quantize_layers([(n, node, (prev,)) for (n, node), prev in zip(chain, names)], profile)
+
 
 
 def test_fake_quant_by_hand():

@@ -4,7 +4,14 @@ import pytest
 
 from spikeclip_deploy.errors import LoweringError
 from spikeclip_deploy.hardware import load_profile
-from spikeclip_deploy.lowering.quantize import quantize_chain, round_even, split_bias
+from spikeclip_deploy.lowering.quantize import quantize_layers, round_even, split_bias
+
+
+def quantize_chain(chain, profile):
+    """``quantize_layers`` on a chain ``[(name, node)]``, each layer reading the one before."""
+    names = ["input"] + [name for name, _ in chain]
+    return quantize_layers([(n, node, (prev,)) for (n, node), prev in zip(chain, names)], profile)
+
 
 
 def lif(n, vth=1.0):
@@ -48,8 +55,6 @@ def test_fan_in_shares_one_scale_and_one_bias():
     floor(254 * 2 / 1.0) = 508 = S for both; W_a = round_even(254 * [0.5, -0.25]) = [128, -64]
     (127 rounds to the even 128), W_b = [254, 0]; biases 0.25 + 0.5 summed: 64 * 508 * 0.75 / 2
     = 12192 -> mantissa 3048, exponent 2, held by dense_a (dense_b's is 0)."""
-    from spikeclip_deploy.lowering.quantize import quantize_layers
-
     def dense(w, b):
         return nir.Affine(weight=np.array([w]), bias=np.array([b]))
     layers = [("lif0", lif(2), ("input",)), ("dense_a", dense([0.5, -0.25], 0.25), ("lif0",)),

@@ -5,22 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from spikeclip_deploy.checkpoint import load_model, write_safetensors
+from spikeclip_deploy.checkpoint import load_model
 from spikeclip_deploy.errors import CheckpointError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.training.recipe import Recipe
 from spikeclip_deploy.training.run import TrainConfig, run_training
-
-
-@pytest.fixture(scope="module")
-def tower(tmp_path_factory):
-    from spikeclip_deploy.teachers.offline import ImageTower
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tower") / "tower.safetensors"
-    write_safetensors(path, ImageTower(width=8).state_dict(), {"config": {"width": 8}, "metadata": {}})
-    return path
 
 
 def test_train_both_stages_then_resume(image_folder, tower, tmp_path):
