@@ -39,6 +39,8 @@ def energy_summary(e: dict) -> str:
         lines.append(f"  {layer['name']:<8s}{layer['input']:<7s}{layer['firing_rate']:>7.3f}"
                      f"{layer['sops']:>14,.0f}{layer['sops_analytic']:>14,.0f}")
     lines += [f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs x T",
+              f"  chip share of the work: {100 * e['chip_sop_share']:.1f} % (chip SOPs vs host "
+              f"MACs as executed)",
               f"  SNN {e['energy_per_inference_mj']:.6f} mJ  vs ANN counterpart "
               f"{e['ann_energy_per_inference_mj']:.6f} mJ  (ratio {e['energy_ratio_snn_over_ann']:.3f},"
               f" reduction {100 * e['energy_reduction']:.1f} %)",

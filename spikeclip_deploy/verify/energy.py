@@ -11,6 +11,9 @@ For a synapse layer :math:`l` fed by spikes :math:`s_{t,i}`:
 :math:`E_{SNN} = E_{AC} \sum_l \mathrm{SOP}_l + E_{MAC}(T\cdot\mathrm{MAC}_{stem} + \mathrm{MAC}_{readout})`,
 :math:`E_{ANN} = E_{MAC}(\mathrm{MAC}_{stem} + \sum_l \mathrm{FLOPs}_l + \mathrm{MAC}_{readout})`.
 Only computation is counted, not memory access or data movement.
+
+The partition's share of the work: ``chip_sop_share`` = chip SOPs / (chip SOPs + host MACs), the
+host MACs counted as executed (the stem once per sample under direct coding, the readout once).
 """
 from __future__ import annotations
 
@@ -57,6 +60,8 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
         "neuron_firing_rates": {nm: float(s.mean()) for nm, s in zip(lif_names, spikes)},
         "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * t * stem_macs,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
+        "host_macs_executed": int(stem_macs + readout_macs),
+        "chip_sop_share": total_sops / (total_sops + stem_macs + readout_macs),
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
         "ann_energy_per_inference_mj": e_ann / PJ_PER_MJ,
         "energy_ratio_snn_over_ann": e_snn / e_ann,

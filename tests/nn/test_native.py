@@ -181,7 +181,7 @@ def test_the_native_graph_lowers_and_the_cpu_reference_equals_the_float_model(tm
     import nir
 
     from spikeclip_deploy.backends.base import chip_input
-    from spikeclip_deploy.backends.cpu import CPUBackend, run_graph
+    from spikeclip_deploy.backends.cpu import run_graph
     from spikeclip_deploy.checkpoint import load_model
     from spikeclip_deploy.export import lower_encoder
     from spikeclip_deploy.lowering.graph import to_nir
@@ -199,8 +199,9 @@ def test_the_native_graph_lowers_and_the_cpu_reference_equals_the_float_model(tm
             if isinstance(m, (MultiStepLIF, SpikeMaxPool))]
     nir.write(tmp_path / "image.nir", to_nir(lower_encoder(model, "image", get_target("cpu"))))
     graph = nir.read(tmp_path / "image.nir")
-    got = run_graph(graph_layers(graph), torch.from_numpy(chip_input(current.double().numpy(), graph)),
-                    enc.time_steps, CPUBackend.handlers)
+    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
+    got = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
+                    enc.time_steps)
     assert len(got) == len(want) == 12
     for k, (g, w) in enumerate(zip(got, want)):
         assert 0 < w.mean() < 1 and np.array_equal(g, w), k

@@ -34,6 +34,7 @@ def test_sops_of_a_three_neuron_network():
     assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 25)
     assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 21)
     assert "not counted" in rep["note"]
+    assert rep["chip_sop_share"] == 8 / (8 + 10 + 5)  # chip SOPs vs host MACs as executed
 
 
 def test_conv_fan_out_by_hand():
