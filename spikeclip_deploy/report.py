@@ -33,11 +33,13 @@ def verify_summary(r: dict) -> str:
 
 
 def energy_summary(e: dict) -> str:
+    w = max(8, *(len(layer["name"]) + 1 for layer in e["layers"]))
     lines = [f"energy per image inference (n={e['n']}, T={e['time_steps']}, from Lava spikes)",
-             f"  {'layer':<8s}{'input':<7s}{'rate':>7s}{'SOPs':>14s}{'rate*T*FLOPs':>14s}"]
+             f"  {'layer':<{w}s}{'input':<7s}{'rate':>7s}{'SOPs':>14s}{'rate*T*FLOPs':>14s}"]
     for layer in e["layers"]:
-        lines.append(f"  {layer['name']:<8s}{layer['input']:<7s}{layer['firing_rate']:>7.3f}"
-                     f"{layer['sops']:>14,.0f}{layer['sops_analytic']:>14,.0f}")
+        copy = f"  (copy of {layer['copy_of']}: counted once)" if layer["copy_of"] else ""
+        lines.append(f"  {layer['name']:<{w}s}{layer['input']:<7s}{layer['firing_rate']:>7.3f}"
+                     f"{layer['sops']:>14,.0f}{layer['sops_analytic']:>14,.0f}{copy}")
     lines += [f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs x T",
               f"  chip share of the work: {100 * e['chip_sop_share']:.1f} % (chip SOPs vs host "
               f"MACs as executed)",

@@ -53,8 +53,9 @@ FOLD_BN = Pass("fold_bn", lambda g, ctx: g.replace(layers=tuple(map(_fold_layer,
 # -- split_fanout --------------------------------------------------------------------------------
 def _split_fanout(graph: Graph, ctx: LoweringContext) -> Graph:
     """A synapse layer read by k > 1 layers (a term of a residual stream) becomes k copies
-    ``NAME_CONSUMER``, one per reader: on a chip each destination has synapses of its own, and
-    each copy can then take its reader's scale and delay."""
+    ``NAME_CONSUMER`` (``metadata['copy_of'] = NAME``), one per reader: on a chip each
+    destination has synapses of its own, and each copy can then take its reader's scale and
+    delay."""
     layers: list[Layer] = []
     renamed: dict[tuple[str, str], str] = {}  # (synapse, reader) -> copy
     for layer in graph.layers:
@@ -63,7 +64,9 @@ def _split_fanout(graph: Graph, ctx: LoweringContext) -> Graph:
             for reader in readers:
                 copy = f"{layer.name}_{reader.name}"
                 renamed[(layer.name, reader.name)] = copy
-                layers.append(dataclasses.replace(layer, name=copy))
+                node = dataclasses.replace(layer.node, metadata={**layer.node.metadata,
+                                                                 "copy_of": layer.name})
+                layers.append(dataclasses.replace(layer, name=copy, node=node))
         else:
             layers.append(layer)
     layers = [dataclasses.replace(la, inputs=tuple(renamed.get((i, la.name), i) for i in la.inputs))

@@ -116,7 +116,7 @@ def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: FixedPoint,
 
 
 def _int_synapse(syn: nir.NIRNode, w_int: np.ndarray, bias_q: np.ndarray, meta: dict) -> nir.NIRNode:
-    meta = {**meta, **({"delay": syn.metadata["delay"]} if "delay" in syn.metadata else {})}
+    meta = {**meta, **{k: syn.metadata[k] for k in ("delay", "copy_of") if k in syn.metadata}}
     if isinstance(syn, nir.Conv2d):
         return nir.Conv2d(input_shape=syn.input_shape, weight=w_int.astype(np.float32),
                           stride=syn.stride, padding=syn.padding, dilation=syn.dilation,

@@ -49,17 +49,22 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
         sops = float((s.reshape(n, t, -1).sum((0, 1)).astype(np.float64) * fo.reshape(-1)).sum() / n)
         rate = float(s.mean())
         fl = flops(la.node, in_shape)
-        rows.append({"name": la.name, "type": type(la.node).__name__, "input": src,
+        rows.append({"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
+                     "type": type(la.node).__name__, "input": src,
                      "firing_rate": rate, "sops": sops, "sops_analytic": rate * t * fl,
                      "flops": fl, "energy_pj": sops * e_ac})
-    total_sops = sum(row["sops"] for row in rows)
+    # a synapse copied for several readers (a residual stream's term) is one layer of the model:
+    # the model's operations count it once; the chip executes every copy
+    model_rows = {row["copy_of"] or row["name"]: row for row in rows}.values()
+    total_sops = sum(row["sops"] for row in model_rows)
     e_snn = e_ac * total_sops + e_mac * (t * stem_macs + readout_macs)
-    e_ann = e_mac * (stem_macs + sum(row["flops"] for row in rows) + readout_macs)
+    e_ann = e_mac * (stem_macs + sum(row["flops"] for row in model_rows) + readout_macs)
     return {
         "n": int(n), "time_steps": int(t), "layers": rows,
         "neuron_firing_rates": {nm: float(s.mean()) for nm, s in zip(lif_names, spikes)},
         "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * t * stem_macs,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
+        "chip_sops_all_copies": sum(row["sops"] for row in rows),
         "host_macs_executed": int(stem_macs + readout_macs),
         "chip_sop_share": total_sops / (total_sops + stem_macs + readout_macs),
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,

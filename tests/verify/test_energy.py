@@ -60,3 +60,19 @@ def test_conv_sops_equal_an_independent_recount():
     events = F.conv2d(torch.from_numpy(spikes.reshape(8, 3, 8, 8)).double(),
                       torch.ones(5, 3, 3, 3, dtype=torch.float64), stride=2, padding=1).sum() / 2
     assert rep["layers"][0]["sops"] == float(events)
+
+
+def test_copies_of_a_residual_term_count_once_in_the_model():
+    """dense0 is read by lif1 and lif2 (split into two copies on chip): the model's SOPs and the
+    ANN's FLOPs count it once; the chip's events count both copies."""
+    def dense(copy_of=None):
+        return nir.Affine(np.ones((2, 3)), np.zeros(2), metadata={"copy_of": copy_of} if copy_of else {})
+    layers = [ChipLayer("lif0", lif((3,)), ("input",)),
+              ChipLayer("dense0_lif1", dense("dense0"), ("lif0",)),
+              ChipLayer("dense0_lif2", dense("dense0"), ("lif0",)),
+              ChipLayer("lif1", lif((2,)), ("dense0_lif1",)),
+              ChipLayer("lif2", lif((2,)), ("dense0_lif2",))]
+    spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2)), np.zeros((1, 2, 2))]
+    rep = energy_report(layers, spikes, 0, 0, EM)
+    assert rep["total_sops"] == 8 and rep["chip_sops_all_copies"] == 16
+    assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 6)
