@@ -219,8 +219,7 @@ def _model(name: str | None) -> str:
               show_default=True,
               help="random: export a seeded random initialisation of the registered config "
                    "--model (no checkpoint needed), to check its deployability and cost.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
-              help="Seed of --init random.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of --init random.")
 def export_cmd(target: str, model: str | None, out: str | None, force: bool, init: str,
                seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""

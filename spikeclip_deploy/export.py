@@ -168,7 +168,11 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
             check_replaceable(out)
             with owned_tempdir(out.parent, f".{out.name}.old-") as old:
                 os.rename(out, old / "x")
-                os.rename(tmp, out)
+                try:
+                    os.rename(tmp, out)
+                except OSError:
+                    os.rename(old / "x", out)  # put the old export back before failing
+                    raise
         else:
             os.rename(tmp, out)  # also replaces an empty directory
         fsync_path(out.parent)

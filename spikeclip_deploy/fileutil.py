@@ -47,7 +47,7 @@ def _lock_path(path: Path) -> int | None:
     """An fd holding ``path``'s exclusive lock, or None when a live process holds it."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # gone, or another user's: not ours to judge
         return None
     if _try_lock(fd):
         return fd

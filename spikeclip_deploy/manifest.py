@@ -62,8 +62,8 @@ def load_export(folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     listed = manifest["files"]
-    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-               if p.is_file() and p.name != MANIFEST}
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    on_disk.discard(MANIFEST)
     needed = set(REQUIRED_FILES)
     unlisted = sorted(on_disk - set(listed))
     absent = sorted(needed - set(listed)) + (

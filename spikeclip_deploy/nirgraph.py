@@ -5,7 +5,7 @@ An exported chip graph is ``input -> layers -> output``; a layer sums what its i
 carry (several edges into a LIF are fan-in). On a chip whose synapses delay by one step, every
 synapse may hold its output ``metadata["delay"]`` steps more, so that all paths into a LIF
 arrive in the same step: the LIF's *depth* (its spikes of step ``t`` appear at chip step
-``t + depth``) is ``depth(source) + 1 + delay`` along every incoming synapse.
+``t + depth``) is ``depth(source) + synapse_delay + delay`` along every incoming synapse.
 """
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ INPUT = "input"
 def pair(v) -> tuple[int, int]:
     a = [int(x) for x in np.atleast_1d(np.asarray(v))]
     return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
+
+
+def conv_out_hw(node: nir.Conv2d, hw: tuple[int, int]) -> tuple[int, int]:
+    """Output height and width of a convolution (or a sum-pool written as one) on ``hw``."""
+    k = np.asarray(node.weight).shape[2:]
+    return tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, kk, s, p, d in
+                 zip(hw, k, pair(node.stride), pair(node.padding), pair(node.dilation)))
 
 
 def ungroup(node: nir.Conv2d) -> nir.Conv2d:
@@ -85,13 +92,13 @@ def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
     return order
 
 
-def depths(layers: list[ChipLayer]) -> dict[str, int]:
-    """Chip-step offset of every layer's output (synapse delays included); the incoming paths of
-    every LIF must agree."""
+def depths(layers: list[ChipLayer], synapse_delay: int) -> dict[str, int]:
+    """Chip-step offset of every layer's output, each synapse layer taking ``synapse_delay``
+    steps plus its aligning delay; the incoming paths of every LIF must agree."""
     depth: dict[str, int] = {}
     for layer in layers:
         if isinstance(layer.node, nir.LIF):  # the host current arrives at once, synapses a step later
-            arrivals = {0 if i == INPUT else depth[i] + 1 for i in layer.inputs}
+            arrivals = {0 if i == INPUT else depth[i] + synapse_delay for i in layer.inputs}
             if len(arrivals) != 1:
                 raise LoweringError(f"the inputs of '{layer.name}' arrive at chip steps "
                                     f"{sorted(arrivals)}: paths of different synaptic depth need "

@@ -29,8 +29,8 @@ def test_shipped_profiles_load_as_typed_records():
         chip.fixed_point.activation_shift = 7
 
 
-def test_every_profile_key_is_read():
-    """No key in the shipped JSON that the typed record (and so the code) does not hold."""
+def test_every_profile_key_is_a_typed_field():
+    """No key in the shipped JSON that the typed record does not hold (and check)."""
     import dataclasses
 
     def keys(record):

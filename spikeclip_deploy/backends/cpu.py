@@ -79,7 +79,7 @@ def run_graph(graph: nir.NIRGraph, lif_names: list[str], x_in: torch.Tensor,
 
 
 class CPUBackend(Backend):
-    """Runs the float NIR graph step by step (float64, so it is a reference, not a fast path)."""
+    """Runs an export's NIR graph step by step in float64 (a reference, not a fast path)."""
 
     name = "cpu"
     handlers: dict[type, Callable] = NODE_MAP

@@ -23,7 +23,7 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError
 from ..fileutil import owned_tempdir
-from ..nirgraph import INPUT, ChipLayer, depths, pair
+from ..nirgraph import INPUT, ChipLayer, conv_out_hw, depths, pair
 from .base import Backend, quantize_input
 
 log = logging.getLogger(__name__)
@@ -87,24 +87,22 @@ def _lava_kernel(node: nir.Conv2d) -> np.ndarray:
 def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
     """``Conv``, or for a delayed one (path alignment) ``DelaySparse`` over the convolution's
     sparse matrix (Lava's ``conv_to_sparse``): ``Conv`` has no delays."""
-    kw = dict(stride=pair(node.stride)[::-1], padding=pair(node.padding)[::-1],
-              dilation=pair(node.dilation)[::-1])
-    exp = int(node.metadata["loihi"]["weight_exp"])
     delay = int(node.metadata.get("delay", 0))
     if delay:
         return conv_as_sparse(L, node, shape, delay)
     return L["Conv"](weight=_lava_kernel(node), input_shape=shape,
-                     groups=int(np.asarray(node.groups)), weight_exp=exp, **kw)
+                     stride=pair(node.stride)[::-1], padding=pair(node.padding)[::-1],
+                     dilation=pair(node.dilation)[::-1], groups=int(np.asarray(node.groups)),
+                     weight_exp=int(node.metadata["loihi"]["weight_exp"]))
 
 
 def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
     """The convolution as a ``DelaySparse`` on flattened (Lava-layout, C-order) neurons."""
-    x, y, _ = shape
     (sx, sy), (px, py), (dx, dy) = (pair(node.stride)[::-1], pair(node.padding)[::-1],
                                     pair(node.dilation)[::-1])
     kernel = _lava_kernel(node)  # [Cout, kX, kY, Cin/groups]
-    out = ((x + 2 * px - dx * (kernel.shape[1] - 1) - 1) // sx + 1,
-           (y + 2 * py - dy * (kernel.shape[2] - 1) - 1) // sy + 1, kernel.shape[0])
+    h_out, w_out = conv_out_hw(node, (shape[1], shape[0]))
+    out = (w_out, h_out, kernel.shape[0])
     dst, src, wgt = L["conv_to_sparse"](shape, out, kernel, (sx, sy), (px, py), (dx, dy),
                                         int(np.asarray(node.groups)))
     n = (int(np.prod(out)), int(np.prod(shape)))
@@ -137,10 +135,10 @@ class _Network:
     """
 
     def __init__(self, L: dict, layers: list[ChipLayer], time_steps: int,
-                 handlers: dict[type, Callable], shift: int) -> None:
+                 handlers: dict[type, Callable], shift: int, synapse_delay: int) -> None:
         self.L, self.layers, self.handlers, self.time_steps = L, layers, handlers, time_steps
         self.shift = shift  # activation shift: inputs and biases enter the state << shift
-        self.depth = depths(layers)
+        self.depth = depths(layers, synapse_delay)
         self.period = time_steps + max(self.depth.values())
 
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
@@ -176,7 +174,11 @@ class _Network:
                     (src,) = la.inputs
                     proc = self.handlers[type(la.node)](self.L, la.node, procs[src].s_out.shape)
                     port = procs[src].s_out
-                    port = port if port.shape == proc.s_in.shape else port.flatten()
+                    if port.shape != proc.s_in.shape:  # only a sparse synapse reads flat input
+                        if not isinstance(proc, self.L["DelaySparse"]):
+                            raise ExportError(f"layer '{la.name}' reads {port.shape} spikes but "
+                                              f"takes {proc.s_in.shape}")
+                        port = port.flatten()
                     port.connect(proc.s_in)
                 procs[la.name] = proc
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
@@ -216,5 +218,5 @@ class LavaBackend(Backend):
                               f"backend feeds the input through a_in (<< {q['activation_shift']}) "
                               f"and needs {q['activation_shift']}")
         net = _Network(self._L, self.layers[side], self.time_steps, self.handlers,
-                       q["activation_shift"])
+                       q["activation_shift"], self.graphs[side].metadata["synapse_delay_steps"])
         return net.run(quantize_input(current, q))

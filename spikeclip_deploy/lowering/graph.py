@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
-from ..nirgraph import INPUT, ungroup
+from ..nirgraph import INPUT, conv_out_hw, ungroup
 from ..nn.chip_graph import HOST_INPUT, SpikeMaxPool
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
 
-SYNAPSES = (nir.Conv2d, nir.Affine)
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def _pool_nodes(pool: SpikeMaxPool, shape: tuple[int, ...], tau: float
     conv = nir.Conv2d(input_shape=(h, w), weight=np.ones((c, 1, k, k), dtype=np.float32),
                       stride=st, padding=pad, dilation=1, groups=c,
                       bias=np.zeros(c, dtype=np.float32))
-    out = (c, (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1)
+    out = (c, *conv_out_hw(conv, (h, w)))
     full = lambda v: np.full(out, v, dtype=np.float32)  # noqa: E731
     return conv, nir.LIF(tau=full(tau), r=full(1.0), v_leak=full(0.0),
                          v_threshold=full(OR_THRESHOLD), v_reset=full(0.0))

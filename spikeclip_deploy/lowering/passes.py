@@ -15,8 +15,8 @@ from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile
 from ..nirgraph import ChipLayer, depths
 from .fold import bn_gain, folded_bias
-from .graph import INPUT, SYNAPSES, Graph, Layer, Pass
-from .quantize import quantize_layers
+from .graph import INPUT, Graph, Layer, Pass
+from .quantize import SYNAPSES, quantize_layers
 from .resources import graph_resources
 
 
@@ -128,26 +128,30 @@ def _depths(graph: Graph) -> dict[str, int]:
 
 
 def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
-    """A chip delays every synapse by one step, the float model by none: a LIF fed by paths of
-    different synaptic depth would see them in different steps. Each synapse into a LIF holds
-    its output ``depth(LIF) - depth(synapse)`` steps more (``metadata['delay']``), so all its
-    paths arrive together, as in the float model."""
+    """A chip delays every synapse by ``synapse_delay_steps``, the float model by none: a LIF
+    fed by paths of different synaptic depth would see them in different steps. Each synapse
+    into a LIF holds its output ``(depth(LIF) - depth(synapse)) * synapse_delay_steps`` steps
+    more (``metadata['delay']``), so all its paths arrive together, as in the float model."""
+    if ctx.profile is None:
+        raise LoweringError(f"target '{ctx.target}' aligns delays but names no hardware profile")
     depth = _depths(graph)
     extra: dict[str, int] = {}
     for la in graph.layers:
         if isinstance(la.node, nir.LIF):
             for i in la.inputs:
                 if i != INPUT:
-                    extra[i] = depth[la.name] - depth[i]
+                    extra[i] = (depth[la.name] - depth[i]) * ctx.profile.synapse_delay_steps
     layers = tuple(dataclasses.replace(la, node=dataclasses.replace(
         la.node, metadata={**la.node.metadata, "delay": extra[la.name]}))
         if extra.get(la.name) else la for la in graph.layers)
-    return graph.replace(layers=layers)
+    return graph.replace(layers=layers, meta={**graph.meta, "synapse_delay_steps":
+                                              ctx.profile.synapse_delay_steps})
 
 
 def _misaligned(graph: Graph) -> str | None:
     try:  # the run side's own reading of the delays
-        depths([ChipLayer(la.name, la.node, la.inputs) for la in graph.layers])
+        depths([ChipLayer(la.name, la.node, la.inputs) for la in graph.layers],
+               graph.meta["synapse_delay_steps"])
     except LoweringError as exc:
         return str(exc)
     return None
@@ -170,7 +174,6 @@ def _quantize(graph: Graph, ctx: LoweringContext) -> Graph:
                             f"trained for")
     layers = tuple(dataclasses.replace(la, node=node) for la, (_, node) in zip(graph.layers, chain))
     meta = {**graph.meta, "input_quantization": input_q, "hardware": ctx.profile.name,
-            "synapse_delay_steps": ctx.profile.synapse_delay_steps,
             "units": "integer chip units; see each node's metadata['loihi']"}
     return graph.replace(layers=layers, meta=meta)
 
@@ -205,6 +208,8 @@ RESOURCES = Pass("resources", _resources,
 
 def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
     """Neurons and synapses against the profile's per-chip limits (data in ``hardware/``)."""
+    if ctx.profile is None:
+        raise LoweringError(f"target '{ctx.target}' checks limits but names no hardware profile")
     for kind in ("neurons", "synapses"):
         limit = getattr(ctx.profile.limits, f"{kind}_per_chip")
         if graph.meta["resources"][kind] > limit:

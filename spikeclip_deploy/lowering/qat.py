@@ -39,11 +39,14 @@ def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm
     for i, syn in enumerate(graph):
         if isinstance(syn, MultiStepLIF):
             continue
-        drives = [graph[j] for j in graph.consumers(i)]
-        if len(drives) != 1 or not isinstance(drives[0], MultiStepLIF):
+        readers = graph.consumers(i)
+        drives = [graph[j] for j in readers]
+        if len(drives) != 1 or not isinstance(drives[0], MultiStepLIF) or \
+                len(graph.inputs[readers[0]]) != 1:
             raise ConfigError(f"quantization-aware training needs every chip synapse to drive "
-                              f"exactly one LIF; layer {i} ({type(syn).__name__}) drives "
-                              f"{[type(d).__name__ for d in drives]}")
+                              f"exactly one LIF that reads nothing else (fan-in shares one "
+                              f"scale across synapses: not supported yet); layer {i} "
+                              f"({type(syn).__name__}) drives {readers}")
         if isinstance(syn, nn.Sequential) and len(syn) == 2 and isinstance(syn[0], nn.Conv2d) \
                 and isinstance(syn[1], nn.BatchNorm2d):
             yield syn[0], syn[1], drives[0]
@@ -118,7 +121,7 @@ def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
 
 def check_supported(model: nn.Module, profile: ChipProfile) -> None:
     """Raise a :class:`ConfigError` before training if quantization-aware training cannot
-    apply: both encoders must be spiking synapse -> LIF chains and the profile a chip's."""
+    apply: in both encoders every chip synapse must drive one LIF that reads nothing else."""
     for side in ("image", "text"):
         encoder = getattr(model, side)
         if not isinstance(encoder, SpikingEncoder):

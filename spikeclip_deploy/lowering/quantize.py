@@ -1,4 +1,5 @@
-r"""Quantize a float NIR chain to Loihi fixed point, as Lava's bit-accurate models compute it.
+r"""Quantize float NIR layers to Loihi fixed point, as Lava's bit-accurate models compute it
+(:math:`a` is the profile's activation shift, 6 on Loihi 2).
 
 Float neuron (dt = 1): :math:`v \leftarrow v + (I - v)/\tau`, :math:`I = W s + b`.
 Loihi (``PyLifModelBitAcc``, ``du = 4095`` so :math:`u_t` = this step's input):
@@ -6,17 +7,19 @@ Loihi (``PyLifModelBitAcc``, ``du = 4095`` so :math:`u_t` = this step's input):
 .. math::
 
     v \leftarrow \mathrm{trunc}\!\left(v\,\frac{4096 - d_v}{4096}\right)
-        + 2^6 \textstyle\sum w s + b_m 2^{b_e}, \qquad s = [v > 2^6 v_{th}]
+        + 2^a \textstyle\sum w s + b_m 2^{b_e}, \qquad s = [v > 2^a v_{th}]
 
-With a per-layer integer scale :math:`S` (integer volts per float volt / :math:`2^6`):
-:math:`w = S W/\tau` rounded to an even 8-bit mantissa, :math:`v_{th} = S\,V_{th}`,
-:math:`b_m 2^{b_e} = 2^6 S b/\tau`, :math:`d_v = 4096/\tau`. :math:`S` is chosen so the largest
-weight fills the 8-bit range. The first LIF is driven by the host's input current
-:math:`x` as a per-neuron bias: :math:`b_m = \mathrm{round}(x \cdot 2^6 S_0 / \tau / 2^{b_e})`.
+With an integer scale :math:`S` per LIF, shared by all the synapses that feed it (integer volts
+per float volt / :math:`2^a`): :math:`w = S W/\tau` rounded to an even 8-bit mantissa,
+:math:`v_{th} = S\,V_{th}`, :math:`b_m 2^{b_e} = 2^a S b/\tau` (:math:`b` the sum of their
+biases), :math:`d_v = 4096/\tau`. :math:`S` is chosen so the largest of those weights fills the
+8-bit range. The LIF that reads the host's input current :math:`x` takes it as a per-neuron
+bias: :math:`b_m = \mathrm{round}(x \cdot 2^a S_0 / \tau / 2^{b_e})`.
 
-The quantized chain is written as NIR with integer-valued parameters whose float semantics are
-the chip's up to the truncating decay: synapse weights :math:`w`, biases :math:`b_m 2^{b_e}/2^6`,
-LIF :math:`r = 2^6\tau`, :math:`V_{th} = 2^6 v_{th}`. Register values go in ``metadata['loihi']``.
+The quantized layers are written as NIR with integer-valued parameters whose float semantics
+are the chip's up to the truncating decay: synapse weights :math:`w`, biases
+:math:`b_m 2^{b_e}/2^a`, LIF :math:`r = 2^a\tau`, :math:`V_{th} = 2^a v_{th}`. Register values
+go in ``metadata['loihi']``.
 """
 from __future__ import annotations
 
@@ -69,14 +72,14 @@ def quantize_weight(w: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> 
 
 
 def quantize_bias(b: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> tuple[np.ndarray, int]:
-    r"""Float bias -> (mantissa, exponent) of :math:`2^6 S b/\tau`."""
+    r"""Float bias -> (mantissa, exponent) of :math:`2^a S b/\tau`."""
     return split_bias(np.round(2 ** fp.activation_shift * scale * b / tau), fp)
 
 
 def input_quantization(tau: float, v_threshold: float, fp: FixedPoint) -> dict[str, Any]:
     r"""How the host's input current :math:`x` drives the first LIF as a bias:
     :math:`b_m = \mathrm{clip}(\mathrm{round}(x \cdot \mathrm{input\_scale}))` with
-    :math:`\mathrm{input\_scale} = 2^6 S_0/\tau/2^{b_e}`, :math:`S_0 = v_{th,0}/V_{th}`."""
+    :math:`\mathrm{input\_scale} = 2^a S_0/\tau/2^{b_e}`, :math:`S_0 = v_{th,0}/V_{th}`."""
     vth0, exp = int(fp.input_vth), int(fp.input_bias_exp)
     scale = 2 ** fp.activation_shift * (vth0 / v_threshold) / tau / 2**exp
     return {"input_scale": scale, "bias_exp": exp, "bias_mant_range": list(fp.bias_mant_range),

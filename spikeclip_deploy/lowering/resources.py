@@ -1,4 +1,4 @@
-"""Static resource counts of a chip chain: fan-out, dense-equivalent MACs, neurons, synapses."""
+"""Static resource counts of a chip graph: fan-out, dense-equivalent MACs, neurons, synapses."""
 from __future__ import annotations
 
 import nir
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nirgraph import pair
+from ..nirgraph import conv_out_hw, pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -27,10 +27,7 @@ def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
     w = np.asarray(node.weight)
     if isinstance(node, nir.Affine):
         return int(w.shape[0] * w.shape[1])
-    h, wd = in_shape[1:]
-    (sh, sw), (ph, pw), (dh, dw) = pair(node.stride), pair(node.padding), pair(node.dilation)
-    ho = (h + 2 * ph - dh * (w.shape[2] - 1) - 1) // sh + 1
-    wo = (wd + 2 * pw - dw * (w.shape[3] - 1) - 1) // sw + 1
+    ho, wo = conv_out_hw(node, in_shape[1:])
     return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
 
 

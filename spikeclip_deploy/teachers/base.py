@@ -5,7 +5,6 @@ import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +75,3 @@ class Teacher(ABC):
         except OSError as exc:
             log.warning("cannot cache the teacher's class weights at %s (%s)", path, exc)
         return weights
-
-    def save_tokenizer(self, folder: Path) -> None:
-        self.tokenizer().save_pretrained(str(folder))

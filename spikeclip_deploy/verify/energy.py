@@ -72,6 +72,5 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
         "energy_ratio_snn_over_ann": e_snn / e_ann,
         "energy_reduction": 1.0 - e_snn / e_ann,
         "energy_model": dataclasses.asdict(energy_model),
-        "note": "computation only (E_AC per synaptic op, E_MAC per multiply-accumulate): memory "
-                "access and data movement are not counted",
+        "note": energy_model.scope,
     }

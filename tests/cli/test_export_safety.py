@@ -91,13 +91,6 @@ def test_incomplete_or_wrong_manifest_is_refused(export_copy, edit, message):
         load_export(export_copy)
 
 
-def test_every_file_a_backend_reads_is_required():
-    """The required list names exactly the files the host runtime and chip loader open."""
-    assert set(REQUIRED_FILES) == {f"chip/{s}_encoder.nir" for s in ("image", "text")} | {
-        f"host/{n}.onnx" for n in ("image_encode", "text_encode", "image_readout", "text_readout")
-    } | {"host/labels.json", "host/label_features.npy"}
-
-
 def test_backends_say_what_they_run(micro_exports):
     with get_backend("cpu")(micro_exports["loihi"]) as cpu:
         assert "--target loihi export" in cpu.description and "not bit-exact" in cpu.description

@@ -57,12 +57,17 @@ def test_split_fanout_and_align_delays_by_hand():
     enc = encoder([MultiStepLIF(), lin(), MultiStepLIF(), lin(), MultiStepLIF()],
                   [(-1,), (0,), (1,), (2,), (1, 3)])
     g = run_passes(trace(enc, "text", torch.zeros(1, 3)),
-                   (PASSES["split_fanout"], PASSES["align_delays"]), CPU)
+                   (PASSES["split_fanout"], PASSES["align_delays"]), LOIHI)
     assert [(la.name, la.inputs, la.node.metadata.get("delay", 0)) for la in g.layers] == [
         ("lif0", ("input",), 0), ("dense0_lif1", ("lif0",), 0), ("dense0_lif2", ("lif0",), 1),
         ("lif1", ("dense0_lif1",), 0), ("dense1", ("lif1",), 0),
         ("lif2", ("dense0_lif2", "dense1"), 0)]
     assert g.layer("dense0_lif1").source == g.layer("dense0_lif2").source == "stack.1"
+    # a chip whose synapses take two steps: the short path is held two steps
+    slow = LoweringContext("loihi", dataclasses.replace(LOIHI.profile, synapse_delay_steps=2), None)
+    g2 = run_passes(trace(enc, "text", torch.zeros(1, 3)),
+                    (PASSES["split_fanout"], PASSES["align_delays"]), slow)
+    assert g2.layer("dense0_lif2").node.metadata["delay"] == 2
     # quantizing without splitting is refused: a shared synapse has two readers' scales
     with pytest.raises(LoweringError, match="before pass 'quantize': .*read by several"):
         run_passes(trace(enc, "text", torch.zeros(1, 3)), (PASSES["quantize"],), LOIHI)

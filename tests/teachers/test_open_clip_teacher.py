@@ -99,7 +99,7 @@ def test_student_tokenizer_matches_open_clips_and_survives_save(tmp_path):
     for row, seq in zip(want, ids):
         assert row[:len(seq)].tolist() == seq and int((row != 0).sum()) == len(seq)
 
-    teacher.save_tokenizer(tmp_path / "student.tokenizer")
+    teacher.tokenizer().save_pretrained(str(tmp_path / "student.tokenizer"))
     reloaded = load_tokenizer(tmp_path / "student.safetensors")
     tokens = tokenize(reloaded, TEXTS, 16)
     assert tokens.shape == (3, 16)
