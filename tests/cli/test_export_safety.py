@@ -10,7 +10,7 @@ from spikeclip_deploy import export as export_mod
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.cli import main
 from spikeclip_deploy.errors import ExportError
-from spikeclip_deploy.manifest import REQUIRED_FILES, load_export
+from spikeclip_deploy.manifest import load_export
 
 
 def invoke(*args):
