@@ -9,7 +9,9 @@ import numpy as np
 from .backends import get_backend
 from .checkpoint import default_checkpoint_name
 from .data import load_image
+from .errors import ExportError
 from .export import ExportConfig, default_out, export_model
+from .manifest import is_export
 from .progress import progress
 from .prompts import parse_labels
 from .zeroshot import warn_indistinct_labels
@@ -30,8 +32,13 @@ def classify_images(target: str, export_dir: Path | None, images: list[Path], la
             log.warning("no export at %s yet: creating it from the shipped model %s (as "
                         "`spikeclip-deploy export --target %s` does)", export_dir,
                         default_checkpoint_name(), target)
-            export_model(ExportConfig(model=default_checkpoint_name(), target=target,
-                                      out=export_dir))
+            try:
+                export_model(ExportConfig(model=default_checkpoint_name(), target=target,
+                                          out=export_dir))
+            except ExportError:
+                if not is_export(export_dir):
+                    raise
+                log.warning("another run created %s meanwhile: using it", export_dir)
     results = []
     with backend_cls(export_dir) as backend:
         warn_indistinct_labels(backend.host.tokenizer, labels)

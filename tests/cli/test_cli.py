@@ -187,3 +187,23 @@ def test_export_random_init_of_a_config(tmp_path, image_folder):
     assert r.exit_code == 2 and "--init random needs --model CONFIG" in r.output
     r = invoke("export", "--init", "random", "--model", "nope", "--out", tmp_path / "d")
     assert r.exit_code == 1 and "unknown model config 'nope'" in r.output
+
+
+def test_run_uses_an_export_another_run_created_meanwhile(micro_exports, tmp_path, cat_png,
+                                                          monkeypatch):
+    """Two `run`s without an export: the one whose export lost the race uses the winner's."""
+    import shutil
+
+    from spikeclip_deploy import inference
+    from spikeclip_deploy.errors import ExportError
+
+    auto = tmp_path / "auto-export"
+
+    def lost_the_race(cfg):
+        shutil.copytree(micro_exports["cpu"], auto)  # the other run finished first
+        raise ExportError(f"{auto} appeared while this export ran")
+
+    monkeypatch.setattr(inference, "default_out", lambda model, target: auto)
+    monkeypatch.setattr(inference, "export_model", lost_the_race)
+    result = inference.classify_images("cpu", None, [cat_png], "cat,dog")
+    assert result["export"] == str(auto) and len(result["results"]) == 1
