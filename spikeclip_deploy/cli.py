@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .targets import target_names
 from .errors import SpikeClipError
+from .targets import target_names
 from .training.recipe import Recipe
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fieldtypes import has_type, type_name
 from .paths import models_dir
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,9 +74,9 @@ class ModelConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not _has_type(value, hints[f.name]):
+            if not has_type(value, hints[f.name]):
                 raise ConfigError(f"model config field '{f.name}' must be "
-                                  f"{_type_name(hints[f.name])}, got {value!r}")
+                                  f"{type_name(hints[f.name])}, got {value!r}")
         if self.time_steps < 1:
             raise ConfigError(f"time_steps must be >= 1, got {self.time_steps}")
         if self.token_mixer_kernel < 1 or self.token_mixer_kernel % 2 == 0:
@@ -85,30 +86,6 @@ class ModelConfig:
             raise ConfigError("image_channels needs at least the stem width")
         if self.image_size % 2 ** (len(self.image_channels) - 1):
             raise ConfigError(f"image_size {self.image_size} is not divisible by the conv strides")
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    """``value`` fits a field annotation (int, float, bool, str or a tuple of them); a bool is
-    not a number, an int is a float."""
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        return (isinstance(value, tuple) and (args[-1] is Ellipsis or len(value) == len(args))
-                and all(_has_type(v, args[0]) for v in value))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
-
-
-def _type_name(hint: Any) -> str:
-    """``an integer``, ``a list of 3 numbers``, ..."""
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        count = "" if args[-1] is Ellipsis else f"{len(args)} "
-        return f"a list of {count}{_TYPE_NAMES[args[0]].split()[1]}s"
-    return _TYPE_NAMES[hint]
 
 
 _REGISTRY: dict[str, ModelConfig] = {}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fieldtypes import has_type, type_name
 from .paths import hardware_dir
 
 
@@ -87,26 +88,13 @@ def _kind(cls: type) -> str:
     return next((k for k, c in KINDS.items() if c is cls), "chip")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-_SCALARS = {int: (_is_int, "an integer"),
-            float: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
-            str: (lambda v: isinstance(v, str), "a string")}
-
-
 def _value(hint: Any, value: Any, dotted: str, path: Path) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, dotted, path)
-    if typing.get_origin(hint) is tuple:  # an integer range [lo, hi]
-        if not (isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))):
-            raise ConfigError(f"hardware profile {path}: field {dotted} must be a list of two "
-                              f"integers, got {value!r}")
-        return tuple(value)
-    check, what = _SCALARS[hint]
-    if not check(value):
-        raise ConfigError(f"hardware profile {path}: field {dotted} must be {what}, got {value!r}")
+    value = tuple(value) if isinstance(value, list) else value  # JSON lists are tuples here
+    if not has_type(value, hint):
+        raise ConfigError(f"hardware profile {path}: field {dotted} must be {type_name(hint)}, "
+                          f"got {value!r}")
     return value
 
 

@@ -12,7 +12,7 @@ from .data import load_image
 from .errors import ExportError
 from .export import ExportConfig, default_out, export_model
 from .manifest import is_export
-from .progress import progress
+from .progress import encode_in_batches
 from .prompts import parse_labels
 from .zeroshot import warn_indistinct_labels
 
@@ -39,16 +39,14 @@ def classify_images(target: str, export_dir: Path | None, images: list[Path], la
                 if not is_export(export_dir):
                     raise
                 log.warning("another run created %s meanwhile: using it", export_dir)
-    results = []
     with backend_cls(export_dir) as backend:
         warn_indistinct_labels(backend.host.tokenizer, labels)
         size = int(backend.manifest["host"]["image_size"])
         pixels = np.stack([load_image(p, size).numpy() for p in images])  # all checked first
         class_w = backend.class_weights(labels)
-        for start in progress(range(0, len(images), batch_size), desc=f"{target} backend",
-                              unit="batch"):
-            feats, _ = backend.encode_images(pixels[start:start + batch_size])
-            for path, scores in zip(images[start:start + batch_size], feats @ class_w.T):
-                results.append({"image": str(path), "prediction": labels[int(np.argmax(scores))],
-                                "scores": {lbl: float(s) for lbl, s in zip(labels, scores)}})
+        feats, _ = encode_in_batches(backend.encode_images, pixels, batch_size,
+                                     f"{target} backend")
+    results = [{"image": str(path), "prediction": labels[int(np.argmax(scores))],
+                "scores": {lbl: float(s) for lbl, s in zip(labels, scores)}}
+               for path, scores in zip(images, feats @ class_w.T)]
     return {"target": target, "export": str(export_dir), "labels": labels, "results": results}

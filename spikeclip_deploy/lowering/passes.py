@@ -1,13 +1,15 @@
 """The lowering passes, each a pure function over a :class:`~.graph.Graph`:
 
 ``fold_bn`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
-``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order;
-:data:`PASSES` maps those names to the passes.
+``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target
+(:mod:`spikeclip_deploy.targets`) names the passes it runs, in order; :data:`PASSES` maps those
+names to the passes.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
 import nir
 import numpy as np
 

@@ -17,7 +17,7 @@ from ..errors import DataError, ExportError
 from ..export import ExportConfig, export_model
 from ..fileutil import atomic_write, owned_tempdir
 from ..hardware import load_profile
-from ..progress import progress
+from ..progress import encode_in_batches
 from ..prompts import CIFAR_TEMPLATES
 from ..robustness import with_distractors, with_synonyms
 from ..zeroshot import class_weights, student_text_encoder, warn_indistinct_labels
@@ -57,19 +57,6 @@ def _predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
     return (feats @ class_w.T).argmax(-1)
 
 
-def _in_batches(encode: Callable[[np.ndarray], tuple[np.ndarray, list[np.ndarray]]],
-                images: np.ndarray, batch_size: int, desc: str
-                ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``encode`` over ``images`` batch by batch (with a progress bar) -> (features, per-layer
-    spikes), concatenated over the batches."""
-    feats, spikes = [], []
-    for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch"):
-        f, s = encode(images[start:start + batch_size])
-        feats.append(f)
-        spikes.append(s)
-    return np.concatenate(feats), [np.concatenate(layer) for layer in zip(*spikes)]
-
-
 def _float_encode(model) -> Callable[[np.ndarray], tuple[np.ndarray, list[np.ndarray]]]:
     def encode(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         with torch.no_grad():
@@ -95,7 +82,7 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(ckpt)
     warn_indistinct_labels(tokenizer, query)
     float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
-    feats, _ = _in_batches(_float_encode(model), images, cfg.batch_size, "float model")
+    feats, _ = encode_in_batches(_float_encode(model), images, cfg.batch_size, "float model")
     preds["float"] = _predict(feats, float_w)
     with owned_tempdir(None, "spikeclip-verify-") as workdir:
         given = dict(cfg.exports)
@@ -116,7 +103,7 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                     raise ExportError(f"export {export_dir} was made from another checkpoint "
                                       f"than {ckpt}; pass the matching --model or re-export")
                 class_w = backend.class_weights(query, cfg.templates)
-                feats, spikes = _in_batches(backend.encode_images, images, cfg.batch_size,
+                feats, spikes = encode_in_batches(backend.encode_images, images, cfg.batch_size,
                                             f"{target} backend")
                 preds[target] = _predict(feats, class_w)
                 names = backend.lif_names("image")

@@ -1,0 +1,30 @@
+"""Type checks of dataclass fields read from JSON (model configs, hardware profiles), with the
+words an error message uses for each type."""
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+
+def has_type(value: Any, hint: Any) -> bool:
+    """``value`` fits a field annotation (int, float, bool, str or a tuple of them); a bool is
+    not a number, an int is a float."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return (isinstance(value, tuple) and (args[-1] is Ellipsis or len(value) == len(args))
+                and all(has_type(v, args[0]) for v in value))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+
+
+def type_name(hint: Any) -> str:
+    """``an integer``, ``a list of 3 numbers``, ..."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{_TYPE_NAMES[args[0]].split()[1]}s"
+    return _TYPE_NAMES[hint]
