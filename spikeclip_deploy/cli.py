@@ -210,24 +210,34 @@ def _model(name: str | None) -> str:
     return name or default_checkpoint_name()
 
 
+INIT = click.option("--init", type=click.Choice(["checkpoint", "random"]), default="checkpoint",
+                    show_default=True,
+                    help="random: a seeded random initialisation (batch norm calibrated) of the "
+                         "registered config --model, no checkpoint needed: to check an "
+                         "architecture's deployability and cost.")
+INIT_SEED = click.option("--seed", default=0, show_default=True, type=SEED,
+                         help="Seed of --init random.")
+
+
+def _check_init(init: str, model: str | None) -> None:
+    if init == "random" and model is None:
+        raise click.UsageError("--init random needs --model CONFIG (see `spikeclip-deploy models`)")
+
+
 @main.command("export")
 @TARGET
 @MODEL
 @click.option("--out", type=click.Path(file_okay=False), help="Export directory [exports/NAME-TARGET].")
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
-@click.option("--init", type=click.Choice(["checkpoint", "random"]), default="checkpoint",
-              show_default=True,
-              help="random: export a seeded random initialisation of the registered config "
-                   "--model (no checkpoint needed), to check its deployability and cost.")
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of --init random.")
+@INIT
+@INIT_SEED
 def export_cmd(target: str, model: str | None, out: str | None, force: bool, init: str,
                seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
     from .export import ExportConfig, export_model
     from .report import export_summary
 
-    if init == "random" and model is None:
-        raise click.UsageError("--init random needs --model CONFIG (see `spikeclip-deploy models`)")
+    _check_init(init, model)
     path, manifest = export_model(ExportConfig(model=_model(model), target=target,
                                                out=Path(out) if out else None, force=force,
                                                init=init, seed=seed))
@@ -277,19 +287,23 @@ BATCH = click.option("--batch-size", default=32, show_default=True, type=POSITIV
               help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
 @click.option("--synonyms", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
+@INIT
+@INIT_SEED
 def verify_cmd(target: str, model: str | None, data: str, download: bool, limit: int,
                batch_size: int, json_path: str | None, energy_json: str | None,
-               export_dir: str | None, noisy_labels: int, synonyms: float) -> None:
+               export_dir: str | None, noisy_labels: int, synonyms: float, init: str,
+               seed: int) -> None:
     """Float model vs CPU reference vs Lava: zero-shot accuracy, agreement, firing rates."""
     from .report import energy_summary, verify_summary
     from .verify.harness import VerifyConfig, run_verification, write_json
 
+    _check_init(init, model)
     targets = ("cpu", "loihi") if target == "loihi" else ("cpu",)
     exports = ((target, Path(export_dir)),) if export_dir else ()
     result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
                                            download=download, targets=targets, exports=exports,
                                            noisy_factor=noisy_labels, synonym_fraction=synonyms,
-                                           batch_size=batch_size))
+                                           batch_size=batch_size, init=init, init_seed=seed))
     if json_path:
         write_json(Path(json_path), result)
     click.echo(verify_summary(result))

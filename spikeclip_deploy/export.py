@@ -35,11 +35,13 @@ from .errors import ExportError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
 from .hardware import load_profile
-from .host import write_host_part
+from .host import write_host_ops, write_host_part
 from .lowering.graph import Graph, run_passes, to_nir, trace
 from .lowering.passes import LoweringContext, passes_named
 from .manifest import FORMAT, MANIFEST, is_export
+from .nirgraph import HostOpNode
 from .nn.encoders import SpikingEncoder
+from .nn.init import random_init
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
 from .progress import progress
@@ -54,10 +56,6 @@ DISCRETISATION = ("forward Euler with dt=1 (one chip time step): v[t] = v[t-1] +
 
 
 UNDEPLOYABLE = {
-    "spikingformer": "the image encoder is a Spikingformer: its spiking self-attention multiplies "
-                     "two spike tensors (Q K^T V), which no NIR node and no Lava fixed-point "
-                     "process expresses, and its residual stream is real-valued; deploying it is "
-                     "not supported yet. Export a conv-chain config such as spikeclip-tiny",
     "scratch-transformer": "this is the ANN counterpart (ScratchCLIP): nothing in it spikes, so "
                            "there is nothing to put on the chip",
     "ann-mlp": "the text encoder is an ANN (ScratchCLIP): nothing in it spikes",
@@ -92,9 +90,12 @@ def _layer_table(graph: Graph) -> list[dict]:
                                "inputs": list(layer.inputs), "placement": layer.placement}
         if isinstance(node, nir.LIF):
             row["shape"] = list(np.asarray(node.tau).shape)
+        elif isinstance(node, HostOpNode):
+            row.update(op=node.op, shape=list(node.output_shape), reason=layer.reason)
         else:
             row["weight_shape"] = list(np.asarray(node.weight).shape)
-        row.update({k: v for k, v in node.metadata.items() if k in ("loihi", "scale")})
+        row.update({k: v for k, v in node.metadata.items()
+                    if k in ("loihi", "scale", "onnx", "output_quantization", "macs")})
         rows.append(row)
     return rows
 
@@ -193,7 +194,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
             raise ExportError(f"export directory {out} already exists; pass --force to replace "
                               f"it or --out to write elsewhere")
         check_replaceable(out)
-    model, tokenizer, info = _source(cfg)
+    model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.seed)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,7 +203,8 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         (tmp / "chip").mkdir()
         layers, resources, partition = {}, {}, {}
         for side in progress(("image", "text"), desc=f"export ({cfg.target})", unit="encoder"):
-            graph = lower_encoder(model, side, target)
+            graph = write_host_ops(getattr(model, side), lower_encoder(model, side, target),
+                                   tmp, side)
             layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
             partition[side] = graph.meta["partition"]
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
@@ -227,20 +229,20 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     return out, manifest
 
 
-def _source(cfg: ExportConfig) -> tuple[SpikeCLIP, Any, dict[str, Any]]:
+def model_source(model: str, init: str = "checkpoint", seed: int = 0
+                 ) -> tuple[SpikeCLIP, Any, dict[str, Any]]:
     """(model, tokenizer, the manifest's model description) from a checkpoint, or a seeded
-    random initialisation of a registered config (to check an architecture's deployability and
-    cost before training it; the manifest says ``"weights": "random-init"``)."""
-    if cfg.init == "random":
-        config = get_config(cfg.model)
-        torch.manual_seed(cfg.seed)
-        model = SpikeCLIP(config).eval()
-        return model, tokenizer_for_vocab(config.vocab_size), {
-            "name": config.name, "weights": "random-init", "seed": cfg.seed,
+    random initialisation of a registered config (:func:`~.nn.init.random_init`: to check an
+    architecture's deployability and cost before training it; the manifest says
+    ``"weights": "random-init"``)."""
+    if init == "random":
+        config = get_config(model)
+        return random_init(config, seed), tokenizer_for_vocab(config.vocab_size), {
+            "name": config.name, "weights": "random-init", "seed": seed,
             "checkpoint_sha256": None, "metrics": {}}
-    if cfg.init != "checkpoint":
-        raise ExportError(f"unknown --init '{cfg.init}'; choose checkpoint or random")
-    ckpt = resolve_checkpoint(cfg.model)
+    if init != "checkpoint":
+        raise ExportError(f"unknown --init '{init}'; choose checkpoint or random")
+    ckpt = resolve_checkpoint(model)
     model, card, _ = load_model(str(ckpt))
     return model, load_tokenizer(ckpt), {
         "name": ckpt.stem, "weights": "checkpoint", "checkpoint_sha256": card["sha256"],

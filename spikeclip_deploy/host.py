@@ -6,11 +6,15 @@
 * ``text_encode.onnx``: token ids ``[B,L]`` -> token + position embeddings -> ``[B, L*E]``.
 * ``*_readout.onnx``: last-layer spikes ``[B,T,...]`` -> token mean -> TDW -> projection ->
   L2-normalised embedding.
+* ``SIDE_hostN.onnx``: each host op between chip subgraphs (with the host-placed synapses before
+  it): the spikes it reads ``in0, in1, ...`` ``[B, ...]`` -> its current ``[B, ...]``, float;
+  the run side puts it on the chip's input grid (the op's ``output_quantization``).
 * ``tokenizer/``: the teacher's tokenizer; ``labels.json`` + ``label_features.npy``: the default
   labels and their text features as the float model computes them.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -22,6 +26,8 @@ from torch import nn
 
 from .fileutil import write_bytes
 from .lowering.fold import fold_conv_bn
+from .lowering.graph import Graph
+from .nirgraph import HostOpNode
 from .nn.encoders import Readout
 from .nn.spikeclip import SpikeCLIP
 
@@ -53,22 +59,56 @@ class ReadoutHead(nn.Module):
         return F.normalize(self.readout(spikes.transpose(0, 1)), dim=-1)
 
 
-def _onnx(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
+def _onnx(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], path: Path,
+          in_name: str | list[str], out_name: str) -> None:
     module = module.eval()
+    examples = example if isinstance(example, tuple) else (example,)
+    in_names = in_name if isinstance(in_name, list) else [in_name]
     buf = io.BytesIO()  # serialise in memory: a full disk is then a plain, named OSError
     with torch.no_grad():
-        torch.onnx.export(module, (example,), buf, input_names=[in_name],
-                          output_names=[out_name], dynamic_axes={in_name: {0: "batch"},
-                                                                 out_name: {0: "batch"}},
+        torch.onnx.export(module, examples, buf, input_names=in_names, output_names=[out_name],
+                          dynamic_axes={n: {0: "batch"} for n in (*in_names, out_name)},
                           opset_version=17, dynamo=False)
     write_bytes(path, buf.getvalue())
+
+
+class HostSegment(nn.Module):
+    """A host op with the host-placed synapses before it: spikes in, the op's current out."""
+
+    def __init__(self, op: nn.Module, before: list[nn.Module]) -> None:
+        super().__init__()
+        self.op, self.before = op, nn.ModuleList(before)
+
+    def forward(self, *spikes: torch.Tensor) -> torch.Tensor:
+        return self.op(*(pre(s) for pre, s in zip(self.before, spikes)))
+
+
+def write_host_ops(encoder: nn.Module, graph: Graph, export_root: Path, side: str) -> Graph:
+    """Write each host op of ``graph`` as ``host/SIDE_NAME.onnx`` under ``export_root``; return
+    the graph with each op's file in its metadata (``onnx``)."""
+    host_syn = {la.name: la for la in graph.layers
+                if la.placement == "host" and not isinstance(la.node, HostOpNode)}
+    layers = []
+    for la in graph.layers:
+        if isinstance(la.node, HostOpNode):
+            before = [encoder.get_submodule(host_syn[i].source) if i in host_syn else nn.Identity()
+                      for i in la.inputs]
+            rel = f"host/{side}_{la.name}.onnx"
+            (export_root / "host").mkdir(exist_ok=True)
+            examples = tuple(torch.zeros(1, *s) for s in la.node.input_shapes)
+            _onnx(HostSegment(encoder.get_submodule(la.source), before), examples,
+                  export_root / rel, [f"in{k}" for k in range(len(examples))], "current")
+            la = dataclasses.replace(la, node=dataclasses.replace(
+                la.node, metadata={**la.node.metadata, "onnx": rel}))
+        layers.append(la)
+    return graph.replace(layers=tuple(layers))
 
 
 def write_host_part(model: SpikeCLIP, folder: Path, tokenizer, labels: list[str],
                     label_features: torch.Tensor) -> dict:
     """Write the host part into ``folder``; returns its description for the manifest."""
     cfg = model.cfg
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     img = torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
     _onnx(ImageEncode(model), img, folder / "image_encode.onnx", "images", "current")
     tokens = torch.zeros(1, cfg.context_length, dtype=torch.int64)

@@ -6,6 +6,11 @@ carry (several edges into a LIF are fan-in). On a chip whose synapses delay by o
 synapse may hold its output ``metadata["delay"]`` steps more, so that all paths into a LIF
 arrive in the same step: the LIF's *depth* (its spikes of step ``t`` appear at chip step
 ``t + depth``) is ``depth(source) + synapse_delay + delay`` along every incoming synapse.
+
+Host ops (what no neuro-core computes) sit between chip subgraphs: in the NIR file, the spikes
+they read leave through ``Output`` nodes ``NAME_inK`` and their current comes back through an
+``Input`` node ``NAME``; the graph's ``metadata["host_ops"]`` describes each (its ONNX file, the
+layers it reads, in order). A host op answers within the step: its depth is its inputs'.
 """
 from __future__ import annotations
 
@@ -64,21 +69,76 @@ def regroup(node: nir.NIRNode) -> nir.NIRNode:
                       metadata=meta)
 
 
+@dataclass(eq=False)
+class HostOpNode(nir.NIRNode):
+    """A host operation between chip subgraphs (not a NIR primitive: its function is ONNX).
+    ``metadata``: ``reason``, ``macs`` (per evaluation), ``grid``, ``bound``, and, once
+    exported, ``onnx`` (its file in the export) and ``output_quantization`` (fixed point)."""
+
+    op: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.input_shapes = tuple(tuple(int(n) for n in s) for s in self.input_shapes)
+        self.output_shape = tuple(int(n) for n in self.output_shape)
+        self.input_type = {f"input{k}": np.array(s) for k, s in enumerate(self.input_shapes)}
+        self.output_type = {"output": np.array(self.output_shape)}
+
+
+def host_port(op: str, k: int) -> str:
+    """Name of the NIR ``Output`` node carrying a host op's ``k``-th input."""
+    return f"{op}_in{k}"
+
+
+def host_op_record(name: str, node: HostOpNode, inputs: tuple[str, ...]) -> dict:
+    """What ``metadata["host_ops"][name]`` holds (NIR metadata: plain values)."""
+    return {"op": node.op, "inputs": list(inputs), "input_shapes": [list(s) for s in node.input_shapes],
+            "output_shape": list(node.output_shape),
+            **{k: v for k, v in node.metadata.items() if v is not None}}
+
+
+def _plain(v):
+    """A value as NIR's HDF5 reader returns it -> plain Python (bytes -> str, arrays -> lists)."""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()] if v.dtype == object else v.tolist()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def host_op_from_record(record: dict) -> tuple[HostOpNode, tuple[str, ...]]:
+    """The inverse of :func:`host_op_record` (also on a record read back by ``nir.read``)."""
+    record = _plain(record)
+    meta = {k: v for k, v in record.items()
+            if k not in ("op", "inputs", "input_shapes", "output_shape")}
+    node = HostOpNode(op=str(record["op"]), input_shapes=tuple(map(tuple, record["input_shapes"])),
+                      output_shape=tuple(record["output_shape"]), metadata=meta)
+    return node, tuple(str(i) for i in record["inputs"])
+
+
 @dataclass(frozen=True)
 class ChipLayer:
     name: str
     node: nir.NIRNode
-    inputs: tuple[str, ...]  # summed; ``INPUT`` is the host's input current
+    inputs: tuple[str, ...]  # summed (a host op: its arguments); ``INPUT``: the host current
 
 
 def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
     """The graph's layers in topological order, keeping the graph's own order where it allows
     (the order they were traced in); grouped convolutions regrouped (:func:`regroup`)."""
+    host_ops = {name: host_op_from_record(rec)
+                for name, rec in graph.metadata.get("host_ops", {}).items()}
     io = {n for n, node in graph.nodes.items() if isinstance(node, (nir.Input, nir.Output))}
     inputs: dict[str, list[str]] = {n: [] for n in graph.nodes if n not in io}
     for src, dst in graph.edges:
         if dst in inputs:
-            inputs[dst].append(INPUT if src in io else src)
+            inputs[dst].append(src if src in host_ops else INPUT if src in io else src)
+    nodes = dict(graph.nodes)
+    for name, (node, reads) in host_ops.items():
+        nodes[name], inputs[name] = node, list(reads)
     order, done = [], {INPUT}
     pending = list(inputs)
     while pending:  # the first node (in the graph's own order) whose inputs are all placed
@@ -86,7 +146,7 @@ def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
         if name is None:
             raise LoweringError(f"the chip graph has a cycle through {pending}; only feed-forward "
                                 f"graphs run")
-        order.append(ChipLayer(name, regroup(graph.nodes[name]), tuple(inputs[name])))
+        order.append(ChipLayer(name, regroup(nodes[name]), tuple(inputs[name])))
         done.add(name)
         pending.remove(name)
     return order
@@ -96,9 +156,17 @@ def depths(layers: list[ChipLayer], synapse_delay: int) -> dict[str, int]:
     """Chip-step offset of every layer's output, each synapse layer taking ``synapse_delay``
     steps plus its aligning delay; the incoming paths of every LIF must agree."""
     depth: dict[str, int] = {}
+    hosted = {la.name for la in layers if isinstance(la.node, HostOpNode)}
     for layer in layers:
-        if isinstance(layer.node, nir.LIF):  # the host current arrives at once, synapses a step later
-            arrivals = {0 if i == INPUT else depth[i] + synapse_delay for i in layer.inputs}
+        if isinstance(layer.node, HostOpNode):
+            arrivals = {depth[i] for i in layer.inputs}
+            if len(arrivals) != 1:
+                raise LoweringError(f"the inputs of host op '{layer.name}' leave the chip at "
+                                    f"steps {sorted(arrivals)}; they must leave together")
+            depth[layer.name] = arrivals.pop()
+        elif isinstance(layer.node, nir.LIF):  # host currents arrive at once, synapses a step later
+            arrivals = {0 if i == INPUT else depth[i] if i in hosted else depth[i] + synapse_delay
+                        for i in layer.inputs}
             if len(arrivals) != 1:
                 raise LoweringError(f"the inputs of '{layer.name}' arrive at chip steps "
                                     f"{sorted(arrivals)}: paths of different synaptic depth need "

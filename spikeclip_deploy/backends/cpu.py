@@ -9,9 +9,17 @@ nirtorch wires any graph (branches, fan-in: several inputs of a node are summed)
 :math:`v \leftarrow v_{reset}` where :math:`s = 1`. All paths are evaluated within the same step
 (the float semantics; the chip's synaptic delays are aligned by the export). State is zero at
 the start of every sample.
+
+A host op between chip subgraphs runs in the same step, through the same interpreter: each of its
+inputs enters a :class:`HostSlot` node (its place in a stack; nirtorch sums what enters a node,
+so the slots' sum is the stack of the op's arguments), and a :class:`HostOpNode` module runs the
+op's ONNX function on the stack and puts its output on the export's input grid.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import nir
@@ -19,8 +27,10 @@ import numpy as np
 import torch
 from nirtorch import nir_to_torch
 
-from ..nirgraph import pair
+from ..errors import UnsupportedNodeError
+from ..nirgraph import HostOpNode, host_port, pair
 from .base import Backend, chip_input
+from .host_runtime import HostOpRunner
 
 
 def _affine(node: nir.Affine) -> torch.nn.Linear:
@@ -61,14 +71,70 @@ class LIF(torch.nn.Module):
         return s, {"v": torch.where(s > 0, self.v_reset, v), "spikes": s}
 
 
-NODE_MAP: dict[type, Callable] = {nir.LIF: LIF, nir.Affine: _affine, nir.Conv2d: _conv2d}
+@dataclass(eq=False)
+class HostSlot(nir.NIRNode):
+    """Place ``index`` of ``count`` in the stack of a host op's arguments (run side only)."""
+
+    index: int
+    count: int
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.input_type = {"input": np.array(self.shape)}
+        self.output_type = {"output": np.array((self.count, *self.shape))}
+
+
+class _Slot(torch.nn.Module):
+    def __init__(self, node: HostSlot) -> None:
+        super().__init__()
+        self.index, self.count = node.index, node.count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [count, B, ...]
+        out = x.new_zeros(self.count, *x.shape)
+        out[self.index] = x
+        return out
+
+
+class _HostOp(torch.nn.Module):
+    """A host op's ONNX function on the stack of its arguments ``[count, B, ...]``."""
+
+    def __init__(self, export_dir: Path, node: HostOpNode) -> None:
+        super().__init__()
+        self.run = HostOpRunner(export_dir, node.metadata)
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        y = self.run(*(a.numpy() for a in stack))
+        return torch.as_tensor(y, dtype=stack.dtype)
+
+
+NODE_MAP: dict[type, Callable] = {nir.LIF: LIF, nir.Affine: _affine, nir.Conv2d: _conv2d,
+                                  HostSlot: _Slot}
+
+
+def with_host_ops(graph: nir.NIRGraph, host_ops: dict[str, HostOpNode]) -> nir.NIRGraph:
+    """The graph with each host op wired in: ``Output`` ports -> slots -> the op, whose
+    ``Input`` node becomes the op itself."""
+    nodes, edges = dict(graph.nodes), []
+    for name, node in host_ops.items():
+        shapes = set(node.input_shapes)
+        if len(shapes) != 1:
+            raise UnsupportedNodeError("cpu", name, f"host op with inputs of shapes {shapes}")
+        nodes[name] = node
+        for k, shape in enumerate(node.input_shapes):
+            del nodes[host_port(name, k)]
+            nodes[f"{name}_slot{k}"] = HostSlot(k, len(node.input_shapes), shape)
+            edges.append((f"{name}_slot{k}", name))
+    ports = {host_port(name, k): f"{name}_slot{k}" for name, node in host_ops.items()
+             for k in range(len(node.input_shapes))}
+    edges += [(src, ports.get(dst, dst)) for src, dst in graph.edges]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata, type_check=False)
 
 
 def run_graph(graph: nir.NIRGraph, lif_names: list[str], x_in: torch.Tensor,
-              time_steps: int) -> list[np.ndarray]:
+              time_steps: int, node_map: dict[type, Callable] = NODE_MAP) -> list[np.ndarray]:
     """``x_in`` (the graph's input, constant over time) -> spikes ``[B, T, *shape]`` of the LIFs
     ``lif_names``, through nirtorch."""
-    module = nir_to_torch(graph, NODE_MAP, dtype=torch.float64)
+    module = nir_to_torch(graph, node_map, dtype=torch.float64)
     state, record = None, {name: [] for name in lif_names}
     with torch.no_grad():
         for _ in range(time_steps):
@@ -82,12 +148,20 @@ class CPUBackend(Backend):
     """Runs an export's NIR graph step by step in float64 (a reference, not a fast path)."""
 
     name = "cpu"
-    handlers: dict[type, Callable] = NODE_MAP
+    handlers: dict[type, Callable] = {**NODE_MAP, HostOpNode: _HostOp}
     runs = {"cpu": "the float graph in float64",
             "loihi": "the fixed-point graph read in float64 (integer weights and thresholds, "
                      "exact decays): close to the chip, not bit-exact (its decay truncates)"}
 
+    def __init__(self, export_dir) -> None:
+        super().__init__(export_dir)
+        self.node_map = {**NODE_MAP, HostOpNode: partial(_HostOp, self.export_dir)}
+        self.wired = {side: with_host_ops(graph, {la.name: la.node for la in self.layers[side]
+                                                  if isinstance(la.node, HostOpNode)})
+                      for side, graph in self.graphs.items()}
+
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
         graph = self.graphs[side]
         x_in = torch.as_tensor(chip_input(current, graph), dtype=torch.float64)
-        return run_graph(graph, self.lif_names(side), x_in, self.time_steps)
+        return run_graph(self.wired[side], self.lif_names(side), x_in, self.time_steps,
+                         self.node_map)

@@ -2,8 +2,9 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or ``DelaySparse``); several synapses into one LIF (fan-in) sum at
-its input port. A whole batch runs in one simulation (see :class:`_Network`):
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or ``DelaySparse``, a host op between chip
+subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the same
+simulation); several synapses into one LIF (fan-in) sum at its input port. A whole batch runs in one simulation (see :class:`_Network`):
 a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
 state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava
@@ -21,9 +22,9 @@ import numpy as np
 from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 
 from .. import lava_compat
-from ..errors import BackendUnavailableError, ExportError
+from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
-from ..nirgraph import INPUT, ChipLayer, conv_out_hw, depths, pair
+from ..nirgraph import INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair
 from .base import Backend, quantize_input
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,14 @@ def _lava():
         from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.process import DelaySparse
 
-        from .lava_procs import recorder as lava_io
+        from .lava_procs import host_op, recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, conv_to_sparse=conv_to_sparse,
-                Source=Source, LIF=LIFReset, io=lava_io)
+                Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
+                models={**lava_io.MODEL_MAP, **host_op.MODEL_MAP})
 
 
 def to_lava_layout(a: np.ndarray) -> np.ndarray:
@@ -113,6 +115,15 @@ def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int
                             num_message_bits=0)
 
 
+def _host_op(L: dict, node: HostOpNode, in_shapes: list[tuple[int, ...]], export_dir: str) -> Any:
+    """The op's ONNX function as a Lava process (no delay: it answers within the step)."""
+    if len(in_shapes) not in L["HostOps"]:
+        raise UnsupportedNodeError("loihi", node.op, f"host op with {len(in_shapes)} inputs")
+    return L["HostOps"][len(in_shapes)](
+        in_shapes=in_shapes, out_shape=to_lava_layout(np.zeros(node.output_shape)).shape,
+        export_dir=export_dir, metadata=dict(node.metadata))
+
+
 def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
     """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``: ``bias * 2^a / 2^e``
     (``a`` the activation shift)."""
@@ -135,8 +146,10 @@ class _Network:
     """
 
     def __init__(self, L: dict, layers: list[ChipLayer], time_steps: int,
-                 handlers: dict[type, Callable], shift: int, synapse_delay: int) -> None:
+                 handlers: dict[type, Callable], shift: int, synapse_delay: int,
+                 export_dir: str) -> None:
         self.L, self.layers, self.handlers, self.time_steps = L, layers, handlers, time_steps
+        self.export_dir = export_dir
         self.shift = shift  # activation shift: inputs and biases enter the state << shift
         self.depth = depths(layers, synapse_delay)
         self.period = time_steps + max(self.depth.values())
@@ -155,7 +168,8 @@ class _Network:
             for la in self.layers:
                 if isinstance(la.node, nir.LIF):
                     shape = to_lava_layout(np.zeros(np.asarray(la.node.tau).shape)).shape
-                    syns = [by_name[i].node for i in la.inputs if i != INPUT]
+                    syns = [by_name[i].node for i in la.inputs
+                            if i != INPUT and not isinstance(by_name[i].node, HostOpNode)]
                     bias = sum((synapse_bias_mant(syn, la.node, self.shift) for syn in syns),
                                np.zeros(shape, dtype=np.int32))
                     proc = self.handlers[nir.LIF](self.L, la.node, shape, bias, p,
@@ -170,6 +184,12 @@ class _Network:
                     recorder = self.L["io"].SpikeRecorder(shape=shape, path=path)
                     proc.s_out.connect(recorder.a_in)
                     recorded.append((la.name, path))
+                elif isinstance(la.node, HostOpNode):
+                    proc = self.handlers[HostOpNode](self.L, la.node,
+                                                     [procs[i].s_out.shape for i in la.inputs],
+                                                     self.export_dir)
+                    for k, i in enumerate(la.inputs):
+                        procs[i].s_out.connect(getattr(proc, f"in{k}"))
                 else:
                     (src,) = la.inputs
                     proc = self.handlers[type(la.node)](self.L, la.node, procs[src].s_out.shape)
@@ -182,7 +202,7 @@ class _Network:
                     port.connect(proc.s_in)
                 procs[la.name] = proc
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
-                                         exception_proc_model_map=self.L["io"].MODEL_MAP)
+                                         exception_proc_model_map=self.L["models"])
             try:
                 with warnings.catch_warnings():  # DelaySparse's model edits its csr matrices
                     warnings.simplefilter("ignore", SparseEfficiencyWarning)
@@ -204,7 +224,8 @@ class LavaBackend(Backend):
     """Fixed-point chip simulation on Lava (exports made with ``--target loihi``)."""
 
     name = "loihi"
-    handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv}
+    handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv,
+                                      HostOpNode: _host_op}
     runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
 
     def __init__(self, export_dir) -> None:
@@ -218,5 +239,6 @@ class LavaBackend(Backend):
                               f"backend feeds the input through a_in (<< {q['activation_shift']}) "
                               f"and needs {q['activation_shift']}")
         net = _Network(self._L, self.layers[side], self.time_steps, self.handlers,
-                       q["activation_shift"], self.graphs[side].metadata["synapse_delay_steps"])
+                       q["activation_shift"], self.graphs[side].metadata["synapse_delay_steps"],
+                       str(self.export_dir))
         return net.run(quantize_input(current, q))

@@ -2,11 +2,13 @@
 infrastructure that runs passes over it (each pass a pure function that states what it requires
 and what it ensures, checked around every run, as torch.fx's ``passes/infra`` does).
 
-A :class:`Layer` holds a NIR node (the data NIR writes: LIF, Conv2d, Affine), the layers whose
-outputs are summed into it (``INPUT`` is the host's input current; several entries are fan-in),
-the PyTorch module it was traced from (so quantization-aware training finds its weights
-through the graph), and where it runs (``chip`` or ``host``) with the reason. The graph's
-``host`` entries describe the host parts around the chip layers.
+A :class:`Layer` holds a NIR node (the data NIR writes: LIF, Conv2d, Affine; or a
+:class:`~spikeclip_deploy.nirgraph.HostOpNode` for an operation no neuro-core computes), the
+layers whose outputs are summed into it (``INPUT`` is the host's input current; several entries
+are fan-in; a host op takes them as separate arguments), the PyTorch module it was traced from
+(so quantization-aware training and the host part's ONNX find it through the graph), and where
+it runs (``chip`` or ``host``) with the reason. The graph's ``host`` entries describe the host
+parts around the chip layers.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
-from ..nirgraph import INPUT, conv_out_hw, ungroup
-from ..nn.chip_graph import HOST_INPUT, SpikeMaxPool
+from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, host_op_record, host_port,
+                        ungroup)
+from ..nn.chip_graph import HOST_INPUT, HostOp, SpikeMaxPool
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
-
+from .fold import fold_conv_bn
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,23 @@ def _pool_nodes(pool: SpikeMaxPool, shape: tuple[int, ...], tau: float
                          v_threshold=full(OR_THRESHOLD), v_reset=full(0.0))
 
 
+def _output_bound(module: nn.Module) -> float:
+    """Largest magnitude a layer's output can take: 1 for spikes, :math:`\max_o \sum_i
+    |W_{oi}| + |b_o|` for a synapse layer reading spikes (batch norm folded)."""
+    if isinstance(module, (MultiStepLIF, SpikeMaxPool)):
+        return 1.0
+    if isinstance(module, nn.Linear):
+        w = module.weight.detach().double().numpy()
+        b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(w))
+    else:
+        w, b, _ = fold_conv_bn(module)
+    return float(np.max(np.abs(w).reshape(len(w), -1).sum(1) + np.abs(b)))
+
+
 def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
     """The chip graph of ``encoder`` as float NIR layers (shapes from one forward pass of the
-    example host ``current``), named ``lifN``, ``convN``, ``denseN``, ``poolN`` in order; a
-    spike max-pool becomes a sum-pool synapse ``poolN`` and the OR LIF after it."""
+    example host ``current``), named ``lifN``, ``convN``, ``denseN``, ``poolN``, ``hostN`` in
+    order; a spike max-pool becomes a sum-pool synapse ``poolN`` and the OR LIF after it."""
     if not isinstance(encoder, SpikingEncoder):
         raise LoweringError(f"the {side} encoder ({type(encoder).__name__}) is not a spiking "
                             f"encoder with a chip graph")
@@ -163,10 +179,20 @@ def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
         return name
 
     lif_tau = next(m.tau for m in encoder.stack if isinstance(m, MultiStepLIF))
+    counts["host"] = 0
     for i, (module, ins) in enumerate(zip(encoder.stack, encoder.stack.inputs)):
         in_shape = tuple(current.shape[1:]) if ins[0] == HOST_INPUT else tuple(outs[ins[0]].shape[2:])
         inputs = tuple(INPUT if j == HOST_INPUT else names[j] for j in ins)
-        if isinstance(module, MultiStepLIF):
+        if isinstance(module, HostOp):
+            shapes = [tuple(outs[j].shape[2:]) for j in ins]
+            bounds = [_output_bound(encoder.stack[j]) for j in ins]
+            node = HostOpNode(op=type(module).__name__, input_shapes=tuple(shapes),
+                              output_shape=tuple(outs[i].shape[2:]),
+                              metadata={"reason": module.reason, "grid": module.grid,
+                                        "bound": module.bound(shapes, bounds),
+                                        "macs": module.macs(shapes)})
+            names.append(add("host", node, inputs, f"stack.{i}"))
+        elif isinstance(module, MultiStepLIF):
             names.append(add("lif", _lif_node(module, tuple(outs[i].shape[2:])), inputs,
                              f"stack.{i}"))
         elif isinstance(module, SpikeMaxPool):
@@ -181,13 +207,41 @@ def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
                  host=dict(HOST_PARTS))
 
 
+def run_side_layers(graph: Graph) -> list[ChipLayer]:
+    """The layers as the run side reads them: chip layers, and each host op reading the chip
+    layers that feed it (host-placed synapses before it are part of its ONNX function)."""
+    host_syn = {la.name: la for la in graph.layers
+                if la.placement == "host" and not isinstance(la.node, HostOpNode)}
+    out = []
+    for la in graph.layers:
+        if isinstance(la.node, HostOpNode):
+            reads = tuple(host_syn[i].inputs[0] if i in host_syn else i for i in la.inputs)
+            out.append(ChipLayer(la.name, la.node, reads))
+        elif la.name not in host_syn:
+            out.append(ChipLayer(la.name, la.node, la.inputs))
+    return out
+
+
 def to_nir(graph: Graph) -> nir.NIRGraph:
-    """Input -> layers -> Output, one edge per summed input; the graph's meta as metadata;
-    grouped convolutions written as dense ones (:func:`~spikeclip_deploy.nirgraph.ungroup`)."""
+    """Input -> chip layers -> Output, one edge per summed input; each host op as an ``Output``
+    node per input and an ``Input`` node for its current, described in the metadata's
+    ``host_ops``; the graph's meta as metadata; grouped convolutions written as dense ones
+    (:func:`~spikeclip_deploy.nirgraph.ungroup`)."""
+    layers = run_side_layers(graph)
     nodes: dict[str, nir.NIRNode] = {INPUT: nir.Input(input_type={"input": np.array(graph.input_shape)})}
-    nodes.update({layer.name: ungroup(layer.node) if isinstance(layer.node, nir.Conv2d)
-                  else layer.node for layer in graph.layers})
+    edges: list[tuple[str, str]] = []
+    host_ops: dict[str, dict] = {}
+    for la in layers:
+        if isinstance(la.node, HostOpNode):
+            host_ops[la.name] = host_op_record(la.name, la.node, la.inputs)
+            nodes[la.name] = nir.Input(input_type={"input": np.array(la.node.output_shape)})
+            for k, (src, shape) in enumerate(zip(la.inputs, la.node.input_shapes)):
+                nodes[host_port(la.name, k)] = nir.Output(output_type={"output": np.array(shape)})
+                edges.append((src, host_port(la.name, k)))
+            continue
+        nodes[la.name] = ungroup(la.node) if isinstance(la.node, nir.Conv2d) else la.node
+        edges += [(src, la.name) for src in la.inputs]
     nodes["output"] = nir.Output(output_type={"output": np.array(graph.output_shape)})
-    edges = [(src, layer.name) for layer in graph.layers for src in layer.inputs]
-    edges.append((graph.layers[-1].name, "output"))
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.meta), type_check=False)
+    edges.append((layers[-1].name, "output"))
+    meta = {**graph.meta, **({"host_ops": host_ops} if host_ops else {})}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)

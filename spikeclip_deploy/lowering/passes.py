@@ -15,11 +15,11 @@ import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile
-from ..nirgraph import ChipLayer, depths
+from ..nirgraph import HostOpNode, depths
 from .fold import bn_gain, folded_bias
-from .graph import INPUT, Graph, Layer, Pass
+from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
-from .resources import graph_resources
+from .resources import flops, graph_resources
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,31 @@ SPLIT_FANOUT = Pass("split_fanout", _split_fanout, ensures=_shared_synapses)
 
 
 # -- partition -----------------------------------------------------------------------------------
-CHIP_REASONS = {nir.LIF: "LIF neurons: neuro-core compartments",
+CHIP_REASONS = {nir.LIF: "LIF neurons: neuro-core compartments",  # host ops: their own reason
                 nir.Conv2d: "convolution read from spikes: neuro-core synapses (accumulate only)",
                 nir.Affine: "dense layer read from spikes: neuro-core synapses (accumulate only)"}
 
 
 def _place(graph: Graph, layer: Layer) -> Layer:
+    if isinstance(layer.node, HostOpNode):
+        return dataclasses.replace(layer, placement="host", reason=layer.node.metadata["reason"])
     reason = CHIP_REASONS.get(type(layer.node))
     if reason is None:
         raise LoweringError(f"layer '{layer.name}' ({type(layer.node).__name__}) has no chip "
                             f"or host placement rule")
+    readers = graph.consumers(layer.name)
+    if isinstance(layer.node, SYNAPSES) and readers and all(
+            isinstance(r.node, HostOpNode) for r in readers):
+        if len(layer.inputs) != 1 or len(readers) != 1:
+            raise LoweringError(f"synapse layer '{layer.name}' feeds host op "
+                                f"'{readers[0].name}' and needs one input and one reader to "
+                                f"join it on the host")
+        return dataclasses.replace(layer, placement="host", reason=(
+            f"its current feeds host op '{readers[0].name}', and a neuro-core sends only spikes "
+            f"off-chip: it runs on the host, in that op's ONNX function"))
+    if any(isinstance(r.node, HostOpNode) for r in readers) and not isinstance(layer.node, nir.LIF):
+        raise LoweringError(f"layer '{layer.name}' feeds both chip layers and a host op; "
+                            f"a current cannot be on both sides")
     if isinstance(layer.node, SYNAPSES):
         sources = [graph.layer(src) if src != INPUT else None for src in layer.inputs]
         if any(s is None or not isinstance(s.node, nir.LIF) for s in sources):
@@ -105,8 +120,29 @@ def _place(graph: Graph, layer: Layer) -> Layer:
     return dataclasses.replace(layer, placement="chip", reason=reason)
 
 
+def _absorb_host_synapses(graph: Graph, layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    """A host op runs the host-placed synapses before it in its ONNX function: it reads their
+    input spikes (``input_shapes``) and its MACs include theirs."""
+    by_name = {la.name: la for la in layers}
+    out = []
+    for la in layers:
+        if not isinstance(la.node, HostOpNode):
+            out.append(la)
+            continue
+        host_syn = [by_name[i] if by_name[i].placement == "host" else None for i in la.inputs]
+        if any(host_syn):
+            shapes = [np.asarray(graph.layer(syn.inputs[0]).node.tau).shape if syn else shape
+                      for syn, shape in zip(host_syn, la.node.input_shapes)]
+            macs = int(la.node.metadata["macs"]) + sum(
+                flops(syn.node, shape) for syn, shape in zip(host_syn, shapes) if syn)
+            la = dataclasses.replace(la, node=dataclasses.replace(
+                la.node, input_shapes=tuple(shapes), metadata={**la.node.metadata, "macs": macs}))
+        out.append(la)
+    return tuple(out)
+
+
 def _partition(graph: Graph, ctx: LoweringContext) -> Graph:
-    layers = tuple(_place(graph, layer) for layer in graph.layers)
+    layers = _absorb_host_synapses(graph, tuple(_place(graph, layer) for layer in graph.layers))
     table = {la.name: {"placement": la.placement, "reason": la.reason} for la in layers}
     table.update({part: {"placement": "host", "reason": why} for part, why in graph.host.items()})
     return graph.replace(layers=layers, meta={**graph.meta, "partition": table})
@@ -122,10 +158,12 @@ PARTITION = Pass("partition", _partition, ensures=_unplaced)
 
 # -- align_delays --------------------------------------------------------------------------------
 def _depths(graph: Graph) -> dict[str, int]:
-    """Synapse layers on the longest path from the input to each layer."""
+    """Chip synapse layers on the longest path from the input to each layer (host layers
+    answer within the step)."""
     depth: dict[str, int] = {INPUT: 0}
     for la in graph.layers:
-        depth[la.name] = max(depth[i] for i in la.inputs) + isinstance(la.node, SYNAPSES)
+        chip_synapse = isinstance(la.node, SYNAPSES) and la.placement == "chip"
+        depth[la.name] = max(depth[i] for i in la.inputs) + chip_synapse
     return depth
 
 
@@ -138,10 +176,12 @@ def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
         raise LoweringError(f"target '{ctx.target}' aligns delays but names no hardware profile")
     depth = _depths(graph)
     extra: dict[str, int] = {}
+    chip_synapses = {la.name for la in graph.layers
+                     if isinstance(la.node, SYNAPSES) and la.placement == "chip"}
     for la in graph.layers:
         if isinstance(la.node, nir.LIF):
             for i in la.inputs:
-                if i != INPUT:
+                if i in chip_synapses:
                     extra[i] = (depth[la.name] - depth[i]) * ctx.profile.synapse_delay_steps
     layers = tuple(dataclasses.replace(la, node=dataclasses.replace(
         la.node, metadata={**la.node.metadata, "delay": extra[la.name]}))
@@ -152,29 +192,31 @@ def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
 
 def _misaligned(graph: Graph) -> str | None:
     try:  # the run side's own reading of the delays
-        depths([ChipLayer(la.name, la.node, la.inputs) for la in graph.layers],
-               graph.meta["synapse_delay_steps"])
+        depths(run_side_layers(graph), graph.meta["synapse_delay_steps"])
     except LoweringError as exc:
         return str(exc)
     return None
 
 
-ALIGN_DELAYS = Pass("align_delays", _align_delays, requires=_shared_synapses, ensures=_misaligned)
+ALIGN_DELAYS = Pass("align_delays", _align_delays,
+                    requires=lambda g: _shared_synapses(g) or _unplaced(g), ensures=_misaligned)
 
 
 # -- quantize ------------------------------------------------------------------------------------
 def _quantize(graph: Graph, ctx: LoweringContext) -> Graph:
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' quantizes but names no hardware profile")
-    chain, input_q = quantize_layers([(la.name, la.node, la.inputs) for la in graph.layers],
-                                     ctx.profile)
+    chain, input_q = quantize_layers([(la.name, la.node, la.inputs)
+                                      for la in run_side_layers(graph)], ctx.profile)
     chip = (input_q["input_scale"], *input_q["bias_mant_range"])
     if ctx.input_grid is not None and not np.allclose(ctx.input_grid, chip):
         raise LoweringError(f"the {graph.side} encoder was trained for the input grid "
                             f"{ctx.input_grid} (scale, lo, hi), but '{ctx.profile.name}' "
                             f"quantizes its input with {chip}; export to the hardware it was "
                             f"trained for")
-    layers = tuple(dataclasses.replace(la, node=node) for la, (_, node) in zip(graph.layers, chain))
+    quantized = dict(chain)  # host-placed synapses stay float: they run in their op's ONNX
+    layers = tuple(dataclasses.replace(la, node=quantized[la.name]) if la.name in quantized else la
+                   for la in graph.layers)
     meta = {**graph.meta, "input_quantization": input_q, "hardware": ctx.profile.name,
             "units": "integer chip units; see each node's metadata['loihi']"}
     return graph.replace(layers=layers, meta=meta)
@@ -186,6 +228,10 @@ def _requires_folded_unshared(graph: Graph) -> str | None:
 
 def _off_grid(graph: Graph) -> str | None:
     for la in graph.layers:
+        if la.placement == "host":
+            if isinstance(la.node, HostOpNode) and "output_quantization" not in la.node.metadata:
+                return f"host op '{la.name}' has no output quantization"
+            continue
         if "loihi" not in la.node.metadata:
             return f"layer '{la.name}' has no register values"
         if isinstance(la.node, SYNAPSES) and not np.array_equal(la.node.weight,
@@ -194,12 +240,13 @@ def _off_grid(graph: Graph) -> str | None:
     return None
 
 
-QUANTIZE = Pass("quantize", _quantize, requires=_requires_folded_unshared, ensures=_off_grid)
+QUANTIZE = Pass("quantize", _quantize,
+                requires=lambda g: _requires_folded_unshared(g) or _unplaced(g), ensures=_off_grid)
 
 
 # -- resources and limits ------------------------------------------------------------------------
 def _resources(graph: Graph, ctx: LoweringContext) -> Graph:
-    counts = graph_resources([(la.name, la.node, la.inputs) for la in graph.layers],
+    counts = graph_resources([(la.name, la.node, la.inputs) for la in run_side_layers(graph)],
                              graph.input_shape)
     return graph.replace(meta={**graph.meta, "resources": counts})
 

@@ -14,7 +14,11 @@ per float volt / :math:`2^a`): :math:`w = S W/\tau` rounded to an even 8-bit man
 :math:`v_{th} = S\,V_{th}`, :math:`b_m 2^{b_e} = 2^a S b/\tau` (:math:`b` the sum of their
 biases), :math:`d_v = 4096/\tau`. :math:`S` is chosen so the largest of those weights fills the
 8-bit range. The LIF that reads the host's input current :math:`x` takes it as a per-neuron
-bias: :math:`b_m = \mathrm{round}(x \cdot 2^a S_0 / \tau / 2^{b_e})`.
+bias: :math:`b_m = \mathrm{round}(x \cdot 2^a S_0 / \tau / 2^{b_e})`. A LIF that reads a host op's
+current :math:`y` (between chip subgraphs) takes it at its input port, as synapses deliver theirs:
+:math:`a = \mathrm{clip}(\mathrm{round}(y S/\tau), \pm(2^{15}-1))`, with :math:`S` the largest
+power of two that keeps the op's bound within the port (exact when the op's outputs lie on a
+grid :math:`g` with :math:`g S/\tau` an integer, as spiking attention's do).
 
 The quantized layers are written as NIR with integer-valued parameters whose float semantics
 are the chip's up to the truncating decay: synapse weights :math:`w`, biases
@@ -23,6 +27,7 @@ go in ``metadata['loihi']``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -31,6 +36,7 @@ import numpy as np
 
 from ..errors import LoweringError
 from ..hardware import ChipProfile, FixedPoint
+from ..nirgraph import HostOpNode
 
 log = logging.getLogger(__name__)
 SYNAPSES = (nir.Conv2d, nir.Affine)
@@ -84,6 +90,27 @@ def input_quantization(tau: float, v_threshold: float, fp: FixedPoint) -> dict[s
     scale = 2 ** fp.activation_shift * (vth0 / v_threshold) / tau / 2**exp
     return {"input_scale": scale, "bias_exp": exp, "bias_mant_range": list(fp.bias_mant_range),
             "activation_shift": fp.activation_shift}
+
+
+def host_input_quantization(op: HostOpNode, tau: float, v_threshold: float, fp: FixedPoint
+                            ) -> tuple[int, dict[str, Any]]:
+    r"""(integer threshold, output quantization) of a LIF fed by host op ``op``: the largest
+    power-of-two scale :math:`S` with :math:`\mathrm{bound}\,S/\tau` within the input port and
+    :math:`S V_{th}` within the threshold range."""
+    limit = 2 ** (fp.input_port_bits - 1) - 1
+    bound = float(op.metadata["bound"])
+    cap = min(limit * tau / bound if bound > 0 else np.inf, fp.vth_range[1] / v_threshold)
+    if cap < 1:
+        raise LoweringError(f"host op output bound {bound:g} does not fit the {fp.input_port_bits}"
+                            f"-bit input port even at scale 1")
+    scale = 2.0 ** np.floor(np.log2(cap))
+    vth = int(np.clip(round(scale * v_threshold), *fp.vth_range))
+    grid = op.metadata.get("grid")
+    step = grid * scale / tau if grid else None
+    q = {"scale": scale / tau, "limit": limit,
+         "exact": bool(step is not None and abs(step - round(step)) < 1e-9
+                       and abs(vth - scale * v_threshold) < 1e-9)}
+    return vth, q
 
 
 def activation_worst_case(w_int: np.ndarray) -> int:
@@ -141,10 +168,20 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
     input_q = None
     for name, node, inputs in layers:
         if not isinstance(node, nir.LIF):
-            if not isinstance(node, SYNAPSES):
+            if not isinstance(node, (*SYNAPSES, HostOpNode)):
                 raise LoweringError(f"cannot quantize layer '{name}' ({type(node).__name__})")
             continue
         tau, v_th = _lif_tau(node), float(np.unique(node.v_threshold)[0])
+        if any(isinstance(nodes.get(i), HostOpNode) for i in inputs):
+            if len(inputs) != 1:
+                raise LoweringError(f"LIF '{name}' reads a host op and other layers {list(inputs)}: "
+                                    f"a LIF fed by a host op reads it alone")
+            op = nodes[inputs[0]]
+            vth, q = host_input_quantization(op, tau, v_th, fp)
+            out[inputs[0]] = dataclasses.replace(op, metadata={**op.metadata,
+                                                               "output_quantization": q})
+            out[name] = _int_lif(node, tau, vth, 0, fp, {})
+            continue
         if inputs == ("input",):
             if input_q is not None:
                 raise LoweringError(f"'{name}' is a second LIF driven by the host input")

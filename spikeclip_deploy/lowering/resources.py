@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nirgraph import conv_out_hw, pair
+from ..nirgraph import HostOpNode, conv_out_hw, pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -38,7 +38,9 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
     shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
     neurons = synapses = 0
     for name, node, inputs in layers:
-        if isinstance(node, nir.LIF):
+        if isinstance(node, HostOpNode):  # host work, counted by energy as host MACs
+            shapes[name] = node.output_shape
+        elif isinstance(node, nir.LIF):
             shapes[name] = np.asarray(node.tau).shape
             neurons += int(np.prod(shapes[name]))
         else:

@@ -1,18 +1,21 @@
-r"""The chip part of an encoder as a graph of layers: what is traced and lowered to the chip.
+r"""The spiking part of an encoder as a graph of layers: what is traced and lowered.
 
 Layers are LIF neurons (:class:`~.lif.MultiStepLIF`), synapses (``Conv2d + BatchNorm2d``,
-``Linear``) and spike-domain pooling (:class:`SpikeMaxPool`). Layer ``i`` reads the **sum** of
-the outputs of ``inputs[i]`` (``-1`` is the host's input current): several synapse layers
-feeding one LIF is fan-in, which is how a real-valued residual stream
-:math:`x \leftarrow x + f(x)` reaches the chip: every LIF that reads :math:`x` receives the
-synapses of every term summed into :math:`x` so far. All paths are evaluated within the same
-time step (the float semantics; the chip's one-step synaptic delay is the lowering's concern).
-A chain is the graph whose layer ``i`` reads layer ``i - 1``.
+``Linear``), spike-domain pooling (:class:`SpikeMaxPool`) and host operations
+(:class:`HostOp`: what no neuro-core computes, run on the host between chip subgraphs). Layer
+``i`` reads the **sum** of the outputs of ``inputs[i]`` (``-1`` is the host's input current);
+a host op instead takes them as separate arguments, in order. Several synapse layers feeding one
+LIF is fan-in, which is how a real-valued residual stream :math:`x \leftarrow x + f(x)` reaches
+the chip: every LIF that reads :math:`x` receives the synapses of every term summed into
+:math:`x` so far. All paths are evaluated within the same time step (the float semantics; the
+chip's one-step synaptic delay is the lowering's concern). A chain is the graph whose layer
+``i`` reads layer ``i - 1``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +38,78 @@ class SpikeMaxPool(nn.Module):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
+class HostOp(nn.Module):
+    """An operation that no neuro-core computes, run on the host between chip subgraphs:
+    ``forward(*inputs)``, each ``[N, ...]`` (time folded into the batch), one output current
+    ``[N, ...]`` for the LIFs that read it. ``grid``: every output is a multiple of it (exact on
+    a chip whose input scale is a multiple of ``1/grid``), or None. ``reason``: why the host."""
+
+    reason: str = ""
+    grid: float | None = None
+
+    def bound(self, in_shapes: Sequence[tuple[int, ...]], in_bounds: Sequence[float]) -> float:
+        """Largest output magnitude, given the inputs' shapes and largest magnitudes."""
+        raise NotImplementedError
+
+    def macs(self, in_shapes: Sequence[tuple[int, ...]]) -> int:
+        """Multiply-accumulates (or comparisons) of one evaluation on one sample."""
+        raise NotImplementedError
+
+
+class SpikeAttention(HostOp):
+    r"""Spiking self-attention's product of activations, per head :math:`h`:
+    :math:`Y_h = c\,(Q_h K_h^\top) V_h` over the :math:`N` tokens of a ``[C, H, W]`` grid
+    (:math:`d = C/\text{heads}` channels per head, no softmax). :math:`Q, K, V` are spikes, so
+    :math:`Y` is a multiple of :math:`c` and at most :math:`c\,d\,N`."""
+
+    reason = ("spiking self-attention multiplies two activations (Q K^T V): a neuro-core "
+              "synapse multiplies a fixed weight by a spike")
+
+    def __init__(self, heads: int, scale: float) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, scale
+        self.grid = scale
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = q.shape
+
+        def split(z: torch.Tensor) -> torch.Tensor:  # [N, heads, tokens, d]
+            return z.reshape(n, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        y = (split(q) @ split(k).transpose(-1, -2)) @ split(v) * self.scale
+        return y.transpose(-1, -2).reshape(n, c, h, w)
+
+    def bound(self, in_shapes, in_bounds) -> float:
+        c, h, w = in_shapes[0]
+        return self.scale * (c // self.heads) * h * w * float(np.prod(in_bounds))
+
+    def macs(self, in_shapes) -> int:
+        c, h, w = in_shapes[0]
+        return 2 * (h * w) ** 2 * c  # Q K^T, then (Q K^T) V
+
+
+class HostMaxPool(HostOp):
+    """Max-pooling of a real-valued current (before a LIF): the host's, as no neuro-core
+    pools currents (the spike-domain rewrite :class:`SpikeMaxPool` runs on chip instead)."""
+
+    reason = ("max-pooling of a real-valued current before a LIF: neuro-cores pool only spikes "
+              "(set spike_pool: true in the model config to pool spikes on chip)")
+
+    def __init__(self, kernel_size: int, stride: int, padding: int = 0) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def bound(self, in_shapes, in_bounds) -> float:
+        return float(in_bounds[0])
+
+    def macs(self, in_shapes) -> int:
+        c, h, w = in_shapes[0]
+        out = [(n + 2 * self.padding - self.kernel_size) // self.stride + 1 for n in (h, w)]
+        return c * out[0] * out[1] * self.kernel_size**2
+
+
 class ChipGraph(nn.ModuleList):
     """``self[i]`` applied to the sum of the outputs of ``inputs[i]``, in list order (a
     topological order). A ModuleList, so its tensors are named ``N.…`` as a plain layer list's."""
@@ -54,6 +129,8 @@ class ChipGraph(nn.ModuleList):
             if not ins or any(not HOST_INPUT <= j < i for j in ins):
                 raise ValueError(f"layer {i} reads {ins}: inputs must be earlier layers "
                                  f"(or {HOST_INPUT}, the host current)")
+            if isinstance(self[i], HostOp) and HOST_INPUT in ins:
+                raise ValueError(f"host op {i} reads the host input: fold it into the encoder")
         if not isinstance(self[-1], MultiStepLIF):
             raise ValueError("the chip graph must end in a LIF layer (its spikes leave the chip)")
 
@@ -62,6 +139,11 @@ class ChipGraph(nn.ModuleList):
         host = current.unsqueeze(0).expand(time_steps, *current.shape)
         outs: list[torch.Tensor] = []
         for layer, ins in zip(self, self.inputs):
+            if isinstance(layer, HostOp):
+                t, b = outs[ins[0]].shape[:2]
+                y = layer(*(outs[j].flatten(0, 1) for j in ins))
+                outs.append(y.reshape(t, b, *y.shape[1:]))
+                continue
             x = outs[ins[0]] if ins[0] != HOST_INPUT else host
             for j in ins[1:]:
                 x = x + (outs[j] if j != HOST_INPUT else host)

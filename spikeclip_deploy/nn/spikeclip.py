@@ -12,7 +12,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from .encoders import TokenEmbedding, build_image_encoder, build_text_encoder
 from .native import build_native_spikingformer
-from .spikingformer import ScratchCLIPImage, Spikingformer
+from .spikingformer import ScratchCLIPImage, build_spikingformer
 
 
 class SpikeCLIP(nn.Module):
@@ -70,11 +70,9 @@ class ANNTextEncoder(nn.Module):
 IMAGE_ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "conv-chain": lambda c: build_image_encoder(c.image_channels, c.image_mlp_hidden, c.embed_dim,
                                                 **_common(c)),
-    "spikingformer": lambda c: Spikingformer(
-        c.embed_dim, dim=c.image_channels[-1], depth=c.image_depth, heads=c.image_heads,
-        mlp_hidden=c.image_mlp_hidden, time_steps=c.time_steps, tau=c.tau,
-        attn_threshold=c.attn_threshold, tdw=c.tdw, stem=tuple(c.image_channels[:-1]),
-        spike_pool=c.spike_pool),
+    "spikingformer": lambda c: build_spikingformer(
+        c.image_channels, c.image_depth, c.image_heads, c.image_mlp_hidden, c.embed_dim,
+        attn_threshold=c.attn_threshold, spike_pool=c.spike_pool, **_common(c)),
     "native-spikingformer": lambda c: build_native_spikingformer(
         c.image_channels, c.image_depth, c.image_mlp_hidden, c.token_mixer_kernel, c.embed_dim,
         **_common(c)),

@@ -8,12 +8,17 @@ For a synapse layer :math:`l` fed by spikes :math:`s_{t,i}`:
     \quad\text{(counted)},\qquad
     \widehat{\mathrm{SOP}}_l = r_l \cdot T \cdot \mathrm{FLOPs}_l \quad\text{(analytic check)}
 
-:math:`E_{SNN} = E_{AC} \sum_l \mathrm{SOP}_l + E_{MAC}(T\cdot\mathrm{MAC}_{stem} + \mathrm{MAC}_{readout})`,
-:math:`E_{ANN} = E_{MAC}(\mathrm{MAC}_{stem} + \sum_l \mathrm{FLOPs}_l + \mathrm{MAC}_{readout})`.
-Only computation is counted, not memory access or data movement.
+:math:`E_{SNN} = E_{AC} \sum_l \mathrm{SOP}_l + E_{MAC}(T\cdot\mathrm{MAC}_{stem} + T\cdot
+\mathrm{MAC}_{ops} + \mathrm{MAC}_{readout})`, :math:`E_{ANN} = E_{MAC}(\mathrm{MAC}_{stem} +
+\sum_l \mathrm{FLOPs}_l + \mathrm{MAC}_{ops} + \mathrm{MAC}_{readout})`, where
+:math:`\mathrm{MAC}_{ops}` are the host ops between chip subgraphs (spiking attention's
+:math:`Q K^\top V`; a real-valued max-pool with the synapse layer before it), evaluated once per
+step. Only computation is counted, not memory access or data movement.
 
 The partition's share of the work: ``chip_sop_share`` = chip SOPs / (chip SOPs + host MACs), the
-host MACs counted as executed (the stem once per sample under direct coding, the readout once).
+host MACs counted as executed (the stem once per sample under direct coding, host ops once per
+step, the readout once); ``chip_part_sop_share`` leaves out the stem and readout, which every
+deployment keeps on the host: 1 when everything between them runs on neuro-cores.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from ..hardware import EnergyModel
 from ..lowering.resources import fan_out, flops
-from ..nirgraph import ChipLayer
+from ..nirgraph import ChipLayer, HostOpNode
 
 PJ_PER_MJ = 1e9
 
@@ -39,8 +44,9 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
     lif_names = [la.name for la in layers if isinstance(la.node, nir.LIF)]
     by_lif = dict(zip(lif_names, spikes))
     rows = []
+    op_macs = sum(int(la.node.metadata["macs"]) for la in layers if isinstance(la.node, HostOpNode))
     for la in layers:
-        if isinstance(la.node, nir.LIF):
+        if isinstance(la.node, (nir.LIF, HostOpNode)):
             continue
         (src,) = la.inputs
         s = by_lif[src]
@@ -57,16 +63,18 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
     # the model's operations count it once; the chip executes every copy
     model_rows = {row["copy_of"] or row["name"]: row for row in rows}.values()
     total_sops = sum(row["sops"] for row in model_rows)
-    e_snn = e_ac * total_sops + e_mac * (t * stem_macs + readout_macs)
-    e_ann = e_mac * (stem_macs + sum(row["flops"] for row in model_rows) + readout_macs)
+    e_snn = e_ac * total_sops + e_mac * (t * stem_macs + t * op_macs + readout_macs)
+    e_ann = e_mac * (stem_macs + sum(row["flops"] for row in model_rows) + op_macs + readout_macs)
     return {
         "n": int(n), "time_steps": int(t), "layers": rows,
         "neuron_firing_rates": {nm: float(s.mean()) for nm, s in zip(lif_names, spikes)},
         "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * t * stem_macs,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
         "chip_sops_all_copies": sum(row["sops"] for row in rows),
-        "host_macs_executed": int(stem_macs + readout_macs),
-        "chip_sop_share": total_sops / (total_sops + stem_macs + readout_macs),
+        "host_op_macs_per_step": op_macs,
+        "host_macs_executed": int(stem_macs + t * op_macs + readout_macs),
+        "chip_sop_share": total_sops / (total_sops + stem_macs + t * op_macs + readout_macs),
+        "chip_part_sop_share": total_sops / (total_sops + t * op_macs) if total_sops else 0.0,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
         "ann_energy_per_inference_mj": e_ann / PJ_PER_MJ,
         "energy_ratio_snn_over_ann": e_snn / e_ann,

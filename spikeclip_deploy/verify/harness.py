@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from ..backends import get_backend
-from ..checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from ..data import load_dataset, stratified_split
 from ..errors import DataError, ExportError
-from ..export import ExportConfig, export_model
+from ..export import ExportConfig, export_model, model_source
 from ..fileutil import atomic_write, owned_tempdir
 from ..hardware import load_profile
 from ..progress import encode_in_batches
@@ -41,6 +40,8 @@ class VerifyConfig:
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
     batch_size: int = 32  # images per backend run (bounds memory; one Lava run per batch)
+    init: str = "checkpoint"  # or "random": model is a registered config, seeded by init_seed
+    init_seed: int = 0
 
 
 def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -67,19 +68,18 @@ def _float_encode(model) -> Callable[[np.ndarray], tuple[np.ndarray, list[np.nda
 def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     """Zero-shot accuracy of float / CPU reference / Lava, agreement and firing rates, and the
     energy report from the Lava run's recorded spikes."""
-    ckpt = resolve_checkpoint(cfg.model)
-    model, card, _ = load_model(str(ckpt))
+    model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.init_seed)
     energy_model = load_profile(cfg.energy_model, "energy") if "loihi" in cfg.targets else None
     images, labels, class_names = validation_images(cfg, model.cfg.image_size)
     query = with_distractors(with_synonyms(class_names, cfg.synonym_fraction), cfg.noisy_factor)
     preds: dict[str, np.ndarray] = {}
     rates: dict[str, dict[str, float]] = {}
-    result: dict[str, Any] = {"model": ckpt.stem, "n": int(len(labels)), "labels": query,
+    result: dict[str, Any] = {"model": info["name"], "weights": info["weights"],
+                              "n": int(len(labels)), "labels": query,
                               "protocol": {"noisy_factor": cfg.noisy_factor,
                                            "synonym_fraction": cfg.synonym_fraction},
                               "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
                                                                "seed": cfg.seed}}
-    tokenizer = load_tokenizer(ckpt)
     warn_indistinct_labels(tokenizer, query)
     float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
     feats, _ = encode_in_batches(_float_encode(model), images, cfg.batch_size, "float model")
@@ -88,20 +88,13 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
         given = dict(cfg.exports)
         for target in cfg.targets:
             export_dir = given.get(target) or export_model(
-                ExportConfig(model=str(ckpt), target=target, out=workdir / target))[0]
+                ExportConfig(model=cfg.model, target=target, out=workdir / target, init=cfg.init,
+                             seed=cfg.init_seed))[0]
             with get_backend(target)(export_dir) as backend:
                 result.setdefault("backends", {})[target] = {
                     "export": str(export_dir), "export_target": backend.manifest["target"],
                     "runs": backend.description}
-                if backend.manifest["model"].get("weights") == "random-init":
-                    raise ExportError(f"export {export_dir} holds a random initialisation of "
-                                      f"'{backend.manifest['model']['name']}', not a trained "
-                                      f"checkpoint: verify compares it against one; export a "
-                                      f"checkpoint")
-                made_from = backend.manifest["model"]["checkpoint_sha256"]
-                if made_from != card["sha256"]:
-                    raise ExportError(f"export {export_dir} was made from another checkpoint "
-                                      f"than {ckpt}; pass the matching --model or re-export")
+                _check_made_from(backend.manifest["model"], info, export_dir)
                 class_w = backend.class_weights(query, cfg.templates)
                 feats, spikes = encode_in_batches(backend.encode_images, images, cfg.batch_size,
                                             f"{target} backend")
@@ -119,8 +112,22 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                            for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"))
                            if a in preds and b in preds}
     result["firing_rates"] = rates
-    result["checkpoint_metrics"] = card["metadata"].get("metrics", {})
+    result["checkpoint_metrics"] = info["metrics"]
     return result
+
+
+def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
+    """The export must hold the model verify compares it against."""
+    keys = ("weights", "checkpoint_sha256") if info["weights"] == "checkpoint" else \
+        ("weights", "name", "seed")
+    if any(made.get(k) != info[k] for k in keys):
+        what = (f"checkpoint {info['name']}" if info["weights"] == "checkpoint" else
+                f"the random initialisation of '{info['name']}' with seed {info['seed']}")
+        source = (f"a random initialisation of '{made.get('name')}' (seed {made.get('seed')})"
+                  if made.get("weights") == "random-init" else f"checkpoint {made.get('name')}")
+        raise ExportError(f"export {export_dir} holds {source}, not {what}; pass the matching "
+                          f"--model (with --init random --seed N for a random initialisation) "
+                          f"or re-export")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -57,7 +57,7 @@ def test_split_fanout_and_align_delays_by_hand():
     enc = encoder([MultiStepLIF(), lin(), MultiStepLIF(), lin(), MultiStepLIF()],
                   [(-1,), (0,), (1,), (2,), (1, 3)])
     g = run_passes(trace(enc, "text", torch.zeros(1, 3)),
-                   (PASSES["split_fanout"], PASSES["align_delays"]), LOIHI)
+                   (PASSES["split_fanout"], PASSES["partition"], PASSES["align_delays"]), LOIHI)
     assert [(la.name, la.inputs, la.node.metadata.get("delay", 0)) for la in g.layers] == [
         ("lif0", ("input",), 0), ("dense0_lif1", ("lif0",), 0), ("dense0_lif2", ("lif0",), 1),
         ("lif1", ("dense0_lif1",), 0), ("dense1", ("lif1",), 0),
@@ -66,7 +66,7 @@ def test_split_fanout_and_align_delays_by_hand():
     # a chip whose synapses take two steps: the short path is held two steps
     slow = LoweringContext("loihi", dataclasses.replace(LOIHI.profile, synapse_delay_steps=2), None)
     g2 = run_passes(trace(enc, "text", torch.zeros(1, 3)),
-                    (PASSES["split_fanout"], PASSES["align_delays"]), slow)
+                    (PASSES["split_fanout"], PASSES["partition"], PASSES["align_delays"]), slow)
     assert g2.layer("dense0_lif2").node.metadata["delay"] == 2
     # quantizing without splitting is refused: a shared synapse has two readers' scales
     with pytest.raises(LoweringError, match="before pass 'quantize': .*read by several"):
@@ -101,7 +101,7 @@ def test_quantize_requires_folded_batchnorm_and_ensures_integers():
     g = trace(encoder([MultiStepLIF(), conv_bn(), MultiStepLIF()]), "image", torch.zeros(1, 1, 2, 2))
     with pytest.raises(LoweringError, match="before pass 'quantize': BatchNorm still separate"):
         run_passes(g, (PASSES["quantize"],), LOIHI)
-    q = run_passes(g, (PASSES["fold_bn"], PASSES["quantize"]), LOIHI)
+    q = run_passes(g, (PASSES["fold_bn"], PASSES["partition"], PASSES["quantize"]), LOIHI)
     # |W'|max = 2, tau 2: vth = floor(254 * 2 / 2) = 254 = S; W = round_even(254 W' / 2)
     assert q.layer("lif1").node.metadata["loihi"]["vth"] == 254
     assert q.layer("conv0").node.weight.flatten().tolist() == [128.0, -254.0]

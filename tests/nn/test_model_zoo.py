@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from spikeclip_deploy.config import get_config
-from spikeclip_deploy.errors import LoweringError
 from spikeclip_deploy.nn.spikeclip import SpikeCLIP, parameter_count
 
 
@@ -33,9 +32,25 @@ def test_scratchclip_is_the_ann_counterpart():
     assert not any("LIF" in type(m).__name__ for m in ann.modules())
 
 
-def test_export_refuses_spiking_self_attention(paper):
+def test_the_paper_encoder_lowers_with_attention_and_pools_on_the_host(paper):
+    """Spikingformer-4-384 at 32x32: the two real-valued max pools (with the conv before each)
+    and the four Q K^T V products run on the host; everything else on chip."""
     from spikeclip_deploy.export import lower_encoder
+    from spikeclip_deploy.nirgraph import HostOpNode
     from spikeclip_deploy.targets import get_target
 
-    with pytest.raises(LoweringError, match="self-attention"):
-        lower_encoder(paper, "image", get_target("loihi"))
+    g = lower_encoder(paper, "image", get_target("loihi"))
+    host = [la for la in g.layers if la.placement == "host"]
+    ops = [la for la in host if isinstance(la.node, HostOpNode)]
+    assert [la.node.op for la in ops] == ["HostMaxPool"] * 2 + ["SpikeAttention"] * 4
+    assert [la.name for la in host if la not in ops] == ["conv1", "conv2"]  # 96->192, 192->384
+    attn = ops[2].node
+    # per step: Q K^T (64 x 64 x 48 per head, 8 heads) then (Q K^T) V, the same again
+    assert attn.metadata["macs"] == 2 * 64 * 64 * 384
+    # 0.125 * (48 channels per head) * 64 tokens; grid 0.125 with scale 2^k/tau: exact
+    assert attn.metadata["bound"] == 0.125 * 48 * 64
+    assert attn.metadata["output_quantization"] == {"scale": 64.0, "limit": 32767, "exact": True}
+    # pool 1: conv 96->192 at 32x32 (3x3), then 3x3 max over 16x16 outputs
+    assert ops[0].node.metadata["macs"] == 192 * 32 * 32 * 96 * 9 + 192 * 16 * 16 * 9
+    assert all(la.placement == "chip" for la in g.layers if la not in host)
+    assert "self-attention" in g.meta["partition"][ops[2].name]["reason"]

@@ -12,7 +12,7 @@ from spikeclip_deploy.errors import ConfigError
 from spikeclip_deploy.nn.chip_graph import HOST_INPUT, SpikeMaxPool
 from spikeclip_deploy.nn.lif import MultiStepLIF
 from spikeclip_deploy.nn.spikeclip import SpikeCLIP
-from spikeclip_deploy.nn.spikingformer import Spikingformer
+from spikeclip_deploy.nn.spikingformer import build_spikingformer
 
 NATIVE = ("spikeclip-vit4-384-native", "spikeclip-native-small")
 
@@ -159,19 +159,24 @@ def test_token_mixer_kernel_must_be_odd():
 
 
 def test_spikingformer_spike_pool_keeps_names_and_pools_spikes():
-    kw = dict(embed_dim=8, dim=16, depth=1, heads=2, mlp_hidden=16, stem=(4, 8, 12))
+    kw = dict(channels=(4, 8, 12, 16), depth=1, heads=2, mlp_hidden=16, embed_dim=8,
+              time_steps=4, tau=2.0, v_threshold=1.0, attn_threshold=0.5, tdw=True)
     torch.manual_seed(0)
-    orig, native = Spikingformer(**kw), Spikingformer(**kw, spike_pool=True)
+    orig, native = build_spikingformer(**kw), build_spikingformer(**kw, spike_pool=True)
     native.load_state_dict(orig.state_dict())  # strict: same names and shapes
-    tok = native.tokenizer
-    x = torch.randn(4, 2, 3, 32, 32)
+    # the first pooled stage: orig conv, host max-pool, LIF; native conv, LIF, spike max-pool
+    assert [type(m).__name__ for m in list(orig.stack)[3:6]] == ["Sequential", "HostMaxPool", "MultiStepLIF"]
+    assert [type(m).__name__ for m in list(native.stack)[3:6]] == ["Sequential", "MultiStepLIF", "SpikeMaxPool"]
+    current = torch.randn(2, 4, 32, 32)
     with torch.no_grad():
-        y = tok[:4](x)  # spikes into the first pooled stage: conv, then LIF + pool
-        pooled = tok[5](tok[4](y))
-        ref_lif = MultiStepLIF(2.0)(tok[4](y))
-        assert torch.equal(pooled, F.max_pool2d(ref_lif.flatten(0, 1), 3, 2, 1).unflatten(0, (4, 2)))
-        assert torch.equal(orig.tokenizer[:4](x), y)
-        assert torch.isfinite(native(x[0])).all()
+        o, n = orig.stack(current, 4), native.stack(current, 4)
+        assert torch.equal(o[3], n[3])  # the same conv output
+        lif = MultiStepLIF(2.0)
+        want_native = F.max_pool2d(lif(n[3]).flatten(0, 1), 3, 2, 1).unflatten(0, (4, 2))
+        want_orig = MultiStepLIF(2.0)(F.max_pool2d(o[3].flatten(0, 1), 3, 2, 1).unflatten(0, (4, 2)))
+        assert torch.equal(n[5], want_native) and torch.equal(o[5], want_orig)
+        assert not torch.equal(n[5], o[5])  # pooling spikes is not pooling currents
+        assert torch.isfinite(native(torch.randn(2, 3, 32, 32))).all()
 
 
 def test_the_native_graph_lowers_and_the_cpu_reference_equals_the_float_model(tmp_path):
