@@ -144,7 +144,7 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
     nir.write(tmp_path / "tiny.nir", to_nir(graph))
     layers = graph_layers(nir.read(tmp_path / "tiny.nir"))
     net = _Network(_lava(), layers, time_steps=4, handlers=LavaBackend.handlers, shift=6,
-                   synapse_delay=1)
+                   synapse_delay=1, export_dir=str(tmp_path))
     # two samples in one run: the second starts from the reset state, so both match the trace
     (s0, s1) = net.run(np.array([[6, 20], [6, 20]]))
     # lif0: v = trunc(v/2) + input * 2^6, spike when v > 10 * 2^6, reset to 0.

@@ -86,7 +86,7 @@ def test_lava_equals_the_float_model(residual, tmp_path):
     graph = export_graph(enc, "loihi", tmp_path)
     q = graph.metadata["input_quantization"]
     net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
-                   graph.metadata["synapse_delay_steps"])
+                   graph.metadata["synapse_delay_steps"], str(tmp_path))
     got = net.run(quantize_input(current, q))
     for layer, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
@@ -129,7 +129,7 @@ def test_a_delayed_convolution_path_on_lava(tmp_path):
     graph = nir.read(tmp_path / "g.nir")
     q = graph.metadata["input_quantization"]
     net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
-                   graph.metadata["synapse_delay_steps"])
+                   graph.metadata["synapse_delay_steps"], str(tmp_path))
     got = net.run(quantize_input(current.numpy().astype(np.float64), q))
     for layer, (gl, w) in enumerate(zip(got, want)):
         assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
