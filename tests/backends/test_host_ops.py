@@ -44,8 +44,8 @@ def test_host_input_quantization_by_hand():
                     metadata={"bound": 384.0, "grid": 0.125})
     vth, q = host_input_quantization(op, 2.0, 0.5, fp)
     assert (vth, q) == (64, {"scale": 64.0, "limit": 32767, "exact": True})
-    y = np.array([0.125, 383.875, -1000.0, 0.3])
-    assert quantize_host_output(y, q).tolist() == [8, 24568, -32767, 19]
+    y = np.array([0.125, 383.875, -1000.0, 0.4])
+    assert quantize_host_output(y, q).tolist() == [8, 24568, -32767, 26]
     assert quantize_host_output(y, None) is y  # a float export passes the current on
     # an off-grid op (a max-pooled current) is rounded: not exact
     pooled = HostOpNode(op="HostMaxPool", input_shapes=((4, 8, 8),), output_shape=(4, 4, 4),
