@@ -40,9 +40,12 @@ def energy_summary(e: dict) -> str:
         copy = f"  (copy of {layer['copy_of']}: counted once)" if layer["copy_of"] else ""
         lines.append(f"  {layer['name']:<{w}s}{layer['input']:<7s}{layer['firing_rate']:>7.3f}"
                      f"{layer['sops']:>14,.0f}{layer['sops_analytic']:>14,.0f}{copy}")
-    lines += [f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs x T",
-              f"  chip share of the work: {100 * e['chip_sop_share']:.1f} % (chip SOPs vs host "
-              f"MACs as executed)",
+    lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs x T")
+    if e["host_op_macs_per_step"]:
+        lines.append(f"  host ops between chip subgraphs: {e['host_op_macs_per_step']:,d} MACs x T")
+    lines += [f"  chip share of the work: {100 * e['chip_sop_share']:.1f} % (chip SOPs vs host "
+              f"MACs as executed); between stem and readout: "
+              f"{100 * e['chip_part_sop_share']:.1f} %",
               f"  SNN {e['energy_per_inference_mj']:.6f} mJ  vs ANN counterpart "
               f"{e['ann_energy_per_inference_mj']:.6f} mJ  (ratio {e['energy_ratio_snn_over_ann']:.3f},"
               f" reduction {100 * e['energy_reduction']:.1f} %)",

@@ -207,3 +207,23 @@ def test_run_uses_an_export_another_run_created_meanwhile(micro_exports, tmp_pat
     monkeypatch.setattr(inference, "export_model", lost_the_race)
     result = inference.classify_images("cpu", None, [cat_png], "cat,dog")
     assert result["export"] == str(auto) and len(result["results"]) == 1
+
+
+@pytest.mark.lava
+def test_verify_a_random_init_spikingformer_with_its_host_ops(image_folder, tmp_path):
+    """The paper's layout in miniature: `verify --init random` exports it for both targets and
+    runs Lava with Q K^T V and the two max pools as host processes inside the simulation."""
+    out = tmp_path / "v.json"
+    r = invoke("verify", "--target", "loihi", "--model", "spikeclip-former-micro", "--init",
+               "random", "--seed", "0", "--data", image_folder, "--limit", 2, "--json", out)
+    assert r.exit_code == 0, r.output
+    v = json.loads(out.read_text())
+    assert v["weights"] == "random-init" and v["n"] == 2
+    assert v["agreement"]["loihi_vs_cpu"] == 1.0
+    e = v["energy"]
+    # per step, by hand: attention 2 * 64^2 * 16; conv 8->12 at 32x32 + 3x3 pool to 12x16x16;
+    # conv 12->16 at 16x16 + 3x3 pool to 16x8x8
+    assert e["host_op_macs_per_step"] == (2 * 64**2 * 16 + 12 * 32 * 32 * 8 * 9 + 12 * 16 * 16 * 9
+                                          + 16 * 16 * 16 * 12 * 9 + 16 * 8 * 8 * 9)
+    assert e["chip_part_sop_share"] == e["total_sops"] / (e["total_sops"] + 4 * e["host_op_macs_per_step"])
+    assert "host ops between chip subgraphs" in r.output

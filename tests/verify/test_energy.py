@@ -3,7 +3,7 @@ import numpy as np
 
 from spikeclip_deploy.hardware import EnergyModel
 from spikeclip_deploy.lowering.resources import fan_out, flops
-from spikeclip_deploy.nirgraph import ChipLayer
+from spikeclip_deploy.nirgraph import ChipLayer, HostOpNode
 from spikeclip_deploy.verify.energy import energy_report
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9,
@@ -77,3 +77,23 @@ def test_copies_of_a_residual_term_count_once_in_the_model():
     rep = energy_report(layers, spikes, 0, 0, EM)
     assert rep["total_sops"] == 8 and rep["chip_sops_all_copies"] == 16
     assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 6)
+
+
+def test_a_host_op_counts_as_host_macs_every_step():
+    """lif0 -> dense0 -> lif1 -> host op (7 MACs per step) -> lif2: the op runs T = 2 times."""
+    op = HostOpNode(op="SpikeAttention", input_shapes=((2,),), output_shape=(2,),
+                    metadata={"macs": 7})
+    layers = [ChipLayer("lif0", lif((3,)), ("input",)),
+              ChipLayer("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2)), ("lif0",)),
+              ChipLayer("lif1", lif((2,)), ("dense0",)),
+              ChipLayer("host0", op, ("lif1",)),
+              ChipLayer("lif2", lif((2,)), ("host0",))]
+    spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2)), np.zeros((1, 2, 2))]
+    rep = energy_report(layers, spikes, stem_macs=10, readout_macs=5, energy_model=EM)
+    assert [row["name"] for row in rep["layers"]] == ["dense0"] and rep["total_sops"] == 8
+    assert rep["host_op_macs_per_step"] == 7 and rep["host_macs_executed"] == 10 + 2 * 7 + 5
+    assert rep["chip_sop_share"] == 8 / (8 + 10 + 14 + 5)
+    assert rep["chip_part_sop_share"] == 8 / (8 + 14)
+    # E_SNN = 0.9 * 8 + 4.6 * (2 * 10 + 2 * 7 + 5); E_ANN = 4.6 * (10 + 6 + 7 + 5)
+    assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 39)
+    assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 28)
