@@ -161,3 +161,26 @@ class ChipGraph(nn.ModuleList):
 
     def lif_indices(self) -> list[int]:
         return [i for i, layer in enumerate(self) if isinstance(layer, MultiStepLIF)]
+
+
+class GraphBuilder:
+    """Builds a :class:`ChipGraph` layer by layer: :meth:`add` returns the new layer's index,
+    which later layers list among the layers they read."""
+
+    def __init__(self, tau: float, v_threshold: float) -> None:
+        self.tau, self.v_threshold = tau, v_threshold
+        self.layers: list[nn.Module] = []
+        self.inputs: list[tuple[int, ...]] = []
+
+    def add(self, layer: nn.Module, *reads: int) -> int:
+        self.layers.append(layer)
+        self.inputs.append(reads)
+        return len(self.layers) - 1
+
+    def lif(self, *reads: int, threshold: float | None = None) -> int:
+        """A LIF reading the sum of ``reads``."""
+        return self.add(MultiStepLIF(self.tau, threshold if threshold is not None
+                                     else self.v_threshold), *reads)
+
+    def graph(self) -> ChipGraph:
+        return ChipGraph(self.layers, self.inputs)

@@ -34,28 +34,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
 
-from .chip_graph import HOST_INPUT, ChipGraph, SpikeMaxPool
+from .chip_graph import HOST_INPUT, GraphBuilder, SpikeMaxPool
 from .encoders import Readout, SpikingEncoder, conv_bn
-from .lif import MultiStepLIF
 
 
 def build_native_spikingformer(channels: Sequence[int], depth: int, mlp_hidden: int,
                                mixer_kernel: int, embed_dim: int, time_steps: int, tau: float,
                                v_threshold: float, tdw: bool) -> SpikingEncoder:
     """The encoder above; ``channels[0]`` is the host stem, ``channels[-1]`` the width D."""
-    layers: list[nn.Module] = []
-    inputs: list[tuple[int, ...]] = []
-
-    def add(layer: nn.Module, *reads: int) -> int:
-        layers.append(layer)
-        inputs.append(reads)
-        return len(layers) - 1
-
-    def lif(*reads: int) -> int:
-        return add(MultiStepLIF(tau, v_threshold), *reads)
-
+    g = GraphBuilder(tau, v_threshold)
+    add, lif = g.add, g.lif
     n, dim = len(channels) - 1, channels[-1]
     z = HOST_INPUT
     for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
@@ -69,5 +58,5 @@ def build_native_spikingformer(channels: Sequence[int], depth: int, mlp_hidden: 
         h = add(conv_bn(dim, mlp_hidden, 1, 1), lif(*x))
         x.append(add(conv_bn(mlp_hidden, dim, 1, 1), lif(h)))
     lif(*x)
-    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), ChipGraph(layers, inputs),
+    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), g.graph(),
                           Readout(dim, embed_dim, time_steps, tdw), time_steps)

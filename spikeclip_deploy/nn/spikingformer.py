@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
-from .chip_graph import HOST_INPUT, ChipGraph, HostMaxPool, SpikeAttention, SpikeMaxPool
+from .chip_graph import HOST_INPUT, GraphBuilder, HostMaxPool, SpikeAttention, SpikeMaxPool
 from .encoders import Readout, SpikingEncoder, conv_bn
-from .lif import MultiStepLIF
 
 
 def build_spikingformer(channels: Sequence[int], depth: int, heads: int, mlp_hidden: int,
@@ -37,17 +37,8 @@ def build_spikingformer(channels: Sequence[int], depth: int, heads: int, mlp_hid
                         attn_scale: float = 0.125) -> SpikingEncoder:
     """The encoder above; ``channels[0]`` is the host stem's width, ``channels[-1]`` the
     width D; the last two stages pool (3x3, stride 2)."""
-    layers: list[nn.Module] = []
-    inputs: list[tuple[int, ...]] = []
-
-    def add(layer: nn.Module, *reads: int) -> int:
-        layers.append(layer)
-        inputs.append(reads)
-        return len(layers) - 1
-
-    def lif(*reads: int, threshold: float = v_threshold) -> int:
-        return add(MultiStepLIF(tau, threshold), *reads)
-
+    g = GraphBuilder(tau, v_threshold)
+    add, lif = g.add, g.lif
     n, dim = len(channels) - 1, channels[-1]
     if n < 2:
         raise ValueError("a Spikingformer needs at least two tokenizer stages after the stem")
@@ -69,7 +60,7 @@ def build_spikingformer(channels: Sequence[int], depth: int, heads: int, mlp_hid
         h = add(conv_bn(dim, mlp_hidden, 1, 1), lif(*x))
         x.append(add(conv_bn(mlp_hidden, dim, 1, 1), lif(h)))
     lif(*x)
-    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), ChipGraph(layers, inputs),
+    return SpikingEncoder(conv_bn(3, channels[0], 3, 1), g.graph(),
                           Readout(dim, embed_dim, time_steps, tdw), time_steps)
 
 

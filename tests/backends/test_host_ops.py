@@ -98,7 +98,7 @@ def test_cpu_reference_equals_the_float_model(former):
 
 @pytest.mark.lava
 def test_lava_equals_the_cpu_reference_on_the_fixed_point_export(former):
-    images, want, exports = former
+    images, _, exports = former
     cpu = get_backend("cpu")(exports["loihi"])
     ref = cpu.run_chip("image", cpu.host.image_current(images))
     with get_backend("loihi")(exports["loihi"]) as lava:
