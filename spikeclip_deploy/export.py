@@ -36,7 +36,7 @@ from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, gl
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
 from .hardware import load_profile
 from .host import write_host_ops, write_host_part
-from .lowering.graph import Graph, run_passes, to_nir, trace
+from .lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
 from .lowering.passes import LoweringContext, passes_named
 from .manifest import FORMAT, MANIFEST, is_export
 from .nirgraph import HostOpNode
@@ -50,9 +50,6 @@ from .tokenizers import tokenizer_for_vocab
 from .zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
-DT = 1.0
-DISCRETISATION = ("forward Euler with dt=1 (one chip time step): v[t] = v[t-1] + dt/tau * "
-                  "(v_leak - v[t-1] + r*I[t]); spike when v[t] > v_threshold; then v[t] = v_reset")
 
 
 UNDEPLOYABLE = {
@@ -118,8 +115,7 @@ def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
         x = _example_input(model, side)
         current = enc.current(model.normalize(x) if side == "image" else x)
     graph = trace(enc, side, current)
-    return graph.replace(meta={"dt": DT, "discretisation": DISCRETISATION,
-                               "time_steps": model.cfg.time_steps, "input_coding": "direct",
+    return graph.replace(meta={"time_steps": model.cfg.time_steps, "input_coding": "direct",
                                "encoder": side, "producer": f"spikeclip-deploy {__version__}"})
 
 

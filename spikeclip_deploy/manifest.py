@@ -13,7 +13,7 @@ from typing import Any
 from .errors import ExportError
 from .fileutil import sha256_file
 
-FORMAT = "spikeclip-deploy/export@2"  # @2: register constants in the NIR metadata
+FORMAT = "spikeclip-deploy/export@3"  # @2: registers in the NIR metadata; @3: LIF tau in seconds
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("format", "target", "time_steps", "model", "host", "files")
 #: the files the backends open (the tokenizer folder must hold at least one file)
@@ -23,8 +23,8 @@ REQUIRED_FILES = ("chip/image_encoder.nir", "chip/text_encoder.nir", "host/image
 REEXPORT = "re-run `spikeclip-deploy export --force`"
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """Parse and shape-check ``folder/manifest.json`` (no file hashes); ExportError otherwise."""
+def _parse(folder: Path) -> dict[str, Any]:
+    """``folder/manifest.json`` as a dict; ExportError otherwise."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise ExportError(f"{folder} is not an export (no {MANIFEST}); create one with "
@@ -36,6 +36,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ExportError(f"{path} holds a {type(manifest).__name__}, not an export manifest; "
                           f"{REEXPORT}")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Parse and shape-check ``folder/manifest.json`` (no file hashes); ExportError otherwise."""
+    path, manifest = Path(folder) / MANIFEST, _parse(folder)
     if manifest.get("format") != FORMAT:
         raise ExportError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}: "
                           f"not an export of this tool, or of another version; {REEXPORT}")
@@ -48,12 +54,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def is_export(folder: Path) -> bool:
-    """Whether ``folder`` holds a manifest of this tool (the only kind ``--force`` replaces)."""
+    """Whether ``folder`` holds a manifest of this tool, of this format or an earlier one (the
+    only kind ``--force`` replaces; an earlier one is what ``--force`` renews)."""
     try:
-        read_manifest(folder)
+        fmt = _parse(folder).get("format")
     except ExportError:
         return False
-    return True
+    return isinstance(fmt, str) and fmt.split("@")[0] == FORMAT.split("@")[0]
 
 
 def load_export(folder: Path) -> dict[str, Any]:

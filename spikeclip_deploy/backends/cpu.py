@@ -4,8 +4,8 @@ map, in float64, batched over samples.
 nirtorch wires any graph (branches, fan-in: several inputs of a node are summed) into a
 ``torch.fx`` module run once per time step, with this project's node map: Affine and Conv2d
 (nirtorch 2.6's own Affine map never sets the bias: ``module.weight.bias = ...``) and
-:class:`LIF`, the export's neuron, with dt = 1 (one chip step):
-:math:`v \leftarrow v + (v_{leak} - v + r I)/\tau`, :math:`s = [v > V_{th}]`,
+:class:`LIF`, the export's neuron, at the graph's ``metadata['dt']`` (one chip step, in the unit
+of :math:`\tau`): :math:`v \leftarrow v + \frac{dt}{\tau}(v_{leak} - v + r I)`, :math:`s = [v > V_{th}]`,
 :math:`v \leftarrow v_{reset}` where :math:`s = 1`. All paths are evaluated within the same step
 (the float semantics; the chip's synaptic delays are aligned by the export). State is zero at
 the start of every sample.
@@ -54,19 +54,21 @@ def _conv2d(node: nir.Conv2d) -> torch.nn.Conv2d:
 
 class LIF(torch.nn.Module):
     """The export's LIF for nirtorch: ``forward(I, state) -> (spikes, state)``; the state keeps
-    the membrane and this step's spikes (read back for every layer's record)."""
+    the membrane and this step's spikes (read back for every layer's record). ``dt/tau`` is
+    formed in the file's float32, as snntorch's NIR import forms it: exactly 1/2 for tau = 2 dt."""
 
-    def __init__(self, node: nir.LIF) -> None:
+    def __init__(self, node: nir.LIF, dt: float) -> None:
         super().__init__()
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
-        self.tau, self.r, self.v_leak = t(node.tau), t(node.r), t(node.v_leak)
+        self.dt_tau = t(np.float32(dt) / np.asarray(node.tau, np.float32))
+        self.r, self.v_leak = t(node.r), t(node.v_leak)
         self.v_th = t(node.v_threshold)
         self.v_reset = t(node.v_reset if node.v_reset is not None else np.zeros_like(node.tau))
 
     def forward(self, current: torch.Tensor, state: dict | None = None
                 ) -> tuple[torch.Tensor, dict]:
         v = state["v"] if state is not None else torch.zeros_like(current)
-        v = v + (self.v_leak - v + self.r * current) / self.tau
+        v = v + (self.v_leak - v + self.r * current) * self.dt_tau
         s = (v > self.v_th).to(current.dtype)
         return s, {"v": torch.where(s > 0, self.v_reset, v), "spikes": s}
 
@@ -107,6 +109,7 @@ class _HostOp(torch.nn.Module):
         return torch.as_tensor(y, dtype=stack.dtype)
 
 
+#: node type -> module; :func:`run_graph` binds the graph's ``dt`` to :class:`LIF`
 NODE_MAP: dict[type, Callable] = {nir.LIF: LIF, nir.Affine: _affine, nir.Conv2d: _conv2d,
                                   HostSlot: _Slot}
 
@@ -134,6 +137,7 @@ def run_graph(graph: nir.NIRGraph, lif_names: list[str], x_in: torch.Tensor,
               time_steps: int, node_map: dict[type, Callable] = NODE_MAP) -> list[np.ndarray]:
     """``x_in`` (the graph's input, constant over time) -> spikes ``[B, T, *shape]`` of the LIFs
     ``lif_names``, through nirtorch."""
+    node_map = {**node_map, nir.LIF: partial(LIF, dt=graph.metadata["dt"])}
     module = nir_to_torch(graph, node_map, dtype=torch.float64)
     state, record = None, {name: [] for name in lif_names}
     with torch.no_grad():

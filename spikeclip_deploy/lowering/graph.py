@@ -29,6 +29,14 @@ from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
 from .fold import fold_conv_bn
 
+#: seconds per chip time step in the NIR files. NIR's time constants are continuous time: the
+#: layers hold ``tau`` in steps, the files in seconds (``tau * DT``). 0.1 ms is the step that NIR
+#: importers assume (snntorch 0.9.1's ``import_from_nir`` fixes ``dt = 1e-4``).
+DT = 1e-4
+DISCRETISATION = (f"forward Euler with dt = {DT} s (one chip time step; tau in seconds): "
+                  "v[t] = v[t-1] + dt/tau * (v_leak - v[t-1] + r*I[t]); spike when "
+                  "v[t] > v_threshold; then v[t] = v_reset")
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -222,11 +230,20 @@ def run_side_layers(graph: Graph) -> list[ChipLayer]:
     return out
 
 
+def _written(node: nir.NIRNode) -> nir.NIRNode:
+    """A layer's node as the file holds it: LIF ``tau`` in seconds (``tau * DT``, float32: exact
+    for a power-of-two number of steps), grouped convolutions dense
+    (:func:`~spikeclip_deploy.nirgraph.ungroup`)."""
+    if isinstance(node, nir.LIF):
+        return dataclasses.replace(node, tau=np.asarray(node.tau, np.float32) * np.float32(DT))
+    return ungroup(node) if isinstance(node, nir.Conv2d) else node
+
+
 def to_nir(graph: Graph) -> nir.NIRGraph:
     """Input -> chip layers -> Output, one edge per summed input; each host op as an ``Output``
     node per input and an ``Input`` node for its current, described in the metadata's
-    ``host_ops``; the graph's meta as metadata; grouped convolutions written as dense ones
-    (:func:`~spikeclip_deploy.nirgraph.ungroup`)."""
+    ``host_ops``; the graph's meta as metadata, with ``dt`` and the discretisation; LIF time
+    constants in seconds and grouped convolutions dense (:func:`_written`)."""
     layers = run_side_layers(graph)
     nodes: dict[str, nir.NIRNode] = {INPUT: nir.Input(input_type={"input": np.array(graph.input_shape)})}
     edges: list[tuple[str, str]] = []
@@ -239,9 +256,10 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
                 nodes[host_port(la.name, k)] = nir.Output(output_type={"output": np.array(shape)})
                 edges.append((src, host_port(la.name, k)))
             continue
-        nodes[la.name] = ungroup(la.node) if isinstance(la.node, nir.Conv2d) else la.node
+        nodes[la.name] = _written(la.node)
         edges += [(src, la.name) for src in la.inputs]
     nodes["output"] = nir.Output(output_type={"output": np.array(graph.output_shape)})
     edges.append((layers[-1].name, "output"))
-    meta = {**graph.meta, **({"host_ops": host_ops} if host_ops else {})}
+    meta = {**graph.meta, "dt": DT, "discretisation": DISCRETISATION,
+            **({"host_ops": host_ops} if host_ops else {})}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)

@@ -52,10 +52,13 @@ def test_micro_fixture_spikes_everywhere_and_its_biases_matter(micro_ckpt):
 
 
 def test_every_export_file_loads_with_nir_read(micro_exports):
+    """NIR time is seconds: dt = 0.1 ms per chip step, the model's tau of 2 steps is 0.2 ms."""
     for export in micro_exports.values():
         for path in (export / "chip").glob("*.nir"):
             g = nir.read(path)
-            assert g.metadata["dt"] == 1.0 and "discretisation" in g.metadata
+            assert g.metadata["dt"] == 1e-4 and "discretisation" in g.metadata
+            taus = [node.tau for node in g.nodes.values() if isinstance(node, nir.LIF)]
+            assert taus and all(np.all(tau == np.float32(2e-4)) for tau in taus)
 
 
 def test_cpu_reference_equals_pytorch(micro_ckpt, micro_exports):
@@ -140,7 +143,7 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
              ("dense0", nir.Affine(weight=w, bias=np.zeros(2), metadata={"loihi": {"weight_exp": 0}})),
              ("lif1", lif(2, 60, 0))]
     graph = Graph("text", tuple(Layer(name, node, (prev,), "") for (name, node), prev in
-                                zip(chain, ["input", "lif0", "dense0"])), (2,), (2,), meta={"dt": 1.0})
+                                zip(chain, ["input", "lif0", "dense0"])), (2,), (2,))
     nir.write(tmp_path / "tiny.nir", to_nir(graph))
     layers = graph_layers(nir.read(tmp_path / "tiny.nir"))
     net = _Network(_lava(), layers, time_steps=4, handlers=LavaBackend.handlers, shift=6,

@@ -44,6 +44,18 @@ def test_force_replaces_an_export(micro_ckpt, micro_exports, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
 
 
+def test_force_renews_an_export_of_an_earlier_format(micro_ckpt, micro_exports, tmp_path):
+    """An earlier format is refused with `export --force` as the fix, and --force replaces it."""
+    out = tmp_path / "exp"
+    shutil.copytree(micro_exports["cpu"], out)
+    _edit_manifest(out, lambda m: {**m, "format": "spikeclip-deploy/export@2"})
+    with pytest.raises(ExportError, match="export --force"):
+        load_export(out)
+    r = invoke("export", "--target", "cpu", "--model", micro_ckpt, "--out", out, "--force")
+    assert r.exit_code == 0, r.output
+    assert load_export(out)["target"] == "cpu"
+
+
 def test_two_racing_exports_one_wins_cleanly(micro_ckpt, tmp_path, monkeypatch):
     """The second export finishes inside the first one's run: the first then refuses."""
     out = tmp_path / "exp"
