@@ -1,7 +1,7 @@
 r"""Quantize float NIR layers to Loihi fixed point, as Lava's bit-accurate models compute it
 (:math:`a` is the profile's activation shift, 6 on Loihi 2).
 
-Float neuron (dt = 1): :math:`v \leftarrow v + (I - v)/\tau`, :math:`I = W s + b`.
+Float neuron (tau in chip steps): :math:`v \leftarrow v + (I - v)/\tau`, :math:`I = W s + b`.
 Loihi (``PyLifModelBitAcc``, ``du = 4095`` so :math:`u_t` = this step's input):
 
 .. math::
