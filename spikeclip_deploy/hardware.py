@@ -43,8 +43,13 @@ class FixedPoint:
 
 @dataclass(frozen=True)
 class Limits:
+    """Per-chip capacity, checked for a whole encoder: neurons (compartments) and synaptic
+    memory counted in stored weights (a convolution's kernel once per layer). A precise mapping
+    onto neuro-cores (per-core memory, fan-in and the kernel copies each core holds) is a later
+    step, a mapper's."""
+
     neurons_per_chip: int
-    synapses_per_chip: int
+    stored_weights_per_chip: int
 
 
 @dataclass(frozen=True)

@@ -255,17 +255,25 @@ RESOURCES = Pass("resources", _resources,
                  ensures=lambda g: None if "resources" in g.meta else "no resource counts")
 
 
+#: resource count -> (the profile's per-chip limit, what the message calls it)
+LIMITED = {"neurons": ("neurons_per_chip", "neurons"),
+           "stored_weights": ("stored_weights_per_chip", "stored synaptic weights")}
+
+
 def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
-    """Neurons and synapses against the profile's per-chip limits (data in ``hardware/``)."""
+    """Neurons and stored weights against the profile's per-chip limits (data in ``hardware/``).
+    Stored weights, not connections: a convolution shares one kernel over all positions. The
+    whole encoder is checked against one chip; mapping it onto neuro-cores (per-core memory and
+    fan-in) is a later step, a mapper's."""
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' checks limits but names no hardware profile")
-    for kind in ("neurons", "synapses"):
-        limit = getattr(ctx.profile.limits, f"{kind}_per_chip")
-        if graph.meta["resources"][kind] > limit:
-            raise HardwareLimitError(f"the {graph.side} encoder needs "
-                                     f"{graph.meta['resources'][kind]:,} {kind}; "
-                                     f"{ctx.profile.name} has {limit:,} per chip: use a smaller "
-                                     f"model config")
+    for count, (key, what) in LIMITED.items():
+        need, limit = graph.meta["resources"][count], getattr(ctx.profile.limits, key)
+        if need > limit:
+            raise HardwareLimitError(f"the {graph.side} encoder needs {need:,} {what}, "
+                                     f"{need - limit:,} ({need / limit - 1:.0%}) more than "
+                                     f"{ctx.profile.name}'s {limit:,} per chip ({key}): use a "
+                                     f"smaller model config")
     return graph
 
 

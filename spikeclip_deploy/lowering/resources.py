@@ -1,4 +1,5 @@
-"""Static resource counts of a chip graph: fan-out, dense-equivalent MACs, neurons, synapses."""
+"""Static resource counts of a chip graph: fan-out, dense-equivalent MACs, neurons, synapses
+(connections, what the chip computes) and stored weights (what it must hold in memory)."""
 from __future__ import annotations
 
 import nir
@@ -31,12 +32,22 @@ def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
     return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
 
 
+def stored_weights(node: nir.NIRNode) -> int:
+    """Weights a chip stores for one synapse layer: a convolution's kernel once (its weights are
+    shared over all positions), a dense layer's matrix in full."""
+    return int(np.asarray(node.weight).size)
+
+
 def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
                     in_shape: tuple[int, ...]) -> dict[str, int]:
-    """Neurons (LIF state) and synapses (one per input-output connection) of chip layers
-    ``(name, node, inputs)`` in topological order (``"input"``: shape ``in_shape``)."""
+    """Counts of chip layers ``(name, node, inputs)`` in topological order (``"input"``: shape
+    ``in_shape``): ``neurons`` (LIF state), ``synapses`` (dense-equivalent connections, one per
+    input-output pair of every synapse layer, a convolution's padded taps included: what the
+    chip computes, the basis of the energy model) and ``stored_weights`` (:func:`stored_weights`
+    summed: what its synaptic memory holds). A synapse layer copied for several readers counts
+    once per copy in both: each copy has weights of its own."""
     shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
-    neurons = synapses = 0
+    neurons = synapses = stored = 0
     for name, node, inputs in layers:
         if isinstance(node, HostOpNode):  # host work, counted by energy as host MACs
             shapes[name] = node.output_shape
@@ -45,5 +56,6 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
             neurons += int(np.prod(shapes[name]))
         else:
             synapses += flops(node, shapes[inputs[0]])
+            stored += stored_weights(node)
             shapes[name] = shapes[inputs[0]]
-    return {"neurons": neurons, "synapses": synapses}
+    return {"neurons": neurons, "synapses": synapses, "stored_weights": stored}

@@ -123,5 +123,16 @@ def test_run_passes_checks_requires_and_ensures():
 def test_resources_count_the_traced_graph():
     g = trace(encoder([MultiStepLIF(), nn.Linear(3, 2), MultiStepLIF()]), "text", torch.zeros(1, 3))
     r = run_passes(g, (PASSES["fold_bn"], PASSES["resources"]), CPU).meta["resources"]
-    assert r == {"neurons": 3 + 2, "synapses": 3 * 2}
+    assert r == {"neurons": 3 + 2, "synapses": 3 * 2, "stored_weights": 3 * 2}
     assert isinstance(g.layer("dense0").node, nir.Affine)
+
+
+def test_resources_store_a_copied_synapse_per_copy():
+    """dense0 (3x3) read by lif1 and lif2 becomes two copies: each stores and connects 9, dense1
+    9 more: 27 stored weights and 27 connections; neurons 3 x 3."""
+    lin = lambda: nn.Linear(3, 3)  # noqa: E731
+    enc = encoder([MultiStepLIF(), lin(), MultiStepLIF(), lin(), MultiStepLIF()],
+                  [(-1,), (0,), (1,), (2,), (1, 3)])
+    g = run_passes(trace(enc, "text", torch.zeros(1, 3)),
+                   (PASSES["split_fanout"], PASSES["resources"]), CPU)
+    assert g.meta["resources"] == {"neurons": 9, "synapses": 27, "stored_weights": 27}

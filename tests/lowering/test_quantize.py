@@ -75,6 +75,7 @@ def test_activation_worst_case_by_hand():
 
 
 def test_hardware_limits_come_from_the_profile():
+    """Over a limit: the message names the encoder, the resource, the excess and the key."""
     import dataclasses
 
     from spikeclip_deploy.errors import HardwareLimitError
@@ -85,13 +86,18 @@ def test_hardware_limits_come_from_the_profile():
     profile = dataclasses.replace(load_profile("loihi2"), name="small-chip", limits=Limits(100, 50))
     ctx = LoweringContext("loihi", profile, None)
 
-    def graph(neurons, synapses):
-        return Graph("image", (), (1,), (1,), meta={"resources": {"neurons": neurons,
-                                                                  "synapses": synapses}})
+    def graph(neurons, stored, side="image"):  # connections far over both limits: not checked
+        return Graph(side, (), (1,), (1,), meta={"resources": {
+            "neurons": neurons, "synapses": 10**9, "stored_weights": stored}})
     fits = graph(100, 50)
     assert PASSES["check_limits"].run(fits, ctx) is fits
-    with pytest.raises(HardwareLimitError, match="needs 51 synapses; small-chip has 50"):
-        PASSES["check_limits"].run(graph(10, 51), ctx)
+    with pytest.raises(HardwareLimitError, match=r"the text encoder needs 60 stored synaptic "
+                       r"weights, 10 \(20%\) more than small-chip's 50 per chip "
+                       r"\(stored_weights_per_chip\)"):
+        PASSES["check_limits"].run(graph(10, 60, "text"), ctx)
+    with pytest.raises(HardwareLimitError, match=r"the image encoder needs 125 neurons, 25 \(25%\) "
+                       r"more than small-chip's 100 per chip \(neurons_per_chip\)"):
+        PASSES["check_limits"].run(graph(125, 5), ctx)
 
 
 def test_chain_resources_by_hand():
@@ -100,4 +106,30 @@ def test_chain_resources_by_hand():
     layers = [("lif0", lif(3), ("input",)),
               ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2)), ("lif0",)),
               ("lif1", lif(2), ("dense0",))]
-    assert graph_resources(layers, (3,)) == {"neurons": 5, "synapses": 6}
+    assert graph_resources(layers, (3,)) == {"neurons": 5, "synapses": 6, "stored_weights": 6}
+
+
+def test_conv_resources_by_hand():
+    """A 3x3 conv 2->4 on 5x5 stores its kernel once: 4*2*3*3 = 72 weights. Dense-equivalent
+    connections, per output 2*3*3 = 18 taps: unpadded 4 ch x 3x3 out = 36 outputs -> 648;
+    padding 1 keeps 5x5: 100 outputs -> 1800 (padded taps included). A 3x3 depthwise conv
+    (groups 2) stores 2*1*3*3 = 18 and connects 2 x 3x3 outputs x 9 taps = 162."""
+    from spikeclip_deploy.lowering.resources import graph_resources
+
+    def conv(c_in, c_out, pad, groups=1):
+        return nir.Conv2d(input_shape=(5, 5), weight=np.ones((c_out, c_in // groups, 3, 3)),
+                          stride=1, padding=pad, dilation=1, groups=groups, bias=np.zeros(c_out))
+
+    def lif_map(c, hw):
+        f = lambda v: np.full((c, hw, hw), v, dtype=np.float32)  # noqa: E731
+        return nir.LIF(tau=f(2.0), r=f(1.0), v_leak=f(0.0), v_threshold=f(1.0), v_reset=f(0.0))
+
+    def counts(node, out_hw):
+        c_out = np.asarray(node.weight).shape[0]
+        return graph_resources([("lif0", lif_map(2, 5), ("input",)), ("conv0", node, ("lif0",)),
+                                ("lif1", lif_map(c_out, out_hw), ("conv0",))], (2, 5, 5))
+    assert counts(conv(2, 4, 0), 3) == {"neurons": 50 + 36, "synapses": 648, "stored_weights": 72}
+    assert counts(conv(2, 4, 1), 5) == {"neurons": 50 + 100, "synapses": 1800,
+                                        "stored_weights": 72}
+    assert counts(conv(2, 2, 0, groups=2), 3) == {"neurons": 50 + 18, "synapses": 162,
+                                                  "stored_weights": 18}
