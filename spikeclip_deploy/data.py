@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
-from .fileutil import atomic_write, owned_tempdir, sha256_file
+from .fileutil import owned_tempdir, sha256_file, write_cache
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -132,11 +132,7 @@ def _write_cache(cached: Path, ds: ImageDataset) -> None:
             for name, arr in arrays.items():
                 with z.open(f"{name}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, arr)
-    try:
-        atomic_write(cached, write)
-    except OSError as exc:
-        log.warning("cannot write the dataset cache %s (%s); continuing without a cache "
-                    "(set $SPIKECLIP_CACHE to a writable folder to keep one)", cached, exc)
+    write_cache(cached, write, "dataset")
 
 
 def _folder_stamp(root: Path) -> str:

@@ -131,6 +131,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.close(fd)
 
 
+def write_cache(path: Path, write: Callable[[Path], None], what: str) -> bool:
+    """:func:`atomic_write` for a cache, which the caller can do without: a cache that cannot be
+    written (read-only, full, not a folder) is a warning naming ``what`` and ``path``, and
+    False."""
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        log.warning("cannot write the %s cache %s (%s); continuing without it (set "
+                    "$SPIKECLIP_CACHE to a writable folder to keep one)", what, path, exc)
+        return False
+    return True
+
+
 def glob_escape(name: str) -> str:
     """``name`` with glob metacharacters escaped."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)

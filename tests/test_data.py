@@ -125,10 +125,10 @@ def test_full_cache_disk_falls_back_with_a_warning(image_folder, tmp_path, monke
     import signal
     import sys
 
-    from spikeclip_deploy import data
+    from spikeclip_deploy import fileutil
 
     warned, unraisable = [], []
-    monkeypatch.setattr(data.log, "warning", lambda msg, *args: warned.append(msg % args))
+    monkeypatch.setattr(fileutil.log, "warning", lambda msg, *args: warned.append(msg % args))
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     monkeypatch.setenv("SPIKECLIP_CACHE", str(tmp_path / "cache"))
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)

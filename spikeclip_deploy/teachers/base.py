@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 
-from ..fileutil import atomic_write
+from ..fileutil import write_cache
 from ..paths import cache_dir
-
-log = logging.getLogger(__name__)
 
 
 def to_pixels(images: torch.Tensor, size: int | tuple[int, int], mean, std,
@@ -70,8 +67,5 @@ class Teacher(ABC):
             return torch.load(path, weights_only=True)
         with torch.no_grad():
             weights = class_weights(self.encode_texts, labels, templates)
-        try:
-            atomic_write(path, lambda tmp: torch.save(weights, tmp))
-        except OSError as exc:
-            log.warning("cannot cache the teacher's class weights at %s (%s)", path, exc)
+        write_cache(path, lambda tmp: torch.save(weights, tmp), "teacher class-weight")
         return weights

@@ -36,7 +36,7 @@ from ..checkpoint import load_tokenizer, read_safetensors, resolve_checkpoint, s
 from ..config import ModelConfig
 from ..data import ImageDataset
 from ..errors import CheckpointError
-from ..fileutil import atomic_write, sha256_file
+from ..fileutil import atomic_write, sha256_file, write_cache
 from ..hardware import load_profile
 from ..label_sets import distillation_text_set
 from ..lowering import qat
@@ -98,14 +98,10 @@ def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, dist: D
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.save(f, feats)
-        try:
+        if dist.world > 1:  # the other ranks read the file: it must be written
             atomic_write(path, write)
-        except OSError as exc:
-            if dist.world > 1:  # the other ranks read the file
-                raise
-            log.warning("cannot cache teacher features at %s (%s); keeping them in memory (set "
-                        "$SPIKECLIP_CACHE to a writable folder to keep them)", path, exc)
-            return feats
+        elif not write_cache(path, write, "teacher feature"):
+            return feats  # kept in memory
     dist.barrier()
     return np.load(path, mmap_mode="r")
 
