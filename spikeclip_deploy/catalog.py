@@ -1,7 +1,8 @@
 """What ``spikeclip-deploy models`` lists: registered configs and shipped checkpoints.
 
 Read from JSON only (configs and checkpoint cards), so listing takes milliseconds; parameter
-counts, on request, come from building each model on PyTorch's ``meta`` device (no memory).
+counts, on request, come from building each model on PyTorch's ``meta`` device (no memory);
+deployability, on request, from :mod:`.deployability` (computed once per config, then cached).
 """
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 from typing import Any
 
 from .config import ModelConfig, list_configs
+from .deployability import deployability
 from .paths import models_dir
+from .progress import progress
 
 
 def shipped_checkpoints() -> list[dict[str, Any]]:
@@ -42,14 +45,18 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     return {"image_params": parameter_count(model.image), "text_params": parameter_count(model.text)}
 
 
-def catalog(params: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """``{"configs": [...], "checkpoints": [...]}``."""
+def catalog(params: bool = False, deployable: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """``{"configs": [...], "checkpoints": [...]}``; ``params``: with parameter counts;
+    ``deployable``: with :func:`~.deployability.deployability`'s fields."""
     configs = []
-    for cfg in list_configs():
+    for cfg in progress(list_configs(), disable=not deployable, desc="deployability",
+                        unit="config"):
         row: dict[str, Any] = {"name": cfg.name, "image_arch": cfg.image_arch,
                                "text_arch": cfg.text_arch, "time_steps": cfg.time_steps,
                                "image_size": cfg.image_size, "embed_dim": cfg.embed_dim}
         if params:
             row.update(parameter_counts(cfg))
+        if deployable:
+            row.update(deployability(cfg))
         configs.append(row)
     return {"configs": configs, "checkpoints": shipped_checkpoints()}

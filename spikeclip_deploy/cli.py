@@ -339,12 +339,16 @@ def energy_cmd(model: str | None, data: str, download: bool, limit: int, batch_s
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--params", is_flag=True,
               help="Also count each config's parameters (builds it on the meta device: seconds).")
-def models_cmd(as_json: bool, params: bool) -> None:
+@click.option("--deployability", is_flag=True,
+              help="Also say whether each config deploys to Loihi (chip, partitioned or no) and "
+                   "the chip's share of the operations at full activity (lowers a random "
+                   "initialisation: seconds per config on first use, then cached).")
+def models_cmd(as_json: bool, params: bool, deployability: bool) -> None:
     """List registered model configs and the shipped checkpoints with their measured accuracy."""
     from .catalog import catalog
     from .report import models_summary
 
-    found = catalog(params)
+    found = catalog(params, deployability)
     click.echo(json.dumps(found, indent=1) if as_json else models_summary(found))
 
 

@@ -103,16 +103,25 @@ def _value(hint: Any, value: Any, dotted: str, path: Path) -> Any:
     return value
 
 
-@lru_cache(maxsize=None)
-def load_profile(name: str, kind: str = "chip") -> Any:
-    """``hardware/NAME.json`` as a :class:`ChipProfile` (``kind="chip"``) or an
-    :class:`EnergyModel` (``kind="energy"``)."""
+def profile_text(name: str) -> tuple[Path, str]:
+    """(path, text) of ``hardware/NAME.json``; a missing or unreadable one is a ConfigError."""
     path = hardware_dir() / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in hardware_dir().glob("*.json"))
         raise ConfigError(f"no hardware profile '{name}' in {hardware_dir()}; known: {', '.join(known)}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return path, path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read hardware profile {path}: {exc}") from None
+
+
+@lru_cache(maxsize=None)
+def load_profile(name: str, kind: str = "chip") -> Any:
+    """``hardware/NAME.json`` as a :class:`ChipProfile` (``kind="chip"``) or an
+    :class:`EnergyModel` (``kind="energy"``)."""
+    path, text = profile_text(name)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise ConfigError(f"cannot read hardware profile {path}: {exc}") from None
     return _build(KINDS[kind], data, "", path)

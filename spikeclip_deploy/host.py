@@ -104,6 +104,16 @@ def write_host_ops(encoder: nn.Module, graph: Graph, export_root: Path, side: st
     return graph.replace(layers=tuple(layers))
 
 
+def host_macs(model: SpikeCLIP) -> dict[str, int]:
+    """Multiply-accumulates of the host parts for one sample: the image stem convolution (its
+    ``stride 1`` output is the full image) and each readout's projection."""
+    stem = model.image.encode[0]
+    return {"image_stem_macs": stem.out_channels * model.cfg.image_size**2 * stem.in_channels
+            * stem.kernel_size[0] * stem.kernel_size[1],
+            "image_readout_macs": model.image.readout.proj.weight.numel(),
+            "text_readout_macs": model.text.readout.proj.weight.numel()}
+
+
 def write_host_part(model: SpikeCLIP, folder: Path, tokenizer, labels: list[str],
                     label_features: torch.Tensor) -> dict:
     """Write the host part into ``folder``; returns its description for the manifest."""
@@ -125,14 +135,9 @@ def write_host_part(model: SpikeCLIP, folder: Path, tokenizer, labels: list[str]
     buf = io.BytesIO()
     np.save(buf, label_features.numpy().astype(np.float32))
     write_bytes(folder / "label_features.npy", buf.getvalue())
-    stem = model.image.encode[0]
-    macs = {"image_stem_macs": stem.out_channels * cfg.image_size**2 * stem.in_channels
-            * stem.kernel_size[0] * stem.kernel_size[1],
-            "image_readout_macs": model.image.readout.proj.weight.numel(),
-            "text_readout_macs": model.text.readout.proj.weight.numel()}
-    return {**macs, "time_steps": cfg.time_steps, "context_length": cfg.context_length,
-            "image_size": cfg.image_size, "labels": labels,
+    return {**host_macs(model), "time_steps": cfg.time_steps,
+            "context_length": cfg.context_length, "image_size": cfg.image_size, "labels": labels,
             "label_features": "float model, normalised mean over prompt templates"}
 
 
-__all__ = ["write_host_part", "ImageEncode", "ReadoutHead"]
+__all__ = ["write_host_part", "host_macs", "ImageEncode", "ReadoutHead"]

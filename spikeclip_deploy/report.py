@@ -60,8 +60,17 @@ def models_summary(found: dict) -> str:
     for c in found["configs"]:
         params = (f"  image {c['image_params']:>10,d}  text {c['text_params']:>10,d}"
                   if "image_params" in c else "")
+        deploy = ""
+        if "deployable" in c:
+            share = (f"chip share {100 * c['chip_sop_share']:5.1f} %"
+                     if c["chip_sop_share"] is not None else "")
+            deploy = f"  {c['deployable']:<11s} {share}".rstrip()
         lines.append(f"  {c['name']:<{width}s}  {c['image_arch']:<20s} {c['text_arch']:<11s} "
-                     f"T={c['time_steps']}{params}")
+                     f"T={c['time_steps']}{params}{deploy}")
+    if any("deployable" in c for c in found["configs"]):
+        lines.append("  (deployable to Loihi: chip, partitioned (host ops between chip parts) "
+                     "or no; chip share: the chip's share of an image inference's operations at "
+                     "full activity; --json gives the reasons)")
     lines.append("shipped checkpoints (validation zero-shot top-1 as measured at training):")
     for k in found["checkpoints"]:
         acc = k["val_zero_shot_top1"]

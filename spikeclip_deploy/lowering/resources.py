@@ -40,8 +40,8 @@ def stored_weights(node: nir.NIRNode) -> int:
 
 def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
                     in_shape: tuple[int, ...]) -> dict[str, int]:
-    """Counts of chip layers ``(name, node, inputs)`` in topological order (``"input"``: shape
-    ``in_shape``): ``neurons`` (LIF state), ``synapses`` (dense-equivalent connections, one per
+    """Counts of the run side's layers ``(name, node, inputs)`` in topological order
+    (``"input"``: shape ``in_shape``; host ops count nothing here): ``neurons`` (LIF state), ``synapses`` (dense-equivalent connections, one per
     input-output pair of every synapse layer, a convolution's padded taps included: what the
     chip computes, the basis of the energy model) and ``stored_weights`` (:func:`stored_weights`
     summed: what its synaptic memory holds). A synapse layer copied for several readers counts

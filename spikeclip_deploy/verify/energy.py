@@ -15,15 +15,14 @@ For a synapse layer :math:`l` fed by spikes :math:`s_{t,i}`:
 :math:`Q K^\top V`; a real-valued max-pool with the synapse layer before it), evaluated once per
 step. Only computation is counted, not memory access or data movement.
 
-The partition's share of the work: ``chip_sop_share`` = chip SOPs / (chip SOPs + host MACs), the
-host MACs counted as executed (the stem once per sample under direct coding, host ops once per
-step, the readout once); ``chip_part_sop_share`` leaves out the stem and readout, which every
-deployment keeps on the host: 1 when everything between them runs on neuro-cores.
+The partition's share of the work: :func:`chip_sop_share` over :func:`host_macs_executed`;
+``chip_part_sop_share`` leaves out the stem and readout, which every deployment keeps on the
+host: 1 when everything between them runs on neuro-cores.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterable
 
 import nir
 import numpy as np
@@ -35,6 +34,24 @@ from ..nirgraph import ChipLayer, HostOpNode
 PJ_PER_MJ = 1e9
 
 
+def host_op_macs(layers: Iterable[ChipLayer]) -> int:
+    """MACs of one evaluation of every host op between chip subgraphs (each op's
+    ``metadata["macs"]``, the host-placed synapses before it included)."""
+    return sum(int(la.node.metadata["macs"]) for la in layers if isinstance(la.node, HostOpNode))
+
+
+def host_macs_executed(stem_macs: int, readout_macs: int, op_macs: int, time_steps: int) -> int:
+    """The host's MACs per inference as executed: the stem once per sample (direct coding: its
+    current is the same at every step), the host ops once per step, the readout once."""
+    return stem_macs + time_steps * op_macs + readout_macs
+
+
+def chip_sop_share(chip_sops: float, host_macs: float) -> float:
+    """The chip's share of an inference's operations: its SOPs over its SOPs plus the host's
+    MACs (:func:`host_macs_executed`)."""
+    return chip_sops / (chip_sops + host_macs)
+
+
 def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
                   stem_macs: int, readout_macs: int, energy_model: EnergyModel) -> dict[str, Any]:
     """``layers``: an encoder's chip layers in topological order; ``spikes``: one
@@ -44,7 +61,7 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
     lif_names = [la.name for la in layers if isinstance(la.node, nir.LIF)]
     by_lif = dict(zip(lif_names, spikes))
     rows = []
-    op_macs = sum(int(la.node.metadata["macs"]) for la in layers if isinstance(la.node, HostOpNode))
+    op_macs = host_op_macs(layers)
     for la in layers:
         if isinstance(la.node, (nir.LIF, HostOpNode)):
             continue
@@ -63,6 +80,7 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
     # the model's operations count it once; the chip executes every copy
     model_rows = {row["copy_of"] or row["name"]: row for row in rows}.values()
     total_sops = sum(row["sops"] for row in model_rows)
+    host = host_macs_executed(stem_macs, readout_macs, op_macs, t)
     e_snn = e_ac * total_sops + e_mac * (t * stem_macs + t * op_macs + readout_macs)
     e_ann = e_mac * (stem_macs + sum(row["flops"] for row in model_rows) + op_macs + readout_macs)
     return {
@@ -72,8 +90,8 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
         "readout_macs": int(readout_macs), "total_sops": total_sops,
         "chip_sops_all_copies": sum(row["sops"] for row in rows),
         "host_op_macs_per_step": op_macs,
-        "host_macs_executed": int(stem_macs + t * op_macs + readout_macs),
-        "chip_sop_share": total_sops / (total_sops + stem_macs + t * op_macs + readout_macs),
+        "host_macs_executed": int(host),
+        "chip_sop_share": chip_sop_share(total_sops, host),
         "chip_part_sop_share": total_sops / (total_sops + t * op_macs) if total_sops else 0.0,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
         "ann_energy_per_inference_mj": e_ann / PJ_PER_MJ,

@@ -83,6 +83,27 @@ def test_models_lists_configs_and_shipped_checkpoints():
                                                              parameter_count(model.text))
 
 
+def test_models_deployability_on_request(monkeypatch):
+    """The CLI asks the library for each config's row (computed and cached there: see
+    tests/test_deployability.py) only with --deployability."""
+    from spikeclip_deploy import catalog
+
+    rows = {"spikeclip-micro": ("chip", None, 0.785), "spikeclip-vit4-384": ("no", "why", None)}
+    fields = ("deployable", "deployable_reason", "chip_sop_share")
+    monkeypatch.setattr(catalog, "deployability",
+                        lambda cfg: dict(zip(fields, rows.get(cfg.name, ("no", "-", None)))))
+    plain = json.loads(invoke("models", "--json").output)["configs"]
+    assert not any("deployable" in c for c in plain)
+    found = {c["name"]: c for c in
+             json.loads(invoke("models", "--json", "--deployability").output)["configs"]}
+    assert [found["spikeclip-micro"][f] for f in fields] == ["chip", None, 0.785]
+    assert found["spikeclip-vit4-384"]["deployable_reason"] == "why"
+    lines = invoke("models", "--deployability").output.splitlines()
+    micro = next(ln for ln in lines if " spikeclip-micro " in ln)
+    assert micro.endswith("T=4  chip        chip share  78.5 %")
+    assert next(ln for ln in lines if " spikeclip-vit4-384 " in ln).endswith("T=4  no")
+
+
 def test_version_and_target_choices():
     from spikeclip_deploy import __version__
 
