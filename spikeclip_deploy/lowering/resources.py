@@ -41,11 +41,12 @@ def stored_weights(node: nir.NIRNode) -> int:
 def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
                     in_shape: tuple[int, ...]) -> dict[str, int]:
     """Counts of the run side's layers ``(name, node, inputs)`` in topological order
-    (``"input"``: shape ``in_shape``; host ops count nothing here): ``neurons`` (LIF state), ``synapses`` (dense-equivalent connections, one per
-    input-output pair of every synapse layer, a convolution's padded taps included: what the
-    chip computes, the basis of the energy model) and ``stored_weights`` (:func:`stored_weights`
-    summed: what its synaptic memory holds). A synapse layer copied for several readers counts
-    once per copy in both: each copy has weights of its own."""
+    (``"input"``: shape ``in_shape``; host ops count nothing here): ``neurons`` (LIF state),
+    ``synapses`` (dense-equivalent connections, one per input-output pair of every synapse
+    layer, a convolution's padded taps included: what the chip computes, the basis of the energy
+    model) and ``stored_weights`` (:func:`stored_weights` summed: what its synaptic memory
+    holds). A synapse layer copied for several readers counts once per copy in both: each copy
+    has weights of its own."""
     shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
     neurons = synapses = stored = 0
     for name, node, inputs in layers:
