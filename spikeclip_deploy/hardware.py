@@ -44,12 +44,15 @@ class FixedPoint:
 @dataclass(frozen=True)
 class Limits:
     """Per-chip capacity, checked for a whole encoder: neurons (compartments) and synaptic
-    memory counted in stored weights (a convolution's kernel once per layer). A precise mapping
-    onto neuro-cores (per-core memory, fan-in and the kernel copies each core holds) is a later
-    step, a mapper's."""
+    memory counted in stored weights (a convolution's kernel once per layer); an encoder may
+    span the ``chips_per_system`` chips of ``system``. A precise mapping onto neuro-cores
+    (per-core memory, fan-in and the kernel copies each core holds) is a later step, a
+    mapper's."""
 
     neurons_per_chip: int
     stored_weights_per_chip: int
+    system: str
+    chips_per_system: int
 
 
 @dataclass(frozen=True)

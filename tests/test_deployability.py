@@ -66,11 +66,12 @@ def test_over_the_chip_limit_is_not_deployable(hardware):
     """micro's text synapse 80 -> 16 stores 1 280 weights; a chip of 1 000 cannot hold it."""
     profile = json.loads((hardware / "loihi2.json").read_text())
     profile["limits"]["stored_weights_per_chip"] = 1000
+    profile["limits"]["chips_per_system"] = 1
     (hardware / "loihi2.json").write_text(json.dumps(profile))
     row = dep.assess(get_config("spikeclip-micro"))
     assert row["deployable"] == "no" and row["chip_sop_share"] is None
-    assert "the text encoder needs 1,280 stored synaptic weights, 280 (28%) more" \
-        in row["deployable_reason"]
+    assert "the text encoder needs 1,280 stored synaptic weights, 2 chips' worth at 1,000 per " \
+        "chip (stored_weights_per_chip): 280 more" in row["deployable_reason"]
 
 
 def test_rows_are_cached_under_xdg_and_keyed_by_config_version_and_profile(

@@ -261,20 +261,25 @@ LIMITED = {"neurons": ("neurons_per_chip", "neurons"),
 
 
 def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
-    """Neurons and stored weights against the profile's per-chip limits (data in ``hardware/``).
-    Stored weights, not connections: a convolution shares one kernel over all positions. The
-    whole encoder is checked against one chip; mapping it onto neuro-cores (per-core memory and
-    fan-in) is a later step, a mapper's."""
+    """Neurons and stored weights against the profile's per-chip limits (data in ``hardware/``):
+    the chips they take, :math:`\max_r \lceil n_r / \mathrm{limit}_r \rceil`, must fit the
+    profile's system; the count goes into ``resources["chips"]``. Stored weights, not
+    connections: a convolution shares one kernel over all positions. Mapping the encoder onto
+    neuro-cores (per-core memory and fan-in) is a later step, a mapper's."""
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' checks limits but names no hardware profile")
-    for count, (key, what) in LIMITED.items():
-        need, limit = graph.meta["resources"][count], getattr(ctx.profile.limits, key)
-        if need > limit:
-            raise HardwareLimitError(f"the {graph.side} encoder needs {need:,} {what}, "
-                                     f"{need - limit:,} ({need / limit - 1:.0%}) more than "
-                                     f"{ctx.profile.name}'s {limit:,} per chip ({key}): use a "
-                                     f"smaller model config")
-    return graph
+    limits, res = ctx.profile.limits, graph.meta["resources"]
+    chips = {count: -(-res[count] // getattr(limits, key)) for count, (key, _) in LIMITED.items()}
+    worst = max(chips, key=chips.get)
+    if chips[worst] > limits.chips_per_system:
+        key, what = LIMITED[worst]
+        capacity = getattr(limits, key) * limits.chips_per_system
+        raise HardwareLimitError(
+            f"the {graph.side} encoder needs {res[worst]:,} {what}, {chips[worst]} chips' worth "
+            f"at {getattr(limits, key):,} per chip ({key}): {res[worst] - capacity:,} more than "
+            f"{ctx.profile.name}'s system holds ({limits.chips_per_system} chips, "
+            f"{limits.system}); use a smaller model config")
+    return graph.replace(meta={**graph.meta, "resources": {**res, "chips": max(1, chips[worst])}})
 
 
 CHECK_LIMITS = Pass("check_limits", _check_limits,

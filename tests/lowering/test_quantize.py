@@ -83,21 +83,23 @@ def test_hardware_limits_come_from_the_profile():
     from spikeclip_deploy.lowering.graph import Graph
     from spikeclip_deploy.lowering.passes import PASSES, LoweringContext
 
-    profile = dataclasses.replace(load_profile("loihi2"), name="small-chip", limits=Limits(100, 50))
+    profile = dataclasses.replace(load_profile("loihi2"), name="small-chip",
+                                  limits=Limits(100, 50, "a pair", 2))
     ctx = LoweringContext("loihi", profile, None)
 
     def graph(neurons, stored, side="image"):  # connections far over both limits: not checked
         return Graph(side, (), (1,), (1,), meta={"resources": {
             "neurons": neurons, "synapses": 10**9, "stored_weights": stored}})
-    fits = graph(100, 50)
-    assert PASSES["check_limits"].run(fits, ctx) is fits
-    with pytest.raises(HardwareLimitError, match=r"the text encoder needs 60 stored synaptic "
-                       r"weights, 10 \(20%\) more than small-chip's 50 per chip "
-                       r"\(stored_weights_per_chip\)"):
-        PASSES["check_limits"].run(graph(10, 60, "text"), ctx)
-    with pytest.raises(HardwareLimitError, match=r"the image encoder needs 125 neurons, 25 \(25%\) "
-                       r"more than small-chip's 100 per chip \(neurons_per_chip\)"):
-        PASSES["check_limits"].run(graph(125, 5), ctx)
+    assert PASSES["check_limits"].run(graph(100, 50), ctx).meta["resources"]["chips"] == 1
+    # 101 neurons take a second chip; 100 stored weights fill both
+    assert PASSES["check_limits"].run(graph(101, 100), ctx).meta["resources"]["chips"] == 2
+    with pytest.raises(HardwareLimitError, match=r"the text encoder needs 110 stored synaptic "
+                       r"weights, 3 chips' worth at 50 per chip \(stored_weights_per_chip\): 10 "
+                       r"more than small-chip's system holds \(2 chips, a pair\)"):
+        PASSES["check_limits"].run(graph(10, 110, "text"), ctx)
+    with pytest.raises(HardwareLimitError, match=r"the image encoder needs 225 neurons, 3 chips' "
+                       r"worth at 100 per chip \(neurons_per_chip\): 25 more"):
+        PASSES["check_limits"].run(graph(225, 5), ctx)
 
 
 def test_chain_resources_by_hand():
