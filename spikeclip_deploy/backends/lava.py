@@ -2,7 +2,7 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or ``DelaySparse``, a host op between chip
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv``, ``Sparse`` or ``DelaySparse``, a host op between chip
 subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the same
 simulation); several synapses into one LIF (fan-in) sum at its input port. A whole batch runs in one simulation (see :class:`_Network`):
 a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
@@ -40,14 +40,15 @@ def _lava():
         from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
-        from lava.proc.sparse.process import DelaySparse
+        from lava.proc.sparse.process import DelaySparse, Sparse
 
         from .lava_procs import host_op, recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
-                DelayDense=DelayDense, DelaySparse=DelaySparse, conv_to_sparse=conv_to_sparse,
+                DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
+                conv_to_sparse=conv_to_sparse,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models={**lava_io.MODEL_MAP, **host_op.MODEL_MAP})
 
@@ -86,11 +87,18 @@ def _lava_kernel(node: nir.Conv2d) -> np.ndarray:
     return w.transpose(0, 3, 2, 1)[:, ::-1, ::-1].copy()  # Lava flips: true convolution
 
 
+#: Lava 0.10's ``Conv`` holds ``groups`` in an int8 variable: 128 groups wrap to -128, and the
+#: convolution's output is wrong
+CONV_MAX_GROUPS = 127
+
+
 def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
-    """``Conv``, or for a delayed one (path alignment) ``DelaySparse`` over the convolution's
-    sparse matrix (Lava's ``conv_to_sparse``): ``Conv`` has no delays."""
+    """``Conv``; ``DelaySparse`` over the convolution's sparse matrix (Lava's
+    ``conv_to_sparse``) for a delayed one (path alignment: ``Conv`` has no delays), ``Sparse``
+    for one of more than :data:`CONV_MAX_GROUPS` groups (a depthwise convolution of 128
+    channels or more)."""
     delay = int(node.metadata.get("delay", 0))
-    if delay:
+    if delay or int(np.asarray(node.groups)) > CONV_MAX_GROUPS:
         return conv_as_sparse(L, node, shape, delay)
     return L["Conv"](weight=_lava_kernel(node), input_shape=shape,
                      stride=pair(node.stride)[::-1], padding=pair(node.padding)[::-1],
@@ -99,7 +107,8 @@ def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
 
 
 def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
-    """The convolution as a ``DelaySparse`` on flattened (Lava-layout, C-order) neurons."""
+    """The convolution as a ``DelaySparse`` (``Sparse`` if ``delay`` is 0) on flattened
+    (Lava-layout, C-order) neurons."""
     (sx, sy), (px, py), (dx, dy) = (pair(node.stride)[::-1], pair(node.padding)[::-1],
                                     pair(node.dilation)[::-1])
     kernel = _lava_kernel(node)  # [Cout, kX, kY, Cin/groups]
@@ -109,10 +118,11 @@ def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int
                                         int(np.asarray(node.groups)))
     n = (int(np.prod(out)), int(np.prod(shape)))
     weights = csr_matrix((wgt, (dst, src)), shape=n)
+    exp = int(node.metadata["loihi"]["weight_exp"])
+    if not delay:
+        return L["Sparse"](weights=weights, weight_exp=exp, num_message_bits=0)
     delays = csr_matrix((np.full(len(wgt), delay), (dst, src)), shape=n)
-    return L["DelaySparse"](weights=weights, delays=delays,
-                            weight_exp=int(node.metadata["loihi"]["weight_exp"]),
-                            num_message_bits=0)
+    return L["DelaySparse"](weights=weights, delays=delays, weight_exp=exp, num_message_bits=0)
 
 
 def _host_op(L: dict, node: HostOpNode, in_shapes: list[tuple[int, ...]], export_dir: str) -> Any:
@@ -195,7 +205,7 @@ class _Network:
                     proc = self.handlers[type(la.node)](self.L, la.node, procs[src].s_out.shape)
                     port = procs[src].s_out
                     if port.shape != proc.s_in.shape:  # only a sparse synapse reads flat input
-                        if not isinstance(proc, self.L["DelaySparse"]):
+                        if not isinstance(proc, self.L["Sparse"]):
                             raise ExportError(f"layer '{la.name}' reads {port.shape} spikes but "
                                               f"takes {proc.s_in.shape}")
                         port = port.flatten()

@@ -92,10 +92,10 @@ def test_lava_equals_the_float_model(residual, tmp_path):
         assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
 
 
-def on_grid_conv(rng, c, peak=True):
+def on_grid_conv(rng, c, peak=True, groups=1):
     """3x3 conv + an identity BatchNorm, weights k/127 and biases j/254 (on the Loihi grid)."""
-    conv, bn = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-    k = rng.integers(-127, 128, (c, c, 3, 3))
+    conv, bn = nn.Conv2d(c, c, 3, padding=1, bias=False, groups=groups), nn.BatchNorm2d(c)
+    k = rng.integers(-127, 128, (c, c // groups, 3, 3))
     if peak:
         k[0, 0, 1, 1] = 127
     with torch.no_grad():
@@ -109,8 +109,6 @@ def on_grid_conv(rng, c, peak=True):
 def test_a_delayed_convolution_path_on_lava(tmp_path):
     """The residual network with 3x3 convolutions: the short path's convolution is held two
     steps (DelaySparse over the convolution's sparse matrix); Lava equals the float model."""
-    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
-
     rng = np.random.default_rng(3)
     layers = [MultiStepLIF(), on_grid_conv(rng, 4), MultiStepLIF(), on_grid_conv(rng, 4),
               MultiStepLIF(), on_grid_conv(rng, 4, peak=False), MultiStepLIF()]
@@ -125,11 +123,40 @@ def test_a_delayed_convolution_path_on_lava(tmp_path):
     g = run_passes(trace(enc, "image", torch.zeros(1, 4, 6, 6)),
                    passes_named(get_target("loihi").passes), ctx)
     assert g.layer("conv0_lif3").node.metadata["delay"] == 2
+    for layer, (gl, w) in enumerate(zip(lava_spikes(g, current, tmp_path), want)):
+        assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
+
+
+def lava_spikes(g, current, tmp_path):
+    """The lowered graph ``g`` written, read back and run on Lava: spikes per LIF."""
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
     nir.write(tmp_path / "g.nir", to_nir(g))
     graph = nir.read(tmp_path / "g.nir")
     q = graph.metadata["input_quantization"]
     net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
                    graph.metadata["synapse_delay_steps"], str(tmp_path))
-    got = net.run(quantize_input(current.numpy().astype(np.float64), q))
-    for layer, (gl, w) in enumerate(zip(got, want)):
+    return net.run(quantize_input(current.numpy().astype(np.float64), q))
+
+
+@pytest.mark.lava
+def test_a_depthwise_convolution_of_128_channels_on_lava(tmp_path):
+    """Lava 0.10's ``Conv`` holds its group count in an int8, so 128 groups wrap to -128 and
+    give wrong currents; such a convolution runs as a ``Sparse`` synapse and equals the float
+    model."""
+    rng = np.random.default_rng(5)
+    dw = on_grid_conv(rng, 128, groups=128)
+    with torch.no_grad():
+        dw[1].bias.add_(1.0)  # 254/254: still on the grid, and lif1 fires more
+    enc = SpikingEncoder(nn.Identity(), ChipGraph([MultiStepLIF(), dw, MultiStepLIF()]),
+                         nn.Identity(), T)
+    current = torch.from_numpy(rng.integers(-300, 1200, (2, 128, 3, 3)) / 512.0).float()
+    with torch.no_grad():
+        outs = enc.stack(current, T)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
+    assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
+    g = run_passes(trace(enc, "image", torch.zeros(1, 128, 3, 3)),
+                   passes_named(get_target("loihi").passes),
+                   LoweringContext("loihi", load_profile("loihi2"), None))
+    for layer, (gl, w) in enumerate(zip(lava_spikes(g, current, tmp_path), want)):
         assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
