@@ -13,7 +13,8 @@ With an integer scale :math:`S` per LIF, shared by all the synapses that feed it
 per float volt / :math:`2^a`): :math:`w = S W/\tau` rounded to an even 8-bit mantissa,
 :math:`v_{th} = S\,V_{th}`, :math:`b_m 2^{b_e} = 2^a S b/\tau` (:math:`b` the sum of their
 biases), :math:`d_v = 4096/\tau`. :math:`S` is chosen so the largest of those weights fills the
-8-bit range. The LIF that reads the host's input current :math:`x` takes it as a per-neuron
+8-bit range. LIFs that read one synapse (copies of a residual stream's term), transitively,
+share one :math:`S`, the smallest of theirs, so that the synapse has one set of integers. The LIF that reads the host's input current :math:`x` takes it as a per-neuron
 bias: :math:`b_m = \mathrm{round}(x \cdot 2^a S_0 / \tau / 2^{b_e})`. A LIF that reads a host op's
 current :math:`y` (between chip subgraphs) takes it at its input port, as synapses deliver theirs:
 :math:`a = \mathrm{clip}(\mathrm{round}(y S/\tau), \pm(2^{15}-1))`, with :math:`S` the largest
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+import math
+from typing import Any, Hashable, Iterable, Mapping
 
 import nir
 import numpy as np
@@ -127,6 +129,16 @@ def _decay(tau: float, fp: FixedPoint) -> int:
     return int(round(dv))
 
 
+def exact_decay_exp(tau: float, time_steps: int, fp: FixedPoint) -> int:
+    r"""Smallest :math:`e` such that a membrane made of multiples of :math:`2^e` decays
+    exactly (no truncation) through the ``time_steps - 1`` decays of a sample:
+    :math:`(T-1)\log_2 d`, :math:`d` the denominator of :math:`(4096 - d_v)/4096` in lowest
+    terms (:math:`e = T - 1` for :math:`\tau = 2`)."""
+    unity = 2**fp.decay_bits
+    d = unity // math.gcd(unity - _decay(tau, fp), unity)
+    return (time_steps - 1) * (d.bit_length() - 1)
+
+
 def _lif_tau(node: nir.LIF) -> float:
     taus = np.unique(np.asarray(node.tau))
     if taus.size != 1 or np.any(np.asarray(node.v_leak) != 0) or np.any(np.asarray(node.r) != 1):
@@ -154,18 +166,43 @@ def _int_synapse(syn: nir.NIRNode, w_int: np.ndarray, bias_q: np.ndarray, meta: 
     return nir.Affine(weight=w_int.astype(np.float32), bias=bias_q.astype(np.float32), metadata=meta)
 
 
+def shared_groups(reads: Mapping[str, Iterable[Hashable]]) -> dict[str, str]:
+    """Readers grouped by the sources they read, transitively (two readers of one source are in
+    one group, and so are readers linked through a chain of such shared sources): reader -> its
+    group's first reader in ``reads``' order."""
+    root: dict[str, str] = {}
+    order = {r: k for k, r in enumerate(reads)}
+
+    def find(r: str) -> str:
+        while root[r] != r:
+            r = root[r]
+        return r
+    owner: dict[Hashable, str] = {}
+    for reader, sources in reads.items():
+        root[reader] = reader
+        for src in sources:
+            a, b = find(owner.setdefault(src, reader)), find(reader)
+            root[max(a, b, key=order.get)] = min(a, b, key=order.get)
+    return {r: find(r) for r in reads}
+
+
 def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], profile: ChipProfile
                     ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
     """Layers ``(name, node, inputs)`` in topological order (``"input"``: the host current) ->
     (integer layers, input quantization ``{input_scale, bias_exp, bias_mant_range, ...}``).
 
-    A LIF fed by several synapses (fan-in) takes one scale for all of them (its threshold fits
-    the largest weight among them) and one bias, the sum of theirs, held by the first."""
+    A LIF fed by several synapses (fan-in) takes one scale for all of them and one bias, the
+    sum of theirs, held by the first. LIFs that read copies of one synapse (``copy_of``, a
+    residual stream's term read by several LIFs), transitively, form a group
+    (``metadata['scale_group']``: its first LIF) with one scale, the smallest of its members'
+    own (each member's threshold fits the largest weight among its synapses), so every copy of a
+    synapse has the same integer weights."""
     fp = profile.fixed_point
     act = 2 ** fp.activation_shift
     nodes = {name: node for name, node, _ in layers}
     out: dict[str, nir.NIRNode] = {}
     input_q = None
+    fed: dict[str, tuple[tuple[str, ...], float, float, int]] = {}  # -> (synapses, tau, V_th, vth)
     for name, node, inputs in layers:
         if not isinstance(node, nir.LIF):
             if not isinstance(node, (*SYNAPSES, HostOpNode)):
@@ -189,18 +226,30 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             out[name] = _int_lif(node, tau, int(fp.input_vth), input_q["bias_exp"], fp,
                                  {"input_driven": True})
             continue
-        syns = [(i, nodes.get(i)) for i in inputs]
-        if any(not isinstance(syn, SYNAPSES) for _, syn in syns):
+        if any(not isinstance(nodes.get(i), SYNAPSES) for i in inputs):
             raise LoweringError(f"LIF '{name}' reads {list(inputs)}: a chip LIF is fed by synapse "
                                 f"layers only (or by the host input alone)")
-        ws = [np.asarray(syn.weight, dtype=np.float64) for _, syn in syns]
-        w_max = max(float(np.max(np.abs(w))) for w in ws)
-        vth = layer_threshold(w_max, tau, v_th, fp)
+        w_max = max(float(np.max(np.abs(nodes[i].weight))) for i in inputs)
+        fed[name] = (inputs, tau, v_th, layer_threshold(w_max, tau, v_th, fp))
+    groups = shared_groups({name: [nodes[i].metadata.get("copy_of", i) for i in syns]
+                            for name, (syns, *_) in fed.items()})
+    group_vth: dict[str, int] = {}
+    for name, (_, tau, v_th, vth) in fed.items():
+        first = groups[name]
+        if fed[first][1:3] != (tau, v_th):
+            raise LoweringError(f"LIFs '{first}' and '{name}' read copies of one synapse but have "
+                                f"(tau, V_th) {fed[first][1:3]} and {(tau, v_th)}: a synapse's "
+                                f"weights sit on one grid only if its readers share tau and V_th")
+        group_vth[first] = min(group_vth.get(first, vth), vth)
+    limit = 2 ** (fp.input_port_bits - 1) - 1
+    for name, (syns, tau, v_th, _) in fed.items():
+        vth = group_vth[groups[name]]
         s = vth / v_th
-        mant, bexp = quantize_bias(sum(np.asarray(syn.bias, dtype=np.float64) for _, syn in syns),
+        mant, bexp = quantize_bias(sum(np.asarray(nodes[i].bias, dtype=np.float64) for i in syns),
                                    s, tau, fp)
-        limit = 2 ** (fp.input_port_bits - 1) - 1
-        for k, ((syn_name, syn), w) in enumerate(zip(syns, ws)):
+        for k, syn_name in enumerate(syns):
+            syn = nodes[syn_name]
+            w = np.asarray(syn.weight, dtype=np.float64)
             w_int = quantize_weight(w, s, tau, fp)
             worst = activation_worst_case(w_int)
             if worst > limit:
@@ -212,7 +261,7 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
                     "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
                     "activation_worst_case": worst}
             out[syn_name] = _int_synapse(syn, w_int, bias_q, meta)
-        out[name] = _int_lif(node, tau, vth, bexp, fp, {})
+        out[name] = _int_lif(nodes[name], tau, vth, bexp, fp, {"scale_group": groups[name]})
     if input_q is None:
         raise LoweringError("no chip LIF is driven by the host input")
     unread = [name for name, _, _ in layers if name not in out]

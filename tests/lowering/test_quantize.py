@@ -135,3 +135,48 @@ def test_conv_resources_by_hand():
                                         "stored_weights": 72}
     assert counts(conv(2, 2, 0, groups=2), 3) == {"neurons": 50 + 18, "synapses": 162,
                                                   "stored_weights": 18}
+
+
+def test_lifs_sharing_a_synapse_share_the_smallest_scale():
+    """dense_s (|W|max 0.5) is read by lif1 alone and by lif2 with dense_b (|W|max 1.0), as
+    split_fanout leaves a residual stream's term: copies dense_s_lif1, dense_s_lif2. On their own,
+    lif1 would take vth = floor(254 * 2 / 0.5) = 1016 and lif2 floor(254 * 2 / 1.0) = 508; as
+    one group both take 508, so both copies are round_even(254 * [0.5, -0.25]) = [128, -64]
+    (alone, lif1's copy would be [254, -128]). Biases stay per LIF on the shared scale: lif1
+    64 * 508 * 0.25 / 2 = 4064 (exponent 0), lif2 (0.25 + 0.5) -> 12192 = 3048 * 2^2. lif3
+    (dense_c, |W|max 0.25, read once) keeps its own vth floor(254 * 2 / 0.25) = 2032."""
+    def dense(w, b, copy_of=None):
+        return nir.Affine(weight=np.array([w]), bias=np.array([b]),
+                          metadata={"copy_of": copy_of} if copy_of else {})
+    layers = [("lif0", lif(2), ("input",)),
+              ("dense_s_lif1", dense([0.5, -0.25], 0.25, "dense_s"), ("lif0",)),
+              ("dense_s_lif2", dense([0.5, -0.25], 0.25, "dense_s"), ("lif0",)),
+              ("dense_b", dense([1.0, 0.0], 0.5), ("lif0",)),
+              ("lif1", lif(1), ("dense_s_lif1",)), ("lif2", lif(1), ("dense_s_lif2", "dense_b")),
+              ("dense_c", dense([0.25], 0.0), ("lif2",)), ("lif3", lif(1), ("dense_c",))]
+    q = dict(quantize_layers(layers, load_profile("loihi2"))[0])
+    reg = {n: q[n].metadata["loihi"] for n in ("lif1", "lif2", "lif3")}
+    assert [(r["vth"], r["bias_exp"]) for r in reg.values()] == [(508, 0), (508, 2), (2032, 0)]
+    assert [q[n].metadata["scale_group"] for n in reg] == ["lif1", "lif1", "lif3"]
+    assert q["dense_s_lif1"].weight.tolist() == q["dense_s_lif2"].weight.tolist() == [[128, -64]]
+    assert q["dense_b"].weight.tolist() == [[254, 0]]
+    assert (q["dense_s_lif1"].bias * 64).tolist() == [4064]
+    assert (q["dense_s_lif2"].bias * 64).tolist() == [12192] and q["dense_b"].bias.tolist() == [0]
+
+
+def test_shared_groups_are_transitive():
+    from spikeclip_deploy.lowering.quantize import shared_groups
+
+    # a and b share x, b and c share y: one group; d reads z alone
+    reads = {"a": ["x"], "b": ["y", "x"], "c": ["y"], "d": ["z"]}
+    assert shared_groups(reads) == {"a": "a", "b": "a", "c": "a", "d": "d"}
+    assert shared_groups({"c": ["y"], "b": ["y", "x"], "a": ["x"]}) == {"c": "c", "b": "c", "a": "c"}
+
+
+def test_lifs_sharing_a_synapse_need_one_tau_and_threshold():
+    layers = [("lif0", lif(2), ("input",)),
+              ("d_lif1", nir.Affine(np.ones((1, 2)), np.zeros(1), metadata={"copy_of": "d"}), ("lif0",)),
+              ("d_lif2", nir.Affine(np.ones((1, 2)), np.zeros(1), metadata={"copy_of": "d"}), ("lif0",)),
+              ("lif1", lif(1), ("d_lif1",)), ("lif2", lif(1, vth=0.5), ("d_lif2",))]
+    with pytest.raises(LoweringError, match="'lif1' and 'lif2' read copies of one synapse"):
+        quantize_layers(layers, load_profile("loihi2"))
