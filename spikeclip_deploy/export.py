@@ -97,13 +97,6 @@ def _layer_table(graph: Graph) -> list[dict]:
     return rows
 
 
-def _example_input(model: SpikeCLIP, side: str) -> torch.Tensor:
-    cfg = model.cfg
-    if side == "image":
-        return torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
-    return torch.zeros(1, cfg.context_length, dtype=torch.int64)
-
-
 def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
     """One encoder's chip graph, traced from the model (float, BatchNorm not yet folded)."""
     enc = getattr(model, side)
@@ -112,8 +105,7 @@ def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
         raise LoweringError(UNDEPLOYABLE.get(arch, f"the {side} encoder ({arch}) is not a spiking "
                                              f"encoder with a chip graph and cannot be lowered"))
     with torch.no_grad():
-        x = _example_input(model, side)
-        current = enc.current(model.normalize(x) if side == "image" else x)
+        current = enc.current(model.example_input(side))
     graph = trace(enc, side, current)
     return graph.replace(meta={"time_steps": model.cfg.time_steps, "input_coding": "direct",
                                "encoder": side, "producer": f"spikeclip-deploy {__version__}"})

@@ -7,8 +7,9 @@
 * ``*_readout.onnx``: last-layer spikes ``[B,T,...]`` -> token mean -> TDW -> projection ->
   L2-normalised embedding.
 * ``SIDE_hostN.onnx``: each host op between chip subgraphs (with the host-placed synapses before
-  it): the spikes it reads ``in0, in1, ...`` ``[B, ...]`` -> its current ``[B, ...]``, float;
-  the run side puts it on the chip's input grid (the op's ``output_quantization``).
+  it): the spikes it reads ``in0, in1, ...`` ``[B, ...]`` -> its current ``[B, ...]``, float
+  (on the chip's input grid for quantization-aware models); the run side puts it on the chip's
+  input grid (the op's ``output_quantization``).
 * ``tokenizer/``: the teacher's tokenizer; ``labels.json`` + ``label_features.npy``: the default
   labels and their text features as the float model computes them.
 """
@@ -80,7 +81,7 @@ class HostSegment(nn.Module):
         self.op, self.before = op, nn.ModuleList(before)
 
     def forward(self, *spikes: torch.Tensor) -> torch.Tensor:
-        return self.op(*(pre(s) for pre, s in zip(self.before, spikes)))
+        return self.op.output_grid(self.op(*(pre(s) for pre, s in zip(self.before, spikes))))
 
 
 def write_host_ops(encoder: nn.Module, graph: Graph, export_root: Path, side: str) -> Graph:

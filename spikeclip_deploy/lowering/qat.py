@@ -1,8 +1,10 @@
-r"""Quantization-aware fine-tuning for the chip stacks, on the grid the Loihi export uses.
+r"""Quantization-aware fine-tuning for the chip graphs, on the grid the Loihi export uses.
 
-Each chip synapse (Conv2d+BatchNorm2d, folded, or Linear) followed by a LIF of time constant
-:math:`\tau` and threshold :math:`V_{th}` is trained through the export's quantizer
-(:mod:`..lowering.quantize`) with a straight-through estimator:
+LIFs that read a common synapse, transitively (the readers of a residual stream), form a
+scale group with one scale :math:`S`, as the export gives them
+(:func:`~.quantize.quantize_layers`). Each chip synapse (Conv2d+BatchNorm2d, folded, or Linear)
+feeding a group of time constant :math:`\tau` and threshold :math:`V_{th}` is trained through
+the export's quantizer with a straight-through estimator:
 
 .. math::
 
@@ -10,52 +12,107 @@ Each chip synapse (Conv2d+BatchNorm2d, folded, or Linear) followed by a LIF of t
     \hat W = \mathrm{clip}(\mathrm{round\_even}(S W/\tau))\,\tau/S,\quad
     \partial \hat W/\partial W := 1
 
-BatchNorm statistics are frozen (eval mode) so the folded weight the forward pass quantizes is
-the one the export folds. :func:`snap_to_grid` then writes the quantized values back into the
-float parameters (weights and biases), and :func:`quantize_inputs` puts the host's input
-current on the chip's input grid (``SpikingEncoder.input_grid``), so the float model *is* the
-integer model up to the chip's truncating decay.
+(:math:`|W|_{max}` over all the group's synapses). BatchNorm statistics are frozen (eval mode) so
+the folded weight the forward pass quantizes is the one the export folds. :func:`snap_to_grid`
+then writes the quantized values back into the float parameters: the weights, and the biases
+so that every LIF's summed bias is an exact bias mantissa of the export
+(:func:`bias_on_grid`); :func:`quantize_inputs` puts the host's input current on the chip's
+input grid (``SpikingEncoder.input_grid``), so the float model *is* the integer model.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..hardware import ChipProfile, FixedPoint
+from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nn.encoders import SpikingEncoder
-from ..nn.lif import MultiStepLIF
 from .fold import bn_gain, folded_bias
-from .quantize import input_quantization, layer_threshold, quantize_bias
+from ..nirgraph import HostOpNode
+from .graph import trace
+from .quantize import (exact_decay_exp, host_input_quantization, input_quantization,
+                       layer_threshold, shared_groups, split_bias)
 
 
-def _synapses(encoder: SpikingEncoder) -> Iterator[tuple[nn.Module, nn.BatchNorm2d | None, MultiStepLIF]]:
-    """(weight module, its BatchNorm or None, the LIF it drives) for every chip synapse of the
-    encoder's chip graph."""
+@dataclass(frozen=True)
+class Synapse:
+    """A chip synapse: its weight module (Conv2d or Linear) and BatchNorm (or None)."""
+
+    weighted: nn.Module
+    bn: nn.BatchNorm2d | None
+
+
+@dataclass(frozen=True)
+class ScaleGroup:
+    """LIFs sharing synapses, transitively, and every synapse that feeds them: one scale."""
+
+    reads: Mapping[int, tuple[int, ...]]  # LIF (chip-graph index) -> the synapses it sums
+    synapses: Mapping[int, Synapse]
+    tau: float
+    v_threshold: float
+
+    def scale(self, fp: FixedPoint, dtype: torch.dtype) -> float:
+        """The export's :math:`S` for the synapses' current weights (folded in ``dtype``)."""
+        with torch.no_grad():
+            peak = max(_folded(_weight(s.weighted).to(dtype), s.bn)[0].abs().max()
+                       for s in self.synapses.values())
+            return grid_scale(peak, self.tau, self.v_threshold, fp)
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The float weight a module trains (under a parametrization: its original)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def _synapse(graph: nn.Module, j: int, lif: int) -> Synapse:
+    layer = graph[j] if j != HOST_INPUT else None
+    if isinstance(layer, nn.Sequential) and len(layer) == 2 and \
+            isinstance(layer[0], nn.Conv2d) and isinstance(layer[1], nn.BatchNorm2d):
+        return Synapse(layer[0], layer[1])
+    if isinstance(layer, nn.Linear):
+        return Synapse(layer, None)
+    what = "the host input" if layer is None else type(layer).__name__
+    raise ConfigError(f"quantization-aware training supports LIFs fed by Conv2d+BatchNorm2d and "
+                      f"Linear chip synapses (or by the host input or a host op alone); LIF {lif} "
+                      f"reads {what}: this model cannot be deployed by the Loihi export either")
+
+
+def scale_groups(encoder: SpikingEncoder) -> list[ScaleGroup]:
+    """The scale groups of ``encoder``'s chip graph (the LIFs fed by chip synapses; the LIF
+    reading the host input and those reading a host op are quantized by
+    :func:`quantize_inputs`)."""
     graph = encoder.stack
-    for i, syn in enumerate(graph):
-        if isinstance(syn, MultiStepLIF):
+    fed: dict[int, tuple[int, ...]] = {}
+    synapses: dict[int, Synapse] = {}
+    for i in graph.lif_indices():
+        ins = graph.inputs[i]
+        if ins == (HOST_INPUT,) or any(j != HOST_INPUT and isinstance(graph[j], HostOp)
+                                       for j in ins):
             continue
-        readers = graph.consumers(i)
-        drives = [graph[j] for j in readers]
-        if len(drives) != 1 or not isinstance(drives[0], MultiStepLIF) or \
-                len(graph.inputs[readers[0]]) != 1:
-            raise ConfigError(f"quantization-aware training needs every chip synapse to drive "
-                              f"exactly one LIF that reads nothing else (fan-in shares one "
-                              f"scale across synapses: not supported yet); layer {i} "
-                              f"({type(syn).__name__}) drives {readers}")
-        if isinstance(syn, nn.Sequential) and len(syn) == 2 and isinstance(syn[0], nn.Conv2d) \
-                and isinstance(syn[1], nn.BatchNorm2d):
-            yield syn[0], syn[1], drives[0]
-        elif isinstance(syn, nn.Linear):
-            yield syn, None, drives[0]
-        else:
-            raise ConfigError(f"quantization-aware training supports Conv2d+BatchNorm2d and Linear "
-                              f"chip synapses, not {type(syn).__name__}; this model cannot be "
-                              f"deployed by the Loihi export either")
+        fed[i] = ins
+        synapses.update({j: _synapse(graph, j, i) for j in ins})
+    members: dict[int, list[int]] = {}
+    for lif, first in shared_groups(fed).items():
+        members.setdefault(first, []).append(lif)
+    groups = []
+    for first, lifs in members.items():
+        params = {(graph[i].tau, graph[i].v_threshold) for i in lifs}
+        if len(params) != 1:
+            raise ConfigError(f"LIFs {lifs} share synapses but differ in (tau, V_th) {params}: "
+                              f"a synapse's weights sit on one grid only if its readers share "
+                              f"tau and V_th")
+        (tau, v_th), = params
+        groups.append(ScaleGroup({i: fed[i] for i in lifs},
+                                 {j: synapses[j] for i in lifs for j in fed[i]}, tau, v_th))
+    return groups
 
 
 def _folded(w: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,66 +126,110 @@ def _folded(w: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
     return w * gain, gain
 
 
-def on_grid(folded: torch.Tensor, tau: float, v_threshold: float, fp: FixedPoint
-            ) -> tuple[torch.Tensor, float]:
-    """(folded weights on the export's grid, their scale :math:`S`). When the largest weight
-    rounds below the top mantissa (thresholds under ~254), the export would derive another
-    :math:`S` from the result, so :math:`S` is re-derived until it is a fixed point."""
-    lo, hi = fp.weight_mant_range
-    vth = layer_threshold(float(folded.detach().abs().max()), tau, v_threshold, fp)
+def to_grid(folded: torch.Tensor, s: float, tau: float, fp: FixedPoint) -> torch.Tensor:
+    r"""Folded weights on the grid of scale :math:`S`:
+    :math:`\mathrm{clip}(\mathrm{round\_even}(S W/\tau))\,\tau/S`."""
+    return torch.clamp(2.0 * torch.round(folded * (s / tau) / 2.0),
+                       *fp.weight_mant_range) * (tau / s)
+
+
+def grid_scale(peak: torch.Tensor, tau: float, v_threshold: float, fp: FixedPoint) -> float:
+    """The export's scale :math:`S` for folded weights whose largest magnitude is ``peak``.
+    When that weight rounds below the top mantissa (thresholds under ~254), the export would
+    derive another :math:`S` from the result, so :math:`S` is re-derived until it is a fixed
+    point."""
+    vth = layer_threshold(float(peak), tau, v_threshold, fp)
     for _ in range(8):
-        s = vth / v_threshold
-        q = torch.clamp(2.0 * torch.round(folded * (s / tau) / 2.0), lo, hi) * (tau / s)
-        again = layer_threshold(float(q.detach().abs().max()), tau, v_threshold, fp)
+        again = layer_threshold(float(to_grid(peak, vth / v_threshold, tau, fp).abs()), tau,
+                                v_threshold, fp)
         if again == vth:
             break
         vth = again
-    return q, s
+    return vth / v_threshold
 
 
 class FoldedFakeQuant(nn.Module):
-    """Parametrization of a synapse weight: fold BN, quantize (STE), unfold."""
+    """Parametrization of a synapse weight: fold BN, quantize on its group's scale (STE),
+    unfold."""
 
-    def __init__(self, bn: nn.BatchNorm2d | None, tau: float, v_threshold: float,
-                 fp: FixedPoint) -> None:
+    def __init__(self, bn: nn.BatchNorm2d | None, group: ScaleGroup, fp: FixedPoint) -> None:
         super().__init__()
-        self._bn = (bn,)  # a reference, not a submodule: its state stays where it is
-        self.tau, self.v_threshold, self.fp = tau, v_threshold, fp
+        self._bn, self._group = (bn,), (group,)  # references, not submodules
+        self.fp = fp
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        group = self._group[0]
         folded, gain = _folded(w, self._bn[0])
-        q, _ = on_grid(folded, self.tau, self.v_threshold, self.fp)
+        q = to_grid(folded, group.scale(self.fp, w.dtype), group.tau, self.fp)
         return (folded + (q - folded).detach()) / gain
 
 
 def enable(encoder: SpikingEncoder, fp: FixedPoint) -> None:
     """Train ``encoder``'s chip synapses through the quantizer (idempotent)."""
-    for weighted, bn, lif in _synapses(encoder):
-        if not parametrize.is_parametrized(weighted, "weight"):
-            parametrize.register_parametrization(
-                weighted, "weight", FoldedFakeQuant(bn, lif.tau, lif.v_threshold, fp))
+    for group in scale_groups(encoder):
+        for syn in group.synapses.values():
+            if not parametrize.is_parametrized(syn.weighted, "weight"):
+                parametrize.register_parametrization(syn.weighted, "weight",
+                                                     FoldedFakeQuant(syn.bn, group, fp))
+
+
+def bias_on_grid(raw: Mapping[int, np.ndarray], reads: Mapping[int, tuple[int, ...]],
+                 tau: float, fp: FixedPoint, min_exp: int) -> dict[int, np.ndarray]:
+    r"""Synapse biases in integer chip units (:math:`2^a S b/\tau`) -> snapped biases that every
+    reader's sum turns into an exact bias mantissa. Each is rounded to a multiple of
+    :math:`2^E`, :math:`E` the largest exponent any reader's summed bias needs
+    (:func:`~.quantize.split_bias`, re-derived until it is a fixed point) and at least
+    ``min_exp``, then lowered by :math:`\delta = 1/(2\tau m)` (:math:`m` the most synapses one
+    reader sums). A reader's sum is then :math:`\Delta \le 1/(2\tau)` below a multiple of
+    its :math:`2^{b_e}`, which the export rounds to; the float membrane stays
+    :math:`\Delta \sum_k (1-1/\tau)^k < 1/2` unit below the chip's integer one, so where the
+    chip's membrane lands exactly on the threshold (no spike: the test is strict), the float
+    model's does not spike either, whatever its round-off below that margin."""
+    exp = min_exp
+    while True:
+        q = {k: 2.0**exp * np.round(r / 2.0**exp) for k, r in raw.items()}
+        need = max(split_bias(sum(q[j] for j in syns), fp)[1] for syns in reads.values())
+        if need <= exp:
+            break
+        exp = need
+    delta = 1.0 / (2.0 * tau * max(len(syns) for syns in reads.values()))
+    return {k: v - delta for k, v in q.items()}
 
 
 def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
-    """Round every spiking encoder's host current to the grid the export feeds the chip."""
-    for encoder in (model.image, model.text):
+    """Put every spiking encoder's host currents on the grids the Loihi export feeds the chip:
+    the input current (the first LIF's bias), and each host op's output, which the LIF reading
+    it takes at its input port; that LIF's threshold becomes the export's, :math:`v_{th}/S`
+    (:func:`~.quantize.host_input_quantization`)."""
+    for side in ("image", "text"):
+        encoder = getattr(model, side)
         if not isinstance(encoder, SpikingEncoder):
             raise ConfigError(f"{type(encoder).__name__} is not a spiking chip encoder")
         first = encoder.stack[0]
         q = input_quantization(first.tau, first.v_threshold, fp)
         encoder.input_grid.grid = (q["input_scale"], *map(float, q["bias_mant_range"]))
+        if any(isinstance(m, HostOp) for m in encoder.stack):
+            with torch.no_grad():
+                graph = trace(encoder, side, encoder.current(model.example_input(side)))
+            for op in (la for la in graph.layers if isinstance(la.node, HostOpNode)):
+                for reader in graph.consumers(op.name):
+                    lif = encoder.get_submodule(reader.source)
+                    vth, q = host_input_quantization(op.node, lif.tau, lif.v_threshold, fp)
+                    encoder.get_submodule(op.source).output_grid.grid = (
+                        q["scale"], -float(q["limit"]), float(q["limit"]))
+                    lif.v_threshold = vth / (q["scale"] * lif.tau)
 
 
 def check_supported(model: nn.Module, profile: ChipProfile) -> None:
     """Raise a :class:`ConfigError` before training if quantization-aware training cannot
-    apply: in both encoders every chip synapse must drive one LIF that reads nothing else."""
+    apply to either encoder's chip graph."""
     for side in ("image", "text"):
         encoder = getattr(model, side)
         if not isinstance(encoder, SpikingEncoder):
             raise ConfigError(f"the {side} encoder ({type(encoder).__name__}) is not a spiking "
-                              f"chip chain; quantization-aware training and the Loihi export "
+                              f"chip graph; quantization-aware training and the Loihi export "
                               f"need one")
-        list(_synapses(encoder))
+        scale_groups(encoder)
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -143,25 +244,37 @@ def snap_to_grid(encoder: SpikingEncoder, fp: FixedPoint) -> None:
     """Remove the parametrizations and write the quantized folded weights and biases back, so
     that folding then quantizing again reproduces the same integers."""
     act = 2 ** fp.activation_shift
-    for weighted, bn, lif in _synapses(encoder):
-        if parametrize.is_parametrized(weighted, "weight"):
-            parametrize.remove_parametrizations(weighted, "weight", leave_parametrized=False)
-        if bn is None and weighted.bias is None:
-            raise ConfigError("a chip Linear without bias cannot hold a quantized bias; "
-                              "build it with bias=True")
-        w = weighted.weight
-        folded, gain_w = _folded(w.double(), bn)  # float64, so snapping twice is bit-identical
-        gain = gain_w.flatten()
-        b0 = weighted.bias.double() if weighted.bias is not None else 0.0
-        bias = b0 if bn is None else folded_bias(b0, bn.bias.double(), bn.running_mean.double(), gain)
-        w_q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
-        mant, exp = quantize_bias(bias.cpu().numpy(), s, lif.tau, fp)
-        b_q = torch.from_numpy(mant * 2.0**exp / act * lif.tau / s).to(w.device)
-        weighted.weight.copy_((w_q / gain_w).to(w.dtype))
-        if bn is None:
-            weighted.bias.copy_(b_q.to(w.dtype))
-        else:
-            bn.bias.copy_((b_q - (b0 - bn.running_mean.double()) * gain).to(bn.bias.dtype))
+    for group in scale_groups(encoder):
+        for syn in group.synapses.values():
+            if parametrize.is_parametrized(syn.weighted, "weight"):
+                parametrize.remove_parametrizations(syn.weighted, "weight",
+                                                    leave_parametrized=False)
+            if syn.bn is None and syn.weighted.bias is None:
+                raise ConfigError("a chip Linear without bias cannot hold a quantized bias; "
+                                  "build it with bias=True")
+        s = group.scale(fp, torch.float64)  # float64, so snapping twice is bit-identical
+        raw = {}
+        for j, syn in group.synapses.items():
+            b0 = syn.weighted.bias.double() if syn.weighted.bias is not None else 0.0
+            if syn.bn is None:
+                raw[j] = b0.cpu().numpy() * act * s / group.tau
+            else:
+                gain = bn_gain(syn.bn.weight, syn.bn.running_var, syn.bn.eps).double()
+                bias = folded_bias(b0, syn.bn.bias.double(), syn.bn.running_mean.double(), gain)
+                raw[j] = bias.cpu().numpy() * act * s / group.tau
+        snapped = bias_on_grid(raw, group.reads, group.tau, fp,
+                               exact_decay_exp(group.tau, encoder.time_steps, fp))
+        for j, syn in group.synapses.items():
+            w = syn.weighted.weight
+            folded, gain_w = _folded(w.double(), syn.bn)
+            syn.weighted.weight.copy_((to_grid(folded, s, group.tau, fp) / gain_w).to(w.dtype))
+            b_q = torch.from_numpy(snapped[j] * group.tau / (act * s)).to(w.device)
+            if syn.bn is None:
+                syn.weighted.bias.copy_(b_q.to(w.dtype))
+            else:
+                b0 = syn.weighted.bias.double() if syn.weighted.bias is not None else 0.0
+                syn.bn.bias.copy_((b_q - (b0 - syn.bn.running_mean.double()) * gain_w.flatten())
+                                  .to(syn.bn.bias.dtype))
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,12 +285,14 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def grid_error(encoder: SpikingEncoder, fp: FixedPoint) -> float:
-    """Largest distance of a folded weight from the quantization grid, in mantissa units
-    (0 after :func:`snap_to_grid`, up to float round-off)."""
+    """Largest distance of a folded weight from its group's quantization grid, in mantissa
+    units (0 after :func:`snap_to_grid`, up to float round-off)."""
     worst = 0.0
     with torch.no_grad():
-        for weighted, bn, lif in _synapses(encoder):
-            folded, _ = _folded(weighted.weight.double(), bn)
-            q, s = on_grid(folded, lif.tau, lif.v_threshold, fp)
-            worst = max(worst, float((folded - q).abs().max()) * s / lif.tau)
+        for group in scale_groups(encoder):
+            s = group.scale(fp, torch.float64)
+            for syn in group.synapses.values():
+                folded, _ = _folded(syn.weighted.weight.double(), syn.bn)
+                q = to_grid(folded, s, group.tau, fp)
+                worst = max(worst, float((folded - q).abs().max()) * s / group.tau)
     return worst

@@ -38,14 +38,37 @@ class SpikeMaxPool(nn.Module):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
+class InputGrid(nn.Module):
+    r"""A chip's grid for a current the host sends it (the input current, a host op's output),
+    once set (quantization-aware models): :math:`x \mapsto \mathrm{clip}(\mathrm{round}(x s),
+    lo, hi)/s`, straight-through gradient. Holds no tensors, so checkpoints do not change;
+    ``grid`` is ``(s, lo, hi)`` or ``None``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid: tuple[float, float, float] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grid is None:
+            return x
+        scale, lo, hi = self.grid
+        q = torch.clamp(torch.round(x * scale), lo, hi) / scale
+        return x + (q - x).detach() if x.requires_grad else q
+
+
 class HostOp(nn.Module):
     """An operation that no neuro-core computes, run on the host between chip subgraphs:
     ``forward(*inputs)``, each ``[N, ...]`` (time folded into the batch), one output current
-    ``[N, ...]`` for the LIFs that read it. ``grid``: every output is a multiple of it (exact on
-    a chip whose input scale is a multiple of ``1/grid``), or None. ``reason``: why the host."""
+    ``[N, ...]`` for the LIFs that read it, put on ``output_grid`` (the chip's input grid for
+    it, once set). ``grid``: every output is a multiple of it (exact on a chip whose input
+    scale is a multiple of ``1/grid``), or None. ``reason``: why the host."""
 
     reason: str = ""
     grid: float | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output_grid = InputGrid()
 
     def bound(self, in_shapes: Sequence[tuple[int, ...]], in_bounds: Sequence[float]) -> float:
         """Largest output magnitude, given the inputs' shapes and largest magnitudes."""
@@ -141,7 +164,7 @@ class ChipGraph(nn.ModuleList):
         for layer, ins in zip(self, self.inputs):
             if isinstance(layer, HostOp):
                 t, b = outs[ins[0]].shape[:2]
-                y = layer(*(outs[j].flatten(0, 1) for j in ins))
+                y = layer.output_grid(layer(*(outs[j].flatten(0, 1) for j in ins)))
                 outs.append(y.reshape(t, b, *y.shape[1:]))
                 continue
             x = outs[ins[0]] if ins[0] != HOST_INPUT else host

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .chip_graph import ChipGraph
+from .chip_graph import ChipGraph, InputGrid
 from .lif import MultiStepLIF
 
 
@@ -49,23 +49,6 @@ class Readout(nn.Module):
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         rates = spikes.flatten(3).mean(-1) if spikes.dim() > 3 else spikes
         return self.proj(self.tdw(rates))
-
-
-class InputGrid(nn.Module):
-    r"""The chip's input grid for the host current, once set (quantization-aware models):
-    :math:`x \mapsto \mathrm{clip}(\mathrm{round}(x s), lo, hi)/s`, straight-through gradient.
-    Holds no tensors, so checkpoints do not change; ``grid`` is ``(s, lo, hi)`` or ``None``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.grid: tuple[float, float, float] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grid is None:
-            return x
-        scale, lo, hi = self.grid
-        q = torch.clamp(torch.round(x * scale), lo, hi) / scale
-        return x + (q - x).detach() if x.requires_grad else q
 
 
 class SpikingEncoder(nn.Module):

@@ -1,6 +1,7 @@
 """Graphs with fan-in on every backend: a residual network whose last LIF sums a path of
-synaptic depth 1 and a path of depth 3 gives identical spikes, every layer and every step, in
-the float model, the CPU reference (float export and fixed-point export) and Lava."""
+synaptic depth 1 and a path of depth 3, and a random Loihi-native Spikingformer snapped to the
+Loihi grid, give identical spikes, every layer and every step, in the float model, the CPU
+reference (float export and fixed-point export) and Lava."""
 import nir
 import numpy as np
 import pytest
@@ -160,3 +161,86 @@ def test_a_depthwise_convolution_of_128_channels_on_lava(tmp_path):
                    LoweringContext("loihi", load_profile("loihi2"), None))
     for layer, (gl, w) in enumerate(zip(lava_spikes(g, current, tmp_path), want)):
         assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
+
+
+FP = load_profile("loihi2").fixed_point
+
+
+def snapped_native(cfg, images: int):
+    """A seeded random ``cfg`` with its image encoder snapped to the Loihi grid (weights, biases,
+    input current): (model, input currents of ``images`` random images, the float model's spikes
+    of every LIF layer ``[B, T, ...]``, spike pooling's OR included, as the export has them)."""
+    from spikeclip_deploy.lowering import qat
+    from spikeclip_deploy.nn.chip_graph import SpikeMaxPool
+    from spikeclip_deploy.nn.init import random_init
+
+    model = random_init(cfg, 0)
+    qat.snap_to_grid(model.image, FP)
+    qat.quantize_inputs(model, FP)
+    pixels = np.random.default_rng(0).integers(0, 255, (images, 3, 32, 32), dtype=np.uint8)
+    enc = model.image
+    with torch.no_grad():
+        current = enc.current(model.normalize(torch.from_numpy(pixels)))
+        outs = enc.stack(current, enc.time_steps)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i, m in enumerate(enc.stack)
+            if isinstance(m, (MultiStepLIF, SpikeMaxPool))]
+    assert all(0 < w.mean() < 1 for w in want), [w.mean() for w in want]
+    return model, current, want
+
+
+def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_path):
+    """Random-init ``spikeclip-native-small`` (fan-in residual stream, spike pooling, depthwise
+    mixer) snapped to the Loihi grid and exported for ``--target loihi``: the CPU reference
+    reading that export (integer weights and thresholds, float64, exact decay) spikes as the
+    float model does in all 12 LIF layers, every step, on 4 images, although integer membranes
+    land exactly on their threshold (no spike on the chip: the snapped float model's membrane
+    stays just below it)."""
+    from spikeclip_deploy.backends import cpu
+    from spikeclip_deploy.config import get_config
+    from spikeclip_deploy.export import lower_encoder
+
+    model, current, want = snapped_native(get_config("spikeclip-native-small"), 4)
+    nir.write(tmp_path / "image.nir", to_nir(lower_encoder(model, "image", get_target("loihi"))))
+    graph = nir.read(tmp_path / "image.nir")
+    ties = []
+
+    class TieCountingLIF(cpu.LIF):
+        def forward(self, current, state=None):
+            v = state["v"] if state is not None else torch.zeros_like(current)
+            ties.append(int((v + (self.v_leak - v + self.r * current) / self.tau == self.v_th).sum()))
+            return super().forward(current, state)
+
+    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
+    got = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
+                    model.cfg.time_steps, {**cpu.NODE_MAP, nir.LIF: TieCountingLIF})
+    assert len(got) == len(want) == 12 and sum(ties) > 0
+    for name, g, w in zip(lifs, got, want):
+        assert np.array_equal(g, w), f"{name}: {np.argwhere(g != w)[:5].tolist()}"
+
+
+@pytest.mark.lava
+def test_snapped_native_spikingformer_on_lava(tmp_path):
+    """A smaller random native Spikingformer (native-small's layout: channels 4-6-8-12, 2
+    blocks; native-small itself takes minutes on Lava) snapped to the Loihi grid: Lava's
+    bit-accurate run of its ``--target loihi`` export, the CPU reference on that export and the
+    float model give identical spikes in every LIF layer, every step, on 3 images. The snapped
+    biases are multiples of 2^(T-1) chip units, so Lava's truncating decay never truncates."""
+    from dataclasses import replace
+
+    from spikeclip_deploy.config import get_config
+    from spikeclip_deploy.export import lower_encoder
+
+    cfg = replace(get_config("spikeclip-native-small"), image_channels=(4, 6, 8, 12),
+                  image_depth=2, image_mlp_hidden=16)
+    model, current, want = snapped_native(cfg, 3)
+    g = lower_encoder(model, "image", get_target("loihi"))
+    nir.write(tmp_path / "image.nir", to_nir(g))
+    graph = nir.read(tmp_path / "image.nir")
+    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
+    cpu = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
+                    model.cfg.time_steps)
+    lava = lava_spikes(g, current, tmp_path)
+    assert len(lava) == len(want) == 12
+    for name, lv, c, w in zip(lifs, lava, cpu, want):
+        assert np.array_equal(c, w), f"cpu {name}: {np.argwhere(c != w)[:5].tolist()}"
+        assert np.array_equal(lv, w), f"lava {name}: {np.argwhere(lv != w)[:5].tolist()}"
