@@ -188,7 +188,7 @@ def snapped_native(cfg, images: int):
     return model, current, want
 
 
-def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_path):
+def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_path, monkeypatch):
     """Random-init ``spikeclip-native-small`` (fan-in residual stream, spike pooling, depthwise
     mixer) snapped to the Loihi grid and exported for ``--target loihi``: the CPU reference
     reading that export (integer weights and thresholds, float64, exact decay) spikes as the
@@ -207,12 +207,14 @@ def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_p
     class TieCountingLIF(cpu.LIF):
         def forward(self, current, state=None):
             v = state["v"] if state is not None else torch.zeros_like(current)
-            ties.append(int((v + (self.v_leak - v + self.r * current) / self.tau == self.v_th).sum()))
+            ties.append(int((v + (self.v_leak - v + self.r * current) * self.dt_tau
+                             == self.v_th).sum()))
             return super().forward(current, state)
 
+    monkeypatch.setattr(cpu, "LIF", TieCountingLIF)
     lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
     got = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
-                    model.cfg.time_steps, {**cpu.NODE_MAP, nir.LIF: TieCountingLIF})
+                    model.cfg.time_steps)
     assert len(got) == len(want) == 12 and sum(ties) > 0
     for name, g, w in zip(lifs, got, want):
         assert np.array_equal(g, w), f"{name}: {np.argwhere(g != w)[:5].tolist()}"
