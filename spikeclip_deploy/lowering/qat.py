@@ -21,8 +21,9 @@ input grid (``SpikingEncoder.input_grid``), so the float model *is* the integer 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -196,6 +197,18 @@ def bias_on_grid(raw: Mapping[int, np.ndarray], reads: Mapping[int, tuple[int, .
     return {k: v - delta for k, v in q.items()}
 
 
+@contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode within the block; every submodule's own mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
     """Put every spiking encoder's host currents on the grids the Loihi export feeds the chip:
     the input current (the first LIF's bias), and each host op's output, which the LIF reading
@@ -209,7 +222,7 @@ def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
         q = input_quantization(first.tau, first.v_threshold, fp)
         encoder.input_grid.grid = (q["input_scale"], *map(float, q["bias_mant_range"]))
         if any(isinstance(m, HostOp) for m in encoder.stack):
-            with torch.no_grad():
+            with torch.no_grad(), _evaluating(encoder):  # the trace's pass moves no statistics
                 graph = trace(encoder, side, encoder.current(model.example_input(side)))
             for op in (la for la in graph.layers if isinstance(la.node, HostOpNode)):
                 for reader in graph.consumers(op.name):

@@ -1,8 +1,9 @@
 """Host ops between chip subgraphs: spiking attention's Q K^T V and real-valued max-pooling run on
 the host, the rest of the Spikingformer on chip. Worked by hand, then a random-init
-Spikingformer exported for both targets gives identical spikes, every layer and step, in the
-float model and the CPU reference (float export), and in the CPU reference and Lava (fixed-point
-export)."""
+Spikingformer snapped to the Loihi grid (weights, biases, input current, host ops' outputs and
+the thresholds of the LIFs reading them) exported for both targets gives identical spikes,
+every layer and step, in the float model, the CPU reference (float export) and Lava
+(fixed-point export)."""
 import numpy as np
 import pytest
 import torch
@@ -56,19 +57,33 @@ def test_host_input_quantization_by_hand():
 
 @pytest.fixture(scope="module")
 def former(tmp_path_factory):
-    """A random-init Spikingformer (host pools and attention), its float spikes on 2 images,
-    and its exports for both targets."""
+    """A random-init Spikingformer (host pools and attention) snapped to the Loihi grid, its
+    float spikes on 2 images, and its exports for both targets. Not snapped, the CPU reference
+    and Lava differ where Lava's decay truncates an odd membrane."""
+    from spikeclip_deploy.checkpoint import save_model
+    from spikeclip_deploy.lowering import qat
+    from spikeclip_deploy.tokenizers import tokenizer_for_vocab
+
     model = random_init(get_config(CONFIG), seed=0)
+    fp = load_profile("loihi2").fixed_point
+    for enc in (model.image, model.text):
+        qat.snap_to_grid(enc, fp)
+    qat.quantize_inputs(model, fp)
     images = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
     enc = model.image
     with torch.no_grad():
-        outs = enc.stack(enc.current(model.normalize(torch.from_numpy(images))), enc.time_steps)
+        current = enc.current(model.normalize(torch.from_numpy(images)))
+        outs = enc.stack(current, enc.time_steps)
     want = [outs[i].transpose(0, 1).numpy() for i in enc.stack.lif_indices()]
     assert all(0 < s.mean() < 1 for s in want), [s.mean() for s in want]
     root = tmp_path_factory.mktemp("former")
-    exports = {t: export_model(ExportConfig(model=CONFIG, target=t, out=root / t, init="random",
-                                            seed=0))[0] for t in ("cpu", "loihi")}
-    return images, want, exports
+    ckpt = root / "former.safetensors"
+    save_model(ckpt, model, {"metrics": {"quantization_aware": {"hardware": "loihi2",
+                                                                "input_grid": True}}})
+    tokenizer_for_vocab(model.cfg.vocab_size).save_pretrained(str(ckpt.with_suffix(".tokenizer")))
+    exports = {t: export_model(ExportConfig(model=str(ckpt), target=t, out=root / t))[0]
+               for t in ("cpu", "loihi")}
+    return current.numpy(), want, exports
 
 
 def test_the_export_lists_the_host_ops(former):
@@ -88,21 +103,22 @@ def test_the_export_lists_the_host_ops(former):
 
 
 def test_cpu_reference_equals_the_float_model(former):
-    images, want, exports = former
+    current, want, exports = former
     cpu = get_backend("cpu")(exports["cpu"])
-    got = cpu.run_chip("image", cpu.host.image_current(images))
+    got = cpu.run_chip("image", current)
     assert len(got) == len(want) == 12
     for layer, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
 
 
 @pytest.mark.lava
-def test_lava_equals_the_cpu_reference_on_the_fixed_point_export(former):
-    images, _, exports = former
+def test_lava_equals_the_cpu_reference_and_the_float_model_on_the_fixed_point_export(former):
+    current, want, exports = former
     cpu = get_backend("cpu")(exports["loihi"])
-    ref = cpu.run_chip("image", cpu.host.image_current(images))
+    ref = cpu.run_chip("image", current)
     with get_backend("loihi")(exports["loihi"]) as lava:
-        got = lava.run_chip("image", lava.host.image_current(images))
-    for layer, (g, r) in enumerate(zip(got, ref)):
+        got = lava.run_chip("image", current)
+    for layer, (g, r, w) in enumerate(zip(got, ref, want)):
         assert 0 < r.mean() < 1 and np.array_equal(g, r), \
             f"LIF {layer}: {np.argwhere(g != r)[:5].tolist()}"
+        assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"

@@ -269,3 +269,32 @@ def test_quantization_aware_checkpoint_exports_to_the_same_network(micro_ckpt, t
     text_current = cpu.host.text_current(tokens)
     for a, b in zip(cpu.run_chip("text", text_current), loihi.run_chip("text", text_current)):
         assert np.array_equal(a, b)
+
+
+def test_host_op_outputs_go_on_the_chip_grid_and_their_lifs_take_the_exports_threshold():
+    """former-micro's attention: 2 heads of 8 channels over 64 tokens, output bound
+    0.125 * 8 * 64 = 64; tau 2: S = 2^floor(log2(32767 * 2 / 64)) = 512, so its current goes on
+    the grid 1/256, clipped at +-32767 steps; with threshold 0.3 the export's vth is
+    round(512 * 0.3) = 154, and the reading LIF's threshold becomes 154 / 512 = 0.30078125.
+    quantize_inputs traces in eval mode: a training model's BatchNorm statistics and each
+    module's mode stay as they were."""
+    from spikeclip_deploy.export import lower_encoder
+    from spikeclip_deploy.nn.chip_graph import SpikeAttention
+
+    model = SpikeCLIP(replace(get_config("spikeclip-former-micro"), attn_threshold=0.3)).train()
+    frozen = model.image.encode[1].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qat.quantize_inputs(model, FP)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert model.image.stack[1][1].training and not frozen.training
+    stack = model.image.stack
+    attn = next(i for i, m in enumerate(stack) if isinstance(m, SpikeAttention))
+    (reader,) = stack.consumers(attn)
+    assert stack[attn].output_grid.grid == (256.0, -32767.0, 32767.0)
+    assert stack[reader].v_threshold == 154 / 512
+    y = stack[attn].output_grid(torch.tensor([0.3, -1000.0]))
+    assert y.tolist() == [77 / 256, -32767 / 256]  # round(76.8) = 77; clipped
+    graph = lower_encoder(model.eval(), "image", get_target("loihi"))
+    op = next(la for la in graph.layers if getattr(la.node, "op", "") == "SpikeAttention")
+    (lif,) = graph.consumers(op.name)
+    assert lif.node.metadata["loihi"]["vth"] == 154 == stack[reader].v_threshold * 512
