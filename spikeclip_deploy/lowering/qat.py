@@ -15,9 +15,12 @@ the export's quantizer with a straight-through estimator:
 (:math:`|W|_{max}` over all the group's synapses). BatchNorm statistics are frozen (eval mode) so
 the folded weight the forward pass quantizes is the one the export folds. :func:`snap_to_grid`
 then writes the quantized values back into the float parameters: the weights, and the biases
-so that every LIF's summed bias is an exact bias mantissa of the export
-(:func:`bias_on_grid`); :func:`quantize_inputs` puts the host's input current on the chip's
-input grid (``SpikingEncoder.input_grid``), so the float model *is* the integer model.
+so that every LIF's summed bias becomes an exact bias mantissa of the export, a multiple of
+:math:`2^{T-1}` chip units (for :math:`\tau = 2`: Lava's truncating decay then never truncates
+within a sample), held a fraction of a unit below it (:func:`bias_on_grid`).
+:func:`quantize_inputs` puts the host's input current and each host op's output on the chip's
+input grids and gives the LIFs reading a host op the export's threshold. The float model then
+spikes as the chip does.
 """
 from __future__ import annotations
 
@@ -33,9 +36,9 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..hardware import ChipProfile, FixedPoint
 from ..nn.chip_graph import HOST_INPUT, HostOp
+from ..nirgraph import HostOpNode
 from ..nn.encoders import SpikingEncoder
 from .fold import bn_gain, folded_bias
-from ..nirgraph import HostOpNode
 from .graph import trace
 from .quantize import (exact_decay_exp, host_input_quantization, input_quantization,
                        layer_threshold, shared_groups, split_bias)
@@ -266,27 +269,24 @@ def snap_to_grid(encoder: SpikingEncoder, fp: FixedPoint) -> None:
                 raise ConfigError("a chip Linear without bias cannot hold a quantized bias; "
                                   "build it with bias=True")
         s = group.scale(fp, torch.float64)  # float64, so snapping twice is bit-identical
-        raw = {}
-        for j, syn in group.synapses.items():
-            b0 = syn.weighted.bias.double() if syn.weighted.bias is not None else 0.0
-            if syn.bn is None:
-                raw[j] = b0.cpu().numpy() * act * s / group.tau
-            else:
-                gain = bn_gain(syn.bn.weight, syn.bn.running_var, syn.bn.eps).double()
-                bias = folded_bias(b0, syn.bn.bias.double(), syn.bn.running_mean.double(), gain)
-                raw[j] = bias.cpu().numpy() * act * s / group.tau
+        folded = {j: _folded(syn.weighted.weight.double(), syn.bn)
+                  for j, syn in group.synapses.items()}
+        own = {j: syn.weighted.bias.double() if syn.weighted.bias is not None else 0.0
+               for j, syn in group.synapses.items()}
+        raw = {j: (own[j] if syn.bn is None else folded_bias(
+                   own[j], syn.bn.bias.double(), syn.bn.running_mean.double(),
+                   folded[j][1].flatten())).cpu().numpy() * act * s / group.tau
+               for j, syn in group.synapses.items()}
         snapped = bias_on_grid(raw, group.reads, group.tau, fp,
                                exact_decay_exp(group.tau, encoder.time_steps, fp))
         for j, syn in group.synapses.items():
-            w = syn.weighted.weight
-            folded, gain_w = _folded(w.double(), syn.bn)
-            syn.weighted.weight.copy_((to_grid(folded, s, group.tau, fp) / gain_w).to(w.dtype))
+            w, (w_folded, gain) = syn.weighted.weight, folded[j]
+            syn.weighted.weight.copy_((to_grid(w_folded, s, group.tau, fp) / gain).to(w.dtype))
             b_q = torch.from_numpy(snapped[j] * group.tau / (act * s)).to(w.device)
             if syn.bn is None:
                 syn.weighted.bias.copy_(b_q.to(w.dtype))
-            else:
-                b0 = syn.weighted.bias.double() if syn.weighted.bias is not None else 0.0
-                syn.bn.bias.copy_((b_q - (b0 - syn.bn.running_mean.double()) * gain_w.flatten())
+            else:  # the folded bias beta + (b0 - mean) gain becomes b_q
+                syn.bn.bias.copy_((b_q - (own[j] - syn.bn.running_mean.double()) * gain.flatten())
                                   .to(syn.bn.bias.dtype))
 
 
