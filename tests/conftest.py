@@ -173,6 +173,51 @@ class ZeroShot:
             host.tokenizer, texts, manifest["host"]["context_length"]))), feats, labels)
 
 
+class ImageSpikes:
+    """Spikes ``[B, T, ...]`` of every LIF layer of a model's image encoder (spike pooling's OR
+    included, as the export has it), by the float model and by the CPU reference on the
+    encoder's export."""
+
+    @staticmethod
+    def float_model(model, images: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """uint8 ``images`` -> (the host current, spikes per LIF layer)."""
+        from spikeclip_deploy.nn.chip_graph import SpikeMaxPool
+        from spikeclip_deploy.nn.lif import MultiStepLIF
+
+        enc = model.image
+        with torch.no_grad():
+            current = enc.current(model.normalize(images))
+            outs = enc.stack(current, enc.time_steps)
+        return current, [outs[i].transpose(0, 1).numpy().astype(np.uint8)
+                         for i, m in enumerate(enc.stack)
+                         if isinstance(m, (MultiStepLIF, SpikeMaxPool))]
+
+    @staticmethod
+    def cpu_reference(model, target: str, current: torch.Tensor, folder: Path) -> list[np.ndarray]:
+        """The image encoder lowered for ``target``, written with stock nir and read back, run
+        by the CPU reference on ``current``: spikes per LIF layer."""
+        import nir
+
+        from spikeclip_deploy.backends.base import chip_input
+        from spikeclip_deploy.backends.cpu import run_graph
+        from spikeclip_deploy.export import lower_encoder
+        from spikeclip_deploy.lowering.graph import to_nir
+        from spikeclip_deploy.nirgraph import graph_layers
+        from spikeclip_deploy.targets import get_target
+
+        nir.write(folder / "image.nir", to_nir(lower_encoder(model, "image", get_target(target))))
+        graph = nir.read(folder / "image.nir")
+        lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
+        return run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
+                         model.cfg.time_steps)
+
+
+@pytest.fixture(scope="session")
+def image_spikes() -> type[ImageSpikes]:
+    """:class:`ImageSpikes`, for tests (which cannot import conftest)."""
+    return ImageSpikes
+
+
 @pytest.fixture(scope="session")
 def zero_shot() -> type[ZeroShot]:
     """:class:`ZeroShot` and :func:`loihi_fixed_point`, for tests (which cannot import conftest)."""

@@ -2,9 +2,10 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv``, ``Sparse`` or ``DelaySparse``, a host op between chip
-subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the same
-simulation); several synapses into one LIF (fan-in) sum at its input port. A whole batch runs in one simulation (see :class:`_Network`):
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv``, ``Sparse`` or ``DelaySparse``, a host op
+between chip subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function
+inside the same simulation); several synapses into one LIF (fan-in) sum at its input port. A
+whole batch runs in one simulation (see :class:`_Network`):
 a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
 state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava

@@ -14,9 +14,10 @@ per float volt / :math:`2^a`): :math:`w = S W/\tau` rounded to an even 8-bit man
 :math:`v_{th} = S\,V_{th}`, :math:`b_m 2^{b_e} = 2^a S b/\tau` (:math:`b` the sum of their
 biases), :math:`d_v = 4096/\tau`. :math:`S` is chosen so the largest of those weights fills the
 8-bit range. LIFs that read one synapse (copies of a residual stream's term), transitively,
-share one :math:`S`, the smallest of theirs, so that the synapse has one set of integers. The LIF that reads the host's input current :math:`x` takes it as a per-neuron
-bias: :math:`b_m = \mathrm{round}(x \cdot 2^a S_0 / \tau / 2^{b_e})`. A LIF that reads a host op's
-current :math:`y` (between chip subgraphs) takes it at its input port, as synapses deliver theirs:
+share one :math:`S`, the smallest of theirs, so that the synapse has one set of integers. The
+LIF that reads the host's input current :math:`x` takes it as a per-neuron bias:
+:math:`b_m = \mathrm{round}(x \cdot 2^a S_0 / \tau / 2^{b_e})`. A LIF that reads a host op's current
+:math:`y` (between chip subgraphs) takes it at its input port, as synapses deliver theirs:
 :math:`a = \mathrm{clip}(\mathrm{round}(y S/\tau), \pm(2^{15}-1))`, with :math:`S` the largest
 power of two that keeps the op's bound within the port (exact when the op's outputs lie on a
 grid :math:`g` with :math:`g S/\tau` an integer, as spiking attention's do).

@@ -166,29 +166,25 @@ def test_a_depthwise_convolution_of_128_channels_on_lava(tmp_path):
 FP = load_profile("loihi2").fixed_point
 
 
-def snapped_native(cfg, images: int):
-    """A seeded random ``cfg`` with its image encoder snapped to the Loihi grid (weights, biases,
-    input current): (model, input currents of ``images`` random images, the float model's spikes
-    of every LIF layer ``[B, T, ...]``, spike pooling's OR included, as the export has them)."""
+def snapped_native(cfg):
+    """A seeded random ``cfg`` with its image encoder snapped to the Loihi grid (weights,
+    biases, input current)."""
     from spikeclip_deploy.lowering import qat
-    from spikeclip_deploy.nn.chip_graph import SpikeMaxPool
     from spikeclip_deploy.nn.init import random_init
 
     model = random_init(cfg, 0)
     qat.snap_to_grid(model.image, FP)
     qat.quantize_inputs(model, FP)
-    pixels = np.random.default_rng(0).integers(0, 255, (images, 3, 32, 32), dtype=np.uint8)
-    enc = model.image
-    with torch.no_grad():
-        current = enc.current(model.normalize(torch.from_numpy(pixels)))
-        outs = enc.stack(current, enc.time_steps)
-    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i, m in enumerate(enc.stack)
-            if isinstance(m, (MultiStepLIF, SpikeMaxPool))]
-    assert all(0 < w.mean() < 1 for w in want), [w.mean() for w in want]
-    return model, current, want
+    return model
 
 
-def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_path, monkeypatch):
+def random_images(n):
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 255, (n, 3, 32, 32),
+                                                              dtype=np.uint8))
+
+
+def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_path, monkeypatch,
+                                                                           image_spikes):
     """Random-init ``spikeclip-native-small`` (fan-in residual stream, spike pooling, depthwise
     mixer) snapped to the Loihi grid and exported for ``--target loihi``: the CPU reference
     reading that export (integer weights and thresholds, float64, exact decay) spikes as the
@@ -197,11 +193,9 @@ def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_p
     stays just below it)."""
     from spikeclip_deploy.backends import cpu
     from spikeclip_deploy.config import get_config
-    from spikeclip_deploy.export import lower_encoder
 
-    model, current, want = snapped_native(get_config("spikeclip-native-small"), 4)
-    nir.write(tmp_path / "image.nir", to_nir(lower_encoder(model, "image", get_target("loihi"))))
-    graph = nir.read(tmp_path / "image.nir")
+    model = snapped_native(get_config("spikeclip-native-small"))
+    current, want = image_spikes.float_model(model, random_images(4))
     ties = []
 
     class TieCountingLIF(cpu.LIF):
@@ -212,16 +206,15 @@ def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_p
             return super().forward(current, state)
 
     monkeypatch.setattr(cpu, "LIF", TieCountingLIF)
-    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
-    got = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
-                    model.cfg.time_steps)
+    got = image_spikes.cpu_reference(model, "loihi", current, tmp_path)
     assert len(got) == len(want) == 12 and sum(ties) > 0
-    for name, g, w in zip(lifs, got, want):
-        assert np.array_equal(g, w), f"{name}: {np.argwhere(g != w)[:5].tolist()}"
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert 0 < w.mean() < 1 and np.array_equal(g, w), \
+            f"lif{k}: {np.argwhere(g != w)[:5].tolist()}"
 
 
 @pytest.mark.lava
-def test_snapped_native_spikingformer_on_lava(tmp_path):
+def test_snapped_native_spikingformer_on_lava(tmp_path, image_spikes):
     """A smaller random native Spikingformer (native-small's layout: channels 4-6-8-12, 2
     blocks; native-small itself takes minutes on Lava) snapped to the Loihi grid: Lava's
     bit-accurate run of its ``--target loihi`` export, the CPU reference on that export and the
@@ -232,17 +225,14 @@ def test_snapped_native_spikingformer_on_lava(tmp_path):
     from spikeclip_deploy.config import get_config
     from spikeclip_deploy.export import lower_encoder
 
-    cfg = replace(get_config("spikeclip-native-small"), image_channels=(4, 6, 8, 12),
-                  image_depth=2, image_mlp_hidden=16)
-    model, current, want = snapped_native(cfg, 3)
-    g = lower_encoder(model, "image", get_target("loihi"))
-    nir.write(tmp_path / "image.nir", to_nir(g))
-    graph = nir.read(tmp_path / "image.nir")
-    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
-    cpu = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
-                    model.cfg.time_steps)
-    lava = lava_spikes(g, current, tmp_path)
+    model = snapped_native(replace(get_config("spikeclip-native-small"),
+                                   image_channels=(4, 6, 8, 12), image_depth=2,
+                                   image_mlp_hidden=16))
+    current, want = image_spikes.float_model(model, random_images(3))
+    cpu = image_spikes.cpu_reference(model, "loihi", current, tmp_path)
+    lava = lava_spikes(lower_encoder(model, "image", get_target("loihi")), current, tmp_path)
     assert len(lava) == len(want) == 12
-    for name, lv, c, w in zip(lifs, lava, cpu, want):
-        assert np.array_equal(c, w), f"cpu {name}: {np.argwhere(c != w)[:5].tolist()}"
-        assert np.array_equal(lv, w), f"lava {name}: {np.argwhere(lv != w)[:5].tolist()}"
+    for k, (lv, c, w) in enumerate(zip(lava, cpu, want)):
+        assert 0 < w.mean() < 1 and np.array_equal(c, w), \
+            f"cpu lif{k}: {np.argwhere(c != w)[:5].tolist()}"
+        assert np.array_equal(lv, w), f"lava lif{k}: {np.argwhere(lv != w)[:5].tolist()}"

@@ -170,13 +170,15 @@ def test_shared_groups_are_transitive():
     # a and b share x, b and c share y: one group; d reads z alone
     reads = {"a": ["x"], "b": ["y", "x"], "c": ["y"], "d": ["z"]}
     assert shared_groups(reads) == {"a": "a", "b": "a", "c": "a", "d": "d"}
-    assert shared_groups({"c": ["y"], "b": ["y", "x"], "a": ["x"]}) == {"c": "c", "b": "c", "a": "c"}
+    assert shared_groups({"c": ["y"], "b": ["y", "x"], "a": ["x"]}) == {"c": "c", "b": "c",
+                                                                         "a": "c"}
 
 
 def test_lifs_sharing_a_synapse_need_one_tau_and_threshold():
-    layers = [("lif0", lif(2), ("input",)),
-              ("d_lif1", nir.Affine(np.ones((1, 2)), np.zeros(1), metadata={"copy_of": "d"}), ("lif0",)),
-              ("d_lif2", nir.Affine(np.ones((1, 2)), np.zeros(1), metadata={"copy_of": "d"}), ("lif0",)),
+    def copy():
+        return nir.Affine(np.ones((1, 2)), np.zeros(1), metadata={"copy_of": "d"})
+    layers = [("lif0", lif(2), ("input",)), ("d_lif1", copy(), ("lif0",)),
+              ("d_lif2", copy(), ("lif0",)),
               ("lif1", lif(1), ("d_lif1",)), ("lif2", lif(1, vth=0.5), ("d_lif2",))]
     with pytest.raises(LoweringError, match="'lif1' and 'lif2' read copies of one synapse"):
         quantize_layers(layers, load_profile("loihi2"))

@@ -179,34 +179,18 @@ def test_spikingformer_spike_pool_keeps_names_and_pools_spikes():
         assert torch.isfinite(native(torch.randn(2, 3, 32, 32))).all()
 
 
-def test_the_native_graph_lowers_and_the_cpu_reference_equals_the_float_model(tmp_path):
+def test_the_native_graph_lowers_and_the_cpu_reference_equals_the_float_model(tmp_path,
+                                                                            image_spikes):
     """The shipped native-small (fan-in residual stream, spike pooling, depthwise mixer):
     exported for the cpu target, written with stock nir, read back, its CPU reference spikes
     equal the float model's in every layer and step."""
-    import nir
-
-    from spikeclip_deploy.backends.base import chip_input
-    from spikeclip_deploy.backends.cpu import run_graph
     from spikeclip_deploy.checkpoint import load_model
-    from spikeclip_deploy.export import lower_encoder
-    from spikeclip_deploy.lowering.graph import to_nir
-    from spikeclip_deploy.nirgraph import graph_layers
-    from spikeclip_deploy.targets import get_target
 
     model, _, _ = load_model("spikeclip-native-small-cifar10")
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 3, 32, 32),
                                                                 dtype=np.uint8))
-    enc = model.image
-    with torch.no_grad():
-        current = enc.current(model.normalize(images))
-        outs = enc.stack(current, enc.time_steps)
-    want = [outs[i].transpose(0, 1).numpy() for i, m in enumerate(enc.stack)
-            if isinstance(m, (MultiStepLIF, SpikeMaxPool))]
-    nir.write(tmp_path / "image.nir", to_nir(lower_encoder(model, "image", get_target("cpu"))))
-    graph = nir.read(tmp_path / "image.nir")
-    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
-    got = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
-                    enc.time_steps)
+    current, want = image_spikes.float_model(model, images)
+    got = image_spikes.cpu_reference(model, "cpu", current, tmp_path)
     assert len(got) == len(want) == 12
     for k, (g, w) in enumerate(zip(got, want)):
         assert 0 < w.mean() < 1 and np.array_equal(g, w), k

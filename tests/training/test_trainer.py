@@ -170,23 +170,14 @@ def test_init_text_from_a_checkpoint_runs_without_the_text_tower(image_folder, t
 
 
 def test_quantization_aware_training_of_a_native_spikingformer(image_folder, tower, tmp_path,
-                                                               monkeypatch):
+                                                               monkeypatch, image_spikes):
     """``train --qat-epochs 1`` on a tiny Loihi-native Spikingformer (fan-in residual stream,
     spike pooling): one quantization-aware step, then the checkpoint sits on the Loihi grid and
     its image encoder spikes exactly as its ``--target loihi`` export does on the CPU
     reference, in every LIF layer."""
-    import nir
     import numpy as np
 
     from spikeclip_deploy import config
-    from spikeclip_deploy.backends.base import chip_input
-    from spikeclip_deploy.backends.cpu import run_graph
-    from spikeclip_deploy.export import lower_encoder
-    from spikeclip_deploy.lowering.graph import to_nir
-    from spikeclip_deploy.nirgraph import graph_layers
-    from spikeclip_deploy.nn.chip_graph import SpikeMaxPool
-    from spikeclip_deploy.nn.lif import MultiStepLIF
-    from spikeclip_deploy.targets import get_target
 
     cfg = replace(config.get_config("spikeclip-native-small"), name="native-tiny",
                   image_channels=(4, 6, 8, 12), image_depth=1, image_mlp_hidden=16)
@@ -200,18 +191,9 @@ def test_quantization_aware_training_of_a_native_spikingformer(image_folder, tow
     assert [h["stage"] for h in meta["history"]] == ["distill", "qat"]
     assert meta["metrics"]["quantization_aware"]["grid_error"] < 1e-3
     model, _, _ = load_model(str(out))
-    enc = model.image
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    with torch.no_grad():
-        current = enc.current(model.normalize(images))
-        outs = enc.stack(current, enc.time_steps)
-    want = [outs[i].transpose(0, 1).numpy() for i, m in enumerate(enc.stack)
-            if isinstance(m, (MultiStepLIF, SpikeMaxPool))]
-    nir.write(tmp_path / "image.nir", to_nir(lower_encoder(model, "image", get_target("loihi"))))
-    graph = nir.read(tmp_path / "image.nir")
-    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
-    got = run_graph(graph, lifs, torch.from_numpy(chip_input(current.double().numpy(), graph)),
-                    enc.time_steps)
+    current, want = image_spikes.float_model(model, torch.randint(0, 256, (2, 3, 32, 32),
+                                                                  dtype=torch.uint8))
+    got = image_spikes.cpu_reference(model, "loihi", current, tmp_path)
     assert len(got) == len(want) == 9
-    for name, g, w in zip(lifs, got, want):
-        assert np.array_equal(g, w), name
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert np.array_equal(g, w), k
