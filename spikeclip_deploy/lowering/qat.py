@@ -24,9 +24,9 @@ spikes as the chip does.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import copy
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -200,18 +200,6 @@ def bias_on_grid(raw: Mapping[int, np.ndarray], reads: Mapping[int, tuple[int, .
     return {k: v - delta for k, v in q.items()}
 
 
-@contextmanager
-def _evaluating(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode within the block; every submodule's own mode restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
     """Put every spiking encoder's host currents on the grids the Loihi export feeds the chip:
     the input current (the first LIF's bias), and each host op's output, which the LIF reading
@@ -225,8 +213,9 @@ def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
         q = input_quantization(first.tau, first.v_threshold, fp)
         encoder.input_grid.grid = (q["input_scale"], *map(float, q["bias_mant_range"]))
         if any(isinstance(m, HostOp) for m in encoder.stack):
-            with torch.no_grad(), _evaluating(encoder):  # the trace's pass moves no statistics
-                graph = trace(encoder, side, encoder.current(model.example_input(side)))
+            probe = copy.deepcopy(encoder).cpu().eval()  # the trace moves no statistics
+            with torch.no_grad():
+                graph = trace(probe, side, probe.current(model.example_input(side).cpu()))
             for op in (la for la in graph.layers if isinstance(la.node, HostOpNode)):
                 for reader in graph.consumers(op.name):
                     lif = encoder.get_submodule(reader.source)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any, Hashable, Iterable, Mapping, TypeVar
 
 import nir
 import numpy as np
@@ -167,18 +167,21 @@ def _int_synapse(syn: nir.NIRNode, w_int: np.ndarray, bias_q: np.ndarray, meta: 
     return nir.Affine(weight=w_int.astype(np.float32), bias=bias_q.astype(np.float32), metadata=meta)
 
 
-def shared_groups(reads: Mapping[str, Iterable[Hashable]]) -> dict[str, str]:
+K = TypeVar("K", bound=Hashable)
+
+
+def shared_groups(reads: Mapping[K, Iterable[Hashable]]) -> dict[K, K]:
     """Readers grouped by the sources they read, transitively (two readers of one source are in
     one group, and so are readers linked through a chain of such shared sources): reader -> its
     group's first reader in ``reads``' order."""
-    root: dict[str, str] = {}
+    root: dict[K, K] = {}
     order = {r: k for k, r in enumerate(reads)}
 
-    def find(r: str) -> str:
+    def find(r: K) -> K:
         while root[r] != r:
             r = root[r]
         return r
-    owner: dict[Hashable, str] = {}
+    owner: dict[Hashable, K] = {}
     for reader, sources in reads.items():
         root[reader] = reader
         for src in sources:

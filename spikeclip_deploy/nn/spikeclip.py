@@ -38,10 +38,11 @@ class SpikeCLIP(nn.Module):
     def example_input(self, side: str) -> torch.Tensor:
         """One all-zero input of encoder ``side`` as its ``current`` takes it: a normalised
         black image, or token ids."""
+        device = self.mean.device
         if side == "image":
             size = self.cfg.image_size
-            return self.normalize(torch.zeros(1, 3, size, size, dtype=torch.uint8))
-        return torch.zeros(1, self.cfg.context_length, dtype=torch.int64)
+            return self.normalize(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device))
+        return torch.zeros(1, self.cfg.context_length, dtype=torch.int64, device=device)
 
     def encode_image(self, images_uint8: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image(self.normalize(images_uint8)), dim=-1)

@@ -276,7 +276,7 @@ def test_host_op_outputs_go_on_the_chip_grid_and_their_lifs_take_the_exports_thr
     0.125 * 8 * 64 = 64; tau 2: S = 2^floor(log2(32767 * 2 / 64)) = 512, so its current goes on
     the grid 1/256, clipped at +-32767 steps; with threshold 0.3 the export's vth is
     round(512 * 0.3) = 154, and the reading LIF's threshold becomes 154 / 512 = 0.30078125.
-    quantize_inputs traces in eval mode: a training model's BatchNorm statistics and each
+    quantize_inputs traces a copy in eval mode: a training model's BatchNorm statistics and each
     module's mode stay as they were."""
     from spikeclip_deploy.export import lower_encoder
     from spikeclip_deploy.nn.chip_graph import SpikeAttention
