@@ -35,8 +35,8 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..hardware import ChipProfile, FixedPoint
-from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nirgraph import HostOpNode
+from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nn.encoders import SpikingEncoder
 from .fold import bn_gain, folded_bias
 from .graph import trace
