@@ -2,9 +2,13 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or ``DelaySparse``); several synapses into one LIF (fan-in) sum at
-its input port. A whole batch runs in one simulation (see :class:`_Network`):
-a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or, delayed, ``DelayConv``); several synapses into
+one LIF (fan-in) sum at its input port. Convolutions run on this package's im2col models
+(``lava_procs.conv``, ``lava_procs.delay_conv``), bit-identical to Lava's ``PyConvModelFixed``
+and far faster; ``_lava(reference=True)`` gives Lava's stock models instead (scipy per channel
+pair, a delayed convolution as ``DelaySparse`` over its dense-equivalent matrix), the reference
+they are tested and benchmarked against. A whole batch runs in one simulation (see
+:class:`_Network`): a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
 state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava
 delays every synapse layer's output by one step, so a sample takes ``T + depth`` steps and a
@@ -29,7 +33,10 @@ from .base import Backend, quantize_input
 log = logging.getLogger(__name__)
 
 
-def _lava():
+def _lava(reference: bool = False) -> dict[str, Any]:
+    """Lava's classes, the process models to use instead of Lava's defaults (``models``) and the
+    lowering of a delayed convolution (``delayed_conv``): this package's, or with ``reference``
+    Lava's stock ones."""
     lava_compat.install()
     try:
         from lava.magma.core.run_conditions import RunSteps
@@ -41,13 +48,19 @@ def _lava():
         from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.process import DelaySparse
 
+        from .lava_procs import conv as fast_conv
+        from .lava_procs import delay_conv
         from .lava_procs import recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
+    models = dict(lava_io.MODEL_MAP)
+    if not reference:
+        models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP})
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, conv_to_sparse=conv_to_sparse,
-                Source=Source, LIF=LIFReset, io=lava_io)
+                DelayConv=delay_conv.DelayConv, Source=Source, LIF=LIFReset, io=lava_io,
+                models=models, delayed_conv=conv_as_sparse if reference else _delay_conv)
 
 
 def to_lava_layout(a: np.ndarray) -> np.ndarray:
@@ -84,20 +97,36 @@ def _lava_kernel(node: nir.Conv2d) -> np.ndarray:
     return w.transpose(0, 3, 2, 1)[:, ::-1, ::-1].copy()  # Lava flips: true convolution
 
 
+def _conv_args(node: nir.Conv2d, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``Conv``'s arguments (Lava layout); refuses a ``weight_exp``, which Lava's ``Conv`` models
+    ignore."""
+    exp = int(node.metadata["loihi"]["weight_exp"])
+    if exp:
+        raise ExportError(f"a convolution has weight_exp {exp}; Lava's Conv ignores weight_exp, "
+                          f"so it runs only with 0: re-export with a profile whose weight_exp "
+                          f"is 0")
+    return dict(weight=_lava_kernel(node), input_shape=shape, stride=pair(node.stride)[::-1],
+                padding=pair(node.padding)[::-1], dilation=pair(node.dilation)[::-1],
+                groups=int(np.asarray(node.groups)))
+
+
 def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
-    """``Conv``, or for a delayed one (path alignment) ``DelaySparse`` over the convolution's
-    sparse matrix (Lava's ``conv_to_sparse``): ``Conv`` has no delays."""
+    """``Conv``, or for a delayed one (path alignment) ``L["delayed_conv"]``: ``Conv`` has no
+    delays."""
     delay = int(node.metadata.get("delay", 0))
     if delay:
-        return conv_as_sparse(L, node, shape, delay)
-    return L["Conv"](weight=_lava_kernel(node), input_shape=shape,
-                     stride=pair(node.stride)[::-1], padding=pair(node.padding)[::-1],
-                     dilation=pair(node.dilation)[::-1], groups=int(np.asarray(node.groups)),
-                     weight_exp=int(node.metadata["loihi"]["weight_exp"]))
+        return L["delayed_conv"](L, node, shape, delay)
+    return L["Conv"](**_conv_args(node, shape))
+
+
+def _delay_conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
+    """``DelayConv``: ``Conv`` on the input of ``delay`` steps ago."""
+    return L["DelayConv"](delay=delay, **_conv_args(node, shape))
 
 
 def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
-    """The convolution as a ``DelaySparse`` on flattened (Lava-layout, C-order) neurons."""
+    """The convolution as a ``DelaySparse`` on flattened (Lava-layout, C-order) neurons (the
+    reference lowering of a delayed convolution)."""
     (sx, sy), (px, py), (dx, dy) = (pair(node.stride)[::-1], pair(node.padding)[::-1],
                                     pair(node.dilation)[::-1])
     kernel = _lava_kernel(node)  # [Cout, kX, kY, Cin/groups]
@@ -182,7 +211,7 @@ class _Network:
                     port.connect(proc.s_in)
                 procs[la.name] = proc
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
-                                         exception_proc_model_map=self.L["io"].MODEL_MAP)
+                                         exception_proc_model_map=self.L["models"])
             try:
                 with warnings.catch_warnings():  # DelaySparse's model edits its csr matrices
                     warnings.simplefilter("ignore", SparseEfficiencyWarning)
