@@ -92,10 +92,10 @@ def test_lava_equals_the_float_model(residual, tmp_path):
         assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
 
 
-def on_grid_conv(rng, c, peak=True):
+def on_grid_conv(rng, c, peak=True, groups=1):
     """3x3 conv + an identity BatchNorm, weights k/127 and biases j/254 (on the Loihi grid)."""
-    conv, bn = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-    k = rng.integers(-127, 128, (c, c, 3, 3))
+    conv, bn = nn.Conv2d(c, c, 3, padding=1, bias=False, groups=groups), nn.BatchNorm2d(c)
+    k = rng.integers(-127, 128, (c, c // groups, 3, 3))
     if peak:
         k[0, 0, 1, 1] = 127
     with torch.no_grad():
@@ -133,3 +133,39 @@ def test_a_delayed_convolution_path_on_lava(tmp_path):
     got = net.run(quantize_input(current.numpy().astype(np.float64), q))
     for layer, (gl, w) in enumerate(zip(got, want)):
         assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
+
+
+@pytest.mark.lava
+def test_delayed_convolutions_give_the_delaysparse_lowerings_spikes(tmp_path):
+    """lif0 -c0-> lif1 -c1 (depthwise)-> lif2 -c2-> lif3 -c3-> lif4, with c0 (depth 1) and c2
+    (depth 3) also into lif4 (delays 3 and 1): the DelayConv lowering gives the spikes of the
+    DelaySparse lowering, every LIF and every step, and both the float model's."""
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
+    rng = np.random.default_rng(9)
+    c = 4
+    layers = [MultiStepLIF(), on_grid_conv(rng, c), MultiStepLIF(), on_grid_conv(rng, c, groups=c),
+              MultiStepLIF(), on_grid_conv(rng, c), MultiStepLIF(),
+              on_grid_conv(rng, c, peak=False), MultiStepLIF()]
+    enc = SpikingEncoder(nn.Identity(), ChipGraph(layers, [(-1,), (0,), (1,), (2,), (3,), (4,),
+                                                           (5,), (6,), (1, 5, 7)]),
+                         nn.Identity(), T)
+    current = torch.from_numpy(rng.integers(-300, 1200, (3, c, 6, 5)) / 512.0).float()
+    with torch.no_grad():
+        outs = enc.stack(current, T)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
+    assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
+    ctx = LoweringContext("loihi", load_profile("loihi2"), None)
+    g = run_passes(trace(enc, "image", torch.zeros(1, c, 6, 5)),
+                   passes_named(get_target("loihi").passes), ctx)
+    assert [g.layer(n).node.metadata.get("delay") for n in ("conv0_lif4", "conv2_lif4")] == [3, 1]
+    nir.write(tmp_path / "g.nir", to_nir(g))
+    graph = nir.read(tmp_path / "g.nir")
+    q = graph.metadata["input_quantization"]
+    x = quantize_input(current.numpy().astype(np.float64), q)
+    new, ref = (_Network(L, graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
+                         graph.metadata["synapse_delay_steps"]).run(x)
+                for L in (_lava(), _lava(reference=True)))
+    for layer, (a, b, w) in enumerate(zip(new, ref, want)):
+        assert np.array_equal(a, b), f"lif{layer}: {np.argwhere(a != b)[:5].tolist()}"
+        assert np.array_equal(b, w), f"lif{layer}: {np.argwhere(b != w)[:5].tolist()}"
