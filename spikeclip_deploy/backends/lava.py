@@ -2,11 +2,15 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 (``Loihi2SimCfg(select_tag="fixed_pt")``).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv``, ``Sparse`` or ``DelaySparse``, a host op
-between chip subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function
-inside the same simulation); several synapses into one LIF (fan-in) sum at its input port. A
-whole batch runs in one simulation (see :class:`_Network`):
-a ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or, delayed, ``DelayConv``, a host op between
+chip subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the
+same simulation); several synapses into one LIF (fan-in) sum at its input port. Convolutions run
+on this package's im2col models (``lava_procs.conv``, ``lava_procs.delay_conv``), bit-identical
+to Lava's ``PyConvModelFixed`` and far faster; ``_lava(reference=True)`` gives Lava's stock
+models instead (scipy per channel pair; a delayed convolution, or one of 128 groups or more,
+as ``DelaySparse``/``Sparse`` over its dense-equivalent matrix), the reference they are tested
+and benchmarked against. A whole batch runs in one simulation (see :class:`_Network`): a
+``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
 state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava
 delays every synapse layer's output by one step, so a sample takes ``T + depth`` steps and a
@@ -31,7 +35,10 @@ from .base import Backend, quantize_input
 log = logging.getLogger(__name__)
 
 
-def _lava():
+def _lava(reference: bool = False) -> dict[str, Any]:
+    """Lava's classes, the process models to use instead of Lava's defaults (``models``) and the
+    lowering of a convolution (``conv``): this package's, or with ``reference`` Lava's stock
+    ones."""
     lava_compat.install()
     try:
         from lava.magma.core.run_conditions import RunSteps
@@ -43,15 +50,20 @@ def _lava():
         from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.process import DelaySparse, Sparse
 
-        from .lava_procs import host_op, recorder as lava_io
+        from .lava_procs import conv as fast_conv
+        from .lava_procs import delay_conv, host_op
+        from .lava_procs import recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
+    models = {**lava_io.MODEL_MAP, **host_op.MODEL_MAP}
+    if not reference:
+        models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP})
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
-                conv_to_sparse=conv_to_sparse,
+                conv_to_sparse=conv_to_sparse, DelayConv=delay_conv.DelayConv,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
-                models={**lava_io.MODEL_MAP, **host_op.MODEL_MAP})
+                models=models, conv=_reference_conv if reference else _fast_conv)
 
 
 def to_lava_layout(a: np.ndarray) -> np.ndarray:
@@ -88,23 +100,43 @@ def _lava_kernel(node: nir.Conv2d) -> np.ndarray:
     return w.transpose(0, 3, 2, 1)[:, ::-1, ::-1].copy()  # Lava flips: true convolution
 
 
-#: Lava 0.10's ``Conv`` holds ``groups`` in an int8 variable: 128 groups wrap to -128, and the
-#: convolution's output is wrong
+#: Lava 0.10's ``Conv`` holds ``groups`` in an int8 variable: 128 groups wrap to -128, and its
+#: stock model's output is wrong (this package's model reads the groups from the kernel shape)
 CONV_MAX_GROUPS = 127
 
 
+def _conv_args(node: nir.Conv2d, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``Conv``'s arguments (Lava layout); refuses a ``weight_exp``, which Lava's ``Conv`` models
+    ignore."""
+    exp = int(node.metadata["loihi"]["weight_exp"])
+    if exp:
+        raise ExportError(f"a convolution has weight_exp {exp}; Lava's Conv ignores weight_exp, "
+                          f"so it runs only with 0: re-export with a profile whose weight_exp "
+                          f"is 0")
+    return dict(weight=_lava_kernel(node), input_shape=shape, stride=pair(node.stride)[::-1],
+                padding=pair(node.padding)[::-1], dilation=pair(node.dilation)[::-1],
+                groups=int(np.asarray(node.groups)))
+
+
 def _conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...]) -> Any:
-    """``Conv``; ``DelaySparse`` over the convolution's sparse matrix (Lava's
-    ``conv_to_sparse``) for a delayed one (path alignment: ``Conv`` has no delays), ``Sparse``
-    for one of more than :data:`CONV_MAX_GROUPS` groups (a depthwise convolution of 128
-    channels or more)."""
-    delay = int(node.metadata.get("delay", 0))
+    """The convolution as the run config lowers it (``L["conv"]``)."""
+    return L["conv"](L, node, shape, int(node.metadata.get("delay", 0)))
+
+
+def _fast_conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
+    """``Conv``, or ``DelayConv`` (``Conv`` on the input of ``delay`` steps ago), on this
+    package's im2col model."""
+    if delay:
+        return L["DelayConv"](delay=delay, **_conv_args(node, shape))
+    return L["Conv"](**_conv_args(node, shape))
+
+
+def _reference_conv(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:
+    """Lava's stock lowering: ``Conv``; ``DelaySparse`` over the sparse matrix for a delayed one
+    (``Conv`` has no delays), ``Sparse`` for one of more than :data:`CONV_MAX_GROUPS` groups."""
     if delay or int(np.asarray(node.groups)) > CONV_MAX_GROUPS:
         return conv_as_sparse(L, node, shape, delay)
-    return L["Conv"](weight=_lava_kernel(node), input_shape=shape,
-                     stride=pair(node.stride)[::-1], padding=pair(node.padding)[::-1],
-                     dilation=pair(node.dilation)[::-1], groups=int(np.asarray(node.groups)),
-                     weight_exp=int(node.metadata["loihi"]["weight_exp"]))
+    return L["Conv"](**_conv_args(node, shape))
 
 
 def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int) -> Any:

@@ -236,3 +236,39 @@ def test_snapped_native_spikingformer_on_lava(tmp_path, image_spikes):
         assert 0 < w.mean() < 1 and np.array_equal(c, w), \
             f"cpu lif{k}: {np.argwhere(c != w)[:5].tolist()}"
         assert np.array_equal(lv, w), f"lava lif{k}: {np.argwhere(lv != w)[:5].tolist()}"
+
+
+@pytest.mark.lava
+def test_delayed_convolutions_give_the_delaysparse_lowerings_spikes(tmp_path):
+    """lif0 -c0-> lif1 -c1 (depthwise)-> lif2 -c2-> lif3 -c3-> lif4, with c0 (depth 1) and c2
+    (depth 3) also into lif4 (delays 3 and 1): the DelayConv lowering gives the spikes of the
+    DelaySparse lowering, every LIF and every step, and both the float model's."""
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
+    rng = np.random.default_rng(9)
+    c = 4
+    layers = [MultiStepLIF(), on_grid_conv(rng, c), MultiStepLIF(), on_grid_conv(rng, c, groups=c),
+              MultiStepLIF(), on_grid_conv(rng, c), MultiStepLIF(),
+              on_grid_conv(rng, c, peak=False), MultiStepLIF()]
+    enc = SpikingEncoder(nn.Identity(), ChipGraph(layers, [(-1,), (0,), (1,), (2,), (3,), (4,),
+                                                           (5,), (6,), (1, 5, 7)]),
+                         nn.Identity(), T)
+    current = torch.from_numpy(rng.integers(-300, 1200, (3, c, 6, 5)) / 512.0).float()
+    with torch.no_grad():
+        outs = enc.stack(current, T)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
+    assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
+    ctx = LoweringContext("loihi", load_profile("loihi2"), None)
+    g = run_passes(trace(enc, "image", torch.zeros(1, c, 6, 5)),
+                   passes_named(get_target("loihi").passes), ctx)
+    assert [g.layer(n).node.metadata.get("delay") for n in ("conv0_lif4", "conv2_lif4")] == [3, 1]
+    nir.write(tmp_path / "g.nir", to_nir(g))
+    graph = nir.read(tmp_path / "g.nir")
+    q = graph.metadata["input_quantization"]
+    x = quantize_input(current.numpy().astype(np.float64), q)
+    new, ref = (_Network(L, graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
+                         graph.metadata["synapse_delay_steps"], str(tmp_path)).run(x)
+                for L in (_lava(), _lava(reference=True)))
+    for layer, (a, b, w) in enumerate(zip(new, ref, want)):
+        assert np.array_equal(a, b), f"lif{layer}: {np.argwhere(a != b)[:5].tolist()}"
+        assert np.array_equal(b, w), f"lif{layer}: {np.argwhere(b != w)[:5].tolist()}"
