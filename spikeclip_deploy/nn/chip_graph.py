@@ -133,6 +133,16 @@ class HostMaxPool(HostOp):
         return c * out[0] * out[1] * self.kernel_size**2
 
 
+#: layers without state over time (applied to each step alone)
+STATELESS = (nn.Sequential, nn.Conv2d, nn.Linear, SpikeMaxPool, HostOp)
+
+
+def is_neuron(layer: nn.Module) -> bool:
+    """A neuron layer: reads the whole ``[T, B, ...]`` sequence (a :class:`~.lif.MultiStepLIF`,
+    or a drop-in multi-step neuron such as a benchmark's spikingjelly node)."""
+    return not isinstance(layer, STATELESS)
+
+
 class ChipGraph(nn.ModuleList):
     """``self[i]`` applied to the sum of the outputs of ``inputs[i]``, in list order (a
     topological order). A ModuleList, so its tensors are named ``N.…`` as a plain layer list's."""
@@ -154,7 +164,7 @@ class ChipGraph(nn.ModuleList):
                                  f"(or {HOST_INPUT}, the host current)")
             if isinstance(self[i], HostOp) and HOST_INPUT in ins:
                 raise ValueError(f"host op {i} reads the host input: fold it into the encoder")
-        if not isinstance(self[-1], MultiStepLIF):
+        if not is_neuron(self[-1]):
             raise ValueError("the chip graph must end in a LIF layer (its spikes leave the chip)")
 
     def forward(self, current: torch.Tensor, time_steps: int) -> list[torch.Tensor]:
@@ -170,7 +180,7 @@ class ChipGraph(nn.ModuleList):
             x = outs[ins[0]] if ins[0] != HOST_INPUT else host
             for j in ins[1:]:
                 x = x + (outs[j] if j != HOST_INPUT else host)
-            if isinstance(layer, MultiStepLIF):
+            if is_neuron(layer):
                 outs.append(layer(x))
             else:  # stateless: fold time into the batch
                 t, b = x.shape[:2]
@@ -183,7 +193,7 @@ class ChipGraph(nn.ModuleList):
         return [j for j, ins in enumerate(self.inputs) if i in ins]
 
     def lif_indices(self) -> list[int]:
-        return [i for i, layer in enumerate(self) if isinstance(layer, MultiStepLIF)]
+        return [i for i, layer in enumerate(self) if is_neuron(layer)]
 
 
 class GraphBuilder:
