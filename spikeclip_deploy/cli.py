@@ -142,6 +142,9 @@ def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
 @click.option("--init-text-from", help="A checkpoint (name in models/ or path) with the same text "
               "encoder config: start from its text encoder and tokenizer (with --text-epochs 0 "
               "the teacher's text tower is needed only for its class weights, cached on disk).")
+@click.option("--init-image-from", help="A checkpoint (name in models/ or path) whose image "
+              "encoder has the same weights' names and shapes (e.g. a Spikingformer for its "
+              "spike_pool rewrite): start from its image encoder, then distil and fine-tune.")
 @click.option("--seed", default=Recipe.seed, show_default=True, type=SEED)
 @click.option("--val-fraction", default=0.1, show_default=True, type=FRACTION)
 @click.option("--text-epochs", default=Recipe.text_epochs, show_default=True, type=EPOCHS)
@@ -179,7 +182,8 @@ def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
               help="Save the training state every N steps within an epoch too (0: per epoch).")
 @click.option("--limit", type=POSITIVE, help="Use only the first N training images (smoke runs).")
 def train(model: str, teacher: str, data: str, download: bool, out: str, resume: str | None,
-          init_text_from: str | None, val_fraction: float, limit: int | None,
+          init_text_from: str | None, init_image_from: str | None, val_fraction: float,
+          limit: int | None,
           text_datasets: str, **recipe) -> None:
     """Distil a SpikeCLIP from a teacher, then dual-loss fine-tune it (CE + lambda KL against the
     teacher, text encoder frozen), then
@@ -189,7 +193,7 @@ def train(model: str, teacher: str, data: str, download: bool, out: str, resume:
     result = run_training(TrainConfig(
         model=model, teacher=teacher, data=Path(data), download=download, out=Path(out),
         resume=Path(resume) if resume else None, val_fraction=val_fraction, limit=limit,
-        init_text_from=init_text_from,
+        init_text_from=init_text_from, init_image_from=init_image_from,
         recipe=Recipe(**recipe,
                       text_datasets=tuple(d.strip() for d in text_datasets.split(",") if d.strip())),
         command=_command_line()))

@@ -30,6 +30,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     limit: int | None = None
     init_text_from: str | None = None  # checkpoint whose text encoder and tokenizer to start from
+    init_image_from: str | None = None  # checkpoint whose image encoder weights to start from
     command: str = ""
 
 
@@ -58,7 +59,7 @@ def run_training(tc: TrainConfig) -> TrainResult:
                  "val_fraction": tc.val_fraction, "split_seed": tc.recipe.seed,
                  "sha256": sha256_file(tc.data) if tc.data.is_file() else None}
     trainer = Trainer(cfg, teacher, ds.subset(tr), ds.subset(va), tc.recipe, tc.out, data_desc,
-                      tc.command, init_text=tc.init_text_from)
+                      tc.command, init_text=tc.init_text_from, init_image=tc.init_image_from)
     warn_indistinct_labels(trainer.tokenizer(), list(ds.class_names))
     opt_state = trainer.resume(tc.resume) if tc.resume else None
     return TrainResult(trainer.run(opt_state), trainer.model)

@@ -13,6 +13,9 @@ r"""SpikeCLIP's two training stages (the paper's recipe).
 ``init_text`` (a checkpoint with the same text encoder config) replaces the student's text
 encoder and tokenizer by that checkpoint's; with no text epochs, distillation and fine-tuning
 then need the teacher's text tower only for its class weights, which are cached on disk.
+``init_image`` (a checkpoint whose image encoder has the same weights' names and shapes) starts
+the image encoder from its weights: how a Spikingformer's ``spike_pool`` rewrite fine-tunes from
+the original model.
 
 Training state (model, optimizer, stage, epoch, step within the epoch, RNG) is saved next to the
 output after every epoch and every ``checkpoint_every`` steps, so ``resume`` continues exactly
@@ -109,7 +112,7 @@ def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, dist: D
 class Trainer:
     def __init__(self, cfg: ModelConfig, teacher: Teacher, train: ImageDataset, val: ImageDataset,
                  recipe: Recipe, out: Path, data_desc: dict, command: str,
-                 init_text: str | None = None) -> None:
+                 init_text: str | None = None, init_image: str | None = None) -> None:
         self.cfg, self.teacher, self.train_ds, self.val_ds = cfg, teacher, train, val
         self.recipe, self.out, self.data_desc, self.command = recipe, Path(out), data_desc, command
         self.gen = seed_everything(recipe.seed)
@@ -120,6 +123,7 @@ class Trainer:
         if recipe.qat_epochs > 0:  # fail now, not after hours of earlier stages
             qat.check_supported(self.model, load_profile(recipe.hardware))
         self.init_text = self._init_text(init_text) if init_text else None
+        self.init_image = self._init_image(init_image) if init_image else None
         self.net = self.dist.wrap(self.model)  # what training forwards go through
         self.state = TrainState()
         self.labels = list(train.class_names)
@@ -136,6 +140,23 @@ class Trainer:
         text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
         self.model.text.load_state_dict(text)
         self._tokenizer = load_tokenizer(path)
+        return {"checkpoint": path.name, "sha256": sha256_file(path)}
+
+    def _init_image(self, name: str) -> dict:
+        """Load checkpoint ``name``'s image encoder into the student; -> its description."""
+        path = resolve_checkpoint(name)
+        state, _ = read_safetensors(path)
+        image = {k[len("image."):]: v for k, v in state.items() if k.startswith("image.")}
+        want = self.model.image.state_dict()
+        missing = sorted(set(want) ^ set(image))
+        shapes = [k for k in want if k in image and image[k].shape != want[k].shape]
+        if missing or shapes:
+            raise CheckpointError(f"{path}'s image encoder does not fit '{self.cfg.name}': "
+                                  f"{len(missing)} weights differ by name "
+                                  f"({', '.join(missing[:3]) or 'none'}), {len(shapes)} by shape "
+                                  f"({', '.join(shapes[:3]) or 'none'}); pick a checkpoint of the "
+                                  f"same architecture")
+        self.model.image.load_state_dict(image)
         return {"checkpoint": path.name, "sha256": sha256_file(path)}
 
     def tokenizer(self):
@@ -382,6 +403,7 @@ class Trainer:
             metrics["quantization_aware"] = quantization
         meta = {"teacher": self.teacher.describe(), "data": self.data_desc,
                 **({"init_text_from": self.init_text} if self.init_text else {}),
+                **({"init_image_from": self.init_image} if self.init_image else {}),
                 "recipe": {**asdict(self.recipe), "command": self.command},
                 "metrics": metrics, "history": self.state.history}
         if self.dist.is_main:

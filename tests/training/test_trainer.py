@@ -197,3 +197,33 @@ def test_quantization_aware_training_of_a_native_spikingformer(image_folder, tow
     assert len(got) == len(want) == 9
     for k, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), k
+
+
+def test_the_spike_pool_rewrite_fine_tunes_from_the_original_weights(image_folder, tower,
+                                                                      tmp_path, monkeypatch):
+    """``--init-image-from`` a Spikingformer checkpoint into its ``spike_pool`` variant: the
+    student starts from exactly those weights (0 training steps here); a checkpoint of another
+    architecture is refused, naming the weights that differ."""
+    from spikeclip_deploy import config
+    from spikeclip_deploy.checkpoint import save_model
+    from spikeclip_deploy.nn.init import random_init
+
+    original = random_init(config.get_config("spikeclip-former-micro"), seed=3)
+    src = tmp_path / "former.safetensors"
+    save_model(src, original, {"metrics": {}})
+    cfg = replace(config.get_config("spikeclip-former-micro"), name="former-spikepool",
+                  spike_pool=True)
+    monkeypatch.setitem(config._REGISTRY, cfg.name, cfg)
+    out = tmp_path / "pooled.safetensors"
+    tc = TrainConfig(model=cfg.name, teacher=f"offline-minilm:{tower}", data=image_folder,
+                     out=out, val_fraction=0.25, init_image_from=str(src),
+                     recipe=Recipe(text_epochs=1, distill_epochs=0, finetune_epochs=0,
+                                   batch_size=8, max_steps_per_epoch=1))
+    meta = run_training(tc).meta
+    assert meta["init_image_from"]["checkpoint"] == src.name
+    trained, _, _ = load_model(str(out))
+    assert trained.cfg.spike_pool and not original.cfg.spike_pool
+    for (name, a), b in zip(trained.image.state_dict().items(), original.image.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="does not fit 'spikeclip-micro'.* by name"):
+        run_training(replace(tc, model="spikeclip-micro"))
