@@ -214,21 +214,16 @@ def test_snapped_native_small_equals_its_loihi_export_on_the_cpu_reference(tmp_p
 
 
 @pytest.mark.lava
-def test_snapped_native_spikingformer_on_lava(tmp_path, image_spikes):
-    """A smaller random native Spikingformer (native-small's layout: channels 4-6-8-12, 2
-    blocks; native-small itself takes minutes on Lava) snapped to the Loihi grid: Lava's
-    bit-accurate run of its ``--target loihi`` export, the CPU reference on that export and the
-    float model give identical spikes in every LIF layer, every step, on 3 images. The snapped
-    biases are multiples of 2^(T-1) chip units, so Lava's truncating decay never truncates."""
-    from dataclasses import replace
-
+def test_snapped_native_small_on_lava(tmp_path, image_spikes):
+    """Random-init ``spikeclip-native-small`` snapped to the Loihi grid: Lava's bit-accurate run
+    of its ``--target loihi`` export, the CPU reference on that export and the float model give
+    identical spikes in every LIF layer, every step, on 2 images. The snapped biases are
+    multiples of 2^(T-1) chip units, so Lava's truncating decay never truncates."""
     from spikeclip_deploy.config import get_config
     from spikeclip_deploy.export import lower_encoder
 
-    model = snapped_native(replace(get_config("spikeclip-native-small"),
-                                   image_channels=(4, 6, 8, 12), image_depth=2,
-                                   image_mlp_hidden=16))
-    current, want = image_spikes.float_model(model, random_images(3))
+    model = snapped_native(get_config("spikeclip-native-small"))
+    current, want = image_spikes.float_model(model, random_images(2))
     cpu = image_spikes.cpu_reference(model, "loihi", current, tmp_path)
     lava = lava_spikes(lower_encoder(model, "image", get_target("loihi")), current, tmp_path)
     assert len(lava) == len(want) == 12
