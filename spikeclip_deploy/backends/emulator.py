@@ -1,0 +1,223 @@
+r"""Emulator backend (target ``loihi-emu``): a ``--target loihi`` export's chip graph with Lava's
+bit-accurate fixed-point arithmetic reproduced in torch, on integers, batched over samples; no
+Lava import.
+
+Per LIF and step, as Lava's ``PyLifResetModelBitAcc`` computes it (integers; :math:`D` the decay
+bits, :math:`a` the activation and threshold shift, :math:`n` the state bits):
+
+.. math::
+    u &\leftarrow \mathrm{wrap}_n\big(\mathrm{trunc}(u\,(2^D - d_u - 1) / 2^D) + 2^a a_{in}\big)\\
+    v &\leftarrow \mathrm{sat}_n\big(\mathrm{trunc}(v\,(2^D - d_v) / 2^D) + u
+         + b_m 2^{b_e}\big),\quad s = [v > 2^a v_{th}],\quad v \leftarrow 0 \text{ where } s
+
+with :math:`a_{in}` the sum of what reaches the LIF: the input mantissa (the first LIF), each
+synapse's :math:`\lfloor (W s) 2^{e_w} \rfloor` (Lava's ``Dense``/``Sparse`` bit-accurate
+models: weights clipped to 8 bits, mixed-sign weights without their lowest bit) and each host
+op's quantized current. A synapse's bias is part of its LIF's bias mantissa.
+
+Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
+:math:`d` is read (and its state zeroed) in its window :math:`d .. d+T-1`
+(:func:`~spikeclip_deploy.nirgraph.depths`), so in window-local time a synapse's input at
+step :math:`t` is its source's spikes at step :math:`t`. The emulator therefore runs layer by
+layer: a synapse's :math:`T` steps in one batched product, a LIF's steps in a loop.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ExportError
+from ..hardware import FixedPoint, load_profile
+from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, pair
+from .base import Backend, quantize_input
+from .host_runtime import HostOpRunner
+from .lava import synapse_bias_mant, to_lava_layout
+
+log = logging.getLogger(__name__)
+
+#: float32 sums integers exactly while every partial sum stays below 2^24
+FLOAT32_EXACT = 2**24
+
+
+def lava_weights(w: np.ndarray, bits: int) -> np.ndarray:
+    """Integer weights as Lava's bit-accurate ``Dense``/``Sparse`` models use them
+    (``clip_weights`` and ``truncate_weights``, lava/utils/weightutils.py:204-290, sign mode from
+    ``determine_sign_mode``, :36-41): clipped to ``bits`` bits of magnitude, and a matrix of both
+    signs loses each weight's lowest bit (``(w >> 1) << 1``)."""
+    w = np.asarray(w).astype(np.int64)
+    top = 2**bits - 1
+    if w.min() >= 0:
+        return np.clip(w, 0, top)
+    if w.max() <= 0:
+        return -np.clip(-w, 0, top)
+    return (np.clip(w, -(2**bits), top) >> 1) << 1
+
+
+def shift(x: torch.Tensor, exp: int) -> torch.Tensor:
+    """:math:`x 2^{e}` as Lava shifts: left for :math:`e > 0`, arithmetic (flooring) right
+    otherwise (lava/proc/dense/models.py:103-107, lava/proc/lif/models.py:117-121)."""
+    return x << exp if exp > 0 else x >> -exp
+
+
+def truncating_decay(x: torch.Tensor, keep: int, bits: int) -> torch.Tensor:
+    r""":math:`\mathrm{sign}(x k)\,(|x k| \gg D)`: the product truncated toward zero
+    (lava/proc/lif/models.py:149-152 and :180-183)."""
+    p = x * keep
+    return torch.sign(p) * (p.abs() >> bits)
+
+
+@dataclass
+class EmulatorRun:
+    """One batch's result: spikes ``[B, T, *shape]`` (uint8) of every LIF, in layer order, and,
+    when recorded, its ``u`` and ``v`` after every step (int64, same shape)."""
+
+    spikes: dict[str, np.ndarray]
+    u: dict[str, np.ndarray] = field(default_factory=dict)
+    v: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Emulation:
+    """One encoder's chip graph, ready to emulate batches (weights prepared once)."""
+
+    def __init__(self, layers: list[ChipLayer], time_steps: int, fp: FixedPoint,
+                 synapse_delay: int, export_dir: Path | str, device: str = "cpu") -> None:
+        depths(layers, synapse_delay)  # the paths into every LIF must be aligned, as on Lava
+        self.layers, self.time_steps, self.fp = layers, time_steps, fp
+        self.device = torch.device(device)
+        by_name = {la.name: la for la in layers}
+        self.weights: dict[str, torch.Tensor] = {}
+        self.bias: dict[str, torch.Tensor] = {}
+        self.host_ops: dict[str, HostOpRunner] = {}
+        for la in layers:
+            if isinstance(la.node, (nir.Affine, nir.Conv2d)):
+                self.weights[la.name] = self._weights(la.node)
+            elif isinstance(la.node, HostOpNode):
+                self.host_ops[la.name] = HostOpRunner(Path(export_dir), la.node.metadata)
+            elif isinstance(la.node, nir.LIF):
+                syns = [by_name[i].node for i in la.inputs
+                        if i != INPUT and not isinstance(by_name[i].node, HostOpNode)]
+                shape = np.asarray(la.node.tau).shape
+                mant = sum((to_lava_layout(synapse_bias_mant(s, la.node, fp.activation_shift))
+                            for s in syns), np.zeros(shape, dtype=np.int64))  # PyTorch layout
+                self.bias[la.name] = shift(torch.as_tensor(mant, dtype=torch.int64,
+                                                           device=self.device),
+                                           int(la.node.metadata["loihi"]["bias_exp"]))
+
+    def _weights(self, node: nir.Affine | nir.Conv2d) -> torch.Tensor:
+        """Lava's integer weights, as float32 where every sum of them is exact, else float64."""
+        w = lava_weights(node.weight, self.fp.weight_bits)
+        fan_in = np.abs(w).reshape(len(w), -1).sum(1).max(initial=0)
+        exact32 = fan_in < FLOAT32_EXACT and self.device.type == "cpu"  # no TF32 on the CPU
+        return torch.as_tensor(w, dtype=torch.float32 if exact32 else torch.float64,
+                               device=self.device)
+
+    def run(self, mant: np.ndarray, record_state: bool = False) -> EmulatorRun:
+        """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state)."""
+        out = EmulatorRun({})
+        self._mant = torch.as_tensor(np.asarray(mant), dtype=torch.int64, device=self.device)
+        self._acts: dict[str, torch.Tensor] = {}  # layer -> [B, T, *shape]: spikes or current
+        with torch.no_grad():
+            for la in self.layers:
+                HANDLERS[type(la.node)](self, la, out, record_state)
+        del self._mant, self._acts
+        return out
+
+    # -- handlers: each writes its layer's output ([B, T, *shape]) into ``self._acts`` --------
+    def _synapse(self, la: ChipLayer, out: EmulatorRun, record_state: bool) -> None:
+        (src,) = la.inputs
+        s = self._acts[src]
+        b, t = s.shape[:2]
+        w = self.weights[la.name]
+        x = s.reshape(b * t, *s.shape[2:]).to(w.dtype)
+        if isinstance(la.node, nir.Affine):
+            y = x @ w.T
+        else:
+            node = la.node
+            y = F.conv2d(x, w, stride=pair(node.stride), padding=pair(node.padding),
+                         dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
+        exp = int(la.node.metadata["loihi"]["weight_exp"])
+        self._acts[la.name] = shift(y.to(torch.int64), exp).reshape(b, t, *y.shape[1:])
+
+    def _host_op(self, la: ChipLayer, out: EmulatorRun, record_state: bool) -> None:
+        """The op's ONNX function on every sample and step at once (it has no state), then the
+        chip's input grid; no delay (it answers within the step)."""
+        args = [self._acts[i] for i in la.inputs]
+        b, t = args[0].shape[:2]
+        y = self.host_ops[la.name](*(a.reshape(b * t, *a.shape[2:]).cpu().numpy() for a in args))
+        self._acts[la.name] = torch.as_tensor(y, device=self.device).to(torch.int64).reshape(
+            b, t, *y.shape[1:])
+
+    def _lif(self, la: ChipLayer, out: EmulatorRun, record_state: bool) -> None:
+        fp, q = self.fp, la.node.metadata["loihi"]
+        shape = tuple(np.asarray(la.node.tau).shape)
+        a_in = sum(self._mant[:, None] if i == INPUT else self._acts[i] for i in la.inputs)
+        b = len(self._mant)
+        a_in = (a_in << fp.activation_shift).expand(b, self.time_steps, *shape)
+        top = 2 ** (fp.state_bits - 1)  # lava/proc/lif/models.py:101-102
+        keep_u = 2**fp.decay_bits - (int(q["du"]) + 1)  # ds_offset 1: models.py:94, :145
+        keep_v = 2**fp.decay_bits - int(q["dv"])  # dm_offset 0: models.py:95, :174
+        vth = int(q["vth"]) << fp.threshold_shift  # models.py PyLifResetModelBitAcc.scale_threshold
+        bias = self.bias[la.name]
+        u = torch.zeros((b, *shape), dtype=torch.int64, device=self.device)  # zeroed at the
+        v = torch.zeros_like(u)  # window start, as LIFReset does (models.py:434-436)
+        spikes, us, vs = [], [], []
+        for t in range(self.time_steps):
+            u = truncating_decay(u, keep_u, fp.decay_bits) + a_in[:, t]
+            # one wrap only, as Lava writes it (lava/proc/lif/models.py:161-170)
+            u = torch.where(u > top, u - 2 * top, torch.where(u <= -top, u + 2 * top, u))
+            v = torch.clamp(truncating_decay(v, keep_v, fp.decay_bits) + u + bias,
+                            -top + 1, top - 1)  # saturates, models.py:176-186
+            s = v > vth
+            v = torch.where(s, 0, v)
+            spikes.append(s)
+            if record_state:
+                us.append(u)
+                vs.append(v)
+        self._acts[la.name] = torch.stack(spikes, 1).to(torch.uint8)
+        out.spikes[la.name] = self._acts[la.name].cpu().numpy()
+        if record_state:
+            out.u[la.name] = torch.stack(us, 1).cpu().numpy()
+            out.v[la.name] = torch.stack(vs, 1).cpu().numpy()
+
+
+HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
+                                  nir.Conv2d: Emulation._synapse, HostOpNode: Emulation._host_op}
+
+
+def input_mantissa(current: np.ndarray, graph: nir.NIRGraph, side: str) -> np.ndarray:
+    """The host current as the first LIF's input mantissa, fed through ``a_in`` (shifted by the
+    activation shift) as the Lava backend feeds it; that equals the bias ``mant << bias_exp``
+    only when the input exponent is the activation shift."""
+    q = graph.metadata["input_quantization"]
+    if q["bias_exp"] != q["activation_shift"]:
+        raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the chip "
+                          f"input enters through a_in (<< {q['activation_shift']}) and needs "
+                          f"{q['activation_shift']}: re-export with this version")
+    return quantize_input(current, q)
+
+
+class EmulatorBackend(Backend):
+    """Lava's bit-accurate Loihi 2 arithmetic emulated in torch (``--target loihi`` exports)."""
+
+    name = "loihi-emu"
+    handlers = HANDLERS
+    runs = {"loihi": "Lava's bit-accurate fixed point, emulated exactly in torch integers"}
+
+    def __init__(self, export_dir, device: str = "cpu") -> None:
+        super().__init__(export_dir)
+        fp = load_profile(self.manifest["hardware"]).fixed_point
+        self.emulations = {side: Emulation(self.layers[side], self.time_steps, fp,
+                                           g.metadata["synapse_delay_steps"], self.export_dir,
+                                           device)
+                           for side, g in self.graphs.items()}
+
+    def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
+        mant = input_mantissa(current, self.graphs[side], side)
+        return list(self.emulations[side].run(mant).spikes.values())
