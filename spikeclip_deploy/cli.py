@@ -200,7 +200,8 @@ def train(model: str, teacher: str, data: str, download: bool, out: str, resume:
 
 TARGET = click.option("--target", default="loihi", show_default=True,
                       type=click.Choice(target_names()),
-                      help="loihi (Lava fixed point) or cpu (float reference).")
+                      help="loihi (Lava fixed point), loihi-emu (a loihi export, Lava's arithmetic emulated "
+                           "in torch) or cpu (float reference).")
 MODEL = click.option("--model", "model", default=None,
                      help="Checkpoint name in models/ or path to a .safetensors [default: shipped].")
 

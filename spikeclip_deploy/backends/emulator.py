@@ -69,8 +69,11 @@ def shift(x: torch.Tensor, exp: int) -> torch.Tensor:
 def truncating_decay(x: torch.Tensor, keep: int, bits: int) -> torch.Tensor:
     r""":math:`\mathrm{sign}(x k)\,(|x k| \gg D)`: the product truncated toward zero
     (lava/proc/lif/models.py:149-152 and :180-183)."""
-    p = x * keep
-    return torch.sign(p) * (p.abs() >> bits)
+    if keep == 0:
+        return torch.zeros_like(x)
+    if keep == 2**bits:
+        return x
+    return torch.div(x * keep, 2**bits, rounding_mode="trunc")
 
 
 @dataclass
@@ -159,23 +162,26 @@ class Emulation:
         shape = tuple(np.asarray(la.node.tau).shape)
         a_in = sum(self._mant[:, None] if i == INPUT else self._acts[i] for i in la.inputs)
         b = len(self._mant)
-        a_in = (a_in << fp.activation_shift).expand(b, self.time_steps, *shape)
+        a_in = a_in << fp.activation_shift
         top = 2 ** (fp.state_bits - 1)  # lava/proc/lif/models.py:101-102
         keep_u = 2**fp.decay_bits - (int(q["du"]) + 1)  # ds_offset 1: models.py:94, :145
         keep_v = 2**fp.decay_bits - int(q["dv"])  # dm_offset 0: models.py:95, :174
         vth = int(q["vth"]) << fp.threshold_shift  # models.py PyLifResetModelBitAcc.scale_threshold
         bias = self.bias[la.name]
+        # |u| <= t max|a_in| after t steps (its decay only shrinks it): no wrap below that
+        wraps = int(a_in.abs().max()) * self.time_steps >= top
+        a_in = a_in.expand(b, self.time_steps, *shape)
         u = torch.zeros((b, *shape), dtype=torch.int64, device=self.device)  # zeroed at the
         v = torch.zeros_like(u)  # window start, as LIFReset does (models.py:434-436)
         spikes, us, vs = [], [], []
         for t in range(self.time_steps):
             u = truncating_decay(u, keep_u, fp.decay_bits) + a_in[:, t]
-            # one wrap only, as Lava writes it (lava/proc/lif/models.py:161-170)
-            u = torch.where(u > top, u - 2 * top, torch.where(u <= -top, u + 2 * top, u))
-            v = torch.clamp(truncating_decay(v, keep_v, fp.decay_bits) + u + bias,
-                            -top + 1, top - 1)  # saturates, models.py:176-186
+            if wraps:  # one wrap only, as Lava writes it (lava/proc/lif/models.py:161-170)
+                u = torch.where(u > top, u - 2 * top, torch.where(u <= -top, u + 2 * top, u))
+            v = (truncating_decay(v, keep_v, fp.decay_bits) + u).add_(bias).clamp_(
+                -top + 1, top - 1)  # saturates, models.py:176-186
             s = v > vth
-            v = torch.where(s, 0, v)
+            v.masked_fill_(s, 0)
             spikes.append(s)
             if record_state:
                 us.append(u)

@@ -14,6 +14,7 @@ import pytest
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, lava_weights
 from spikeclip_deploy.errors import ExportError
+from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.manifest import load_export
 from spikeclip_deploy.nirgraph import INPUT, ChipLayer
@@ -69,18 +70,27 @@ def test_decays_truncate_toward_zero_by_hand():
 
 
 def test_u_wraps_and_v_saturates_at_24_bits_by_hand():
-    """u = 131073 << 6 = 8388672 > 2^23 wraps once to 8388672 - 2^24 = -8388544; v (no decay)
-    saturates at -(2^23 - 1) = -8388607: -6.4e6, then -8388607 twice."""
+    """u = 131073 << 6 = 8388672 > 2^23 wraps once to 8388672 - 2^24 = -8388544, and
+    -131072 << 6 = -2^23 to +2^23 (Lava wraps at <= -2^23); v (no decay) saturates at
+    -(2^23 - 1) = -8388607: -6.4e6, then -8388607 twice."""
     u, v, _ = one_lif([131073], 4095, 0, 1, steps=2)
     assert u.tolist() == [[-8388544, -8388544]]
+    u, v, _ = one_lif([-131072], 4095, 0, 1, steps=1)
+    assert u.tolist() == [[8388608]]
     _, v, _ = one_lif([-100000], 4095, 0, 1, steps=3)
     assert v.tolist() == [[-6400000, -8388607, -8388607]]
 
 
-def test_the_registry_runs_a_loihi_export_on_the_emulator(micro_exports):
-    """``loihi-emu`` runs ``--target loihi`` exports (and refuses a float one)."""
+def test_the_registry_runs_a_loihi_export_on_the_emulator(micro_ckpt, micro_exports, tmp_path):
+    """``loihi-emu`` runs ``--target loihi`` exports (exporting for it writes one) and refuses
+    a float one."""
     assert get_backend("loihi-emu") is EmulatorBackend
-    assert load_export(micro_exports["loihi"])["target"] == "loihi"
+    path, manifest = export_model(ExportConfig(model=str(micro_ckpt), target="loihi-emu",
+                                               out=tmp_path / "emu"))
+    loihi = load_export(micro_exports["loihi"])
+    assert [manifest[k] for k in ("target", "hardware", "passes")] == \
+        [loihi[k] for k in ("target", "hardware", "passes")] == ["loihi", "loihi2", loihi["passes"]]
+    assert "align_delays" in loihi["passes"] and path.name == "emu"
     with pytest.raises(ExportError, match="--target loihi"):
         EmulatorBackend(micro_exports["cpu"])
 
@@ -160,3 +170,14 @@ def test_random_networks_equal_lava(seed, tmp_path):
     run = Emulation(layers, t, FP, 1, tmp_path).run(mant)
     assert_same_spikes(list(run.spikes), list(run.spikes.values()),
                        lava_run(layers, mant, t, tmp_path), f"network {seed}: ")
+
+
+@pytest.mark.lava
+def test_the_24_bit_edges_equal_lava(tmp_path):
+    """The wrap and saturation above on Lava: u = -2^23 wraps to +2^23, so v saturates and
+    spikes at once; u = 2^23 + 64 wraps negative, no spike."""
+    layers = [ChipLayer("lif0", lif((3,), 4095, 0, 1), (INPUT,))]
+    mant = np.array([[131073, -131072, -100000]])
+    run = Emulation(layers, 3, FP, 1, tmp_path).run(mant)
+    assert run.spikes["lif0"][0].T.tolist() == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert_same_spikes(["lif0"], [run.spikes["lif0"]], lava_run(layers, mant, 3, tmp_path))
