@@ -13,7 +13,10 @@ bits, :math:`a` the activation and threshold shift, :math:`n` the state bits):
 with :math:`a_{in}` the sum of what reaches the LIF: the input mantissa (the first LIF), each
 synapse's :math:`\lfloor (W s) 2^{e_w} \rfloor` (Lava's ``Dense``/``Sparse`` bit-accurate
 models: weights clipped to 8 bits, mixed-sign weights without their lowest bit) and each host
-op's quantized current. A synapse's bias is part of its LIF's bias mantissa.
+op's quantized current. A synapse's bias is part of its LIF's bias mantissa. Convolutions
+follow the same rules (Lava's ``Sparse`` and ``DelaySparse``); Lava's ``Conv`` model
+(lava/proc/conv/models.py:34-51) uses the raw kernel and ignores ``weight_exp``, which agrees on
+the lowering's kernels (even mantissas, ``weight_exp`` 0) unless a kernel of one sign holds -256.
 
 Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
 :math:`d` is read (and its state zeroed) in its window :math:`d .. d+T-1`
@@ -23,10 +26,9 @@ layer: a synapse's :math:`T` steps in one batched product, a LIF's steps in a lo
 """
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import nir
 import numpy as np
@@ -39,8 +41,6 @@ from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, pair
 from .base import Backend, quantize_input
 from .host_runtime import HostOpRunner
 from .lava import synapse_bias_mant, to_lava_layout
-
-log = logging.getLogger(__name__)
 
 #: float32 sums integers exactly while every partial sum stays below 2^24
 FLOAT32_EXACT = 2**24
@@ -86,6 +86,17 @@ class EmulatorRun:
     v: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class _Batch:
+    """A run in progress: input mantissas, each layer's output ``[B, T, *shape]`` (spikes or
+    current), the result."""
+
+    mant: torch.Tensor
+    record_state: bool
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    out: EmulatorRun = field(default_factory=lambda: EmulatorRun({}))
+
+
 class Emulation:
     """One encoder's chip graph, ready to emulate batches (weights prepared once)."""
 
@@ -108,7 +119,7 @@ class Emulation:
                         if i != INPUT and not isinstance(by_name[i].node, HostOpNode)]
                 shape = np.asarray(la.node.tau).shape
                 mant = sum((to_lava_layout(synapse_bias_mant(s, la.node, fp.activation_shift))
-                            for s in syns), np.zeros(shape, dtype=np.int64))  # PyTorch layout
+                            for s in syns), np.zeros(shape, dtype=np.int64))  # back: an involution
                 self.bias[la.name] = shift(torch.as_tensor(mant, dtype=torch.int64,
                                                            device=self.device),
                                            int(la.node.metadata["loihi"]["bias_exp"]))
@@ -123,19 +134,17 @@ class Emulation:
 
     def run(self, mant: np.ndarray, record_state: bool = False) -> EmulatorRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state)."""
-        out = EmulatorRun({})
-        self._mant = torch.as_tensor(np.asarray(mant), dtype=torch.int64, device=self.device)
-        self._acts: dict[str, torch.Tensor] = {}  # layer -> [B, T, *shape]: spikes or current
+        batch = _Batch(torch.as_tensor(np.asarray(mant), dtype=torch.int64, device=self.device),
+                       record_state)
         with torch.no_grad():
             for la in self.layers:
-                HANDLERS[type(la.node)](self, la, out, record_state)
-        del self._mant, self._acts
-        return out
+                HANDLERS[type(la.node)](self, la, batch)
+        return batch.out
 
-    # -- handlers: each writes its layer's output ([B, T, *shape]) into ``self._acts`` --------
-    def _synapse(self, la: ChipLayer, out: EmulatorRun, record_state: bool) -> None:
+    # -- handlers: each writes its layer's output ([B, T, *shape]) into ``batch.acts`` --------
+    def _synapse(self, la: ChipLayer, batch: _Batch) -> None:
         (src,) = la.inputs
-        s = self._acts[src]
+        s = batch.acts[src]
         b, t = s.shape[:2]
         w = self.weights[la.name]
         x = s.reshape(b * t, *s.shape[2:]).to(w.dtype)
@@ -146,22 +155,22 @@ class Emulation:
             y = F.conv2d(x, w, stride=pair(node.stride), padding=pair(node.padding),
                          dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
         exp = int(la.node.metadata["loihi"]["weight_exp"])
-        self._acts[la.name] = shift(y.to(torch.int64), exp).reshape(b, t, *y.shape[1:])
+        batch.acts[la.name] = shift(y.to(torch.int64), exp).reshape(b, t, *y.shape[1:])
 
-    def _host_op(self, la: ChipLayer, out: EmulatorRun, record_state: bool) -> None:
+    def _host_op(self, la: ChipLayer, batch: _Batch) -> None:
         """The op's ONNX function on every sample and step at once (it has no state), then the
         chip's input grid; no delay (it answers within the step)."""
-        args = [self._acts[i] for i in la.inputs]
+        args = [batch.acts[i] for i in la.inputs]
         b, t = args[0].shape[:2]
         y = self.host_ops[la.name](*(a.reshape(b * t, *a.shape[2:]).cpu().numpy() for a in args))
-        self._acts[la.name] = torch.as_tensor(y, device=self.device).to(torch.int64).reshape(
+        batch.acts[la.name] = torch.as_tensor(y, device=self.device).to(torch.int64).reshape(
             b, t, *y.shape[1:])
 
-    def _lif(self, la: ChipLayer, out: EmulatorRun, record_state: bool) -> None:
+    def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         fp, q = self.fp, la.node.metadata["loihi"]
         shape = tuple(np.asarray(la.node.tau).shape)
-        a_in = sum(self._mant[:, None] if i == INPUT else self._acts[i] for i in la.inputs)
-        b = len(self._mant)
+        a_in = sum(batch.mant[:, None] if i == INPUT else batch.acts[i] for i in la.inputs)
+        b = len(batch.mant)
         a_in = a_in << fp.activation_shift
         top = 2 ** (fp.state_bits - 1)  # lava/proc/lif/models.py:101-102
         keep_u = 2**fp.decay_bits - (int(q["du"]) + 1)  # ds_offset 1: models.py:94, :145
@@ -183,14 +192,14 @@ class Emulation:
             s = v > vth
             v.masked_fill_(s, 0)
             spikes.append(s)
-            if record_state:
+            if batch.record_state:
                 us.append(u)
                 vs.append(v)
-        self._acts[la.name] = torch.stack(spikes, 1).to(torch.uint8)
-        out.spikes[la.name] = self._acts[la.name].cpu().numpy()
-        if record_state:
-            out.u[la.name] = torch.stack(us, 1).cpu().numpy()
-            out.v[la.name] = torch.stack(vs, 1).cpu().numpy()
+        batch.acts[la.name] = torch.stack(spikes, 1).to(torch.uint8)
+        batch.out.spikes[la.name] = batch.acts[la.name].cpu().numpy()
+        if batch.record_state:
+            batch.out.u[la.name] = torch.stack(us, 1).cpu().numpy()
+            batch.out.v[la.name] = torch.stack(vs, 1).cpu().numpy()
 
 
 HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
@@ -213,7 +222,7 @@ class EmulatorBackend(Backend):
     """Lava's bit-accurate Loihi 2 arithmetic emulated in torch (``--target loihi`` exports)."""
 
     name = "loihi-emu"
-    handlers = HANDLERS
+    handlers: dict[type, Callable] = HANDLERS
     runs = {"loihi": "Lava's bit-accurate fixed point, emulated exactly in torch integers"}
 
     def __init__(self, export_dir, device: str = "cpu") -> None:
