@@ -13,10 +13,10 @@ bits, :math:`a` the activation and threshold shift, :math:`n` the state bits):
 with :math:`a_{in}` the sum of what reaches the LIF: the input mantissa (the first LIF), each
 synapse's :math:`\lfloor (W s) 2^{e_w} \rfloor` (Lava's ``Dense``/``Sparse`` bit-accurate
 models: weights clipped to 8 bits, mixed-sign weights without their lowest bit) and each host
-op's quantized current. A synapse's bias is part of its LIF's bias mantissa. Convolutions
-follow the same rules (Lava's ``Sparse`` and ``DelaySparse``); Lava's ``Conv`` model
-(lava/proc/conv/models.py:34-51) uses the raw kernel and ignores ``weight_exp``, which agrees on
-the lowering's kernels (even mantissas, ``weight_exp`` 0) unless a kernel of one sign holds -256.
+op's quantized current. A convolution computes as Lava's ``Conv`` (``PyConvModelFixed``, which
+the Lava backend's ``Conv`` and ``DelayConv`` reproduce): the raw kernel, no ``weight_exp`` (a
+nonzero one is refused, as there), the sum wrapped to 24 signed bits. A synapse's bias is part
+of its LIF's bias mantissa.
 
 Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
 :math:`d` is read (and its state zeroed) in its window :math:`d .. d+T-1`
@@ -58,6 +58,13 @@ def lava_weights(w: np.ndarray, bits: int) -> np.ndarray:
     if w.max() <= 0:
         return -np.clip(-w, 0, top)
     return (np.clip(w, -(2**bits), top) >> 1) << 1
+
+
+def wrap(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` wrapped to ``bits`` signed bits: Lava's ``signed_clamp`` (lava/proc/conv/utils.py:
+    67-84), which ``PyConvModelFixed.clamp_precision`` applies to a convolution's sum."""
+    half = 2 ** (bits - 1)
+    return torch.remainder(x + half, 2 * half) - half
 
 
 def shift(x: torch.Tensor, exp: int) -> torch.Tensor:
@@ -111,7 +118,7 @@ class Emulation:
         self.host_ops: dict[str, HostOpRunner] = {}
         for la in layers:
             if isinstance(la.node, (nir.Affine, nir.Conv2d)):
-                self.weights[la.name] = self._weights(la.node)
+                self.weights[la.name] = self._weights(la)
             elif isinstance(la.node, HostOpNode):
                 self.host_ops[la.name] = HostOpRunner(Path(export_dir), la.node.metadata)
             elif isinstance(la.node, nir.LIF):
@@ -124,9 +131,17 @@ class Emulation:
                                                            device=self.device),
                                            int(la.node.metadata["loihi"]["bias_exp"]))
 
-    def _weights(self, node: nir.Affine | nir.Conv2d) -> torch.Tensor:
-        """Lava's integer weights, as float32 where every sum of them is exact, else float64."""
-        w = lava_weights(node.weight, self.fp.weight_bits)
+    def _weights(self, la: ChipLayer) -> torch.Tensor:
+        """Lava's integer weights (``Dense``'s clipped ones; ``Conv``'s kernel as it is), as
+        float32 where every sum of them is exact, else float64."""
+        node, exp = la.node, int(la.node.metadata["loihi"]["weight_exp"])
+        if isinstance(node, nir.Affine):
+            w = lava_weights(node.weight, self.fp.weight_bits)
+        elif exp:
+            raise ExportError(f"convolution '{la.name}' has weight_exp {exp}, which Lava's Conv "
+                              f"ignores; re-export with a hardware profile whose weight_exp is 0")
+        else:
+            w = np.asarray(node.weight).astype(np.int64)
         fan_in = np.abs(w).reshape(len(w), -1).sum(1).max(initial=0)
         exact32 = fan_in < FLOAT32_EXACT and self.device.type == "cpu"  # no TF32 on the CPU
         return torch.as_tensor(w, dtype=torch.float32 if exact32 else torch.float64,
@@ -148,14 +163,14 @@ class Emulation:
         b, t = s.shape[:2]
         w = self.weights[la.name]
         x = s.reshape(b * t, *s.shape[2:]).to(w.dtype)
-        if isinstance(la.node, nir.Affine):
-            y = x @ w.T
-        else:
-            node = la.node
-            y = F.conv2d(x, w, stride=pair(node.stride), padding=pair(node.padding),
-                         dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
-        exp = int(la.node.metadata["loihi"]["weight_exp"])
-        batch.acts[la.name] = shift(y.to(torch.int64), exp).reshape(b, t, *y.shape[1:])
+        node = la.node
+        if isinstance(node, nir.Affine):
+            y = shift((x @ w.T).to(torch.int64), int(node.metadata["loihi"]["weight_exp"]))
+        else:  # Conv's a_buf: 24 bits (lava/proc/conv/models.py:75-79)
+            y = wrap(F.conv2d(x, w, stride=pair(node.stride), padding=pair(node.padding),
+                              dilation=pair(node.dilation), groups=int(np.asarray(node.groups))
+                              ).to(torch.int64), self.fp.state_bits)
+        batch.acts[la.name] = y.reshape(b, t, *y.shape[1:])
 
     def _host_op(self, la: ChipLayer, batch: _Batch) -> None:
         """The op's ONNX function on every sample and step at once (it has no state), then the

@@ -10,9 +10,10 @@ import os
 import nir
 import numpy as np
 import pytest
+import torch
 
 from spikeclip_deploy.backends import get_backend
-from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, lava_weights
+from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
@@ -54,6 +55,21 @@ def test_lava_weights_by_hand():
     assert lava_weights(np.array([3, -5, 300, -300, 255]), 8).tolist() == [2, -6, 254, -256, 254]
     assert lava_weights(np.array([3, 300, 0]), 8).tolist() == [3, 255, 0]
     assert lava_weights(np.array([-3, -300]), 8).tolist() == [-3, -255]
+
+
+def test_a_convolution_wraps_its_sum_at_24_bits_and_has_no_exponent(tmp_path):
+    """Lava's ``Conv`` wraps its sum: 2^23 + 5 reads -2^23 + 5, -2^23 - 1 reads 2^23 - 1; a
+    convolution with a weight exponent is refused (``Conv`` would ignore it)."""
+    assert wrap(torch.tensor([2**23 + 5, -(2**23) - 1, -(2**23), 7]), 24).tolist() == \
+        [-(2**23) + 5, 2**23 - 1, -(2**23), 7]
+    conv = nir.Conv2d(input_shape=(1, 1), weight=np.ones((1, 1, 1, 1)), stride=1, padding=0,
+                      dilation=1, groups=1, bias=np.zeros(1),
+                      metadata={"loihi": {"weight_exp": 1}})
+    layers = [ChipLayer("lif0", lif((1, 1, 1), 4095, 0, 1), (INPUT,)),
+              ChipLayer("conv", conv, ("lif0",)),
+              ChipLayer("lif1", lif((1, 1, 1), 4095, 0, 1), ("conv",))]
+    with pytest.raises(ExportError, match="convolution 'conv' has weight_exp 1"):
+        Emulation(layers, 1, FP, 1, tmp_path)
 
 
 def test_decays_truncate_toward_zero_by_hand():
@@ -111,16 +127,16 @@ def test_micro_exports_equal_lava(micro_exports):
 
 
 def random_synapse(rng, shape, delay):
-    """A dense layer (any 9-bit weights, extremes included, exponents -3..4) or, for image
-    shapes, a 3x3 convolution (even mixed-sign weights, exponent 0: what exports hold, where
-    Lava's ``Conv`` and ``Sparse`` models agree); bias mantissas from -200 to 600."""
+    """A dense layer or, for image shapes, a 3x3 convolution (exponent 0: Lava's ``Conv`` has
+    none), with any 9-bit weights (extremes included; dense exponents -3..4); bias mantissas
+    from -200 to 600."""
     conv = len(shape) == 3
     meta = {"loihi": {"weight_exp": 0 if conv else int(rng.integers(-3, 5))}, "delay": delay}
     bias = rng.integers(-200, 601, shape[0]) * 2.0**-6
     if conv:
         groups = int(rng.choice([1, shape[0]]))
-        w = 2 * rng.integers(-100, 128, (shape[0], shape[0] // groups, 3, 3))
-        w.flat[:2] = (254, -256)
+        w = rng.integers(-200, 256, (shape[0], shape[0] // groups, 3, 3))
+        w.flat[:3] = (255, -256, 1)
         return nir.Conv2d(input_shape=shape[1:], weight=w, stride=1, padding=1, dilation=1,
                           groups=groups, bias=bias, metadata=meta)
     w = rng.integers(-200, 256, (shape[0], shape[0]))
