@@ -22,7 +22,9 @@ Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF 
 :math:`d` is read (and its state zeroed) in its window :math:`d .. d+T-1`
 (:func:`~spikeclip_deploy.nirgraph.depths`), so in window-local time a synapse's input at
 step :math:`t` is its source's spikes at step :math:`t`. The emulator therefore runs layer by
-layer: a synapse's :math:`T` steps in one batched product, a LIF's steps in a loop.
+layer: a synapse's :math:`T` steps in one batched product, a LIF's steps in a loop. Every value
+is an integer, held in int64, or in float32/float64 where each operation on it is exact (faster
+on CPUs without 64-bit integer vector multiplies).
 """
 from __future__ import annotations
 
@@ -75,12 +77,13 @@ def shift(x: torch.Tensor, exp: int) -> torch.Tensor:
 
 def truncating_decay(x: torch.Tensor, keep: int, bits: int) -> torch.Tensor:
     r""":math:`\mathrm{sign}(x k)\,(|x k| \gg D)`: the product truncated toward zero
-    (lava/proc/lif/models.py:149-152 and :180-183)."""
+    (lava/proc/lif/models.py:149-152 and :180-183). On float64 integers below :math:`2^{41}`:
+    :math:`k 2^{-D}` and :math:`x k 2^{-D}` are exact (:math:`|x k| < 2^{53}`)."""
     if keep == 0:
         return torch.zeros_like(x)
     if keep == 2**bits:
         return x
-    return torch.div(x * keep, 2**bits, rounding_mode="trunc")
+    return torch.trunc(x * (keep / 2**bits))
 
 
 @dataclass
@@ -186,16 +189,16 @@ class Emulation:
         shape = tuple(np.asarray(la.node.tau).shape)
         a_in = sum(batch.mant[:, None] if i == INPUT else batch.acts[i] for i in la.inputs)
         b = len(batch.mant)
-        a_in = a_in << fp.activation_shift
+        a_in = (a_in << fp.activation_shift).to(torch.float64)  # exact: integers < 2^53
         top = 2 ** (fp.state_bits - 1)  # lava/proc/lif/models.py:101-102
         keep_u = 2**fp.decay_bits - (int(q["du"]) + 1)  # ds_offset 1: models.py:94, :145
         keep_v = 2**fp.decay_bits - int(q["dv"])  # dm_offset 0: models.py:95, :174
         vth = int(q["vth"]) << fp.threshold_shift  # models.py PyLifResetModelBitAcc.scale_threshold
-        bias = self.bias[la.name]
+        bias = self.bias[la.name].to(torch.float64)
         # |u| <= t max|a_in| after t steps (its decay only shrinks it): no wrap below that
         wraps = int(a_in.abs().max()) * self.time_steps >= top
         a_in = a_in.expand(b, self.time_steps, *shape)
-        u = torch.zeros((b, *shape), dtype=torch.int64, device=self.device)  # zeroed at the
+        u = torch.zeros((b, *shape), dtype=torch.float64, device=self.device)  # zeroed at the
         v = torch.zeros_like(u)  # window start, as LIFReset does (models.py:434-436)
         spikes, us, vs = [], [], []
         for t in range(self.time_steps):
@@ -213,8 +216,8 @@ class Emulation:
         batch.acts[la.name] = torch.stack(spikes, 1).to(torch.uint8)
         batch.out.spikes[la.name] = batch.acts[la.name].cpu().numpy()
         if batch.record_state:
-            batch.out.u[la.name] = torch.stack(us, 1).cpu().numpy()
-            batch.out.v[la.name] = torch.stack(vs, 1).cpu().numpy()
+            batch.out.u[la.name] = torch.stack(us, 1).to(torch.int64).cpu().numpy()
+            batch.out.v[la.name] = torch.stack(vs, 1).to(torch.int64).cpu().numpy()
 
 
 HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
