@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from spikeclip_deploy.backends import get_backend
-from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, lava_weights, wrap
+from spikeclip_deploy.backends.emulator import (
+    Emulation,
+    EmulatorBackend,
+    lava_weights,
+    wrap,
+)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
