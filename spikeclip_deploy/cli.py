@@ -204,7 +204,8 @@ def train(model: str, teacher: str, data: str, download: bool, out: str, resume:
 
 TARGET = click.option("--target", default="loihi", show_default=True,
                       type=click.Choice(target_names()),
-                      help="loihi (Lava fixed point) or cpu (float reference).")
+                      help="loihi (Lava fixed point), loihi-emu (a loihi export, Lava's "
+                           "arithmetic emulated in torch) or cpu (float reference).")
 MODEL = click.option("--model", "model", default=None,
                      help="Checkpoint name in models/ or path to a .safetensors [default: shipped].")
 
@@ -302,7 +303,7 @@ def verify_cmd(target: str, model: str | None, data: str, download: bool, limit:
     from .verify.harness import VerifyConfig, run_verification, write_json
 
     _check_init(init, model)
-    targets = ("cpu", "loihi") if target == "loihi" else ("cpu",)
+    targets = ("cpu",) if target == "cpu" else ("cpu", target)
     exports = ((target, Path(export_dir)),) if export_dir else ()
     result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
                                            download=download, targets=targets, exports=exports,

@@ -45,7 +45,7 @@ from .nn.init import random_init
 from .nn.spikeclip import SpikeCLIP
 from .paths import PROJECT_ROOT
 from .progress import progress
-from .targets import Target, get_target
+from .targets import Target, export_target
 from .tokenizers import tokenizer_for_vocab
 from .zeroshot import class_weights, student_text_encoder
 
@@ -168,9 +168,10 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
 
 
 def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
-    """Write an export; returns (directory, manifest)."""
-    target = get_target(cfg.target)
-    out = Path(os.path.abspath(cfg.out if cfg.out else default_out(cfg.model, cfg.target)))
+    """Write an export (a target that runs another's export writes that one); returns
+    (directory, manifest)."""
+    target = export_target(cfg.target)
+    out = Path(os.path.abspath(cfg.out if cfg.out else default_out(cfg.model, target.name)))
     existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
         raise ExportError(f"--out {out}: {existing} is a file, not a directory; pass an --out "
@@ -190,7 +191,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
         layers, resources, partition = {}, {}, {}
-        for side in progress(("image", "text"), desc=f"export ({cfg.target})", unit="encoder"):
+        for side in progress(("image", "text"), desc=f"export ({target.name})", unit="encoder"):
             graph = write_host_ops(getattr(model, side), lower_encoder(model, side, target),
                                    tmp, side)
             layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
@@ -204,7 +205,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         host = write_host_part(model, tmp / "host", tokenizer, labels, label_w)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"format": FORMAT, "target": cfg.target, "dt": DT,
+        manifest = {"format": FORMAT, "target": target.name, "dt": DT,
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
                     "model": {**info, "config": model.cfg.to_dict()},
                     "hardware": target.hardware, "passes": list(target.passes),

@@ -24,7 +24,7 @@ class FixedPoint:
     r"""Loihi-style fixed point as Lava's bit-accurate models compute it: 8-bit weight mantissas
     (:math:`w 2^{e_w}`), biases :math:`b_m 2^{b_e}`, inputs and biases shifted left by
     ``activation_shift`` into the 24-bit state, thresholds :math:`v_{th} 2^{\mathrm{threshold\_shift}}`,
-    12-bit decays (``du_instant_current``: :math:`u` holds only this step's input)."""
+    12-bit decays, ``state_bits``-bit :math:`u` and :math:`v` (``du_instant_current``: :math:`u` holds only this step's input)."""
 
     weight_bits: int
     weight_mant_range: tuple[int, int]
@@ -33,6 +33,7 @@ class FixedPoint:
     bias_exp_range: tuple[int, int]
     vth_range: tuple[int, int]
     decay_bits: int
+    state_bits: int  # u and v: signed, u wraps and v saturates at this width
     du_instant_current: int
     activation_shift: int
     threshold_shift: int

@@ -1,5 +1,6 @@
 """The target registry: a target names its hardware profile, its lowering passes and its
-backend. Adding a target is one entry here. Import-light (strings only), so the CLI and the
+backend, or runs another target's export on its own backend (``exports``). Adding a target is
+one entry here. Import-light (strings only), so the CLI and the
 run side can read it without loading the build side."""
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ class Target:
     hardware: str | None  # hardware/NAME.json whose fixed point the export uses (None: float)
     passes: tuple[str, ...]  # lowering passes, in order (spikeclip_deploy.lowering.passes)
     backend: str  # "module:Class" of the run-side backend
+    exports: str | None = None  # the target whose export this one runs (None: its own)
 
+
+LOIHI_PASSES = ("fold_bn", "split_fanout", "partition", "align_delays", "quantize", "resources",
+                "check_limits")
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("loihi", "Loihi 2 fixed point, run bit-accurately on Lava", "loihi2",
-           ("fold_bn", "split_fanout", "partition", "align_delays", "quantize", "resources",
-            "check_limits"),
+    Target("loihi", "Loihi 2 fixed point, run bit-accurately on Lava", "loihi2", LOIHI_PASSES,
            "spikeclip_deploy.backends.lava:LavaBackend"),
+    Target("loihi-emu", "Loihi 2 fixed point (a --target loihi export), Lava's arithmetic "
+           "emulated exactly in torch, batched", "loihi2", LOIHI_PASSES,
+           "spikeclip_deploy.backends.emulator:EmulatorBackend", exports="loihi"),
     Target("cpu", "float reference: the float NIR graph interpreted in float64", None,
            ("fold_bn", "split_fanout", "partition", "resources"),
            "spikeclip_deploy.backends.cpu:CPUBackend"),
@@ -32,6 +38,12 @@ def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise ConfigError(f"unknown target '{name}'; choose one of {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+def export_target(name: str) -> Target:
+    """The target whose export ``name`` runs (itself, unless it runs another's)."""
+    target = get_target(name)
+    return get_target(target.exports) if target.exports else target
 
 
 def target_names() -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from ..errors import ExportError, UnsupportedNodeError
 from ..manifest import load_export
 from ..nirgraph import graph_layers
 from ..prompts import CIFAR_TEMPLATES
+from ..targets import export_target
 from ..zeroshot import class_weights, tokenize
 from .host_runtime import HostRuntime
 
@@ -55,7 +56,7 @@ class Backend(ABC):
                               f"{' or '.join(sorted(self.runs))}")
         #: what runs, for reports: this backend on this export
         self.description = f"{self.name} backend on a --target {target} export: {self.runs[target]}"
-        if target != self.name:
+        if target != export_target(self.name).name:
             log.warning("%s (%s)", self.description, self.export_dir)
         self.time_steps = int(self.manifest["time_steps"])
         self.host = HostRuntime(self.export_dir / "host")

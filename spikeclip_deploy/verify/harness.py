@@ -109,7 +109,8 @@ def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
                     result["loihi_spikes"] = spikes
     result["accuracy"] = {k: float((p == labels).mean()) for k, p in preds.items()}
     result["agreement"] = {f"{a}_vs_{b}": float((preds[a] == preds[b]).mean())
-                           for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"))
+                           for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"),
+                                        ("loihi-emu", "float"), ("loihi-emu", "cpu"))
                            if a in preds and b in preds}
     result["firing_rates"] = rates
     result["checkpoint_metrics"] = info["metrics"]

@@ -1,7 +1,7 @@
 """Graphs with fan-in on every backend: a residual network whose last LIF sums a path of
 synaptic depth 1 and a path of depth 3, and a random Loihi-native Spikingformer snapped to the
 Loihi grid, give identical spikes, every layer and every step, in the float model, the CPU
-reference (float export and fixed-point export) and Lava."""
+reference (float export and fixed-point export), Lava and the emulator (checked equal to Lava)."""
 import nir
 import numpy as np
 import pytest
@@ -89,6 +89,7 @@ def test_lava_equals_the_float_model(residual, tmp_path):
     net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
                    graph.metadata["synapse_delay_steps"], str(tmp_path))
     got = net.run(quantize_input(current, q))
+    assert_emulator_equals(graph, current, got)
     for layer, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
 
@@ -129,7 +130,8 @@ def test_a_delayed_convolution_path_on_lava(tmp_path):
 
 
 def lava_spikes(g, current, tmp_path):
-    """The lowered graph ``g`` written, read back and run on Lava: spikes per LIF."""
+    """The lowered graph ``g`` written, read back and run on Lava: spikes per LIF (checked
+    equal to the emulator's)."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
 
     nir.write(tmp_path / "g.nir", to_nir(g))
@@ -137,7 +139,22 @@ def lava_spikes(g, current, tmp_path):
     q = graph.metadata["input_quantization"]
     net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
                    graph.metadata["synapse_delay_steps"], str(tmp_path))
-    return net.run(quantize_input(current.numpy().astype(np.float64), q))
+    current = current.numpy().astype(np.float64)
+    spikes = net.run(quantize_input(current, q))
+    assert_emulator_equals(graph, current, spikes)
+    return spikes
+
+
+def assert_emulator_equals(graph, current, lava):
+    """The emulator (``loihi-emu``) gives Lava's spikes ``lava`` on the fixed-point ``graph``:
+    every LIF, sample, step and neuron."""
+    from spikeclip_deploy.backends.emulator import Emulation, input_mantissa
+
+    run = Emulation(graph_layers(graph), T, FP, graph.metadata["synapse_delay_steps"], ".").run(
+        input_mantissa(current, graph, "image"))
+    for name, e, lv in zip(run.spikes, run.spikes.values(), lava, strict=True):
+        assert np.array_equal(e, lv), f"emulator {name} (sample, step, neuron): " \
+                                      f"{np.argwhere(e != lv)[:5].tolist()}"
 
 
 @pytest.mark.lava

@@ -2,8 +2,8 @@
 the host, the rest of the Spikingformer on chip. Worked by hand, then a random-init
 Spikingformer snapped to the Loihi grid (weights, biases, input current, host ops' outputs and
 the thresholds of the LIFs reading them) exported for both targets gives identical spikes,
-every layer and step, in the float model, the CPU reference (float export) and Lava
-(fixed-point export)."""
+every layer and step, in the float model, the CPU reference (float export), Lava and the
+emulator (fixed-point export)."""
 import numpy as np
 import pytest
 import torch
@@ -112,13 +112,17 @@ def test_cpu_reference_equals_the_float_model(former):
 
 
 @pytest.mark.lava
-def test_lava_equals_the_cpu_reference_and_the_float_model_on_the_fixed_point_export(former):
+def test_lava_and_the_emulator_equal_the_cpu_reference_and_the_float_model(former):
+    """On the fixed-point export: Lava and the emulator spike as the CPU reference and the float
+    model do."""
     current, want, exports = former
     cpu = get_backend("cpu")(exports["loihi"])
     ref = cpu.run_chip("image", current)
     with get_backend("loihi")(exports["loihi"]) as lava:
         got = lava.run_chip("image", current)
-    for layer, (g, r, w) in enumerate(zip(got, ref, want)):
+    emulated = get_backend("loihi-emu")(exports["loihi"]).run_chip("image", current)
+    for layer, (g, e, r, w) in enumerate(zip(got, emulated, ref, want, strict=True)):
         assert 0 < r.mean() < 1 and np.array_equal(g, r), \
             f"LIF {layer}: {np.argwhere(g != r)[:5].tolist()}"
         assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
+        assert np.array_equal(e, g), f"emulator LIF {layer}: {np.argwhere(e != g)[:5].tolist()}"

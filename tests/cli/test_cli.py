@@ -32,12 +32,17 @@ def test_export_then_run_cpu(micro_ckpt, tmp_path, cat_png):
     assert "prediction:" in r.output and all(lbl in r.output for lbl in ("cat", "dog", "ship"))
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("loihi", marks=pytest.mark.lava)])
+@pytest.mark.parametrize("target", ["cpu", "loihi-emu",
+                                    pytest.param("loihi", marks=pytest.mark.lava)])
 def test_run_predicts_the_highest_independent_score(target, micro_ckpt, micro_exports, zero_shot,
                                                     tmp_path):
     """`run` on each target: the scores computed here without the backends (the PyTorch model
-    for the float export, the fixed-point model for the loihi one) and their argmax."""
+    for the float export, the fixed-point model for the loihi one, which loihi-emu runs too)
+    and their argmax."""
     from spikeclip_deploy.inference import classify_images
+    from spikeclip_deploy.targets import export_target
+
+    export = micro_exports[export_target(target).name]
 
     labels = ["cat", "dog", "ship", "truck"]
     rng = np.random.default_rng(3)
@@ -47,15 +52,15 @@ def test_run_predicts_the_highest_independent_score(target, micro_ckpt, micro_ex
         Image.fromarray(px).save(p)
     images = pixels.transpose(0, 3, 1, 2)
     want = (zero_shot.float_model(micro_ckpt, images, labels) if target == "cpu"
-            else zero_shot.loihi(micro_exports[target], images, labels))
+            else zero_shot.loihi(export, images, labels))
     top2 = np.sort(want, axis=1)[:, -2:]
     assert np.all(top2[:, 1] - top2[:, 0] > 1e-4)  # a clear winner at atol 1e-5
-    result = classify_images(target, micro_exports[target], paths, ",".join(labels),
+    result = classify_images(target, export, paths, ",".join(labels),
                              batch_size=1)  # two runs of one image
     for r, w, p in zip(result["results"], want, paths):
         assert (r["image"], r["prediction"]) == (str(p), labels[int(np.argmax(w))])
         np.testing.assert_allclose([r["scores"][lbl] for lbl in labels], w, atol=1e-5)
-    r = invoke("run", "--target", target, "--export", micro_exports[target], "--image",
+    r = invoke("run", "--target", target, "--export", export, "--image",
                paths[0], "--labels", ",".join(labels))
     want = want[:1]
     assert r.exit_code == 0 and f"prediction: {labels[int(np.argmax(want))]} " in r.output
@@ -109,7 +114,7 @@ def test_version_and_target_choices():
 
     assert invoke("--version").output.strip() == f"spikeclip-deploy, version {__version__}"
     r = invoke("export", "--target", "fpga")
-    assert r.exit_code == 2 and "'fpga' is not one of 'loihi', 'cpu'" in r.output
+    assert r.exit_code == 2 and "'fpga' is not one of 'loihi', 'loihi-emu', 'cpu'" in r.output
 
 
 @pytest.mark.lava
@@ -125,6 +130,20 @@ def test_verify_and_energy_on_micro(micro_ckpt, image_folder, tmp_path):
     e = json.loads(ej.read_text())
     assert e["layers"] and all({"name", "sops", "firing_rate"} <= set(layer) for layer in e["layers"])
     assert e["energy_per_inference_mj"] > 0 and "not counted" in r.output
+
+
+def test_verify_on_the_emulator(micro_ckpt, micro_exports, image_folder, tmp_path):
+    """`verify --target loihi-emu` runs the float model, the CPU reference and the emulator on
+    a --target loihi export."""
+    vj = tmp_path / "v.json"
+    r = invoke("verify", "--target", "loihi-emu", "--model", micro_ckpt, "--data", image_folder,
+               "--limit", 3, "--json", vj, "--export", micro_exports["loihi"])
+    assert r.exit_code == 0, r.output
+    v = json.loads(vj.read_text())
+    assert v["n"] == 3 and set(v["accuracy"]) == {"float", "cpu", "loihi-emu"}
+    assert set(v["agreement"]) == {"cpu_vs_float", "loihi-emu_vs_float", "loihi-emu_vs_cpu"}
+    assert v["backends"]["loihi-emu"]["export_target"] == "loihi"
+    assert v["firing_rates"]["loihi-emu"]["lif0"] > 0
 
 
 def test_train_config_file_with_flag_override(image_folder, tmp_path):

@@ -320,7 +320,7 @@ def test_run_bad_inputs(cli, micro_exports, tmp_path, cat_png):
     r = cli.invoke("run", "--target", "cpu", "--export", exp, "--image", big, "--labels", "cat")
     cli.clean_failure(r, 1, str(big), "48x64", "32x32")
     r = cli.invoke("run", "--target", "tpu", "--export", exp, "--image", cat_png, "--labels", "cat")
-    cli.clean_failure(r, 2, "'--target'", "'tpu' is not one of 'loihi', 'cpu'")
+    cli.clean_failure(r, 2, "'--target'", "'tpu' is not one of 'loihi', 'loihi-emu', 'cpu'")
     r = cli.invoke("export", "--target", "fpga")
-    cli.clean_failure(r, 2, "'--target'", "'fpga' is not one of 'loihi', 'cpu'")
+    cli.clean_failure(r, 2, "'--target'", "'fpga' is not one of 'loihi', 'loihi-emu', 'cpu'")
     assert cli.snapshot(tmp_path) == before
