@@ -18,9 +18,11 @@ LIF's spikes are read from its window ``depth .. depth+T-1``.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import nir
 import numpy as np
@@ -167,6 +169,21 @@ def _host_op(L: dict, node: HostOpNode, in_shapes: list[tuple[int, ...]], export
         export_dir=export_dir, metadata=dict(node.metadata))
 
 
+@contextmanager
+def no_inherited_garbage() -> Iterator[None]:
+    """Lava forks an operating-system process per Lava process, and a child must never run the
+    destructor of an object it inherited: an onnxruntime session left for the parent's cyclic
+    garbage collector (an earlier backend's) waits forever, in the child, on a condition
+    variable of its thread pool, whose threads exist only in the parent. So the parent collects
+    its garbage first, and what is left is frozen out of the children's collector."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
     """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``: ``bias * 2^a / 2^e``
     (``a`` the activation shift)."""
@@ -247,7 +264,8 @@ class _Network:
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
                                          exception_proc_model_map=self.L["models"])
             try:
-                with warnings.catch_warnings():  # DelaySparse's model edits its csr matrices
+                with warnings.catch_warnings(), no_inherited_garbage():
+                    # DelaySparse's model edits its csr matrices
                     warnings.simplefilter("ignore", SparseEfficiencyWarning)
                     source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
             finally:

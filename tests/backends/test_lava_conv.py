@@ -15,7 +15,7 @@ STEPS = 6
 def lava_a_out(data: np.ndarray, procs: list, models: dict) -> list[np.ndarray]:
     """Each process in ``procs`` fed by a source of ``data`` ``[X, Y, C, steps]`` (flattened
     for a sparse synapse); their ``a_out`` of every step, ``[steps, *shape]``."""
-    from spikeclip_deploy.backends.lava import _lava
+    from spikeclip_deploy.backends.lava import _lava, no_inherited_garbage
     from lava.proc.io.sink import RingBuffer as Sink
 
     L, steps = _lava(), data.shape[-1]
@@ -28,7 +28,8 @@ def lava_a_out(data: np.ndarray, procs: list, models: dict) -> list[np.ndarray]:
         sinks.append(Sink(shape=proc.a_out.shape, buffer=steps))
         proc.a_out.connect(sinks[-1].a_in)
     cfg = L["Loihi2SimCfg"](select_tag="fixed_pt", exception_proc_model_map=models)
-    source.run(condition=L["RunSteps"](num_steps=steps), run_cfg=cfg)
+    with no_inherited_garbage():
+        source.run(condition=L["RunSteps"](num_steps=steps), run_cfg=cfg)
     out = [np.moveaxis(sink.data.get(), -1, 0) for sink in sinks]
     source.stop()  # not after an error in a process: Lava 0.10's stop() then waits forever
     return out
