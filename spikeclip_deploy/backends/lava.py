@@ -263,13 +263,12 @@ class _Network:
                 procs[la.name] = proc
             cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
                                          exception_proc_model_map=self.L["models"])
-            try:
-                with warnings.catch_warnings(), no_inherited_garbage():
-                    # DelaySparse's model edits its csr matrices
-                    warnings.simplefilter("ignore", SparseEfficiencyWarning)
-                    source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
-            finally:
-                source.stop()
+            with warnings.catch_warnings(), no_inherited_garbage():
+                # DelaySparse's model edits its csr matrices
+                warnings.simplefilter("ignore", SparseEfficiencyWarning)
+                source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
+            source.stop()  # only after a run that succeeded: Lava 0.10's stop() after an error
+            # inside a process waits forever, so the error would hang instead of being raised
             out = []
             for name, path in recorded:
                 rec = np.load(path)  # [steps, *lava_shape]
