@@ -87,8 +87,7 @@ class HostSegment(nn.Module):
 def write_host_ops(encoder: nn.Module, graph: Graph, export_root: Path, side: str) -> Graph:
     """Write each host op of ``graph`` as ``host/SIDE_NAME.onnx`` under ``export_root``; return
     the graph with each op's file in its metadata (``onnx``)."""
-    host_syn = {la.name: la for la in graph.layers
-                if la.placement == "host" and not isinstance(la.node, HostOpNode)}
+    host_syn = graph.host_synapses()
     layers = []
     for la in graph.layers:
         if isinstance(la.node, HostOpNode):

@@ -29,6 +29,18 @@ def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:
     return np.clip(np.round(current * q["input_scale"]), lo, hi)
 
 
+def input_mantissa(current: np.ndarray, graph: nir.NIRGraph, side: str) -> np.ndarray:
+    """The host current as the first LIF's input mantissa, fed through ``a_in`` (shifted by the
+    activation shift) as the Lava backend feeds it; that equals the bias ``mant << bias_exp``
+    only when the input exponent is the activation shift."""
+    q = graph.metadata["input_quantization"]
+    if q["bias_exp"] != q["activation_shift"]:
+        raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the chip "
+                          f"input enters through a_in (<< {q['activation_shift']}) and needs "
+                          f"{q['activation_shift']}: re-export with this version")
+    return quantize_input(current, q)
+
+
 def chip_input(current: np.ndarray, graph: nir.NIRGraph) -> np.ndarray:
     """The graph's input in its own units: float current, or :math:`b_m 2^{b_e} / 2^{a}` (fixed
     point, :math:`a` the activation shift)."""

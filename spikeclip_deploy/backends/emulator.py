@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..errors import ExportError
 from ..hardware import FixedPoint, load_profile
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, pair
-from .base import Backend, quantize_input
+from .base import Backend, input_mantissa
 from .host_runtime import HostOpRunner
 from .lava import synapse_bias_mant, to_lava_layout
 
@@ -222,18 +222,6 @@ class Emulation:
 
 HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
                                   nir.Conv2d: Emulation._synapse, HostOpNode: Emulation._host_op}
-
-
-def input_mantissa(current: np.ndarray, graph: nir.NIRGraph, side: str) -> np.ndarray:
-    """The host current as the first LIF's input mantissa, fed through ``a_in`` (shifted by the
-    activation shift) as the Lava backend feeds it; that equals the bias ``mant << bias_exp``
-    only when the input exponent is the activation shift."""
-    q = graph.metadata["input_quantization"]
-    if q["bias_exp"] != q["activation_shift"]:
-        raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the chip "
-                          f"input enters through a_in (<< {q['activation_shift']}) and needs "
-                          f"{q['activation_shift']}: re-export with this version")
-    return quantize_input(current, q)
 
 
 class EmulatorBackend(Backend):

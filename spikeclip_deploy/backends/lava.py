@@ -32,7 +32,7 @@ from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair
-from .base import Backend, quantize_input
+from .base import Backend, input_mantissa
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +294,8 @@ class LavaBackend(Backend):
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
         q = self.graphs[side].metadata["input_quantization"]
-        if q["bias_exp"] != q["activation_shift"]:
-            raise ExportError(f"the {side} graph's input exponent is {q['bias_exp']}; the Lava "
-                              f"backend feeds the input through a_in (<< {q['activation_shift']}) "
-                              f"and needs {q['activation_shift']}")
+        mant = input_mantissa(current, self.graphs[side], side)
         net = _Network(self._L, self.layers[side], self.time_steps, self.handlers,
                        q["activation_shift"], self.graphs[side].metadata["synapse_delay_steps"],
                        str(self.export_dir))
-        return net.run(quantize_input(current, q))
+        return net.run(mant)

@@ -63,6 +63,11 @@ class Graph:
     def consumers(self, name: str) -> list[Layer]:
         return [layer for layer in self.layers if name in layer.inputs]
 
+    def host_synapses(self) -> dict[str, Layer]:
+        """The host-placed synapse layers (each runs inside the host op it feeds), by name."""
+        return {la.name: la for la in self.layers
+                if la.placement == "host" and not isinstance(la.node, HostOpNode)}
+
     def replace(self, **changes) -> "Graph":
         return dataclasses.replace(self, **changes)
 
@@ -218,8 +223,7 @@ def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
 def run_side_layers(graph: Graph) -> list[ChipLayer]:
     """The layers as the run side reads them: chip layers, and each host op reading the chip
     layers that feed it (host-placed synapses before it are part of its ONNX function)."""
-    host_syn = {la.name: la for la in graph.layers
-                if la.placement == "host" and not isinstance(la.node, HostOpNode)}
+    host_syn = graph.host_synapses()
     out = []
     for la in graph.layers:
         if isinstance(la.node, HostOpNode):

@@ -148,7 +148,8 @@ def lava_spikes(g, current, tmp_path):
 def assert_emulator_equals(graph, current, lava):
     """The emulator (``loihi-emu``) gives Lava's spikes ``lava`` on the fixed-point ``graph``:
     every LIF, sample, step and neuron."""
-    from spikeclip_deploy.backends.emulator import Emulation, input_mantissa
+    from spikeclip_deploy.backends.base import input_mantissa
+    from spikeclip_deploy.backends.emulator import Emulation
 
     run = Emulation(graph_layers(graph), T, FP, graph.metadata["synapse_delay_steps"], ".").run(
         input_mantissa(current, graph, "image"))
