@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/data/cifar10-train.tar.gz
-LIMIT ?= 64
+LIMIT ?=
+LAVA_LIMIT ?= 64
 MODEL := spikeclip-tiny-cifar10
 CLI := $(VENV)/bin/spikeclip-deploy
 
@@ -20,8 +21,8 @@ $(STAMP): requirements/base.txt requirements/nodeps.txt pyproject.toml
 
 demo: $(STAMP)
 	$(CLI) export --target loihi --force
-	$(CLI) verify --target loihi --export exports/$(MODEL)-loihi --data $(DATA) --limit $(LIMIT) \
-		--json exports/verify.json --energy-json exports/energy.json
+	$(CLI) verify --export exports/$(MODEL)-loihi --data $(DATA) --split val $(if $(LIMIT),--limit $(LIMIT)) \
+		--lava-limit $(LAVA_LIMIT) --json exports/verify.json --energy-json exports/energy.json
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

@@ -268,24 +268,59 @@ def run_cmd(target: str, export_dir: str | None, images: tuple[str, ...], labels
     click.echo(json.dumps(result, indent=1) if as_json else run_summary(result))
 
 
-DATA = click.option("--data", required=True, type=click.Path(),
-                    help=DATA_HELP + "; its stratified validation split is used.")
-LIMIT = click.option("--limit", default=64, show_default=True, type=POSITIVE,
-                     help="Number of validation images.")
-BATCH = click.option("--batch-size", default=32, show_default=True, type=POSITIVE,
-                     help="Images per backend run (bounds memory; one Lava run per batch).")
+DATA = click.option("--data", type=click.Path(), help=DATA_HELP + ".")
+SPLIT = click.option("--split", type=click.Choice(("all", "val", "train")), default="all",
+                     show_default=True,
+                     help="all: every image of --data; val/train: the stratified validation or "
+                          "training split that `train` holds out (--val-fraction, --split-seed).")
+VAL_FRACTION = click.option("--val-fraction", default=0.1, show_default=True, type=FRACTION)
+SPLIT_SEED = click.option("--split-seed", default=0, show_default=True, type=SEED,
+                          help="Seed of the split and of the image order (--limit takes the "
+                               "first N of it).")
+LIMIT = click.option("--limit", default=None, type=POSITIVE,
+                     help="Only the first N images of the split, in a seeded order [all].")
+BATCH = click.option("--batch-size", default=64, show_default=True, type=POSITIVE,
+                     help="Images per step through every backend (bounds memory; one Lava "
+                          "simulation per step).")
 
 
-@main.command("verify")
+def _images(f):
+    """The options that choose a verification's images."""
+    for option in reversed((DATA, DOWNLOAD, SPLIT, VAL_FRACTION, SPLIT_SEED, LIMIT, BATCH)):
+        f = option(f)
+    return f
+
+
+def _verify_config(model: str | None, data: str | None, **options):
+    from .verify.harness import VerifyConfig
+
+    if not data:
+        raise click.UsageError("Missing option '--data'.")
+    return VerifyConfig(model=_model(model), data=Path(data), **options)
+
+
+@main.group("verify", invoke_without_command=True)
 @TARGET
 @MODEL
-@DATA
-@DOWNLOAD
-@LIMIT
-@BATCH
+@_images
+@click.option("--backends", default=None,
+              help="Backends run on every image, comma-separated: loihi-emu, cpu, loihi (Lava) "
+                   "[loihi-emu for a loihi export, cpu for a cpu one].")
+@click.option("--lava-limit", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Lava confirms the emulator on the first N images, spike for spike "
+                   "(loihi exports; 0: no Lava).")
+@click.option("--labels", default=None,
+              help="Class names in --data's class order: a label set name (cifar10, cifar100, "
+                   "stl10, ...), a text file (one per line) or a comma list [the folder names].")
+@click.option("--templates", default="cifar", show_default=True,
+              help="Prompt templates: a template set name (cifar, imagenet, single) or a text "
+                   "file (one template with {} per line).")
+@click.option("--shard", default=None,
+              help="I/N: evaluate shard I of N (every N-th image) and write its partial result "
+                   "to --json, for `verify merge` (torchrun: one shard per rank by itself).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--energy-json", type=click.Path(dir_okay=False),
-              help="Also write the energy report from the same Lava run (loihi target).")
+              help="Also write the energy report (from the emulator's spikes; Lava's without it).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Verify this existing export of --target (else one is made in a temp dir).")
 @click.option("--noisy-labels", default=1, show_default=True, type=POSITIVE,
@@ -294,50 +329,78 @@ BATCH = click.option("--batch-size", default=32, show_default=True, type=POSITIV
               help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
 @INIT
 @INIT_SEED
-def verify_cmd(target: str, model: str | None, data: str, download: bool, limit: int,
-               batch_size: int, json_path: str | None, energy_json: str | None,
-               export_dir: str | None, noisy_labels: int, synonyms: float, init: str,
-               seed: int) -> None:
-    """Float model vs CPU reference vs Lava: zero-shot accuracy, agreement, firing rates."""
+@click.pass_context
+def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | None,
+               download: bool, split: str, val_fraction: float, split_seed: int,
+               limit: int | None, batch_size: int, backends: str | None, lava_limit: int,
+               labels: str | None, templates: str, shard: str | None, json_path: str | None,
+               energy_json: str | None, export_dir: str | None, noisy_labels: int,
+               synonyms: float, init: str, seed: int) -> None:
+    """Zero-shot accuracy of the float model and the backends on the same images (the emulator
+    on all, Lava confirming a sample), agreement, spike divergence, firing rates and energy.
+    `verify merge` combines shards."""
+    if ctx.invoked_subcommand is not None:
+        return
     from .report import energy_summary, verify_summary
-    from .verify.harness import VerifyConfig, run_verification, write_json
+    from .verify.harness import verify
+    from .verify.selection import Shard
 
     _check_init(init, model)
-    targets = ("cpu",) if target == "cpu" else ("cpu", target)
-    exports = ((target, Path(export_dir)),) if export_dir else ()
-    result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
-                                           download=download, targets=targets, exports=exports,
-                                           noisy_factor=noisy_labels, synonym_fraction=synonyms,
-                                           batch_size=batch_size, init=init, init_seed=seed))
-    if json_path:
-        write_json(Path(json_path), result)
+    cfg = _verify_config(
+        model, data, target=target, download=download, split=split, val_fraction=val_fraction,
+        seed=split_seed, limit=limit, batch_size=batch_size,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+        lava_limit=lava_limit, labels=labels, templates=templates,
+        shard=Shard.parse(shard) if shard else Shard(),
+        export=Path(export_dir) if export_dir else None, noisy_factor=noisy_labels,
+        synonym_fraction=synonyms, init=init, init_seed=seed)
+    result = verify(cfg, Path(json_path) if json_path else None,
+                    Path(energy_json) if energy_json else None)
+    if result is not None:
+        click.echo(verify_summary(result))
+        if "energy" in result:
+            click.echo(energy_summary(result["energy"]))
+
+
+@verify_cmd.command("merge")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@click.option("--energy-json", type=click.Path(dir_okay=False), help="Write the energy report.")
+def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
+                     energy_json: str | None) -> None:
+    """Combine the partial results of `verify --shard I/N --json PART` runs (every shard once)
+    into the result of one run."""
+    from .report import energy_summary, verify_summary
+    from .verify.harness import merge
+
+    result = merge([Path(p) for p in parts], Path(json_path) if json_path else None,
+                   Path(energy_json) if energy_json else None)
     click.echo(verify_summary(result))
     if "energy" in result:
-        if energy_json:
-            write_json(Path(energy_json), result["energy"])
         click.echo(energy_summary(result["energy"]))
 
 
 @main.command("energy")
 @MODEL
-@DATA
-@DOWNLOAD
-@LIMIT
-@BATCH
+@_images
+@click.option("--lava", "lava_images", default=0, type=click.IntRange(min=0),
+              help="Count Lava's spikes on the first N images instead of the emulator's on all.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
-def energy_cmd(model: str | None, data: str, download: bool, limit: int, batch_size: int,
-               json_path: str | None) -> None:
-    """Synaptic operations from Lava's recorded spikes and energy per inference (45 nm model:
-    E_AC 0.9 pJ per synaptic op, E_MAC 4.6 pJ per MAC; computation only)."""
+def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
+               val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
+               lava_images: int, json_path: str | None) -> None:
+    """Synaptic operations from the chip's spikes (the emulator's, bit-exact with Lava) and
+    energy per inference with its 95 % interval (45 nm model: E_AC 0.9 pJ per synaptic op,
+    E_MAC 4.6 pJ per MAC; computation only)."""
     from .report import energy_summary
-    from .verify.harness import VerifyConfig, run_verification, write_json
+    from .verify.harness import verify
 
-    result = run_verification(VerifyConfig(model=_model(model), data=Path(data), limit=limit,
-                                           download=download, targets=("loihi",),
-                                           batch_size=batch_size))
-    if json_path:
-        write_json(Path(json_path), result["energy"])
-    click.echo(energy_summary(result["energy"]))
+    cfg = _verify_config(model, data, download=download, split=split, val_fraction=val_fraction,
+                         seed=split_seed, limit=limit, batch_size=batch_size,
+                         backends=() if lava_images else ("loihi-emu",), lava_limit=lava_images)
+    result = verify(cfg, energy_json=Path(json_path) if json_path else None)
+    if result is not None:
+        click.echo(energy_summary(result["energy"]))
 
 
 @main.command("models")

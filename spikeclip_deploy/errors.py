@@ -44,3 +44,7 @@ class HardwareLimitError(SpikeClipError):
 
 class BackendUnavailableError(SpikeClipError):
     """A backend whose library is not installed."""
+
+
+class VerificationError(SpikeClipError):
+    """A verification whose backends that must agree bit for bit did not."""

@@ -20,21 +20,40 @@ def export_summary(path: Path, manifest: dict) -> str:
 
 
 def verify_summary(r: dict) -> str:
-    acc = "  ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].items())
-    agr = "  ".join(f"{k} {v:.4f}" for k, v in r["agreement"].items())
-    lines = [f"verify {r['model']} on {r['n']} validation images of {r['data']}",
-             f"  zero-shot top-1: {acc}", f"  top-1 agreement: {agr}"]
-    for target, b in r.get("backends", {}).items():
-        lines.append(f"  {target}: {b['runs']} ({b['export']})")
-    for target, rates in r["firing_rates"].items():
-        lines.append(f"  firing rates ({target}): " +
+    d = r["data"]
+    split = "every image" if d["split"] == "all" else f"the {d['split']} split"
+    shard = "" if r["complete"] else f", shard {r['shard'][0]}/{r['shard'][1]} (partial)"
+    lines = [f"verify {r['model']} on {r['n']} images: {split} of {d['source']} "
+             f"({d['available']} images" + (f", first {d['selected']} in seeded order"
+                                            if d["selected"] < d["available"] else "")
+             + f"){shard}"]
+    lines.append("  zero-shot top-1 (95 % interval, images):")
+    for k, acc in r["accuracy"].items():
+        lo, hi = r["accuracy_ci95"][k]
+        n = r["lava_n"] if k == "lava" else r["n"]
+        lines.append(f"    {k:<6s} {100 * acc:6.2f} %  [{100 * lo:.2f}, {100 * hi:.2f}]  n={n}")
+    lines.append("  top-1 agreement: " + "  ".join(
+        f"{k} {v:.4f} (n={r['agreement_n'][k]})" for k, v in r["agreement"].items()))
+    for pair, div in r["divergence"].items():
+        where = "; ".join(f"{layer}: {row['samples']} images from step {row['earliest_step']}, "
+                          f"{row['neurons_mean']:.1f} neurons"
+                          for layer, row in div["first_divergence"].items())
+        lines.append(f"  spikes {pair}: {div['spike_mismatches']} mismatches, "
+                     f"{div['samples_diverging']} of {div['samples']} images diverge"
+                     + (f" (first at {where})" if where else ""))
+    for key, b in r["backends"].items():
+        lines.append(f"  {key}: {b['runs']}" + (f" (first {b['limit']} images)"
+                                                 if b["limit"] is not None else ""))
+    for key, rates in r["firing_rates"].items():
+        lines.append(f"  firing rates ({key}): " +
                      "  ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     return "\n".join(lines)
 
 
 def energy_summary(e: dict) -> str:
     w = max(8, *(len(layer["name"]) + 1 for layer in e["layers"]))
-    lines = [f"energy per image inference (n={e['n']}, T={e['time_steps']}, from Lava spikes)",
+    source = {"emu": "the emulator's spikes", "lava": "Lava's spikes"}[e["spikes_from"]]
+    lines = [f"energy per image inference (n={e['n']}, T={e['time_steps']}, from {source})",
              f"  {'layer':<{w}s}{'input':<7s}{'rate':>7s}{'SOPs':>14s}{'rate*T*FLOPs':>14s}"]
     for layer in e["layers"]:
         copy = f"  (copy of {layer['copy_of']}: counted once)" if layer["copy_of"] else ""
@@ -46,7 +65,9 @@ def energy_summary(e: dict) -> str:
     lines += [f"  chip share of the work: {100 * e['chip_sop_share']:.1f} % (chip SOPs vs host "
               f"MACs as executed); between stem and readout: "
               f"{100 * e['chip_part_sop_share']:.1f} %",
-              f"  SNN {e['energy_per_inference_mj']:.6f} mJ  vs ANN counterpart "
+              f"  SNN {e['energy_per_inference_mj']:.6f} mJ (95 % interval "
+              f"{e['energy_per_inference_mj_ci95'][0]:.6f} .. "
+              f"{e['energy_per_inference_mj_ci95'][1]:.6f})  vs ANN counterpart "
               f"{e['ann_energy_per_inference_mj']:.6f} mJ  (ratio {e['energy_ratio_snn_over_ann']:.3f},"
               f" reduction {100 * e['energy_reduction']:.1f} %)",
               f"  E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} pJ; "

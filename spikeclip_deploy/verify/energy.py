@@ -22,14 +22,18 @@ host: 1 when everything between them runs on neuro-cores.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from typing import Any, Iterable
 
 import nir
 import numpy as np
 
+from ..errors import ConfigError
 from ..hardware import EnergyModel
 from ..lowering.resources import fan_out, flops
 from ..nirgraph import ChipLayer, HostOpNode
+from .stats import mean_ci95
 
 PJ_PER_MJ = 1e9
 
@@ -52,40 +56,105 @@ def chip_sop_share(chip_sops: float, host_macs: float) -> float:
     return chip_sops / (chip_sops + host_macs)
 
 
-def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
-                  stem_macs: int, readout_macs: int, energy_model: EnergyModel) -> dict[str, Any]:
-    """``layers``: an encoder's chip layers in topological order; ``spikes``: one
-    ``[N, T, *shape]`` array per LIF layer, in that order."""
+class SpikeTally:
+    """Running integer sums of one encoder's recorded spikes over samples: spikes per LIF layer,
+    synaptic operations per synapse layer and per sample (:math:`\sum_t \sum_i s_{t,i}
+    \mathrm{fanout}(i)`, copies of a synapse counted once). Integers, so tallies of disjoint
+    sample sets add up exactly (:meth:`merge`) to the tally of their union. :meth:`state` holds
+    the sums and what the energy report needs of the graph, as JSON-ready data."""
+
+    def __init__(self, layers: list[ChipLayer], time_steps: int) -> None:
+        lifs = {la.name: list(np.asarray(la.node.tau).shape) for la in layers
+                if isinstance(la.node, nir.LIF)}
+        synapses = [la for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode))]
+        self._fan_out = {la.name: fan_out(la.node, tuple(lifs[la.inputs[0]])).reshape(-1)
+                         for la in synapses}
+        rows = [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
+                 "type": type(la.node).__name__, "input": la.inputs[0],
+                 "flops": flops(la.node, tuple(lifs[la.inputs[0]]))} for la in synapses]
+        self.data: dict[str, Any] = {
+            "time_steps": time_steps, "lif_shapes": lifs, "synapses": rows,
+            "host_op_macs_per_step": host_op_macs(layers), "n": 0,
+            "spikes": {name: 0 for name in lifs}, "sops": {row["name"]: 0 for row in rows},
+            "sample_sops": []}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "SpikeTally":
+        """A tally read back from :meth:`state` (it merges; it cannot :meth:`add` spikes)."""
+        tally = cls.__new__(cls)
+        tally._fan_out = {}
+        tally.data = json.loads(json.dumps(state))  # a deep copy
+        return tally
+
+    def add(self, spikes: list[np.ndarray]) -> None:
+        """One batch: a ``[B, T, *shape]`` array per LIF layer, in layer order."""
+        d = self.data
+        by_lif = dict(zip(d["lif_shapes"], spikes, strict=True))
+        b = len(spikes[0])
+        per_sample = np.zeros(b, dtype=np.int64)
+        counted = set()
+        for row in d["synapses"]:
+            fo = self._fan_out[row["name"]]
+            sops = by_lif[row["input"]].reshape(b, -1, fo.size).sum(1, dtype=np.int64) @ fo
+            d["sops"][row["name"]] += int(sops.sum())
+            if (row["copy_of"] or row["name"]) not in counted:  # copies: one model layer
+                counted.add(row["copy_of"] or row["name"])
+                per_sample += sops
+        for name, s in by_lif.items():
+            d["spikes"][name] += int(s.sum(dtype=np.int64))
+        d["sample_sops"] += per_sample.tolist()
+        d["n"] += b
+
+    @property
+    def n(self) -> int:
+        return self.data["n"]
+
+    def firing_rates(self) -> dict[str, float]:
+        """Spikes per neuron and step, per LIF layer."""
+        d = self.data
+        return {name: d["spikes"][name] / (d["n"] * d["time_steps"] * math.prod(shape))
+                for name, shape in d["lif_shapes"].items()}
+
+    def state(self) -> dict[str, Any]:
+        return self.data
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another tally's :meth:`state` (disjoint samples of the same encoder)."""
+        d = self.data
+        if state["synapses"] != d["synapses"] or state["lif_shapes"] != d["lif_shapes"]:
+            raise ConfigError("the partial results hold different chip graphs; merge the "
+                              "shards of one verification only")
+        d["n"] += int(state["n"])
+        for key in ("spikes", "sops"):
+            for name in d[key]:
+                d[key][name] += int(state[key][name])
+        d["sample_sops"] += [int(x) for x in state["sample_sops"]]
+
+
+def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
+                  energy_model: EnergyModel) -> dict[str, Any]:
+    """Per-layer SOPs, energy per inference (with its 95 % interval over the samples) and the
+    ANN counterpart's energy, from an encoder's :class:`SpikeTally`."""
     e_ac, e_mac = energy_model.e_ac_pj, energy_model.e_mac_pj
-    n, t = spikes[0].shape[:2]
-    lif_names = [la.name for la in layers if isinstance(la.node, nir.LIF)]
-    by_lif = dict(zip(lif_names, spikes))
-    rows = []
-    op_macs = host_op_macs(layers)
-    for la in layers:
-        if isinstance(la.node, (nir.LIF, HostOpNode)):
-            continue
-        (src,) = la.inputs
-        s = by_lif[src]
-        in_shape = s.shape[2:]
-        fo = fan_out(la.node, in_shape)
-        sops = float((s.reshape(n, t, -1).sum((0, 1)).astype(np.float64) * fo.reshape(-1)).sum() / n)
-        rate = float(s.mean())
-        fl = flops(la.node, in_shape)
-        rows.append({"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
-                     "type": type(la.node).__name__, "input": src,
-                     "firing_rate": rate, "sops": sops, "sops_analytic": rate * t * fl,
-                     "flops": fl, "energy_pj": sops * e_ac})
+    d = tally.state()
+    n, t, op_macs = d["n"], d["time_steps"], d["host_op_macs_per_step"]
+    rates = tally.firing_rates()
+    rows = [{**row, "firing_rate": rates[row["input"]], "sops": d["sops"][row["name"]] / n,
+             "sops_analytic": rates[row["input"]] * t * row["flops"],
+             "energy_pj": d["sops"][row["name"]] / n * e_ac} for row in d["synapses"]]
     # a synapse copied for several readers (a residual stream's term) is one layer of the model:
     # the model's operations count it once; the chip executes every copy
     model_rows = {row["copy_of"] or row["name"]: row for row in rows}.values()
     total_sops = sum(row["sops"] for row in model_rows)
     host = host_macs_executed(stem_macs, readout_macs, op_macs, t)
-    e_snn = e_ac * total_sops + e_mac * (t * stem_macs + t * op_macs + readout_macs)
+    host_pj = e_mac * (t * stem_macs + t * op_macs + readout_macs)
+    e_snn = e_ac * total_sops + host_pj
     e_ann = e_mac * (stem_macs + sum(row["flops"] for row in model_rows) + op_macs + readout_macs)
+    # sorted: the interval of merged shards equals one run's to the last bit
+    per_sample_mj = (e_ac * np.sort(d["sample_sops"]).astype(np.float64) + host_pj) / PJ_PER_MJ
     return {
         "n": int(n), "time_steps": int(t), "layers": rows,
-        "neuron_firing_rates": {nm: float(s.mean()) for nm, s in zip(lif_names, spikes)},
+        "neuron_firing_rates": rates,
         "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * t * stem_macs,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
         "chip_sops_all_copies": sum(row["sops"] for row in rows),
@@ -94,6 +163,7 @@ def energy_report(layers: list[ChipLayer], spikes: list[np.ndarray],
         "chip_sop_share": chip_sop_share(total_sops, host),
         "chip_part_sop_share": total_sops / (total_sops + t * op_macs) if total_sops else 0.0,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
+        "energy_per_inference_mj_ci95": mean_ci95(per_sample_mj),
         "ann_energy_per_inference_mj": e_ann / PJ_PER_MJ,
         "energy_ratio_snn_over_ann": e_snn / e_ann,
         "energy_reduction": 1.0 - e_snn / e_ann,

@@ -1,120 +1,218 @@
-"""``verify`` and ``energy``: the float model, the CPU reference and Lava on the same images."""
+"""``verify`` and ``energy``: the float model and a set of backends on the same images.
+
+The images stream through in batches: per batch, the float model and every backend predict, the
+spiking backends' spikes are tallied (firing rates, synaptic operations) and compared pairwise
+(:mod:`.divergence`), then dropped, so memory does not grow with the data. The emulator runs on
+every image; Lava confirms it on the first ``lava_limit`` images of the selection. The
+evaluation produces a partial result (:mod:`.results`) that :func:`~.results.summarize` turns
+into the report, for one run, a shard, or shards merged.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..backends import get_backend
-from ..data import load_dataset, stratified_split
-from ..errors import DataError, ExportError
+from ..data import load_dataset
+from ..errors import ConfigError, ExportError
 from ..export import ExportConfig, export_model, model_source
-from ..fileutil import atomic_write, owned_tempdir
-from ..hardware import load_profile
-from ..progress import encode_in_batches
-from ..prompts import CIFAR_TEMPLATES
+from ..fileutil import owned_tempdir
+from ..progress import progress
+from ..label_sets import resolve_labels, resolve_templates
 from ..robustness import with_distractors, with_synonyms
+from ..targets import export_target
 from ..zeroshot import class_weights, student_text_encoder, warn_indistinct_labels
-from .energy import energy_report
+from .divergence import Divergence
+from .energy import SpikeTally
+from .results import (
+    KEYS,
+    ORDER,
+    PARTIAL_FORMAT,
+    check_bit_exact,
+    merge_partials,
+    read_partial,
+    summarize,
+    write_json,
+)
+from .selection import Selection, Shard, select
 
 log = logging.getLogger(__name__)
+
+#: backends run on every image when none are named, per export target
+DEFAULT_BACKENDS = {"loihi": ("loihi-emu",), "cpu": ("cpu",)}
+LAVA = "loihi"
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
     model: str
     data: Path
-    limit: int = 64
+    target: str = "loihi"  # the export's target
+    backends: tuple[str, ...] | None = None  # on every image (None: DEFAULT_BACKENDS)
+    lava_limit: int = 16  # Lava confirms the first N images (a loihi export; 0: no Lava)
+    split: str = "all"  # all, or the training's stratified val / train split
+    limit: int | None = None  # the first N images of the split's seeded order (None: all)
+    shard: Shard = Shard()
     download: bool = False  # let torchvision fetch a torchvision:NAME:ROOT dataset
-    targets: tuple[str, ...] = ("cpu", "loihi")
     val_fraction: float = 0.1
     seed: int = 0
-    templates: tuple[str, ...] = CIFAR_TEMPLATES
+    labels: str | None = None  # a label set name, file or comma list (None: the class names)
+    templates: str = "cifar"  # a template set name or file
     energy_model: str = "energy-45nm"
-    exports: tuple[tuple[str, Path], ...] = ()  # (target, existing export dir) to use as is
+    export: Path | None = None  # an existing export of ``target`` to use as is
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
-    batch_size: int = 32  # images per backend run (bounds memory; one Lava run per batch)
+    batch_size: int = 64  # images per step of the stream (bounds memory; one Lava run each)
     init: str = "checkpoint"  # or "random": model is a registered config, seeded by init_seed
     init_seed: int = 0
 
 
-def validation_images(cfg: VerifyConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The first ``limit`` images of the stratified validation split (shuffled with the seed)."""
-    ds = load_dataset(cfg.data, image_size, download=cfg.download)
-    if cfg.limit < 1:
-        raise DataError(f"--limit must be at least 1 (got {cfg.limit})")
-    _, val = stratified_split(ds.labels, cfg.val_fraction, cfg.seed)
-    val = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(cfg.seed))][:cfg.limit]
-    return ds.images[val].numpy(), ds.labels[val].numpy(), list(ds.class_names)
+def _plan(cfg: VerifyConfig) -> list[tuple[str, str, int | None]]:
+    """``(result key, backend, image cap or None)`` for every backend to run."""
+    target = export_target(cfg.target).name
+    names = cfg.backends if cfg.backends is not None else DEFAULT_BACKENDS[target]
+    for name in names:
+        if name not in KEYS:
+            raise ConfigError(f"unknown backend '{name}'; choose from {', '.join(KEYS)}")
+    plan = [(KEYS[name], name, None) for name in dict.fromkeys(names)]
+    if target == LAVA and cfg.lava_limit and LAVA not in names:
+        plan.append((KEYS[LAVA], LAVA, cfg.lava_limit))
+    if not plan:
+        raise ConfigError("no backend to run: name --backends or give --lava-limit N")
+    return plan
+
+
+def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
+    """Run the verification's evaluation -> its partial result (see :mod:`.results`)."""
+    model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.init_seed)
+    ds = load_dataset(cfg.data, model.cfg.image_size, download=cfg.download)
+    sel = select(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, cfg.shard)
+    classes = (resolve_labels(cfg.labels, ds.class_names) if cfg.labels
+               else list(ds.class_names))
+    query = with_distractors(with_synonyms(classes, cfg.synonym_fraction), cfg.noisy_factor)
+    templates = resolve_templates(cfg.templates)
+    warn_indistinct_labels(tokenizer, query)
+    plan = _plan(cfg)
+    target = export_target(cfg.target).name
+    with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
+        export_dir = cfg.export or export_model(ExportConfig(
+            model=cfg.model, target=target, out=workdir / target, init=cfg.init,
+            seed=cfg.init_seed))[0]
+        backends = {key: stack.enter_context(get_backend(name)(export_dir))
+                    for key, name, _ in plan}
+        first = next(iter(backends.values()))
+        _check_made_from(first.manifest["model"], info, export_dir)
+        weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
+                                          templates).numpy()}
+        weights.update({key: b.class_weights(query, templates) for key, b in backends.items()})
+        run = _stream(model, ds.images, sel, plan, backends, weights, cfg.batch_size)
+        manifest = first.manifest
+        described = {key: {"backend": name, "runs": backends[key].description, "limit": cap}
+                     for key, name, cap in plan}
+    host = manifest["host"]
+    return {
+        "format": PARTIAL_FORMAT, "shard": [cfg.shard.index, cfg.shard.count],
+        "run": {
+            "model": info["name"], "weights": info["weights"], "seed": info.get("seed"),
+            "checkpoint_sha256": info["checkpoint_sha256"],
+            "checkpoint_metrics": info["metrics"],
+            "data": {"source": str(cfg.data), "split": cfg.split,
+                     "val_fraction": cfg.val_fraction if cfg.split != "all" else None,
+                     "seed": cfg.seed, "limit": cfg.limit, "available": sel.available,
+                     "selected": sel.total},
+            "classes": classes, "labels": query, "templates": list(templates),
+            "protocol": {"noisy_factor": cfg.noisy_factor,
+                         "synonym_fraction": cfg.synonym_fraction},
+            "export": {"target": manifest["target"], "path": str(cfg.export) if cfg.export
+                       else None, "sha256": _export_digest(manifest)},
+            "backends": described,
+            "lava_limit": cfg.lava_limit,
+            "energy": {"model": cfg.energy_model, "stem_macs": host["image_stem_macs"],
+                       "readout_macs": host["image_readout_macs"]},
+        },
+        "positions": sel.positions.tolist(), "index": sel.index.tolist(),
+        "labels": ds.labels[sel.index].tolist(), **run,
+    }
+
+
+def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
+    """Evaluate and summarize: zero-shot accuracy of the float model and every backend (with
+    95 % intervals and per class), their agreement, where their spikes diverge, firing rates,
+    and the energy report from the emulator's spikes (Lava's when the emulator did not run)."""
+    return summarize(evaluate(cfg))
+
+
+def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
+    """:func:`evaluate`; under ``torchrun`` (``WORLD_SIZE`` > 1, no explicit shard) every rank
+    evaluates shard ``RANK/WORLD_SIZE`` and rank 0 returns the merged partial result (the other
+    ranks None)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or cfg.shard.count > 1:
+        return evaluate(cfg)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    rank = dist.get_rank()
+    part = evaluate(replace(cfg, shard=Shard(rank, dist.get_world_size())))
+    parts = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    return merge_partials(parts) if rank == 0 else None
+
+
+def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
+            batch_size: int) -> dict[str, Any]:
+    """The batch loop: predictions, spike tallies and pairwise divergence."""
+    n = len(sel.index)
+    positions = sel.positions.numpy()
+    preds = {key: np.full(n, -1, dtype=np.int64) for key in ("float", *backends)}
+    tallies = {key: SpikeTally(b.layers["image"], b.time_steps) for key, b in backends.items()}
+    divs = {(a, b): Divergence(tallies[a].state()["lif_shapes"], tallies[a].state()["time_steps"])
+            for a, b in combinations(sorted(tallies, key=ORDER.index), 2)}
+    with progress(None, total=n, desc="verify", unit="img") as bar:
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            batch = images[sel.index[sl]]
+            with torch.no_grad():
+                preds["float"][sl] = _predict(model.encode_image(batch).numpy(), weights["float"])
+            spikes = {}
+            for key, _, cap in plan:
+                take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
+                if take.any():
+                    feats, s = backends[key].encode_images(batch[torch.from_numpy(take)].numpy())
+                    preds[key][np.flatnonzero(take) + start] = _predict(feats, weights[key])
+                    tallies[key].add(s)
+                    spikes[key] = (take, s)
+            for (a, b), div in divs.items():
+                if a in spikes and b in spikes:
+                    (take_a, s_a), (take_b, s_b) = spikes[a], spikes[b]
+                    both = take_a & take_b
+                    div.add(positions[sl][both], [x[both[take_a]] for x in s_a],
+                            [x[both[take_b]] for x in s_b])
+            bar.update(len(batch))
+    return {"preds": {k: v.tolist() for k, v in preds.items()},
+            "tallies": {k: t.state() for k, t in tallies.items()},
+            "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()}}
 
 
 def _predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
     return (feats @ class_w.T).argmax(-1)
 
 
-def _float_encode(model) -> Callable[[np.ndarray], tuple[np.ndarray, list[np.ndarray]]]:
-    def encode(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        with torch.no_grad():
-            return model.encode_image(torch.from_numpy(images)).numpy(), []
-    return encode
-
-
-def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
-    """Zero-shot accuracy of float / CPU reference / Lava, agreement and firing rates, and the
-    energy report from the Lava run's recorded spikes."""
-    model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.init_seed)
-    energy_model = load_profile(cfg.energy_model, "energy") if "loihi" in cfg.targets else None
-    images, labels, class_names = validation_images(cfg, model.cfg.image_size)
-    query = with_distractors(with_synonyms(class_names, cfg.synonym_fraction), cfg.noisy_factor)
-    preds: dict[str, np.ndarray] = {}
-    rates: dict[str, dict[str, float]] = {}
-    result: dict[str, Any] = {"model": info["name"], "weights": info["weights"],
-                              "n": int(len(labels)), "labels": query,
-                              "protocol": {"noisy_factor": cfg.noisy_factor,
-                                           "synonym_fraction": cfg.synonym_fraction},
-                              "data": str(cfg.data), "split": {"val_fraction": cfg.val_fraction,
-                                                               "seed": cfg.seed}}
-    warn_indistinct_labels(tokenizer, query)
-    float_w = class_weights(student_text_encoder(model, tokenizer), query, cfg.templates).numpy()
-    feats, _ = encode_in_batches(_float_encode(model), images, cfg.batch_size, "float model")
-    preds["float"] = _predict(feats, float_w)
-    with owned_tempdir(None, "spikeclip-verify-") as workdir:
-        given = dict(cfg.exports)
-        for target in cfg.targets:
-            export_dir = given.get(target) or export_model(
-                ExportConfig(model=cfg.model, target=target, out=workdir / target, init=cfg.init,
-                             seed=cfg.init_seed))[0]
-            with get_backend(target)(export_dir) as backend:
-                result.setdefault("backends", {})[target] = {
-                    "export": str(export_dir), "export_target": backend.manifest["target"],
-                    "runs": backend.description}
-                _check_made_from(backend.manifest["model"], info, export_dir)
-                class_w = backend.class_weights(query, cfg.templates)
-                feats, spikes = encode_in_batches(backend.encode_images, images, cfg.batch_size,
-                                            f"{target} backend")
-                preds[target] = _predict(feats, class_w)
-                names = backend.lif_names("image")
-                rates[target] = {n: float(s.mean()) for n, s in zip(names, spikes)}
-                if target == "loihi":
-                    host = backend.manifest["host"]
-                    result["energy"] = energy_report(backend.layers["image"], spikes,
-                                                     host["image_stem_macs"],
-                                                     host["image_readout_macs"], energy_model)
-                    result["loihi_spikes"] = spikes
-    result["accuracy"] = {k: float((p == labels).mean()) for k, p in preds.items()}
-    result["agreement"] = {f"{a}_vs_{b}": float((preds[a] == preds[b]).mean())
-                           for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"),
-                                        ("loihi-emu", "float"), ("loihi-emu", "cpu"))
-                           if a in preds and b in preds}
-    result["firing_rates"] = rates
-    result["checkpoint_metrics"] = info["metrics"]
-    return result
+def _export_digest(manifest: dict) -> str:
+    """One hash of an export's files (their sha256 in its manifest): shards of one verification
+    must have run the same export."""
+    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
 
 
 def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
@@ -131,6 +229,33 @@ def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
                           f"or re-export")
 
 
-def write_json(path: Path, data: dict) -> None:
-    clean = {k: v for k, v in data.items() if k != "loihi_spikes"}
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(clean, indent=1) + "\n"))
+def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path | None = None
+           ) -> dict[str, Any] | None:
+    """:func:`evaluate_sharded`, then the outputs: a complete run writes its summary to
+    ``json_path`` (its energy report to ``energy_json``) and returns it; a shard writes its
+    partial result to ``json_path`` (for ``verify merge``) and returns its own summary; a torchrun
+    rank other than 0 returns None. Raises :class:`~..errors.VerificationError` after writing
+    when the emulator's spikes differ from Lava's."""
+    if cfg.shard.count > 1 and json_path is None:
+        raise ConfigError(f"--shard {cfg.shard} writes a partial result for `verify merge`: "
+                          f"give --json PATH")
+    partial = evaluate_sharded(cfg)
+    return None if partial is None else _finish(partial, json_path, energy_json)
+
+
+def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | None = None
+          ) -> dict[str, Any]:
+    """Shards' partial results (``verify --shard I/N --json PART``) -> the result one run over
+    all of them gives, written like :func:`verify`'s."""
+    return _finish(merge_partials([read_partial(p) for p in parts]), json_path, energy_json)
+
+
+def _finish(partial: dict[str, Any], json_path: Path | None, energy_json: Path | None
+            ) -> dict[str, Any]:
+    result = summarize(partial)
+    if json_path is not None:
+        write_json(json_path, result if result["complete"] else partial)
+    if energy_json is not None and "energy" in result:
+        write_json(energy_json, result["energy"])
+    check_bit_exact(result)
+    return result

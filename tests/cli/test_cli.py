@@ -119,31 +119,44 @@ def test_version_and_target_choices():
 
 @pytest.mark.lava
 def test_verify_and_energy_on_micro(micro_ckpt, image_folder, tmp_path):
-    vj, ej = tmp_path / "v.json", tmp_path / "e.json"
-    r = invoke("verify", "--target", "loihi", "--model", micro_ckpt, "--data", image_folder,
-               "--limit", 3, "--json", vj, "--energy-json", ej)
+    """The emulator on every image of the folder, Lava confirming the first 2, spike for spike;
+    `energy` counts the emulator's spikes on the same images."""
+    vj, ej, e2 = tmp_path / "v.json", tmp_path / "e.json", tmp_path / "e2.json"
+    r = invoke("verify", "--model", micro_ckpt, "--data", image_folder, "--lava-limit", 2,
+               "--json", vj, "--energy-json", ej)
     assert r.exit_code == 0, r.output
     v = json.loads(vj.read_text())
-    assert v["n"] == 3 and set(v["accuracy"]) == {"float", "cpu", "loihi"}
-    assert set(v["agreement"]) >= {"loihi_vs_float", "loihi_vs_cpu"}
-    assert v["firing_rates"]["loihi"]["lif0"] > 0
+    assert v["n"] == 24 and v["lava_n"] == 2 and set(v["accuracy"]) == {"float", "emu", "lava"}
+    assert v["agreement"]["emu_vs_lava"] == 1.0 and v["spike_mismatches"] == {"emu_vs_lava": 0}
+    assert "on 24 images: every image of" in r.output and "n=2" in r.output
     e = json.loads(ej.read_text())
-    assert e["layers"] and all({"name", "sops", "firing_rate"} <= set(layer) for layer in e["layers"])
-    assert e["energy_per_inference_mj"] > 0 and "not counted" in r.output
-
-
-def test_verify_on_the_emulator(micro_ckpt, micro_exports, image_folder, tmp_path):
-    """`verify --target loihi-emu` runs the float model, the CPU reference and the emulator on
-    a --target loihi export."""
-    vj = tmp_path / "v.json"
-    r = invoke("verify", "--target", "loihi-emu", "--model", micro_ckpt, "--data", image_folder,
-               "--limit", 3, "--json", vj, "--export", micro_exports["loihi"])
+    assert e == v["energy"] and e["spikes_from"] == "emu" and e["n"] == 24
+    r = invoke("energy", "--model", micro_ckpt, "--data", image_folder, "--json", e2)
     assert r.exit_code == 0, r.output
-    v = json.loads(vj.read_text())
-    assert v["n"] == 3 and set(v["accuracy"]) == {"float", "cpu", "loihi-emu"}
-    assert set(v["agreement"]) == {"cpu_vs_float", "loihi-emu_vs_float", "loihi-emu_vs_cpu"}
-    assert v["backends"]["loihi-emu"]["export_target"] == "loihi"
-    assert v["firing_rates"]["loihi-emu"]["lif0"] > 0
+    assert json.loads(e2.read_text()) == e and "from the emulator's spikes" in r.output
+
+
+def test_verify_shards_merge_to_one_run(micro_ckpt, micro_exports, image_folder, tmp_path):
+    """`verify --shard I/N` twice, then `verify merge`: the single run's JSON, byte for byte."""
+    common = ("verify", "--model", micro_ckpt, "--data", image_folder, "--split", "val",
+              "--val-fraction", "0.5", "--lava-limit", 0, "--backends", "loihi-emu,cpu",
+              "--export", micro_exports["loihi"])
+    r = invoke(*common, "--json", tmp_path / "one.json")
+    assert r.exit_code == 0, r.output
+    assert "on 12 images: the val split of" in r.output
+    for i in range(2):
+        r = invoke(*common, "--shard", f"{i}/2", "--json", tmp_path / f"p{i}.json")
+        assert r.exit_code == 0 and "shard %d/2 (partial)" % i in r.output, r.output
+    r = invoke("verify", "merge", tmp_path / "p1.json", tmp_path / "p0.json", "--json",
+               tmp_path / "merged.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "merged.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    r = invoke(*common, "--shard", "0/2")
+    assert r.exit_code == 1 and "--shard 0/2 writes a partial result" in r.output
+    r = invoke("verify", "merge", tmp_path / "one.json")
+    assert r.exit_code == 1 and "not a partial verification result" in r.output
+    r = invoke("verify", "--model", micro_ckpt)
+    assert r.exit_code == 2 and "Missing option '--data'" in r.output
 
 
 def test_train_config_file_with_flag_override(image_folder, tmp_path):
@@ -258,8 +271,8 @@ def test_verify_a_random_init_spikingformer_with_its_host_ops(image_folder, tmp_
                "random", "--seed", "0", "--data", image_folder, "--limit", 2, "--json", out)
     assert r.exit_code == 0, r.output
     v = json.loads(out.read_text())
-    assert v["weights"] == "random-init" and v["n"] == 2
-    assert v["agreement"]["loihi_vs_cpu"] == 1.0
+    assert v["weights"] == "random-init" and v["n"] == 2 and v["lava_n"] == 2
+    assert v["spike_mismatches"] == {"emu_vs_lava": 0}
     e = v["energy"]
     # per step, by hand: attention 2 * 64^2 * 16; conv 8->12 at 32x32 + 3x3 pool to 12x16x16;
     # conv 12->16 at 16x16 + 3x3 pool to 16x8x8

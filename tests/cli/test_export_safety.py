@@ -119,7 +119,7 @@ def test_verify_cpu_on_a_loihi_export_says_so(micro_ckpt, micro_exports, image_f
                "--limit", "2", "--export", micro_exports["loihi"], "--json", out)
     assert r.exit_code == 0, r.output
     assert "cpu: cpu backend on a --target loihi export: the fixed-point graph" in r.output
-    assert json.loads(out.read_text())["backends"]["cpu"]["export_target"] == "loihi"
+    assert json.loads(out.read_text())["export"]["target"] == "loihi"
 
 
 def test_unlisted_files_are_refused(export_copy):

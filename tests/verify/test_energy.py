@@ -4,7 +4,8 @@ import numpy as np
 from spikeclip_deploy.hardware import EnergyModel
 from spikeclip_deploy.lowering.resources import fan_out, flops
 from spikeclip_deploy.nirgraph import ChipLayer, HostOpNode
-from spikeclip_deploy.verify.energy import energy_report
+from spikeclip_deploy.verify.energy import SpikeTally, energy_report
+from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9,
                  scope="computation only: memory access and data movement are not counted")
@@ -21,12 +22,18 @@ def as_layers(chain):
     return [ChipLayer(name, node, (prev,)) for (name, node), prev in zip(chain, names)]
 
 
+def tally(layers, spikes):
+    t = SpikeTally(layers, spikes[0].shape[1])
+    t.add([np.asarray(s) for s in spikes])
+    return t
+
+
 def test_sops_of_a_three_neuron_network():
     # 3 inputs -> Affine(2x3) -> 2 outputs; spikes at t0: [1,0,1], t1: [0,1,1] -> 4 spikes x fan-out 2
     chain = as_layers([("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))),
                        ("lif1", lif((2,)))])
     spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2))]
-    rep = energy_report(chain, spikes, stem_macs=10, readout_macs=5, energy_model=EM)
+    rep = energy_report(tally(chain, spikes), stem_macs=10, readout_macs=5, energy_model=EM)
     layer = rep["layers"][0]
     assert layer["sops"] == 8
     assert layer["firing_rate"] == 4 / 6 and layer["flops"] == 6
@@ -57,7 +64,7 @@ def test_conv_sops_equal_an_independent_recount():
     conv = nir.Conv2d(input_shape=(8, 8), weight=w, stride=2, padding=1, dilation=1, groups=1,
                       bias=np.zeros(5))
     chain = as_layers([("lif0", lif((3, 8, 8))), ("conv0", conv), ("lif1", lif((5, 4, 4)))])
-    rep = energy_report(chain, [spikes, np.zeros((2, 4, 5, 4, 4))], 0, 0, EM)
+    rep = energy_report(tally(chain, [spikes, np.zeros((2, 4, 5, 4, 4))]), 0, 0, EM)
     events = F.conv2d(torch.from_numpy(spikes.reshape(8, 3, 8, 8)).double(),
                       torch.ones(5, 3, 3, 3, dtype=torch.float64), stride=2, padding=1).sum() / 2
     assert rep["layers"][0]["sops"] == float(events)
@@ -74,7 +81,7 @@ def test_copies_of_a_residual_term_count_once_in_the_model():
               ChipLayer("lif1", lif((2,)), ("dense0_lif1",)),
               ChipLayer("lif2", lif((2,)), ("dense0_lif2",))]
     spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2)), np.zeros((1, 2, 2))]
-    rep = energy_report(layers, spikes, 0, 0, EM)
+    rep = energy_report(tally(layers, spikes), 0, 0, EM)
     assert rep["total_sops"] == 8 and rep["chip_sops_all_copies"] == 16
     assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 6)
 
@@ -89,7 +96,7 @@ def test_a_host_op_counts_as_host_macs_every_step():
               ChipLayer("host0", op, ("lif1",)),
               ChipLayer("lif2", lif((2,)), ("host0",))]
     spikes = [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 2)), np.zeros((1, 2, 2))]
-    rep = energy_report(layers, spikes, stem_macs=10, readout_macs=5, energy_model=EM)
+    rep = energy_report(tally(layers, spikes), stem_macs=10, readout_macs=5, energy_model=EM)
     assert [row["name"] for row in rep["layers"]] == ["dense0"] and rep["total_sops"] == 8
     assert rep["host_op_macs_per_step"] == 7 and rep["host_macs_executed"] == 10 + 2 * 7 + 5
     assert rep["chip_sop_share"] == 8 / (8 + 10 + 14 + 5)
@@ -97,3 +104,37 @@ def test_a_host_op_counts_as_host_macs_every_step():
     # E_SNN = 0.9 * 8 + 4.6 * (2 * 10 + 2 * 7 + 5); E_ANN = 4.6 * (10 + 6 + 7 + 5)
     assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 39)
     assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 28)
+
+
+def test_energy_interval_from_per_sample_sops_and_tallies_that_add_up():
+    """Two samples with 8 and 2 SOPs (fan-out 2): energy per sample 0.9 * SOPs + 4.6 * 2 * 10
+    pJ; the interval is their mean +- 1.96 s / sqrt(2). Tallies of each sample merged equal the
+    tally of both."""
+    chain = as_layers([("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))),
+                       ("lif1", lif((2,)))])
+    spikes = [np.array([[[1, 0, 1], [0, 1, 1]], [[0, 0, 1], [0, 0, 0]]]), np.zeros((2, 2, 2))]
+    both = tally(chain, spikes)
+    assert both.state()["sample_sops"] == [8, 2]
+    e = np.array([0.9 * 8 + 92, 0.9 * 2 + 92]) / 1e9
+    half = 1.959963984540054 * np.std(e, ddof=1) / np.sqrt(2)
+    rep = energy_report(both, stem_macs=10, readout_macs=0, energy_model=EM)
+    assert np.allclose(rep["energy_per_inference_mj_ci95"], [e.mean() - half, e.mean() + half],
+                       rtol=1e-12, atol=0)
+    first, second = tally(chain, [s[:1] for s in spikes]), tally(chain, [s[1:] for s in spikes])
+    first.merge(second.state())
+    assert first.state() == both.state()
+
+
+def test_wilson_interval_published_values():
+    """Wilson 95 % intervals as tabulated (Newcombe 1998, Table I): 0/10 -> [0, 0.2775],
+    5/10 -> [0.2366, 0.7634], 10/10 -> [0.7225, 1], 81/263 -> [0.2553, 0.3662]."""
+    assert np.allclose(wilson_ci95(0, 10), [0, 0.2775], atol=1e-4)
+    assert np.allclose(wilson_ci95(5, 10), [0.2366, 0.7634], atol=1e-4)
+    assert np.allclose(wilson_ci95(81, 263), [0.2553, 0.3662], atol=1e-4)
+    assert np.allclose(wilson_ci95(10, 10), [0.7225, 1.0], atol=1e-4)
+
+
+def test_mean_interval_by_hand():
+    """[1, 2, 3]: mean 2, s = 1: 2 +- 1.96 / sqrt(3)."""
+    assert np.allclose(mean_ci95(np.array([1.0, 2.0, 3.0])),
+                       [2 - 1.959964 / 3**0.5, 2 + 1.959964 / 3**0.5], atol=1e-6)

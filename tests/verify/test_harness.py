@@ -1,88 +1,126 @@
-"""The verification harness on the micro model: accuracies and agreements recounted from
-predictions made here, and Lava's recorded spikes recounted independently."""
+"""The verification harness on the micro model: accuracies, intervals and agreements recounted
+from predictions made here; the emulator confirmed by Lava spike for spike; shards merged equal
+one run; a planted emulator error is reported where it happens."""
+import json
+
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from spikeclip_deploy.backends.cpu import CPUBackend
+from spikeclip_deploy.backends.emulator import EmulatorBackend
+from spikeclip_deploy.data import load_dataset
+from spikeclip_deploy.errors import ConfigError, VerificationError
 from spikeclip_deploy.verify import harness
-from spikeclip_deploy.verify.harness import VerifyConfig, run_verification
+from spikeclip_deploy.verify.harness import VerifyConfig, merge, run_verification, verify
+from spikeclip_deploy.verify.selection import Shard, select
+from spikeclip_deploy.verify.stats import wilson_ci95
+
+NAMES = ["airplane", "automobile", "bird"]
 
 
-def _expected(preds, labels):
-    """Accuracy per target and the agreements of ``run_verification``, as fractions of n."""
-    n = len(labels)
-    acc = {k: int((p == labels).sum()) / n for k, p in preds.items()}
-    agree = {f"{a}_vs_{b}": int((preds[a] == preds[b]).sum()) / n
-             for a, b in (("loihi", "float"), ("loihi", "cpu"), ("cpu", "float"))}
-    return acc, agree
+def _cfg(micro_ckpt, micro_exports, image_folder, **kw):
+    return VerifyConfig(model=str(micro_ckpt), data=image_folder, export=micro_exports["loihi"],
+                        **kw)
 
 
-def test_accuracy_and_agreement_count_each_targets_predictions(micro_ckpt, micro_exports,
-                                                               image_folder, zero_shot, monkeypatch):
-    """The loihi target is replaced by a backend whose predictions are known (image i -> class
-    i mod 3); float and cpu predictions are the PyTorch model's argmax, computed here."""
-    class Known(CPUBackend):
-        def class_weights(self, labels, templates=()):
-            return np.eye(len(labels), 384, dtype=np.float32)
-
-        def encode_images(self, images):
-            _, spikes = super().encode_images(images)
-            return np.eye(384, dtype=np.float32)[np.arange(len(images)) % 3], spikes
-
-    real = harness.get_backend
-    monkeypatch.setattr(harness, "get_backend", lambda t: Known if t == "loihi" else real(t))
-    cfg = VerifyConfig(model=str(micro_ckpt), data=image_folder, limit=9, val_fraction=0.5,
-                       exports=tuple(micro_exports.items()))
-    r = run_verification(cfg)
-    images, labels, names = harness.validation_images(cfg, 32)
-    torch_pred = zero_shot.float_model(micro_ckpt, images, names).argmax(1)
-    preds = {"float": torch_pred, "cpu": torch_pred, "loihi": np.arange(9) % 3}
-    acc, agree = _expected(preds, labels)
-    assert r["n"] == 9 and r["labels"] == names == ["airplane", "automobile", "bird"]
-    assert agree["loihi_vs_float"] < 1 and len(set(acc.values())) > 1  # the counts can tell
-    assert r["accuracy"] == acc and r["agreement"] == agree
+def _images(cfg):
+    ds = load_dataset(cfg.data, 32)
+    sel = select(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, cfg.shard)
+    return ds.images[sel.index].numpy(), ds.labels[sel.index].numpy()
 
 
 @pytest.mark.lava
-def test_verify_counts_and_energy_recount(micro_ckpt, micro_exports, image_folder, zero_shot):
-    """Real backends: accuracies and agreements from predictions made here (PyTorch model, and
-    the fixed-point model of the loihi export); Lava's spike counts recounted by convolution."""
-    cfg = VerifyConfig(model=str(micro_ckpt), data=image_folder, limit=6, val_fraction=0.5)
+def test_every_image_by_default_emulator_on_all_lava_on_a_sample(micro_ckpt, micro_exports,
+                                                                  image_folder, zero_shot):
+    """24 images (the whole folder); the emulator's and Lava's predictions are the fixed-point
+    model's, computed here independently; Lava ran the first 5 of the seeded order."""
+    cfg = _cfg(micro_ckpt, micro_exports, image_folder, lava_limit=5, batch_size=7,
+               backends=("loihi-emu", "cpu"))
     r = run_verification(cfg)
-    images, labels, names = harness.validation_images(cfg, 32)
-    torch_pred = zero_shot.float_model(micro_ckpt, images, names).argmax(1)
-    preds = {"float": torch_pred, "cpu": torch_pred,
-             "loihi": zero_shot.loihi(micro_exports["loihi"], images, names).argmax(1)}
-    acc, agree = _expected(preds, labels)
-    assert r["n"] == 6 and r["accuracy"] == acc and r["agreement"] == agree
-    spikes, layers = r["loihi_spikes"], r["energy"]["layers"]
-    with CPUBackend(micro_exports["loihi"]) as cpu:  # host part only: the chip input current
-        current = cpu.host.image_current(images)
-        graph = cpu.graphs["image"]
-    for got, want in zip(spikes, zero_shot.fixed_point(graph, current, 4)):
-        assert np.array_equal(got, want)
-    # micro: lif0 [6,4,4,32,32] -conv0 (3x3, s2)-> lif1 [.., 8,16,16] -conv1 (1x1)-> lif2
-    convs = [(4, 8, 3, 2, 1), (8, 16, 1, 1, 0)]
-    assert [layer["name"] for layer in layers] == ["conv0", "conv1"]
-    for (c_in, c_out, k, stride, pad), s, layer in zip(convs, spikes, layers):
-        x = torch.from_numpy(s.reshape(-1, *s.shape[2:])).double()
-        events = F.conv2d(x, torch.ones(c_out, c_in, k, k, dtype=torch.float64), stride=stride,
-                          padding=pad).sum().item() / r["n"]
-        assert layer["sops"] == pytest.approx(events, rel=0, abs=1e-9)
-        assert layer["firing_rate"] == pytest.approx(float(np.mean(s)))
-    assert all(0 < s.mean() < 1 for s in spikes)
-    assert r["firing_rates"]["loihi"] == {f"lif{j}": pytest.approx(float(s.mean()))
-                                          for j, s in enumerate(spikes)}
+    images, labels = _images(cfg)
+    assert r["n"] == 24 == len(labels) and r["data"]["available"] == 24 and r["lava_n"] == 5
+    fixed = zero_shot.loihi(micro_exports["loihi"], images, NAMES).argmax(1)
+    flt = zero_shot.float_model(micro_ckpt, images, NAMES).argmax(1)
+    assert r["accuracy"]["emu"] == float((fixed == labels).mean())
+    assert r["accuracy"]["lava"] == float((fixed[:5] == labels[:5]).mean())
+    assert r["accuracy"]["float"] == float((flt == labels).mean())
+    assert r["accuracy_on_lava_sample"]["float"] == float((flt[:5] == labels[:5]).mean())
+    assert r["agreement"]["emu_vs_float"] == float((fixed == flt).mean())
+    assert r["agreement_n"] == {"emu_vs_lava": 5, "emu_vs_cpu": 24, "emu_vs_float": 24,
+                                "lava_vs_cpu": 5, "lava_vs_float": 5, "cpu_vs_float": 24}
+    assert r["spike_mismatches"]["emu_vs_lava"] == 0
+    assert r["divergence"]["emu_vs_lava"]["samples"] == 5
+    k = int((fixed == labels).sum())
+    assert r["accuracy_ci95"]["emu"] == wilson_ci95(k, 24)
+    for c, name in enumerate(NAMES):
+        mine = labels == c
+        assert r["per_class_accuracy"]["emu"][name] == float((fixed[mine] == c).mean())
+    # the CPU reference reads the fixed-point graph with exact decays: close, not bit-exact
+    assert r["divergence"]["emu_vs_cpu"]["samples"] == 24
 
 
-def test_batches_give_the_result_of_one_run(micro_ckpt, image_folder):
-    """Streaming the images in batches of 1 changes nothing against one batch of all 5."""
-    cfg = VerifyConfig(model=str(micro_ckpt), data=image_folder, limit=5, val_fraction=0.5,
-                       targets=("cpu",))
-    one = run_verification(cfg)
-    streamed = run_verification(VerifyConfig(**{**cfg.__dict__, "batch_size": 1}))
-    assert one["n"] == streamed["n"] == 5
-    for key in ("accuracy", "agreement", "firing_rates"):
-        assert one[key] == streamed[key], key
+def test_split_limit_and_shards_choose_the_images(image_folder):
+    ds = load_dataset(image_folder, 32)
+    every = select(ds, "all", 0.5, 3, None)
+    assert sorted(every.index.tolist()) == list(range(24)) and every.available == 24
+    val = select(ds, "val", 0.5, 3, None)
+    assert len(val.index) == 12 and np.bincount(ds.labels[val.index]).tolist() == [4, 4, 4]
+    first = select(ds, "val", 0.5, 3, 5)
+    assert first.index.tolist() == val.index[:5].tolist() and first.total == 5
+    shards = [select(ds, "val", 0.5, 3, 5, Shard(i, 2)) for i in range(2)]
+    assert [s.positions.tolist() for s in shards] == [[0, 2, 4], [1, 3]]
+    assert shards[1].index.tolist() == val.index[[1, 3]].tolist()
+    with pytest.raises(ConfigError, match="I must be in 0 .. N-1"):
+        Shard.parse("2/2")
+    with pytest.raises(ConfigError, match="expected I/N"):
+        Shard.parse("half")
+
+
+def test_two_shards_merged_equal_one_run(micro_ckpt, micro_exports, image_folder, tmp_path):
+    """Emulator on all 11 images, Lava replaced by the emulator on the first 4 (fast here):
+    every figure of the merged shards equals the single run's."""
+    cfg = _cfg(micro_ckpt, micro_exports, image_folder, limit=11, lava_limit=0, batch_size=4,
+               backends=("loihi-emu", "cpu"))
+    whole = verify(cfg, tmp_path / "whole.json")
+    parts = [tmp_path / f"part{i}.json" for i in range(2)]
+    for i, part in enumerate(parts):
+        shard = verify(VerifyConfig(**{**cfg.__dict__, "shard": Shard(i, 2)}), part)
+        assert shard["n"] == (6, 5)[i] and not shard["complete"]
+    merged = merge(parts[::-1], tmp_path / "merged.json")
+    assert merged == whole
+    assert (tmp_path / "merged.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"shards \[0\] of \[2\]"):
+        merge(parts[:1])
+    other = json.loads(parts[1].read_text())
+    other["run"]["labels"] = ["a", "b", "c"]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="differ in labels"):
+        merge([parts[0], tmp_path / "other.json"])
+
+
+class _OneSpikeOff(EmulatorBackend):
+    """The emulator with one spike flipped: lif1, step 2, neuron (0, 3, 5) of every image."""
+
+    def run_chip(self, side, current):
+        spikes = super().run_chip(side, current)
+        if side == "image":
+            spikes[1][:, 2, 0, 3, 5] ^= 1
+        return spikes
+
+
+def test_a_spike_off_is_reported_where_it_happens(micro_ckpt, micro_exports, image_folder,
+                                                  monkeypatch, tmp_path):
+    """Lava's place taken by the true emulator, the emulator's by one with a spike flipped."""
+    real = harness.get_backend
+    monkeypatch.setattr(harness, "get_backend",
+                        lambda name: {"loihi": EmulatorBackend, "loihi-emu": _OneSpikeOff}.get(
+                            name) or real(name))
+    cfg = _cfg(micro_ckpt, micro_exports, image_folder, limit=6, lava_limit=3)
+    out = tmp_path / "v.json"
+    with pytest.raises(VerificationError, match="first at layer lif1, step 2"):
+        verify(cfg, out)
+    div = json.loads(out.read_text())["divergence"]["emu_vs_lava"]
+    assert div["spike_mismatches"] == 3 and div["samples_diverging"] == 3
+    assert div["first"] == {"position": [0, 1, 2], "layer": ["lif1"] * 3, "step": [2] * 3,
+                            "neurons": [1, 1, 1]}
+    assert div["mismatches_by_layer"]["lif1"] == {"spikes": 3, "fraction": 3 / (3 * 4 * 8 * 16 * 16)}
+    assert div["mismatches_by_layer"]["lif0"]["spikes"] == 0
