@@ -45,7 +45,7 @@ class ImageDataset:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """One image file of any size -> uint8 RGB ``[3, size, size]`` (see :func:`.images.fit_image`);
+    """One image file of any size -> uint8 RGB ``[3, size, size]`` (:func:`.images.fit_image`);
     an image too large to open safely or a non-image is a DataError."""
     try:
         with warnings.catch_warnings():

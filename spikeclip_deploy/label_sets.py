@@ -1,5 +1,6 @@
 """Label names and prompt templates of zero-shot benchmarks, the distillation text set, and
-label / template sets given by name, file or list (:func:`resolve_labels`, :func:`resolve_templates`).
+label / template sets given by name, file or list (:func:`resolve_labels`,
+:func:`resolve_templates`).
 
 CIFAR-10/100 and STL-10 names are torchvision's class names; the others and all templates come
 from the data files of ``clip-benchmark`` (the CLIP paper's names and prompts), read without
@@ -72,6 +73,7 @@ def resolve_labels(spec: str, class_names: tuple[str, ...]) -> list[str]:
     Underscores become spaces. A count other than ``len(class_names)``, or the dataset's own
     class names in another order, is a DataError.
     """
+    spec = spec.strip()
     if spec in DATASETS:
         labels, what = list(label_set(spec)), f"label set '{spec}'"
     elif _names_a_file(spec):
@@ -82,9 +84,8 @@ def resolve_labels(spec: str, class_names: tuple[str, ...]) -> list[str]:
         labels, what = parse_labels(spec), "the label list"
     n = len(class_names)
     if len(labels) != n:
-        shown = ", ".join(class_names[:3]) + (", ..." if n > 3 else "")
         raise DataError(f"{what} has {len(labels)} labels but the dataset has {n} classes "
-                        f"({shown}); pass a label-set name ({', '.join(DATASETS)}), a file or a "
+                        f"({_preview(class_names, 3)}); pass a label-set name ({', '.join(DATASETS)}), a file or a "
                         f"comma list with {n} labels, in the dataset's class order")
     own = [c.replace("_", " ").lower() for c in class_names]
     given = [lbl.lower() for lbl in labels]
@@ -92,7 +93,7 @@ def resolve_labels(spec: str, class_names: tuple[str, ...]) -> list[str]:
         i = next(i for i, (a, b) in enumerate(zip(own, given)) if a != b)
         raise DataError(f"{what} names the dataset's classes in another order: class {i} is "
                         f"'{class_names[i]}' but label {i} is '{labels[i]}'; list the labels in "
-                        f"the dataset's class order ({', '.join(class_names)})")
+                        f"the dataset's class order ({_preview(class_names, 10)})")
     return labels
 
 
@@ -100,6 +101,7 @@ def resolve_templates(spec: str) -> tuple[str, ...]:
     """Prompt templates (``{}`` -> label) from a name of :data:`TEMPLATE_SETS` or a text file
     (one template per line, each with exactly one ``{}`` and no other braces; blank lines and
     lines starting with ``#`` skipped)."""
+    spec = spec.strip()
     if spec == "cifar":
         return CIFAR_TEMPLATES
     if spec == "single":
@@ -118,6 +120,10 @@ def resolve_templates(spec: str) -> tuple[str, ...]:
                             f"e.g. 'a photo of a {{}}.'")
         found.append(text)
     return tuple(found)
+
+
+def _preview(names: tuple[str, ...], k: int) -> str:
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
 
 
 def _names_a_file(spec: str) -> bool:

@@ -170,7 +170,8 @@ def test_image_folder_of_any_size_is_fitted_like_the_torchvision_path(tmp_path):
         assert torch.equal(ds.images[1], fit_image(img, 32))
     assert (ds.images[1, :, 0] == 255).all()
     assert ((ds.images[1, :, 2] > 30) & (ds.images[1, :, 2] < 255)).all()
-    assert (ds.images[1, :, 5:] == torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None]).all()
+    body = torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None]
+    assert (ds.images[1, :, 5:] == body).all()
     assert torch.equal(load_image(root / "tall" / "0.png", 32), ds.images[1])
 
 

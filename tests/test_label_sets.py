@@ -91,3 +91,10 @@ def test_unknown_template_set():
         resolve_templates("fancy")
     with pytest.raises(DataError, match="template file missing/t.txt does not exist"):
         resolve_templates("missing/t.txt")
+
+
+def test_order_error_lists_at_most_ten_classes():
+    names = tuple(f"c{i}" for i in range(12))
+    with pytest.raises(DataError, match=re.escape("class order (c0, c1, c2, c3, c4, c5, c6, c7, "
+                                                  "c8, c9, ...)")):
+        resolve_labels(",".join(reversed(names)), names)
