@@ -21,10 +21,14 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 from .fileutil import owned_tempdir, sha256_file, write_cache
+from .images import fit_image
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# bump when the same source decodes to other pixels (2: CLIP's resize and centre crop for every
+# path; version 1's torchvision-path crops were offset by up to a pixel)
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,32 +45,20 @@ class ImageDataset:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """One image file -> uint8 RGB ``[3, size, size]``; a wrong size, an image too large to
-    open safely or a non-image is a DataError."""
+    """One image file of any size -> uint8 RGB ``[3, size, size]`` (:func:`.images.fit_image`);
+    an image too large to open safely or a non-image is a DataError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.size != (size, size):
-                    raise DataError(f"{path} is {img.width}x{img.height} pixels; this model takes "
-                                    f"{size}x{size} images: resize it first")
-                arr = _rgb_array(img)
+                return fit_image(img, size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path} is too large to open safely ({exc}; the limit is Pillow's "
-                        f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); this model takes "
-                        f"{size}x{size} images: resize it first") from None
+                        f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); downscale it below "
+                        f"that limit (images of any smaller size are resized to {size}x{size})"
+                        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path} is not a readable image ({exc}); pass a PNG or JPEG file") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def _rgb_array(img: Image.Image) -> np.ndarray:
-    """uint8 ``[H, W, 3]``. 16-bit greyscale (modes ``I;16*``, ``I``) keeps its high byte, where
-    Pillow's ``convert("RGB")`` would saturate every value above 255."""
-    if img.mode.startswith("I"):
-        grey = (np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(img.convert("RGB"))
 
 
 def _find_root(folder: Path) -> Path:
@@ -112,7 +104,9 @@ def _decode_folder(root: Path, size: int) -> ImageDataset:
 
 
 def _cache_file(key: str, size: int) -> Path:
-    return cache_dir() / "datasets" / f"{key}-{size}.npz"
+    """The decoded dataset's cache: keyed by the source's content, the image size and
+    :data:`CACHE_VERSION`."""
+    return cache_dir() / "datasets" / f"{key}-{size}-v{CACHE_VERSION}.npz"
 
 
 def _read_cache(cached: Path) -> ImageDataset:

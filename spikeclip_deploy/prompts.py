@@ -27,6 +27,7 @@ CIFAR_TEMPLATES = (
     "a bad photo of the {}.", "a good photo of the {}.", "a photo of the small {}.",
     "a photo of the big {}.",
 )
+SINGLE_TEMPLATE = ("a photo of a {}.",)
 
 
 def parse_labels(text: str) -> list[str]:
@@ -34,9 +35,15 @@ def parse_labels(text: str) -> list[str]:
     labels = [s.strip().replace("_", " ") for s in text.split(",") if s.strip()]
     if not labels:
         raise DataError("the label list is empty; pass labels as --labels \"cat,dog,ship\"")
+    return distinct_labels(labels, "")
+
+
+def distinct_labels(labels: list[str], where: str) -> list[str]:
+    """``labels`` unchanged if no two are equal, else a DataError naming the duplicates (and
+    ``where`` they come from, e.g. `` in labels.txt``)."""
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
-        raise DataError(f"duplicate labels {dupes}; each class needs one distinct name")
+        raise DataError(f"duplicate labels {dupes}{where}; each class needs one distinct name")
     return labels
 
 

@@ -3,8 +3,9 @@
 ``NAME`` is a label-set name of :mod:`.label_sets` (or the torchvision class name, any case),
 ``SPLIT`` one of the dataset's splits (default: its training split) and ``ROOT`` the directory
 torchvision reads (and, only when asked, downloads into). A ``ROOT`` that contains ``:`` needs an
-explicit ``SPLIT``. Images are resized (shorter side, bicubic) and centre-cropped to the model's
-size, labelled with the project's label-set names, and cached like the ImageFolder loader's.
+explicit ``SPLIT``. Images are resized and centre-cropped to the model's size as on every data
+path (:func:`.images.fit_image`), labelled with the project's label-set names, and cached like
+the ImageFolder loader's.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from .errors import DataError
+from .images import fit_image
 
 log = logging.getLogger(__name__)
 PREFIX = "torchvision:"
@@ -232,19 +233,6 @@ def _class_names(spec: TorchvisionSpec, dataset) -> tuple[str, ...]:
     return names
 
 
-def _to_uint8(img: Image.Image, size: int) -> torch.Tensor:
-    """PIL image -> uint8 ``[3, size, size]``: shorter side to ``size`` (bicubic), centre crop."""
-    img = img.convert("RGB")
-    w, h = img.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-
-
 def decode(spec: TorchvisionSpec, size: int, download: bool = False):
     """Construct the dataset and decode every image -> ImageDataset (no cache here)."""
     from .data import ImageDataset
@@ -282,6 +270,6 @@ def decode(spec: TorchvisionSpec, size: int, download: bool = False):
         if not 0 <= int(target) < len(names):
             raise DataError(f"{spec.name} image {i} under {spec.root} has label {int(target)}, "
                             f"outside the {len(names)} classes; ROOT holds a modified copy")
-        images[i] = _to_uint8(img, size)
+        images[i] = fit_image(img, size)
         labels[i] = int(target)
     return ImageDataset(images, labels, names)

@@ -142,3 +142,47 @@ def test_full_cache_disk_falls_back_with_a_warning(image_folder, tmp_path, monke
     gc.collect()
     assert len(warned) == 1 and "cannot write the dataset cache" in warned[0], warned
     assert not unraisable and not list((tmp_path / "cache" / "datasets").iterdir())
+
+
+def test_image_folder_of_any_size_is_fitted_like_the_torchvision_path(tmp_path):
+    """A 40x64 and a 32x32 PNG load as 32x32 through the one function the torchvision path
+    uses. The tall one: white rows 0-15 over (10, 20, 30); shorter side 40 -> 32 (x 0.8), so
+    64 -> 51 rows and the crop keeps rows 10-41 (offset round(9.5) = 10). Output row r samples
+    source row (r + 0.5) / 0.8 - 0.5 with bicubic's reach of 2 / 0.8 = 2.5 source rows: crop row
+    0 (r = 10) sees only white, row 2 (r = 12, source 12.7-17.7) straddles the edge, rows >= 5
+    (r >= 15, source >= 16.4) see only (10, 20, 30)."""
+    from spikeclip_deploy.images import fit_image
+
+    root = tmp_path / "imgs"
+    (root / "tall").mkdir(parents=True)
+    (root / "square").mkdir()
+    tall = np.zeros((64, 40, 3), np.uint8)
+    tall[:16] = 255
+    tall[16:] = (10, 20, 30)
+    Image.fromarray(tall).save(root / "tall" / "0.png")
+    rng = np.random.default_rng(1)
+    square = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(square).save(root / "square" / "0.png")
+    ds = load_dataset(root, 32)
+    assert ds.images.shape == (2, 3, 32, 32) and ds.class_names == ("square", "tall")
+    assert torch.equal(ds.images[0], torch.from_numpy(square).permute(2, 0, 1))
+    with Image.open(root / "tall" / "0.png") as img:
+        assert torch.equal(ds.images[1], fit_image(img, 32))
+    assert (ds.images[1, :, 0] == 255).all()
+    assert ((ds.images[1, :, 2] > 30) & (ds.images[1, :, 2] < 255)).all()
+    body = torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None]
+    assert (ds.images[1, :, 5:] == body).all()
+    assert torch.equal(load_image(root / "tall" / "0.png", 32), ds.images[1])
+
+
+def test_cache_of_another_version_is_not_read(image_folder, monkeypatch):
+    from spikeclip_deploy import data
+
+    monkeypatch.setattr(data, "CACHE_VERSION", 1)
+    old = load_dataset(image_folder)
+    cached = next((data.cache_dir() / "datasets").glob("*-32-v1.npz"))
+    data._write_cache(cached, data.ImageDataset(torch.zeros_like(old.images), old.labels,
+                                                old.class_names))  # v1 meant other pixels
+    assert (load_dataset(image_folder).images == 0).all()  # v1 reads its own cache
+    monkeypatch.setattr(data, "CACHE_VERSION", 2)
+    assert torch.equal(load_dataset(image_folder).images, old.images)

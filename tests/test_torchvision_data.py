@@ -243,3 +243,23 @@ def test_caltech101_missing_leaves_root_clean(tmp_path):
     with pytest.raises(DataError, match="caltech101/101_ObjectCategories/"):
         load_dataset(f"torchvision:caltech101:{tmp_path}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_torchvision_and_image_folder_paths_give_the_same_pixels(tmp_path):
+    """The same 40x64 image through torchvision's Caltech101 and through an ImageFolder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (64, 40, 3), dtype=np.uint8)
+    cats = tmp_path / "caltech101" / "101_ObjectCategories"
+    for name in ["BACKGROUND_Google"] + [f"c{i:03d}" for i in range(101)]:
+        (cats / name).mkdir(parents=True)
+    Image.fromarray(pixels).save(cats / "c003" / "image_0001.png")
+    (cats / "c003" / "image_0001.png").rename(cats / "c003" / "image_0001.jpg")  # PNG content
+    folder = tmp_path / "folder" / "c003"
+    folder.mkdir(parents=True)
+    Image.fromarray(pixels).save(folder / "0.png")
+    via_torchvision = load_dataset(f"torchvision:caltech101:{tmp_path}", 32)
+    via_folder = load_dataset(tmp_path / "folder", 32)
+    assert via_torchvision.images.shape == (1, 3, 32, 32)
+    assert torch.equal(via_torchvision.images, via_folder.images)
