@@ -280,3 +280,43 @@ def test_verify_a_random_init_spikingformer_with_its_host_ops(image_folder, tmp_
                                           + 16 * 16 * 16 * 12 * 9 + 16 * 8 * 8 * 9)
     assert e["chip_part_sop_share"] == e["total_sops"] / (e["total_sops"] + 4 * e["host_op_macs_per_step"])
     assert "host ops between chip subgraphs" in r.output
+
+
+def test_verify_under_torchrun_merges_one_shard_per_rank(micro_ckpt, micro_exports, image_folder,
+                                                         tmp_path):
+    """Two ranks (gloo), each its shard; rank 0 writes the merged result: the single run's
+    JSON, byte for byte."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    common = ["verify", "--model", str(micro_ckpt), "--data", str(image_folder), "--limit", "7",
+              "--lava-limit", "0", "--export", str(micro_exports["loihi"])]
+    assert invoke(*common, "--json", tmp_path / "one.json").exit_code == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "spikeclip_deploy.cli",
+           *common, "--json", str(tmp_path / "ranks.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("zero-shot top-1") == 1  # rank 0 alone reports
+    assert (tmp_path / "ranks.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+
+
+def test_verify_with_named_labels_and_templates(micro_ckpt, micro_exports, image_folder, tmp_path):
+    """--labels and --templates reach the zero-shot weights and the report; a label list that
+    does not match the classes is a clean error."""
+    out = tmp_path / "v.json"
+    common = ("verify", "--model", micro_ckpt, "--data", image_folder, "--limit", 3,
+              "--lava-limit", 0, "--export", micro_exports["loihi"])
+    r = invoke(*common, "--labels", "plane,car,bird", "--templates", "single", "--json", out)
+    assert r.exit_code == 0, r.output
+    v = json.loads(out.read_text())
+    assert v["labels"] == ["plane", "car", "bird"] and v["templates"] == ["a photo of a {}."]
+    assert set(v["per_class_accuracy"]["emu"]) <= {"plane", "car", "bird"}
+    r = invoke(*common, "--labels", "cat,dog")
+    assert r.exit_code == 1 and "2 labels but the dataset has 3 classes" in r.output
