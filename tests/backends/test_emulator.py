@@ -163,9 +163,9 @@ def lif_params(draw, shape):
 
 
 def synapse_weights(draw, shape):
-    """Weights of one sign or mixed, small or up to the 8-bit extremes (-256 and 255 forced in
-    when drawn), some zero."""
-    sign = draw(st.sampled_from(["mixed", "excitatory", "inhibitory"]))
+    """Weights of one sign or (twice as often) mixed, small or up to the 8-bit extremes (-256
+    and 255 forced in when drawn), some zero."""
+    sign = draw(st.sampled_from(["mixed", "mixed", "excitatory", "inhibitory"]))
     top = draw(st.sampled_from([255, 63, 7]))
     lo, hi = {"mixed": (-top - 1, top), "excitatory": (0, top), "inhibitory": (-top - 1, 0)}[sign]
     extremes = {"mixed": (-256, 255), "excitatory": (255,), "inhibitory": (-256,)}[sign]
@@ -239,12 +239,12 @@ def affine(draw, shape_in, lif_of, delay=0, shape_out=None):
 
 @st.composite
 def networks(draw):
-    r"""(layers, input mantissas ``[B, *shape]``, T): a chain of 1-4 LIFs, dense or
+    r"""(layers, input mantissas ``[B, *shape]``, T): a chain of 2-4 LIFs, dense or
     convolutional, where every LIF :math:`k \geq 2` may also read any earlier LIF :math:`j`
     through a skip synapse delayed :math:`k - 1 - j` (fan-in of mixed depths); T from 1 to 16,
     batch 1-3; input mantissas of 13 bits, or up to :math:`2^{17} + 1` (:math:`2^6` times that
     wraps u at the first LIF)."""
-    t, b, n_lif = draw(st.integers(1, 16)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    t, b, n_lif = draw(st.integers(1, 16)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
     synapse = draw(st.sampled_from([affine, conv2d]))
     shapes = [(draw(st.integers(1, 12)),) if synapse is affine else
               (draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 6)))]
