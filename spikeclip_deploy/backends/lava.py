@@ -222,7 +222,7 @@ class _Network:
 
     def record(self, inputs: np.ndarray, state: bool = False) -> ChipRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes and, with
-        ``state`` (a run as slow again), its ``u`` and ``v`` after every step of its windows."""
+        ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows."""
         b, p = len(inputs), self.period
         steps = b * p
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
