@@ -5,7 +5,7 @@ mixed depths, dense and convolutional of any stride, padding, dilation and group
 thresholds, exponents, extreme weights of one sign or mixed, currents that wrap u and saturate
 v, T from 1 to 16, batch 1-3). CI runs 8 networks, the same every time (``derandomize``, no
 example database) and without shrinking (each example costs a Lava run of 1-3 s: a failure
-reports the network as drawn); for 200 (about 5 minutes)::
+reports the network as drawn); for 200 (5-7 minutes)::
 
     SPIKECLIP_EMU_CASES=200 pytest tests/backends/test_emulator.py -k random \\
         --hypothesis-show-statistics
