@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nir
@@ -21,6 +22,16 @@ from ..zeroshot import class_weights, tokenize
 from .host_runtime import HostRuntime
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChipRun:
+    """One batch's run of a chip graph: spikes ``[B, T, *shape]`` (uint8) of every LIF, in layer
+    order, and, when recorded, its ``u`` and ``v`` after every step (int64, same shape)."""
+
+    spikes: dict[str, np.ndarray] = field(default_factory=dict)
+    u: dict[str, np.ndarray] = field(default_factory=dict)
+    v: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:

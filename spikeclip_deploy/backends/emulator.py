@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..errors import ExportError
 from ..hardware import FixedPoint, load_profile
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, pair
-from .base import Backend, input_mantissa
+from .base import Backend, ChipRun, input_mantissa
 from .host_runtime import HostOpRunner
 from .lava import synapse_bias_mant, to_lava_layout
 
@@ -50,7 +50,7 @@ FLOAT32_EXACT = 2**24
 
 def lava_weights(w: np.ndarray, bits: int) -> np.ndarray:
     """Integer weights as Lava's bit-accurate ``Dense``/``Sparse`` models use them
-    (``clip_weights`` and ``truncate_weights``, lava/utils/weightutils.py:204-290, sign mode from
+    (``clip_weights`` and ``truncate_weights``, lava/utils/weightutils.py:204-295, sign mode from
     ``determine_sign_mode``, :36-41): clipped to ``bits`` bits of magnitude, and a matrix of both
     signs loses each weight's lowest bit (``(w >> 1) << 1``)."""
     w = np.asarray(w).astype(np.int64)
@@ -87,16 +87,6 @@ def truncating_decay(x: torch.Tensor, keep: int, bits: int) -> torch.Tensor:
 
 
 @dataclass
-class EmulatorRun:
-    """One batch's result: spikes ``[B, T, *shape]`` (uint8) of every LIF, in layer order, and,
-    when recorded, its ``u`` and ``v`` after every step (int64, same shape)."""
-
-    spikes: dict[str, np.ndarray]
-    u: dict[str, np.ndarray] = field(default_factory=dict)
-    v: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
 class _Batch:
     """A run in progress: input mantissas, each layer's output ``[B, T, *shape]`` (spikes or
     current), the result."""
@@ -104,7 +94,7 @@ class _Batch:
     mant: torch.Tensor
     record_state: bool
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
-    out: EmulatorRun = field(default_factory=lambda: EmulatorRun({}))
+    out: ChipRun = field(default_factory=ChipRun)
 
 
 class Emulation:
@@ -150,7 +140,7 @@ class Emulation:
         return torch.as_tensor(w, dtype=torch.float32 if exact32 else torch.float64,
                                device=self.device)
 
-    def run(self, mant: np.ndarray, record_state: bool = False) -> EmulatorRun:
+    def run(self, mant: np.ndarray, record_state: bool = False) -> ChipRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state)."""
         batch = _Batch(torch.as_tensor(np.asarray(mant), dtype=torch.int64, device=self.device),
                        record_state)

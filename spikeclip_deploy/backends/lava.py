@@ -32,7 +32,7 @@ from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair
-from .base import Backend, input_mantissa
+from .base import Backend, ChipRun, input_mantissa
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,8 @@ class _Network:
     :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
     ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window
     is steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
+    :meth:`record` with ``state`` also reads every LIF's ``u`` and ``v`` after each step
+    (``StateRecorder``) and cuts the same windows from them.
     """
 
     def __init__(self, L: dict, layers: list[ChipLayer], time_steps: int,
@@ -216,6 +218,11 @@ class _Network:
 
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
+        return list(self.record(inputs).spikes.values())
+
+    def record(self, inputs: np.ndarray, state: bool = False) -> ChipRun:
+        """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes and, with
+        ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows."""
         b, p = len(inputs), self.period
         steps = b * p
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
@@ -244,6 +251,9 @@ class _Network:
                     recorder = self.L["io"].SpikeRecorder(shape=shape, path=path)
                     proc.s_out.connect(recorder.a_in)
                     recorded.append((la.name, path))
+                    if state:
+                        self.L["io"].new_recording(f"{path}.uv", steps, (2, *shape), np.int32)
+                        self.L["io"].StateRecorder(shape=shape, path=f"{path}.uv").watch(proc)
                 elif isinstance(la.node, HostOpNode):
                     proc = self.handlers[HostOpNode](self.L, la.node,
                                                      [procs[i].s_out.shape for i in la.inputs],
@@ -269,15 +279,22 @@ class _Network:
                 source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
             source.stop()  # only after a run that succeeded: Lava 0.10's stop() after an error
             # inside a process waits forever, so the error would hang instead of being raised
-            out = []
+            out = ChipRun()
             for name, path in recorded:
-                rec = np.load(path)  # [steps, *lava_shape]
-                rows = (np.arange(b)[:, None] * p + self.depth[name]
-                        + np.arange(self.time_steps)[None, :])
-                windows = rec[rows.reshape(-1)]  # [B*T, *lava_shape]
-                out.append(np.stack([from_lava_layout(np.moveaxis(w, 0, -1))
-                                     for w in windows.reshape(b, self.time_steps, *rec.shape[1:])]))
+                out.spikes[name] = self._windows(np.load(path), name, b)
+                if state:
+                    uv = np.load(f"{path}.uv").astype(np.int64)  # [steps, 2, *lava_shape]
+                    out.u[name], out.v[name] = (self._windows(uv[:, i], name, b) for i in (0, 1))
             return out
+
+    def _windows(self, rec: np.ndarray, name: str, b: int) -> np.ndarray:
+        """A LIF's recording ``[steps, *lava_shape]`` -> its ``b`` windows ``[B, T, *shape]``
+        (PyTorch layout)."""
+        rows = (np.arange(b)[:, None] * self.period + self.depth[name]
+                + np.arange(self.time_steps)[None, :])
+        windows = rec[rows.reshape(-1)]  # [B*T, *lava_shape]
+        return np.stack([from_lava_layout(np.moveaxis(w, 0, -1))
+                         for w in windows.reshape(b, self.time_steps, *rec.shape[1:])])
 
 
 class LavaBackend(Backend):

@@ -1,16 +1,25 @@
 """The emulator backend (``loihi-emu``): Lava's fixed-point arithmetic worked by hand (weights,
-decays, wrap, saturation), then bit-exact spikes against Lava on the micro exports and on
-seeded random networks (chains and residual fan-in, dense and convolutional, random decays,
-thresholds, exponents, extreme weights, T from 1 to 8). ``SPIKECLIP_EMU_CASES=N`` runs N random
-networks instead of the few in CI. The residual, delayed-convolution, native and host-op
-networks are compared in tests/backends/test_graphs.py and test_host_ops.py, where Lava runs
-them already."""
+decays, wrap, saturation), then bit-exact against Lava: spikes on the micro exports, and u, v
+and spikes of every LIF, step and sample on hypothesis-generated networks (chains and fan-in of
+mixed depths, dense and convolutional of any stride, padding, dilation and groups, any decays,
+thresholds, exponents, extreme weights of one sign or mixed, currents that wrap u and saturate
+v, T from 1 to 16, batch 1-3). CI runs 8 networks, the same every time (``derandomize``, no
+example database) and without shrinking (each example costs a Lava run of 1-3 s: a failure
+reports the network as drawn); for 200 (5-7 minutes)::
+
+    SPIKECLIP_EMU_CASES=200 pytest tests/backends/test_emulator.py -k random \\
+        --hypothesis-show-statistics
+
+The residual, delayed-convolution, native and host-op networks are compared in
+tests/backends/test_graphs.py and test_host_ops.py, where Lava runs them already."""
 import os
 
 import nir
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import strategies as st
 
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.emulator import (
@@ -23,21 +32,23 @@ from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.manifest import load_export
-from spikeclip_deploy.nirgraph import INPUT, ChipLayer
+from spikeclip_deploy.nirgraph import INPUT, ChipLayer, conv_out_hw
 from spikeclip_deploy.zeroshot import tokenize
 
 FP = load_profile("loihi2").fixed_point
-CI_CASES = 6
+CI_CASES = 8
 
 
-def assert_same_spikes(names, got, want, what=""):
-    """Equal spikes, else the first difference: layer, sample, step and neuron."""
-    for name, g, w in zip(names, got, want, strict=True):
-        assert g.shape == w.shape, f"{what}{name}: shapes {g.shape} != {w.shape}"
-        diff = np.argwhere(g != w)
-        assert not len(diff), (f"{what}{name}: {len(diff)} spikes differ; first at sample "
-                               f"{diff[0][0]}, step {diff[0][1]}, neuron {tuple(diff[0][2:])}: "
-                               f"emulator {g[tuple(diff[0])]}, Lava {w[tuple(diff[0])]}")
+def assert_same(name, var, got, want, what=""):
+    """Equal ``[B, T, *shape]`` arrays, else the earliest difference: layer, variable, sample,
+    step, neuron and both values."""
+    assert got.shape == want.shape, f"{what}{name} {var}: shapes {got.shape} != {want.shape}"
+    diff = np.argwhere(got != want)
+    if len(diff):
+        first = tuple(diff[np.lexsort((diff[:, 0], diff[:, 1]))[0]])  # earliest step first
+        raise AssertionError(f"{what}layer {name}, {var}: {len(diff)} values differ; first at "
+                             f"sample {first[0]}, step {first[1]}, neuron {first[2:]}: "
+                             f"emulator {got[first]}, Lava {want[first]}")
 
 
 def lif(shape, du, dv, vth, bias_exp=0):
@@ -128,77 +139,186 @@ def test_micro_exports_equal_lava(micro_exports):
         for side, current in (("image", image), ("text", text)):
             got = emu.run_chip(side, current)
             assert all(0 < s.mean() < 1 for s in got), [s.mean() for s in got]
-            assert_same_spikes(emu.lif_names(side), got, lava.run_chip(side, current), f"{side}/")
+            for name, g, w in zip(emu.lif_names(side), got, lava.run_chip(side, current),
+                                  strict=True):
+                assert_same(name, "spikes", g, w, f"{side}/")
 
 
-def random_synapse(rng, shape, delay):
-    """A dense layer or, for image shapes, a 3x3 convolution (exponent 0: Lava's ``Conv`` has
-    none), with any 9-bit weights (extremes included; dense exponents -3..4); bias mantissas
-    from -200 to 600."""
-    conv = len(shape) == 3
-    meta = {"loihi": {"weight_exp": 0 if conv else int(rng.integers(-3, 5))}, "delay": delay}
-    bias = rng.integers(-200, 601, shape[0]) * 2.0**-6
-    if conv:
-        groups = int(rng.choice([1, shape[0]]))
-        w = rng.integers(-200, 256, (shape[0], shape[0] // groups, 3, 3))
-        w.flat[:3] = (255, -256, 1)
-        return nir.Conv2d(input_shape=shape[1:], weight=w, stride=1, padding=1, dilation=1,
-                          groups=groups, bias=bias, metadata=meta)
-    w = rng.integers(-200, 256, (shape[0], shape[0]))
-    w.flat[: rng.integers(0, 3)] = rng.choice([-256, 255, 1, -1])
-    if rng.random() < 0.2:  # one sign: no lowest bit dropped
-        w = np.abs(w) * rng.choice([-1, 1])
-    return nir.Affine(weight=w, bias=bias, metadata=meta)
+# -- hypothesis: random networks, emulator against Lava on spikes, u and v ------------------
+def seeded_ints(draw, shape, lo, hi, extremes=(), fraction_zero=0.0):
+    """Integers in ``[lo, hi]`` from a drawn seed (the bulk of a network's numbers), with the
+    values ``extremes`` at random places and about ``fraction_zero`` of them 0."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    a = rng.integers(lo, hi + 1, shape)
+    a[rng.random(shape) < fraction_zero] = 0
+    at = rng.permutation(a.size)[:len(extremes)]
+    a.flat[at] = list(extremes)[:len(at)]
+    return a
 
 
-def random_network(rng):
-    """(layers, input mantissas [B, *shape], T): a chain of 2-4 LIFs, or with a skip synapse
-    from the first LIF into the last (delayed to align: a fan-in of two depths)."""
-    t, b = int(rng.integers(1, 9)), int(rng.integers(1, 4))
-    shape = (2, 4, 4) if rng.random() < 0.3 else (int(rng.integers(1, 13)),)
-    n_lif = int(rng.integers(2, 5))
+def lif_params(draw, shape):
+    """A LIF with any decays (0, 4095 and the rest), threshold and bias exponent."""
+    decay = st.one_of(st.sampled_from([0, 1, 2048, 4094, 4095]), st.integers(0, 4095))
+    vth = st.one_of(st.sampled_from([1, 131071]), st.integers(1, 1024), st.integers(1, 131071))
+    return lif(shape, draw(decay), draw(decay), draw(vth), draw(st.integers(0, 7)))
 
-    def random_lif(k):
-        du = int(rng.choice([4095, 0, rng.integers(0, 4096)]))
-        dv = int(rng.choice([0, 4095, rng.integers(0, 4096)]))
-        vth = int(rng.choice([1, 131071, np.exp(rng.uniform(0, 8))], p=[0.05, 0.05, 0.9]))
-        return lif(shape, du, dv, vth, int(rng.choice([0, 1, 2, 7])))
 
-    layers = [ChipLayer("lif0", random_lif(0), (INPUT,))]
-    skip = n_lif > 2 and rng.random() < 0.5
-    if skip:
-        layers.append(ChipLayer("skip", random_synapse(rng, shape, n_lif - 2), ("lif0",)))
+def synapse_weights(draw, shape):
+    """Weights of one sign or (twice as often) mixed, small or up to the 8-bit extremes (-256
+    and 255 forced in when drawn), some zero."""
+    sign = draw(st.sampled_from(["mixed", "mixed", "excitatory", "inhibitory"]))
+    top = draw(st.sampled_from([255, 63, 7]))
+    lo, hi = {"mixed": (-top - 1, top), "excitatory": (0, top), "inhibitory": (-top - 1, 0)}[sign]
+    extremes = {"mixed": (-256, 255), "excitatory": (255,), "inhibitory": (-256,)}[sign]
+    return seeded_ints(draw, shape, lo, hi, extremes if draw(st.booleans()) else (),
+                       draw(st.sampled_from([0.0, 0.5])))
+
+
+def synapse_bias(draw, n, lif_node):
+    """NIR biases whose mantissas on the LIF (bias exponent ``e``) are integers in the 13-bit
+    range: ``b = m 2^{e - a}``."""
+    e = int(lif_node.metadata["loihi"]["bias_exp"])
+    return seeded_ints(draw, n, -4096, 4095, (-4096, 4095) if draw(st.booleans()) else ()
+                       ) * 2.0 ** (e - FP.activation_shift)
+
+
+def conv(c_in, c_out, groups, kernel, stride, padding, dilation, weight=None, bias=None,
+         delay=0):
+    """``nir.Conv2d`` (zero weights and bias unless given)."""
+    return nir.Conv2d(input_shape=None, weight=np.zeros((c_out, c_in // groups, *kernel))
+                      if weight is None else weight, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups,
+                      bias=np.zeros(c_out) if bias is None else bias,
+                      metadata={"loihi": {"weight_exp": 0}, "delay": delay})
+
+
+def geometry(draw, hw, out_hw=None):
+    """(kernel, stride, padding, dilation), per axis, of a convolution on ``hw``: any (padding
+    up to 1, output at least 1), or one whose output is ``out_hw`` (padding up to 2; None when
+    there is none)."""
+    axes = []
+    for n, want in zip(hw, out_hw or (None, None)):
+        options = [(k, s, p, d) for k in (1, 2, 3) for s in (1, 2)
+                   for p in ((0, 1, 2) if want else (0, 1)) for d in ((1, 2) if k > 1 else (1,))
+                   if n + 2 * p >= d * (k - 1) + 1]
+        if want:  # the output length along this axis (a one-pixel-wide convolution's height)
+            options = [(k, s, p, d) for k, s, p, d in options
+                       if conv_out_hw(conv(1, 1, 1, (k, 1), (s, 1), (p, 0), (d, 1)), (n, 1))[0]
+                       == want]
+        if not options:
+            return None
+        axes.append(draw(st.sampled_from(options)))
+    return tuple(zip(*axes))
+
+
+def conv2d(draw, shape_in, lif_of, delay=0, shape_out=None):
+    """(``nir.Conv2d``, the LIF after it): exponent 0 (Lava's ``Conv`` has none), any kernel,
+    stride, padding and dilation per axis, groups dividing both channel counts; the LIF made by
+    ``lif_of(shape)``; with ``shape_out``, a convolution that gives it (None if none does)."""
+    c_in = shape_in[0]
+    c_out = shape_out[0] if shape_out else draw(st.integers(1, 4))
+    geo = geometry(draw, shape_in[1:], shape_out and shape_out[1:])
+    if geo is None:
+        return None
+    groups = draw(st.sampled_from([g for g in range(1, c_in + 1) if c_in % g == c_out % g == 0]))
+    shape = shape_out or (c_out, *conv_out_hw(conv(c_in, c_out, groups, *geo), shape_in[1:]))
+    node = lif_of(shape)
+    w = synapse_weights(draw, (c_out, c_in // groups, *geo[0]))
+    return conv(c_in, c_out, groups, *geo, w, synapse_bias(draw, c_out, node), delay), node
+
+
+def affine(draw, shape_in, lif_of, delay=0, shape_out=None):
+    """(``nir.Affine``, the LIF after it): any weight exponent from -4 to 7; ``shape_out``, or
+    1-12 neurons."""
+    node = lif_of(shape_out or (draw(st.integers(1, 12)),))
+    n = len(node.tau)
+    return nir.Affine(weight=synapse_weights(draw, (n, shape_in[0])),
+                      bias=synapse_bias(draw, n, node),
+                      metadata={"loihi": {"weight_exp": draw(st.integers(-4, 7))},
+                                "delay": delay}), node
+
+
+@st.composite
+def networks(draw):
+    r"""(layers, input mantissas ``[B, *shape]``, T): a chain of 2-4 LIFs, dense or
+    convolutional, where every LIF :math:`k \geq 2` may also read any earlier LIF :math:`j`
+    through a skip synapse delayed :math:`k - 1 - j` (fan-in of mixed depths); T from 1 to 16,
+    batch 1-3; input mantissas of 13 bits, or up to :math:`2^{17} + 1` (:math:`2^6` times that
+    wraps u at the first LIF)."""
+    t, b, n_lif = draw(st.integers(1, 16)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    synapse = draw(st.sampled_from([affine, conv2d]))
+    shapes = [(draw(st.integers(1, 12)),) if synapse is affine else
+              (draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 6)))]
+    layers = [ChipLayer("lif0", lif_params(draw, shapes[0]), (INPUT,))]
     for k in range(1, n_lif):
-        layers.append(ChipLayer(f"syn{k}", random_synapse(rng, shape, 0), (f"lif{k - 1}",)))
-        inputs = (f"syn{k}", "skip") if skip and k == n_lif - 1 else (f"syn{k}",)
-        layers.append(ChipLayer(f"lif{k}", random_lif(k), inputs))
-    mant = rng.integers(-4096, 4096, (b, *shape))
-    mant.flat[:2] = (-4096, 4095)
+        syn, node = synapse(draw, shapes[-1], lambda shape: lif_params(draw, shape))
+        shapes.append(tuple(np.asarray(node.tau).shape))
+        layers.append(ChipLayer(f"syn{k}", syn, (f"lif{k - 1}",)))
+        inputs = [f"syn{k}"]
+        for j in range(k - 1):
+            skip = draw(st.booleans()) and synapse(draw, shapes[j], lambda _: node, k - 1 - j,
+                                                   shapes[k])
+            if skip:
+                layers.append(ChipLayer(f"skip{j}_{k}", skip[0], (f"lif{j}",)))
+                inputs.append(f"skip{j}_{k}")
+        layers.append(ChipLayer(f"lif{k}", node, tuple(inputs)))
+    top = draw(st.sampled_from([4095, 2**17 + 1]))
+    mant = seeded_ints(draw, (b, *shapes[0]), -top - 1, top, (-top - 1, top))
     return layers, mant, t
 
 
-def lava_run(layers, mant, t, tmp_path):
+def lava_record(layers, mant, t):
+    """Lava's run of ``layers``, spikes, u and v."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
 
     return _Network(_lava(), layers, t, LavaBackend.handlers, FP.activation_shift, 1,
-                    str(tmp_path)).run(mant)
+                    ".").record(mant, state=True)
+
+
+def assert_same_runs(got, want, what=""):
+    """Equal u, v and spikes of every LIF, layer by layer."""
+    assert list(got.spikes) == list(want.spikes), what
+    for name in want.spikes:
+        for var in ("u", "v", "spikes"):
+            assert_same(name, var, getattr(got, var)[name], getattr(want, var)[name], what)
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("seed", range(int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES))))
-def test_random_networks_equal_lava(seed, tmp_path):
-    layers, mant, t = random_network(np.random.default_rng(seed))
-    run = Emulation(layers, t, FP, 1, tmp_path).run(mant)
-    assert_same_spikes(list(run.spikes), list(run.spikes.values()),
-                       lava_run(layers, mant, t, tmp_path), f"network {seed}: ")
+@settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)), derandomize=True,
+          database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow])
+@given(networks())
+def test_random_networks_equal_lava(network):
+    """Every LIF's u, v and spikes, every step and sample, as on Lava."""
+    layers, mant, t = network
+    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state=True)
+    kind = "convolutional" if layers[0].node.tau.ndim == 3 else "dense"
+    event(f"{kind}, {len(got.spikes)} LIFs")
+    event(f"{sum(la.name.startswith('skip') for la in layers)} skip synapses")
+    event("|u| reaches 2^22" if max(abs(u).max() for u in got.u.values()) >= 2**22 else "small u")
+    if min(v.min() for v in got.v.values()) == -(2**23) + 1:
+        event("v saturates")
+    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
 
 
 @pytest.mark.lava
-def test_the_24_bit_edges_equal_lava(tmp_path):
+def test_lava_records_u_and_v_by_hand():
+    """Lava's recorded state, two samples of the hand-worked decays above (m = -3, du = 2047,
+    dv = 1): the same u and v in both, the second sample starting again from 0."""
+    layers = [ChipLayer("lif0", lif((1,), 2047, 1, 100), (INPUT,))]
+    run = lava_record(layers, np.array([[-3], [-3]]), 4)
+    assert run.u["lif0"][..., 0].tolist() == [[-192, -288, -336, -360]] * 2
+    assert run.v["lif0"][..., 0].tolist() == [[-192, -479, -814, -1173]] * 2
+    assert not run.spikes["lif0"].any()
+
+
+@pytest.mark.lava
+def test_the_24_bit_edges_equal_lava():
     """The wrap and saturation above on Lava: u = -2^23 wraps to +2^23, so v saturates and
-    spikes at once; u = 2^23 + 64 wraps negative, no spike."""
+    spikes at once; u = 2^23 + 64 wraps negative, no spike; u and v as computed by hand."""
     layers = [ChipLayer("lif0", lif((3,), 4095, 0, 1), (INPUT,))]
     mant = np.array([[131073, -131072, -100000]])
-    run = Emulation(layers, 3, FP, 1, tmp_path).run(mant)
+    run = Emulation(layers, 3, FP, 1, ".").run(mant, record_state=True)
     assert run.spikes["lif0"][0].T.tolist() == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
-    assert_same_spikes(["lif0"], [run.spikes["lif0"]], lava_run(layers, mant, 3, tmp_path))
+    assert run.v["lif0"][0, :, 2].tolist() == [-6400000, -8388607, -8388607]
+    assert_same_runs(run, lava_record(layers, mant, 3))
