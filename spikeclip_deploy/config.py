@@ -14,6 +14,11 @@ from .paths import models_dir
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: the neurons of a graph encoder: spiking (``lif``) or ``relu`` (an ANN twin, no time steps)
+NEURONS = ("lif", "relu")
+#: encoders without spikes (ScratchCLIP's)
+ANN_IMAGE_ARCHS = ("scratch-transformer",)
+ANN_TEXT_ARCHS = ("ann-mlp",)
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,9 @@ class ModelConfig:
     (tokenizer ``image_channels``, ``image_depth`` SSA blocks; ``spike_pool`` moves its max pools
     after the LIF), ``native-spikingformer`` (the chip-native variant: spike pooling, a depthwise
     ``token_mixer_kernel`` conv as token mixer) or ``scratch-transformer`` (the ANN
-    counterpart). ``text_arch``: ``spiking-mlp`` or ``ann-mlp``."""
+    counterpart). ``text_arch``: ``spiking-mlp`` or ``ann-mlp``. ``neuron``: ``lif``, or ``relu``
+    for the ANN twin of a ``native-spikingformer`` (every LIF a ReLU, ``time_steps`` 1, the text
+    encoder ``ann-mlp``: the same graph without spikes, ScratchCLIP's role)."""
 
     name: str
     embed_dim: int
@@ -47,6 +54,7 @@ class ModelConfig:
     attn_threshold: float = 0.5
     spike_pool: bool = False
     token_mixer_kernel: int = 3
+    neuron: str = "lif"
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     description: str = ""
@@ -82,10 +90,25 @@ class ModelConfig:
         if self.token_mixer_kernel < 1 or self.token_mixer_kernel % 2 == 0:
             raise ConfigError(f"token_mixer_kernel must be odd and >= 1, got "
                               f"{self.token_mixer_kernel}")
+        if self.neuron not in NEURONS:
+            raise ConfigError(f"neuron must be one of {', '.join(NEURONS)}, got {self.neuron!r}")
+        if self.neuron == "relu" and (self.image_arch, self.text_arch, self.time_steps) != (
+                "native-spikingformer", "ann-mlp", 1):
+            raise ConfigError(f"neuron relu (an ANN twin) needs image_arch native-spikingformer, "
+                              f"text_arch ann-mlp and time_steps 1; got {self.image_arch}, "
+                              f"{self.text_arch}, {self.time_steps}")
         if len(self.image_channels) < 1:
             raise ConfigError("image_channels needs at least the stem width")
         if self.image_size % 2 ** (len(self.image_channels) - 1):
             raise ConfigError(f"image_size {self.image_size} is not divisible by the conv strides")
+
+    def ann_reason(self) -> str | None:
+        """Why this model is (partly) an ANN, with nothing to run on a chip; None if it spikes."""
+        parts = ([f"image_arch {self.image_arch}"] if self.image_arch in ANN_IMAGE_ARCHS else []) \
+            + ([f"neuron {self.neuron}"] if self.neuron != "lif" else []) \
+            + ([f"text_arch {self.text_arch}"] if self.text_arch in ANN_TEXT_ARCHS else [])
+        return (f"'{self.name}' is an ANN ({', '.join(parts)}): nothing in it spikes"
+                if parts else None)
 
 
 _REGISTRY: dict[str, ModelConfig] = {}

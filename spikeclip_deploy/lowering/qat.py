@@ -38,6 +38,7 @@ from ..hardware import ChipProfile, FixedPoint
 from ..nirgraph import HostOpNode
 from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nn.encoders import SpikingEncoder
+from ..nn.spikeclip import SpikeCLIP
 from .fold import bn_gain, folded_bias
 from .graph import trace
 from .quantize import (exact_decay_exp, host_input_quantization, input_quantization,
@@ -225,16 +226,15 @@ def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
                     lif.v_threshold = vth / (q["scale"] * lif.tau)
 
 
-def check_supported(model: nn.Module, profile: ChipProfile) -> None:
+def check_supported(model: SpikeCLIP, profile: ChipProfile) -> None:
     """Raise a :class:`ConfigError` before training if quantization-aware training cannot
     apply to either encoder's chip graph."""
+    ann = model.cfg.ann_reason()
+    if ann:
+        raise ConfigError(f"--qat-epochs: {ann}; quantization-aware training puts a spiking "
+                          f"model on a chip's grid: train the ANN without --qat-epochs")
     for side in ("image", "text"):
-        encoder = getattr(model, side)
-        if not isinstance(encoder, SpikingEncoder):
-            raise ConfigError(f"the {side} encoder ({type(encoder).__name__}) is not a spiking "
-                              f"chip graph; quantization-aware training and the Loihi export "
-                              f"need one")
-        scale_groups(encoder)
+        scale_groups(getattr(model, side))
 
 
 def freeze_batchnorm(model: nn.Module) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import NEURONS
 from .lif import MultiStepLIF
 
 HOST_INPUT = -1
@@ -139,7 +140,8 @@ STATELESS = (nn.Sequential, nn.Conv2d, nn.Linear, SpikeMaxPool, HostOp)
 
 def is_neuron(layer: nn.Module) -> bool:
     """A neuron layer: reads the whole ``[T, B, ...]`` sequence (a :class:`~.lif.MultiStepLIF`,
-    or a drop-in multi-step neuron such as a benchmark's spikingjelly node)."""
+    a drop-in multi-step neuron such as a benchmark's spikingjelly node, or an ANN twin's
+    ``ReLU``)."""
     return not isinstance(layer, STATELESS)
 
 
@@ -198,10 +200,14 @@ class ChipGraph(nn.ModuleList):
 
 class GraphBuilder:
     """Builds a :class:`ChipGraph` layer by layer: :meth:`add` returns the new layer's index,
-    which later layers list among the layers they read."""
+    which later layers list among the layers they read. ``neuron``: ``lif``, or ``relu`` for an
+    ANN twin of the same graph (run with one time step; :class:`SpikeMaxPool` then max-pools
+    ReLU outputs)."""
 
-    def __init__(self, tau: float, v_threshold: float) -> None:
-        self.tau, self.v_threshold = tau, v_threshold
+    def __init__(self, tau: float, v_threshold: float, neuron: str = "lif") -> None:
+        if neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
+        self.tau, self.v_threshold, self.neuron = tau, v_threshold, neuron
         self.layers: list[nn.Module] = []
         self.inputs: list[tuple[int, ...]] = []
 
@@ -211,7 +217,9 @@ class GraphBuilder:
         return len(self.layers) - 1
 
     def lif(self, *reads: int, threshold: float | None = None) -> int:
-        """A LIF reading the sum of ``reads``."""
+        """A LIF (a ReLU, for ``neuron`` relu) reading the sum of ``reads``."""
+        if self.neuron == "relu":
+            return self.add(nn.ReLU(), *reads)
         return self.add(MultiStepLIF(self.tau, threshold if threshold is not None
                                      else self.v_threshold), *reads)
 

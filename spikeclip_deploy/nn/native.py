@@ -29,6 +29,9 @@ With ``channels`` :math:`(C_0, \dots, C_n = D)`: host stem :math:`X = \mathrm{BN
 outputs that is never materialised: every LIF reading it lists all terms summed so far as its
 inputs (fan-in). A final LIF reads :math:`x`; its spikes leave the chip for the host readout
 (token mean, TDW, projection to ``embed_dim``).
+
+With ``neuron="relu"`` every LIF is a ReLU and :math:`T = 1`: the ANN twin of the same graph
+(ScratchCLIP's role in SpikeCLIP), whose pools max-pool ReLU outputs.
 """
 from __future__ import annotations
 
@@ -41,9 +44,10 @@ from .encoders import Readout, SpikingEncoder, conv_bn
 
 def build_native_spikingformer(channels: Sequence[int], depth: int, mlp_hidden: int,
                                mixer_kernel: int, embed_dim: int, time_steps: int, tau: float,
-                               v_threshold: float, tdw: bool) -> SpikingEncoder:
+                               v_threshold: float, tdw: bool, neuron: str = "lif"
+                               ) -> SpikingEncoder:
     """The encoder above; ``channels[0]`` is the host stem, ``channels[-1]`` the width D."""
-    g = GraphBuilder(tau, v_threshold)
+    g = GraphBuilder(tau, v_threshold, neuron)
     add, lif = g.add, g.lif
     n, dim = len(channels) - 1, channels[-1]
     z = HOST_INPUT

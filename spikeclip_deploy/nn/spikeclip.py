@@ -84,7 +84,7 @@ IMAGE_ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
         attn_threshold=c.attn_threshold, spike_pool=c.spike_pool, **_common(c)),
     "native-spikingformer": lambda c: build_native_spikingformer(
         c.image_channels, c.image_depth, c.image_mlp_hidden, c.token_mixer_kernel, c.embed_dim,
-        **_common(c)),
+        neuron=c.neuron, **_common(c)),
     "scratch-transformer": lambda c: ScratchCLIPImage(
         c.embed_dim, dim=c.image_channels[-1], depth=c.image_depth, heads=c.image_heads,
         mlp_hidden=c.image_mlp_hidden, stem=tuple(c.image_channels[:-1])),
