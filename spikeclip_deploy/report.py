@@ -32,8 +32,9 @@ def verify_summary(r: dict) -> str:
         lo, hi = r["accuracy_ci95"][k]
         n = r["lava_n"] if k == "lava" else r["n"]
         lines.append(f"    {k:<6s} {100 * acc:6.2f} %  [{100 * lo:.2f}, {100 * hi:.2f}]  n={n}")
-    lines.append("  top-1 agreement: " + "  ".join(
-        f"{k} {v:.4f} (n={r['agreement_n'][k]})" for k, v in r["agreement"].items()))
+    if r["agreement"]:
+        lines.append("  top-1 agreement: " + "  ".join(
+            f"{k} {v:.4f} (n={r['agreement_n'][k]})" for k, v in r["agreement"].items()))
     for pair, div in r["divergence"].items():
         where = "; ".join(f"{layer}: {row['samples']} images from step {row['earliest_step']}, "
                           f"{row['neurons_mean']:.1f} neurons"

@@ -56,6 +56,33 @@ def chip_sop_share(chip_sops: float, host_macs: float) -> float:
     return chip_sops / (chip_sops + host_macs)
 
 
+def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
+    """Every synapse layer of a chip graph (each reads a LIF): its name, ``copy_of`` (the
+    synapse it copies for another reader, or None), NIR type, input LIF and the FLOPs of one
+    dense evaluation (:func:`~..lowering.resources.flops`)."""
+    lifs = {la.name: tuple(np.asarray(la.node.tau).shape) for la in layers
+            if isinstance(la.node, nir.LIF)}
+    return [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
+             "type": type(la.node).__name__, "input": la.inputs[0],
+             "flops": flops(la.node, lifs[la.inputs[0]])}
+            for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode))]
+
+
+def model_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the model's synapse layers: a synapse copied for several readers (a residual
+    stream's term) is one layer of the model, counted once (the chip executes every copy)."""
+    return list({row["copy_of"] or row["name"]: row for row in rows}.values())
+
+
+def ann_macs(stem_macs: int, rows: Iterable[dict[str, Any]], op_macs: int,
+             readout_macs: int) -> int:
+    r"""MACs of one inference of the graph run as an ANN, every layer evaluated once, densely:
+    :math:`\mathrm{MAC}_{stem} + \sum_l \mathrm{FLOPs}_l + \mathrm{MAC}_{ops} +
+    \mathrm{MAC}_{readout}` over the model's synapse layers (:func:`model_rows`)."""
+    return int(stem_macs + sum(row["flops"] for row in model_rows(rows)) + op_macs
+               + readout_macs)
+
+
 class SpikeTally:
     """Running integer sums of one encoder's recorded spikes over samples: spikes per LIF layer,
     synaptic operations per synapse layer and per sample (:math:`\sum_t \sum_i s_{t,i}
@@ -66,12 +93,10 @@ class SpikeTally:
     def __init__(self, layers: list[ChipLayer], time_steps: int) -> None:
         lifs = {la.name: list(np.asarray(la.node.tau).shape) for la in layers
                 if isinstance(la.node, nir.LIF)}
-        synapses = [la for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode))]
-        self._fan_out = {la.name: fan_out(la.node, tuple(lifs[la.inputs[0]])).reshape(-1)
-                         for la in synapses}
-        rows = [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
-                 "type": type(la.node).__name__, "input": la.inputs[0],
-                 "flops": flops(la.node, tuple(lifs[la.inputs[0]]))} for la in synapses]
+        nodes = {la.name: la.node for la in layers}
+        rows = synapse_rows(layers)
+        self._fan_out = {row["name"]: fan_out(nodes[row["name"]], tuple(lifs[row["input"]]))
+                         .reshape(-1) for row in rows}
         self.data: dict[str, Any] = {
             "time_steps": time_steps, "lif_shapes": lifs, "synapses": rows,
             "host_op_macs_per_step": host_op_macs(layers), "n": 0,
@@ -142,14 +167,11 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
     rows = [{**row, "firing_rate": rates[row["input"]], "sops": d["sops"][row["name"]] / n,
              "sops_analytic": rates[row["input"]] * t * row["flops"],
              "energy_pj": d["sops"][row["name"]] / n * e_ac} for row in d["synapses"]]
-    # a synapse copied for several readers (a residual stream's term) is one layer of the model:
-    # the model's operations count it once; the chip executes every copy
-    model_rows = {row["copy_of"] or row["name"]: row for row in rows}.values()
-    total_sops = sum(row["sops"] for row in model_rows)
+    total_sops = sum(row["sops"] for row in model_rows(rows))
     host = host_macs_executed(stem_macs, readout_macs, op_macs, t)
     host_pj = e_mac * (t * stem_macs + t * op_macs + readout_macs)
     e_snn = e_ac * total_sops + host_pj
-    e_ann = e_mac * (stem_macs + sum(row["flops"] for row in model_rows) + op_macs + readout_macs)
+    e_ann = e_mac * ann_macs(stem_macs, rows, op_macs, readout_macs)
     # sorted: the interval of merged shards equals one run's to the last bit
     per_sample_mj = (e_ac * np.sort(d["sample_sops"]).astype(np.float64) + host_pj) / PJ_PER_MJ
     return {

@@ -77,8 +77,14 @@ class VerifyConfig:
     init_seed: int = 0
 
 
-def _plan(cfg: VerifyConfig) -> list[tuple[str, str, int | None]]:
-    """``(result key, backend, image cap or None)`` for every backend to run."""
+def _plan(cfg: VerifyConfig, ann: str | None) -> list[tuple[str, str, int | None]]:
+    """``(result key, backend, image cap or None)`` for every backend to run; none (the float
+    model only) for an ANN (``ann``: why it is one) or for no backends and no Lava sample."""
+    if ann:
+        if cfg.backends:
+            raise ConfigError(f"{ann}: no backend runs it and there are no spikes to count; "
+                              f"verify evaluates its float model only (give no --backends)")
+        return []
     target = export_target(cfg.target).name
     names = cfg.backends if cfg.backends is not None else DEFAULT_BACKENDS[target]
     for name in names:
@@ -87,8 +93,6 @@ def _plan(cfg: VerifyConfig) -> list[tuple[str, str, int | None]]:
     plan = [(KEYS[name], name, None) for name in dict.fromkeys(names)]
     if target == LAVA and cfg.lava_limit and LAVA not in names:
         plan.append((KEYS[LAVA], LAVA, cfg.lava_limit))
-    if not plan:
-        raise ConfigError("no backend to run: name --backends or give --lava-limit N")
     return plan
 
 
@@ -102,24 +106,28 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     query = with_distractors(with_synonyms(classes, cfg.synonym_fraction), cfg.noisy_factor)
     templates = resolve_templates(cfg.templates)
     warn_indistinct_labels(tokenizer, query)
-    plan = _plan(cfg)
+    plan = _plan(cfg, model.cfg.ann_reason())
     target = export_target(cfg.target).name
+    backends, export, energy = {}, None, None  # no plan: the float model only
     with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
-        export_dir = cfg.export or export_model(ExportConfig(
-            model=cfg.model, target=target, out=workdir / target, init=cfg.init,
-            seed=cfg.init_seed))[0]
-        backends = {key: stack.enter_context(get_backend(name)(export_dir))
-                    for key, name, _ in plan}
-        first = next(iter(backends.values()))
-        _check_made_from(first.manifest["model"], info, export_dir)
+        if plan:
+            export_dir = cfg.export or export_model(ExportConfig(
+                model=cfg.model, target=target, out=workdir / target, init=cfg.init,
+                seed=cfg.init_seed))[0]
+            backends = {key: stack.enter_context(get_backend(name)(export_dir))
+                        for key, name, _ in plan}
+            manifest = next(iter(backends.values())).manifest
+            _check_made_from(manifest["model"], info, export_dir)
+            export = {"target": manifest["target"], "path": str(cfg.export) if cfg.export
+                      else None, "sha256": _export_digest(manifest)}
+            energy = {"model": cfg.energy_model, "stem_macs": manifest["host"]["image_stem_macs"],
+                      "readout_macs": manifest["host"]["image_readout_macs"]}
         weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
                                           templates).numpy()}
         weights.update({key: b.class_weights(query, templates) for key, b in backends.items()})
         run = _stream(model, ds.images, sel, plan, backends, weights, cfg.batch_size)
-        manifest = first.manifest
         described = {key: {"backend": name, "runs": backends[key].description, "limit": cap}
                      for key, name, cap in plan}
-    host = manifest["host"]
     return {
         "format": PARTIAL_FORMAT, "shard": [cfg.shard.index, cfg.shard.count],
         "run": {
@@ -133,12 +141,9 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
             "classes": classes, "labels": query, "templates": list(templates),
             "protocol": {"noisy_factor": cfg.noisy_factor,
                          "synonym_fraction": cfg.synonym_fraction},
-            "export": {"target": manifest["target"], "path": str(cfg.export) if cfg.export
-                       else None, "sha256": _export_digest(manifest)},
-            "backends": described,
-            "lava_limit": cfg.lava_limit,
-            "energy": {"model": cfg.energy_model, "stem_macs": host["image_stem_macs"],
-                       "readout_macs": host["image_readout_macs"]},
+            "config": json.loads(json.dumps(model.cfg.to_dict())),  # as a JSON file holds it
+            "export": export, "backends": described,
+            "lava_limit": cfg.lava_limit, "energy": energy,
         },
         "positions": sel.positions.tolist(), "index": sel.index.tolist(),
         "labels": ds.labels[sel.index].tolist(), **run,
@@ -148,7 +153,9 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
 def run_verification(cfg: VerifyConfig) -> dict[str, Any]:
     """Evaluate and summarize: zero-shot accuracy of the float model and every backend (with
     95 % intervals and per class), their agreement, where their spikes diverge, firing rates,
-    and the energy report from the emulator's spikes (Lava's when the emulator did not run)."""
+    and the energy report from the emulator's spikes (Lava's when the emulator did not run).
+    An ANN (a ScratchCLIP, an ANN twin), or ``backends=()`` with ``lava_limit=0``: the float
+    model's accuracy only, nothing exported."""
     return summarize(evaluate(cfg))
 
 

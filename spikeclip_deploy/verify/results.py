@@ -35,7 +35,7 @@ def summarize(partial: dict[str, Any]) -> dict[str, Any]:
     """The report of a (partial or merged) result: ``n``, ``accuracy`` with ``accuracy_ci95``
     (Wilson) and ``per_class_accuracy``, pairwise ``agreement`` (on the samples both ran, counted
     in ``agreement_n``), ``lava_n`` and ``accuracy_on_lava_sample``, ``spike_mismatches`` and ``divergence`` per pair of spiking
-    backends, ``firing_rates``, and ``energy``."""
+    backends, ``firing_rates``, ``energy``, and the model's ``config``."""
     run = partial["run"]
     labels = np.asarray(partial["labels"])
     preds = {k: np.asarray(v) for k, v in partial["preds"].items()}
@@ -67,6 +67,7 @@ def summarize(partial: dict[str, Any]) -> dict[str, Any]:
         "divergence": divergence,
         "firing_rates": {k: t.firing_rates() for k, t in tallies.items()},
         "checkpoint_metrics": run["checkpoint_metrics"],
+        "config": run.get("config"),  # absent from partial results of earlier versions
     }
     if "lava" in ran:  # Lava's sample, and every backend's accuracy on it
         result["lava_n"] = int(ran["lava"].sum())
@@ -133,10 +134,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def read_partial(path: Path) -> dict[str, Any]:
-    """A shard's ``--json`` file."""
+def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON file of this tool; one that cannot be read is a :class:`DataError` saying
+    ``what`` it should be and the ``fix``."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path} as a partial verification result ({exc}); pass the "
-                        f"--json files written by `verify --shard I/N`") from None
+        raise DataError(f"cannot read {path} as {what} ({exc}); {fix}") from None
+
+
+def read_partial(path: Path) -> dict[str, Any]:
+    """A shard's ``--json`` file."""
+    return read_json(path, "a partial verification result",
+                     "pass the --json files written by `verify --shard I/N`")
