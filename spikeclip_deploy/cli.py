@@ -403,6 +403,28 @@ def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
         click.echo(energy_summary(result["energy"]))
 
 
+@main.command("report")
+@click.option("--verify-json", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The spiking model's `verify --json` (with its energy report).")
+@click.option("--twin-json", type=click.Path(dir_okay=False, exists=True),
+              help="The ANN twin's `verify --json` on the same images [without: the SNN graph's "
+                   "ANN counterpart, no accuracy].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the table here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="Write the table as Markdown here.")
+def report_cmd(verify_json: str, twin_json: str | None, json_path: str | None,
+               markdown_path: str | None) -> None:
+    """SNN against its ANN twin (the SpikeCLIP paper's Table 7): parameters, time steps,
+    zero-shot accuracy, SOPs and MACs, energy per inference and the energy reduction, from
+    measured verify results. Prints the Markdown table."""
+    from .comparison import markdown, write_report
+
+    table = write_report(Path(verify_json), Path(twin_json) if twin_json else None,
+                         Path(json_path) if json_path else None,
+                         Path(markdown_path) if markdown_path else None)
+    click.echo(markdown(table), nl=False)
+
+
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--params", is_flag=True,
