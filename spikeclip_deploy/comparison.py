@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .costs import model_costs
+from .costs import model_costs, parameters
 from .errors import ConfigError
 from .fileutil import atomic_write
 from .verify.energy import PJ_PER_MJ, ann_macs
@@ -30,9 +30,9 @@ SAME = ("n", "labels", "templates", "protocol")
 SAME_DATA = ("split", "val_fraction", "seed", "limit", "available", "selected")
 
 
-def _config(result: dict[str, Any], path: str) -> ModelConfig:
+def _config(result: dict[str, Any], what: str) -> ModelConfig:
     if not result.get("config"):
-        raise ConfigError(f"{path} does not record the model's config (written by an earlier "
+        raise ConfigError(f"{what} does not record the model's config (written by an earlier "
                           f"version): run verify again")
     return ModelConfig.from_dict(result["config"])
 
@@ -61,9 +61,8 @@ def compare(snn: dict[str, Any], twin: dict[str, Any] | None = None) -> dict[str
     graph_macs = ann_macs(e["first_layer_macs"], e["layers"], e["host_op_macs_per_step"],
                           e["readout_macs"])
     rows = [{"role": "snn", "model": snn["model"], "config": snn_cfg.name,
-             "neuron": snn_cfg.neuron,
-             "time_steps": e["time_steps"],
-             "parameters": model_costs(snn_cfg)["parameters"]["total"],
+             "neuron": snn_cfg.neuron, "time_steps": e["time_steps"],
+             "parameters": parameters(snn_cfg)["total"],
              "accuracy": {k: snn["accuracy"][k] for k in ("float", e["spikes_from"])},
              "accuracy_ci95": {k: snn["accuracy_ci95"][k] for k in ("float", e["spikes_from"])},
              "n": snn["n"], "sops_per_inference": e["total_sops"],

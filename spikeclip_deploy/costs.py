@@ -39,9 +39,13 @@ def image_macs(cfg: ModelConfig) -> int:
                     host["image_readout_macs"])
 
 
-def model_costs(cfg: ModelConfig) -> dict[str, Any]:
-    """``parameters`` (image, text, total) and ``image_macs`` (:func:`image_macs`) of ``cfg``."""
+def parameters(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of ``cfg``'s image and text encoders and their total."""
     params = parameter_counts(cfg)
-    return {"parameters": {"image": params["image_params"], "text": params["text_params"],
-                           "total": params["image_params"] + params["text_params"]},
-            "image_macs": image_macs(cfg)}
+    return {"image": params["image_params"], "text": params["text_params"],
+            "total": params["image_params"] + params["text_params"]}
+
+
+def model_costs(cfg: ModelConfig) -> dict[str, Any]:
+    """:func:`parameters` and :func:`image_macs` of ``cfg``."""
+    return {"parameters": parameters(cfg), "image_macs": image_macs(cfg)}
