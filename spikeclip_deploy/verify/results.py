@@ -34,8 +34,9 @@ PER_SAMPLE = ("positions", "index", "labels")
 def summarize(partial: dict[str, Any]) -> dict[str, Any]:
     """The report of a (partial or merged) result: ``n``, ``accuracy`` with ``accuracy_ci95``
     (Wilson) and ``per_class_accuracy``, pairwise ``agreement`` (on the samples both ran, counted
-    in ``agreement_n``), ``lava_n`` and ``accuracy_on_lava_sample``, ``spike_mismatches`` and ``divergence`` per pair of spiking
-    backends, ``firing_rates``, ``energy``, and the model's ``config``."""
+    in ``agreement_n``), ``lava_n`` and ``accuracy_on_lava_sample``, ``spike_mismatches`` and
+    ``divergence`` per pair of spiking backends, ``firing_rates``, ``energy``, and the model's
+    ``config``."""
     run = partial["run"]
     labels = np.asarray(partial["labels"])
     preds = {k: np.asarray(v) for k, v in partial["preds"].items()}
@@ -67,7 +68,7 @@ def summarize(partial: dict[str, Any]) -> dict[str, Any]:
         "divergence": divergence,
         "firing_rates": {k: t.firing_rates() for k, t in tallies.items()},
         "checkpoint_metrics": run["checkpoint_metrics"],
-        "config": run.get("config"),  # absent from partial results of earlier versions
+        "config": run["config"],
     }
     if "lava" in ran:  # Lava's sample, and every backend's accuracy on it
         result["lava_n"] = int(ran["lava"].sum())
