@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 DATA ?= ../shared/data/cifar10-train.tar.gz
 LIMIT ?=
 LAVA_LIMIT ?= 64
-MODEL := spikeclip-tiny-cifar10
+MODEL := spikeclip-native-small-cifar10
 CLI := $(VENV)/bin/spikeclip-deploy
 
 .PHONY: demo test venv clean-venv

@@ -135,7 +135,7 @@ def load_tokenizer(ckpt: Path):
 
 
 def default_checkpoint_name() -> str:
-    return "spikeclip-tiny-cifar10"
+    return "spikeclip-native-small-cifar10"
 
 
 __all__ = ["save_model", "load_model", "read_safetensors", "write_safetensors", "resolve_checkpoint",
