@@ -23,9 +23,10 @@ readers, which differ only in their delays, computed once), a LIF's steps in a l
 batch chunks small enough to stay in the CPU's cache. Image layers are held channels last
 (``[B, T, H, W, C]``) and returned in PyTorch layout.
 
-Every value is an integer; a LIF runs in float32 where static bounds (its inputs' bounds,
-:math:`T`, its bias, decays and threshold) keep every value it computes below :math:`2^{24}`,
-else in float64 (below :math:`2^{53}`): each operation is then exact.
+Every value is an integer; a LIF runs in float32 where bounds (its inputs' bounds from their
+weights, or the batch's actual maxima where those are too loose, :math:`T`, its bias, decays
+and threshold) keep every value it computes below :math:`2^{24}`, else in float64 (below
+:math:`2^{53}`): each operation is then exact.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ class LifPlan:
     """How a LIF runs on one batch: its float type, whether its ``u`` can wrap and its ``v``
     saturate."""
 
-    dtype: torch.dtype
+    dtype: torch.dtype | None  # None: beyond float64's exact integers
     wraps: bool
     clamps: bool
 
@@ -112,7 +113,7 @@ class Lif:
         :math:`|v_t| \le t (\max|u| + \max|b|)`, and below ``top`` once it saturates; the sums
         :math:`\mathrm{decay}(v) + u + b` and :math:`v + v_{th} + 1`, and a decay's product
         :math:`|x| m` (:func:`decay_`). float32 where all stay below :math:`2^{24}`, float64
-        below :math:`2^{53}`."""
+        below :math:`2^{53}`, else None."""
         top, bias_max = self.top, int(self.bias.abs().max()) if self.bias.numel() else 0
         u_max = a if self.keep_u == 0 else steps * a
         wraps = u_max >= top
@@ -123,10 +124,9 @@ class Lif:
         biggest = max(a + bias_max, u_max * odd_part(self.keep_u), v_max * odd_part(self.keep_v),
                       v_max + u_max + bias_max, v_max + self.vth + 1,
                       u_max + 2 * top if wraps else 0)
-        if biggest >= FLOAT64_EXACT:
-            raise ExportError(f"LIF '{self.name}': its state can reach {biggest}, beyond Lava's "
-                              f"int32 arithmetic; re-export with smaller weights or inputs")
-        return LifPlan(torch.float32 if biggest < FLOAT32_EXACT else torch.float64, wraps, clamps)
+        dtype = torch.float32 if biggest < FLOAT32_EXACT else \
+            torch.float64 if biggest < FLOAT64_EXACT else None
+        return LifPlan(dtype, wraps, clamps)
 
     def window(self, plan: LifPlan, drive: torch.Tensor, fold: bool, u: torch.Tensor,
                w: torch.Tensor, spikes: torch.Tensor,
@@ -190,6 +190,11 @@ class _Batch:
         if name not in store:  # numpy's memory (huge pages): fewer page faults than torch's
             store[name] = torch.from_numpy(np.empty((self.size, *shape), dtype=dtype))
         return store[name][self.rows]
+
+
+def _numpy(store: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """``[B, T, *inner]`` tensors -> ``[B, T, *shape]`` arrays (PyTorch layout, views)."""
+    return {k: from_inner(x, x.ndim - 2).numpy() for k, x in store.items()}
 
 
 def _synapse_key(la: ChipLayer) -> tuple:
@@ -256,11 +261,8 @@ class Emulation:
                                              int(m.abs().max()) if m.numel() else 0)}
                 for la in self.layers:
                     HANDLERS[type(la.node)](self, la, batch)
-        def numpy(store: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-            return {k: from_inner(x, x.ndim - 2).numpy() for k, x in store.items()}
-
-        return ChipRun(numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
-                           numpy(batch.u), numpy(batch.v))
+        return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
+                       _numpy(batch.u), _numpy(batch.v))
 
     # -- handlers: each writes its layer's output into ``batch.acts`` ----------------------
     def _synapse(self, la: ChipLayer, batch: _Batch) -> None:
@@ -289,6 +291,9 @@ class Emulation:
         plan = lif.plan(sum(c.bound << shift for c in ins), steps)
         if plan.dtype != torch.float32 or plan.wraps:  # loose static bounds: the actual maxima
             plan = lif.plan(sum(c.actual() << shift for c in ins), steps)
+        if plan.dtype is None:
+            raise ExportError(f"LIF '{la.name}': its state can exceed 2^53, beyond Lava's int32 "
+                              f"arithmetic; re-export with smaller weights or inputs")
         fold = lif.keep_u == 0 and not plan.wraps  # u is a_in itself: the bias joins it once
         inner = tuple(lif.bias.shape)
         spikes = batch.full(batch.spikes, la.name, (steps, *inner), np.int8)

@@ -120,8 +120,9 @@ def test_lif_plans_by_hand():
     assert plan(2**22, 0, 2048) == LifPlan(torch.float32, wraps=False, clamps=True)
     assert plan(2**12, 0, 4095) == LifPlan(torch.float64, wraps=False, clamps=False)
     assert plan(2**21, 2047, 2048) == LifPlan(torch.float64, wraps=True, clamps=True)
-    with pytest.raises(ExportError, match="LIF 'lif': its state can reach"):
-        plan(2**52, 0, 2048)
+    assert plan(2**52, 0, 2048).dtype is None
+    with pytest.raises(ExportError, match="LIF 'lif0': its state can exceed 2\\^53"):
+        one_lif([2**47], 4095, 2048, 1)  # 2^47 << 6 = 2^53
 
 
 def test_u_wraps_and_v_saturates_at_24_bits_by_hand():
