@@ -22,12 +22,9 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from spikeclip_deploy.backends import get_backend
-from spikeclip_deploy.backends.emulator import (
-    Emulation,
-    EmulatorBackend,
-    lava_weights,
-    wrap,
-)
+from spikeclip_deploy.backends import emulator
+from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif, LifPlan
+from spikeclip_deploy.backends.emulator_synapses import lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
@@ -99,6 +96,33 @@ def test_decays_truncate_toward_zero_by_hand():
     u, v, s = one_lif([10], 4095, 2048, 18)
     assert u.tolist() == [[640] * 4]
     assert v.tolist() == [[640, 960, 1120, 0]] and s.tolist() == [[0, 0, 0, 1]]
+
+
+def test_a_decay_beyond_float32_stays_exact_by_hand():
+    """m = 65537, du = 4095 (u = 64 m = 4194368 each step), dv = 1 (v keeps 4095 / 4096):
+    v = 4194368, then trunc(4194368 * 4095 / 4096) = trunc(4193343.98) = 4193343, + 4194368 =
+    8387711. float32 holds 4193343.98 as 4193344 (its step is 0.5 there): the decay of such a
+    v needs float64."""
+    _, v, _ = one_lif([65537], 4095, 1, 2**17 - 1, steps=2)
+    assert v.tolist() == [[4194368, 8387711]]
+
+
+def test_lif_plans_by_hand():
+    """|a_in << a| <= a, T = 4, 24-bit state (top 2^23), bias 0, vth 64:
+    a = 2^20 without u decay, v halving: |v| <= 4 a = 2^22, every value below 5 * 2^20: float32;
+    a = 2^22: |v| could reach 2^24, so it saturates: |v| < 2^23, sums below 2^23 + 2^22:
+    float32; dv = 1 (keeps 4095 / 4096, odd): v * 4095 reaches 2^14 * 4095 > 2^24: float64;
+    a u decay (keeps 2047 / 4096) with a = 2^21: |u| <= 4 a = 2^23 may wrap: float64."""
+    def plan(a, keep_u, keep_v):
+        return Lif("lif", keep_u, keep_v, 64, 2**23, 12, torch.zeros(3)).plan(a, 4)
+
+    assert plan(2**20, 0, 2048) == LifPlan(torch.float32, wraps=False, clamps=False)
+    assert plan(2**22, 0, 2048) == LifPlan(torch.float32, wraps=False, clamps=True)
+    assert plan(2**12, 0, 4095) == LifPlan(torch.float64, wraps=False, clamps=False)
+    assert plan(2**21, 2047, 2048) == LifPlan(torch.float64, wraps=True, clamps=True)
+    assert plan(2**52, 0, 2048).dtype is None
+    with pytest.raises(ExportError, match="LIF 'lif0': its state can exceed 2\\^53"):
+        one_lif([2**47], 4095, 2048, 1)  # 2^47 << 6 = 2^53
 
 
 def test_u_wraps_and_v_saturates_at_24_bits_by_hand():
@@ -322,3 +346,48 @@ def test_the_24_bit_edges_equal_lava():
     assert run.spikes["lif0"][0].T.tolist() == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
     assert run.v["lif0"][0, :, 2].tolist() == [-6400000, -8388607, -8388607]
     assert_same_runs(run, lava_record(layers, mant, 3))
+
+
+def residual_copies(rng):
+    """lif0 -> syn1 -> lif1 -> syn2 -> lif2, with skip and other: lif0 -> lif2 (delayed one step
+    to align). skip has syn1's weights (a copy of it for another reader), syn2 too but another
+    source, other another sign."""
+    shape, w = (6,), rng.integers(-100, 100, (6, 6)) * 2
+
+    def dense(w, delay):
+        return nir.Affine(weight=w, bias=np.full(6, 0.5),
+                          metadata={"loihi": {"weight_exp": 0}, "delay": delay})
+
+    return [ChipLayer("lif0", lif(shape, 4095, 2048, 20), (INPUT,)),
+            ChipLayer("syn1", dense(w, 0), ("lif0",)),
+            ChipLayer("skip", dense(w, 1), ("lif0",)),
+            ChipLayer("other", dense(-w, 1), ("lif0",)),
+            ChipLayer("lif1", lif(shape, 4095, 2048, 20), ("syn1",)),
+            ChipLayer("syn2", dense(w, 0), ("lif1",)),
+            ChipLayer("lif2", lif(shape, 4095, 2048, 20), ("syn2", "skip", "other"))]
+
+
+@pytest.mark.lava
+def test_a_synapse_copied_for_another_reader_runs_once():
+    """skip reuses syn1's product; syn2 and other do not; u, v and spikes are Lava's."""
+    layers = residual_copies(np.random.default_rng(0))
+    emulation = Emulation(layers, 4, FP, 1, ".")
+    assert emulation.copy_of == {"skip": "syn1"}
+    assert set(emulation.synapses) == {"syn1", "syn2", "other"}
+    mant = np.random.default_rng(1).integers(-500, 3000, (3, 6))
+    run = emulation.run(mant, record_state=True)
+    assert all(0 < s.mean() < 1 for s in run.spikes.values())
+    assert_same_runs(run, lava_record(layers, mant, 4))
+
+
+@pytest.mark.lava
+def test_chunked_runs_equal_lava(monkeypatch):
+    """Five samples run whole, two at a time (each LIF one at a time), and one at a time."""
+    layers = residual_copies(np.random.default_rng(2))
+    mant = np.random.default_rng(3).integers(-500, 3000, (5, 6))
+    want = lava_record(layers, mant, 4)
+    for samples, lif_chunk in ((5, emulator.LIF_CHUNK), (2, 1), (1, 6)):
+        emulation = Emulation(layers, 4, FP, 1, ".")
+        emulation.chunk = samples
+        monkeypatch.setattr(emulator, "LIF_CHUNK", lif_chunk)
+        assert_same_runs(emulation.run(mant, record_state=True), want, f"{samples}: ")
