@@ -1,12 +1,13 @@
 """Benchmark: the image chip graph of a ``--target loihi`` export on Lava (``loihi``, both
 convolution lowerings) and on the emulator (``loihi-emu``), for the shipped model and for the
-paper-size Loihi-native encoder, in one run.
+paper-size Loihi-native encoder, in one run. "shipped" is ``spikeclip-tiny-cifar10``, the smaller
+shipped model.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/emulator.py --threads 1
 
-Exports: ``exports/<shipped model>-loihi`` and ``exports/spikeclip-vit4-384-native-random-loihi``
+Exports: ``exports/spikeclip-tiny-cifar10-loihi`` and ``exports/spikeclip-vit4-384-native-random-loihi``
 (``--init random --seed 0``), made when absent. Images are seeded random uint8 images; the host
 computes their input mantissas once, outside every timing. Per model it prints:
 
@@ -48,11 +49,11 @@ import torch
 from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
-from spikeclip_deploy.checkpoint import default_checkpoint_name
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
 from spikeclip_deploy.nirgraph import conv_out_hw
 
 PAPER = "spikeclip-vit4-384-native"
+TINY = "spikeclip-tiny-cifar10"
 #: a csr matrix holds a synapse as an int32 value and an int32 column index, DelaySparse a
 #: second matrix of its delays: 16 bytes per delayed synapse
 CSR_BYTES = 16
@@ -200,8 +201,7 @@ def main() -> None:
         return child(*args.child)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shipped = export_of(default_checkpoint_name(), "checkpoint",
-                        default_out(default_checkpoint_name(), "loihi"))
+    shipped = export_of(TINY, "checkpoint", default_out(TINY, "loihi"))
     paper = export_of(PAPER, "random", default_out(f"{PAPER}-random", "loihi"))
     speedup = measure("shipped", shipped, args, args.lava_images, args.ref_images)
     measure("paper-size", paper, args, args.paper_lava_images, args.paper_lava_images)
