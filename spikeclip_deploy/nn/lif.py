@@ -192,7 +192,9 @@ class _Rows:
         self.inverse = sorted(range(x.dim()), key=self.perm.__getitem__)
 
     def flat(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(self.perm).reshape(self.shape[0], -1).contiguous()
+        # detached: not a view of x's base, whose layout the compiled loops would otherwise
+        # guard on (one recompilation per base layout and dtype, until torch's limit stops them)
+        return x.permute(self.perm).reshape(self.shape[0], -1).contiguous().detach()
 
     def unflat(self, y: torch.Tensor) -> torch.Tensor:
         return y.view(self.shape).permute(self.inverse)
