@@ -1,13 +1,14 @@
-"""Benchmark: one training step at batch 64, T = 4, 32x32, variants interleaved in one run.
+r"""Benchmark: one training step at batch 64, T = 4, 32x32, variants interleaved in one run.
 
 Default: the recipe's image training step (``train``'s distillation step: the image forward pass
 as the trainer runs it, the loss :math:`1 - \cos(f_s, f_t)` against fixed random teacher
 features, backward, Adam with amsgrad at the recipe's distillation learning rate) on
-``spikeclip-native-small`` (the shipped model's config), in four variants:
+``spikeclip-native-small`` (the shipped model's config), in five variants:
 
 * ``fp32 per-step``: float32, the plain per-time-step autograd LIF (``MultiStepLIF(fused=False)``,
   the reference the speedup is relative to);
 * ``fp32 fused``: float32, the library's LIF (fused time loops, ``torch.compile``d): the default;
+* ``fp32 channels-last``: as ``train --channels-last``;
 * ``bf16``: as ``train --bf16``: the image forward pass under bf16 autocast;
 * ``bf16 channels-last``: as ``train --bf16 --channels-last``.
 
@@ -178,6 +179,7 @@ def recipe_benchmark(args: argparse.Namespace) -> None:
     steps = {}
     for name, fused, bf16, channels_last in (("fp32 per-step", False, False, False),
                                              ("fp32 fused", True, False, False),
+                                             ("fp32 channels-last", True, False, True),
                                              ("bf16", True, True, False),
                                              ("bf16 channels-last", True, True, True)):
         model = copy.deepcopy(base)
