@@ -170,7 +170,11 @@ def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
 @click.option("--hardware", default=Recipe.hardware, show_default=True,
               help="Hardware profile (hardware/NAME.json) for --qat-epochs.")
 @click.option("--bf16/--no-bf16", default=Recipe.bf16, show_default=True,
-              help="bf16 autocast for the image forward pass, where the device supports it.")
+              help="bf16 autocast for the image forward pass, where the device supports it "
+                   "(quantization-aware epochs run in float32).")
+@click.option("--channels-last/--no-channels-last", default=Recipe.channels_last,
+              show_default=True, help="Train the image encoder in the channels-last memory "
+              "layout (faster convolutions; the checkpoint is saved in the default layout).")
 @click.option("--device", default=Recipe.device, show_default=True,
               help="auto (this process's GPU under torchrun, else cpu), cpu, cuda or cuda:N.")
 @click.option("--text-datasets", default=",".join(Recipe.text_datasets), show_default=True,

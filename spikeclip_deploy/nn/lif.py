@@ -35,7 +35,9 @@ logged and the eager fused loops are used from then on. Turn compilation off per
 ``use_compile=False`` or for the process with the environment variable
 ``SPIKECLIP_LIF_COMPILE=0``. Without gradients (inference) the eager fused loop runs, compiling
 nothing. Compiled and eager loops give the same spikes; inductor's ``sigmoid`` may differ from
-ATen's in the last bits on some CPUs.
+ATen's in the last bits on some CPUs. On bfloat16 currents (bf16 autocast) the compiled loops
+carry the membrane in float32 from step to step (storing :math:`H` rounded to bfloat16), the
+eager ones round it at every operation, so their spikes can differ.
 """
 from __future__ import annotations
 
@@ -192,7 +194,9 @@ class _Rows:
         self.inverse = sorted(range(x.dim()), key=self.perm.__getitem__)
 
     def flat(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(self.perm).reshape(self.shape[0], -1).contiguous()
+        # detached: not a view of x's base, whose layout the compiled loops would otherwise
+        # guard on (one recompilation per base layout and dtype, until torch's limit stops them)
+        return x.permute(self.perm).reshape(self.shape[0], -1).contiguous().detach()
 
     def unflat(self, y: torch.Tensor) -> torch.Tensor:
         return y.view(self.shape).permute(self.inverse)

@@ -1,4 +1,5 @@
-"""Shared training utilities: seeding, batching, zero-shot evaluation, cosine LR."""
+"""Shared training utilities: seeding, batching, the distillation loss, zero-shot evaluation,
+cosine LR."""
 from __future__ import annotations
 
 import math
@@ -31,6 +32,12 @@ def random_flip(images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tenso
     out = images.clone()
     out[flip] = out[flip].flip(-1)
     return out, flip
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    r""":math:`\mathrm{mean}_i (1 - s_i \cdot t_i)` over rows of L2-normalised features: the
+    batch mean of :math:`1 - \cos(f_s, f_t)`."""
+    return (1 - (student * teacher).sum(-1)).mean()
 
 
 def cosine_lr(step: int, total: int, lr_max: float, lr_min: float) -> float:

@@ -23,6 +23,7 @@ class Recipe:
     hardware: str = "loihi2"  # whose fixed-point grid quantization-aware training uses
     seed: int = 0
     bf16: bool = False  # bf16 autocast of the image forward pass, where the device supports it
+    channels_last: bool = False  # channels-last layout of the image encoder and its inputs
     device: str = "auto"  # auto: this process's GPU under torchrun (cuda:LOCAL_RANK), else cpu
     max_steps_per_epoch: int | None = None  # for smoke runs
     checkpoint_every: int = 200  # steps between mid-epoch training-state saves (0: epochs only)

@@ -49,8 +49,10 @@ from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
-from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
+from .common import (batches, cosine_lr, distillation_loss, random_flip, seed_everything,
+                     zero_shot_accuracy)
 from .distributed import Dist, bf16_supported, init_distributed
+from .precision import image_features, memory_format
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class Trainer:
         self.device = self.dist.device(recipe.device)
         self.amp = recipe.bf16 and bf16_supported(self.device)
         self.model = SpikeCLIP(cfg).to(self.device)
+        self.model.image.to(memory_format=memory_format(recipe.channels_last))
         if recipe.qat_epochs > 0:  # fail now, not after hours of earlier stages
             qat.check_supported(self.model, load_profile(recipe.hardware))
         self.init_text = self._init_text(init_text) if init_text else None
@@ -298,19 +301,19 @@ class Trainer:
     def _text_step(self, tokens: torch.Tensor, targets: torch.Tensor):
         def step(idx: torch.Tensor, _seed: int) -> torch.Tensor:
             student = F.normalize(self.net(tokens=tokens[idx].to(self.device))[0], dim=-1)
-            return (1 - (student * targets[idx].to(self.device)).sum(-1)).mean()
+            return distillation_loss(student, targets[idx].to(self.device))
         return step
 
     def _image_forward(self, idx: torch.Tensor, feats: np.ndarray, seed: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (normalised student features, teacher features, student logit scale)."""
         images, flipped = random_flip(self.train_ds.images[idx], torch.Generator().manual_seed(seed))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            student, scale = self.net(images=images.to(self.device))
+        student, scale = image_features(self.net, images, self.device, self.amp,
+                                        self.recipe.channels_last)
         rows = idx.numpy()
         teacher = torch.where(flipped[:, None], torch.from_numpy(feats[1, rows]),
                               torch.from_numpy(feats[0, rows]))
-        return F.normalize(student.float(), dim=-1), teacher.to(self.device), scale
+        return student, teacher.to(self.device), scale
 
     def run(self, opt_state: dict | None = None) -> dict:
         r = self.recipe
@@ -336,7 +339,7 @@ class Trainer:
         if self.state.stage == "distill":
             def distill(idx: torch.Tensor, seed: int) -> torch.Tensor:
                 s, t, _ = self._image_forward(idx, feats, seed)
-                return (1 - (s * t).sum(-1)).mean()
+                return distillation_loss(s, t)
             self._run_stage("distill", r.distill_epochs, r.distill_lr, self.model.image.parameters(),
                             distill, len(self.train_ds), r.batch_size, opt_state)
             opt_state = None
@@ -378,7 +381,7 @@ class Trainer:
 
     def finish(self) -> dict:
         teacher_w = self.teacher.class_weights(self.labels, CIFAR_TEMPLATES)
-        self.model.cpu()
+        self.model.cpu().image.to(memory_format=torch.contiguous_format)  # as export reads it
         self.device = torch.device("cpu")
         quantization = None
         if self.recipe.qat_epochs > 0:  # the float model ends on the chip's grid

@@ -167,10 +167,11 @@ def test_train_config_file_with_flag_override(image_folder, tmp_path):
         "finetune-lr": [1e-4, 1e-5]}))
     out = tmp_path / "m.safetensors"
     r = invoke("train", "--config", cfg, "--data", image_folder, "--out", out,
-               "--finetune-epochs", "1")
+               "--finetune-epochs", "1", "--channels-last")
     assert r.exit_code == 0, r.output
     recipe = json.loads(out.with_suffix(".json").read_text())["metadata"]["recipe"]
     assert recipe["finetune_epochs"] == 1  # the flag beats the file
+    assert recipe["channels_last"] and not recipe["bf16"]
     assert recipe["distill_epochs"] == 1 and recipe["text_batch_size"] == 64
     assert recipe["finetune_lr"] == [1e-4, 1e-5]
 

@@ -139,3 +139,26 @@ def test_surrogate_is_finite_far_below_threshold():
     x = torch.full((2, 3), -60.0, requires_grad=True)
     MultiStepLIF(fused=False)(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_compiled_loops_take_views_of_any_layout_in_float32_and_bfloat16(fresh_compile_state):
+    """A model's LIFs read views of differently laid out tensors (a conv output folded back to
+    ``[T, B, ...]``, a fan-in sum, ...), in float32 and, under bf16 autocast, in bfloat16 too;
+    the compiled loops see plain ``[T, N]`` rows, so they are not recompiled for each layout
+    (torch stops a function after 8 recompilations: training would fail). A compiled loop
+    keeps its membrane in float32 between steps, so bfloat16 inputs give the float32 spikes."""
+    torch.manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        for rank in range(2, 8):  # [T*B, 3, 2, 2, ...] bases, viewed as [T, B, 3, 2, 2, ...]
+            leaf = (torch.randn(4 * 2, 3, *[2] * (rank - 2)) + 1).to(dtype).requires_grad_(True)
+            x = (leaf * 1).unflatten(0, (4, 2))  # a view of a fresh (non-leaf) tensor
+            s = MultiStepLIF(use_compile=True)(x)
+            s.sum().backward()
+            ref = leaf.detach().float().requires_grad_(True)
+            s_ref = MultiStepLIF(fused=False)(ref.unflatten(0, (4, 2)))
+            s_ref.sum().backward()
+            assert s.dtype == leaf.grad.dtype == dtype and torch.equal(s.float(), s_ref)
+            if dtype == torch.float32:  # (bfloat16 keeps H rounded for the backward pass)
+                torch.testing.assert_close(leaf.grad, ref.grad, rtol=1e-5, atol=1e-7)
+    if lif_module._compile_failed:
+        pytest.skip("torch.compile does not work here (the eager fallback ran and matched)")

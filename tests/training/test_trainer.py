@@ -227,3 +227,35 @@ def test_the_spike_pool_rewrite_fine_tunes_from_the_original_weights(image_folde
         assert torch.equal(a, b), name
     with pytest.raises(CheckpointError, match="does not fit 'spikeclip-micro'.* by name"):
         run_training(replace(tc, model="spikeclip-micro"))
+
+
+def test_bf16_and_channels_last_in_training_only_and_qat_in_float32(image_folder, tower, tmp_path,
+                                                                    monkeypatch):
+    """``--bf16 --channels-last``: distillation runs the image forward pass under bf16 autocast
+    (bfloat16 features) on channels-last images and weights; the quantization-aware epoch drops
+    bf16 (float32 features) and keeps the layout; the trained model comes back in the default
+    layout (as export reads it), on the chip's grid."""
+    from spikeclip_deploy.nn.spikeclip import SpikeCLIP
+
+    seen = []
+    forward = SpikeCLIP.forward
+
+    def spy(self, images=None, tokens=None):
+        feats, scale = forward(self, images, tokens)
+        if images is not None:
+            nhwc = [t.is_contiguous(memory_format=torch.channels_last)
+                    for t in (images, self.image.encode[0].weight)]
+            seen.append((feats.dtype, *nhwc))
+        return feats, scale
+
+    monkeypatch.setattr(SpikeCLIP, "forward", spy)
+    recipe = Recipe(text_epochs=0, distill_epochs=1, finetune_epochs=0, qat_epochs=1, batch_size=8,
+                    max_steps_per_epoch=1, bf16=True, channels_last=True)
+    result = run_training(TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
+                                      data=image_folder, out=tmp_path / "m.safetensors",
+                                      val_fraction=0.25, recipe=recipe))
+    assert seen == [(torch.bfloat16, True, True), (torch.float32, True, True)]
+    assert [h["stage"] for h in result.meta["history"]] == ["distill", "qat"]
+    assert result.meta["metrics"]["quantization_aware"]["grid_error"] < 1e-3
+    assert all(p.is_contiguous() and p.dtype == torch.float32
+               for p in result.model.image.parameters())
