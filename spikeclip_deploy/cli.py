@@ -238,10 +238,14 @@ def _check_init(init: str, model: str | None) -> None:
 @MODEL
 @click.option("--out", type=click.Path(file_okay=False), help="Export directory [exports/NAME-TARGET].")
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
+@click.option("--format", "fmt", type=click.Choice(["nir", "netx"]), default="nir",
+              show_default=True,
+              help="netx (--target loihi): also write the chip graphs' chains as lava-dl netx "
+                   "networks (netx/*.net), every LIF bias on netx's grid (exponent 6).")
 @INIT
 @INIT_SEED
-def export_cmd(target: str, model: str | None, out: str | None, force: bool, init: str,
-               seed: int) -> None:
+def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt: str,
+               init: str, seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
     from .export import ExportConfig, export_model
     from .report import export_summary
@@ -249,7 +253,7 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, ini
     _check_init(init, model)
     path, manifest = export_model(ExportConfig(model=_model(model), target=target,
                                                out=Path(out) if out else None, force=force,
-                                               init=init, seed=seed))
+                                               init=init, seed=seed, format=fmt))
     click.echo(export_summary(path, manifest))
 
 

@@ -6,6 +6,8 @@ Layout::
     EXPORT/chip/image_encoder.nir   spiking part of the image encoder (standard NIR nodes)
     EXPORT/chip/text_encoder.nir    spiking part of the text encoder
     EXPORT/host/...                 see :mod:`spikeclip_deploy.host`
+    EXPORT/netx/SIDE_segN.net       with ``--format netx``: the chip graphs' chains as lava-dl
+                                    netx networks, see :mod:`spikeclip_deploy.netx_export`
 
 The directory is built under a locked temporary name beside the destination, flushed to disk
 and renamed into place, so a failure leaves nothing behind (a killed run's leftovers are removed
@@ -34,12 +36,13 @@ from .config import get_config
 from .errors import ConfigError, ExportError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
-from .hardware import load_profile
+from .hardware import ChipProfile, load_profile
 from .host import write_host_ops, write_host_part
 from .lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
 from .lowering.passes import LoweringContext, passes_named
 from .manifest import FORMAT, MANIFEST, is_export
-from .nirgraph import HostOpNode
+from .netx_export import netx_profile, write_netx
+from .nirgraph import HostOpNode, graph_layers
 from .nn.encoders import SpikingEncoder
 from .nn.init import random_init
 from .nn.spikeclip import SpikeCLIP
@@ -60,6 +63,7 @@ class ExportConfig:
     force: bool = False
     init: str = "checkpoint"  # or "random": a seeded random initialisation of the config
     seed: int = 0
+    format: str = "nir"  # or "netx": also lava-dl netx files, biases on netx's grid
 
 
 def library_versions() -> dict[str, str]:
@@ -105,12 +109,15 @@ def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
                                "encoder": side, "producer": f"spikeclip-deploy {__version__}"})
 
 
-def lower_encoder(model: SpikeCLIP, side: str, target: Target) -> Graph:
-    """Trace one encoder and run the target's passes over it."""
+def lower_encoder(model: SpikeCLIP, side: str, target: Target,
+                  profile: ChipProfile | None = None) -> Graph:
+    """Trace one encoder and run the target's passes over it (``profile``: instead of the
+    target's own)."""
     graph = trace_encoder(model, side)
     graph = graph.replace(meta={**graph.meta, "target": target.name})
-    ctx = LoweringContext(target.name, load_profile(target.hardware) if target.hardware else None,
-                          getattr(model, side).input_grid.grid)
+    if profile is None and target.hardware:
+        profile = load_profile(target.hardware)
+    ctx = LoweringContext(target.name, profile, getattr(model, side).input_grid.grid)
     return run_passes(graph, passes_named(target.passes), ctx)
 
 
@@ -165,6 +172,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
     """Write an export (a target that runs another's export writes that one); returns
     (directory, manifest)."""
     target = export_target(cfg.target)
+    profile = _format_profile(cfg.format, target)
     out = Path(os.path.abspath(cfg.out if cfg.out else default_out(cfg.model, target.name)))
     existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
@@ -191,15 +199,19 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         raise with_path(exc, out.parent) from None
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
-        layers, resources, partition = {}, {}, {}
+        layers, resources, partition, netx = {}, {}, {}, {}
         for side in progress(("image", "text"), desc=f"export ({target.name})", unit="encoder"):
-            graph = write_host_ops(getattr(model, side), lower_encoder(model, side, target),
-                                   tmp, side)
+            graph = write_host_ops(getattr(model, side),
+                                   lower_encoder(model, side, target, profile), tmp, side)
             layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
             partition[side] = graph.meta["partition"]
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
-            nir.write(buf, to_nir(graph))
+            chip = to_nir(graph)
+            nir.write(buf, chip)
             write_bytes(tmp / "chip" / f"{side}_encoder.nir", buf.getvalue())
+            if cfg.format == "netx":
+                netx[side] = write_netx(graph_layers(chip), profile.fixed_point.activation_shift,
+                                        tmp, side)
         labels = info["metrics"].get("labels") or []
         label_w = (class_weights(student_text_encoder(model, tokenizer), labels) if labels
                    else torch.zeros(0, model.cfg.embed_dim))
@@ -212,11 +224,27 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "hardware": target.hardware, "passes": list(target.passes),
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "partition": partition,
-                    "host": host, "files": files}
+                    "host": host, "files": files, **({"netx": netx} if netx else {})}
         write_bytes(tmp / MANIFEST,
                     (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
         publish(tmp, out, cfg.force)
     return out, manifest
+
+
+FORMATS = ("nir", "netx")
+
+
+def _format_profile(fmt: str, target: Target) -> ChipProfile | None:
+    """The chip profile an export of ``fmt`` lowers with (None: the target's float)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    profile = load_profile(target.hardware) if target.hardware else None
+    if fmt == "nir":
+        return profile
+    if target.name != "loihi":
+        raise ExportError(f"--format netx writes Loihi networks; pass --target loihi, not "
+                          f"{target.name}")
+    return netx_profile(profile)
 
 
 def model_source(model: str, init: str = "checkpoint", seed: int = 0

@@ -1,0 +1,120 @@
+"""``export --format netx``: stock lava-dl netx loads every ``.net`` and, run on Lava with the
+same input, spikes exactly as this project's emulator (bit-exact with the Lava backend)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from spikeclip_deploy.backends.base import input_mantissa
+from spikeclip_deploy.backends.emulator import EmulatorBackend
+from spikeclip_deploy.backends.lava import from_lava_layout, to_lava_layout
+from spikeclip_deploy.nirgraph import INPUT
+
+
+@pytest.fixture(scope="module")
+def netx_export(micro_ckpt, tmp_path_factory) -> Path:
+    from spikeclip_deploy.export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("netx") / "loihi"
+    return export_model(ExportConfig(model=str(micro_ckpt), target="loihi", out=out,
+                                     format="netx"))[0]
+
+
+def run_netx(path: Path, seg: dict, inputs: np.ndarray, time_steps: int,
+             models: dict | None = None) -> np.ndarray:
+    """Stock ``netx.hdf5.Network`` on Lava's fixed_pt models, one sample per period
+    (``reset_interval``): ``inputs`` ``[B, *in]`` are input mantissas (set as the input neuron's
+    ``bias_mant``) or ``[B, T, *in]`` spikes; returns the last layer's spikes ``[B, T, *out]``."""
+    from spikeclip_deploy import lava_compat
+
+    lava_compat.install()
+    from lava.lib.dl.netx import hdf5
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+
+    blocks = len(seg["layers"]) // 2  # synapse + LIF pairs after the input
+    period = time_steps + blocks
+    net = hdf5.Network(net_config=str(path), reset_interval=period,
+                       reset_offset=seg["reset_offset"])
+    b = len(inputs)
+    sink = Sink(shape=net.out.shape, buffer=b * period)
+    net.out.connect(sink.a_in)
+    bias = None
+    if seg["input"] == INPUT:
+        bias = net.layers[0].neuron.bias_mant
+        bias.init = to_lava_layout(inputs[0]).astype(np.int32)
+    else:
+        data = np.zeros((*net.inp.shape, b * period))
+        for k, x in enumerate(inputs):
+            data[..., k * period:k * period + time_steps] = np.stack(
+                [to_lava_layout(s) for s in x], -1)
+        Source(data=data).s_out.connect(net.inp)
+    cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models or {})
+    try:
+        for k in range(b):
+            if k and bias is not None:
+                bias.set(to_lava_layout(inputs[k]).astype(np.int32))
+            net.run(condition=RunSteps(num_steps=period), run_cfg=cfg)
+        rec = sink.data.get()  # [*out, steps]
+    finally:
+        net.stop()
+    rows = np.arange(b)[:, None] * period + blocks + np.arange(time_steps)[None, :]
+    return np.stack([from_lava_layout(rec[..., r]) for r in rows])
+
+
+def check_segments(export: Path, side: str, current: np.ndarray, models: dict | None = None
+                   ) -> int:
+    """Every chain of ``side`` on netx against the emulator's spikes; returns the chains run."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    emu = EmulatorBackend(export)
+    spikes = dict(zip(emu.lif_names(side), emu.run_chip(side, current)))
+    mant = input_mantissa(current, emu.graphs[side], side)
+    for seg in manifest["netx"][side]["segments"]:
+        inputs = mant if seg["input"] == INPUT else spikes[seg["input"]]
+        got = run_netx(export / seg["file"], seg, inputs, emu.time_steps, models)
+        want = spikes[seg["output"]]
+        assert want.any() and not want.all(), f"{seg['output']}: no information in the spikes"
+        np.testing.assert_array_equal(got, want, err_msg=f"{side} {seg['file']}")
+    return len(manifest["netx"][side]["segments"])
+
+
+@pytest.mark.lava
+def test_micro_netx_spikes_equal_emulator(netx_export):
+    emu = EmulatorBackend(netx_export)
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
+    assert check_segments(netx_export, "image", emu.host.image_current(images)) == 1
+    tokens = np.random.default_rng(1).integers(1, 300, (2, emu.manifest["host"]["context_length"]))
+    assert check_segments(netx_export, "text", emu.host.text_current(tokens)) == 1
+
+
+def test_netx_registers(netx_export):
+    """The file's neuron and synapse values, against the NIR graph's registers by hand."""
+    import nir
+
+    graph = nir.read(netx_export / "chip" / "text_encoder.nir")
+    lif1, dense0 = graph.nodes["lif1"], graph.nodes["dense0"]
+    with h5py.File(netx_export / "netx" / "text_seg0.net") as f:
+        layers = f["layer"]
+        assert [layers[k]["type"][0] for k in ("0", "1")] == [b"input", b"dense"]
+        neuron = layers["1"]["neuron"]
+        assert neuron["vThMant"][()] == lif1.metadata["loihi"]["vth"]
+        assert neuron["iDecay"][()] == 4096 and neuron["vDecay"][()] == 2048
+        np.testing.assert_array_equal(layers["1"]["weight"][()], dense0.weight)
+        # bias exponent 6 = activation shift: the netx bias is the NIR bias itself
+        np.testing.assert_array_equal(layers["1"]["bias"][()], dense0.bias)
+        assert lif1.metadata["loihi"]["bias_exp"] == 6
+
+
+def test_netx_export_is_deterministic(micro_ckpt, netx_export, tmp_path):
+    from spikeclip_deploy.export import ExportConfig, export_model
+
+    again, _ = export_model(ExportConfig(model=str(micro_ckpt), target="loihi",
+                                         out=tmp_path / "again", format="netx"))
+    for name in ("image_seg0.net", "text_seg0.net"):
+        assert (again / "netx" / name).read_bytes() == (netx_export / "netx" / name).read_bytes()
