@@ -102,7 +102,7 @@ def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
         why = _unexpressible(la, by_name)
         if why:
             left_out[la.name] = why
-            left_out.update({i: f"synapse into '{la.name}' ({why})" for i in la.inputs
+            left_out.update({i: f"synapse into '{la.name}', left out" for i in la.inputs
                              if i in by_name and not isinstance(by_name[i].node, HostOpNode)})
             continue
         if la.inputs == (INPUT,):

@@ -93,6 +93,38 @@ def test_micro_netx_spikes_equal_emulator(netx_export):
     assert check_segments(netx_export, "text", emu.host.text_current(tokens)) == 1
 
 
+@pytest.mark.lava
+@pytest.mark.slow
+def test_native_small_netx_chains_equal_emulator(tmp_path):
+    """The default model (fan-in from residual streams, 128-group depthwise convolutions): its
+    four image chains on netx; Lava's stock Conv model wraps 128 groups (int8), so the
+    convolutions run on this project's model of it (bit-identical, tested)."""
+    from spikeclip_deploy.backends.lava import _lava
+    from spikeclip_deploy.export import ExportConfig, export_model
+
+    export, manifest = export_model(ExportConfig(model="spikeclip-native-small-cifar10",
+                                                 target="loihi", out=tmp_path / "n", format="netx"))
+    assert sorted(manifest["netx"]["image"]["not_in_netx"])[:3] == ["conv2_lif11", "conv2_lif6",
+                                                                   "conv2_lif8"]
+    assert manifest["netx"]["image"]["not_in_netx"]["lif6"].startswith("fan-in: sums 2 layers")
+    images = np.random.default_rng(0).integers(0, 255, (1, 3, 32, 32), dtype=np.uint8)
+    current = EmulatorBackend(export).host.image_current(images)
+    assert check_segments(export, "image", current, _lava()["models"]) == 4
+
+
+def test_nir_format_biases_are_refused(micro_exports, tmp_path):
+    """A plain loihi export's biases (exponent below 6) are off netx's grid: refused, named."""
+    import nir
+
+    from spikeclip_deploy.errors import ExportError
+    from spikeclip_deploy.netx_export import write_netx
+    from spikeclip_deploy.nirgraph import graph_layers
+
+    layers = graph_layers(nir.read(micro_exports["loihi"] / "chip" / "text_encoder.nir"))
+    with pytest.raises(ExportError, match="bias exponent 3; netx fixes it at 6"):
+        write_netx(layers, 6, tmp_path, "text")
+
+
 def test_netx_registers(netx_export):
     """The file's neuron and synapse values, against the NIR graph's registers by hand."""
     import nir
