@@ -45,9 +45,8 @@ import numpy as np
 from .errors import ConfigError, HardwareLimitError
 from .fileutil import atomic_write
 from .hardware import ChipProfile, Cores, System, load_profile
-from .lowering.resources import flops
 from .manifest import load_export
-from .nirgraph import INPUT, ChipLayer, HostOpNode, graph_layers, pair
+from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, pair
 
 SIDES = ("image", "text")
 
@@ -138,8 +137,8 @@ def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
 
 
 def _groups_touched(channels: int, per_group: int, groups: int) -> int:
-    """Groups of ``per_group`` channels that a run of ``channels`` channels, starting at a
-    multiple of ``channels``, overlaps."""
+    """At most how many of ``groups`` blocks of ``per_group`` channels a run of ``channels``
+    channels, starting at a multiple of ``channels``, overlaps."""
     return min(groups, -(-channels // per_group) + (channels % per_group != 0))
 
 
@@ -151,8 +150,8 @@ def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]
     row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
     groups = int(np.asarray(node.groups))
     channel_tiles = -(-reader_dims[0] // reader.channels)
-    channel_reach = channel_tiles if groups == 1 else min(
-        channel_tiles, -(-per_group // reader.channels) + (per_group % reader.channels != 0))
+    channel_reach = channel_tiles if groups == 1 else _groups_touched(
+        per_group, reader.channels, channel_tiles)  # the tiles of the channels reading it
     return row_tiles * channel_reach
 
 
@@ -177,6 +176,15 @@ def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> dict[str, i
 
 def _over(needs: dict[str, int], cores: Cores) -> list[str]:
     return [r for r, (key, _) in BUDGETS.items() if needs[r] > getattr(cores, key)]
+
+
+def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> str:
+    """The budget that a tile one row taller (at full height: one channel wider) would break."""
+    channels, rows, _ = layer.dims
+    if u == rows and c == channels:
+        return "whole layer"
+    over = _over(_needs(layer, c + (u == rows), u + (u < rows), fan, cores), cores)
+    return over[0] if over else "fewest cores"
 
 
 def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
@@ -205,10 +213,7 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
             lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores), cores) else (mid, hi)
         n = -(-channels // c) * -(-rows // lo)
         if best is None or n < best.cores:
-            bound = _over(_needs(layer, c, lo + 1, fan, cores), cores)[0] if lo < rows else (
-                "whole layer" if c == channels else _over(_needs(layer, channels, 1, fan, cores),
-                                                          cores)[0])
-            best = _Tiling(c, lo, n, bound)
+            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores))
     return best
 
 

@@ -94,3 +94,16 @@ def test_placement_keeps_layers_whole_and_counts_chips():
     with pytest.raises(HardwareLimitError, match=r"needs 2 chips of 4 neuro-cores \(7 cores\); "
                        r"one holds 1: 1 chip\(s\) over, from layer 'b' on"):
         map_encoder("image", layers, (300,), CORES, CORES.systems[0])
+
+
+def test_the_mapper_reads_an_export_only():
+    """Run side: no model, lowering or checkpoint code is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, spikeclip_deploy.mapping; "
+            "print(sorted(m for m in sys.modules if m.startswith('spikeclip_deploy.')))")
+    loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout)  # noqa: S307 - our own printed list
+    assert [m for m in loaded if m.split(".")[1] in ("nn", "lowering", "checkpoint", "export")] \
+        == [] and "spikeclip_deploy.mapping" in loaded
