@@ -104,6 +104,6 @@ def test_the_mapper_reads_an_export_only():
     code = ("import sys, spikeclip_deploy.mapping; "
             "print(sorted(m for m in sys.modules if m.startswith('spikeclip_deploy.')))")
     loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 check=True).stdout)  # noqa: S307 - our own printed list
+                                 check=True).stdout)  # our own printed list
     assert [m for m in loaded if m.split(".")[1] in ("nn", "lowering", "checkpoint", "export")] \
         == [] and "spikeclip_deploy.mapping" in loaded
