@@ -433,6 +433,22 @@ def report_cmd(verify_json: str, twin_json: str | None, json_path: str | None,
     click.echo(markdown(table), nl=False)
 
 
+@main.command("map")
+@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.option("--system", default="kapoho-point", show_default=True,
+              help="The board to map onto, a name in the hardware profile's cores.systems "
+                   "(loihi2: oheo-gulch, kapoho-point, hala-point).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the mapping here.")
+def map_cmd(export_dir: str, system: str, json_path: str | None) -> None:
+    """Map a --target loihi export onto neuro-cores and chips: per layer neurons, synapses,
+    synaptic memory, cores and chips; fails naming the layer and resource that do not fit."""
+    from .mapping import map_export
+    from .report import mapping_summary
+
+    click.echo(mapping_summary(map_export(Path(export_dir), system,
+                                          Path(json_path) if json_path else None)))
+
+
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--params", is_flag=True,

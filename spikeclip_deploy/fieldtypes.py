@@ -7,8 +7,12 @@ from typing import Any
 
 
 def has_type(value: Any, hint: Any) -> bool:
-    """``value`` fits a field annotation (int, float, bool, str or a tuple of them); a bool is
-    not a number, an int is a float."""
+    """``value`` fits a field annotation (int, float, bool, str, a tuple of them or a dict of
+    str to one of them); a bool is not a number, an int is a float."""
+    if typing.get_origin(hint) is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(has_type(k, key) and has_type(v, item)
+                                               for k, v in value.items())
     if typing.get_origin(hint) is tuple:
         args = typing.get_args(hint)
         return (isinstance(value, tuple) and (args[-1] is Ellipsis or len(value) == len(args))
@@ -23,6 +27,8 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a 
 
 def type_name(hint: Any) -> str:
     """``an integer``, ``a list of 3 numbers``, ..."""
+    if typing.get_origin(hint) is dict:
+        return f"an object of {type_name(typing.get_args(hint)[1]).split()[1]}s"
     if typing.get_origin(hint) is tuple:
         args = typing.get_args(hint)
         count = "" if args[-1] is Ellipsis else f"{len(args)} "

@@ -44,16 +44,47 @@ class FixedPoint:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-chip capacity, checked for a whole encoder: neurons (compartments) and synaptic
-    memory counted in stored weights (a convolution's kernel once per layer); an encoder may
-    span the ``chips_per_system`` chips of ``system``. A precise mapping onto neuro-cores
-    (per-core memory, fan-in and the kernel copies each core holds) is a later step, a
-    mapper's."""
+    """Per-chip capacity, checked for a whole encoder at lowering: neurons (compartments) and
+    synaptic memory counted in stored weights (a convolution's kernel once per layer); an
+    encoder may span the ``chips_per_system`` chips of ``system``. The precise mapping onto
+    neuro-cores is :class:`Cores`' (``spikeclip-deploy map``). ``sources``: where each figure
+    comes from."""
 
     neurons_per_chip: int
     stored_weights_per_chip: int
     system: str
     chips_per_system: int
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True)
+class System:
+    """A board or rack of chips that one encoder may span."""
+
+    name: str
+    chips: int
+
+
+@dataclass(frozen=True)
+class Cores:
+    """What one neuro-core holds, the mapper's resources: neurons, synaptic memory in bits
+    (a dense synapse costs ``dense_bits_per_synapse``, a sparse one its weight and index,
+    ``sparse_bits_per_synapse``; a convolution stores its kernel once per core at
+    ``conv_bits_per_weight``), input axons (distinct presynaptic neurons) and output axons (one
+    per neuron and destination core); ``systems``: the boards a mapping may target.
+    ``sources``: where each figure comes from, or the assumption taken where none is
+    published."""
+
+    cores_per_chip: int
+    neurons_per_core: int
+    synaptic_memory_bits_per_core: int
+    dense_bits_per_synapse: int
+    sparse_bits_per_synapse: int
+    conv_bits_per_weight: int
+    input_axons_per_core: int
+    output_axons_per_core: int
+    systems: tuple[System, ...]
+    sources: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,7 @@ class ChipProfile:
     fixed_point: FixedPoint
     synapse_delay_steps: int  # steps a spike takes through one synapse layer
     limits: Limits
+    cores: Cores
 
 
 @dataclass(frozen=True)
@@ -100,6 +132,9 @@ def _kind(cls: type) -> str:
 def _value(hint: Any, value: Any, dotted: str, path: Path) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, dotted, path)
+    item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+    if dataclasses.is_dataclass(item) and isinstance(value, list):
+        return tuple(_build(item, v, f"{dotted}[{k}]", path) for k, v in enumerate(value))
     value = tuple(value) if isinstance(value, list) else value  # JSON lists are tuples here
     if not has_type(value, hint):
         raise ConfigError(f"hardware profile {path}: field {dotted} must be {type_name(hint)}, "

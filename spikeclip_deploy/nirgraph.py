@@ -36,6 +36,15 @@ def conv_out_hw(node: nir.Conv2d, hw: tuple[int, int]) -> tuple[int, int]:
                  zip(hw, k, pair(node.stride), pair(node.padding), pair(node.dilation)))
 
 
+def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one dense (non-spiking) evaluation of the layer."""
+    w = np.asarray(node.weight)
+    if isinstance(node, nir.Affine):
+        return int(w.shape[0] * w.shape[1])
+    ho, wo = conv_out_hw(node, in_shape[1:])
+    return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
+
+
 def ungroup(node: nir.Conv2d) -> nir.Conv2d:
     """A grouped convolution as the dense one it equals (zero weights across groups), with
     ``metadata['groups']``: nir 1.0.8 infers a Conv2d's input channels as ``weight.shape[1]``,

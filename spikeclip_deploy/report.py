@@ -111,3 +111,22 @@ def run_summary(result: dict) -> str:
         for label, score in sorted(r["scores"].items(), key=lambda kv: -kv[1]):
             lines.append(f"  {label:>20s}  {score:+.4f}")
     return "\n".join(lines)
+
+
+def mapping_summary(m) -> str:
+    """The ``map`` table: per layer neurons, synapses, memory, cores and chips; totals."""
+    lines = [f"map {m.export} onto {m.system.name} ({m.system.chips} chip(s) of {m.hardware})"]
+    for e in m.encoders:
+        lines.append(f"  {e.side} encoder:")
+        lines.append(f"    {'layer':<8s} {'neurons':>9s} {'synapses':>13s} {'memory KiB':>10s} "
+                     f"{'cores':>5s} {'tile c x rows':>13s}  chips  bound by")
+        for la in e.layers:
+            chips = f"{la.chips[0]}" + (f"-{la.chips[-1]}" if len(la.chips) > 1 else "")
+            tile = f"{la.tile[0]} x {la.tile[1]}"
+            lines.append(f"    {la.name:<8s} {la.neurons:>9,d} {la.synapses:>13,d} "
+                         f"{la.memory_bits / 8192:>10.1f} {la.cores:>5d} {tile:>13s}  "
+                         f"{chips:<5s}  {la.limited_by}")
+        lines.append(f"    {'total':<8s} {e.total('neurons'):>9,d} {e.total('synapses'):>13,d} "
+                     f"{e.total('memory_bits') / 8192:>10.1f} {e.total('cores'):>5d} {'':>13s}  "
+                     f"{e.chips} chip(s), {e.chip_crossings} chip crossing(s)")
+    return "\n".join(lines)

@@ -38,11 +38,26 @@ def test_every_profile_key_is_a_typed_field():
                          if dataclasses.is_dataclass(getattr(record, f.name)) else None)
                 for f in dataclasses.fields(record)}
 
-    def json_keys(data):
-        return {k: (json_keys(v) if isinstance(v, dict) else None) for k, v in data.items()}
+    def json_keys(data):  # a "sources" object is one field, a mapping of its record's figures
+        return {k: (json_keys(v) if isinstance(v, dict) and k != "sources" else None)
+                for k, v in data.items()}
 
     assert json_keys(shipped("loihi2")) == keys(load_profile("loihi2"))
     assert json_keys(shipped("energy-45nm")) == keys(load_profile("energy-45nm", "energy"))
+
+
+def test_every_core_figure_names_its_source():
+    """Each figure of the per-chip limits and the per-core resources has a citation (or the
+    assumption taken), and no source names a figure that is not there."""
+    for section in ("limits", "cores"):
+        data = shipped("loihi2")[section]
+        figures = {k for k, v in data.items() if isinstance(v, (int, list))}
+        assert set(data["sources"]) == figures, section
+        assert all(len(text) > 20 for text in data["sources"].values())
+    cores = load_profile("loihi2").cores
+    assert (cores.cores_per_chip, cores.neurons_per_core) == (128, 8192)
+    assert {s.name: s.chips for s in cores.systems} == {"oheo-gulch": 1, "kapoho-point": 8,
+                                                        "hala-point": 1152}
 
 
 def test_a_mistyped_field_is_named(profiles):
@@ -51,6 +66,18 @@ def test_a_mistyped_field_is_named(profiles):
     profile["fixed_point"]["vth_range"] = [1]
     (profiles / "loihi2.json").write_text(json.dumps(profile))
     with pytest.raises(ConfigError, match="field fixed_point.weight_bits must be an integer"):
+        load_profile("loihi2")
+    profile["fixed_point"].update(weight_bits=8, vth_range=[1, 131071])
+    profile["cores"]["sources"]["neurons_per_core"] = 8192
+    (profiles / "loihi2.json").write_text(json.dumps(profile))
+    load_profile.cache_clear()
+    with pytest.raises(ConfigError, match="field cores.sources must be an object of strings"):
+        load_profile("loihi2")
+    profile["cores"]["sources"]["neurons_per_core"] = "cited"
+    profile["cores"]["systems"][1]["chips"] = "8"
+    (profiles / "loihi2.json").write_text(json.dumps(profile))
+    load_profile.cache_clear()
+    with pytest.raises(ConfigError, match=r"field cores.systems\[1\].chips must be an integer"):
         load_profile("loihi2")
 
 

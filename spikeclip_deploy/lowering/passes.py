@@ -264,8 +264,8 @@ def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
     """Neurons and stored weights against the profile's per-chip limits (data in ``hardware/``):
     the chips they take, :math:`\max_r \lceil n_r / \mathrm{limit}_r \rceil`, must fit the
     profile's system; the count goes into ``resources["chips"]``. Stored weights, not
-    connections: a convolution shares one kernel over all positions. Mapping the encoder onto
-    neuro-cores (per-core memory and fan-in) is a later step, a mapper's."""
+    connections: a convolution shares one kernel over all positions. The mapping onto
+    neuro-cores (per-core memory and axons) is ``spikeclip-deploy map``'s, on the export."""
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' checks limits but names no hardware profile")
     limits, res = ctx.profile.limits, graph.meta["resources"]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nirgraph import HostOpNode, conv_out_hw, pair
+from ..nirgraph import HostOpNode, flops, pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -21,15 +21,6 @@ def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
                    dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
     out.sum().backward()  # d(sum of outputs)/d(input i) = synapses leaving i
     return ones_in.grad[0].round().numpy().astype(np.int64)
-
-
-def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one dense (non-spiking) evaluation of the layer."""
-    w = np.asarray(node.weight)
-    if isinstance(node, nir.Affine):
-        return int(w.shape[0] * w.shape[1])
-    ho, wo = conv_out_hw(node, in_shape[1:])
-    return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
 
 
 def stored_weights(node: nir.NIRNode) -> int:

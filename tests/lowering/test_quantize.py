@@ -84,7 +84,7 @@ def test_hardware_limits_come_from_the_profile():
     from spikeclip_deploy.lowering.passes import PASSES, LoweringContext
 
     profile = dataclasses.replace(load_profile("loihi2"), name="small-chip",
-                                  limits=Limits(100, 50, "a pair", 2))
+                                  limits=Limits(100, 50, "a pair", 2, {}))
     ctx = LoweringContext("loihi", profile, None)
 
     def graph(neurons, stored, side="image"):  # connections far over both limits: not checked

@@ -1,0 +1,321 @@
+r"""An export's chip graphs mapped onto the neuro-cores and chips of a Loihi 2 system
+(``spikeclip-deploy map``), with the per-core resources of the hardware profile's ``cores``.
+
+A core holds neurons and the synapses that end on them, so a *layer* here is a LIF with the
+synapse layers summed into it. A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
+tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons, taken as
+:math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a core. A tile needs
+
+.. math::
+
+    \mathrm{neurons} &= c\,u\,W \\
+    \mathrm{memory} &= \textstyle\sum_{conv} c\,\tfrac{C_{in}}{g} k^2\,b_{conv}
+        + \sum_{affine} u\,\min(F\,b_{dense},\ \max_j \mathrm{nnz}_j\,b_{sparse}) \\
+    \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)\,W_{in}
+        \min(H_{in}, (u-1)s + d(k-1) + 1) + \sum_{affine} F \\
+    \mathrm{output\ axons} &= c\,u\,W \textstyle\sum_{readers} \mathrm{reach}
+
+Weight sharing: a core stores the kernel of the channels it holds once, for every position it
+holds (:math:`g`: groups; :math:`C_{read}(c)`: the input channels those :math:`c` output
+channels read, all :math:`C_{in}` unless grouped). :math:`F`: an affine layer's fan-in,
+:math:`\mathrm{nnz}_j` its nonzero weights into neuron :math:`j`. A spike's *reach*: the
+reader's cores it is sent to, all of an affine reader's; of a convolution's, at most
+:math:`\lceil \lfloor d(k-1)/s \rfloor / u_r \rceil + 1` row tiles times the channel groups
+that read its channel. Of the tilings within all four per-core budgets the mapper takes the
+one with fewest cores, :math:`\lceil C/c \rceil \lceil H/u \rceil` (the largest :math:`u` for
+each :math:`c`, ties to fewer channel groups); readers are tiled first (reverse topological
+order), since a layer's output axons depend on their tiling. Host currents into the chip and
+spikes to the host take no axons here.
+
+Placement is greedy in topological order, which keeps consecutive layers together: a layer
+goes on the current chip if its cores fit there, else on a fresh chip (a layer that fits one
+chip is never split across two), and one larger than a chip fills chips in turn. A *chip
+crossing* is a synapse layer whose neurons sit on more than one chip. Each encoder is mapped
+onto the whole system on its own (they need not run at once).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nir
+import numpy as np
+
+from .errors import ConfigError, HardwareLimitError
+from .fileutil import atomic_write
+from .hardware import ChipProfile, Cores, System, load_profile
+from .manifest import load_export
+from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, pair
+
+SIDES = ("image", "text")
+
+
+@dataclass(frozen=True)
+class LayerPlacement:
+    """One LIF layer and the synapse layers into it, as mapped."""
+
+    name: str
+    synapse_layers: tuple[str, ...]
+    neurons: int
+    synapses: int  # dense-equivalent connections, a convolution's padded taps included
+    memory_bits: int  # synaptic memory over all its cores (a kernel once per core)
+    cores: int
+    tile: tuple[int, int]  # (channels, rows) per core; (1, neurons) for a flat layer
+    chips: tuple[int, ...]
+    limited_by: str  # the per-core budget that set its tile size
+
+
+@dataclass(frozen=True)
+class EncoderMapping:
+    side: str
+    layers: tuple[LayerPlacement, ...]
+    chips: int
+    chip_crossings: int
+
+    def total(self, field: str) -> int:
+        return sum(getattr(la, field) for la in self.layers)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    export: str
+    hardware: str
+    system: System
+    encoders: tuple[EncoderMapping, ...]
+
+    def to_json(self) -> dict:
+        return {"export": self.export, "hardware": self.hardware, "system": asdict(self.system),
+                "encoders": {e.side: {"layers": [asdict(la) for la in e.layers],
+                                      "totals": {f: e.total(f) for f in
+                                                 ("neurons", "synapses", "memory_bits", "cores")}
+                                      | {"chips": e.chips, "chip_crossings": e.chip_crossings}}
+                             for e in self.encoders}}
+
+
+#: per-core budget -> (the Cores field, what messages call it)
+BUDGETS = {"neurons": ("neurons_per_core", "neurons"),
+           "memory": ("synaptic_memory_bits_per_core", "bits of synaptic memory"),
+           "input_axons": ("input_axons_per_core", "input axons"),
+           "output_axons": ("output_axons_per_core", "output axons")}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A LIF as tiled: ``dims`` (channels, rows, width); its synapse layers (name, node, input
+    shape)."""
+
+    name: str
+    dims: tuple[int, int, int]
+    synapses: tuple[tuple[str, nir.NIRNode, tuple[int, ...]], ...]
+
+    @property
+    def neurons(self) -> int:
+        return int(np.prod(self.dims))
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    channels: int  # per core
+    rows: int  # per core
+    cores: int
+    bound: str  # the budget that stops a taller tile
+
+
+def _affine_bits(node: nir.Affine, cores: Cores) -> int:
+    """Bits per target neuron of an affine layer: dense, or sparse where that is smaller."""
+    w = np.asarray(node.weight)
+    return min(w.shape[1] * cores.dense_bits_per_synapse,
+               int(np.count_nonzero(w, axis=1).max()) * cores.sparse_bits_per_synapse)
+
+
+def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
+    """(kernel height, stride, dilation, output channels per group) of a convolution."""
+    w = np.asarray(node.weight)
+    return (w.shape[2], pair(node.stride)[0], pair(node.dilation)[0],
+            w.shape[0] // int(np.asarray(node.groups)))
+
+
+def _groups_touched(channels: int, per_group: int, groups: int) -> int:
+    """At most how many of ``groups`` blocks of ``per_group`` channels a run of ``channels``
+    channels, starting at a multiple of ``channels``, overlaps."""
+    return min(groups, -(-channels // per_group) + (channels % per_group != 0))
+
+
+def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]) -> int:
+    """Cores of a reader that one input neuron's spike is sent to."""
+    if isinstance(node, nir.Affine):
+        return reader.cores
+    k, s, d, per_group = _conv_geometry(node)
+    row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
+    groups = int(np.asarray(node.groups))
+    channel_tiles = -(-reader_dims[0] // reader.channels)
+    channel_reach = channel_tiles if groups == 1 else _groups_touched(
+        per_group, reader.channels, channel_tiles)  # the tiles of the channels reading it
+    return row_tiles * channel_reach
+
+
+def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> dict[str, int]:
+    """Per-core needs of a tile of ``c`` channels by ``u`` rows; ``fan``: reach over readers."""
+    memory = axons = 0
+    for _, node, in_shape in layer.synapses:
+        if isinstance(node, nir.Conv2d):
+            w = np.asarray(node.weight)
+            k, s, d, per_group = _conv_geometry(node)
+            groups = int(np.asarray(node.groups))
+            memory += c * int(np.prod(w.shape[1:])) * cores.conv_bits_per_weight
+            read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
+            axons += read * in_shape[2] * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
+        else:
+            memory += u * _affine_bits(node, cores)
+            axons += in_shape[0]
+    neurons = c * u * layer.dims[2]
+    return {"neurons": neurons, "memory": memory, "input_axons": axons,
+            "output_axons": neurons * fan}
+
+
+def _over(needs: dict[str, int], cores: Cores) -> list[str]:
+    return [r for r, (key, _) in BUDGETS.items() if needs[r] > getattr(cores, key)]
+
+
+def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> str:
+    """The budget that a tile one row taller (at full height: one channel wider) would break."""
+    channels, rows, _ = layer.dims
+    if u == rows and c == channels:
+        return "whole layer"
+    over = _over(_needs(layer, c + (u == rows), u + (u < rows), fan, cores), cores)
+    return over[0] if over else "fewest cores"
+
+
+def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
+    """The tiling with fewest cores within every per-core budget (module docstring)."""
+    first = _needs(layer, 1, 1, fan, cores)
+    over = _over(first, cores)
+    if over:
+        key, what = BUDGETS[over[0]]
+        unit = (f"one row of one channel ({layer.dims[2]:,} neurons)" if layer.dims[0] > 1
+                else "one neuron")
+        raise HardwareLimitError(
+            f"the {side} encoder's layer '{layer.name}' cannot be mapped: {unit} needs "
+            f"{first[over[0]]:,} {what} where a neuro-core holds {getattr(cores, key):,} "
+            f"({key}): {first[over[0]] - getattr(cores, key):,} over; narrow the layer (fewer "
+            f"channels or inputs) or use a hardware profile whose cores hold more")
+    channels, rows, _ = layer.dims
+    best, seen = None, set()
+    for groups in range(1, channels + 1):
+        c = -(-channels // groups)
+        if c in seen or _over(_needs(layer, c, 1, fan, cores), cores):
+            continue
+        seen.add(c)
+        lo, hi = 1, rows  # the tallest tile that fits: needs grow with u
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores), cores) else (mid, hi)
+        n = -(-channels // c) * -(-rows // lo)
+        if best is None or n < best.cores:
+            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores))
+    return best
+
+
+def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]) -> list[_Layer]:
+    shapes: dict[str, tuple[int, ...]] = {INPUT: in_shape}
+    nodes = {la.name: la for la in layers}
+    out = []
+    for la in layers:
+        if isinstance(la.node, HostOpNode):
+            shapes[la.name] = la.node.output_shape
+        elif isinstance(la.node, nir.LIF):
+            shapes[la.name] = tuple(np.asarray(la.node.tau).shape)
+            syn = tuple((i, nodes[i].node, shapes[nodes[i].inputs[0]]) for i in la.inputs
+                        if i in nodes and not isinstance(nodes[i].node, (nir.LIF, HostOpNode)))
+            shape = shapes[la.name]
+            conv = any(isinstance(n, nir.Conv2d) for _, n, _ in syn)
+            out.append(_Layer(la.name, shape if conv else (1, int(np.prod(shape)), 1), syn))
+    return out
+
+
+def _place(counts: list[int], per_chip: int) -> list[tuple[int, ...]]:
+    """Chips of each layer's cores, greedy in order (see the module's docstring)."""
+    chip, free, placed = 0, per_chip, []
+    for n in counts:
+        if n > free and n <= per_chip:
+            chip, free = chip + 1, per_chip
+        used = []
+        while n:
+            if free == 0:
+                chip, free = chip + 1, per_chip
+            take = min(n, free)
+            used.append(chip)
+            n, free = n - take, free - take
+        placed.append(tuple(used))
+    return placed
+
+
+def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
+                system: System) -> EncoderMapping:
+    """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
+    lifs = _layers(layers, in_shape)
+    sources = {la.name: la.inputs[0] for la in layers
+               if not isinstance(la.node, (nir.LIF, HostOpNode))}
+    tiles: dict[str, _Tiling] = {}
+    dims = {la.name: la.dims for la in lifs}
+    for layer in reversed(lifs):  # readers first: output axons depend on their tiling
+        fan = sum(_reach(node, tiles[reader.name], dims[reader.name])
+                  for reader in lifs for syn, node, _ in reader.synapses
+                  if sources[syn] == layer.name)
+        tiles[layer.name] = _tile(layer, fan, cores, side)
+    chips = dict(zip((la.name for la in lifs),
+                     _place([tiles[la.name].cores for la in lifs], cores.cores_per_chip)))
+    placements = []
+    for layer in lifs:
+        t = tiles[layer.name]
+        kernels = sum(int(np.asarray(n.weight).size) for _, n, _ in layer.synapses
+                      if isinstance(n, nir.Conv2d))
+        dense = sum(_affine_bits(n, cores) for _, n, _ in layer.synapses
+                    if isinstance(n, nir.Affine))
+        row_tiles = -(-layer.dims[1] // t.rows)
+        placements.append(LayerPlacement(
+            layer.name, tuple(s for s, _, _ in layer.synapses), layer.neurons,
+            sum(flops(n, shape) for _, n, shape in layer.synapses),
+            row_tiles * kernels * cores.conv_bits_per_weight + layer.neurons * dense,
+            t.cores, (t.channels, t.rows), chips[layer.name], t.bound))
+    used = max((c for p in placements for c in p.chips), default=-1) + 1
+    if used > system.chips:
+        first = next(p for p in placements if max(p.chips) >= system.chips)
+        raise HardwareLimitError(
+            f"the {side} encoder needs {used} chips of {cores.cores_per_chip} neuro-cores "
+            f"({sum(p.cores for p in placements):,} cores); {system.name} holds {system.chips}: "
+            f"{used - system.chips} chip(s) over, from layer '{first.name}' on; choose a "
+            f"larger --system or a smaller model")
+    crossings = sum(1 for p in placements for s in p.synapse_layers
+                    if len(set(p.chips) | set(chips.get(sources[s], ()))) > 1)
+    return EncoderMapping(side, tuple(placements), used, crossings)
+
+
+def system_named(cores: Cores, name: str) -> System:
+    found = {s.name: s for s in cores.systems}
+    if name not in found:
+        raise ConfigError(f"unknown system '{name}'; known: {', '.join(found)}")
+    return found[name]
+
+
+def map_export(export_dir: Path, system: str = "kapoho-point",
+               json_out: Path | None = None) -> Mapping:
+    """Map both encoders of a ``--target loihi`` export onto ``system`` (a name in the
+    hardware profile's ``cores.systems``); also write the mapping to ``json_out``."""
+    manifest = load_export(Path(export_dir))
+    if not manifest.get("hardware"):
+        raise ConfigError(f"{export_dir} is a --target {manifest['target']} export with no "
+                          f"hardware profile; map a --target loihi export")
+    profile: ChipProfile = load_profile(manifest["hardware"])
+    chosen = system_named(profile.cores, system)
+    encoders = []
+    for side in SIDES:
+        graph = nir.read(Path(export_dir) / "chip" / f"{side}_encoder.nir")
+        in_shape = tuple(int(n) for n in np.asarray(graph.nodes[INPUT].input_type["input"]))
+        encoders.append(map_encoder(side, graph_layers(graph), in_shape, profile.cores, chosen))
+    mapping = Mapping(str(export_dir), profile.name, chosen, tuple(encoders))
+    if json_out is not None:
+        atomic_write(Path(json_out), lambda p: p.write_text(json.dumps(mapping.to_json(),
+                                                                       indent=1)))
+    return mapping

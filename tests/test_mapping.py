@@ -1,0 +1,109 @@
+"""The mapper on hand-built chip graphs whose tiling is worked out by hand, on a small core
+(100 neurons, 8000 bits of synaptic memory, 1000 input axons, 4 cores a chip)."""
+import dataclasses
+
+import nir
+import numpy as np
+import pytest
+
+from spikeclip_deploy.errors import HardwareLimitError
+from spikeclip_deploy.hardware import Cores, System
+from spikeclip_deploy.mapping import map_encoder
+from spikeclip_deploy.nirgraph import INPUT, ChipLayer
+
+CORES = Cores(cores_per_chip=4, neurons_per_core=100, synaptic_memory_bits_per_core=8000,
+              dense_bits_per_synapse=8, sparse_bits_per_synapse=21, conv_bits_per_weight=8,
+              input_axons_per_core=1000, output_axons_per_core=100_000,
+              systems=(System("one", 1), System("two", 2)), sources={})
+TWO = CORES.systems[1]
+
+
+def lif(name, shape, src):
+    z = np.zeros(shape)
+    return ChipLayer(name, nir.LIF(tau=z + 1, r=z + 1, v_leak=z, v_threshold=z + 1), (src,))
+
+
+def dense(name, w, src):
+    return ChipLayer(name, nir.Affine(weight=np.asarray(w, float), bias=np.zeros(len(w))), (src,))
+
+
+def chain(n_in, w):
+    """input -> a (n_in neurons) -> dense w -> b."""
+    return [lif("a", (n_in,), INPUT), dense("d", w, "a"), lif("b", (len(w),), "d")]
+
+
+def rows(m):
+    return {la.name: la for la in m.layers}
+
+
+def test_two_cores_by_neurons_and_two_by_memory():
+    """a: 150 neurons, 100 a core -> 2 cores. b: 10 neurons of fan-in 150, 150 * 8 = 1200 bits
+    each; 8000 bits hold 6 (7200; 7 would be 8400) -> 6 + 4, 2 cores, 12 000 bits."""
+    m = map_encoder("image", chain(150, np.ones((10, 150))), (150,), CORES, TWO)
+    a, b = rows(m)["a"], rows(m)["b"]
+    assert (a.neurons, a.cores, a.tile, a.limited_by) == (150, 2, (1, 100), "neurons")
+    assert (b.neurons, b.synapses, b.memory_bits) == (10, 1500, 12_000)
+    assert (b.cores, b.tile, b.limited_by) == (2, (1, 6), "memory")
+    assert (m.total("cores"), m.chips, m.chip_crossings) == (4, 1, 0)  # 4 cores: one chip
+
+
+def test_sparse_weights_cost_weight_and_index():
+    """At most 10 nonzero weights into a neuron: 10 * 21 = 210 bits a neuron (< 150 * 8)."""
+    w = np.zeros((10, 150))
+    w[:, :10] = 1
+    b = rows(map_encoder("image", chain(150, w), (150,), CORES, TWO))["b"]
+    assert (b.memory_bits, b.cores) == (10 * 210, 1)
+
+
+def test_output_axons_split_the_sender():
+    """a's spikes go to both of b's cores: 2 output axons a neuron; 100 a core -> 50 neurons."""
+    cores = dataclasses.replace(CORES, output_axons_per_core=100)
+    a = rows(map_encoder("image", chain(150, np.ones((10, 150))), (150,), cores, TWO))["a"]
+    assert (a.cores, a.tile, a.limited_by) == (3, (1, 50), "output_axons")
+
+
+def test_conv_stores_its_kernel_once_per_core():
+    """conv 2 -> 3 channels, 3x3, 6x6 (padding 1): 108 neurons. A tile of 3 channels x 5 rows
+    (90 neurons) fits, 6 rows (108) do not -> 2 cores, each holding the whole kernel once:
+    2 * 3*2*3*3 * 8 = 864 bits (a dense matrix would be 108 * 72 * 8). Input axons of the
+    5-row tile: 2 channels x 6 wide x all 6 rows = 72."""
+    conv = nir.Conv2d(input_shape=(6, 6), weight=np.ones((3, 2, 3, 3)), stride=1, padding=1,
+                      dilation=1, groups=1, bias=np.zeros(3))
+    layers = [lif("a", (2, 6, 6), INPUT), ChipLayer("c", conv, ("a",)), lif("b", (3, 6, 6), "c")]
+    b = rows(map_encoder("image", layers, (2, 6, 6), CORES, TWO))["b"]
+    assert (b.neurons, b.cores, b.tile, b.limited_by) == (108, 2, (3, 5), "neurons")
+    assert b.memory_bits == 2 * 54 * 8
+    assert b.synapses == 3 * 36 * 2 * 9  # dense-equivalent taps, padding included
+
+
+def test_a_neuron_larger_than_a_core_is_named():
+    """Fan-in 1100: one neuron needs 8800 bits of the core's 8000."""
+    with pytest.raises(HardwareLimitError, match=r"the text encoder's layer 'b' cannot be mapped: "
+                       r"one neuron needs 8,800 bits of synaptic memory where a neuro-core "
+                       r"holds 8,000 \(synaptic_memory_bits_per_core\): 800 over"):
+        map_encoder("text", chain(1100, np.ones((2, 1100))), (1100,), CORES, TWO)
+
+
+def test_placement_keeps_layers_whole_and_counts_chips():
+    """a: 3 cores on chip 0; b (4 cores) does not fit chip 0's last core: it starts chip 1,
+    one chip crossing. On a one-chip system: 1 chip over, from b."""
+    layers = chain(300, np.ones((12, 300)))  # b: 2400 bits a neuron, 3 a core -> 4 cores
+    m = map_encoder("image", layers, (300,), CORES, TWO)
+    assert [(p.name, p.cores, p.chips) for p in m.layers] == [("a", 3, (0,)), ("b", 4, (1,))]
+    assert (m.chips, m.chip_crossings) == (2, 1)
+    with pytest.raises(HardwareLimitError, match=r"needs 2 chips of 4 neuro-cores \(7 cores\); "
+                       r"one holds 1: 1 chip\(s\) over, from layer 'b' on"):
+        map_encoder("image", layers, (300,), CORES, CORES.systems[0])
+
+
+def test_the_mapper_reads_an_export_only():
+    """Run side: no model, lowering or checkpoint code is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, spikeclip_deploy.mapping; "
+            "print(sorted(m for m in sys.modules if m.startswith('spikeclip_deploy.')))")
+    loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout)  # our own printed list
+    assert [m for m in loaded if m.split(".")[1] in ("nn", "lowering", "checkpoint", "export")] \
+        == [] and "spikeclip_deploy.mapping" in loaded
