@@ -44,7 +44,7 @@ from .results import (
     summarize,
     write_json,
 )
-from .selection import Selection, Shard, select
+from .selection import Selection, Shard, data_record, select
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,8 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
             "model": info["name"], "weights": info["weights"], "seed": info.get("seed"),
             "checkpoint_sha256": info["checkpoint_sha256"],
             "checkpoint_metrics": info["metrics"],
-            "data": {"source": str(cfg.data), "split": cfg.split,
-                     "val_fraction": cfg.val_fraction if cfg.split != "all" else None,
-                     "seed": cfg.seed, "limit": cfg.limit, "available": sel.available,
-                     "selected": sel.total},
+            "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit,
+                                sel),
             "classes": classes, "labels": query, "templates": list(templates),
             "protocol": {"noisy_factor": cfg.noisy_factor,
                          "synonym_fraction": cfg.synonym_fraction},

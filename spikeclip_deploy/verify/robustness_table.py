@@ -30,7 +30,7 @@ from ..robustness import with_distractor_set, with_synonyms
 from ..teachers import load_teacher
 from ..zeroshot import class_weights, predict, student_text_encoder
 from .results import write_json
-from .selection import select
+from .selection import data_record, select
 from .stats import wilson_ci95
 
 #: the synonym protocol's fractions of the class names replaced
@@ -103,17 +103,20 @@ def image_features(encoders: dict[str, Encoder], images: torch.Tensor, index: to
 
 def measure(encoders: dict[str, Encoder], feats: dict[str, np.ndarray], targets: np.ndarray,
             classes: list[str], rows: list[Protocol]) -> list[dict[str, Any]]:
-    """Per protocol and encoder: correct predictions of the ``targets`` (indices into
-    ``classes``), accuracy and its 95 % interval; and which class names the protocol renamed."""
+    """Per protocol and encoder: the predictions (label indices), how many are the ``targets``
+    (indices into ``classes``), accuracy and its 95 % interval; and which class names the
+    protocol renamed."""
     out = []
     for p in rows:
-        correct = {key: int((predict(feats[key], enc.class_weights(list(p.labels), p.templates))
-                             == targets).sum()) for key, enc in encoders.items()}
+        preds = {key: predict(feats[key], enc.class_weights(list(p.labels), p.templates))
+                 for key, enc in encoders.items()}
+        correct = {key: int((pr == targets).sum()) for key, pr in preds.items()}
         out.append({"protocol": p.name, "labels": list(p.labels), "templates": list(p.templates),
                     "renamed": {c: s for c, s in zip(classes, p.labels) if c != s},
                     "correct": correct,
                     "accuracy": {k: c / len(targets) for k, c in correct.items()},
-                    "accuracy_ci95": {k: wilson_ci95(c, len(targets)) for k, c in correct.items()}})
+                    "accuracy_ci95": {k: wilson_ci95(c, len(targets)) for k, c in correct.items()},
+                    "predictions": {k: pr.tolist() for k, pr in preds.items()}})
     return out
 
 
@@ -157,14 +160,13 @@ def robustness_table(cfg: RobustnessConfig) -> dict[str, Any]:
         encoders = {"float": _student(model, tokenizer), "emu": _chip(backend),
                     "teacher": teacher}
         feats = image_features(encoders, ds.images, sel.index, cfg.batch_size)
-        measured = measure(encoders, feats, ds.labels[sel.index].numpy(), classes, rows)
+        targets = ds.labels[sel.index].numpy()
+        measured = measure(encoders, feats, targets, classes, rows)
     return {"model": info["name"], "checkpoint_sha256": info["checkpoint_sha256"],
             "teacher": described,
-            "data": {"source": str(cfg.data), "split": cfg.split,
-                     "val_fraction": cfg.val_fraction if cfg.split != "all" else None,
-                     "seed": cfg.seed, "limit": cfg.limit, "available": sel.available,
-                     "selected": sel.total},
-            "n": sel.total, "classes": classes,
+            "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, sel),
+            "n": sel.total, "classes": classes, "index": sel.index.tolist(),
+            "targets": targets.tolist(),
             "columns": {key: enc.description for key, enc in encoders.items()},
             "rows": measured}
 
