@@ -449,6 +449,38 @@ def map_cmd(export_dir: str, system: str, json_path: str | None) -> None:
                                           Path(json_path) if json_path else None)))
 
 
+@main.command("robustness")
+@MODEL
+@_images
+@click.option("--teacher", default="offline-minilm", show_default=True,
+              help="The teacher to compare: offline-minilm[:TOWER.safetensors], clip:DIR or "
+                   "open_clip:DIR.")
+@click.option("--distractors", "distractor_set", default="cifar100", show_default=True,
+              help="Label set whose labels join the class names as distractors (cifar100, "
+                   "stl10, caltech101, ...).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the table here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="Write the table as Markdown here.")
+def robustness_cmd(model: str | None, data: str | None, download: bool, split: str,
+                   val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
+                   teacher: str, distractor_set: str, json_path: str | None,
+                   markdown_path: str | None) -> None:
+    """The SpikeCLIP paper's robustness protocols (distractor labels, synonyms, one template
+    against the 18 CIFAR templates): zero-shot top-1 with 95 % intervals of the student's float
+    model, the student on the chip (emulator) and the teacher, on the images verify selects.
+    Prints the Markdown table."""
+    from .verify.robustness_table import RobustnessConfig, markdown, write_table
+
+    if not data:
+        raise click.UsageError("Missing option '--data'.")
+    table = write_table(RobustnessConfig(
+        model=_model(model), data=Path(data), teacher=teacher, split=split,
+        val_fraction=val_fraction, seed=split_seed, limit=limit, batch_size=batch_size,
+        download=download, distractor_set=distractor_set),
+        Path(json_path) if json_path else None, Path(markdown_path) if markdown_path else None)
+    click.echo(markdown(table), nl=False)
+
+
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--params", is_flag=True,

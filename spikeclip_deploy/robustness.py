@@ -1,7 +1,8 @@
 """The paper's robustness protocols (Table 2) as transformations of a label list.
 
 * noisy labels: extend the ``n`` true labels to ``factor * n`` with unrelated distractors (CIFAR-100
-  names not among them); a prediction of a distractor is wrong.
+  names not among them), or by a whole named label set (:func:`with_distractor_set`); a
+  prediction of a distractor is wrong.
 * unseen labels: replace a fraction of the label names by synonyms.
 
 Accuracy is always measured against the true class, whose index is unchanged (distractors are
@@ -13,7 +14,7 @@ import math
 import random
 
 from .errors import ConfigError
-from .prompts import CIFAR100_CLASSES
+from .label_sets import label_set
 
 SYNONYMS = {
     "airplane": "aircraft", "automobile": "car", "bird": "songbird", "cat": "tabby cat",
@@ -22,11 +23,21 @@ SYNONYMS = {
 }
 
 
+def distractors(labels: list[str], dataset: str = "cifar100") -> list[str]:
+    """The labels of the label set ``dataset`` that are not among ``labels``, in its order."""
+    return [c for c in label_set(dataset) if c not in labels]
+
+
+def with_distractor_set(labels: list[str], dataset: str) -> list[str]:
+    """``labels`` followed by every label of the label set ``dataset`` not among them."""
+    return list(labels) + distractors(labels, dataset)
+
+
 def with_distractors(labels: list[str], factor: int, seed: int = 0) -> list[str]:
-    """``labels`` followed by ``(factor - 1) * len(labels)`` unrelated labels."""
+    """``labels`` followed by ``(factor - 1) * len(labels)`` unrelated labels (CIFAR-100's)."""
     if factor < 1:
         raise ConfigError(f"the noisy-label factor must be >= 1, got {factor}")
-    pool = [c.replace("_", " ") for c in CIFAR100_CLASSES if c.replace("_", " ") not in labels]
+    pool = distractors(labels)
     need = (factor - 1) * len(labels)
     if need > len(pool):
         raise ConfigError(f"factor {factor} needs {need} distractors; only {len(pool)} are available")

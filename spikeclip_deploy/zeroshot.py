@@ -54,6 +54,12 @@ def class_weights(encode_texts: Callable[[list[str]], torch.Tensor], labels: lis
     return F.normalize(feats.mean(1), dim=-1)
 
 
+def predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
+    """Zero-shot top-1: the index of the label whose class weight scores highest,
+    :math:`\arg\max_c f \cdot w_c`, per row of image features ``feats``."""
+    return (feats @ class_w.T).argmax(-1)
+
+
 def student_text_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     """``texts -> normalised features`` of a float SpikeCLIP's text encoder."""
     def encode(texts: list[str]) -> torch.Tensor:

@@ -126,24 +126,27 @@ def loihi_fixed_point(graph, current: np.ndarray, time_steps: int, truncate: boo
 
 
 class ZeroShot:
-    """Zero-shot scores ``[B, labels]`` over the CIFAR templates, computed without the backends
-    and the harness: by the PyTorch model, or by :func:`loihi_fixed_point` on an export's chip
-    graphs (and its host part, for currents and readouts)."""
+    """Zero-shot scores ``[B, labels]`` over ``templates`` (CIFAR's by default), computed without
+    the backends and the harness: by the PyTorch model, or by :func:`loihi_fixed_point` on an
+    export's chip graphs (and its host part, for currents and readouts)."""
 
     fixed_point = staticmethod(loihi_fixed_point)
 
     @staticmethod
-    def _scores(encode_texts, image_feats: np.ndarray, labels: list[str]) -> np.ndarray:
+    def _scores(encode_texts, image_feats: np.ndarray, labels: list[str],
+                templates: tuple[str, ...] | None = None) -> np.ndarray:
         from spikeclip_deploy.prompts import CIFAR_TEMPLATES
 
-        texts = [t.format(lbl) for lbl in labels for t in CIFAR_TEMPLATES]
-        w = np.asarray(encode_texts(texts), dtype=np.float64).reshape(len(labels), len(CIFAR_TEMPLATES), -1)
+        templates = templates or CIFAR_TEMPLATES
+        texts = [t.format(lbl) for lbl in labels for t in templates]
+        w = np.asarray(encode_texts(texts), dtype=np.float64).reshape(len(labels), len(templates), -1)
         w = w.mean(1)
         w /= np.linalg.norm(w, axis=-1, keepdims=True)
         return image_feats @ w.T
 
     @classmethod
-    def float_model(cls, ckpt: Path, images: np.ndarray, labels: list[str]) -> np.ndarray:
+    def float_model(cls, ckpt: Path, images: np.ndarray, labels: list[str],
+                    templates: tuple[str, ...] | None = None) -> np.ndarray:
         from spikeclip_deploy.checkpoint import load_model, load_tokenizer
         from spikeclip_deploy.zeroshot import tokenize
 
@@ -152,10 +155,11 @@ class ZeroShot:
         with torch.no_grad():
             feats = model.encode_image(torch.from_numpy(images)).double().numpy()
             return cls._scores(lambda texts: model.encode_text(torch.from_numpy(
-                tokenize(tok, texts, model.cfg.context_length))).numpy(), feats, labels)
+                tokenize(tok, texts, model.cfg.context_length))).numpy(), feats, labels, templates)
 
     @classmethod
-    def loihi(cls, export: Path, images: np.ndarray, labels: list[str]) -> np.ndarray:
+    def loihi(cls, export: Path, images: np.ndarray, labels: list[str],
+              templates: tuple[str, ...] | None = None) -> np.ndarray:
         import nir
 
         from spikeclip_deploy.backends.host_runtime import HostRuntime
@@ -170,7 +174,8 @@ class ZeroShot:
 
         feats = encode("image", host.image_current(images)).astype(np.float64)
         return cls._scores(lambda texts: encode("text", host.text_current(tokenize(
-            host.tokenizer, texts, manifest["host"]["context_length"]))), feats, labels)
+            host.tokenizer, texts, manifest["host"]["context_length"]))), feats, labels,
+            templates)
 
 
 class ImageSpikes:

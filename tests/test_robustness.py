@@ -1,8 +1,10 @@
+import random
+
 import pytest
 
 from spikeclip_deploy.errors import ConfigError
-from spikeclip_deploy.prompts import CIFAR10_CLASSES
-from spikeclip_deploy.robustness import with_distractors, with_synonyms
+from spikeclip_deploy.prompts import CIFAR10_CLASSES, CIFAR100_CLASSES
+from spikeclip_deploy.robustness import with_distractor_set, with_distractors, with_synonyms
 
 LABELS = list(CIFAR10_CLASSES)
 
@@ -25,3 +27,14 @@ def test_bad_protocol_values():
         with_distractors(LABELS, 0)
     with pytest.raises(ConfigError):
         with_synonyms(LABELS, 1.5)
+
+
+def test_distractor_set_appends_the_labels_not_yet_there():
+    cifar100 = [c.replace("_", " ") for c in CIFAR100_CLASSES]
+    assert with_distractor_set(LABELS, "cifar100") == LABELS + cifar100
+    assert with_distractor_set(["apple", "cat"], "cifar100") == ["apple", "cat"] + cifar100[1:]
+
+
+def test_distractors_sampled_from_cifar100():
+    pool = [c.replace("_", " ") for c in CIFAR100_CLASSES]
+    assert with_distractors(LABELS, 2, seed=3) == LABELS + random.Random(3).sample(pool, 10)

@@ -31,7 +31,7 @@ from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
-from ..zeroshot import class_weights, student_text_encoder, warn_indistinct_labels
+from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
 from .divergence import Divergence
 from .energy import SpikeTally
 from .results import (
@@ -44,7 +44,7 @@ from .results import (
     summarize,
     write_json,
 )
-from .selection import Selection, Shard, select
+from .selection import Selection, Shard, data_record, select
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,8 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
             "model": info["name"], "weights": info["weights"], "seed": info.get("seed"),
             "checkpoint_sha256": info["checkpoint_sha256"],
             "checkpoint_metrics": info["metrics"],
-            "data": {"source": str(cfg.data), "split": cfg.split,
-                     "val_fraction": cfg.val_fraction if cfg.split != "all" else None,
-                     "seed": cfg.seed, "limit": cfg.limit, "available": sel.available,
-                     "selected": sel.total},
+            "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit,
+                                sel),
             "classes": classes, "labels": query, "templates": list(templates),
             "protocol": {"noisy_factor": cfg.noisy_factor,
                          "synonym_fraction": cfg.synonym_fraction},
@@ -191,13 +189,13 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
             sl = slice(start, start + batch_size)
             batch = images[sel.index[sl]]
             with torch.no_grad():
-                preds["float"][sl] = _predict(model.encode_image(batch).numpy(), weights["float"])
+                preds["float"][sl] = predict(model.encode_image(batch).numpy(), weights["float"])
             spikes = {}
             for key, _, cap in plan:
                 take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
                 if take.any():
                     feats, s = backends[key].encode_images(batch[torch.from_numpy(take)].numpy())
-                    preds[key][np.flatnonzero(take) + start] = _predict(feats, weights[key])
+                    preds[key][np.flatnonzero(take) + start] = predict(feats, weights[key])
                     tallies[key].add(s)
                     spikes[key] = (take, s)
             for (a, b), div in divs.items():
@@ -210,10 +208,6 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()}}
-
-
-def _predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
-    return (feats @ class_w.T).argmax(-1)
 
 
 def _export_digest(manifest: dict) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,3 +71,11 @@ def select(ds: ImageDataset, split: str, val_fraction: float, seed: int, limit: 
         raise DataError(f"shard {shard} of {len(index)} images is empty; use at most "
                         f"{len(index)} shards")
     return Selection(index[positions], positions, len(index), available)
+
+
+def data_record(source: Path | str, split: str, val_fraction: float, seed: int,
+                limit: int | None, sel: Selection) -> dict[str, Any]:
+    """What a result records of its images: the options that chose them and how many."""
+    return {"source": str(source), "split": split,
+            "val_fraction": val_fraction if split != "all" else None, "seed": seed,
+            "limit": limit, "available": sel.available, "selected": sel.total}
