@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import SpikeClipError
 from .targets import target_names
-from .training.recipe import Recipe
+from .training.recipe import AUGMENTATIONS, Recipe
 
 
 class CleanErrors(click.Group):
@@ -167,6 +167,20 @@ def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
 @click.option("--kl-weight", default=Recipe.kl_weight, show_default=True,
               type=click.FloatRange(min=0),
               help="lambda of the KL term (0 = the no-KL ablation).")
+@click.option("--kd-temperature", default=Recipe.kd_temperature, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Temperature tau of every KL term (tau^2 KL of the softened logits).")
+@click.option("--logit-distill-weight", default=Recipe.logit_distill_weight, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Add this times the KL of the zero-shot logits to the image distillation "
+                   "loss (feature + logit distillation; 0 = features only, the paper's).")
+@click.option("--label-smoothing", default=Recipe.label_smoothing, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="Label smoothing of the fine-tuning cross-entropy.")
+@click.option("--augment", default=Recipe.augment, show_default=True,
+              type=click.Choice(AUGMENTATIONS),
+              help="Image augmentation: random flips, or pad-4 random crops too (the teacher "
+                   "then runs on each augmented view instead of cached features).")
 @click.option("--hardware", default=Recipe.hardware, show_default=True,
               help="Hardware profile (hardware/NAME.json) for --qat-epochs.")
 @click.option("--bf16/--no-bf16", default=Recipe.bf16, show_default=True,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+AUGMENTATIONS = ("flip", "crop-flip")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -19,6 +21,10 @@ class Recipe:
     finetune_lr: tuple[float, float] = (5e-4, 1e-5)
     qat_lr: tuple[float, float] = (1e-4, 1e-5)
     kl_weight: float = 1.0
+    kd_temperature: float = 1.0  # temperature of every KL term (teacher and student logits / T)
+    logit_distill_weight: float = 0.0  # KL on zero-shot logits during image distillation too
+    label_smoothing: float = 0.0  # of the fine-tuning cross-entropy
+    augment: str = "flip"  # "flip", or "crop-flip": also pad-4 random crops, teacher run on the view
     text_datasets: tuple[str, ...] = ("cifar10", "cifar100")
     hardware: str = "loihi2"  # whose fixed-point grid quantization-aware training uses
     seed: int = 0

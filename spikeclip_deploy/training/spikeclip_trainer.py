@@ -5,7 +5,15 @@ r"""SpikeCLIP's two training stages (the paper's recipe).
    view (image and its mirror) and cached on disk.
 2. Dual-loss fine-tuning, text encoder frozen: class weights are the normalised mean of each
    class's normalised prompt features; logits :math:`= s \cos`;
-   :math:`\mathcal{L} = \mathrm{CE}(z_s, y) + \lambda\, \mathrm{KL}(p_t \,\|\, p_s)` (batch mean).
+   :math:`\mathcal{L} = \mathrm{CE}_\epsilon(z_s, y) + \lambda\, \tau^2
+   \mathrm{KL}(p_t^\tau \,\|\, p_s^\tau)` (batch mean; :math:`p^\tau = \mathrm{softmax}(z/\tau)`,
+   :math:`\epsilon` the label smoothing; the paper's recipe: :math:`\tau = 1, \epsilon = 0`).
+
+Recipe options beyond the paper's: ``logit_distill_weight`` :math:`\mu` adds
+:math:`\mu\,\tau^2 \mathrm{KL}(p_t^\tau \| p_s^\tau)` on the zero-shot logits to the image
+distillation loss (feature plus logit distillation); ``augment="crop-flip"`` adds pad-4 random
+crops to the flips and runs the teacher on the very view the student sees (consistent teaching,
+Beyer et al., CVPR 2022), instead of reading cached features of the image and its mirror.
 3. Optional quantization-aware fine-tuning (same loss; :mod:`..lowering.qat`): the chip
    synapses train through the Loihi export's quantizer and end on its grid; the host current is
    rounded to the chip's input grid.
@@ -38,7 +46,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_tokenizer, read_safetensors, resolve_checkpoint, save_model
 from ..config import ModelConfig
 from ..data import ImageDataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..fileutil import atomic_write, sha256_file, write_cache
 from ..hardware import load_profile
 from ..label_sets import distillation_text_set
@@ -49,11 +57,11 @@ from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
-from .common import (batches, cosine_lr, distillation_loss, random_flip, seed_everything,
-                     zero_shot_accuracy)
+from .common import (batches, cosine_lr, distillation_loss, kd_loss, random_crop, random_flip,
+                     seed_everything, zero_shot_accuracy)
 from .distributed import Dist, bf16_supported, init_distributed
 from .precision import image_features, memory_format
-from .recipe import Recipe
+from .recipe import AUGMENTATIONS, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,7 @@ class TrainState:
 
 
 STAGES = ("text", "distill", "finetune", "qat", "done")
+CROP_PAD = 4  # pixels of zero padding a side before a random crop
 TEXT_FIELDS = ("text_arch", "vocab_size", "context_length", "text_width", "text_hidden",
                "embed_dim", "time_steps", "tau", "v_threshold", "tdw")  # define the text encoder
 
@@ -117,6 +126,9 @@ class Trainer:
                  init_text: str | None = None, init_image: str | None = None) -> None:
         self.cfg, self.teacher, self.train_ds, self.val_ds = cfg, teacher, train, val
         self.recipe, self.out, self.data_desc, self.command = recipe, Path(out), data_desc, command
+        if recipe.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {recipe.augment!r}; pick one of "
+                              f"{', '.join(AUGMENTATIONS)}")
         self.gen = seed_everything(recipe.seed)
         self.dist = init_distributed(recipe.device)
         self.device = self.dist.device(recipe.device)
@@ -304,15 +316,22 @@ class Trainer:
             return distillation_loss(student, targets[idx].to(self.device))
         return step
 
-    def _image_forward(self, idx: torch.Tensor, feats: np.ndarray, seed: int
+    def _image_forward(self, idx: torch.Tensor, feats: np.ndarray | None, seed: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (normalised student features, teacher features, student logit scale)."""
-        images, flipped = random_flip(self.train_ds.images[idx], torch.Generator().manual_seed(seed))
+        """-> (normalised student features, teacher features, student logit scale) of the
+        augmented batch; the teacher's from the cache (flips) or computed on the view (crops)."""
+        gen = torch.Generator().manual_seed(seed)
+        images, flipped = random_flip(self.train_ds.images[idx], gen)
+        if feats is None:  # crop-flip: the teacher sees the student's view
+            images = random_crop(images, CROP_PAD, gen)
+            with torch.no_grad():
+                teacher = self.teacher.encode_images(images).float()
+        else:
+            rows = idx.numpy()
+            teacher = torch.where(flipped[:, None], torch.from_numpy(feats[1, rows]),
+                                  torch.from_numpy(feats[0, rows]))
         student, scale = image_features(self.net, images, self.device, self.amp,
                                         self.recipe.channels_last)
-        rows = idx.numpy()
-        teacher = torch.where(flipped[:, None], torch.from_numpy(feats[1, rows]),
-                              torch.from_numpy(feats[0, rows]))
         return student, teacher.to(self.device), scale
 
     def run(self, opt_state: dict | None = None) -> dict:
@@ -333,15 +352,12 @@ class Trainer:
             self._run_stage("text", r.text_epochs, r.distill_lr, self.model.text.parameters(),
                             self._text_step(tokens, targets), len(texts), r.text_batch_size, opt_state)
             opt_state = None
-        if self.state.stage in ("distill", "finetune", "qat"):
+        if self.state.stage in ("distill", "finetune", "qat") and r.augment == "flip":
             feats = teacher_image_features(self.teacher, self.train_ds,
                                            self.data_desc.get("sha256", ""), self.dist)
         if self.state.stage == "distill":
-            def distill(idx: torch.Tensor, seed: int) -> torch.Tensor:
-                s, t, _ = self._image_forward(idx, feats, seed)
-                return distillation_loss(s, t)
             self._run_stage("distill", r.distill_epochs, r.distill_lr, self.model.image.parameters(),
-                            distill, len(self.train_ds), r.batch_size, opt_state)
+                            self._distill_step(feats), len(self.train_ds), r.batch_size, opt_state)
             opt_state = None
         params = lambda: list(self.model.image.parameters()) + [self.model.logit_scale]  # noqa: E731
         if self.state.stage == "finetune":
@@ -365,18 +381,41 @@ class Trainer:
             self.state.stage = "done"
         return self.finish()
 
-    def _finetune_step(self, feats: np.ndarray):
-        """CE + lambda KL against the teacher, text encoder frozen (class weights computed once)."""
-        student_w = self.class_weights()
-        teacher_w = self.teacher.class_weights(self.labels, CIFAR_TEMPLATES).to(self.device)
+    def _heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's and the teacher's zero-shot class weights, text encoders frozen
+        (computed once per stage)."""
+        return (self.class_weights(),
+                self.teacher.class_weights(self.labels, CIFAR_TEMPLATES).to(self.device))
+
+    def _logits(self, heads: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor, t: torch.Tensor,
+                scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (student, teacher) zero-shot logits, each its model's logit scale times cosines."""
+        return scale * s @ heads[0].T, self.teacher.logit_scale * t @ heads[1].T
+
+    def _distill_step(self, feats: np.ndarray | None):
+        """1 - cos against the teacher's features, plus the logits' KD term if asked."""
+        r = self.recipe
+        heads = self._heads() if r.logit_distill_weight else None
 
         def step(idx: torch.Tensor, seed: int) -> torch.Tensor:
             s, t, scale = self._image_forward(idx, feats, seed)
-            logits = scale * s @ student_w.T
-            p_t = F.softmax(self.teacher.logit_scale * t @ teacher_w.T, dim=-1)
-            kl = F.kl_div(F.log_softmax(logits, -1), p_t, reduction="batchmean")
+            loss = distillation_loss(s, t)
+            if heads:
+                loss = loss + r.logit_distill_weight * kd_loss(
+                    *self._logits(heads, s, t, scale), r.kd_temperature)
+            return loss
+        return step
+
+    def _finetune_step(self, feats: np.ndarray | None):
+        """CE (label-smoothed if asked) + lambda KL against the teacher."""
+        heads, r = self._heads(), self.recipe
+
+        def step(idx: torch.Tensor, seed: int) -> torch.Tensor:
+            s, t, scale = self._image_forward(idx, feats, seed)
+            z_s, z_t = self._logits(heads, s, t, scale)
             labels = self.train_ds.labels[idx].to(self.device)
-            return F.cross_entropy(logits, labels) + self.recipe.kl_weight * kl
+            ce = F.cross_entropy(z_s, labels, label_smoothing=r.label_smoothing)
+            return ce + r.kl_weight * kd_loss(z_s, z_t, r.kd_temperature)
         return step
 
     def finish(self) -> dict:

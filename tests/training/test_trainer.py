@@ -2,6 +2,7 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -259,3 +260,81 @@ def test_bf16_and_channels_last_in_training_only_and_qat_in_float32(image_folder
     assert result.meta["metrics"]["quantization_aware"]["grid_error"] < 1e-3
     assert all(p.is_contiguous() and p.dtype == torch.float32
                for p in result.model.image.parameters())
+
+
+def _trainer(image_folder, tower, tmp_path, recipe):
+    from spikeclip_deploy.config import get_config
+    from spikeclip_deploy.data import load_dataset, stratified_split
+    from spikeclip_deploy.teachers import load_teacher
+    from spikeclip_deploy.training.spikeclip_trainer import Trainer
+
+    cfg = get_config("spikeclip-micro")
+    ds = load_dataset(image_folder, cfg.image_size)
+    tr, va = stratified_split(ds.labels, 0.25, 0)
+    return Trainer(cfg, load_teacher(f"offline-minilm:{tower}"), ds.subset(tr), ds.subset(va),
+                   recipe, tmp_path / "m.safetensors", {}, "test")
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_recipe_options_enter_the_losses_as_their_formulas(image_folder, tower, tmp_path):
+    """Fine-tuning: (1 - eps) CE + eps * mean_k(-log p_k) + lambda tau^2 KL; distillation:
+    1 - cos + mu tau^2 KL, recomputed here in float64 from the logits."""
+    eps, tau, lam, mu = 0.2, 2.0, 0.5, 0.3
+    recipe = Recipe(label_smoothing=eps, kd_temperature=tau, kl_weight=lam,
+                    logit_distill_weight=mu, batch_size=8)
+    trainer = _trainer(image_folder, tower, tmp_path, recipe)
+    trainer.model.eval()
+    # an untrained text encoder gives every class the same weights: spread them
+    heads = torch.nn.functional.normalize(torch.randn(3, 384, generator=torch.Generator()
+                                                      .manual_seed(0)), dim=-1)
+    trainer.class_weights = lambda: heads
+    idx, seed = torch.arange(8), 3
+    feats = np.stack([np.asarray(trainer.teacher.encode_images(v).detach())
+                      for v in (trainer.train_ds.images, trainer.train_ds.images.flip(-1))])
+    with torch.no_grad():
+        s, t, scale = trainer._image_forward(idx, feats, seed)
+        z_s, z_t = (z.double().numpy() for z in trainer._logits(trainer._heads(), s, t, scale))
+        finetune = trainer._finetune_step(feats)(idx, seed).item()
+        distill = trainer._distill_step(feats)(idx, seed).item()
+    y = trainer.train_ds.labels[idx].numpy()
+    logp = _log_softmax(z_s)
+    ce = -(1 - eps) * logp[np.arange(8), y].mean() - eps * logp.mean(-1).mean()
+    assert abs(ce - -logp[np.arange(8), y].mean()) > 1e-2  # the smoothing matters here
+    lp_s, lp_t = _log_softmax(z_s / tau), _log_softmax(z_t / tau)
+    kl = tau ** 2 * (np.exp(lp_t) * (lp_t - lp_s)).sum(-1).mean()
+    assert finetune == pytest.approx(ce + lam * kl, rel=1e-5)
+    cos = (s.double() * t.double()).sum(-1).numpy()
+    assert distill == pytest.approx((1 - cos).mean() + mu * kl, rel=1e-5)
+
+
+def test_crop_flip_runs_the_teacher_on_the_students_view(image_folder, tower, tmp_path,
+                                                        monkeypatch):
+    from spikeclip_deploy.training import spikeclip_trainer
+
+    trainer = _trainer(image_folder, tower, tmp_path, Recipe(augment="crop-flip", batch_size=8))
+    seen = {}
+    encode, features = trainer.teacher.encode_images, spikeclip_trainer.image_features
+
+    def teacher(x):
+        seen["teacher"] = x.clone()
+        return encode(x)
+
+    def student(net, x, *args):
+        seen["student"] = x.clone()
+        return features(net, x, *args)
+    monkeypatch.setattr(trainer.teacher, "encode_images", teacher)
+    monkeypatch.setattr(spikeclip_trainer, "image_features", student)
+    idx = torch.arange(8)
+    _, t, _ = trainer._image_forward(idx, None, 5)
+    assert torch.equal(seen["teacher"], seen["student"])
+    assert torch.allclose(t, encode(seen["teacher"]).float())
+    orig = trainer.train_ds.images[idx]
+    moved = [i for i in range(8) if not (torch.equal(seen["student"][i], orig[i])
+                                         or torch.equal(seen["student"][i], orig[i].flip(-1)))]
+    assert moved  # crops, not only flips
+    with pytest.raises(spikeclip_trainer.ConfigError, match="crop-flip"):
+        _trainer(image_folder, tower, tmp_path, Recipe(augment="cutout"))
