@@ -461,10 +461,13 @@ def map_cmd(export_dir: str, system: str, json_path: str | None) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the table here.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
               help="Write the table as Markdown here.")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False),
+              help="Run the chip part on this existing --target loihi export of --model (else "
+                   "one is made in a temp dir).")
 def robustness_cmd(model: str | None, data: str | None, download: bool, split: str,
                    val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
                    teacher: str, distractor_set: str, json_path: str | None,
-                   markdown_path: str | None) -> None:
+                   markdown_path: str | None, export_dir: str | None) -> None:
     """The SpikeCLIP paper's robustness protocols (distractor labels, synonyms, one template
     against the 18 CIFAR templates): zero-shot top-1 with 95 % intervals of the student's float
     model, the student on the chip (emulator) and the teacher, on the images verify selects.
@@ -476,7 +479,8 @@ def robustness_cmd(model: str | None, data: str | None, download: bool, split: s
     table = write_table(RobustnessConfig(
         model=_model(model), data=Path(data), teacher=teacher, split=split,
         val_fraction=val_fraction, seed=split_seed, limit=limit, batch_size=batch_size,
-        download=download, distractor_set=distractor_set),
+        download=download, distractor_set=distractor_set,
+        export=Path(export_dir) if export_dir else None),
         Path(json_path) if json_path else None, Path(markdown_path) if markdown_path else None)
     click.echo(markdown(table), nl=False)
 
