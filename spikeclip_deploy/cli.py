@@ -439,14 +439,20 @@ def report_cmd(verify_json: str, twin_json: str | None, json_path: str | None,
               help="The board to map onto, a name in the hardware profile's cores.systems "
                    "(loihi2: oheo-gulch, kapoho-point, hala-point).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the mapping here.")
-def map_cmd(export_dir: str, system: str, json_path: str | None) -> None:
+@click.option("--assume", "assumptions", multiple=True, metavar="KEY=VALUE",
+              help="What if a core held this much: replace one of the hardware profile's "
+                   "per-core figures (e.g. input_axons_per_core=65536); repeatable. Printed "
+                   "and written in the JSON as an assumption.")
+def map_cmd(export_dir: str, system: str, json_path: str | None,
+            assumptions: tuple[str, ...]) -> None:
     """Map a --target loihi export onto neuro-cores and chips: per layer neurons, synapses,
     synaptic memory, cores and chips; fails naming the layer and resource that do not fit."""
     from .mapping import map_export
     from .report import mapping_summary
 
     click.echo(mapping_summary(map_export(Path(export_dir), system,
-                                          Path(json_path) if json_path else None)))
+                                          Path(json_path) if json_path else None,
+                                          assumptions)))
 
 
 @main.command("robustness")
