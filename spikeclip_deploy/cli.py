@@ -453,14 +453,20 @@ def report_cmd(verify_json: str, twin_json: str | None, json_path: str | None,
               help="The board to map onto, a name in the hardware profile's cores.systems "
                    "(loihi2: oheo-gulch, kapoho-point, hala-point).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the mapping here.")
-def map_cmd(export_dir: str, system: str, json_path: str | None) -> None:
+@click.option("--assume", "assumptions", multiple=True, metavar="KEY=VALUE",
+              help="What if a core held this much: replace one of the hardware profile's "
+                   "per-core figures (e.g. input_axons_per_core=65536); repeatable. Printed "
+                   "and written in the JSON as an assumption.")
+def map_cmd(export_dir: str, system: str, json_path: str | None,
+            assumptions: tuple[str, ...]) -> None:
     """Map a --target loihi export onto neuro-cores and chips: per layer neurons, synapses,
     synaptic memory, cores and chips; fails naming the layer and resource that do not fit."""
     from .mapping import map_export
     from .report import mapping_summary
 
     click.echo(mapping_summary(map_export(Path(export_dir), system,
-                                          Path(json_path) if json_path else None)))
+                                          Path(json_path) if json_path else None,
+                                          assumptions)))
 
 
 @main.command("robustness")
@@ -475,10 +481,13 @@ def map_cmd(export_dir: str, system: str, json_path: str | None) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the table here.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
               help="Write the table as Markdown here.")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False),
+              help="Run the chip part on this existing --target loihi export of --model (else "
+                   "one is made in a temp dir).")
 def robustness_cmd(model: str | None, data: str | None, download: bool, split: str,
                    val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
                    teacher: str, distractor_set: str, json_path: str | None,
-                   markdown_path: str | None) -> None:
+                   markdown_path: str | None, export_dir: str | None) -> None:
     """The SpikeCLIP paper's robustness protocols (distractor labels, synonyms, one template
     against the 18 CIFAR templates): zero-shot top-1 with 95 % intervals of the student's float
     model, the student on the chip (emulator) and the teacher, on the images verify selects.
@@ -490,7 +499,8 @@ def robustness_cmd(model: str | None, data: str | None, download: bool, split: s
     table = write_table(RobustnessConfig(
         model=_model(model), data=Path(data), teacher=teacher, split=split,
         val_fraction=val_fraction, seed=split_seed, limit=limit, batch_size=batch_size,
-        download=download, distractor_set=distractor_set),
+        download=download, distractor_set=distractor_set,
+        export=Path(export_dir) if export_dir else None),
         Path(json_path) if json_path else None, Path(markdown_path) if markdown_path else None)
     click.echo(markdown(table), nl=False)
 

@@ -32,10 +32,15 @@ goes on the current chip if its cores fit there, else on a fresh chip (a layer t
 chip is never split across two), and one larger than a chip fills chips in turn. A *chip
 crossing* is a synapse layer whose neurons sit on more than one chip. Each encoder is mapped
 onto the whole system on its own (they need not run at once).
+
+A what-if mapping (``map --assume KEY=VALUE``) replaces some of the profile's per-core figures;
+the mapping records each assumed figure beside the profile's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,9 +88,11 @@ class Mapping:
     hardware: str
     system: System
     encoders: tuple[EncoderMapping, ...]
+    assumptions: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"export": self.export, "hardware": self.hardware, "system": asdict(self.system),
+                "assumptions": self.assumptions,
                 "encoders": {e.side: {"layers": [asdict(la) for la in e.layers],
                                       "totals": {f: e.total(f) for f in
                                                  ("neurons", "synapses", "memory_bits", "cores")}
@@ -98,6 +105,8 @@ BUDGETS = {"neurons": ("neurons_per_core", "neurons"),
            "memory": ("synaptic_memory_bits_per_core", "bits of synaptic memory"),
            "input_axons": ("input_axons_per_core", "input axons"),
            "output_axons": ("output_axons_per_core", "output axons")}
+#: the ``cores`` figures a what-if mapping may replace (``map --assume``)
+ASSUMABLE = tuple(f.name for f in dataclasses.fields(Cores) if f.type in (int, "int"))
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,8 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
             f"the {side} encoder's layer '{layer.name}' cannot be mapped: {unit} needs "
             f"{first[over[0]]:,} {what} where a neuro-core holds {getattr(cores, key):,} "
             f"({key}): {first[over[0]] - getattr(cores, key):,} over; narrow the layer (fewer "
-            f"channels or inputs) or use a hardware profile whose cores hold more")
+            f"channels or inputs) or use a hardware profile whose cores hold more (what if "
+            f"they did: `map --assume {key}=N`)")
     channels, rows, _ = layer.dims
     best, seen = None, set()
     for groups in range(1, channels + 1):
@@ -299,22 +309,43 @@ def system_named(cores: Cores, name: str) -> System:
     return found[name]
 
 
+def assume(cores: Cores, items: Iterable[str]) -> tuple[Cores, dict[str, dict[str, int]]]:
+    """``cores`` with the figures ``KEY=VALUE`` (``map --assume``; a positive integer, a key
+    of :data:`ASSUMABLE`) replaced, and the record ``{key: {"assumed": value, "profile":
+    the profile's}}``."""
+    valid = f"valid keys: {', '.join(ASSUMABLE)}"
+    assumed: dict[str, int] = {}
+    for item in items:
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in ASSUMABLE:
+            raise ConfigError(f"--assume {item!r}: unknown key '{key}'; {valid}")
+        if not value.isdigit() or int(value) <= 0:
+            raise ConfigError(f"--assume {item!r}: the value must be a positive integer "
+                              f"(e.g. {key}={getattr(cores, key)}); {valid}")
+        assumed[key] = int(value)
+    return dataclasses.replace(cores, **assumed), {
+        key: {"assumed": v, "profile": getattr(cores, key)} for key, v in assumed.items()}
+
+
 def map_export(export_dir: Path, system: str = "kapoho-point",
-               json_out: Path | None = None) -> Mapping:
+               json_out: Path | None = None, assumptions: Iterable[str] = ()) -> Mapping:
     """Map both encoders of a ``--target loihi`` export onto ``system`` (a name in the
-    hardware profile's ``cores.systems``); also write the mapping to ``json_out``."""
+    hardware profile's ``cores.systems``), with the per-core figures ``assumptions``
+    (``KEY=VALUE``, :func:`assume`) in place of the profile's; also write the mapping to
+    ``json_out``."""
     manifest = load_export(Path(export_dir))
     if not manifest.get("hardware"):
         raise ConfigError(f"{export_dir} is a --target {manifest['target']} export with no "
                           f"hardware profile; map a --target loihi export")
     profile: ChipProfile = load_profile(manifest["hardware"])
-    chosen = system_named(profile.cores, system)
+    cores, assumed = assume(profile.cores, assumptions)
+    chosen = system_named(cores, system)
     encoders = []
     for side in SIDES:
         graph = nir.read(Path(export_dir) / "chip" / f"{side}_encoder.nir")
         in_shape = tuple(int(n) for n in np.asarray(graph.nodes[INPUT].input_type["input"]))
-        encoders.append(map_encoder(side, graph_layers(graph), in_shape, profile.cores, chosen))
-    mapping = Mapping(str(export_dir), profile.name, chosen, tuple(encoders))
+        encoders.append(map_encoder(side, graph_layers(graph), in_shape, cores, chosen))
+    mapping = Mapping(str(export_dir), profile.name, chosen, tuple(encoders), assumed)
     if json_out is not None:
         atomic_write(Path(json_out), lambda p: p.write_text(json.dumps(mapping.to_json(),
                                                                        indent=1)))

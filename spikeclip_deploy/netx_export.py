@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import ExportError
 from .fileutil import write_bytes
+from .fixed_point import bias_mantissa
 from .hardware import ChipProfile
 from .nirgraph import INPUT, ChipLayer, HostOpNode, pair
 
@@ -138,13 +139,12 @@ def _neuron(g: h5py.Group, lif: nir.LIF) -> None:
 
 
 def _bias(syn: ChipLayer, lif: ChipLayer, shift: int) -> np.ndarray:
-    """The LIF's bias in netx units (:math:`2^6` state units): :math:`b\\,2^{a}/2^6`."""
+    """The LIF's bias in netx units (:math:`2^6` state units): its mantissa at exponent 6."""
     exp = int(lif.node.metadata["loihi"]["bias_exp"])
     if exp != NETX_BIAS_EXP:
         raise ExportError(f"LIF '{lif.name}' has bias exponent {exp}; netx fixes it at "
                           f"{NETX_BIAS_EXP}: export with `--format netx`")
-    b = np.asarray(syn.node.bias, dtype=np.float64) * 2.0 ** (shift - NETX_BIAS_EXP)
-    return np.round(b).astype(np.int32)
+    return bias_mantissa(syn.node.bias, NETX_BIAS_EXP, shift).astype(np.int32)
 
 
 def _weight(syn: ChipLayer) -> np.ndarray:

@@ -116,6 +116,8 @@ def run_summary(result: dict) -> str:
 def mapping_summary(m) -> str:
     """The ``map`` table: per layer neurons, synapses, memory, cores and chips; totals."""
     lines = [f"map {m.export} onto {m.system.name} ({m.system.chips} chip(s) of {m.hardware})"]
+    lines += [f"  assuming {key} = {a['assumed']:,} (the profile's: {a['profile']:,})"
+              for key, a in m.assumptions.items()]
     for e in m.encoders:
         lines.append(f"  {e.side} encoder:")
         lines.append(f"    {'layer':<8s} {'neurons':>9s} {'synapses':>13s} {'memory KiB':>10s} "

@@ -6,9 +6,9 @@ import nir
 import numpy as np
 import pytest
 
-from spikeclip_deploy.errors import HardwareLimitError
+from spikeclip_deploy.errors import ConfigError, HardwareLimitError
 from spikeclip_deploy.hardware import Cores, System
-from spikeclip_deploy.mapping import map_encoder
+from spikeclip_deploy.mapping import assume, map_encoder
 from spikeclip_deploy.nirgraph import INPUT, ChipLayer
 
 CORES = Cores(cores_per_chip=4, neurons_per_core=100, synaptic_memory_bits_per_core=8000,
@@ -82,6 +82,34 @@ def test_a_neuron_larger_than_a_core_is_named():
                        r"one neuron needs 8,800 bits of synaptic memory where a neuro-core "
                        r"holds 8,000 \(synaptic_memory_bits_per_core\): 800 over"):
         map_encoder("text", chain(1100, np.ones((2, 1100))), (1100,), CORES, TWO)
+
+
+def test_an_assumed_axon_budget_changes_the_outcome():
+    """b: 2 neurons reading all 5000 of a's (10 nonzero weights each: 2 * 10 * 21 = 420 bits).
+    Its 5000 input axons exceed 4096 (904 over); assuming 8192, b takes 1 core and a (5000
+    neurons of 8192) 1 core. Only the figure assumed changes; the record keeps the profile's."""
+    cores = dataclasses.replace(CORES, neurons_per_core=8192, input_axons_per_core=4096)
+    w = np.zeros((2, 5000))
+    w[:, :10] = 1
+    with pytest.raises(HardwareLimitError, match=r"one neuron needs 5,000 input axons where a "
+                       r"neuro-core holds 4,096 \(input_axons_per_core\): 904 over.*"
+                       r"`map --assume input_axons_per_core=N`"):
+        map_encoder("image", chain(5000, w), (5000,), cores, TWO)
+    wider, record = assume(cores, ["input_axons_per_core=8192"])
+    assert wider == dataclasses.replace(cores, input_axons_per_core=8192)
+    assert record == {"input_axons_per_core": {"assumed": 8192, "profile": 4096}}
+    m = map_encoder("image", chain(5000, w), (5000,), wider, TWO)
+    assert [(p.name, p.cores, p.memory_bits) for p in m.layers] == [("a", 1, 0), ("b", 1, 420)]
+
+
+@pytest.mark.parametrize("item, what", [("axons=8192", "unknown key 'axons'"),
+                                        ("input_axons_per_core=0", "the value must be a positive integer"),
+                                        ("input_axons_per_core=-5", "the value must be a positive integer"),
+                                        ("input_axons_per_core", "the value must be a positive integer")])
+def test_a_bad_assumption_names_the_valid_keys(item, what):
+    with pytest.raises(ConfigError, match=rf"--assume '{item}': {what}.*valid keys: "
+                       r"cores_per_chip, neurons_per_core, .*output_axons_per_core$"):
+        assume(CORES, [item])
 
 
 def test_placement_keeps_layers_whole_and_counts_chips():

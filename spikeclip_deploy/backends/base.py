@@ -14,6 +14,7 @@ import nir
 import numpy as np
 
 from ..errors import ExportError, UnsupportedNodeError
+from ..fixed_point import bias_value
 from ..manifest import load_export
 from ..nirgraph import graph_layers
 from ..prompts import CIFAR_TEMPLATES
@@ -58,7 +59,7 @@ def chip_input(current: np.ndarray, graph: nir.NIRGraph) -> np.ndarray:
     q = graph.metadata.get("input_quantization")
     if q is None:
         return current
-    return quantize_input(current, q) * 2.0 ** (q["bias_exp"] - q["activation_shift"])
+    return bias_value(quantize_input(current, q), q["bias_exp"], q["activation_shift"])
 
 
 class Backend(ABC):

@@ -31,6 +31,7 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
+from ..fixed_point import bias_mantissa
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair
 from .base import Backend, ChipRun, input_mantissa
 
@@ -185,13 +186,12 @@ def no_inherited_garbage() -> Iterator[None]:
 
 
 def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
-    """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``: ``bias * 2^a / 2^e``
-    (``a`` the activation shift)."""
-    exp = int(lif.metadata["loihi"]["bias_exp"])
-    b = np.asarray(syn.bias, dtype=np.float64) * 2.0 ** (shift - exp)
+    """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``
+    (:func:`~spikeclip_deploy.fixed_point.bias_mantissa`, ``shift`` the activation shift)."""
+    m = bias_mantissa(syn.bias, int(lif.metadata["loihi"]["bias_exp"]), shift)
     shape = np.asarray(lif.tau).shape
-    full = np.broadcast_to(b.reshape(-1, *([1] * (len(shape) - 1))), shape)
-    return to_lava_layout(np.round(full)).astype(np.int32)
+    full = np.broadcast_to(m.reshape(-1, *([1] * (len(shape) - 1))), shape)
+    return to_lava_layout(full).astype(np.int32)
 
 
 class _Network:

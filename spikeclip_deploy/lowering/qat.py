@@ -41,8 +41,8 @@ from ..nn.encoders import SpikingEncoder
 from ..nn.spikeclip import SpikeCLIP
 from .fold import bn_gain, folded_bias
 from .graph import trace
-from .quantize import (exact_decay_exp, host_input_quantization, input_quantization,
-                       layer_threshold, shared_groups, split_bias)
+from .quantize import (bias_state, exact_decay_exp, host_input_quantization,
+                       input_quantization, layer_threshold, shared_groups, split_bias)
 
 
 @dataclass(frozen=True)
@@ -262,9 +262,9 @@ def snap_to_grid(encoder: SpikingEncoder, fp: FixedPoint) -> None:
                   for j, syn in group.synapses.items()}
         own = {j: syn.weighted.bias.double() if syn.weighted.bias is not None else 0.0
                for j, syn in group.synapses.items()}
-        raw = {j: (own[j] if syn.bn is None else folded_bias(
+        raw = {j: bias_state((own[j] if syn.bn is None else folded_bias(
                    own[j], syn.bn.bias.double(), syn.bn.running_mean.double(),
-                   folded[j][1].flatten())).cpu().numpy() * act * s / group.tau
+                   folded[j][1].flatten())).cpu().numpy(), s, group.tau, fp)
                for j, syn in group.synapses.items()}
         snapped = bias_on_grid(raw, group.reads, group.tau, fp,
                                exact_decay_exp(group.tau, encoder.time_steps, fp))

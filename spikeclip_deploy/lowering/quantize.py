@@ -38,6 +38,7 @@ import nir
 import numpy as np
 
 from ..errors import LoweringError
+from ..fixed_point import bias_mantissa, bias_value, mantissa_unit
 from ..hardware import ChipProfile, FixedPoint
 from ..nirgraph import HostOpNode
 
@@ -56,9 +57,9 @@ def split_bias(bias_raw: np.ndarray, fp: FixedPoint) -> tuple[np.ndarray, int]:
     e_lo, e_hi = fp.bias_exp_range
     peak = float(np.max(np.abs(bias_raw))) if bias_raw.size else 0.0
     for exp in range(e_lo, e_hi + 1):
-        if peak / 2**exp <= hi:
+        if peak / mantissa_unit(exp, 0) <= hi:
             break
-    mant = np.clip(np.round(bias_raw / 2**exp), lo, hi)
+    mant = np.clip(bias_mantissa(bias_raw, exp, 0), lo, hi)
     return mant, exp
 
 
@@ -80,9 +81,14 @@ def quantize_weight(w: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> 
     return np.clip(round_even(w * scale / tau), *fp.weight_mant_range)
 
 
+def bias_state(b: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> np.ndarray:
+    r"""Float bias -> chip state units, :math:`2^a S b/\tau` (not rounded)."""
+    return 2 ** fp.activation_shift * scale * b / tau
+
+
 def quantize_bias(b: np.ndarray, scale: float, tau: float, fp: FixedPoint) -> tuple[np.ndarray, int]:
     r"""Float bias -> (mantissa, exponent) of :math:`2^a S b/\tau`."""
-    return split_bias(np.round(2 ** fp.activation_shift * scale * b / tau), fp)
+    return split_bias(np.round(bias_state(b, scale, tau, fp)), fp)
 
 
 def input_quantization(tau: float, v_threshold: float, fp: FixedPoint) -> dict[str, Any]:
@@ -90,7 +96,7 @@ def input_quantization(tau: float, v_threshold: float, fp: FixedPoint) -> dict[s
     :math:`b_m = \mathrm{clip}(\mathrm{round}(x \cdot \mathrm{input\_scale}))` with
     :math:`\mathrm{input\_scale} = 2^a S_0/\tau/2^{b_e}`, :math:`S_0 = v_{th,0}/V_{th}`."""
     vth0, exp = int(fp.input_vth), int(fp.input_bias_exp)
-    scale = 2 ** fp.activation_shift * (vth0 / v_threshold) / tau / 2**exp
+    scale = vth0 / v_threshold / tau / mantissa_unit(exp, fp.activation_shift)
     return {"input_scale": scale, "bias_exp": exp, "bias_mant_range": list(fp.bias_mant_range),
             "activation_shift": fp.activation_shift}
 
@@ -202,7 +208,6 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
     own (each member's threshold fits the largest weight among its synapses), so every copy of a
     synapse has the same integer weights."""
     fp = profile.fixed_point
-    act = 2 ** fp.activation_shift
     nodes = {name: node for name, node, _ in layers}
     out: dict[str, nir.NIRNode] = {}
     input_q = None
@@ -260,7 +265,7 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
                 log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
                             "Lava's simulation does not clip it, hardware may", syn_name, worst,
                             fp.input_port_bits, limit)
-            bias_q = mant * 2.0**bexp / act if k == 0 else np.zeros_like(mant)
+            bias_q = bias_value(mant, bexp, fp.activation_shift) if k == 0 else np.zeros_like(mant)
             meta = {"loihi": {"weight_exp": int(fp.weight_exp), "num_weight_bits": fp.weight_bits},
                     "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
                     "activation_worst_case": worst}

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from itertools import combinations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from ..backends import get_backend
+from ..backends.base import Backend
 from ..data import load_dataset
 from ..errors import ConfigError, ExportError
 from ..export import ExportConfig, export_model, model_source
@@ -111,13 +113,11 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     backends, export, energy = {}, None, None  # no plan: the float model only
     with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
         if plan:
-            export_dir = cfg.export or export_model(ExportConfig(
-                model=cfg.model, target=target, out=workdir / target, init=cfg.init,
-                seed=cfg.init_seed))[0]
-            backends = {key: stack.enter_context(get_backend(name)(export_dir))
-                        for key, name, _ in plan}
+            backends = open_backends(stack, {key: name for key, name, _ in plan}, cfg.export,
+                                     ExportConfig(model=cfg.model, target=target,
+                                                  out=workdir / target, init=cfg.init,
+                                                  seed=cfg.init_seed), info)
             manifest = next(iter(backends.values())).manifest
-            _check_made_from(manifest["model"], info, export_dir)
             export = {"target": manifest["target"], "path": str(cfg.export) if cfg.export
                       else None, "sha256": _export_digest(manifest)}
             energy = {"model": cfg.energy_model, "stem_macs": manifest["host"]["image_stem_macs"],
@@ -208,6 +208,18 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()}}
+
+
+def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | None,
+                  fresh: ExportConfig, info: dict) -> dict[str, Backend]:
+    """Backends (result key -> backend name), entered in ``stack``, on ``export``, which must
+    hold the model ``info`` describes (:func:`~..export.model_source`), or, when None, on the
+    export ``fresh`` makes."""
+    export_dir = export or export_model(fresh)[0]
+    backends = {key: stack.enter_context(get_backend(name)(export_dir))
+                for key, name in names.items()}
+    _check_made_from(next(iter(backends.values())).manifest["model"], info, export_dir)
+    return backends
 
 
 def _export_digest(manifest: dict) -> str:

@@ -12,6 +12,7 @@ names, so a class keeps its index). Accuracy: :math:`k/n` with its Wilson 95 % i
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,16 +20,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..backends import get_backend
 from ..data import load_dataset
 from ..errors import ConfigError
-from ..export import ExportConfig, export_model, model_source
+from ..export import ExportConfig, model_source
 from ..fileutil import atomic_write, owned_tempdir
 from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES, SINGLE_TEMPLATE
 from ..robustness import with_distractor_set, with_synonyms
 from ..teachers import load_teacher
 from ..zeroshot import class_weights, predict, student_text_encoder
+from .harness import open_backends
 from .results import write_json
 from .selection import data_record, select
 from .stats import wilson_ci95
@@ -73,6 +74,7 @@ class RobustnessConfig:
     batch_size: int = 64
     download: bool = False
     distractor_set: str = "cifar100"
+    export: Path | None = None  # an existing --target loihi export of ``model`` to use as is
 
 
 def protocols(classes: list[str], distractor_set: str = "cifar100") -> list[Protocol]:
@@ -154,16 +156,16 @@ def robustness_table(cfg: RobustnessConfig) -> dict[str, Any]:
     classes = list(ds.class_names)
     rows = protocols(classes, cfg.distractor_set)
     teacher, described = _teacher(cfg.teacher)
-    with owned_tempdir(None, "spikeclip-robustness-") as workdir, get_backend(CHIP)(
-            export_model(ExportConfig(model=cfg.model, target="loihi",
-                                      out=workdir / "loihi"))[0]) as backend:
-        encoders = {"float": _student(model, tokenizer), "emu": _chip(backend),
+    with owned_tempdir(None, "spikeclip-robustness-") as workdir, ExitStack() as stack:
+        chip = open_backends(stack, {"emu": CHIP}, cfg.export, ExportConfig(
+            model=cfg.model, target="loihi", out=workdir / "loihi"), info)
+        encoders = {"float": _student(model, tokenizer), "emu": _chip(chip["emu"]),
                     "teacher": teacher}
         feats = image_features(encoders, ds.images, sel.index, cfg.batch_size)
         targets = ds.labels[sel.index].numpy()
         measured = measure(encoders, feats, targets, classes, rows)
     return {"model": info["name"], "checkpoint_sha256": info["checkpoint_sha256"],
-            "teacher": described,
+            "export": str(cfg.export) if cfg.export else None, "teacher": described,
             "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, sel),
             "n": sel.total, "classes": classes, "index": sel.index.tolist(),
             "targets": targets.tolist(),

@@ -33,3 +33,16 @@ def test_map_fails_cleanly(cli, micro_exports):
                       "unknown system 'cray'", "kapoho-point")
     cli.clean_failure(cli.invoke("map", micro_exports["cpu"]), 1,
                       "--target cpu export", "map a --target loihi export")
+
+
+def test_map_assume(cli, micro_exports, tmp_path):
+    """An assumed figure is printed and recorded beside the profile's; a bad key fails cleanly
+    naming the valid keys."""
+    r = cli.invoke("map", micro_exports["loihi"], "--assume", "input_axons_per_core=8192",
+                   "--json", tmp_path / "m.json")
+    assert r.exit_code == 0, r.output
+    assert "assuming input_axons_per_core = 8,192 (the profile's: 4,096)" in r.output
+    assert json.loads((tmp_path / "m.json").read_text())["assumptions"] == {
+        "input_axons_per_core": {"assumed": 8192, "profile": 4096}}
+    cli.clean_failure(cli.invoke("map", micro_exports["loihi"], "--assume", "axons=1"), 1,
+                      "unknown key 'axons'", "input_axons_per_core")

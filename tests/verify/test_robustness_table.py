@@ -2,11 +2,16 @@
 recounted here from scores computed without the library (the float model, the chip's fixed-point
 arithmetic, the teacher's own encoders) for labels written out here; the baseline equal to
 verify's on the same images, and the teacher's to the trainer's zero-shot accuracy."""
+import shutil
+
 import numpy as np
 import pytest
+import torch
 
 from spikeclip_deploy import zeroshot
+from spikeclip_deploy.checkpoint import load_model, save_model
 from spikeclip_deploy.data import load_dataset
+from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.prompts import CIFAR100_CLASSES, CIFAR_TEMPLATES
 from spikeclip_deploy.teachers import load_teacher
 from spikeclip_deploy.training.common import zero_shot_accuracy
@@ -27,12 +32,13 @@ STL10_DISTRACTORS = ["car", "cat", "deer", "dog", "horse", "monkey", "ship", "tr
 
 
 @pytest.fixture(scope="module")
-def measured(micro_ckpt, image_folder, tower, tmp_path_factory):
+def measured(micro_ckpt, micro_exports, image_folder, tower, tmp_path_factory):
     """(config, the table with STL-10's labels as distractors (fewer prompts than CIFAR-100's),
-    the scores it predicted from, per row and encoder in the table's order)."""
+    the scores it predicted from, per row and encoder in the table's order), on the micro
+    model's existing export."""
     cfg = RobustnessConfig(model=str(micro_ckpt), data=image_folder,
                            teacher=f"offline-minilm:{tower}", split="val", val_fraction=0.5,
-                           batch_size=5, distractor_set="stl10")
+                           batch_size=5, distractor_set="stl10", export=micro_exports["loihi"])
     scores = []
 
     def recording(feats, class_w):
@@ -126,3 +132,19 @@ def test_features_are_encoded_once(micro_ckpt, image_folder, tower, monkeypatch)
                                       batch_size=4, teacher=f"offline-minilm:{tower}",
                                       distractor_set="stl10"))
     assert calls == [4, 3]
+
+
+def test_an_export_of_another_model_is_refused(micro_ckpt, micro_exports, image_folder, tower,
+                                               tmp_path):
+    """--export must hold --model: the micro export against another checkpoint (the micro
+    model with one weight changed)."""
+    model, _, _ = load_model(str(micro_ckpt))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    other = tmp_path / "other.safetensors"
+    save_model(other, model, {"teacher": {"name": "none"}})
+    shutil.copytree(micro_ckpt.with_suffix(".tokenizer"), other.with_suffix(".tokenizer"))
+    with pytest.raises(ExportError, match="holds checkpoint micro, not checkpoint other"):
+        robustness_table(RobustnessConfig(model=str(other), data=image_folder, limit=2,
+                                          teacher=f"offline-minilm:{tower}",
+                                          export=micro_exports["loihi"]))
