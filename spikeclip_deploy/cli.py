@@ -328,7 +328,8 @@ def _verify_config(model: str | None, data: str | None, **options):
                    "to --json, for `verify merge` (torchrun: one shard per rank by itself).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--energy-json", type=click.Path(dir_okay=False),
-              help="Also write the energy report (from the emulator's spikes; Lava's without it).")
+              help="Also write the energy report, both models with their citations (from the "
+                   "emulator's spikes; Lava's without it).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Verify this existing export of --target (else one is made in a temp dir).")
 @click.option("--noisy-labels", default=1, show_default=True, type=POSITIVE,
@@ -398,8 +399,11 @@ def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
                val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
                lava_images: int, json_path: str | None) -> None:
     """Synaptic operations from the chip's spikes (the emulator's, bit-exact with Lava) and
-    energy per inference with its 95 % interval (45 nm model: E_AC 0.9 pJ per synaptic op,
-    E_MAC 4.6 pJ per MAC; computation only)."""
+    energy per inference, per layer and in total, under two models side by side: the paper's
+    45 nm compute-only model (E_AC 0.9 pJ per synaptic op, E_MAC 4.6 pJ per MAC; with its 95 %
+    interval and the ANN comparison) and the chip's own (Loihi's published energies per
+    synaptic op, neuron update and spike message, with the mapper's placement); chip and host
+    apart. --json writes both, with their citations."""
     from .report import energy_summary
     from .verify.harness import verify
 

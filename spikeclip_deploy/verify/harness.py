@@ -24,14 +24,16 @@ import torch
 
 from ..backends import get_backend
 from ..data import load_dataset
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, HardwareLimitError
 from ..export import ExportConfig, export_model, model_source
 from ..fileutil import owned_tempdir
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
+from ..mapping import map_side
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
 from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
+from .chip_energy import placement_state
 from .divergence import Divergence
 from .energy import SpikeTally
 from .results import (
@@ -69,6 +71,8 @@ class VerifyConfig:
     labels: str | None = None  # a label set name, file or comma list (None: the class names)
     templates: str = "cifar"  # a template set name or file
     energy_model: str = "energy-45nm"
+    chip_energy_model: str = "energy-loihi"  # the chip's own, with the mapper's placement
+    system: str = "kapoho-point"  # the board the image encoder is mapped onto for it
     export: Path | None = None  # an existing export of ``target`` to use as is
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
@@ -122,6 +126,9 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
                       else None, "sha256": _export_digest(manifest)}
             energy = {"model": cfg.energy_model, "stem_macs": manifest["host"]["image_stem_macs"],
                       "readout_macs": manifest["host"]["image_readout_macs"]}
+            if manifest.get("hardware"):  # a chip to price and map onto
+                energy.update(chip_model=cfg.chip_energy_model,
+                              placement=_placement(export_dir, cfg.system))
         weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
                                           templates).numpy()}
         weights.update({key: b.class_weights(query, templates) for key, b in backends.items()})
@@ -208,6 +215,15 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()}}
+
+
+def _placement(export_dir: Path, system: str) -> dict[str, Any]:
+    """The image encoder's placement for the chip energy model, or why it has none."""
+    try:
+        return placement_state(map_side(export_dir, "image", system), system)
+    except HardwareLimitError as exc:
+        log.warning("the chip energy model counts no spike messages: %s", exc)
+        return {"system": system, "error": str(exc)}
 
 
 def _export_digest(manifest: dict) -> str:
