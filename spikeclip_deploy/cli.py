@@ -290,6 +290,13 @@ def run_cmd(target: str, export_dir: str | None, images: tuple[str, ...], labels
     click.echo(json.dumps(result, indent=1) if as_json else run_summary(result))
 
 
+SYSTEM = click.option("--system", default="kapoho-point", show_default=True,
+                      help="The board to map onto, a name in the hardware profile's "
+                           "cores.systems (loihi2: oheo-gulch, kapoho-point, hala-point).")
+ASSUME = click.option("--assume", "assumptions", multiple=True, metavar="KEY=VALUE",
+                      help="What if a core held this much: replace one of the hardware "
+                           "profile's per-core figures (e.g. input_axons_per_core=65536); "
+                           "repeatable. Printed and written in the JSON as an assumption.")
 DATA = click.option("--data", type=click.Path(), help=DATA_HELP + ".")
 SPLIT = click.option("--split", type=click.Choice(("all", "val", "train")), default="all",
                      show_default=True,
@@ -342,13 +349,16 @@ def _verify_config(model: str | None, data: str | None, **options):
                    "to --json, for `verify merge` (torchrun: one shard per rank by itself).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--energy-json", type=click.Path(dir_okay=False),
-              help="Also write the energy report (from the emulator's spikes; Lava's without it).")
+              help="Also write the energy report, both models with their citations (from the "
+                   "emulator's spikes; Lava's without it).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Verify this existing export of --target (else one is made in a temp dir).")
 @click.option("--noisy-labels", default=1, show_default=True, type=POSITIVE,
               help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
 @click.option("--synonyms", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
+@SYSTEM
+@ASSUME
 @INIT
 @INIT_SEED
 @click.pass_context
@@ -357,7 +367,8 @@ def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | N
                limit: int | None, batch_size: int, backends: str | None, lava_limit: int,
                labels: str | None, templates: str, shard: str | None, json_path: str | None,
                energy_json: str | None, export_dir: str | None, noisy_labels: int,
-               synonyms: float, init: str, seed: int) -> None:
+               synonyms: float, system: str, assumptions: tuple[str, ...], init: str,
+               seed: int) -> None:
     """Zero-shot accuracy of the float model and the backends on the same images (the emulator
     on all, Lava confirming a sample), agreement, spike divergence, firing rates and energy.
     `verify merge` combines shards."""
@@ -375,7 +386,8 @@ def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | N
         lava_limit=lava_limit, labels=labels, templates=templates,
         shard=Shard.parse(shard) if shard else Shard(),
         export=Path(export_dir) if export_dir else None, noisy_factor=noisy_labels,
-        synonym_fraction=synonyms, init=init, init_seed=seed)
+        synonym_fraction=synonyms, system=system, assumptions=assumptions, init=init,
+        init_seed=seed)
     result = verify(cfg, Path(json_path) if json_path else None,
                     Path(energy_json) if energy_json else None)
     if result is not None:
@@ -408,18 +420,25 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
 @click.option("--lava", "lava_images", default=0, type=click.IntRange(min=0),
               help="Count Lava's spikes on the first N images instead of the emulator's on all.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
+@SYSTEM
+@ASSUME
 def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
                val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
-               lava_images: int, json_path: str | None) -> None:
+               lava_images: int, json_path: str | None, system: str,
+               assumptions: tuple[str, ...]) -> None:
     """Synaptic operations from the chip's spikes (the emulator's, bit-exact with Lava) and
-    energy per inference with its 95 % interval (45 nm model: E_AC 0.9 pJ per synaptic op,
-    E_MAC 4.6 pJ per MAC; computation only)."""
+    energy per inference, per layer and in total, under two models side by side: the paper's
+    45 nm compute-only model (E_AC 0.9 pJ per synaptic op, E_MAC 4.6 pJ per MAC; with its 95 %
+    interval and the ANN comparison) and the chip's own (Loihi's published energies per
+    synaptic op, neuron update and spike message, with the mapper's placement); chip and host
+    apart. --json writes both, with their citations."""
     from .report import energy_summary
     from .verify.harness import verify
 
     cfg = _verify_config(model, data, download=download, split=split, val_fraction=val_fraction,
                          seed=split_seed, limit=limit, batch_size=batch_size,
-                         backends=() if lava_images else ("loihi-emu",), lava_limit=lava_images)
+                         backends=() if lava_images else ("loihi-emu",), lava_limit=lava_images,
+                         system=system, assumptions=assumptions)
     result = verify(cfg, energy_json=Path(json_path) if json_path else None)
     if result is not None:
         click.echo(energy_summary(result["energy"]))
@@ -449,14 +468,9 @@ def report_cmd(verify_json: str, twin_json: str | None, json_path: str | None,
 
 @main.command("map")
 @click.argument("export_dir", type=click.Path(file_okay=False))
-@click.option("--system", default="kapoho-point", show_default=True,
-              help="The board to map onto, a name in the hardware profile's cores.systems "
-                   "(loihi2: oheo-gulch, kapoho-point, hala-point).")
+@SYSTEM
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the mapping here.")
-@click.option("--assume", "assumptions", multiple=True, metavar="KEY=VALUE",
-              help="What if a core held this much: replace one of the hardware profile's "
-                   "per-core figures (e.g. input_axons_per_core=65536); repeatable. Printed "
-                   "and written in the JSON as an assumption.")
+@ASSUME
 def map_cmd(export_dir: str, system: str, json_path: str | None,
             assumptions: tuple[str, ...]) -> None:
     """Map a --target loihi export onto neuro-cores and chips: per layer neurons, synapses,

@@ -1,7 +1,8 @@
 """Hardware profiles (``hardware/NAME.json``, data, not code) as typed, frozen records.
 
 A chip profile holds every fixed-point constant the lowering and the backends use; an energy
-profile the per-operation energies of a cost model. Loading checks each field's presence and
+profile the per-operation energies of a cost model (the 45 nm compute-only model, or a chip's
+own: synaptic ops, neuron updates, spike messages, static power). Loading checks each field's presence and
 type and names the file and the field when one is wrong.
 """
 from __future__ import annotations
@@ -106,7 +107,26 @@ class EnergyModel:
     scope: str  # what the model counts, stated in every report
 
 
-KINDS = {"chip": ChipProfile, "energy": EnergyModel}
+@dataclass(frozen=True)
+class ChipEnergyModel:
+    r"""A neuromorphic chip's own energy per operation: a synaptic op, a neuron update that
+    emits a spike (active) or not (inactive), a spike message to one destination core, and the
+    static power of a chip. ``left_out``: the terms the model does not price and why;
+    ``sources``: the citation of every figure."""
+
+    name: str
+    description: str
+    e_synaptic_op_pj: float
+    e_neuron_update_active_pj: float
+    e_neuron_update_inactive_pj: float
+    e_spike_message_pj: float
+    static_mw_per_chip: float
+    scope: str
+    left_out: tuple[str, ...]
+    sources: dict[str, str]
+
+
+KINDS = {"chip": ChipProfile, "energy": EnergyModel, "chip-energy": ChipEnergyModel}
 
 
 def _build(cls: type, data: Any, where: str, path: Path) -> Any:
@@ -156,8 +176,9 @@ def profile_text(name: str) -> tuple[Path, str]:
 
 @lru_cache(maxsize=None)
 def load_profile(name: str, kind: str = "chip") -> Any:
-    """``hardware/NAME.json`` as a :class:`ChipProfile` (``kind="chip"``) or an
-    :class:`EnergyModel` (``kind="energy"``)."""
+    """``hardware/NAME.json`` as a :class:`ChipProfile` (``kind="chip"``), an
+    :class:`EnergyModel` (``kind="energy"``) or a :class:`ChipEnergyModel`
+    (``kind="chip-energy"``)."""
     path, text = profile_text(name)
     try:
         data = json.loads(text)

@@ -69,6 +69,8 @@ class LayerPlacement:
     tile: tuple[int, int]  # (channels, rows) per core; (1, neurons) for a flat layer
     chips: tuple[int, ...]
     limited_by: str  # the per-core budget that set its tile size
+    chip_cores: tuple[int, ...]  # its cores on each of ``chips``
+    synapse_reach: tuple[int, ...]  # per synapse layer: its cores one input spike is sent to
 
 
 @dataclass(frozen=True)
@@ -244,8 +246,9 @@ def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]) -> list[_Layer]:
     return out
 
 
-def _place(counts: list[int], per_chip: int) -> list[tuple[int, ...]]:
-    """Chips of each layer's cores, greedy in order (see the module's docstring)."""
+def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]]:
+    """(chip, cores there) of each layer's cores, greedy in order (see the module's
+    docstring)."""
     chip, free, placed = 0, per_chip, []
     for n in counts:
         if n > free and n <= per_chip:
@@ -255,7 +258,7 @@ def _place(counts: list[int], per_chip: int) -> list[tuple[int, ...]]:
             if free == 0:
                 chip, free = chip + 1, per_chip
             take = min(n, free)
-            used.append(chip)
+            used.append((chip, take))
             n, free = n - take, free - take
         placed.append(tuple(used))
     return placed
@@ -274,8 +277,9 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
                   for reader in lifs for syn, node, _ in reader.synapses
                   if sources[syn] == layer.name)
         tiles[layer.name] = _tile(layer, fan, cores, side)
-    chips = dict(zip((la.name for la in lifs),
-                     _place([tiles[la.name].cores for la in lifs], cores.cores_per_chip)))
+    placed = dict(zip((la.name for la in lifs),
+                      _place([tiles[la.name].cores for la in lifs], cores.cores_per_chip)))
+    chips = {name: tuple(c for c, _ in on) for name, on in placed.items()}
     placements = []
     for layer in lifs:
         t = tiles[layer.name]
@@ -288,7 +292,9 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
             layer.name, tuple(s for s, _, _ in layer.synapses), layer.neurons,
             sum(flops(n, shape) for _, n, shape in layer.synapses),
             row_tiles * kernels * cores.conv_bits_per_weight + layer.neurons * dense,
-            t.cores, (t.channels, t.rows), chips[layer.name], t.bound))
+            t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
+            tuple(n for _, n in placed[layer.name]),
+            tuple(_reach(node, t, layer.dims) for _, node, _ in layer.synapses)))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)
@@ -327,25 +333,35 @@ def assume(cores: Cores, items: Iterable[str]) -> tuple[Cores, dict[str, dict[st
         key: {"assumed": v, "profile": getattr(cores, key)} for key, v in assumed.items()}
 
 
-def map_export(export_dir: Path, system: str = "kapoho-point",
-               json_out: Path | None = None, assumptions: Iterable[str] = ()) -> Mapping:
-    """Map both encoders of a ``--target loihi`` export onto ``system`` (a name in the
-    hardware profile's ``cores.systems``), with the per-core figures ``assumptions``
-    (``KEY=VALUE``, :func:`assume`) in place of the profile's; also write the mapping to
-    ``json_out``."""
+def load_profile_of(export_dir: Path) -> ChipProfile:
+    """The hardware profile a ``--target loihi`` export was made for."""
     manifest = load_export(Path(export_dir))
     if not manifest.get("hardware"):
         raise ConfigError(f"{export_dir} is a --target {manifest['target']} export with no "
                           f"hardware profile; map a --target loihi export")
-    profile: ChipProfile = load_profile(manifest["hardware"])
+    return load_profile(manifest["hardware"])
+
+
+def map_side(export_dir: Path, side: str, system: str = "kapoho-point",
+             cores: Cores | None = None) -> EncoderMapping:
+    """Map one encoder (``side``: image or text) of a ``--target loihi`` export onto
+    ``system`` (a name in the hardware profile's ``cores.systems``), with ``cores`` (default:
+    the profile's per-core figures)."""
+    cores = cores or load_profile_of(export_dir).cores
+    graph = nir.read(Path(export_dir) / "chip" / f"{side}_encoder.nir")
+    in_shape = tuple(int(n) for n in np.asarray(graph.nodes[INPUT].input_type["input"]))
+    return map_encoder(side, graph_layers(graph), in_shape, cores, system_named(cores, system))
+
+
+def map_export(export_dir: Path, system: str = "kapoho-point",
+               json_out: Path | None = None, assumptions: Iterable[str] = ()) -> Mapping:
+    """Map both encoders of a ``--target loihi`` export onto ``system`` (:func:`map_side`),
+    with the per-core figures ``assumptions`` (``KEY=VALUE``, :func:`assume`) in place of the
+    profile's; also write the mapping to ``json_out``."""
+    profile = load_profile_of(export_dir)
     cores, assumed = assume(profile.cores, assumptions)
-    chosen = system_named(cores, system)
-    encoders = []
-    for side in SIDES:
-        graph = nir.read(Path(export_dir) / "chip" / f"{side}_encoder.nir")
-        in_shape = tuple(int(n) for n in np.asarray(graph.nodes[INPUT].input_type["input"]))
-        encoders.append(map_encoder(side, graph_layers(graph), in_shape, cores, chosen))
-    mapping = Mapping(str(export_dir), profile.name, chosen, tuple(encoders), assumed)
+    mapping = Mapping(str(export_dir), profile.name, system_named(cores, system),
+                      tuple(map_side(export_dir, side, system, cores) for side in SIDES), assumed)
     if json_out is not None:
         atomic_write(Path(json_out), lambda p: p.write_text(json.dumps(mapping.to_json(),
                                                                        indent=1)))

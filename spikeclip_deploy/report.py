@@ -52,27 +52,64 @@ def verify_summary(r: dict) -> str:
 
 
 def energy_summary(e: dict) -> str:
-    w = max(8, *(len(layer["name"]) + 1 for layer in e["layers"]))
+    """Per layer and in total, side by side: the 45 nm compute-only model and, where the
+    report has it, the chip's own model (``loihi``); chip and host apart, with their shares."""
+    chip = e.get("loihi")
+    names = [r["name"] for r in chip["layers"]] if chip else [r["name"] for r in e["layers"]]
+    w = max(8, *(len(name) + 1 for name in names))
     source = {"emu": "the emulator's spikes", "lava": "Lava's spikes"}[e["spikes_from"]]
+    nm45 = {r["name"]: r for r in e["layers"]}
+    loihi = {r["name"]: r for r in chip["layers"]} if chip else {}
     lines = [f"energy per image inference (n={e['n']}, T={e['time_steps']}, from {source})",
-             f"  {'layer':<{w}s}{'input':<7s}{'rate':>7s}{'SOPs':>14s}{'rate*T*FLOPs':>14s}"]
-    for layer in e["layers"]:
-        copy = f"  (copy of {layer['copy_of']}: counted once)" if layer["copy_of"] else ""
-        lines.append(f"  {layer['name']:<{w}s}{layer['input']:<7s}{layer['firing_rate']:>7.3f}"
-                     f"{layer['sops']:>14,.0f}{layer['sops_analytic']:>14,.0f}{copy}")
-    lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs x T")
+             f"  {'layer':<{w}s}{'input':<7s}{'rate':>7s}{'SOPs':>14s}{'rate*T*FLOPs':>14s}"
+             f"{'45 nm pJ':>12s}" + (f"{'updates':>12s}{'messages':>12s}{'Loihi pJ':>12s}"
+                                     if chip else "")]
+    for name in names:
+        a, b = nm45.get(name), loihi.get(name, {})
+        cols = (f"{a['input']:<7s}{a['firing_rate']:>7.3f}{a['sops']:>14,.0f}"
+                f"{a['sops_analytic']:>14,.0f}{a['energy_pj']:>12,.0f}" if a else
+                f"{'':<7s}{'':>7s}{'':>14s}{'':>14s}{'':>12s}")
+        if chip:
+            messages = b.get("messages")
+            cols += (f"{b.get('neuron_updates', ''):>12}"
+                     f"{'' if messages is None else format(messages, ',.0f'):>12s}"
+                     f"{b['energy_pj']:>12,.0f}")
+        copy = (f"  (copy of {a['copy_of']}: counted once at 45 nm)" if a and a["copy_of"]
+                else "")
+        lines.append(f"  {name:<{w}s}{cols}{copy}")
+    lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs, once "
+                 f"(its current is the same at every step)")
     if e["host_op_macs_per_step"]:
         lines.append(f"  host ops between chip subgraphs: {e['host_op_macs_per_step']:,d} MACs x T")
     lines += [f"  chip share of the work: {100 * e['chip_sop_share']:.1f} % (chip SOPs vs host "
               f"MACs as executed); between stem and readout: "
               f"{100 * e['chip_part_sop_share']:.1f} %",
-              f"  SNN {e['energy_per_inference_mj']:.6f} mJ (95 % interval "
+              f"  45 nm model: SNN {e['energy_per_inference_mj']:.6f} mJ (95 % interval "
               f"{e['energy_per_inference_mj_ci95'][0]:.6f} .. "
-              f"{e['energy_per_inference_mj_ci95'][1]:.6f})  vs ANN counterpart "
-              f"{e['ann_energy_per_inference_mj']:.6f} mJ  (ratio {e['energy_ratio_snn_over_ann']:.3f},"
-              f" reduction {100 * e['energy_reduction']:.1f} %)",
-              f"  E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} pJ; "
-              + e["note"]]
+              f"{e['energy_per_inference_mj_ci95'][1]:.6f}): chip "
+              f"{e['chip_energy_pj'] / 1e9:.6f} mJ ({100 * e['chip_energy_share']:.1f} %), host "
+              f"{e['host_energy_pj'] / 1e9:.6f} mJ ({100 * e['host_energy_share']:.1f} %)",
+              f"    vs ANN counterpart {e['ann_energy_per_inference_mj']:.6f} mJ (ratio "
+              f"{e['energy_ratio_snn_over_ann']:.3f}, reduction {100 * e['energy_reduction']:.1f}"
+              f" %); the paper's convention, the stem at every step: "
+              f"{e['energy_per_inference_mj_stem_every_step']:.6f} mJ",
+              f"    E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} "
+              f"pJ; {e['note']}"]
+    if chip:
+        t = chip["terms_pj"]
+        lines += [f"  chip model ({chip['model']}): {chip['total_mj']:.6f} mJ: chip "
+                  f"{chip['chip_pj'] / 1e9:.6f} mJ ({100 * chip['chip_share']:.1f} %: "
+                  + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.6f}" for k, v in t.items())
+                  + f"), host {chip['host_pj'] / 1e9:.6f} mJ ({100 * chip['host_share']:.1f} %)"
+                  "; its own figure, not in the ANN comparison"]
+        p = chip["placement"]
+        lines.append(f"    placement: {p['chips']} chip(s) of {p['system']}, "
+                     f"{chip['messages']:,.0f} spike messages "
+                     f"({chip['messages_between_chips']:,.0f} between chips); static power {chip['static_mw']:.1f} mW x the "
+                     "inference's time (not known: not in the total)" if "error" not in p
+                     else f"    placement: none ({p['error']})")
+        lines += ["    counts: " + "; ".join(chip["terms"]),
+                  "    left out: " + "; ".join(chip["left_out"])]
     return "\n".join(lines)
 
 

@@ -66,6 +66,7 @@ def test_table_against_the_twin_by_hand(snn, twin):
     assert t["energy_ratio_snn_over_ann"] == pytest.approx(0.25, rel=1e-12)
     assert t["energy_reduction"] == pytest.approx(0.75, rel=1e-12)
     assert t["snn_graph_ann_macs"] == TWIN_MACS and t["twin_has_snn_graph"]
+    assert s["chip_model_energy_per_inference_mj"] is None  # a report without the chip model
     md = markdown(t)
     assert "**75.00 %**" in md and "259,072" in md and "0.001192" in md
     assert "50.00 % [48.00, 52.00]" in md and "45.00 % [43.00, 47.00]" in md
@@ -79,6 +80,15 @@ def test_chip_accuracy_is_that_of_the_backend_whose_spikes_were_counted(snn, twi
     md = markdown(t)
     assert "top-1 on chip (lava)" in md and "50.00 % [30.00, 70.00]" in md
     assert "counted from Lava's spikes" in md
+
+
+def test_the_chip_models_energy_is_its_own_column_not_in_the_reduction(snn, twin):
+    snn["energy"]["loihi"] = {"total_mj": 0.0123456}
+    t = compare(snn, twin)
+    assert t["rows"][0]["chip_model_energy_per_inference_mj"] == 0.0123456
+    assert t["rows"][1]["chip_model_energy_per_inference_mj"] is None
+    assert t["energy_reduction"] == pytest.approx(0.75, rel=1e-12)  # the 45 nm figures only
+    assert "| 0.012346 |" in markdown(t)
 
 
 def test_without_a_twin_the_snn_graphs_ann_counterpart(snn):

@@ -44,6 +44,20 @@ def test_every_profile_key_is_a_typed_field():
 
     assert json_keys(shipped("loihi2")) == keys(load_profile("loihi2"))
     assert json_keys(shipped("energy-45nm")) == keys(load_profile("energy-45nm", "energy"))
+    assert json_keys(shipped("energy-loihi")) == keys(load_profile("energy-loihi", "chip-energy"))
+
+
+def test_every_chip_energy_figure_names_its_source():
+    """Each per-operation figure of the chip energy model has its citation, and the terms it
+    leaves out are stated."""
+    data = shipped("energy-loihi")
+    figures = {k for k, v in data.items() if isinstance(v, (int, float))}
+    assert set(data["sources"]) == figures
+    assert all("Davies et al." in data["sources"][k] for k in figures - {"static_mw_per_chip"})
+    model = load_profile("energy-loihi", "chip-energy")
+    assert (model.e_synaptic_op_pj, model.e_neuron_update_active_pj,
+            model.e_neuron_update_inactive_pj, model.e_spike_message_pj) == (23.6, 81, 52, 1.7)
+    assert any("chip-to-chip" in text for text in model.left_out)
 
 
 def test_every_core_figure_names_its_source():

@@ -74,6 +74,8 @@ def test_conv_stores_its_kernel_once_per_core():
     assert (b.neurons, b.cores, b.tile, b.limited_by) == (108, 2, (3, 5), "neurons")
     assert b.memory_bits == 2 * 54 * 8
     assert b.synapses == 3 * 36 * 2 * 9  # dense-equivalent taps, padding included
+    # a spike of a reaches the row tiles its 3x3 window touches: rows 0-4 and 5, both tiles
+    assert (b.synapse_layers, b.synapse_reach, b.chip_cores) == (("c",), (2,), (2,))
 
 
 def test_a_neuron_larger_than_a_core_is_named():
@@ -119,9 +121,18 @@ def test_placement_keeps_layers_whole_and_counts_chips():
     m = map_encoder("image", layers, (300,), CORES, TWO)
     assert [(p.name, p.cores, p.chips) for p in m.layers] == [("a", 3, (0,)), ("b", 4, (1,))]
     assert (m.chips, m.chip_crossings) == (2, 1)
+    assert [(p.chip_cores, p.synapse_reach) for p in m.layers] == [((3,), ()), ((4,), (4,))]
     with pytest.raises(HardwareLimitError, match=r"needs 2 chips of 4 neuro-cores \(7 cores\); "
                        r"one holds 1: 1 chip\(s\) over, from layer 'b' on"):
         map_encoder("image", layers, (300,), CORES, CORES.systems[0])
+
+
+def test_a_layer_larger_than_a_chip_fills_chips_in_turn():
+    """a: 3 cores on chip 0; b: 18 neurons of fan-in 300, 3 a core -> 6 cores, more than a
+    chip: chip 0's last core, all 4 of chip 1, 1 on chip 2. A spike of a reaches all 6."""
+    m = map_encoder("image", chain(300, np.ones((18, 300))), (300,), CORES, System("three", 3))
+    b = rows(m)["b"]
+    assert (b.cores, b.chips, b.chip_cores, b.synapse_reach) == (6, (0, 1, 2), (1, 4, 1), (6,))
 
 
 def test_the_mapper_reads_an_export_only():

@@ -26,14 +26,16 @@ import torch
 from ..backends import get_backend
 from ..backends.base import Backend
 from ..data import load_dataset
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, HardwareLimitError
 from ..export import ExportConfig, export_model, model_source
 from ..fileutil import owned_tempdir
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
+from ..mapping import assume, load_profile_of, map_side
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
 from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
+from .chip_energy import placement_state
 from .divergence import Divergence
 from .energy import SpikeTally
 from .results import (
@@ -71,6 +73,9 @@ class VerifyConfig:
     labels: str | None = None  # a label set name, file or comma list (None: the class names)
     templates: str = "cifar"  # a template set name or file
     energy_model: str = "energy-45nm"
+    chip_energy_model: str = "energy-loihi"  # the chip's own, with the mapper's placement
+    system: str = "kapoho-point"  # the board the image encoder is mapped onto for it
+    assumptions: tuple[str, ...] = ()  # KEY=VALUE per-core figures replacing the profile's
     export: Path | None = None  # an existing export of ``target`` to use as is
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
@@ -117,11 +122,16 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
                                      ExportConfig(model=cfg.model, target=target,
                                                   out=workdir / target, init=cfg.init,
                                                   seed=cfg.init_seed), info)
-            manifest = next(iter(backends.values())).manifest
+            first = next(iter(backends.values()))
+            manifest = first.manifest
             export = {"target": manifest["target"], "path": str(cfg.export) if cfg.export
                       else None, "sha256": _export_digest(manifest)}
             energy = {"model": cfg.energy_model, "stem_macs": manifest["host"]["image_stem_macs"],
                       "readout_macs": manifest["host"]["image_readout_macs"]}
+            if manifest.get("hardware"):  # a chip to price and map onto
+                energy.update(chip_model=cfg.chip_energy_model,
+                              placement=_placement(first.export_dir, cfg.system,
+                                                   cfg.assumptions))
         weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
                                           templates).numpy()}
         weights.update({key: b.class_weights(query, templates) for key, b in backends.items()})
@@ -220,6 +230,18 @@ def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | Non
                 for key, name in names.items()}
     _check_made_from(next(iter(backends.values())).manifest["model"], info, export_dir)
     return backends
+
+
+def _placement(export_dir: Path, system: str, assumptions: tuple[str, ...]) -> dict[str, Any]:
+    """The image encoder's placement for the chip energy model (the per-core figures
+    ``assumptions`` replacing the profile's, :func:`~..mapping.assume`), or why it has none."""
+    cores, assumed = assume(load_profile_of(export_dir).cores, assumptions)
+    record = {"assumptions": assumed} if assumed else {}
+    try:
+        return {**placement_state(map_side(export_dir, "image", system, cores), system), **record}
+    except HardwareLimitError as exc:
+        log.warning("the chip energy model counts no spike messages: %s", exc)
+        return {"system": system, "error": str(exc), **record}
 
 
 def _export_digest(manifest: dict) -> str:

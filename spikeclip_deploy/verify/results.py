@@ -77,8 +77,11 @@ def summarize(partial: dict[str, Any]) -> dict[str, Any]:
     source = next((k for k in ENERGY_SOURCES if k in tallies), None)
     if source:
         e = run["energy"]
+        chip = e.get("chip_model")  # absent from the partial results of older versions
         result["energy"] = {"spikes_from": source, **energy_report(
-            tallies[source], e["stem_macs"], e["readout_macs"], load_profile(e["model"], "energy"))}
+            tallies[source], e["stem_macs"], e["readout_macs"],
+            load_profile(e["model"], "energy"),
+            load_profile(chip, "chip-energy") if chip else None, e.get("placement"))}
     return result
 
 

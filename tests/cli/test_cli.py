@@ -134,6 +134,23 @@ def test_verify_and_energy_on_micro(micro_ckpt, image_folder, tmp_path):
     r = invoke("energy", "--model", micro_ckpt, "--data", image_folder, "--json", e2)
     assert r.exit_code == 0, r.output
     assert json.loads(e2.read_text()) == e and "from the emulator's spikes" in r.output
+    chip = e["loihi"]  # the chip's own model beside the 45 nm one, with its citations
+    assert chip["placement"]["chips"] == 1 and chip["messages"] > 0
+    assert {row["name"] for row in chip["layers"]} == set(e["neuron_firing_rates"]) | {
+        row["name"] for row in e["layers"]}
+    assert "Davies et al." in chip["sources"]["e_synaptic_op_pj"]
+    assert np.isclose(chip["total_mj"] * 1e9, chip["chip_pj"] + e["host_energy_pj"])
+    assert "45 nm model: SNN" in r.output and "chip model (energy-loihi)" in r.output
+    # a what-if per-core figure reaches the chip model's placement, recorded as assumed
+    e3 = tmp_path / "e3.json"
+    r = invoke("energy", "--model", micro_ckpt, "--data", image_folder, "--json", e3,
+               "--assume", "output_axons_per_core=100000")
+    assert r.exit_code == 0, r.output
+    placed = json.loads(e3.read_text())["loihi"]["placement"]
+    assert placed["assumptions"] == {"output_axons_per_core": {"assumed": 100000,
+                                                               "profile": 4096}}
+    r = invoke("energy", "--model", micro_ckpt, "--data", image_folder, "--assume", "axons=1")
+    assert r.exit_code == 1 and "unknown key 'axons'" in r.output
 
 
 def test_verify_shards_merge_to_one_run(micro_ckpt, micro_exports, image_folder, tmp_path):

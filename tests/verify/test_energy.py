@@ -1,9 +1,10 @@
 import nir
 import numpy as np
 
-from spikeclip_deploy.hardware import EnergyModel
+from spikeclip_deploy.hardware import ChipEnergyModel, EnergyModel
 from spikeclip_deploy.lowering.resources import fan_out, flops
 from spikeclip_deploy.nirgraph import ChipLayer, HostOpNode
+from spikeclip_deploy.verify.chip_energy import crossing_share, placement_state
 from spikeclip_deploy.verify.energy import SpikeTally, energy_report
 from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
 
@@ -38,8 +39,15 @@ def test_sops_of_a_three_neuron_network():
     assert layer["sops"] == 8
     assert layer["firing_rate"] == 4 / 6 and layer["flops"] == 6
     assert np.isclose(layer["sops_analytic"], 4 / 6 * 2 * 6)
-    # E_SNN = 0.9 * 8 + 4.6 * (2 * 10 + 5) ; E_ANN = 4.6 * (10 + 6 + 5)
-    assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 25)
+    # E_SNN = 0.9 * 8 + 4.6 * (10 + 5): the stem once (direct coding); E_ANN = 4.6 * (10 + 6 + 5)
+    assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 15)
+    assert (rep["chip_energy_pj"], rep["host_energy_pj"]) == (0.9 * 8, 4.6 * 15)
+    assert np.isclose(rep["host_energy_share"], 69 / 76.2) and np.isclose(
+        rep["chip_energy_share"], 7.2 / 76.2)
+    assert rep["first_layer_energy_pj"] == 4.6 * 10
+    # the paper's convention, the stem at every step (T = 2), only as its own figure
+    assert np.isclose(rep["energy_per_inference_mj_stem_every_step"] * 1e9,
+                      0.9 * 8 + 4.6 * (2 * 10 + 5))
     assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 21)
     assert rep["note"] == EM.scope  # every report states what the model counts
     assert rep["chip_sop_share"] == 8 / (8 + 10 + 5)  # chip SOPs vs host MACs as executed
@@ -101,21 +109,21 @@ def test_a_host_op_counts_as_host_macs_every_step():
     assert rep["host_op_macs_per_step"] == 7 and rep["host_macs_executed"] == 10 + 2 * 7 + 5
     assert rep["chip_sop_share"] == 8 / (8 + 10 + 14 + 5)
     assert rep["chip_part_sop_share"] == 8 / (8 + 14)
-    # E_SNN = 0.9 * 8 + 4.6 * (2 * 10 + 2 * 7 + 5); E_ANN = 4.6 * (10 + 6 + 7 + 5)
-    assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 39)
+    # E_SNN = 0.9 * 8 + 4.6 * (10 + 2 * 7 + 5); E_ANN = 4.6 * (10 + 6 + 7 + 5)
+    assert np.isclose(rep["energy_per_inference_mj"] * 1e9, 0.9 * 8 + 4.6 * 29)
     assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * 28)
 
 
 def test_energy_interval_from_per_sample_sops_and_tallies_that_add_up():
-    """Two samples with 8 and 2 SOPs (fan-out 2): energy per sample 0.9 * SOPs + 4.6 * 2 * 10
-    pJ; the interval is their mean +- 1.96 s / sqrt(2). Tallies of each sample merged equal the
-    tally of both."""
+    """Two samples with 8 and 2 SOPs (fan-out 2): energy per sample 0.9 * SOPs + 4.6 * 10 pJ
+    (the stem once); the interval is their mean +- 1.96 s / sqrt(2). Tallies of each sample
+    merged equal the tally of both."""
     chain = as_layers([("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))),
                        ("lif1", lif((2,)))])
     spikes = [np.array([[[1, 0, 1], [0, 1, 1]], [[0, 0, 1], [0, 0, 0]]]), np.zeros((2, 2, 2))]
     both = tally(chain, spikes)
     assert both.state()["sample_sops"] == [8, 2]
-    e = np.array([0.9 * 8 + 92, 0.9 * 2 + 92]) / 1e9
+    e = np.array([0.9 * 8 + 46, 0.9 * 2 + 46]) / 1e9
     half = 1.959963984540054 * np.std(e, ddof=1) / np.sqrt(2)
     rep = energy_report(both, stem_macs=10, readout_macs=0, energy_model=EM)
     assert np.allclose(rep["energy_per_inference_mj_ci95"], [e.mean() - half, e.mean() + half],
@@ -138,3 +146,83 @@ def test_mean_interval_by_hand():
     """[1, 2, 3]: mean 2, s = 1: 2 +- 1.96 / sqrt(3)."""
     assert np.allclose(mean_ci95(np.array([1.0, 2.0, 3.0])),
                        [2 - 1.959964 / 3**0.5, 2 + 1.959964 / 3**0.5], atol=1e-6)
+
+
+CHIP = ChipEnergyModel("chip", "", e_synaptic_op_pj=20.0, e_neuron_update_active_pj=80.0,
+                       e_neuron_update_inactive_pj=50.0, e_spike_message_pj=2.0,
+                       static_mw_per_chip=100.0, scope="test", left_out=("tile hops",),
+                       sources={})
+
+
+def two_lifs():
+    """lif0 (3) -> dense0 (2x3) -> lif1 (2), T = 2: lif0 spikes [1,0,1], [0,1,1] (4 spikes,
+    8 SOPs), lif1 [1,0], [0,0] (1 spike)."""
+    chain = as_layers([("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2))),
+                       ("lif1", lif((2,)))])
+    return tally(chain, [np.array([[[1, 0, 1], [0, 1, 1]]]), np.array([[[1, 0], [0, 0]]])])
+
+
+#: lif0 on one core of chip 0; lif1 on one core of chip 0 and one of chip 1: a spike of lif0
+#: goes to both (reach 2), half the messages cross chips
+PLACED = {"system": "two", "chips": 2,
+          "lifs": {"lif0": {"chips": [0], "chip_cores": [1]},
+                   "lif1": {"chips": [0, 1], "chip_cores": [1, 1]}},
+          "synapses": {"dense0": {"reader": "lif1", "reach": 2}}}
+
+
+def test_chip_energy_of_two_lifs_by_hand():
+    """lif0: 6 updates, 4 spiking: 4 * 80 + 2 * 50 = 420 pJ. dense0: 8 SOPs * 20 = 160 pJ;
+    4 spikes x reach 2 = 8 messages * 2 = 16 pJ, 4 of them between chips. lif1: 4 updates, 1
+    spiking: 80 + 3 * 50 = 230 pJ. Chip 826 pJ; host 4.6 * (10 + 5) = 69 pJ (stem once)."""
+    rep = energy_report(two_lifs(), stem_macs=10, readout_macs=5, energy_model=EM,
+                        chip_model=CHIP, placement=PLACED)
+    chip = rep["loihi"]
+    assert [(r["name"], r["energy_pj"]) for r in chip["layers"]] == [
+        ("lif0", 420.0), ("dense0", 176.0), ("lif1", 230.0)]
+    lif0, dense0, _ = chip["layers"]
+    assert (lif0["neuron_updates"], lif0["active_updates"], lif0["neuron_pj"]) == (6, 4, 420)
+    assert (dense0["sops"], dense0["sop_pj"], dense0["messages"], dense0["message_pj"],
+            dense0["messages_between_chips"]) == (8, 160, 8, 16, 4)
+    assert chip["terms_pj"] == {"synaptic_ops": 160, "neuron_updates": 650, "spike_messages": 16}
+    assert (chip["chip_pj"], chip["host_pj"]) == (826, 4.6 * 15)
+    assert np.isclose(chip["total_mj"] * 1e9, 826 + 69)
+    assert np.isclose(chip["chip_share"], 826 / 895) and np.isclose(chip["host_share"], 69 / 895)
+    assert (chip["messages"], chip["messages_between_chips"]) == (8, 4)
+    assert chip["static_mw"] == 200  # 2 chips x 100 mW, not in the total
+    assert chip["placement"] == {"system": "two", "chips": 2}
+    assert len(chip["terms"]) == 4 and chip["left_out"] == ["tile hops"]
+    # the 45 nm model's figures are unchanged by the chip model; the ANN comparison is its own
+    assert rep["energy_reduction"] == energy_report(two_lifs(), 10, 5, EM)["energy_reduction"]
+
+
+def test_an_unmapped_encoder_counts_no_messages_and_says_why():
+    rep = energy_report(two_lifs(), 10, 5, EM, CHIP, {"system": "two", "error": "lif1 too big"})
+    chip = rep["loihi"]
+    assert chip["terms_pj"] == {"synaptic_ops": 160, "neuron_updates": 650}
+    assert chip["chip_pj"] == 810 and chip["messages"] is None and chip["static_mw"] is None
+    assert "lif1 too big" in chip["left_out"][0]
+    assert "messages" not in chip["layers"][1]
+
+
+def test_crossing_share_of_spread_layers():
+    """Sender 1:3 on chips 0 and 1, reader 1:1 on chips 1 and 2: same chip 3/4 * 1/2."""
+    assert crossing_share({"chips": [0, 1], "chip_cores": [1, 3]},
+                          {"chips": [1, 2], "chip_cores": [2, 2]}) == 1 - 3 / 8
+
+
+def test_placement_state_of_a_mapping():
+    """The mapper's reach and per-chip cores, as the energy model reads them."""
+    from spikeclip_deploy.hardware import Cores, System
+    from spikeclip_deploy.mapping import map_encoder
+
+    cores = Cores(cores_per_chip=4, neurons_per_core=2, synaptic_memory_bits_per_core=8000,
+                  dense_bits_per_synapse=8, sparse_bits_per_synapse=21, conv_bits_per_weight=8,
+                  input_axons_per_core=1000, output_axons_per_core=1000,
+                  systems=(System("one", 1),), sources={})
+    layers = as_layers([("lif0", lif((3,))), ("dense0", nir.Affine(np.ones((3, 3)), np.zeros(3))),
+                        ("lif1", lif((3,)))])
+    state = placement_state(map_encoder("image", layers, (3,), cores, cores.systems[0]), "one")
+    assert state == {"system": "one", "chips": 1,
+                     "lifs": {"lif0": {"chips": [0], "chip_cores": [2]},
+                              "lif1": {"chips": [0], "chip_cores": [2]}},
+                     "synapses": {"dense0": {"reader": "lif1", "reach": 2}}}

@@ -1,0 +1,112 @@
+r"""Energy of an inference on the chip itself, from its recorded spikes and the mapper's placement
+(:class:`~..hardware.ChipEnergyModel`, ``hardware/energy-loihi.json``), per layer and in total.
+
+Per inference, for a LIF layer :math:`l` of :math:`N_l` neurons that emits :math:`S_l` spikes
+in :math:`T` steps, and a synapse layer :math:`k` that reads :math:`l` and is executed for
+:math:`\mathrm{SOP}_k` synaptic operations (every copy of a synapse: the chip runs each):
+
+.. math::
+
+    E_l &= E_{active} S_l + E_{inactive} (N_l T - S_l) \\
+    E_k &= E_{SOP}\,\mathrm{SOP}_k + E_{msg}\,M_k, \qquad M_k = S_l\,\mathrm{reach}_k \\
+    E_{chip} &= \textstyle\sum_l E_l + \sum_k E_k, \qquad
+    E = E_{chip} + E_{MAC}\,\mathrm{MAC}_{host}
+
+:math:`\mathrm{reach}_k`: the reader's cores one spike is sent to (one message each, the
+mapper's reach). Of those messages, :math:`1 - \sum_c p_l(c)\,p_r(c)` cross chips, with
+:math:`p(c)` a layer's share of its cores on chip :math:`c` (spikes and messages spread
+evenly over a layer's cores); they are counted, not priced (no figure is published). Host
+work (:math:`\mathrm{MAC}_{host}`, as executed) is priced at the 45 nm model's
+:math:`E_{MAC}`. Static power is reported, not added: it needs the time an inference takes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..hardware import ChipEnergyModel
+from ..mapping import EncoderMapping
+
+PJ_PER_MJ = 1e9
+
+
+def placement_state(mapping: EncoderMapping, system: str) -> dict[str, Any]:
+    """What the energy model needs of an encoder's mapping onto ``system``, as JSON-ready
+    data: per LIF its chips and cores on each, per synapse layer its reader and reach, the
+    chips used."""
+    return {"system": system, "chips": mapping.chips,
+            "lifs": {la.name: {"chips": list(la.chips), "chip_cores": list(la.chip_cores)}
+                     for la in mapping.layers},
+            "synapses": {syn: {"reader": la.name, "reach": reach} for la in mapping.layers
+                         for syn, reach in zip(la.synapse_layers, la.synapse_reach)}}
+
+
+def crossing_share(sender: dict[str, list[int]], reader: dict[str, list[int]]) -> float:
+    r""":math:`1 - \sum_c p_s(c)\,p_r(c)`: the share of messages from ``sender``'s cores to
+    ``reader``'s that cross chips (module docstring)."""
+    def shares(lif: dict[str, list[int]]) -> dict[int, float]:
+        return {c: n / sum(lif["chip_cores"]) for c, n in zip(lif["chips"], lif["chip_cores"])}
+    s, r = shares(sender), shares(reader)
+    return 1.0 - sum(p * r.get(c, 0.0) for c, p in s.items())
+
+
+def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
+                       model: ChipEnergyModel, host_pj: float) -> dict[str, Any]:
+    """The chip model's report from a :class:`~.energy.SpikeTally`'s state: ``layers`` (every
+    LIF and synapse layer of the chip graph, each LIF followed by the synapse layers that read
+    it, with ``energy_pj`` and its terms), ``chip_pj``, ``host_pj``, ``total_mj``, the shares,
+    ``terms``, ``left_out`` and ``sources``. ``placement``: :func:`placement_state`, or
+    ``{"error": why}`` where the encoder could not be mapped (no spike messages then)."""
+    n, t = tally["n"], tally["time_steps"]
+    spikes = {name: s / n for name, s in tally["spikes"].items()}
+    mapped = "error" not in placement
+    rows: list[dict[str, Any]] = []
+    for name, shape in tally["lif_shapes"].items():
+        updates = math.prod(shape) * t
+        neuron_pj = (spikes[name] * model.e_neuron_update_active_pj
+                     + (updates - spikes[name]) * model.e_neuron_update_inactive_pj)
+        rows.append({"name": name, "kind": "neurons", "neuron_updates": updates,
+                     "active_updates": spikes[name], "neuron_pj": neuron_pj,
+                     "energy_pj": neuron_pj})
+        for syn in (s for s in tally["synapses"] if s["input"] == name):
+            sops = tally["sops"][syn["name"]] / n
+            row = {"name": syn["name"], "kind": "synapses", "input": name, "sops": sops,
+                   "sop_pj": sops * model.e_synaptic_op_pj}
+            if mapped:
+                where = placement["synapses"][syn["name"]]
+                messages = spikes[name] * where["reach"]
+                row.update(messages=messages, message_pj=messages * model.e_spike_message_pj,
+                           messages_between_chips=messages * crossing_share(
+                               placement["lifs"][name], placement["lifs"][where["reader"]]))
+            row["energy_pj"] = row["sop_pj"] + row.get("message_pj", 0.0)
+            rows.append(row)
+    terms_pj = {"synaptic_ops": sum(r.get("sop_pj", 0.0) for r in rows),
+                "neuron_updates": sum(r.get("neuron_pj", 0.0) for r in rows)}
+    terms = [f"synaptic ops x {model.e_synaptic_op_pj} pJ (every copy of a synapse)",
+             f"neuron updates of every LIF neuron at every step: {model.e_neuron_update_active_pj}"
+             f" pJ emitting a spike, {model.e_neuron_update_inactive_pj} pJ otherwise"]
+    left_out = list(model.left_out)
+    if mapped:
+        terms_pj["spike_messages"] = sum(r.get("message_pj", 0.0) for r in rows)
+        terms.append(f"spike messages, one per spike and destination core (the mapper's "
+                     f"placement on {placement['system']}) x {model.e_spike_message_pj} pJ")
+    else:
+        left_out.insert(0, f"spike messages: the encoder could not be mapped onto cores "
+                           f"({placement['error']})")
+    terms.append("host MACs as executed x the 45 nm E_MAC")
+    chip_pj = sum(terms_pj.values())
+    total = chip_pj + host_pj
+    return {
+        "model": model.name, "layers": rows, "terms_pj": terms_pj,
+        "chip_pj": chip_pj, "host_pj": host_pj, "total_mj": total / PJ_PER_MJ,
+        "chip_share": chip_pj / total, "host_share": host_pj / total,
+        "messages": sum(r.get("messages", 0.0) for r in rows) if mapped else None,
+        "messages_between_chips": (sum(r.get("messages_between_chips", 0.0) for r in rows)
+                                   if mapped else None),
+        "placement": {**({"system": placement["system"], "chips": placement["chips"]} if mapped
+                         else {"system": placement.get("system"), "error": placement["error"]}),
+                      **{k: placement[k] for k in ("assumptions",) if k in placement}},
+        "static_mw": placement["chips"] * model.static_mw_per_chip if mapped else None,
+        "terms": terms, "left_out": left_out, "scope": model.scope,
+        "description": model.description, "sources": model.sources,
+    }
