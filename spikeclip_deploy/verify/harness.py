@@ -178,7 +178,8 @@ def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
 
 def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
             batch_size: int) -> dict[str, Any]:
-    """The batch loop: predictions, spike tallies and pairwise divergence."""
+    """The batch loop: predictions, spike tallies (the float model's too, in the chip graph's
+    LIFs), pairwise divergence, and the spike raster of the selection's first image."""
     n = len(sel.index)
     positions = sel.positions.numpy()
     preds = {key: np.full(n, -1, dtype=np.int64) for key in ("float", *backends)}
