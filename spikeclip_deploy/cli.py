@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .backends.lava_chip import CHIP_ENV, CHIPS
 from .errors import SpikeClipError
 from .targets import target_names
 from .training.recipe import AUGMENTATIONS, Recipe
@@ -226,6 +227,16 @@ TARGET = click.option("--target", default="loihi", show_default=True,
                            "arithmetic emulated in torch) or cpu (float reference).")
 MODEL = click.option("--model", "model", default=None,
                      help="Checkpoint name in models/ or path to a .safetensors [default: shipped].")
+CHIP = click.option("--chip", type=click.Choice(CHIPS), default="auto", show_default=True,
+                    envvar=CHIP_ENV,
+                    help=f"Where Lava runs (the loihi backend): hw = Loihi 2 hardware "
+                         f"(Loihi2HwCfg; needs lava-loihi and a reachable board), sim = Lava's "
+                         f"bit-accurate simulator, auto = hw when there is one, else sim "
+                         f"[env {CHIP_ENV}].")
+PLOTS = click.option("--plots", type=click.Path(file_okay=False),
+                     help="Write PNG figures to this folder: firing rate per LIF layer (float "
+                          "model vs chip), synaptic ops and energy per layer, a spike raster of "
+                          "one image, the per-layer divergence when backends disagree.")
 
 
 def _model(name: str | None) -> str:
@@ -279,14 +290,15 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
               help="A PNG/JPEG of the model's size; repeat for a batch.")
 @click.option("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,ship".')
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@CHIP
 def run_cmd(target: str, export_dir: str | None, images: tuple[str, ...], labels: str,
-            as_json: bool) -> None:
+            as_json: bool, chip: str) -> None:
     """Zero-shot classify images on a backend; prints each prediction and its scores."""
     from .inference import classify_images
     from .report import run_summary
 
     result = classify_images(target, Path(export_dir) if export_dir else None,
-                             [Path(p) for p in images], labels)
+                             [Path(p) for p in images], labels, chip=chip)
     click.echo(json.dumps(result, indent=1) if as_json else run_summary(result))
 
 
@@ -328,6 +340,11 @@ def _verify_config(model: str | None, data: str | None, **options):
     return VerifyConfig(model=_model(model), data=Path(data), **options)
 
 
+def _figures_written(plots: str | None) -> None:
+    if plots:
+        click.echo(f"figures -> {plots}")
+
+
 @main.group("verify", invoke_without_command=True)
 @TARGET
 @MODEL
@@ -361,6 +378,8 @@ def _verify_config(model: str | None, data: str | None, **options):
 @ASSUME
 @INIT
 @INIT_SEED
+@CHIP
+@PLOTS
 @click.pass_context
 def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | None,
                download: bool, split: str, val_fraction: float, split_seed: int,
@@ -368,7 +387,7 @@ def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | N
                labels: str | None, templates: str, shard: str | None, json_path: str | None,
                energy_json: str | None, export_dir: str | None, noisy_labels: int,
                synonyms: float, system: str, assumptions: tuple[str, ...], init: str,
-               seed: int) -> None:
+               seed: int, chip: str, plots: str | None) -> None:
     """Zero-shot accuracy of the float model and the backends on the same images (the emulator
     on all, Lava confirming a sample), agreement, spike divergence, firing rates and energy.
     `verify merge` combines shards."""
@@ -387,31 +406,34 @@ def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | N
         shard=Shard.parse(shard) if shard else Shard(),
         export=Path(export_dir) if export_dir else None, noisy_factor=noisy_labels,
         synonym_fraction=synonyms, system=system, assumptions=assumptions, init=init,
-        init_seed=seed)
+        init_seed=seed, chip=chip)
     result = verify(cfg, Path(json_path) if json_path else None,
-                    Path(energy_json) if energy_json else None)
+                    Path(energy_json) if energy_json else None, Path(plots) if plots else None)
     if result is not None:
         click.echo(verify_summary(result))
         if "energy" in result:
             click.echo(energy_summary(result["energy"]))
+        _figures_written(plots)
 
 
 @verify_cmd.command("merge")
 @click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--energy-json", type=click.Path(dir_okay=False), help="Write the energy report.")
+@PLOTS
 def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
-                     energy_json: str | None) -> None:
+                     energy_json: str | None, plots: str | None) -> None:
     """Combine the partial results of `verify --shard I/N --json PART` runs (every shard once)
     into the result of one run."""
     from .report import energy_summary, verify_summary
     from .verify.harness import merge
 
     result = merge([Path(p) for p in parts], Path(json_path) if json_path else None,
-                   Path(energy_json) if energy_json else None)
+                   Path(energy_json) if energy_json else None, Path(plots) if plots else None)
     click.echo(verify_summary(result))
     if "energy" in result:
         click.echo(energy_summary(result["energy"]))
+    _figures_written(plots)
 
 
 @main.command("energy")
@@ -422,10 +444,12 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
 @SYSTEM
 @ASSUME
+@CHIP
+@PLOTS
 def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
                val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
                lava_images: int, json_path: str | None, system: str,
-               assumptions: tuple[str, ...]) -> None:
+               assumptions: tuple[str, ...], chip: str, plots: str | None) -> None:
     """Synaptic operations from the chip's spikes (the emulator's, bit-exact with Lava) and
     energy per inference, per layer and in total, under two models side by side: the paper's
     45 nm compute-only model (E_AC 0.9 pJ per synaptic op, E_MAC 4.6 pJ per MAC; with its 95 %
@@ -438,10 +462,12 @@ def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
     cfg = _verify_config(model, data, download=download, split=split, val_fraction=val_fraction,
                          seed=split_seed, limit=limit, batch_size=batch_size,
                          backends=() if lava_images else ("loihi-emu",), lava_limit=lava_images,
-                         system=system, assumptions=assumptions)
-    result = verify(cfg, energy_json=Path(json_path) if json_path else None)
+                         system=system, assumptions=assumptions, chip=chip)
+    result = verify(cfg, energy_json=Path(json_path) if json_path else None,
+                    plots=Path(plots) if plots else None)
     if result is not None:
         click.echo(energy_summary(result["energy"]))
+        _figures_written(plots)
 
 
 @main.command("report")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import open_backend
 from .checkpoint import default_checkpoint_name
 from .data import load_image
 from .errors import ExportError
@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def classify_images(target: str, export_dir: Path | None, images: list[Path], labels_text: str,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 32, chip: str = "auto") -> dict:
     """Zero-shot classify ``images`` on ``target``'s backend (the default model's export when
-    ``export_dir`` is None, created if missing): ``{target, export, labels, results}`` with one
+    ``export_dir`` is None, created if missing; ``chip``: where Lava runs, see
+    :func:`~.backends.open_backend`): ``{target, export, labels, results}`` with one
     ``{image, prediction, scores}`` per image."""
     labels = parse_labels(labels_text)
-    backend_cls = get_backend(target)
     if export_dir is None:
         export_dir = default_out(default_checkpoint_name(), target)
         if not export_dir.exists():
@@ -39,7 +39,7 @@ def classify_images(target: str, export_dir: Path | None, images: list[Path], la
                 if not is_export(export_dir):
                     raise
                 log.warning("another run created %s meanwhile: using it", export_dir)
-    with backend_cls(export_dir) as backend:
+    with open_backend(target, export_dir, chip) as backend:
         warn_indistinct_labels(backend.host.tokenizer, labels)
         size = int(backend.manifest["host"]["image_size"])
         pixels = np.stack([load_image(p, size).numpy() for p in images])  # all checked first

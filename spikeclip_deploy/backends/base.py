@@ -69,6 +69,8 @@ class Backend(ABC):
     handlers: dict[type, str] = {}
     #: export target -> what this backend computes on such an export
     runs: dict[str, str] = {}
+    #: whether the constructor takes ``chip`` (auto, sim, hw: Loihi 2 hardware or a simulator)
+    chip_choice: bool = False
 
     def __init__(self, export_dir: Path) -> None:
         self.export_dir = Path(export_dir)

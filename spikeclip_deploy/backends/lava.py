@@ -1,5 +1,6 @@
 r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 models
-(``Loihi2SimCfg(select_tag="fixed_pt")``).
+(``Loihi2SimCfg(select_tag="fixed_pt")``), or on Loihi 2 hardware (``Loihi2HwCfg``, where
+lava-loihi and a board are there: :mod:`.lava_chip`).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
 ``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or, delayed, ``DelayConv``, a host op between
@@ -34,18 +35,21 @@ from ..fileutil import owned_tempdir
 from ..fixed_point import bias_mantissa
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair
 from .base import Backend, ChipRun, input_mantissa
+from .lava_chip import select_chip
 
 log = logging.getLogger(__name__)
 
 
-def _lava(reference: bool = False) -> dict[str, Any]:
-    """Lava's classes, the process models to use instead of Lava's defaults (``models``) and the
+def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
+    """Lava's classes, the process models to use instead of Lava's defaults (``models``), the
     lowering of a convolution (``conv``): this package's, or with ``reference`` Lava's stock
-    ones."""
+    ones, and the run configuration (``run_cfg()``): Lava's fixed-point simulation, or with
+    ``chip`` ``hw`` Loihi 2 hardware, where Lava's stock processes run on neuro-cores and this
+    package's (input source, recorders, host ops) on the host."""
     lava_compat.install()
     try:
         from lava.magma.core.run_conditions import RunSteps
-        from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava.magma.core.run_configs import Loihi2HwCfg, Loihi2SimCfg
         from lava.proc.conv.process import Conv
         from lava.proc.conv.utils import conv_to_sparse
         from lava.proc.dense.process import DelayDense, Dense
@@ -59,14 +63,22 @@ def _lava(reference: bool = False) -> dict[str, Any]:
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
                                       f"run `make venv`") from None
+    stock = reference or chip == "hw"
     models = {**lava_io.MODEL_MAP, **host_op.MODEL_MAP}
-    if not reference:
+    if not stock:
         models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP})
+    if chip == "hw":
+        def run_cfg() -> Any:
+            return Loihi2HwCfg(exception_proc_model_map=models)
+    else:
+        def run_cfg() -> Any:
+            return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
                 conv_to_sparse=conv_to_sparse, DelayConv=delay_conv.DelayConv,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
-                models=models, conv=_reference_conv if reference else _fast_conv)
+                models=models, run_cfg=run_cfg,
+                conv=_reference_conv if stock else _fast_conv)
 
 
 def to_lava_layout(a: np.ndarray) -> np.ndarray:
@@ -271,12 +283,11 @@ class _Network:
                         port = port.flatten()
                     port.connect(proc.s_in)
                 procs[la.name] = proc
-            cfg = self.L["Loihi2SimCfg"](select_tag="fixed_pt",
-                                         exception_proc_model_map=self.L["models"])
             with warnings.catch_warnings(), no_inherited_garbage():
                 # DelaySparse's model edits its csr matrices
                 warnings.simplefilter("ignore", SparseEfficiencyWarning)
-                source.run(condition=self.L["RunSteps"](num_steps=steps), run_cfg=cfg)
+                source.run(condition=self.L["RunSteps"](num_steps=steps),
+                           run_cfg=self.L["run_cfg"]())
             source.stop()  # only after a run that succeeded: Lava 0.10's stop() after an error
             # inside a process waits forever, so the error would hang instead of being raised
             out = ChipRun()
@@ -298,16 +309,23 @@ class _Network:
 
 
 class LavaBackend(Backend):
-    """Fixed-point chip simulation on Lava (exports made with ``--target loihi``)."""
+    """Exports made with ``--target loihi`` on Lava: simulated bit-accurately, or on Loihi 2
+    hardware (``chip``: ``sim``, ``hw`` or ``auto``, :func:`~.lava_chip.select_chip`)."""
 
     name = "loihi"
     handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv,
                                       HostOpNode: _host_op}
     runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
+    chip_choice = True
 
-    def __init__(self, export_dir) -> None:
+    def __init__(self, export_dir, chip: str = "auto") -> None:
         super().__init__(export_dir)
-        self._L = _lava()
+        #: where the graphs run: ``hw`` (Loihi 2 hardware) or ``sim``
+        self.chip = select_chip(chip)
+        if self.chip == "hw":
+            self.description = (f"{self.name} backend on a --target loihi export: Loihi 2 "
+                                f"hardware through lava-loihi (Loihi2HwCfg)")
+        self._L = _lava(chip=self.chip)
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:
         q = self.graphs[side].metadata["input_quantization"]

@@ -197,6 +197,12 @@ class ChipGraph(nn.ModuleList):
     def lif_indices(self) -> list[int]:
         return [i for i, layer in enumerate(self) if is_neuron(layer)]
 
+    def spike_indices(self) -> list[int]:
+        """The layers the lowered graph has a LIF for, in order: every neuron and every spike
+        max-pool (its OR LIF)."""
+        return [i for i, layer in enumerate(self)
+                if is_neuron(layer) or isinstance(layer, SpikeMaxPool)]
+
 
 class GraphBuilder:
     """Builds a :class:`ChipGraph` layer by layer: :meth:`add` returns the new layer's index,

@@ -73,6 +73,12 @@ class SpikingEncoder(nn.Module):
         outs = self.stack(current, self.time_steps)
         return [outs[i] for i in self.stack.lif_indices()]
 
+    def chip_spikes(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Spikes ``[T, B, ...]`` of every LIF of the lowered chip graph, in its order (a spike
+        max-pool's OR LIF included; the last leaves the chip)."""
+        outs = self.stack(self.current(inputs), self.time_steps)
+        return [outs[i] for i in self.stack.spike_indices()]
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.readout(self.run_stack(self.current(inputs))[-1])
 

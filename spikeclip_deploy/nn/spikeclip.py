@@ -47,6 +47,13 @@ class SpikeCLIP(nn.Module):
     def encode_image(self, images_uint8: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image(self.normalize(images_uint8)), dim=-1)
 
+    def encode_image_spikes(self, images_uint8: torch.Tensor
+                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(:meth:`encode_image`, the image encoder's spikes ``[T, B, ...]`` per chip LIF
+        (:meth:`~.encoders.SpikingEncoder.chip_spikes`)), from one forward pass."""
+        spikes = self.image.chip_spikes(self.normalize(images_uint8))
+        return F.normalize(self.image.readout(spikes[-1]), dim=-1), spikes
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(tokens), dim=-1)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends import get_backend
+from ..backends import open_backend
 from ..backends.base import Backend
 from ..data import load_dataset
 from ..errors import ConfigError, ExportError, HardwareLimitError
@@ -82,6 +82,7 @@ class VerifyConfig:
     batch_size: int = 64  # images per step of the stream (bounds memory; one Lava run each)
     init: str = "checkpoint"  # or "random": model is a registered config, seeded by init_seed
     init_seed: int = 0
+    chip: str = "auto"  # where Lava runs: hw (Loihi 2 hardware), sim, auto (hw if there is one)
 
 
 def _plan(cfg: VerifyConfig, ann: str | None) -> list[tuple[str, str, int | None]]:
@@ -121,7 +122,7 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
             backends = open_backends(stack, {key: name for key, name, _ in plan}, cfg.export,
                                      ExportConfig(model=cfg.model, target=target,
                                                   out=workdir / target, init=cfg.init,
-                                                  seed=cfg.init_seed), info)
+                                                  seed=cfg.init_seed), info, cfg.chip)
             first = next(iter(backends.values()))
             manifest = first.manifest
             export = {"target": manifest["target"], "path": str(cfg.export) if cfg.export
@@ -187,19 +188,30 @@ def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
 
 def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
             batch_size: int) -> dict[str, Any]:
-    """The batch loop: predictions, spike tallies and pairwise divergence."""
+    """The batch loop: predictions, spike tallies (the float model's too, in the chip graph's
+    LIFs), pairwise divergence, and the spike raster of the selection's first image."""
     n = len(sel.index)
     positions = sel.positions.numpy()
     preds = {key: np.full(n, -1, dtype=np.int64) for key in ("float", *backends)}
     tallies = {key: SpikeTally(b.layers["image"], b.time_steps) for key, b in backends.items()}
     divs = {(a, b): Divergence(tallies[a].state()["lif_shapes"], tallies[a].state()["time_steps"])
             for a, b in combinations(sorted(tallies, key=ORDER.index), 2)}
+    if backends:  # the float model's spikes, LIF for LIF of the chip graph
+        chip = next(iter(backends.values()))
+        tallies["float"] = SpikeTally(chip.layers["image"], chip.time_steps)
+    raster = None
     with progress(None, total=n, desc="verify", unit="img") as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             batch = images[sel.index[sl]]
             with torch.no_grad():
-                preds["float"][sl] = predict(model.encode_image(batch).numpy(), weights["float"])
+                if backends:
+                    feats, float_spikes = model.encode_image_spikes(batch)
+                    tallies["float"].add([s.transpose(0, 1).numpy().astype(np.uint8)
+                                          for s in float_spikes])
+                else:
+                    feats = model.encode_image(batch)
+            preds["float"][sl] = predict(feats.numpy(), weights["float"])
             spikes = {}
             for key, _, cap in plan:
                 take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
@@ -214,19 +226,36 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
                     both = take_a & take_b
                     div.add(positions[sl][both], [x[both[take_a]] for x in s_a],
                             [x[both[take_b]] for x in s_b])
+            if raster is None and spikes and positions[start] == 0:
+                raster = _raster(spikes, tallies, int(sel.index[start]))
             bar.update(len(batch))
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
-            "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()}}
+            "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()},
+            **({"raster": raster} if raster else {})}
+
+
+def _raster(spikes: dict[str, tuple[np.ndarray, list[np.ndarray]]],
+            tallies: dict[str, SpikeTally], index: int) -> dict[str, Any] | None:
+    """The spikes of the selection's first image (its batch's first) on the first backend of
+    :data:`~.results.ORDER` that ran it, per LIF: ``shape`` ``[T, *shape]`` and the flat
+    ``spikes`` indices (JSON-ready and small: one image)."""
+    key = next((k for k in ORDER if k in spikes and spikes[k][0][0]), None)
+    if key is None:
+        return None
+    names = tallies[key].state()["lif_shapes"]
+    return {"backend": key, "position": 0, "index": index,
+            "layers": {name: {"shape": list(s.shape[1:]), "spikes": np.flatnonzero(s[0]).tolist()}
+                       for name, s in zip(names, spikes[key][1], strict=True)}}
 
 
 def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | None,
-                  fresh: ExportConfig, info: dict) -> dict[str, Backend]:
+                  fresh: ExportConfig, info: dict, chip: str = "auto") -> dict[str, Backend]:
     """Backends (result key -> backend name), entered in ``stack``, on ``export``, which must
     hold the model ``info`` describes (:func:`~..export.model_source`), or, when None, on the
-    export ``fresh`` makes."""
+    export ``fresh`` makes; ``chip``: where Lava runs (:func:`~..backends.open_backend`)."""
     export_dir = export or export_model(fresh)[0]
-    backends = {key: stack.enter_context(get_backend(name)(export_dir))
+    backends = {key: stack.enter_context(open_backend(name, export_dir, chip))
                 for key, name in names.items()}
     _check_made_from(next(iter(backends.values())).manifest["model"], info, export_dir)
     return backends
@@ -264,33 +293,39 @@ def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
                           f"or re-export")
 
 
-def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path | None = None
-           ) -> dict[str, Any] | None:
+def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path | None = None,
+           plots: Path | None = None) -> dict[str, Any] | None:
     """:func:`evaluate_sharded`, then the outputs: a complete run writes its summary to
-    ``json_path`` (its energy report to ``energy_json``) and returns it; a shard writes its
-    partial result to ``json_path`` (for ``verify merge``) and returns its own summary; a torchrun
-    rank other than 0 returns None. Raises :class:`~..errors.VerificationError` after writing
-    when the emulator's spikes differ from Lava's."""
+    ``json_path`` (its energy report to ``energy_json``, its figures to the folder ``plots``)
+    and returns it; a shard writes its partial result to ``json_path`` (for ``verify merge``)
+    and returns its own summary; a torchrun rank other than 0 returns None. Raises
+    :class:`~..errors.VerificationError` after writing when the emulator's spikes differ from
+    Lava's."""
     if cfg.shard.count > 1 and json_path is None:
         raise ConfigError(f"--shard {cfg.shard} writes a partial result for `verify merge`: "
                           f"give --json PATH")
     partial = evaluate_sharded(cfg)
-    return None if partial is None else _finish(partial, json_path, energy_json)
+    return None if partial is None else _finish(partial, json_path, energy_json, plots)
 
 
-def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | None = None
-          ) -> dict[str, Any]:
+def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | None = None,
+          plots: Path | None = None) -> dict[str, Any]:
     """Shards' partial results (``verify --shard I/N --json PART``) -> the result one run over
     all of them gives, written like :func:`verify`'s."""
-    return _finish(merge_partials([read_partial(p) for p in parts]), json_path, energy_json)
+    return _finish(merge_partials([read_partial(p) for p in parts]), json_path, energy_json,
+                   plots)
 
 
-def _finish(partial: dict[str, Any], json_path: Path | None, energy_json: Path | None
-            ) -> dict[str, Any]:
+def _finish(partial: dict[str, Any], json_path: Path | None, energy_json: Path | None,
+            plots: Path | None) -> dict[str, Any]:
     result = summarize(partial)
     if json_path is not None:
         write_json(json_path, result if result["complete"] else partial)
     if energy_json is not None and "energy" in result:
         write_json(energy_json, result["energy"])
+    if plots is not None:
+        from ..plots import write_plots  # matplotlib only when asked for
+
+        write_plots(result, partial.get("raster"), plots)
     check_bit_exact(result)
     return result

@@ -3,8 +3,9 @@
 A partial result holds what the evaluation saw, per sample (position in the selection, dataset
 index, label, every backend's prediction; -1 where a backend did not run that sample) and as
 integer tallies (spikes, synaptic operations, spike divergence), plus the run's description,
-which every shard of one verification shares. :func:`summarize` computes every figure from it,
-so shards merged (:func:`merge_partials`) summarize to the result of one run over them all.
+which every shard of one verification shares, and the ``raster`` of the selection's first image
+(in shard 0's). :func:`summarize` computes every figure from it, so shards merged
+(:func:`merge_partials`) summarize to the result of one run over them all.
 """
 from __future__ import annotations
 
@@ -118,6 +119,7 @@ def merge_partials(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "preds": {k: joined([p["preds"][k] for p in parts]) for k in parts[0]["preds"]},
         "tallies": {k: t.state() for k, t in tallies.items()},
         "divergence": {k: d.state() for k, d in divs.items()},
+        **next(({"raster": p["raster"]} for p in parts if "raster" in p), {}),
     }
 
 

@@ -123,16 +123,21 @@ def test_verify_and_energy_on_micro(micro_ckpt, image_folder, tmp_path):
     `energy` counts the emulator's spikes on the same images."""
     vj, ej, e2 = tmp_path / "v.json", tmp_path / "e.json", tmp_path / "e2.json"
     r = invoke("verify", "--model", micro_ckpt, "--data", image_folder, "--lava-limit", 2,
-               "--json", vj, "--energy-json", ej)
+               "--json", vj, "--energy-json", ej, "--plots", tmp_path / "figs")
     assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "energy-per-layer.png", "firing-rates.png", "spike-raster.png", "synaptic-ops.png"]
+    assert f"figures -> {tmp_path / 'figs'}" in r.output
     v = json.loads(vj.read_text())
     assert v["n"] == 24 and v["lava_n"] == 2 and set(v["accuracy"]) == {"float", "emu", "lava"}
     assert v["agreement"]["emu_vs_lava"] == 1.0 and v["spike_mismatches"] == {"emu_vs_lava": 0}
     assert "on 24 images: every image of" in r.output and "n=2" in r.output
     e = json.loads(ej.read_text())
     assert e == v["energy"] and e["spikes_from"] == "emu" and e["n"] == 24
-    r = invoke("energy", "--model", micro_ckpt, "--data", image_folder, "--json", e2)
+    r = invoke("energy", "--model", micro_ckpt, "--data", image_folder, "--json", e2,
+               "--plots", tmp_path / "efigs")
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "efigs" / "energy-per-layer.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads(e2.read_text()) == e and "from the emulator's spikes" in r.output
     chip = e["loihi"]  # the chip's own model beside the 45 nm one, with its citations
     assert chip["placement"]["chips"] == 1 and chip["messages"] > 0
@@ -165,8 +170,9 @@ def test_verify_shards_merge_to_one_run(micro_ckpt, micro_exports, image_folder,
         r = invoke(*common, "--shard", f"{i}/2", "--json", tmp_path / f"p{i}.json")
         assert r.exit_code == 0 and "shard %d/2 (partial)" % i in r.output, r.output
     r = invoke("verify", "merge", tmp_path / "p1.json", tmp_path / "p0.json", "--json",
-               tmp_path / "merged.json")
+               tmp_path / "merged.json", "--plots", tmp_path / "figs")
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "figs" / "spike-raster.png").exists()  # shard 0 kept the first image's
     assert (tmp_path / "merged.json").read_bytes() == (tmp_path / "one.json").read_bytes()
     r = invoke(*common, "--shard", "0/2")
     assert r.exit_code == 1 and "--shard 0/2 writes a partial result" in r.output
@@ -338,3 +344,17 @@ def test_verify_with_named_labels_and_templates(micro_ckpt, micro_exports, image
     assert set(v["per_class_accuracy"]["emu"]) <= {"plane", "car", "bird"}
     r = invoke(*common, "--labels", "cat,dog")
     assert r.exit_code == 1 and "2 labels but the dataset has 3 classes" in r.output
+
+
+@pytest.mark.lava
+def test_run_on_loihi_hardware_without_a_board_says_how_to_simulate(micro_exports, cat_png, cli,
+                                                                     monkeypatch):
+    from spikeclip_deploy.backends import lava_chip
+
+    monkeypatch.setattr(lava_chip, "board_unavailable", lambda: "no board in this test")
+    common = ("run", "--target", "loihi", "--export", micro_exports["loihi"], "--image", cat_png,
+              "--labels", "cat,dog")
+    cli.clean_failure(invoke(*common, "--chip", "hw"), 1, "--chip hw asks for Loihi 2 hardware",
+                      "no board in this test", "pass --chip sim")
+    monkeypatch.setenv("SPIKECLIP_CHIP", "hw")
+    cli.clean_failure(invoke(*common), 1, "no board in this test")

@@ -194,3 +194,27 @@ def test_the_native_graph_lowers_and_the_cpu_reference_equals_the_float_model(tm
     assert len(got) == len(want) == 12
     for k, (g, w) in enumerate(zip(got, want)):
         assert 0 < w.mean() < 1 and np.array_equal(g, w), k
+
+
+def test_chip_spikes_are_the_lowered_graphs_lifs(image_spikes):
+    """One spike tensor per LIF of the lowered graph (a spike pool's OR LIF included), in its
+    order and shape; the features equal ``encode_image``'s."""
+    import nir
+
+    from spikeclip_deploy.export import lower_encoder
+    from spikeclip_deploy.targets import get_target
+
+    torch.manual_seed(0)
+    model = SpikeCLIP(_small()).eval()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32),
+                                                                dtype=np.uint8))
+    with torch.no_grad():
+        feats, spikes = model.encode_image_spikes(images)
+        assert torch.equal(feats, model.encode_image(images))
+    graph = lower_encoder(model, "image", get_target("cpu"))
+    shapes = [tuple(np.asarray(la.node.tau).shape) for la in graph.layers
+              if isinstance(la.node, nir.LIF)]
+    # stem, two tokenizer convs with their pools' ORs; 3 per block; the last
+    assert [tuple(s.shape[2:]) for s in spikes] == shapes and len(shapes) == 5 + 2 * 3 + 1
+    _, want = image_spikes.float_model(model, images)
+    assert all(np.array_equal(s.transpose(0, 1).numpy(), w) for s, w in zip(spikes, want))

@@ -5,12 +5,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from spikeclip_deploy import backends
 from spikeclip_deploy.backends.emulator import EmulatorBackend
+from spikeclip_deploy.checkpoint import load_model
 from spikeclip_deploy.data import load_dataset
 from spikeclip_deploy.errors import ConfigError, VerificationError
-from spikeclip_deploy.verify import harness
-from spikeclip_deploy.verify.harness import VerifyConfig, merge, run_verification, verify
+from spikeclip_deploy.plots import raster_matrix
+from spikeclip_deploy.verify.harness import (VerifyConfig, evaluate, merge, run_verification,
+                                             verify)
+from spikeclip_deploy.verify.results import summarize
 from spikeclip_deploy.verify.selection import Shard, select
 from spikeclip_deploy.verify.stats import wilson_ci95
 
@@ -87,6 +92,8 @@ def test_two_shards_merged_equal_one_run(micro_ckpt, micro_exports, image_folder
         assert shard["n"] == (6, 5)[i] and not shard["complete"]
     merged = merge(parts[::-1], tmp_path / "merged.json")
     assert merged == whole
+    # the first image's spike raster travels in shard 0's partial result only
+    assert [("raster" in json.loads(p.read_text())) for p in parts] == [True, False]
     assert (tmp_path / "merged.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
     with pytest.raises(ConfigError, match=r"shards \[0\] of \[2\]"):
         merge(parts[:1])
@@ -110,17 +117,45 @@ class _OneSpikeOff(EmulatorBackend):
 def test_a_spike_off_is_reported_where_it_happens(micro_ckpt, micro_exports, image_folder,
                                                   monkeypatch, tmp_path):
     """Lava's place taken by the true emulator, the emulator's by one with a spike flipped."""
-    real = harness.get_backend
-    monkeypatch.setattr(harness, "get_backend",
+    real = backends.get_backend
+    monkeypatch.setattr(backends, "get_backend",
                         lambda name: {"loihi": EmulatorBackend, "loihi-emu": _OneSpikeOff}.get(
                             name) or real(name))
     cfg = _cfg(micro_ckpt, micro_exports, image_folder, limit=6, lava_limit=3)
     out = tmp_path / "v.json"
     with pytest.raises(VerificationError, match="first at layer lif1, step 2"):
-        verify(cfg, out)
+        verify(cfg, out, plots=tmp_path / "figs")
+    assert (tmp_path / "figs" / "divergence.png").read_bytes()[:4] == b"\x89PNG"  # drawn first
     div = json.loads(out.read_text())["divergence"]["emu_vs_lava"]
     assert div["spike_mismatches"] == 3 and div["samples_diverging"] == 3
     assert div["first"] == {"position": [0, 1, 2], "layer": ["lif1"] * 3, "step": [2] * 3,
                             "neurons": [1, 1, 1]}
     assert div["mismatches_by_layer"]["lif1"] == {"spikes": 3, "fraction": 3 / (3 * 4 * 8 * 16 * 16)}
     assert div["mismatches_by_layer"]["lif0"]["spikes"] == 0
+
+
+def test_float_rates_and_the_first_images_raster(micro_ckpt, micro_exports, image_folder,
+                                                 image_spikes):
+    """``firing_rates["float"]``: the float model's spikes in every chip LIF (spike pooling's
+    OR included), recounted here; the raster: the emulator's spikes of the selection's first
+    image, run here on that image alone."""
+    cfg = _cfg(micro_ckpt, micro_exports, image_folder, limit=7, lava_limit=0, batch_size=3)
+    partial = evaluate(cfg)
+    rates = summarize(partial)["firing_rates"]
+    images, _ = _images(cfg)
+    model = load_model(str(micro_ckpt))[0]
+    batches = [image_spikes.float_model(model, torch.from_numpy(images[i:i + 3]))[1]
+               for i in range(0, 7, 3)]  # the harness's batches: the same float arithmetic
+    spikes = [np.concatenate(layer) for layer in zip(*batches)]
+    assert list(rates["float"]) == list(rates["emu"]) and len(spikes) == len(rates["float"])
+    assert rates["float"] == {name: int(s.sum()) / s.size
+                              for name, s in zip(rates["float"], spikes)}
+    raster = partial["raster"]
+    assert (raster["backend"], raster["position"], raster["index"]) == (
+        "emu", 0, int(select(load_dataset(cfg.data, 32), "all", 0.1, 0, 7).index[0]))
+    with EmulatorBackend(micro_exports["loihi"]) as emu:
+        first = emu.encode_images(images[:1])[1]
+    assert list(raster["layers"]) == list(rates["emu"])
+    for layer, s in zip(raster["layers"].values(), first):
+        t = s.shape[1]
+        assert (raster_matrix(layer) == s[0].reshape(t, -1).T).all()
