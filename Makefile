@@ -22,7 +22,8 @@ $(STAMP): requirements/base.txt requirements/nodeps.txt pyproject.toml
 demo: $(STAMP)
 	$(CLI) export --target loihi --force
 	$(CLI) verify --export exports/$(MODEL)-loihi --data $(DATA) --split val $(if $(LIMIT),--limit $(LIMIT)) \
-		--lava-limit $(LAVA_LIMIT) --json exports/verify.json --energy-json exports/energy.json
+		--lava-limit $(LAVA_LIMIT) --json exports/verify.json --energy-json exports/energy.json \
+		--plots exports/figures
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
