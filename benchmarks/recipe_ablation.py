@@ -20,7 +20,8 @@ back from its checkpoint, an interrupted one resumes from its training state)::
 
     .venv/bin/python benchmarks/recipe_ablation.py --data ../shared/data/cifar10-train.tar.gz \
         --out runs/ablation [--model spikeclip-tiny --init-text-from spikeclip-tiny-cifar10 \
-        --limit 12000 --distill-epochs 1 --finetune-epochs 1 --variants paper,crop-flip,...]
+        --limit 12000 --distill-epochs 1 --finetune-epochs 1 --variants paper,crop-flip,...] \
+        [--bf16 --channels-last]
 
 Prints one line per variant, then the table as Markdown.
 """
@@ -90,6 +91,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--bf16", action="store_true", help="train --bf16 (every variant)")
+    p.add_argument("--channels-last", action="store_true", help="train --channels-last")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -98,7 +101,8 @@ def main() -> None:
         p.error(f"unknown variant(s) {', '.join(unknown)}; pick from {', '.join(VARIANTS)}")
     base = Recipe(text_epochs=0, distill_epochs=args.distill_epochs,
                   finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
-                  seed=args.seed, checkpoint_every=50)
+                  seed=args.seed, checkpoint_every=50, bf16=args.bf16,
+                  channels_last=args.channels_last)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
@@ -107,7 +111,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     ref = next((r["top1"] for r in rows if r["variant"] == "paper"), None)
     print(f"\nmodel {args.model}, {args.limit} training images, distill {args.distill_epochs} + "
-          f"finetune {args.finetune_epochs} epochs, seed {args.seed}\n")
+          f"finetune {args.finetune_epochs} epochs, seed {args.seed}, bf16 {args.bf16}, "
+          f"channels-last {args.channels_last}\n")
     print("| variant | options | val top-1 (95 % CI) | vs paper |\n|---|---|---|---|")
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in VARIANTS[r["variant"]].items()) or "-"
