@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .fileutil import atomic_write
+from .verify.energy import model_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,14 @@ def synaptic_ops_figure(energy: dict[str, Any]) -> Figure:
 
 
 def energy_figure(energy: dict[str, Any]) -> Figure:
-    """Energy per inference of every layer: the 45 nm model's (E_AC x SOPs per synapse layer)
-    and, where the report has it, the Loihi model's (its own layers), each in its own panel."""
-    panels = [(f"45 nm model (E_AC {energy['energy_model']['e_ac_pj']} pJ per SOP)",
-               energy["layers"], "synapse layer")]
+    """Energy per inference of every layer: the 45 nm model's (E_AC x SOPs per synapse layer
+    of the model, a synapse copied for several readers once, under its own name, as that model
+    counts it) and, where the report has it, the Loihi model's (its own layers, every copy:
+    the chip executes each), each in its own panel."""
+    model = [{**row, "name": row["copy_of"] or row["name"]}
+             for row in model_rows(energy["layers"])]
+    panels = [(f"45 nm model (E_AC {energy['energy_model']['e_ac_pj']} pJ per SOP)", model,
+               "synapse layer")]
     if "loihi" in energy:
         panels.append(("Loihi model", energy["loihi"]["layers"], "layer"))
     fig = _figure(_width(max(len(rows) for _, rows, _ in panels)), 4.0 * len(panels))

@@ -10,8 +10,8 @@ from spikeclip_deploy.plots import (divergence_figure, energy_figure, firing_rat
 PNG = b"\x89PNG\r\n\x1a\n"
 
 ENERGY = {"n": 10, "time_steps": 4, "spikes_from": "emu", "energy_model": {"e_ac_pj": 0.9},
-          "layers": [{"name": "conv0", "sops": 1000.0, "energy_pj": 900.0},
-                     {"name": "dense1", "sops": 10.0, "energy_pj": 9.0}]}
+          "layers": [{"name": "conv0", "copy_of": None, "sops": 1000.0, "energy_pj": 900.0},
+                     {"name": "dense1", "copy_of": None, "sops": 10.0, "energy_pj": 9.0}]}
 LOIHI = {"layers": [{"name": "lif0", "energy_pj": 30.0}, {"name": "lif1", "energy_pj": 5.0},
                     {"name": "lif2", "energy_pj": 1.5}]}
 AGREE = {"spike_mismatches": 0}
@@ -69,6 +69,13 @@ def test_synaptic_ops_and_both_energy_models_per_layer():
     assert _bars(loihi) == {"energy": [30.0, 5.0, 1.5]} and "Loihi" in loihi.get_title()
     assert [t.get_text() for t in loihi.get_xticklabels()] == ["lif0", "lif1", "lif2"]
     _labelled(fig)
+    # a synapse copied for two readers is one layer of the model: once, under its own name
+    copied = {**ENERGY, "layers": ENERGY["layers"] + [
+        {"name": "conv2_lif5", "copy_of": "conv2", "sops": 4.0, "energy_pj": 3.6},
+        {"name": "conv2_lif6", "copy_of": "conv2", "sops": 4.0, "energy_pj": 3.6}]}
+    (ax,) = energy_figure(copied).axes
+    assert _bars(ax) == {"energy": [900.0, 9.0, 3.6]}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv0", "dense1", "conv2"]
 
 
 def test_the_raster_is_neurons_by_steps():
