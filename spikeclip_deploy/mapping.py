@@ -271,12 +271,13 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
     sources = {la.name: la.inputs[0] for la in layers
                if not isinstance(la.node, (nir.LIF, HostOpNode))}
     tiles: dict[str, _Tiling] = {}
-    dims = {la.name: la.dims for la in lifs}
+    reach: dict[str, int] = {}  # per synapse layer, once its reader is tiled
     for layer in reversed(lifs):  # readers first: output axons depend on their tiling
-        fan = sum(_reach(node, tiles[reader.name], dims[reader.name])
-                  for reader in lifs for syn, node, _ in reader.synapses
+        fan = sum(reach[syn] for reader in lifs for syn, _, _ in reader.synapses
                   if sources[syn] == layer.name)
         tiles[layer.name] = _tile(layer, fan, cores, side)
+        reach.update({syn: _reach(node, tiles[layer.name], layer.dims)
+                      for syn, node, _ in layer.synapses})
     placed = dict(zip((la.name for la in lifs),
                       _place([tiles[la.name].cores for la in lifs], cores.cores_per_chip)))
     chips = {name: tuple(c for c, _ in on) for name, on in placed.items()}
@@ -294,7 +295,7 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
             row_tiles * kernels * cores.conv_bits_per_weight + layer.neurons * dense,
             t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
             tuple(n for _, n in placed[layer.name]),
-            tuple(_reach(node, t, layer.dims) for _, node, _ in layer.synapses)))
+            tuple(reach[syn] for syn, _, _ in layer.synapses)))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)
