@@ -332,12 +332,17 @@ def _images(f):
     return f
 
 
+def _data(data: str | None) -> Path:
+    """``--data``, which the commands that read images need (it has no default)."""
+    if not data:
+        raise click.UsageError("Missing option '--data'.")
+    return Path(data)
+
+
 def _verify_config(model: str | None, data: str | None, **options):
     from .verify.harness import VerifyConfig
 
-    if not data:
-        raise click.UsageError("Missing option '--data'.")
-    return VerifyConfig(model=_model(model), data=Path(data), **options)
+    return VerifyConfig(model=_model(model), data=_data(data), **options)
 
 
 def _figures_written(plots: str | None) -> None:
@@ -534,10 +539,8 @@ def robustness_cmd(model: str | None, data: str | None, download: bool, split: s
     Prints the Markdown table."""
     from .verify.robustness_table import RobustnessConfig, markdown, write_table
 
-    if not data:
-        raise click.UsageError("Missing option '--data'.")
     table = write_table(RobustnessConfig(
-        model=_model(model), data=Path(data), teacher=teacher, split=split,
+        model=_model(model), data=_data(data), teacher=teacher, split=split,
         val_fraction=val_fraction, seed=split_seed, limit=limit, batch_size=batch_size,
         download=download, distractor_set=distractor_set,
         export=Path(export_dir) if export_dir else None),

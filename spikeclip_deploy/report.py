@@ -54,6 +54,8 @@ def verify_summary(r: dict) -> str:
 def energy_summary(e: dict) -> str:
     """Per layer and in total, side by side: the 45 nm compute-only model and, where the
     report has it, the chip's own model (``loihi``); chip and host apart, with their shares."""
+    from .verify.chip_energy import PJ_PER_MJ
+
     chip = e.get("loihi")
     names = [r["name"] for r in chip["layers"]] if chip else [r["name"] for r in e["layers"]]
     w = max(8, *(len(name) + 1 for name in names))
@@ -87,8 +89,8 @@ def energy_summary(e: dict) -> str:
               f"  45 nm model: SNN {e['energy_per_inference_mj']:.6f} mJ (95 % interval "
               f"{e['energy_per_inference_mj_ci95'][0]:.6f} .. "
               f"{e['energy_per_inference_mj_ci95'][1]:.6f}): chip "
-              f"{e['chip_energy_pj'] / 1e9:.6f} mJ ({100 * e['chip_energy_share']:.1f} %), host "
-              f"{e['host_energy_pj'] / 1e9:.6f} mJ ({100 * e['host_energy_share']:.1f} %)",
+              f"{e['chip_energy_pj'] / PJ_PER_MJ:.6f} mJ ({100 * e['chip_energy_share']:.1f} %), host "
+              f"{e['host_energy_pj'] / PJ_PER_MJ:.6f} mJ ({100 * e['host_energy_share']:.1f} %)",
               f"    vs ANN counterpart {e['ann_energy_per_inference_mj']:.6f} mJ (ratio "
               f"{e['energy_ratio_snn_over_ann']:.3f}, reduction {100 * e['energy_reduction']:.1f}"
               f" %); the paper's convention, the stem at every step: "
@@ -98,9 +100,9 @@ def energy_summary(e: dict) -> str:
     if chip:
         t = chip["terms_pj"]
         lines += [f"  chip model ({chip['model']}): {chip['total_mj']:.6f} mJ: chip "
-                  f"{chip['chip_pj'] / 1e9:.6f} mJ ({100 * chip['chip_share']:.1f} %: "
-                  + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.6f}" for k, v in t.items())
-                  + f"), host {chip['host_pj'] / 1e9:.6f} mJ ({100 * chip['host_share']:.1f} %)"
+                  f"{chip['chip_pj'] / PJ_PER_MJ:.6f} mJ ({100 * chip['chip_share']:.1f} %: "
+                  + ", ".join(f"{k.replace('_', ' ')} {v / PJ_PER_MJ:.6f}" for k, v in t.items())
+                  + f"), host {chip['host_pj'] / PJ_PER_MJ:.6f} mJ ({100 * chip['host_share']:.1f} %)"
                   "; its own figure, not in the ANN comparison"]
         p = chip["placement"]
         lines.append(f"    placement: {p['chips']} chip(s) of {p['system']}, "

@@ -55,7 +55,7 @@ def class_weights(encode_texts: Callable[[list[str]], torch.Tensor], labels: lis
 
 
 def predict(feats: np.ndarray, class_w: np.ndarray) -> np.ndarray:
-    """Zero-shot top-1: the index of the label whose class weight scores highest,
+    r"""Zero-shot top-1: the index of the label whose class weight scores highest,
     :math:`\arg\max_c f \cdot w_c`, per row of image features ``feats``."""
     return (feats @ class_w.T).argmax(-1)
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageDataset
+from ..zeroshot import predict
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -67,9 +68,9 @@ def cosine_lr(step: int, total: int, lr_max: float, lr_min: float) -> float:
 @torch.no_grad()
 def zero_shot_accuracy(encode: Callable[[torch.Tensor], torch.Tensor], class_weights: torch.Tensor,
                        ds: ImageDataset, batch_size: int = 256) -> float:
-    """Top-1 of ``argmax(encode(images) @ class_weights.T)`` against the true labels."""
-    correct = 0
+    """Top-1 of :func:`~..zeroshot.predict` on ``encode(images)`` against the true labels."""
+    correct, weights = 0, class_weights.numpy()
     for idx in batches(len(ds), batch_size, None):
         feats = F.normalize(encode(ds.images[idx]), dim=-1)
-        correct += int(((feats @ class_weights.T).argmax(-1) == ds.labels[idx]).sum())
+        correct += int((predict(feats.numpy(), weights) == ds.labels[idx].numpy()).sum())
     return correct / max(len(ds), 1)

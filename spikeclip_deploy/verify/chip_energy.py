@@ -105,7 +105,8 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
                                    if mapped else None),
         "placement": {**({"system": placement["system"], "chips": placement["chips"]} if mapped
                          else {"system": placement.get("system"), "error": placement["error"]}),
-                      **{k: placement[k] for k in ("assumptions",) if k in placement}},
+                      **({"assumptions": placement["assumptions"]} if "assumptions" in placement
+                         else {})},
         "static_mw": placement["chips"] * model.static_mw_per_chip if mapped else None,
         "terms": terms, "left_out": left_out, "scope": model.scope,
         "description": model.description, "sources": model.sources,
