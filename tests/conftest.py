@@ -320,3 +320,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # compiled LIF loops cost ~13 s of compilation per process; tests/nn/test_lif.py covers them
 # explicitly (use_compile=True), everything else runs the bit-identical eager fused loop
 os.environ.setdefault("SPIKECLIP_LIF_COMPILE", "0")
+
+
+class _RunsCode:
+    """Unpickling this object runs ``exec`` of code that writes its marker file: what a
+    crafted pickle would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+class Hostile:
+    """Malicious pickles to plant where the tool reads a file, and the marker each writes when
+    it is unpickled (a test asserts the marker is absent: nothing ran)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.marker = folder / "code-ran.marker"
+
+    def payload(self):
+        return _RunsCode(self.marker)
+
+    def torch_file(self, path: Path, wrap=lambda evil: {"model": evil}) -> Path:
+        """A ``torch.save`` file (zip format) holding the payload inside ``wrap``'s structure."""
+        torch.save(wrap(self.payload()), path)
+        return path
+
+    def npy_file(self, path: Path) -> Path:
+        """A ``.npy`` of dtype object whose one element is the payload."""
+        arr = np.empty(1, dtype=object)
+        arr[0] = self.payload()
+        np.save(path, arr, allow_pickle=True)
+        return path
+
+    def ran(self) -> bool:
+        return self.marker.exists()
+
+
+@pytest.fixture()
+def hostile(tmp_path) -> Hostile:
+    return Hostile(tmp_path)

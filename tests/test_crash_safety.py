@@ -126,7 +126,7 @@ def test_train_killed_then_resumed_equals_uninterrupted(tower, image_folder, tmp
         if not state.exists():
             return False
         try:
-            s = torch.load(state, weights_only=False)["state"]
+            s = torch.load(state, weights_only=True)["state"]
         except Exception:  # noqa: BLE001 - being replaced right now; look again
             return False
         return s["stage"] == "distill" and s["step"] >= 1

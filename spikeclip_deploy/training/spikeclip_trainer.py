@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from ..lowering import qat
 from ..nn.spikeclip import SpikeCLIP
 from ..paths import cache_dir
 from ..progress import progress
+from ..safeload import load_tensors_only
 from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
@@ -200,11 +202,7 @@ class Trainer:
 
     def resume(self, path: Path) -> dict | None:
         hint = "pass the NAME.train-state.pt that `train` writes beside its --out checkpoint"
-        try:
-            blob = torch.load(path, weights_only=False, map_location="cpu")
-        except Exception as exc:  # unpickling garbage raises nearly any exception type
-            raise CheckpointError(f"cannot resume from {path}: not a readable training state "
-                                  f"({type(exc).__name__}: {exc}); {hint}") from None
+        blob = load_tensors_only(path, "a training state", hint)
         fields = ("model", "state", "rng", "config")
         missing = [k for k in fields if k not in blob] if isinstance(blob, dict) else list(fields)
         if missing:
@@ -288,12 +286,15 @@ class Trainer:
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(self.state.epoch * steps + i, epochs * steps, *lr)
                 loss = step_fn(self.dist.shard(idx), batch_seed)
+                value = loss.item()
+                if not math.isfinite(value):
+                    self._stop_non_finite(stage, value, i, opt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                self.state.loss_sum += loss.item()
+                self.state.loss_sum += value
                 self.state.step = i + 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
                 if every and self.state.step % every == 0 and self.state.step < steps:
                     self._save_state(opt)
             self.state.epoch += 1
@@ -309,6 +310,19 @@ class Trainer:
         self.state.stage = STAGES[STAGES.index(stage) + 1]
         self.state.epoch = 0
         self._save_state(None)
+
+    def _stop_non_finite(self, stage: str, value: float, step: int,
+                         opt: torch.optim.Optimizer) -> None:
+        """Stop before a non-finite loss reaches the weights: the training state on disk stays
+        the last one saved (none is written now)."""
+        option = f"--{'distill' if stage == 'text' else stage}-lr"
+        saved = (f"{self.state_path} holds the last good state: lower {option} (or the loss "
+                 f"weights) and --resume from it" if self.state_path.is_file() else
+                 f"lower {option} (or the loss weights) and train again")
+        raise ConfigError(
+            f"the {stage} loss became {value} at epoch {self.state.epoch + 1}, step {step + 1} "
+            f"(learning rate {opt.param_groups[0]['lr']:.3g}); nothing was saved from this "
+            f"step: {saved}")
 
     def _text_step(self, tokens: torch.Tensor, targets: torch.Tensor):
         def step(idx: torch.Tensor, _seed: int) -> torch.Tensor:

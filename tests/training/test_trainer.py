@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spikeclip_deploy.checkpoint import load_model
-from spikeclip_deploy.errors import CheckpointError
+from spikeclip_deploy.errors import CheckpointError, ConfigError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.training.recipe import Recipe
@@ -29,7 +29,7 @@ def test_train_both_stages_then_resume(image_folder, tower, tmp_path):
     state = out.with_suffix(".train-state.pt")
     assert state.exists()
     # a finished run given one more fine-tuning epoch reopens there; only that epoch runs
-    assert torch.load(state, weights_only=False)["state"]["stage"] == "qat"
+    assert torch.load(state, weights_only=True)["state"]["stage"] == "qat"
     more = replace(cfg, recipe=replace(recipe, finetune_epochs=2), resume=state)
     meta2 = run_training(more).meta
     stages = [(h["stage"], h["epoch"]) for h in meta2["history"]]
@@ -110,7 +110,7 @@ def test_interrupted_in_every_stage_resumes_to_the_same_weights(image_folder, to
             break
         except KeyboardInterrupt:
             assert not out.exists()
-            s = torch.load(state, weights_only=False)["state"]
+            s = torch.load(state, weights_only=True)["state"]
             stopped.append((s["stage"], s["epoch"], s["step"]))
         if len(stopped) == 1:  # a changed batch size could not replay the epoch
             other = {**base, "recipe": replace(recipe, batch_size=4)}
@@ -338,3 +338,41 @@ def test_crop_flip_runs_the_teacher_on_the_students_view(image_folder, tower, tm
     assert moved  # crops, not only flips
     with pytest.raises(spikeclip_trainer.ConfigError, match="crop-flip"):
         _trainer(image_folder, tower, tmp_path, Recipe(augment="cutout"))
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(image_folder, tower,
+                                                                        tmp_path, monkeypatch):
+    """The distillation loss turns NaN at its third step: training stops with an error naming
+    the stage, step and learning-rate option, before the NaN reaches the weights; the state on
+    disk is the one saved after step 2, byte for byte, and resumes."""
+    from spikeclip_deploy.training import spikeclip_trainer
+
+    calls, real = [], spikeclip_trainer.distillation_loss
+
+    def poisoned(student, teacher):
+        calls.append(1)
+        loss = real(student, teacher)
+        return loss * float("nan") if len(calls) == 3 else loss
+    monkeypatch.setattr(spikeclip_trainer, "distillation_loss", poisoned)
+    recipe = Recipe(text_epochs=1, distill_epochs=0, finetune_epochs=0, text_batch_size=64,
+                    max_steps_per_epoch=4, checkpoint_every=1)
+    out = tmp_path / "m.safetensors"
+    cfg = TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
+                      data=image_folder, out=out, val_fraction=0.25, recipe=recipe)
+    state = out.with_suffix(".train-state.pt")
+    saved = {}
+    real_save = spikeclip_trainer.Trainer._save_state
+
+    def save(self, opt):
+        real_save(self, opt)
+        saved[self.state.step] = state.read_bytes()
+    monkeypatch.setattr(spikeclip_trainer.Trainer, "_save_state", save)
+    with pytest.raises(ConfigError, match=r"the text loss became nan at epoch 1, step 3 .*"
+                                          r"lower --distill-lr .*--resume") as err:
+        run_training(cfg)
+    assert "\n" not in str(err.value) and str(state) in str(err.value)
+    assert sorted(saved) == [1, 2] and state.read_bytes() == saved[2]
+    blob = torch.load(state, weights_only=True)
+    assert blob["state"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in blob["model"].values() if v.is_floating_point())
+    assert not out.exists()
