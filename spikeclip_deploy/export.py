@@ -18,7 +18,6 @@ is never silently replaced.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from .hardware import ChipProfile, load_profile
 from .host import write_host_ops, write_host_part
 from .lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
 from .lowering.passes import LoweringContext, passes_named
-from .manifest import FORMAT, MANIFEST, is_export
+from .manifest import FORMAT, MANIFEST, is_export, manifest_bytes
 from .netx_export import netx_profile, write_netx
 from .nirgraph import HostOpNode, graph_layers
 from .nn.encoders import SpikingEncoder
@@ -225,8 +224,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "partition": partition,
                     "host": host, "files": files, **({"netx": netx} if netx else {})}
-        write_bytes(tmp / MANIFEST,
-                    (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
+        write_bytes(tmp / MANIFEST, manifest_bytes(manifest, _json_default))
         publish(tmp, out, cfg.force)
     return out, manifest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -162,8 +163,16 @@ def _value(hint: Any, value: Any, dotted: str, path: Path) -> Any:
     return value
 
 
+#: a profile's name: a file name in hardware/ (never a path), as manifests and results record it
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
 def profile_text(name: str) -> tuple[Path, str]:
-    """(path, text) of ``hardware/NAME.json``; a missing or unreadable one is a ConfigError."""
+    """(path, text) of ``hardware/NAME.json``; a missing or unreadable one, or a name that is
+    not a plain file name, is a ConfigError."""
+    if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
+        raise ConfigError(f"hardware profile name {str(name)[:40]!r} is not a name in "
+                          f"{hardware_dir()} (letters, digits, - and _)")
     path = hardware_dir() / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in hardware_dir().glob("*.json"))

@@ -1,6 +1,8 @@
 """Exports: --force replaces exports only, racing runs never clobber each other, manifests are
 complete (the CLI side of each bad input is in test_corpus.py)."""
+import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -10,7 +12,7 @@ from spikeclip_deploy import export as export_mod
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.cli import main
 from spikeclip_deploy.errors import ExportError
-from spikeclip_deploy.manifest import load_export
+from spikeclip_deploy.manifest import load_export, seal
 
 
 def invoke(*args):
@@ -84,23 +86,34 @@ def export_copy(micro_exports, tmp_path):
 
 
 def _edit_manifest(folder, edit):
+    """Edit the manifest and seal it again (as a forger or a careless tool would), so that the
+    checks behind its digest are the ones that must catch the edit."""
     path = folder / "manifest.json"
-    m = json.loads(path.read_text())
-    path.write_text(json.dumps(edit(m)))
+    m = edit(json.loads(path.read_text()))
+    path.write_text(json.dumps(seal(m) if isinstance(m, dict) else m))
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: {**m, "files": {}}, "incomplete"),
     (lambda m: {**m, "files": {k: v for k, v in m["files"].items()
                                if k != "host/label_features.npy"}}, "host/label_features.npy"),
-    (lambda m: {k: v for k, v in m.items() if k != "time_steps"}, "lacks the key(s) time_steps"),
+    (lambda m: {k: v for k, v in m.items() if k != "time_steps"}, "lacks the field 'time_steps'"),
     (lambda m: [m], "holds a list"),
     (lambda m: {**m, "format": "something/else@1"}, "has format 'something/else@1'"),
+    (lambda m: {**m, "time_steps": "4"}, "field 'time_steps' must be an integer, got \"4\""),
+    (lambda m: {**m, "time_steps": 0}, "field 'time_steps' must be at least 1, got 0"),
+    (lambda m: {**m, "host": {**m["host"], "image_size": 3.5}},
+     "field 'host.image_size' must be an integer"),
+    (lambda m: {**m, "hardware": "../../tmp/x"}, "field 'hardware' must name a profile"),
+    (lambda m: {**m, "target": "gpu"}, "field 'target' is 'gpu'"),
+    (lambda m: {**m, "files": {**m["files"], "host/labels.json": "0" * 63}},
+     "'files' entry 'host/labels.json' has no sha256"),
 ])
 def test_incomplete_or_wrong_manifest_is_refused(export_copy, edit, message):
     _edit_manifest(export_copy, edit)
-    with pytest.raises(ExportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ExportError, match=re.escape(message)) as err:
         load_export(export_copy)
+    assert "\n" not in str(err.value)
 
 
 def test_backends_say_what_they_run(micro_exports):
@@ -128,3 +141,88 @@ def test_unlisted_files_are_refused(export_copy):
         load_export(export_copy)
     (export_copy / "chip" / "extra.nir").unlink()
     assert load_export(export_copy)["target"] == "cpu"  # intact again
+
+
+@pytest.mark.parametrize("field, value", [("time_steps", 5), ("dt", 0.001), ("target", "loihi"),
+                                          ("passes", []), ("netx", {})])
+def test_a_manifest_edited_after_export_is_refused_naming_the_field(export_copy, field, value):
+    """Edits that keep the schema (a changed time step count, an added record) are caught by
+    the manifest's own digest, field by field, before any file is hashed or run."""
+    path = export_copy / "manifest.json"
+    m = json.loads(path.read_text())
+    path.write_text(json.dumps({**m, field: value}, indent=1))
+    what = "was added after export" if field == "netx" else "was edited after export"
+    with pytest.raises(ExportError, match=f"field '{field}' {what}.*export --force") as err:
+        load_export(export_copy)
+    assert "\n" not in str(err.value)
+    path.write_text(json.dumps({k: v for k, v in m.items() if k != "layers"}))
+    with pytest.raises(ExportError, match="field 'layers' was removed after export"):
+        load_export(export_copy)
+    path.write_text(json.dumps({k: v for k, v in m.items() if k != "manifest_sha256"}))
+    with pytest.raises(ExportError, match="lacks its digest record 'manifest_sha256'"):
+        load_export(export_copy)
+    path.write_text(json.dumps(m))  # the same content in other whitespace: intact
+    assert load_export(export_copy)["time_steps"] == m["time_steps"]
+
+
+def test_the_digest_is_the_sha256_of_each_fields_canonical_json(micro_exports):
+    m = json.loads((micro_exports["loihi"] / "manifest.json").read_text())
+    sealed = m.pop("manifest_sha256")
+    assert sorted(sealed) == sorted(m)
+    for key, value in m.items():
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        assert sealed[key] == hashlib.sha256(canonical).hexdigest(), key
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("/etc/passwd", "is an absolute path"),
+    ("../outside.bin", "climbs out with '..'"),
+    ("host/../../outside.bin", "climbs out with '..'"),
+    ("host/./labels.json", "is not a normalised path"),
+    ("host//labels.json", "is not a normalised path"),
+    ("host\\labels.json", "backslash"),
+    ("C:/x", "is an absolute path"),
+    ("", "is empty"),
+])
+def test_a_manifest_naming_a_file_outside_its_export_is_refused(export_copy, tmp_path, entry,
+                                                                why):
+    """Even sealed again (a forged export), a path outside the export is refused before any
+    file is read."""
+    secret = tmp_path / "outside.bin"
+    secret.write_bytes(b"secret")
+    digest = hashlib.sha256(b"secret").hexdigest()
+    _edit_manifest(export_copy, lambda m: {**m, "files": {**m["files"], entry: digest}})
+    with pytest.raises(ExportError, match=re.escape(why)) as err:
+        load_export(export_copy)
+    assert "'files' entry" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["host/labels.json", "host/tokenizer", "chip/outside.bin"])
+def test_a_symbolic_link_in_an_export_is_refused(export_copy, tmp_path, where):
+    """A listed file replaced by a link to a copy of itself outside the export (same bytes, same
+    sha256), a linked folder, or an unlisted link: each is refused, naming the link."""
+    link = export_copy / where
+    target = tmp_path / "elsewhere" / link.name
+    target.parent.mkdir()
+    if link.is_dir():
+        shutil.copytree(link, target)
+        shutil.rmtree(link)
+    elif link.exists():
+        shutil.copy(link, target)
+        link.unlink()
+    else:
+        target.write_bytes(b"x")
+    link.symlink_to(target)
+    with pytest.raises(ExportError, match=f"{re.escape(str(link))} is a symbolic link"):
+        load_export(export_copy)
+
+
+@pytest.mark.parametrize("victim", ["host/labels.json", "chip/image_encoder.nir",
+                                    "host/tokenizer/tokenizer_config.json"])
+def test_a_file_listed_in_the_manifest_but_removed_is_refused(export_copy, victim):
+    """A check that skipped missing files would accept this export."""
+    assert victim in json.loads((export_copy / "manifest.json").read_text())["files"]
+    (export_copy / victim).unlink()
+    with pytest.raises(ExportError, match=f"export file {re.escape(str(export_copy / victim))} "
+                                          f"is missing"):
+        load_export(export_copy)
