@@ -6,6 +6,7 @@ A dataset here is ``(images uint8 [N, 3, H, W], labels int64 [N], class_names)``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tarfile
@@ -101,6 +102,15 @@ def _decode_folder(root: Path, size: int) -> ImageDataset:
         images[i] = load_image(Path(path), size)
     labels = torch.tensor(folder.targets, dtype=torch.int64)
     return ImageDataset(images, labels, tuple(folder.classes))
+
+
+def content_digest(ds: ImageDataset) -> str:
+    """sha256 of what a dataset holds, wherever it was read from: its class names, then every
+    image's label and decoded pixels, in order (the very tensors an evaluation reads)."""
+    h = hashlib.sha256(json.dumps(list(ds.class_names)).encode())
+    h.update(ds.labels.numpy().astype("<i8").tobytes())
+    h.update(ds.images.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _cache_file(key: str, size: int) -> Path:

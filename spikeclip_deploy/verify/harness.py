@@ -25,10 +25,11 @@ import torch
 
 from ..backends import open_backend
 from ..backends.base import Backend
-from ..data import load_dataset
-from ..errors import ConfigError, ExportError, HardwareLimitError
+from ..data import content_digest, load_dataset
+from ..errors import ConfigError, DataError, ExportError, HardwareLimitError
 from ..export import ExportConfig, export_model, model_source
 from ..fileutil import owned_tempdir
+from ..manifest import DIGEST
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
 from ..mapping import assume, load_profile_of, map_side
@@ -146,7 +147,7 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
             "checkpoint_sha256": info["checkpoint_sha256"],
             "checkpoint_metrics": info["metrics"],
             "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit,
-                                sel),
+                                sel, content_digest(ds)),
             "classes": classes, "labels": query, "templates": list(templates),
             "protocol": {"noisy_factor": cfg.noisy_factor,
                          "synonym_fraction": cfg.synonym_fraction},
@@ -274,9 +275,9 @@ def _placement(export_dir: Path, system: str, assumptions: tuple[str, ...]) -> d
 
 
 def _export_digest(manifest: dict) -> str:
-    """One hash of an export's files (their sha256 in its manifest): shards of one verification
-    must have run the same export."""
-    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+    """One hash of an export: of its manifest's sealed field digests (every field, the files'
+    sha256 among them): shards of one verification must have run the same export."""
+    return hashlib.sha256(json.dumps(manifest[DIGEST], sort_keys=True).encode()).hexdigest()
 
 
 def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
@@ -311,14 +312,33 @@ def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path |
 def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | None = None,
           plots: Path | None = None) -> dict[str, Any]:
     """Shards' partial results (``verify --shard I/N --json PART``) -> the result one run over
-    all of them gives, written like :func:`verify`'s."""
-    return _finish(merge_partials([read_partial(p) for p in parts]), json_path, energy_json,
-                   plots)
+    all of them gives, written like :func:`verify`'s. An output that is one of the shards, a
+    malformed shard, or shards of different runs (images, model, export, labels, templates,
+    options) are errors, before anything is written."""
+    for flag, out in (("--json", json_path), ("--energy-json", energy_json)):
+        if out is not None and any(_same_file(out, p) for p in parts):
+            raise ConfigError(f"{flag} {out} is one of the shards being merged; write the merged "
+                              f"result to another file (the shards are kept as they are)")
+    shards = [read_partial(p) for p in parts]
+    try:  # deeper than read_partial checks: tallies, divergences
+        partial = merge_partials(shards)
+        result = summarize(partial)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise DataError(f"the shards {', '.join(map(str, parts))} hold malformed records "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); pass the "
+                        f"--json files written by `verify --shard I/N`, unedited") from None
+    return _finish(partial, json_path, energy_json, plots, result)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file (the same path, or links to one file)."""
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 def _finish(partial: dict[str, Any], json_path: Path | None, energy_json: Path | None,
-            plots: Path | None) -> dict[str, Any]:
-    result = summarize(partial)
+            plots: Path | None, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    result = result if result is not None else summarize(partial)
     if json_path is not None:
         write_json(json_path, result if result["complete"] else partial)
     if energy_json is not None and "energy" in result:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, VerificationError
+from ..fieldtypes import has_type
 from ..fileutil import atomic_write
 from ..hardware import load_profile
 from .divergence import Divergence
@@ -30,6 +31,11 @@ ORDER = ("emu", "lava", "cpu", "float")
 #: the spikes an energy report is measured on: the emulator's (every image), else Lava's
 ENERGY_SOURCES = ("emu", "lava")
 PER_SAMPLE = ("positions", "index", "labels")
+#: where a run's files were: paths, which may differ between the shards of one run
+LOCATIONS = {"data": ("source",), "export": ("path",)}
+#: what :func:`summarize` reads of a partial result's ``run``
+RUN_KEYS = ("model", "weights", "checkpoint_sha256", "data", "classes", "labels", "templates",
+            "protocol", "export", "backends", "energy", "checkpoint_metrics", "config")
 
 
 def summarize(partial: dict[str, Any]) -> dict[str, Any]:
@@ -86,21 +92,37 @@ def summarize(partial: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def identity(run: dict[str, Any]) -> dict[str, Any]:
+    """What makes shards one verification's: their run record but the paths in it
+    (:data:`LOCATIONS`): the images by content digest, the model and export by theirs, the
+    labels, templates and options as they are."""
+    return {k: ({**v, **{f: None for f in LOCATIONS.get(k, ())}} if isinstance(v, dict) else v)
+            for k, v in run.items()}
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys (``data.content_sha256`` one level down) where ``a`` and ``b`` differ."""
+    keys = sorted(set(a) | set(b))
+    return [f"{k}.{sub}" if isinstance(a.get(k), dict) and isinstance(b.get(k), dict) else k
+            for k in keys if a.get(k) != b.get(k)
+            for sub in (sorted(s for s in set(a[k]) | set(b[k]) if a[k].get(s) != b[k].get(s))
+                        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict) else [k])]
+
+
 def merge_partials(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The shards of one verification -> the partial result of the whole run. Every shard ``0 .. N-1`` must be there once, all of the same run."""
-    for part in parts:
-        if part.get("format") != PARTIAL_FORMAT:
-            raise ConfigError(f"not a partial verification result (format "
-                              f"{part.get('format')!r}, expected {PARTIAL_FORMAT}); pass the "
-                              f"--json files of `verify --shard I/N` runs")
+    """The shards of one verification -> the partial result of the whole run. Every shard
+    ``0 .. N-1`` must be there once, all of the same run (:func:`identity`)."""
     count = parts[0]["shard"][1]
     got = sorted(p["shard"][0] for p in parts)
     if any(p["shard"][1] != count for p in parts) or got != list(range(count)):
         raise ConfigError(f"shards {got} of {sorted({p['shard'][1] for p in parts})}: pass every "
                           f"shard 0 .. N-1 of one run exactly once")
+    first = identity(parts[0]["run"])
     for part in parts[1:]:
-        if part["run"] != parts[0]["run"]:
-            differ = sorted(k for k in part["run"] if part["run"][k] != parts[0]["run"].get(k))
+        differ = _differences(identity(part["run"]), first) + [
+            key for key in ("preds", "tallies", "divergence")
+            if sorted(part[key]) != sorted(parts[0][key])]
+        if differ:
             raise ConfigError(f"the shards come from different runs (they differ in "
                               f"{', '.join(differ)}); merge the shards of one verification")
     def joined(values: list[list]) -> list:  # no order needed: every figure is order-free
@@ -150,6 +172,56 @@ def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
 
 
 def read_partial(path: Path) -> dict[str, Any]:
-    """A shard's ``--json`` file."""
-    return read_json(path, "a partial verification result",
-                     "pass the --json files written by `verify --shard I/N`")
+    """A shard's ``--json`` file, its shape checked (:func:`check_partial`)."""
+    return check_partial(read_json(path, "a partial verification result", SHARD_FIX), path)
+
+
+SHARD_FIX = "pass the --json files written by `verify --shard I/N`, unedited"
+
+
+def check_partial(part: Any, path: Path) -> dict[str, Any]:
+    """A partial result's shape: its format, ``shard`` ``[I, N]``, the ``run`` record's keys,
+    per-sample lists of integers of one length (labels among the classes), a prediction list
+    per backend of that length, tallies and divergences as objects; a DataError naming the
+    field otherwise (a ConfigError for a file of another kind)."""
+    def bad(field: str, what: str) -> DataError:
+        return DataError(f"{path}: field '{field}' {what}; {SHARD_FIX}")
+
+    if not isinstance(part, dict) or part.get("format") != PARTIAL_FORMAT:
+        got = part.get("format") if isinstance(part, dict) else type(part).__name__
+        raise ConfigError(f"{path} is not a partial verification result (format "
+                          f"{str(got)[:60]!r}, expected {PARTIAL_FORMAT}); {SHARD_FIX}")
+    shard = part.get("shard")
+    if not (has_type(shard, list) and len(shard) == 2 and all(has_type(v, int) for v in shard)
+            and 0 <= shard[0] < shard[1]):
+        raise bad("shard", "must be [I, N] with 0 <= I < N")
+    run = part.get("run")
+    if not isinstance(run, dict):
+        raise bad("run", "must be an object")
+    missing = [k for k in RUN_KEYS if k not in run]
+    if missing:
+        raise bad(f"run.{missing[0]}", "is missing")
+    if not has_type(run["classes"], list) or not all(isinstance(c, str) for c in run["classes"]):
+        raise bad("run.classes", "must be a list of class names")
+    for key in (*PER_SAMPLE, "preds", "tallies", "divergence"):
+        if key not in part:
+            raise bad(key, "is missing")
+    lists = {key: part[key] for key in PER_SAMPLE}
+    if not isinstance(part["preds"], dict) or not part["preds"]:
+        raise bad("preds", "must map each backend to its predictions")
+    unknown = sorted(set(part["preds"]) - set(ORDER))
+    if unknown:
+        raise bad(f"preds.{unknown[0][:40]}", f"is not a result key ({', '.join(ORDER)})")
+    lists.update({f"preds.{k}": v for k, v in part["preds"].items()})
+    n = len(part["labels"]) if isinstance(part["labels"], list) else -1
+    for key, values in lists.items():
+        if not (isinstance(values, list) and len(values) == n
+                and all(has_type(v, int) for v in values)):
+            raise bad(key, f"must be a list of {max(n, 0)} integers, as 'labels' is")
+    if any(not 0 <= y < len(run["classes"]) for y in part["labels"]):
+        raise bad("labels", f"must hold class indices 0 .. {len(run['classes']) - 1}")
+    for key in ("tallies", "divergence"):
+        if not (isinstance(part[key], dict) and all(isinstance(v, dict)
+                                                     for v in part[key].values())):
+            raise bad(key, "must be an object of objects")
+    return part

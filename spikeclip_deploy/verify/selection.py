@@ -74,8 +74,10 @@ def select(ds: ImageDataset, split: str, val_fraction: float, seed: int, limit: 
 
 
 def data_record(source: Path | str, split: str, val_fraction: float, seed: int,
-                limit: int | None, sel: Selection) -> dict[str, Any]:
-    """What a result records of its images: the options that chose them and how many."""
-    return {"source": str(source), "split": split,
+                limit: int | None, sel: Selection, content: str) -> dict[str, Any]:
+    """What a result records of its images: the options that chose them, how many, and
+    ``content_sha256``, the digest of the whole dataset's content (:func:`~..data.content_digest`),
+    which identifies the images where the ``source`` path cannot."""
+    return {"source": str(source), "content_sha256": content, "split": split,
             "val_fraction": val_fraction if split != "all" else None, "seed": seed,
             "limit": limit, "available": sel.available, "selected": sel.total}

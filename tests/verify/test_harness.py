@@ -159,3 +159,56 @@ def test_float_rates_and_the_first_images_raster(micro_ckpt, micro_exports, imag
     for layer, s in zip(raster["layers"].values(), first):
         t = s.shape[1]
         assert (raster_matrix(layer) == s[0].reshape(t, -1).T).all()
+
+
+def test_shards_are_matched_by_image_content_not_by_path(micro_ckpt, micro_exports, image_folder,
+                                                         tmp_path):
+    """Shard 1 computed on a copy of the images under another path merges with shard 0 into
+    the single run's figures; shard 1 computed after one image changed under the same path is
+    refused, naming the content digest (the path alone could not tell)."""
+    import hashlib
+    import shutil
+
+    from spikeclip_deploy.data import content_digest
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(image_folder, here)
+    shutil.copytree(image_folder, there)
+    cfg = _cfg(micro_ckpt, micro_exports, here, limit=6, lava_limit=0, backends=("loihi-emu",))
+    shard = lambda i, data, out: verify(replace_cfg(cfg, data=data, shard=Shard(i, 2)), out)  # noqa: E731
+    whole = verify(cfg)
+    shard(0, here, tmp_path / "p0.json")
+    shard(1, there, tmp_path / "p1.json")
+    merged = merge([tmp_path / "p0.json", tmp_path / "p1.json"])
+    assert merged["accuracy"] == whole["accuracy"] and merged["n"] == 6
+    ds = load_dataset(here, 32)
+    h = hashlib.sha256(json.dumps(list(NAMES)).encode())  # the digest, recomputed here
+    h.update(ds.labels.numpy().astype("<i8").tobytes())
+    h.update(ds.images.numpy().tobytes())
+    assert merged["data"]["content_sha256"] == h.hexdigest() == content_digest(ds)
+
+    png = sorted((here / "bird").iterdir())[0]
+    from PIL import Image
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(png)
+    shard(1, here, tmp_path / "p1-changed.json")
+    with pytest.raises(ConfigError, match=r"differ in data\.content_sha256\)"):
+        merge([tmp_path / "p0.json", tmp_path / "p1-changed.json"])
+
+
+def replace_cfg(cfg, **kw):
+    return VerifyConfig(**{**cfg.__dict__, **kw})
+
+
+def test_merge_never_writes_over_its_inputs(tmp_path, micro_ckpt, micro_exports, image_folder):
+    cfg = _cfg(micro_ckpt, micro_exports, image_folder, limit=4, lava_limit=0,
+               backends=("loihi-emu",))
+    parts = [tmp_path / f"p{i}.json" for i in range(2)]
+    for i, part in enumerate(parts):
+        verify(replace_cfg(cfg, shard=Shard(i, 2)), part)
+    before = [p.read_bytes() for p in parts]
+    (tmp_path / "link.json").symlink_to(parts[1])
+    for kw in ({"json_path": parts[0]}, {"energy_json": tmp_path / "link.json"},
+               {"json_path": tmp_path / "." / "p1.json"}):
+        with pytest.raises(ConfigError, match="is one of the shards being merged"):
+            merge(parts, **kw)
+    assert [p.read_bytes() for p in parts] == before
