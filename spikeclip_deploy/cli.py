@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 
 from . import __version__
 from .backends.lava_chip import CHIP_ENV, CHIPS
+from .cli_types import FiniteFloatRange
 from .errors import SpikeClipError
 from .targets import target_names
 from .training.recipe import AUGMENTATIONS, Recipe
@@ -47,7 +47,8 @@ def _command_line() -> str:
 EPOCHS = click.IntRange(min=0)
 POSITIVE = click.IntRange(min=1)
 SEED = click.IntRange(0, 2**32 - 1)
-FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
+FRACTION = FiniteFloatRange(0, 1, min_open=True, max_open=True)
+LEARNING_RATE = FiniteFloatRange(0, min_open=True)
 
 DATA_HELP = ("ImageFolder dir, tarball of one, or torchvision:NAME[:SPLIT]:ROOT (NAME: cifar10, "
              "cifar100, stl10, caltech101, flowers102, oxford_pets, imagenet1k; SPLIT defaults "
@@ -78,7 +79,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tower .safetensors.")
 @click.option("--epochs", default=4, show_default=True, type=EPOCHS)
 @click.option("--batch-size", default=128, show_default=True, type=POSITIVE)
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--lr", default=0.05, show_default=True, type=LEARNING_RATE)
 @click.option("--width", default=48, show_default=True, type=POSITIVE, help="Tower base width.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--val-fraction", default=0.1, show_default=True, type=FRACTION)
@@ -113,14 +114,12 @@ def _load_config_file(ctx: click.Context, _param, value: str | None) -> str | No
     return value
 
 
-def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
+def _lr_pair(ctx, param, text: str) -> tuple[float, float]:
     """``START,END`` -> two positive, finite learning rates."""
-    try:
-        start, end = (float(v) for v in str(text).split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected START,END learning rates, got {text!r}") from None
-    if not (0 < start < math.inf and 0 < end < math.inf):
-        raise click.BadParameter(f"learning rates must be positive and finite, got {text!r}")
+    values = str(text).split(",")
+    if len(values) != 2:
+        raise click.BadParameter(f"expected START,END learning rates, got {text!r}")
+    start, end = (LEARNING_RATE.convert(v, param, ctx) for v in values)
     return start, end
 
 
@@ -166,17 +165,17 @@ def _lr_pair(_ctx, _param, text: str) -> tuple[float, float]:
 @click.option("--qat-lr", default=",".join(map(str, Recipe.qat_lr)), show_default=True,
               callback=_lr_pair)
 @click.option("--kl-weight", default=Recipe.kl_weight, show_default=True,
-              type=click.FloatRange(min=0),
+              type=FiniteFloatRange(min=0),
               help="lambda of the KL term (0 = the no-KL ablation).")
 @click.option("--kd-temperature", default=Recipe.kd_temperature, show_default=True,
-              type=click.FloatRange(0, min_open=True),
+              type=FiniteFloatRange(0, min_open=True),
               help="Temperature tau of every KL term (tau^2 KL of the softened logits).")
 @click.option("--logit-distill-weight", default=Recipe.logit_distill_weight, show_default=True,
-              type=click.FloatRange(min=0),
+              type=FiniteFloatRange(min=0),
               help="Add this times the KL of the zero-shot logits to the image distillation "
                    "loss (feature + logit distillation; 0 = features only, the paper's).")
 @click.option("--label-smoothing", default=Recipe.label_smoothing, show_default=True,
-              type=click.FloatRange(0, 1, max_open=True),
+              type=FiniteFloatRange(0, 1, max_open=True),
               help="Label smoothing of the fine-tuning cross-entropy.")
 @click.option("--augment", default=Recipe.augment, show_default=True,
               type=click.Choice(AUGMENTATIONS),
@@ -377,7 +376,7 @@ def _figures_written(plots: str | None) -> None:
               help="Verify this existing export of --target (else one is made in a temp dir).")
 @click.option("--noisy-labels", default=1, show_default=True, type=POSITIVE,
               help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
-@click.option("--synonyms", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--synonyms", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
               help="Robustness: replace this fraction of label names by synonyms (0.2 .. 1).")
 @SYSTEM
 @ASSUME

@@ -324,3 +324,53 @@ def test_run_bad_inputs(cli, micro_exports, tmp_path, cat_png):
     r = cli.invoke("export", "--target", "fpga")
     cli.clean_failure(r, 2, "'--target'", "'fpga' is not one of 'loihi', 'loihi-emu', 'cpu'")
     assert cli.snapshot(tmp_path) == before
+
+
+def _number_options():
+    """Every option of every command that takes a number (click's float types, and the
+    START,END learning-rate pairs)."""
+    import click
+
+    from spikeclip_deploy import cli as cli_mod
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and (isinstance(p.type, click.types.FloatParamType)
+                                                or p.callback is cli_mod._lr_pair):
+                yield path, p
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+    return list(walk(cli_mod.main, []))
+
+
+NUMBER_OPTIONS = _number_options()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+@pytest.mark.parametrize("path, option", NUMBER_OPTIONS,
+                         ids=[" ".join([*c, o.opts[0]]) for c, o in NUMBER_OPTIONS])
+def test_every_number_option_refuses_nan_and_infinities(cli, path, option, value):
+    """Each float option is the shared FiniteFloatRange; NaN and infinities are usage errors
+    (click's FloatRange lets NaN through every bound), before any other option is looked at."""
+    from spikeclip_deploy.cli_types import FiniteFloatRange
+
+    assert isinstance(option.type, FiniteFloatRange) or option.name.endswith("_lr")
+    text = f"{value},1e-4" if option.name.endswith("_lr") else value
+    r = cli.invoke(*path, option.opts[0], text)
+    cli.clean_failure(r, 2, f"Invalid value for '{option.opts[0]}'", "is not a finite number")
+
+
+def test_number_options_found():
+    names = {o.opts[0] for _, o in NUMBER_OPTIONS}
+    assert {"--kl-weight", "--kd-temperature", "--logit-distill-weight", "--label-smoothing",
+            "--val-fraction", "--lr", "--synonyms", "--distill-lr", "--finetune-lr",
+            "--qat-lr"} <= names
+
+
+def test_config_file_nan_is_refused(cli, tmp_path):
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text('{"kl-weight": NaN}')
+    r = cli.invoke(*TRAIN, "--config", cfg, "--data", tmp_path / "no-data",
+                   "--out", tmp_path / "m.safetensors")
+    cli.clean_failure(r, 2, "Invalid value for '--kl-weight'", "nan is not a finite number")
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]
