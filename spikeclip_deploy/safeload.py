@@ -20,6 +20,16 @@ from .errors import CheckpointError
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's refusal names the object
 
 
+def refused(path: Path, exc: pickle.UnpicklingError, what: str, fix: str) -> CheckpointError:
+    """The one-line error for a pickle that ``weights_only=True`` refused (torch's own message
+    spans many lines), naming the object it names."""
+    found = _GLOBAL.search(str(exc))
+    name = found.group(1) if found else "outside the allow-list"
+    return CheckpointError(f"refused to load {path}: it names the Python object {name}, which "
+                           f"{what} never holds (unpickling it could run code; nothing from the "
+                           f"file was run); {fix}")
+
+
 def load_tensors_only(path: Path, what: str, fix: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a file that names a Python object
     outside the allow-list, or that is not a torch file at all, is a one-line
@@ -27,12 +37,7 @@ def load_tensors_only(path: Path, what: str, fix: str) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        found = _GLOBAL.search(str(exc))
-        name = found.group(1) if found else "outside the allow-list"
-        raise CheckpointError(
-            f"refused to load {path}: it names the Python object {name}, which {what} never "
-            f"holds (unpickling it could run code; nothing from the file was run); {fix}"
-        ) from None
+        raise refused(path, exc, what, fix) from None
     except Exception as exc:  # noqa: BLE001 - a garbled file raises nearly any exception type
         text = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"cannot read {path} as {what} ({type(exc).__name__}: {text}); "

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ExportError
+from ..manifest import REEXPORT
+
 
 def onnx_session(path: Path, threads: int = 0):
     """An onnxruntime CPU session (``threads`` 0: onnxruntime's default)."""
@@ -49,7 +52,11 @@ class HostRuntime:
                           for name in ("image_encode", "text_encode", "image_readout", "text_readout")}
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
         self.labels: list[str] = json.loads((folder / "labels.json").read_text())
-        self.label_features = np.load(folder / "label_features.npy")
+        try:  # never a pickle: an object array is refused, not unpickled
+            self.label_features = np.load(folder / "label_features.npy", allow_pickle=False)
+        except ValueError as exc:
+            raise ExportError(f"{folder / 'label_features.npy'} is not a numeric array ({exc}); "
+                              f"{REEXPORT}") from None
 
     def _run(self, name: str, x: np.ndarray) -> np.ndarray:
         sess = self._sessions[name]

@@ -1,6 +1,7 @@
 """A real CLIP teacher loaded from a local transformers directory (``CLIPModel.from_pretrained``)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from ..config import CLIP_MEAN, CLIP_STD
 from ..errors import ConfigError
+from ..safeload import refused
 from .base import Teacher, to_pixels
 
 
@@ -18,7 +20,12 @@ class HFCLIPTeacher(Teacher):
         if not (Path(path) / "config.json").exists():
             raise ConfigError(f"{path} is not a transformers CLIP directory (no config.json); "
                               "save one with CLIPModel.save_pretrained(DIR)")
-        self.model = CLIPModel.from_pretrained(str(path)).eval()
+        try:  # transformers unpickles a pytorch_model.bin with weights_only=True
+            self.model = CLIPModel.from_pretrained(str(path), weights_only=True).eval()
+        except pickle.UnpicklingError as exc:
+            raise refused(path, exc, "a CLIP's weights file",
+                          "save the model with CLIPModel.save_pretrained(DIR) (safetensors)"
+                          ) from None
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.name = f"clip:{Path(path).resolve()}"
         self.embed_dim = int(self.model.config.projection_dim)

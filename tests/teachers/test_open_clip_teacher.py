@@ -173,3 +173,14 @@ def test_text_cfg_hf_tokenizer_is_used_as_is(tmp_path):
     with torch.no_grad():
         want = ref.encode_text(HFTokenizer(str(path))(TEXTS), normalize=True)
     assert torch.allclose(teacher.encode_texts(TEXTS), want, atol=1e-5)
+
+
+def test_pickled_weights_that_run_code_are_refused(tmp_path, hostile):
+    """``open_clip_pytorch_model.bin`` replaced by a hostile pickle: a one-line
+    CheckpointError, and nothing in it runs."""
+    path, _ = tiny_open_clip_dir(tmp_path / "oc", weights=WEIGHT_NAMES[1])
+    hostile.torch_file(path / WEIGHT_NAMES[1], lambda evil: {"logit_scale": evil})
+    with pytest.raises(CheckpointError, match="is not a readable state dict") as err:
+        load_teacher(f"open_clip:{path}")
+    assert "\n" not in str(err.value)
+    assert not hostile.ran()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from spikeclip_deploy.errors import ConfigError
+from spikeclip_deploy.errors import CheckpointError, ConfigError
 from spikeclip_deploy.teachers import load_teacher
 
 
@@ -56,3 +56,17 @@ def test_offline_teacher_text_tower_is_real():
     f = text(["a photo of a cat.", "a picture of a kitten.", "a cargo ship at sea."])
     assert f.shape == (3, 384)
     assert float(f[0] @ f[1]) > float(f[0] @ f[2]) + 0.2
+
+
+def test_a_clip_directory_with_pickled_weights_runs_no_code(tmp_path, hostile):
+    """The CLIP's weights as transformers' pytorch_model.bin, replaced by a hostile pickle:
+    transformers unpickles with weights_only=True: a one-line CheckpointError naming the object,
+    and nothing runs."""
+    path = tiny_clip_dir(tmp_path / "clip")
+    (path / "model.safetensors").unlink()  # the pickle layout instead
+    hostile.torch_file(path / "pytorch_model.bin", lambda evil: {"text_projection.weight": evil})
+    with pytest.raises(CheckpointError, match=f"refused to load {path}: it names the Python "
+                                              f"object exec") as err:
+        load_teacher(f"clip:{path}")
+    assert "\n" not in str(err.value)
+    assert not hostile.ran()
