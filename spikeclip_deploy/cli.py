@@ -286,7 +286,8 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Export directory [exports/<default model>-TARGET, created if missing].")
 @click.option("--image", "images", required=True, multiple=True, type=click.Path(),
-              help="A PNG/JPEG of the model's size; repeat for a batch.")
+              help="A single-frame PNG/JPEG (any size: resized and centre-cropped to the "
+                   "model's; animated or multi-frame files are refused); repeat for a batch.")
 @click.option("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,ship".')
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @CHIP

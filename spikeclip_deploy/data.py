@@ -47,11 +47,17 @@ class ImageDataset:
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """One image file of any size -> uint8 RGB ``[3, size, size]`` (:func:`.images.fit_image`);
-    an image too large to open safely or a non-image is a DataError."""
+    an image too large to open safely, an animated or multi-frame one (which frame would be
+    meant?) or a non-image is a DataError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    raise DataError(f"{path} is an animated or multi-frame {img.format} image "
+                                    f"({frames} frames); pass a single-frame image (PNG or "
+                                    f"JPEG), e.g. the frame you mean saved on its own")
                 return fit_image(img, size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path} is too large to open safely ({exc}; the limit is Pillow's "

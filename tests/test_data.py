@@ -186,3 +186,32 @@ def test_cache_of_another_version_is_not_read(image_folder, monkeypatch):
     assert (load_dataset(image_folder).images == 0).all()  # v1 reads its own cache
     monkeypatch.setattr(data, "CACHE_VERSION", 2)
     assert torch.equal(load_dataset(image_folder).images, old.images)
+
+
+def _frames(n: int):
+    rng = np.random.default_rng(n)
+    return [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name, fmt", [("a.gif", "GIF"), ("a.png", "PNG"), ("a.tiff", "TIFF")])
+def test_animated_or_multi_frame_images_are_refused(tmp_path, name, fmt):
+    """An animated GIF, an animated PNG, a two-page TIFF: refused, naming the frame count (no
+    silent first frame); the same formats with one frame load, pixel for pixel."""
+    first, *rest = _frames(3)
+    first.save(tmp_path / name, format=fmt, save_all=True, append_images=rest)
+    with pytest.raises(DataError, match=rf"{name} is an animated or multi-frame {fmt} image "
+                                        r"\(3 frames\); pass a single-frame image"):
+        load_image(tmp_path / name, 32)
+    first.save(tmp_path / f"one-{name}", format=fmt)
+    with Image.open(tmp_path / f"one-{name}") as img:
+        want = np.asarray(img.convert("RGB"))
+    assert np.array_equal(load_image(tmp_path / f"one-{name}", 32).permute(1, 2, 0).numpy(), want)
+
+
+def test_an_image_folder_holding_an_animated_png_is_refused(image_folder, tmp_path):
+    root = tmp_path / "imgs"
+    shutil.copytree(image_folder, root)
+    first, *rest = _frames(2)
+    first.save(root / "bird" / "moving.png", save_all=True, append_images=rest)
+    with pytest.raises(DataError, match="moving.png is an animated or multi-frame PNG"):
+        load_dataset(root)
