@@ -260,9 +260,23 @@ def model_source(model: str, init: str = "checkpoint", seed: int = 0
         raise ExportError(f"unknown --init '{init}'; choose checkpoint or random")
     ckpt = resolve_checkpoint(model)
     model, card, _ = load_model(str(ckpt))
+    check_finite(model, ckpt)
     return model, load_tokenizer(ckpt), {
         "name": ckpt.stem, "weights": "checkpoint", "checkpoint_sha256": card["sha256"],
         "metrics": card["metadata"].get("metrics", {})}
+
+
+def check_finite(model: torch.nn.Module, source: Path) -> None:
+    """Every weight and buffer of ``model`` finite; else an ExportError naming the layer (NaN or
+    an infinity cannot be quantized, and would reach the chip as garbage)."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            layer, _, field = name.rpartition(".")
+            raise ExportError(f"{source}: layer {layer} holds {bad} NaN or infinite value(s) in "
+                              f"its {field} (of {value.numel()}); the checkpoint is broken (a "
+                              f"training that diverged?): retrain, or resume from an earlier "
+                              f"training state")
 
 
 def _json_default(o: Any) -> Any:

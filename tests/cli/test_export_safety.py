@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from spikeclip_deploy import export as export_mod
@@ -226,3 +227,22 @@ def test_a_file_listed_in_the_manifest_but_removed_is_refused(export_copy, victi
     with pytest.raises(ExportError, match=f"export file {re.escape(str(export_copy / victim))} "
                                           f"is missing"):
         load_export(export_copy)
+
+
+@pytest.mark.parametrize("key, value", [("image.stack.1.0.weight", float("nan")),
+                                        ("text.readout.proj.weight", float("-inf"))])
+def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_layer(micro_ckpt, tmp_path,
+                                                                         key, value):
+    from spikeclip_deploy.checkpoint import load_model, save_model
+
+    model, card, _ = load_model(str(micro_ckpt))
+    with torch.no_grad():
+        model.state_dict()[key].view(-1)[3] = value
+    bad = tmp_path / "bad.safetensors"
+    save_model(bad, model, card["metadata"])
+    shutil.copytree(micro_ckpt.with_suffix(".tokenizer"), bad.with_suffix(".tokenizer"))
+    layer, _, field = key.rpartition(".")
+    r = invoke("export", "--target", "loihi", "--model", bad, "--out", tmp_path / "exp")
+    one_line_error(r, f"layer {layer} holds 1 NaN or infinite value(s) in its {field}",
+                   "retrain")
+    assert not (tmp_path / "exp").exists()
