@@ -22,12 +22,14 @@ _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's refusal names the object
 
 def refused(path: Path, exc: pickle.UnpicklingError, what: str, fix: str) -> CheckpointError:
     """The one-line error for a pickle that ``weights_only=True`` refused (torch's own message
-    spans many lines), naming the object it names."""
+    spans many lines), naming the object it names (or saying the file is not one)."""
     found = _GLOBAL.search(str(exc))
-    name = found.group(1) if found else "outside the allow-list"
-    return CheckpointError(f"refused to load {path}: it names the Python object {name}, which "
-                           f"{what} never holds (unpickling it could run code; nothing from the "
-                           f"file was run); {fix}")
+    if not found:  # garbage, not a refused object
+        return CheckpointError(f"cannot read {path} as {what} (not a torch file of tensors); "
+                               f"{fix}")
+    return CheckpointError(f"refused to load {path}: it names the Python object "
+                           f"{found.group(1)}, which {what} never holds (unpickling it could run "
+                           f"code; nothing from the file was run); {fix}")
 
 
 def load_tensors_only(path: Path, what: str, fix: str) -> Any:

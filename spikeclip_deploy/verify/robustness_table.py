@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data import load_dataset
+from ..data import content_digest, load_dataset
 from ..errors import ConfigError
 from ..export import ExportConfig, model_source
 from ..fileutil import atomic_write, owned_tempdir
@@ -166,7 +166,8 @@ def robustness_table(cfg: RobustnessConfig) -> dict[str, Any]:
         measured = measure(encoders, feats, targets, classes, rows)
     return {"model": info["name"], "checkpoint_sha256": info["checkpoint_sha256"],
             "export": str(cfg.export) if cfg.export else None, "teacher": described,
-            "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, sel),
+            "data": data_record(cfg.data, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, sel,
+                                content_digest(ds)),
             "n": sel.total, "classes": classes, "index": sel.index.tolist(),
             "targets": targets.tolist(),
             "columns": {key: enc.description for key, enc in encoders.items()},
