@@ -1,0 +1,70 @@
+"""Fuzz tests of the export reader: any manifest, edited or forged, is either accepted with every
+path inside the export, or refused with an ExportError (never another exception)."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spikeclip_deploy.errors import ExportError
+from spikeclip_deploy.manifest import MANIFEST, check_manifest, read_manifest, seal
+
+FUZZ = settings(max_examples=300, derandomize=True, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2, 2**40) | st.floats()
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
+#: path-like text: separators, dots, drive letters, NUL and backslashes are likely
+PATHS = st.lists(st.sampled_from(list("ab./\\:\0C ~") + ["..", "host/", "chip/"]),
+                 max_size=8).map("".join)
+
+
+@pytest.fixture(scope="module")
+def manifest(micro_exports) -> dict:
+    return json.loads((micro_exports["loihi"] / MANIFEST).read_text())
+
+
+@st.composite
+def edits(draw, manifest):
+    """One field of the manifest (top level, ``host``, ``model`` or a ``files`` entry) replaced
+    by arbitrary JSON, removed, or a new ``files`` entry with a path-like name; sealed again
+    (a forged export) or not (an edit)."""
+    m = json.loads(json.dumps(manifest))
+    kind = draw(st.sampled_from(["top", "host", "model", "path", "digest"]))
+    if kind == "path":
+        m["files"][draw(PATHS)] = draw(st.sampled_from(["0" * 64, "x"]))
+    else:
+        where = {"top": m, "host": m["host"], "model": m["model"], "digest": m}[kind]
+        key = draw(st.sampled_from(sorted(where) + ["extra"]))
+        if draw(st.booleans()) and key in where:
+            del where[key]
+        else:
+            where[key] = draw(JSON)
+    return seal(m) if draw(st.booleans()) and kind != "digest" else m
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_manifests_are_refused_or_confined(manifest, micro_exports, data):
+    m = data.draw(edits(manifest))
+    folder = micro_exports["loihi"]
+    try:
+        checked = check_manifest(m, folder / MANIFEST)
+    except ExportError as exc:
+        assert "\n" not in str(exc)
+        return
+    for rel in checked["files"]:  # accepted: every path stays inside the export
+        assert Path(os.path.normpath(folder / rel)).is_relative_to(folder), rel
+
+
+@FUZZ
+@given(text=st.binary(max_size=64) | JSON.map(lambda v: json.dumps(v).encode()))
+def test_any_bytes_as_a_manifest_file_are_refused(text):
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / MANIFEST).write_bytes(text)
+        with pytest.raises(ExportError):
+            read_manifest(Path(tmp))
