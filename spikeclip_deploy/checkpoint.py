@@ -75,6 +75,17 @@ def _check_card(card: Any, card_path: Path) -> None:
                                   f"restore the card or retrain")
 
 
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """``(name, non-finite count, size)`` of the first floating-point tensor holding NaN or an
+    infinity, or None when all are finite."""
+    for name, value in tensors.items():
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                return name, bad, value.numel()
+    return None
+
+
 def resolve_checkpoint(name_or_path: str) -> Path:
     """A path to ``.safetensors``, or the name of a checkpoint shipped in ``models/``."""
     p = Path(name_or_path)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import load_model, load_tokenizer, resolve_checkpoint
+from .checkpoint import first_non_finite, load_model, load_tokenizer, resolve_checkpoint
 from .config import get_config
 from .errors import ConfigError, ExportError, LoweringError
 from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
@@ -269,14 +269,12 @@ def model_source(model: str, init: str = "checkpoint", seed: int = 0
 def check_finite(model: torch.nn.Module, source: Path) -> None:
     """Every weight and buffer of ``model`` finite; else an ExportError naming the layer (NaN or
     an infinity cannot be quantized, and would reach the chip as garbage)."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            layer, _, field = name.rpartition(".")
-            raise ExportError(f"{source}: layer {layer} holds {bad} NaN or infinite value(s) in "
-                              f"its {field} (of {value.numel()}); the checkpoint is broken (a "
-                              f"training that diverged?): retrain, or resume from an earlier "
-                              f"training state")
+    found = first_non_finite(model.state_dict())
+    if found:
+        (layer, _, field), bad, size = found[0].rpartition("."), found[1], found[2]
+        raise ExportError(f"{source}: layer {layer} holds {bad} NaN or infinite value(s) in "
+                          f"its {field} (of {size}); the checkpoint is broken (a training that "
+                          f"diverged?): retrain, or resume from an earlier training state")
 
 
 def _json_default(o: Any) -> Any:

@@ -21,6 +21,7 @@ from .errors import ExportError
 from .fieldtypes import has_type, type_name
 from .fileutil import sha256_file
 from .hardware import PROFILE_NAME
+from .targets import TARGETS
 
 FORMAT = "spikeclip-deploy/export@3"  # @2: registers in the NIR metadata; @3: LIF tau in seconds
 MANIFEST = "manifest.json"
@@ -36,7 +37,8 @@ FIELDS: dict[str, Any] = {
 HOST_FIELDS: dict[str, Any] = {"image_size": int, "context_length": int, "time_steps": int,
                                "image_stem_macs": int, "image_readout_macs": int}
 MODEL_FIELDS: dict[str, Any] = {"name": str, "weights": str, "checkpoint_sha256": str | None}
-TARGETS = ("loihi", "cpu")  # the targets that write exports
+#: the targets that write exports (the others run one of these)
+EXPORT_TARGETS = tuple(name for name, t in TARGETS.items() if t.exports is None)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: the files the backends open (the tokenizer folder must hold at least one file)
 REQUIRED_FILES = ("chip/image_encoder.nir", "chip/text_encoder.nir", "host/image_encode.onnx",
@@ -94,9 +96,9 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     _check_fields(manifest, FIELDS, path, "")
     _check_fields(manifest["host"], HOST_FIELDS, path, "host.")
     _check_fields(manifest["model"], MODEL_FIELDS, path, "model.")
-    if manifest["target"] not in TARGETS:
+    if manifest["target"] not in EXPORT_TARGETS:
         raise ExportError(f"{path}: field 'target' is {str(manifest['target'])[:40]!r}, not one "
-                          f"of {', '.join(TARGETS)}; {REEXPORT}")
+                          f"of {', '.join(EXPORT_TARGETS)}; {REEXPORT}")
     hardware = manifest["hardware"]
     if hardware is not None and not PROFILE_NAME.fullmatch(hardware):
         raise ExportError(f"{path}: field 'hardware' must name a profile in hardware/ (letters, "

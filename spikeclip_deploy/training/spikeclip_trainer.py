@@ -44,7 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_tokenizer, read_safetensors, resolve_checkpoint, save_model
+from ..checkpoint import (first_non_finite, load_tokenizer, read_safetensors, resolve_checkpoint,
+                          save_model)
 from ..config import ModelConfig
 from ..data import ImageDataset
 from ..errors import CheckpointError, ConfigError
@@ -188,7 +189,12 @@ class Trainer:
     def _save_state(self, opt: torch.optim.Optimizer | None) -> None:
         if not self.dist.is_main:
             return
-        blob = {"model": qat.plain_state_dict(self.model), "state": asdict(self.state),
+        weights = qat.plain_state_dict(self.model)
+        found = first_non_finite(weights)
+        if found:
+            raise self._non_finite(f"weight {found[0]} holds {found[1]} NaN or infinite "
+                                   f"value(s)", self.state.stage, self.state.step)
+        blob = {"model": weights, "state": asdict(self.state),
                 "optimizer": opt.state_dict() if opt else None, "rng": self.gen.get_state(),
                 "recipe": asdict(self.recipe), "config": self.cfg.to_dict()}
         atomic_write(self.state_path, lambda tmp: torch.save(blob, tmp))
@@ -288,7 +294,7 @@ class Trainer:
                 loss = step_fn(self.dist.shard(idx), batch_seed)
                 value = loss.item()
                 if not math.isfinite(value):
-                    self._stop_non_finite(stage, value, i, opt)
+                    raise self._non_finite(f"the loss became {value}", stage, i + 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -311,18 +317,15 @@ class Trainer:
         self.state.epoch = 0
         self._save_state(None)
 
-    def _stop_non_finite(self, stage: str, value: float, step: int,
-                         opt: torch.optim.Optimizer) -> None:
-        """Stop before a non-finite loss reaches the weights: the training state on disk stays
-        the last one saved (none is written now)."""
+    def _non_finite(self, what: str, stage: str, step: int) -> ConfigError:
+        """The error that stops training before ``what`` (a NaN loss, an infinite weight)
+        reaches the training state: the one on disk stays the last good one."""
         option = f"--{'distill' if stage == 'text' else stage}-lr"
-        saved = (f"{self.state_path} holds the last good state: lower {option} (or the loss "
-                 f"weights) and --resume from it" if self.state_path.is_file() else
-                 f"lower {option} (or the loss weights) and train again")
-        raise ConfigError(
-            f"the {stage} loss became {value} at epoch {self.state.epoch + 1}, step {step + 1} "
-            f"(learning rate {opt.param_groups[0]['lr']:.3g}); nothing was saved from this "
-            f"step: {saved}")
+        fix = (f"{self.state_path} holds the last good state: lower {option} (or the loss "
+               f"weights) and --resume from it" if self.state_path.is_file() else
+               f"lower {option} (or the loss weights) and train again")
+        return ConfigError(f"training stopped: {what} at {stage} epoch {self.state.epoch + 1}, "
+                           f"step {step}; nothing was saved from it: {fix}")
 
     def _text_step(self, tokens: torch.Tensor, targets: torch.Tensor):
         def step(idx: torch.Tensor, _seed: int) -> torch.Tensor:

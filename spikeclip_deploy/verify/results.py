@@ -102,11 +102,16 @@ def identity(run: dict[str, Any]) -> dict[str, Any]:
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The keys (``data.content_sha256`` one level down) where ``a`` and ``b`` differ."""
-    keys = sorted(set(a) | set(b))
-    return [f"{k}.{sub}" if isinstance(a.get(k), dict) and isinstance(b.get(k), dict) else k
-            for k in keys if a.get(k) != b.get(k)
-            for sub in (sorted(s for s in set(a[k]) | set(b[k]) if a[k].get(s) != b[k].get(s))
-                        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict) else [k])]
+    found = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            found += [f"{key}.{sub}" for sub in sorted(set(x) | set(y)) if x.get(sub) != y.get(sub)]
+        else:
+            found.append(key)
+    return found
 
 
 def merge_partials(parts: list[dict[str, Any]]) -> dict[str, Any]:

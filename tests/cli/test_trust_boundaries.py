@@ -136,3 +136,45 @@ def cat_png(tmp_path):
     path = tmp_path / "cat.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def _shard(tmp_path, name, data):
+    import json
+
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_verify_merge_malformed_shards_are_one_line_errors(cli, tmp_path):
+    """``[]``, a partial record, and a well-shaped shard whose spike tallies are garbage: each a
+    one-line error naming the file (and the field where the reader can tell), nothing written."""
+    from spikeclip_deploy.verify.results import PARTIAL_FORMAT
+
+    empty = _shard(tmp_path, "empty.json", [])
+    partial = _shard(tmp_path, "partial.json", {"format": PARTIAL_FORMAT, "shard": [0, 1]})
+    good = {"format": PARTIAL_FORMAT, "shard": [0, 1],
+            "run": {k: None for k in ("model", "weights", "checkpoint_sha256", "data",
+                                      "labels", "templates", "protocol", "export", "backends",
+                                      "energy", "checkpoint_metrics", "config")}
+            | {"classes": ["a", "b"]},
+            "positions": [0], "index": [0], "labels": [1], "preds": {"emu": [1]},
+            "tallies": {"emu": {"n": "many"}}, "divergence": {}}
+    garbage = _shard(tmp_path, "garbage.json", good)
+    out = tmp_path / "merged.json"
+    r = cli.invoke("verify", "merge", empty, "--json", out)
+    cli.clean_failure(r, 1, str(empty), "is not a partial verification result (format 'list'")
+    r = cli.invoke("verify", "merge", partial, "--json", out)
+    cli.clean_failure(r, 1, str(partial), "field 'run' must be an object")
+    r = cli.invoke("verify", "merge", garbage, "--json", out)
+    cli.clean_failure(r, 1, str(garbage), "hold malformed records")
+    assert not out.exists()
+
+
+def test_verify_merge_refuses_to_write_over_an_input(cli, tmp_path):
+    part = _shard(tmp_path, "p0.json", {"any": "thing"})
+    before = part.read_bytes()
+    for flag in ("--json", "--energy-json"):
+        r = cli.invoke("verify", "merge", part, flag, part)
+        cli.clean_failure(r, 1, f"{flag} {part} is one of the shards being merged")
+    assert part.read_bytes() == before

@@ -367,12 +367,53 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(image_fo
         real_save(self, opt)
         saved[self.state.step] = state.read_bytes()
     monkeypatch.setattr(spikeclip_trainer.Trainer, "_save_state", save)
-    with pytest.raises(ConfigError, match=r"the text loss became nan at epoch 1, step 3 .*"
-                                          r"lower --distill-lr .*--resume") as err:
+    with pytest.raises(ConfigError, match=r"training stopped: the loss became nan at text epoch "
+                                          r"1, step 3; .*lower --distill-lr .*--resume") as err:
         run_training(cfg)
     assert "\n" not in str(err.value) and str(state) in str(err.value)
     assert sorted(saved) == [1, 2] and state.read_bytes() == saved[2]
     blob = torch.load(state, weights_only=True)
     assert blob["state"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in blob["model"].values() if v.is_floating_point())
+    assert not out.exists()
+
+
+def test_non_finite_weights_are_never_saved(image_folder, tower, tmp_path, monkeypatch):
+    """A weight turned infinite at text step 2 (the loss stays finite): the save after that
+    step is refused, naming the weight; the state on disk is step 1's, byte for byte."""
+    from spikeclip_deploy.training import spikeclip_trainer
+
+    calls, real = [], spikeclip_trainer.distillation_loss
+    trainers = []
+    real_init = spikeclip_trainer.Trainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        trainers.append(self)
+
+    def poisoned(student, teacher):
+        calls.append(1)
+        if len(calls) == 2:  # a weight the text stage does not train, so the loss stays finite
+            with torch.no_grad():
+                trainers[0].model.image.readout.proj.weight[0, 0] = float("inf")
+        return real(student, teacher)
+    monkeypatch.setattr(spikeclip_trainer.Trainer, "__init__", init)
+    monkeypatch.setattr(spikeclip_trainer, "distillation_loss", poisoned)
+    recipe = Recipe(text_epochs=1, distill_epochs=0, finetune_epochs=0, text_batch_size=64,
+                    max_steps_per_epoch=4, checkpoint_every=1)
+    out = tmp_path / "m.safetensors"
+    state = out.with_suffix(".train-state.pt")
+    saved = {}
+    real_save = spikeclip_trainer.Trainer._save_state
+
+    def save(self, opt):
+        real_save(self, opt)
+        saved[self.state.step] = state.read_bytes()
+    monkeypatch.setattr(spikeclip_trainer.Trainer, "_save_state", save)
+    with pytest.raises(ConfigError, match=r"training stopped: weight image\.readout\.proj\.weight "
+                                          r"holds 1 NaN or infinite value\(s\) at text epoch 1, "
+                                          r"step 2; .*--resume"):
+        run_training(TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
+                                 data=image_folder, out=out, val_fraction=0.25, recipe=recipe))
+    assert sorted(saved) == [1] and state.read_bytes() == saved[1]
     assert not out.exists()
