@@ -25,7 +25,8 @@ class FixedPoint:
     r"""Loihi-style fixed point as Lava's bit-accurate models compute it: 8-bit weight mantissas
     (:math:`w 2^{e_w}`), biases :math:`b_m 2^{b_e}`, inputs and biases shifted left by
     ``activation_shift`` into the 24-bit state, thresholds :math:`v_{th} 2^{\mathrm{threshold\_shift}}`,
-    12-bit decays, ``state_bits``-bit :math:`u` and :math:`v` (``du_instant_current``: :math:`u` holds only this step's input)."""
+    12-bit decays, ``state_bits``-bit :math:`u` and :math:`v` (``du_instant_current``: :math:`u` holds only this step's input),
+    graded spikes of ``graded_payload_bits`` signed bits."""
 
     weight_bits: int
     weight_mant_range: tuple[int, int]
@@ -41,6 +42,7 @@ class FixedPoint:
     input_port_bits: int
     input_bias_exp: int
     input_vth: int
+    graded_payload_bits: int  # a graded spike's signed payload (a stream relay's sum)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 r"""An export's chip graphs mapped onto the neuro-cores and chips of a Loihi 2 system
 (``spikeclip-deploy map``), with the per-core resources of the hardware profile's ``cores``.
 
-A core holds neurons and the synapses that end on them, so a *layer* here is a LIF with the
-synapse layers summed into it. A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
+A core holds neurons and the synapses that end on them, so a *layer* here is a LIF, or a graded
+stream relay, with the synapse layers summed into it; a relay reaches each reader through an
+identity synapse (one graded spike per relay neuron and step, one weight and one input axon per
+reader neuron), mapped as the depthwise 1x1 convolution of ones it equals (a flat relay's: a
+diagonal affine layer). A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
 tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons, taken as
 :math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a core. A tile needs
 
@@ -51,7 +54,7 @@ from .errors import ConfigError, HardwareLimitError
 from .fileutil import atomic_write
 from .hardware import ChipProfile, Cores, System, load_profile
 from .manifest import load_export
-from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, pair
+from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
 
 SIDES = ("image", "text")
 
@@ -71,6 +74,7 @@ class LayerPlacement:
     limited_by: str  # the per-core budget that set its tile size
     chip_cores: tuple[int, ...]  # its cores on each of ``chips``
     synapse_reach: tuple[int, ...]  # per synapse layer: its cores one input spike is sent to
+    graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ class Mapping:
                 "assumptions": self.assumptions,
                 "encoders": {e.side: {"layers": [asdict(la) for la in e.layers],
                                       "totals": {f: e.total(f) for f in
-                                                 ("neurons", "synapses", "memory_bits", "cores")}
+                                                 ("neurons", "synapses", "memory_bits", "cores",
+                                                  "graded_synapses")}
                                       | {"chips": e.chips, "chip_crossings": e.chip_crossings}}
                              for e in self.encoders}}
 
@@ -229,21 +234,47 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
     return best
 
 
-def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]) -> list[_Layer]:
+def identity_synapse(shape: tuple[int, ...]) -> nir.NIRNode:
+    """A relay's identity synapse to one reader, as the layer it equals: a depthwise 1x1
+    convolution of ones over ``(C, H, W)``, a diagonal affine layer over ``(N,)``."""
+    if len(shape) == 3:
+        c = shape[0]
+        return nir.Conv2d(input_shape=shape[1:], weight=np.ones((c, 1, 1, 1), np.float32),
+                          stride=1, padding=0, dilation=1, groups=c,
+                          bias=np.zeros(c, np.float32))
+    n = int(np.prod(shape))
+    return nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
+
+
+def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
+            ) -> tuple[list[_Layer], dict[str, str]]:
+    """The populations (LIFs and relays) with their synapse layers, and each synapse layer's
+    source population (a relay's identity synapse to ``R`` is named ``RELAY>R``)."""
     shapes: dict[str, tuple[int, ...]] = {INPUT: in_shape}
     nodes = {la.name: la for la in layers}
-    out = []
+    out, sources = [], {}
     for la in layers:
         if isinstance(la.node, HostOpNode):
             shapes[la.name] = la.node.output_shape
-        elif isinstance(la.node, nir.LIF):
-            shapes[la.name] = tuple(np.asarray(la.node.tau).shape)
-            syn = tuple((i, nodes[i].node, shapes[nodes[i].inputs[0]]) for i in la.inputs
-                        if i in nodes and not isinstance(nodes[i].node, (nir.LIF, HostOpNode)))
+        elif isinstance(la.node, nir.LIF) or is_relay(la.node):
+            shapes[la.name] = tuple(np.asarray(la.node.tau if isinstance(la.node, nir.LIF)
+                                               else la.node.scale).shape)
+            syn = []
+            for i in la.inputs:
+                if i not in nodes or isinstance(nodes[i].node, (nir.LIF, HostOpNode)):
+                    continue
+                if is_relay(nodes[i].node):
+                    name = f"{i}>{la.name}"
+                    syn.append((name, identity_synapse(shapes[i]), shapes[i]))
+                    sources[name] = i
+                else:
+                    syn.append((i, nodes[i].node, shapes[nodes[i].inputs[0]]))
+                    sources[i] = nodes[i].inputs[0]
             shape = shapes[la.name]
             conv = any(isinstance(n, nir.Conv2d) for _, n, _ in syn)
-            out.append(_Layer(la.name, shape if conv else (1, int(np.prod(shape)), 1), syn))
-    return out
+            out.append(_Layer(la.name, shape if conv else (1, int(np.prod(shape)), 1),
+                              tuple(syn)))
+    return out, sources
 
 
 def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]]:
@@ -267,9 +298,7 @@ def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]
 def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
                 system: System) -> EncoderMapping:
     """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
-    lifs = _layers(layers, in_shape)
-    sources = {la.name: la.inputs[0] for la in layers
-               if not isinstance(la.node, (nir.LIF, HostOpNode))}
+    lifs, sources = _layers(layers, in_shape)
     tiles: dict[str, _Tiling] = {}
     reach: dict[str, int] = {}  # per synapse layer, once its reader is tiled
     for layer in reversed(lifs):  # readers first: output axons depend on their tiling
@@ -295,7 +324,8 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
             row_tiles * kernels * cores.conv_bits_per_weight + layer.neurons * dense,
             t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
             tuple(n for _, n in placed[layer.name]),
-            tuple(reach[syn] for syn, _, _ in layer.synapses)))
+            tuple(reach[syn] for syn, _, _ in layer.synapses),
+            sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn)))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)

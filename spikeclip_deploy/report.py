@@ -12,7 +12,9 @@ def export_summary(path: Path, manifest: dict) -> str:
         for row in layers:
             shape = row.get("shape") or row.get("weight_shape")
             q = row.get("loihi", {})
-            extra = (f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
+            extra = (f"  graded payload <= {row['payload_bound']:,} "
+                     f"({q['num_message_bits']} bits)" if "relay" in row else
+                     f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
                      f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
             lines.append(f"    {row['name']:<8s} {row['type']:<7s} {str(shape):<22s}{extra}")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")

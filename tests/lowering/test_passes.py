@@ -16,6 +16,9 @@ from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
 
+#: the resource counts of a graph without graded stream relays
+NO_RELAYS = {"relay_neurons": 0, "graded_synapses": 0}
+
 CPU = LoweringContext("cpu", None, None)
 LOIHI = LoweringContext("loihi", load_profile("loihi2"), None)
 
@@ -123,7 +126,7 @@ def test_run_passes_checks_requires_and_ensures():
 def test_resources_count_the_traced_graph():
     g = trace(encoder([MultiStepLIF(), nn.Linear(3, 2), MultiStepLIF()]), "text", torch.zeros(1, 3))
     r = run_passes(g, (PASSES["fold_bn"], PASSES["resources"]), CPU).meta["resources"]
-    assert r == {"neurons": 3 + 2, "synapses": 3 * 2, "stored_weights": 3 * 2}
+    assert r == {"neurons": 3 + 2, "synapses": 3 * 2, "stored_weights": 3 * 2, **NO_RELAYS}
     assert isinstance(g.layer("dense0").node, nir.Affine)
 
 
@@ -135,4 +138,5 @@ def test_resources_store_a_copied_synapse_per_copy():
                   [(-1,), (0,), (1,), (2,), (1, 3)])
     g = run_passes(trace(enc, "text", torch.zeros(1, 3)),
                    (PASSES["split_fanout"], PASSES["resources"]), CPU)
-    assert g.meta["resources"] == {"neurons": 9, "synapses": 27, "stored_weights": 27}
+    assert g.meta["resources"] == {"neurons": 9, "synapses": 27, "stored_weights": 27,
+                                   **NO_RELAYS}
