@@ -107,13 +107,17 @@ class EnergyModel:
     e_mac_pj: float  # one multiply-accumulate (real-valued input)
     e_ac_pj: float  # one accumulate (a synaptic operation driven by a spike)
     scope: str  # what the model counts, stated in every report
+    e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
+    e_relay_update_pj: float  # one update of a stream relay neuron
+    sources: dict[str, str]  # how the figures beyond the paper's model were taken
 
 
 @dataclass(frozen=True)
 class ChipEnergyModel:
     r"""A neuromorphic chip's own energy per operation: a synaptic op, a neuron update that
-    emits a spike (active) or not (inactive), a spike message to one destination core, and the
-    static power of a chip. ``left_out``: the terms the model does not price and why;
+    emits a spike (active) or not (inactive), a spike message to one destination core, a graded
+    synaptic op, relay update and graded message (residual streams), and the static power of a
+    chip. ``left_out``: the terms the model does not price and why;
     ``sources``: the citation of every figure."""
 
     name: str
@@ -122,6 +126,9 @@ class ChipEnergyModel:
     e_neuron_update_active_pj: float
     e_neuron_update_inactive_pj: float
     e_spike_message_pj: float
+    e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
+    e_relay_update_pj: float  # one update of a stream relay neuron
+    e_graded_message_pj: float  # a graded spike sent to one destination core
     static_mw_per_chip: float
     scope: str
     left_out: tuple[str, ...]

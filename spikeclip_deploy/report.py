@@ -74,12 +74,13 @@ def energy_summary(e: dict) -> str:
                 f"{a['sops_analytic']:>14,.0f}{a['energy_pj']:>12,.0f}" if a else
                 f"{'':<7s}{'':>7s}{'':>14s}{'':>14s}{'':>12s}")
         if chip:
-            messages = b.get("messages")
-            cols += (f"{b.get('neuron_updates', ''):>12}"
+            messages = b.get("messages", b.get("graded_messages"))
+            cols += (f"{b.get('neuron_updates', b.get('relay_updates', '')):>12}"
                      f"{'' if messages is None else format(messages, ',.0f'):>12s}"
                      f"{b['energy_pj']:>12,.0f}")
         copy = (f"  (copy of {a['copy_of']}: counted once at 45 nm)" if a and a["copy_of"]
-                else "")
+                else "  (graded stream relay: updates and graded messages)"
+                if b.get("kind") == "relay" else "")
         lines.append(f"  {name:<{w}s}{cols}{copy}")
     lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs, once "
                  f"(its current is the same at every step)")
@@ -99,6 +100,11 @@ def energy_summary(e: dict) -> str:
               f"{e['energy_per_inference_mj_stem_every_step']:.6f} mJ",
               f"    E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} "
               f"pJ; {e['note']}"]
+    if e.get("relay_updates"):
+        lines.insert(-3, f"  graded stream relays (every neuron at every step, an upper bound): "
+                         f"{e['relay_updates']:,d} relay updates, {e['graded_sops']:,d} graded "
+                         f"synaptic ops; chip SOPs with every copy {e['chip_sops_all_copies']:,.0f}"
+                         f" = {e['chip_sops_all_copies'] / e['total_sops']:.2f} x the model's")
     if chip:
         t = chip["terms_pj"]
         lines += [f"  chip model ({chip['model']}): {chip['total_mj']:.6f} mJ: chip "
@@ -108,7 +114,8 @@ def energy_summary(e: dict) -> str:
                   "; its own figure, not in the ANN comparison"]
         p = chip["placement"]
         lines.append(f"    placement: {p['chips']} chip(s) of {p['system']}, "
-                     f"{chip['messages']:,.0f} spike messages "
+                     f"{chip['messages']:,.0f} spike messages, "
+                     f"{chip.get('graded_messages') or 0:,.0f} graded messages "
                      f"({chip['messages_between_chips']:,.0f} between chips); static power {chip['static_mw']:.1f} mW x the "
                      "inference's time (not known: not in the total)" if "error" not in p
                      else f"    placement: none ({p['error']})")
