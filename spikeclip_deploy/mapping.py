@@ -75,6 +75,7 @@ class LayerPlacement:
     chip_cores: tuple[int, ...]  # its cores on each of ``chips``
     synapse_reach: tuple[int, ...]  # per synapse layer: its cores one input spike is sent to
     graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
+    columns: int = 0  # per core where one row of one channel does not fit a core (0: all)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class _Tiling:
     rows: int  # per core
     cores: int
     bound: str  # the budget that stops a taller tile
+    columns: int  # per core: the whole width unless one row of one channel does not fit
 
 
 def _affine_bits(node: nir.Affine, cores: Cores) -> int:
@@ -164,15 +166,20 @@ def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]
         return reader.cores
     k, s, d, per_group = _conv_geometry(node)
     row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
+    column_tiles = min(-(-reader_dims[2] // reader.columns),
+                       -(-(d * (k - 1) // s) // reader.columns) + 1)
     groups = int(np.asarray(node.groups))
     channel_tiles = -(-reader_dims[0] // reader.channels)
     channel_reach = channel_tiles if groups == 1 else _groups_touched(
         per_group, reader.channels, channel_tiles)  # the tiles of the channels reading it
-    return row_tiles * channel_reach
+    return row_tiles * column_tiles * channel_reach
 
 
-def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> dict[str, int]:
-    """Per-core needs of a tile of ``c`` channels by ``u`` rows; ``fan``: reach over readers."""
+def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int | None = None
+           ) -> dict[str, int]:
+    """Per-core needs of a tile of ``c`` channels by ``u`` rows by ``v`` columns (default: the
+    whole width); ``fan``: reach over readers."""
+    v = layer.dims[2] if v is None else v
     memory = axons = 0
     for _, node, in_shape in layer.synapses:
         if isinstance(node, nir.Conv2d):
@@ -181,11 +188,13 @@ def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> dict[str, i
             groups = int(np.asarray(node.groups))
             memory += c * int(np.prod(w.shape[1:])) * cores.conv_bits_per_weight
             read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
-            axons += read * in_shape[2] * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
+            width = in_shape[2] if v == layer.dims[2] else min(in_shape[2],
+                                                               (v - 1) * s + d * (k - 1) + 1)
+            axons += read * width * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
         else:
             memory += u * _affine_bits(node, cores)
             axons += in_shape[0]
-    neurons = c * u * layer.dims[2]
+    neurons = c * u * v
     return {"neurons": neurons, "memory": memory, "input_axons": axons,
             "output_axons": neurons * fan}
 
@@ -194,9 +203,13 @@ def _over(needs: dict[str, int], cores: Cores) -> list[str]:
     return [r for r, (key, _) in BUDGETS.items() if needs[r] > getattr(cores, key)]
 
 
-def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> str:
-    """The budget that a tile one row taller (at full height: one channel wider) would break."""
-    channels, rows, _ = layer.dims
+def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int) -> str:
+    """The budget that a tile one row taller (at full height: one channel wider; a part of a
+    row: one column wider) would break."""
+    channels, rows, width = layer.dims
+    if v < width:
+        over = _over(_needs(layer, c, u, fan, cores, v + 1), cores)
+        return over[0] if over else "fewest cores"
     if u == rows and c == channels:
         return "whole layer"
     over = _over(_needs(layer, c + (u == rows), u + (u < rows), fan, cores), cores)
@@ -204,13 +217,16 @@ def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> str:
 
 
 def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
-    """The tiling with fewest cores within every per-core budget (module docstring)."""
-    first = _needs(layer, 1, 1, fan, cores)
+    """The tiling with fewest cores within every per-core budget (module docstring); a row is
+    split into runs of columns only where one row of one channel does not fit a core."""
+    width = layer.dims[2]
+    v = next((v for v in range(width, 0, -1)
+              if not _over(_needs(layer, 1, 1, fan, cores, v), cores)), 1)
+    first = _needs(layer, 1, 1, fan, cores, v)
     over = _over(first, cores)
     if over:
         key, what = BUDGETS[over[0]]
-        unit = (f"one row of one channel ({layer.dims[2]:,} neurons)" if layer.dims[0] > 1
-                else "one neuron")
+        unit = (f"one neuron of one channel" if layer.dims[0] > 1 else "one neuron")
         raise HardwareLimitError(
             f"the {side} encoder's layer '{layer.name}' cannot be mapped: {unit} needs "
             f"{first[over[0]]:,} {what} where a neuro-core holds {getattr(cores, key):,} "
@@ -221,16 +237,17 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
     best, seen = None, set()
     for groups in range(1, channels + 1):
         c = -(-channels // groups)
-        if c in seen or _over(_needs(layer, c, 1, fan, cores), cores):
+        if c in seen or _over(_needs(layer, c, 1, fan, cores, v), cores):
             continue
         seen.add(c)
-        lo, hi = 1, rows  # the tallest tile that fits: needs grow with u
+        lo, hi = 1, rows if v == width else 1  # the tallest tile that fits: needs grow with u
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores), cores) else (mid, hi)
-        n = -(-channels // c) * -(-rows // lo)
+            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores, v), cores) \
+                else (mid, hi)
+        n = -(-channels // c) * -(-rows // lo) * -(-width // v)
         if best is None or n < best.cores:
-            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores))
+            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores, v), v)
     return best
 
 
@@ -317,7 +334,7 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
                       if isinstance(n, nir.Conv2d))
         dense = sum(_affine_bits(n, cores) for _, n, _ in layer.synapses
                     if isinstance(n, nir.Affine))
-        row_tiles = -(-layer.dims[1] // t.rows)
+        row_tiles = -(-layer.dims[1] // t.rows) * -(-layer.dims[2] // t.columns)
         placements.append(LayerPlacement(
             layer.name, tuple(s for s, _, _ in layer.synapses), layer.neurons,
             sum(flops(n, shape) for _, n, shape in layer.synapses),
@@ -325,7 +342,8 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
             t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
             tuple(n for _, n in placed[layer.name]),
             tuple(reach[syn] for syn, _, _ in layer.synapses),
-            sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn)))
+            sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn),
+            t.columns if t.columns < layer.dims[2] else 0))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)

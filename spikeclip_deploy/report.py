@@ -172,7 +172,7 @@ def mapping_summary(m) -> str:
                      f"{'cores':>5s} {'tile c x rows':>13s}  chips  bound by")
         for la in e.layers:
             chips = f"{la.chips[0]}" + (f"-{la.chips[-1]}" if len(la.chips) > 1 else "")
-            tile = f"{la.tile[0]} x {la.tile[1]}"
+            tile = f"{la.tile[0]} x {la.tile[1]}" + (f" x {la.columns}" if la.columns else "")
             lines.append(f"    {la.name:<8s} {la.neurons:>9,d} {la.synapses:>13,d} "
                          f"{la.memory_bits / 8192:>10.1f} {la.cores:>5d} {tile:>13s}  "
                          f"{chips:<5s}  {la.limited_by}")
