@@ -18,6 +18,13 @@ tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons,
         \min(H_{in}, (u-1)s + d(k-1) + 1) + \sum_{affine} F \\
     \mathrm{output\ axons} &= c\,u\,W \textstyle\sum_{readers} \mathrm{reach}
 
+A row too wide for one core (one row of one channel over a per-core budget: a pointwise layer
+reading 1536 channels at 8 columns needs 12 288 input axons) is cut into runs of :math:`v`
+columns, the most that fit: such a tile is :math:`c` channels by one row by :math:`v` columns,
+:math:`v` replacing :math:`W` above (and :math:`\min(W_{in}, (v-1)s + d(k-1) + 1)` columns
+read), and a spike reaches at most :math:`\lceil \lfloor d(k-1)/s \rfloor / v \rceil + 1` of a
+reader's column runs.
+
 Weight sharing: a core stores the kernel of the channels it holds once, for every position it
 holds (:math:`g`: groups; :math:`C_{read}(c)`: the input channels those :math:`c` output
 channels read, all :math:`C_{in}` unless grouped). :math:`F`: an affine layer's fan-in,

@@ -62,7 +62,8 @@ def _graded_streams(graph: Graph, ctx: LoweringContext) -> Graph:
     return graded_streams(graph, ctx.residual)
 
 
-GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left)
+GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left,
+                      ensures=lambda g: None if "streams" in g.meta else "no stream costs")
 
 
 # -- split_fanout --------------------------------------------------------------------------------
