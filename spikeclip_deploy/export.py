@@ -204,13 +204,14 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         raise with_path(exc, out.parent) from None
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
-        layers, resources, partition, netx = {}, {}, {}, {}
+        layers, resources, partition, netx, streams = {}, {}, {}, {}, {}
         for side in progress(("image", "text"), desc=f"export ({target.name})", unit="encoder"):
             graph = write_host_ops(getattr(model, side),
                                    lower_encoder(model, side, target, profile, cfg.residual), tmp,
                                    side)
             layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
             partition[side] = graph.meta["partition"]
+            streams[side] = graph.meta.get("streams", {})
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
             chip = to_nir(graph)
             nir.write(buf, chip)
@@ -230,7 +231,7 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "hardware": target.hardware, "passes": list(target.passes),
                     "residual": cfg.residual,
                     "versions": library_versions(), "layers": layers, "resources": resources,
-                    "partition": partition,
+                    "partition": partition, "streams": streams,
                     "host": host, "files": files, **({"netx": netx} if netx else {})}
         write_bytes(tmp / MANIFEST,
                     (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())

@@ -17,6 +17,14 @@ def export_summary(path: Path, manifest: dict) -> str:
                      f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
                      f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
             lines.append(f"    {row['name']:<8s} {row['type']:<7s} {str(shape):<22s}{extra}")
+    for side, streams in manifest.get("streams", {}).items():
+        for cost in streams.values():
+            c, g = cost["copies"], cost["graded"]
+            lines.append(f"  {side} residual stream read by {', '.join(cost['readers'])}: "
+                         f"{cost['form']} kept; per step at full activity, copies "
+                         f"{c['synaptic_ops']:,} synaptic ops; graded {g['synaptic_ops']:,} "
+                         f"synaptic ops + {g['graded_messages']:,} graded messages + "
+                         f"{g['relay_updates']:,} relay updates")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
     return "\n".join(lines)
 
