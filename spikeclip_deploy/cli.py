@@ -266,10 +266,14 @@ def _check_init(init: str, model: str | None) -> None:
               show_default=True,
               help="netx (--target loihi): also write the chip graphs' chains as lava-dl netx "
                    "networks (netx/*.net), every LIF bias on netx's grid (exponent 6).")
+@click.option("--residual", type=click.Choice(["graded", "copies"]), default="graded",
+              show_default=True,
+              help="How a residual stream reaches its readers on chip: graded relays (each "
+                   "synapse once; copies kept only where cheaper), or a synapse copy per reader.")
 @INIT
 @INIT_SEED
 def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt: str,
-               init: str, seed: int) -> None:
+               residual: str, init: str, seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
     from .export import ExportConfig, export_model
     from .report import export_summary
@@ -277,7 +281,8 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
     _check_init(init, model)
     path, manifest = export_model(ExportConfig(model=_model(model), target=target,
                                                out=Path(out) if out else None, force=force,
-                                               init=init, seed=seed, format=fmt))
+                                               init=init, seed=seed, format=fmt,
+                                               residual=residual))
     click.echo(export_summary(path, manifest))
 
 

@@ -51,14 +51,16 @@ FIELDS = ("deployable", "deployable_reason", "chip_sop_share", "chip_sop_share_b
 
 
 def full_activity_share(image: Graph, once_macs: tuple[int, int]) -> float:
-    """``chip_sop_share`` of the lowered image graph at full activity; ``once_macs``: the host's
-    MACs done once per sample, (stem, readout)."""
+    """``chip_sop_share`` of the lowered image graph at full activity (every synapse and, for a
+    residual stream on graded relays, every identity synapse once per step); ``once_macs``: the
+    host's MACs done once per sample, (stem, readout)."""
     from .lowering.graph import run_side_layers
     from .verify.energy import chip_sop_share, host_macs_executed, host_op_macs
 
     t = image.meta["time_steps"]
     host = host_macs_executed(*once_macs, host_op_macs(run_side_layers(image)), t)
-    return chip_sop_share(t * image.meta["resources"]["synapses"], host)
+    res = image.meta["resources"]
+    return chip_sop_share(t * (res["synapses"] + res["graded_synapses"]), host)
 
 
 def assess(cfg: ModelConfig) -> dict[str, Any]:

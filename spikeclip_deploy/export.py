@@ -63,6 +63,7 @@ class ExportConfig:
     init: str = "checkpoint"  # or "random": a seeded random initialisation of the config
     seed: int = 0
     format: str = "nir"  # or "netx": also lava-dl netx files, biases on netx's grid
+    residual: str = "graded"  # residual streams: graded relays, or "copies" per reader
 
 
 def library_versions() -> dict[str, str]:
@@ -85,10 +86,13 @@ def _layer_table(graph: Graph) -> list[dict]:
             row["shape"] = list(np.asarray(node.tau).shape)
         elif isinstance(node, HostOpNode):
             row.update(op=node.op, shape=list(node.output_shape), reason=layer.reason)
+        elif isinstance(node, nir.Scale):  # a graded stream relay
+            row.update(relay=node.metadata["relay"], shape=list(np.asarray(node.scale).shape))
         else:
             row["weight_shape"] = list(np.asarray(node.weight).shape)
         row.update({k: v for k, v in node.metadata.items()
-                    if k in ("loihi", "scale", "onnx", "output_quantization", "macs")})
+                    if k in ("loihi", "scale", "onnx", "output_quantization", "macs", "delay",
+                             "delays", "payload_bound")})
         rows.append(row)
     return rows
 
@@ -109,14 +113,15 @@ def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
 
 
 def lower_encoder(model: SpikeCLIP, side: str, target: Target,
-                  profile: ChipProfile | None = None) -> Graph:
+                  profile: ChipProfile | None = None, residual: str = "graded") -> Graph:
     """Trace one encoder and run the target's passes over it (``profile``: instead of the
-    target's own)."""
+    target's own; ``residual``: how residual streams reach their readers, graded relays or
+    per-reader copies)."""
     graph = trace_encoder(model, side)
     graph = graph.replace(meta={**graph.meta, "target": target.name})
     if profile is None and target.hardware:
         profile = load_profile(target.hardware)
-    ctx = LoweringContext(target.name, profile, getattr(model, side).input_grid.grid)
+    ctx = LoweringContext(target.name, profile, getattr(model, side).input_grid.grid, residual)
     return run_passes(graph, passes_named(target.passes), ctx)
 
 
@@ -198,12 +203,14 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         raise with_path(exc, out.parent) from None
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
-        layers, resources, partition, netx = {}, {}, {}, {}
+        layers, resources, partition, netx, streams = {}, {}, {}, {}, {}
         for side in progress(("image", "text"), desc=f"export ({target.name})", unit="encoder"):
             graph = write_host_ops(getattr(model, side),
-                                   lower_encoder(model, side, target, profile), tmp, side)
+                                   lower_encoder(model, side, target, profile, cfg.residual), tmp,
+                                   side)
             layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
             partition[side] = graph.meta["partition"]
+            streams[side] = graph.meta.get("streams", {})
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
             chip = to_nir(graph)
             nir.write(buf, chip)
@@ -221,8 +228,9 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
                     "model": {**info, "config": model.cfg.to_dict()},
                     "hardware": target.hardware, "passes": list(target.passes),
+                    "residual": cfg.residual,
                     "versions": library_versions(), "layers": layers, "resources": resources,
-                    "partition": partition,
+                    "partition": partition, "streams": streams,
                     "host": host, "files": files, **({"netx": netx} if netx else {})}
         write_bytes(tmp / MANIFEST, manifest_bytes(manifest, _json_default))
         publish(tmp, out, cfg.force)

@@ -26,7 +26,8 @@ class FixedPoint:
     r"""Loihi-style fixed point as Lava's bit-accurate models compute it: 8-bit weight mantissas
     (:math:`w 2^{e_w}`), biases :math:`b_m 2^{b_e}`, inputs and biases shifted left by
     ``activation_shift`` into the 24-bit state, thresholds :math:`v_{th} 2^{\mathrm{threshold\_shift}}`,
-    12-bit decays, ``state_bits``-bit :math:`u` and :math:`v` (``du_instant_current``: :math:`u` holds only this step's input)."""
+    12-bit decays, ``state_bits``-bit :math:`u` and :math:`v` (``du_instant_current``: :math:`u` holds only this step's input),
+    graded spikes of ``graded_payload_bits`` signed bits."""
 
     weight_bits: int
     weight_mant_range: tuple[int, int]
@@ -42,6 +43,7 @@ class FixedPoint:
     input_port_bits: int
     input_bias_exp: int
     input_vth: int
+    graded_payload_bits: int  # a graded spike's signed payload (a stream relay's sum)
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,17 @@ class EnergyModel:
     e_mac_pj: float  # one multiply-accumulate (real-valued input)
     e_ac_pj: float  # one accumulate (a synaptic operation driven by a spike)
     scope: str  # what the model counts, stated in every report
+    e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
+    e_relay_update_pj: float  # one update of a stream relay neuron
+    sources: dict[str, str]  # how the figures beyond the paper's model were taken
 
 
 @dataclass(frozen=True)
 class ChipEnergyModel:
     r"""A neuromorphic chip's own energy per operation: a synaptic op, a neuron update that
-    emits a spike (active) or not (inactive), a spike message to one destination core, and the
-    static power of a chip. ``left_out``: the terms the model does not price and why;
+    emits a spike (active) or not (inactive), a spike message to one destination core, a graded
+    synaptic op, relay update and graded message (residual streams), and the static power of a
+    chip. ``left_out``: the terms the model does not price and why;
     ``sources``: the citation of every figure."""
 
     name: str
@@ -121,6 +127,9 @@ class ChipEnergyModel:
     e_neuron_update_active_pj: float
     e_neuron_update_inactive_pj: float
     e_spike_message_pj: float
+    e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
+    e_relay_update_pj: float  # one update of a stream relay neuron
+    e_graded_message_pj: float  # a graded spike sent to one destination core
     static_mw_per_chip: float
     scope: str
     left_out: tuple[str, ...]

@@ -1,8 +1,11 @@
 r"""An export's chip graphs mapped onto the neuro-cores and chips of a Loihi 2 system
 (``spikeclip-deploy map``), with the per-core resources of the hardware profile's ``cores``.
 
-A core holds neurons and the synapses that end on them, so a *layer* here is a LIF with the
-synapse layers summed into it. A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
+A core holds neurons and the synapses that end on them, so a *layer* here is a LIF, or a graded
+stream relay, with the synapse layers summed into it; a relay reaches each reader through an
+identity synapse (one graded spike per relay neuron and step, one weight and one input axon per
+reader neuron), mapped as the depthwise 1x1 convolution of ones it equals (a flat relay's: a
+diagonal affine layer). A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
 tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons, taken as
 :math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a core. A tile needs
 
@@ -14,6 +17,13 @@ tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons,
     \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)\,W_{in}
         \min(H_{in}, (u-1)s + d(k-1) + 1) + \sum_{affine} F \\
     \mathrm{output\ axons} &= c\,u\,W \textstyle\sum_{readers} \mathrm{reach}
+
+A row too wide for one core (one row of one channel over a per-core budget: a pointwise layer
+reading 1536 channels at 8 columns needs 12 288 input axons) is cut into runs of :math:`v`
+columns, the most that fit: such a tile is :math:`c` channels by one row by :math:`v` columns,
+:math:`v` replacing :math:`W` above (and :math:`\min(W_{in}, (v-1)s + d(k-1) + 1)` columns
+read), and a spike reaches at most :math:`\lceil \lfloor d(k-1)/s \rfloor / v \rceil + 1` of a
+reader's column runs.
 
 Weight sharing: a core stores the kernel of the channels it holds once, for every position it
 holds (:math:`g`: groups; :math:`C_{read}(c)`: the input channels those :math:`c` output
@@ -51,7 +61,7 @@ from .errors import ConfigError, HardwareLimitError
 from .fileutil import atomic_write
 from .hardware import ChipProfile, Cores, System, load_profile
 from .manifest import load_export
-from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, pair
+from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
 
 SIDES = ("image", "text")
 
@@ -71,6 +81,8 @@ class LayerPlacement:
     limited_by: str  # the per-core budget that set its tile size
     chip_cores: tuple[int, ...]  # its cores on each of ``chips``
     synapse_reach: tuple[int, ...]  # per synapse layer: its cores one input spike is sent to
+    graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
+    columns: int = 0  # per core where one row of one channel does not fit a core (0: all)
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,8 @@ class Mapping:
                 "assumptions": self.assumptions,
                 "encoders": {e.side: {"layers": [asdict(la) for la in e.layers],
                                       "totals": {f: e.total(f) for f in
-                                                 ("neurons", "synapses", "memory_bits", "cores")}
+                                                 ("neurons", "synapses", "memory_bits", "cores",
+                                                  "graded_synapses")}
                                       | {"chips": e.chips, "chip_crossings": e.chip_crossings}}
                              for e in self.encoders}}
 
@@ -131,6 +144,7 @@ class _Tiling:
     rows: int  # per core
     cores: int
     bound: str  # the budget that stops a taller tile
+    columns: int  # per core: the whole width unless one row of one channel does not fit
 
 
 def _affine_bits(node: nir.Affine, cores: Cores) -> int:
@@ -159,15 +173,20 @@ def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]
         return reader.cores
     k, s, d, per_group = _conv_geometry(node)
     row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
+    column_tiles = min(-(-reader_dims[2] // reader.columns),
+                       -(-(d * (k - 1) // s) // reader.columns) + 1)
     groups = int(np.asarray(node.groups))
     channel_tiles = -(-reader_dims[0] // reader.channels)
     channel_reach = channel_tiles if groups == 1 else _groups_touched(
         per_group, reader.channels, channel_tiles)  # the tiles of the channels reading it
-    return row_tiles * channel_reach
+    return row_tiles * column_tiles * channel_reach
 
 
-def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> dict[str, int]:
-    """Per-core needs of a tile of ``c`` channels by ``u`` rows; ``fan``: reach over readers."""
+def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int | None = None
+           ) -> dict[str, int]:
+    """Per-core needs of a tile of ``c`` channels by ``u`` rows by ``v`` columns (default: the
+    whole width); ``fan``: reach over readers."""
+    v = layer.dims[2] if v is None else v
     memory = axons = 0
     for _, node, in_shape in layer.synapses:
         if isinstance(node, nir.Conv2d):
@@ -176,11 +195,13 @@ def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> dict[str, i
             groups = int(np.asarray(node.groups))
             memory += c * int(np.prod(w.shape[1:])) * cores.conv_bits_per_weight
             read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
-            axons += read * in_shape[2] * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
+            width = in_shape[2] if v == layer.dims[2] else min(in_shape[2],
+                                                               (v - 1) * s + d * (k - 1) + 1)
+            axons += read * width * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
         else:
             memory += u * _affine_bits(node, cores)
             axons += in_shape[0]
-    neurons = c * u * layer.dims[2]
+    neurons = c * u * v
     return {"neurons": neurons, "memory": memory, "input_axons": axons,
             "output_axons": neurons * fan}
 
@@ -189,9 +210,13 @@ def _over(needs: dict[str, int], cores: Cores) -> list[str]:
     return [r for r, (key, _) in BUDGETS.items() if needs[r] > getattr(cores, key)]
 
 
-def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> str:
-    """The budget that a tile one row taller (at full height: one channel wider) would break."""
-    channels, rows, _ = layer.dims
+def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int) -> str:
+    """The budget that a tile one row taller (at full height: one channel wider; a part of a
+    row: one column wider) would break."""
+    channels, rows, width = layer.dims
+    if v < width:
+        over = _over(_needs(layer, c, u, fan, cores, v + 1), cores)
+        return over[0] if over else "fewest cores"
     if u == rows and c == channels:
         return "whole layer"
     over = _over(_needs(layer, c + (u == rows), u + (u < rows), fan, cores), cores)
@@ -199,13 +224,16 @@ def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores) -> str:
 
 
 def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
-    """The tiling with fewest cores within every per-core budget (module docstring)."""
-    first = _needs(layer, 1, 1, fan, cores)
+    """The tiling with fewest cores within every per-core budget (module docstring); a row is
+    split into runs of columns only where one row of one channel does not fit a core."""
+    width = layer.dims[2]
+    v = next((v for v in range(width, 0, -1)
+              if not _over(_needs(layer, 1, 1, fan, cores, v), cores)), 1)
+    first = _needs(layer, 1, 1, fan, cores, v)
     over = _over(first, cores)
     if over:
         key, what = BUDGETS[over[0]]
-        unit = (f"one row of one channel ({layer.dims[2]:,} neurons)" if layer.dims[0] > 1
-                else "one neuron")
+        unit = (f"one neuron of one channel" if layer.dims[0] > 1 else "one neuron")
         raise HardwareLimitError(
             f"the {side} encoder's layer '{layer.name}' cannot be mapped: {unit} needs "
             f"{first[over[0]]:,} {what} where a neuro-core holds {getattr(cores, key):,} "
@@ -216,34 +244,61 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
     best, seen = None, set()
     for groups in range(1, channels + 1):
         c = -(-channels // groups)
-        if c in seen or _over(_needs(layer, c, 1, fan, cores), cores):
+        if c in seen or _over(_needs(layer, c, 1, fan, cores, v), cores):
             continue
         seen.add(c)
-        lo, hi = 1, rows  # the tallest tile that fits: needs grow with u
+        lo, hi = 1, rows if v == width else 1  # the tallest tile that fits: needs grow with u
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores), cores) else (mid, hi)
-        n = -(-channels // c) * -(-rows // lo)
+            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores, v), cores) \
+                else (mid, hi)
+        n = -(-channels // c) * -(-rows // lo) * -(-width // v)
         if best is None or n < best.cores:
-            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores))
+            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores, v), v)
     return best
 
 
-def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]) -> list[_Layer]:
+def identity_synapse(shape: tuple[int, ...]) -> nir.NIRNode:
+    """A relay's identity synapse to one reader, as the layer it equals: a depthwise 1x1
+    convolution of ones over ``(C, H, W)``, a diagonal affine layer over ``(N,)``."""
+    if len(shape) == 3:
+        c = shape[0]
+        return nir.Conv2d(input_shape=shape[1:], weight=np.ones((c, 1, 1, 1), np.float32),
+                          stride=1, padding=0, dilation=1, groups=c,
+                          bias=np.zeros(c, np.float32))
+    n = int(np.prod(shape))
+    return nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
+
+
+def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
+            ) -> tuple[list[_Layer], dict[str, str]]:
+    """The populations (LIFs and relays) with their synapse layers, and each synapse layer's
+    source population (a relay's identity synapse to ``R`` is named ``RELAY>R``)."""
     shapes: dict[str, tuple[int, ...]] = {INPUT: in_shape}
     nodes = {la.name: la for la in layers}
-    out = []
+    out, sources = [], {}
     for la in layers:
         if isinstance(la.node, HostOpNode):
             shapes[la.name] = la.node.output_shape
-        elif isinstance(la.node, nir.LIF):
-            shapes[la.name] = tuple(np.asarray(la.node.tau).shape)
-            syn = tuple((i, nodes[i].node, shapes[nodes[i].inputs[0]]) for i in la.inputs
-                        if i in nodes and not isinstance(nodes[i].node, (nir.LIF, HostOpNode)))
+        elif isinstance(la.node, nir.LIF) or is_relay(la.node):
+            shapes[la.name] = tuple(np.asarray(la.node.tau if isinstance(la.node, nir.LIF)
+                                               else la.node.scale).shape)
+            syn = []
+            for i in la.inputs:
+                if i not in nodes or isinstance(nodes[i].node, (nir.LIF, HostOpNode)):
+                    continue
+                if is_relay(nodes[i].node):
+                    name = f"{i}>{la.name}"
+                    syn.append((name, identity_synapse(shapes[i]), shapes[i]))
+                    sources[name] = i
+                else:
+                    syn.append((i, nodes[i].node, shapes[nodes[i].inputs[0]]))
+                    sources[i] = nodes[i].inputs[0]
             shape = shapes[la.name]
             conv = any(isinstance(n, nir.Conv2d) for _, n, _ in syn)
-            out.append(_Layer(la.name, shape if conv else (1, int(np.prod(shape)), 1), syn))
-    return out
+            out.append(_Layer(la.name, shape if conv else (1, int(np.prod(shape)), 1),
+                              tuple(syn)))
+    return out, sources
 
 
 def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]]:
@@ -267,9 +322,7 @@ def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]
 def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
                 system: System) -> EncoderMapping:
     """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
-    lifs = _layers(layers, in_shape)
-    sources = {la.name: la.inputs[0] for la in layers
-               if not isinstance(la.node, (nir.LIF, HostOpNode))}
+    lifs, sources = _layers(layers, in_shape)
     tiles: dict[str, _Tiling] = {}
     reach: dict[str, int] = {}  # per synapse layer, once its reader is tiled
     for layer in reversed(lifs):  # readers first: output axons depend on their tiling
@@ -288,14 +341,16 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
                       if isinstance(n, nir.Conv2d))
         dense = sum(_affine_bits(n, cores) for _, n, _ in layer.synapses
                     if isinstance(n, nir.Affine))
-        row_tiles = -(-layer.dims[1] // t.rows)
+        row_tiles = -(-layer.dims[1] // t.rows) * -(-layer.dims[2] // t.columns)
         placements.append(LayerPlacement(
             layer.name, tuple(s for s, _, _ in layer.synapses), layer.neurons,
             sum(flops(n, shape) for _, n, shape in layer.synapses),
             row_tiles * kernels * cores.conv_bits_per_weight + layer.neurons * dense,
             t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
             tuple(n for _, n in placed[layer.name]),
-            tuple(reach[syn] for syn, _, _ in layer.synapses)))
+            tuple(reach[syn] for syn, _, _ in layer.synapses),
+            sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn),
+            t.columns if t.columns < layer.dims[2] else 0))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)

@@ -23,7 +23,9 @@ chip graph's synapses do; with ``reset_interval = P`` (a sample's period) and ``
 as the segment's record says, netx resets each LIF at the step the Lava backend does.
 
 What netx cannot express is left out of the files and named in the manifest: a LIF summing
-several synapses (fan-in), a LIF fed by a host op, a synapse with an aligning delay, host ops.
+several synapses (fan-in), a LIF fed by a host op, a synapse with an aligning delay, host ops,
+and a residual stream on graded relays (:data:`NO_RELAY`): the relays, the synapses into them
+and the LIFs reading them.
 The rest is cut into chains, one ``.net`` per chain: the first LIF fed by the host current is an
 ``input`` layer with a neuron (netx's ``Input`` takes its input only through the neuron's bias:
 set ``bias_mant`` to the input mantissa, which it equals since the input exponent is 6); any other
@@ -44,12 +46,24 @@ from .errors import ExportError
 from .fileutil import write_bytes
 from .fixed_point import bias_mantissa
 from .hardware import ChipProfile
-from .nirgraph import INPUT, ChipLayer, HostOpNode, pair
+from .nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
 
 #: netx builds every LOIHI neuron with ``bias_exp = 6`` (``hdf5.Network.get_neuron_params``)
 NETX_BIAS_EXP = 6
 #: the dense weights netx's ``optimize_weight_bits`` keeps exactly (it clips beyond)
 NETX_DENSE_RANGE = (-256, 254)
+
+
+#: why netx cannot hold a graded stream relay (read in lava-dl 0.6.0,
+#: ``lava/lib/dl/netx/hdf5.py``): a netx ``Network`` is a chain, each block reading the one
+#: before it; a relay sums two inputs (its stream's previous relay and the block's new synapse
+#: layer), and netx has no block with a second input: its ``concat`` and ``average`` layer types
+#: raise ``NotImplementedError`` and a ``.net`` has no skip connection. (Its ``SDNN`` neurons,
+#: Sigma and SigmaDelta, do send graded spikes, so a relay chain with its sums would need only
+#: that summing block.)
+NO_RELAY = ("graded stream relay: netx's Network is a chain of blocks, each reading the one "
+            "before it, and has no block that sums two inputs (lava-dl 0.6.0: 'concat' and "
+            "'average' raise NotImplementedError; no skip connections)")
 
 
 def netx_profile(profile: ChipProfile) -> ChipProfile:
@@ -74,6 +88,8 @@ def _unexpressible(la: ChipLayer, by_name: dict[str, ChipLayer]) -> str | None:
     """Why netx cannot hold LIF ``la`` with the synapse before it (None: it can)."""
     if la.inputs == (INPUT,):
         return None
+    if any(i in by_name and is_relay(by_name[i].node) for i in la.inputs):
+        return f"reads a residual stream's relay {list(la.inputs)}; {NO_RELAY}"
     if len(la.inputs) != 1:
         return f"fan-in: sums {len(la.inputs)} layers {list(la.inputs)} (a netx block has one synapse)"
     syn = by_name[la.inputs[0]]
@@ -98,13 +114,19 @@ def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
         if isinstance(la.node, HostOpNode):
             left_out[la.name] = "host op (runs on the host)"
             continue
+        if is_relay(la.node):
+            left_out[la.name] = NO_RELAY
+            left_out.update({i: f"synapse into relay '{la.name}', left out" for i in la.inputs
+                             if not is_relay(by_name[i].node)})
+            continue
         if not isinstance(la.node, nir.LIF):
             continue
         why = _unexpressible(la, by_name)
         if why:
             left_out[la.name] = why
             left_out.update({i: f"synapse into '{la.name}', left out" for i in la.inputs
-                             if i in by_name and not isinstance(by_name[i].node, HostOpNode)})
+                             if i in by_name and not isinstance(by_name[i].node, HostOpNode)
+                             and not is_relay(by_name[i].node)})
             continue
         if la.inputs == (INPUT,):
             chains.append(Segment(INPUT, [la]))
@@ -218,4 +240,4 @@ def write_netx(layers: list[ChipLayer], shift: int, export_root: Path, side: str
     return {"bias_exp": NETX_BIAS_EXP, "segments": records, "not_in_netx": left_out}
 
 
-__all__ = ["NETX_BIAS_EXP", "Segment", "netx_profile", "segments", "write_netx", "write_segment"]
+__all__ = ["NETX_BIAS_EXP", "NO_RELAY", "Segment", "netx_profile", "segments", "write_netx", "write_segment"]

@@ -128,6 +128,40 @@ def host_op_from_record(record: dict) -> tuple[HostOpNode, tuple[str, ...]]:
     return node, tuple(str(i) for i in record["inputs"])
 
 
+def is_relay(node: nir.NIRNode) -> bool:
+    """Whether ``node`` is a graded stream relay (module docstring)."""
+    return isinstance(node, nir.Scale) and "relay" in node.metadata
+
+
+def relay_node(shape: tuple[int, ...], metadata: dict) -> nir.Scale:
+    """A graded stream relay of ``shape`` (``metadata`` joined by ``relay: graded``)."""
+    return nir.Scale(scale=np.ones(shape, dtype=np.float32),
+                     metadata={"relay": "graded", **metadata})
+
+
+def relay_delay(relay: nir.NIRNode, reader: str) -> int:
+    """Extra steps the identity synapse from ``relay`` to ``reader`` holds its payload."""
+    return int(dict(relay.metadata.get("delays", {})).get(reader, 0))
+
+
+def summed_synapses(layers: list[ChipLayer]) -> dict[str, tuple[str, ...]]:
+    """Per LIF and relay: the synapse layers whose outputs reach it summed, directly or through
+    relays (a term of a residual stream, once); a LIF's bias is the sum of theirs."""
+    nodes = {la.name: la for la in layers}
+    out: dict[str, tuple[str, ...]] = {}
+    for la in layers:
+        if not (isinstance(la.node, nir.LIF) or is_relay(la.node)):
+            continue
+        terms: list[str] = []
+        for i in la.inputs:
+            if i in out:
+                terms += out[i]
+            elif i in nodes and not isinstance(nodes[i].node, (nir.LIF, HostOpNode)):
+                terms.append(i)
+        out[la.name] = tuple(dict.fromkeys(terms))
+    return out
+
+
 @dataclass(frozen=True)
 class ChipLayer:
     name: str
@@ -166,6 +200,15 @@ def depths(layers: list[ChipLayer], synapse_delay: int) -> dict[str, int]:
     steps plus its aligning delay; the incoming paths of every LIF must agree."""
     depth: dict[str, int] = {}
     hosted = {la.name for la in layers if isinstance(la.node, HostOpNode)}
+    relays = {la.name: la.node for la in layers if is_relay(la.node)}
+
+    def arrival(src: str, reader: str) -> int:
+        if src == INPUT:
+            return 0
+        if src in hosted:
+            return depth[src]
+        return depth[src] + synapse_delay + (relay_delay(relays[src], reader) if src in relays
+                                             else 0)
     for layer in layers:
         if isinstance(layer.node, HostOpNode):
             arrivals = {depth[i] for i in layer.inputs}
@@ -173,9 +216,9 @@ def depths(layers: list[ChipLayer], synapse_delay: int) -> dict[str, int]:
                 raise LoweringError(f"the inputs of host op '{layer.name}' leave the chip at "
                                     f"steps {sorted(arrivals)}; they must leave together")
             depth[layer.name] = arrivals.pop()
-        elif isinstance(layer.node, nir.LIF):  # host currents arrive at once, synapses a step later
-            arrivals = {0 if i == INPUT else depth[i] if i in hosted else depth[i] + synapse_delay
-                        for i in layer.inputs}
+        elif isinstance(layer.node, nir.LIF) or layer.name in relays:
+            # host currents arrive at once, synapses (a relay's identity ones too) a step later
+            arrivals = {arrival(i, layer.name) for i in layer.inputs}
             if len(arrivals) != 1:
                 raise LoweringError(f"the inputs of '{layer.name}' arrive at chip steps "
                                     f"{sorted(arrivals)}: paths of different synaptic depth need "

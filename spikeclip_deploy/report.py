@@ -12,9 +12,19 @@ def export_summary(path: Path, manifest: dict) -> str:
         for row in layers:
             shape = row.get("shape") or row.get("weight_shape")
             q = row.get("loihi", {})
-            extra = (f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
+            extra = (f"  graded payload <= {row['payload_bound']:,} "
+                     f"({q['num_message_bits']} bits)" if "relay" in row else
+                     f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
                      f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
             lines.append(f"    {row['name']:<8s} {row['type']:<7s} {str(shape):<22s}{extra}")
+    for side, streams in manifest.get("streams", {}).items():
+        for cost in streams.values():
+            c, g = cost["copies"], cost["graded"]
+            lines.append(f"  {side} residual stream read by {', '.join(cost['readers'])}: "
+                         f"{cost['form']} kept; per step at full activity, copies "
+                         f"{c['synaptic_ops']:,} synaptic ops; graded {g['synaptic_ops']:,} "
+                         f"synaptic ops + {g['graded_messages']:,} graded messages + "
+                         f"{g['relay_updates']:,} relay updates")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
     return "\n".join(lines)
 
@@ -72,12 +82,13 @@ def energy_summary(e: dict) -> str:
                 f"{a['sops_analytic']:>14,.0f}{a['energy_pj']:>12,.0f}" if a else
                 f"{'':<7s}{'':>7s}{'':>14s}{'':>14s}{'':>12s}")
         if chip:
-            messages = b.get("messages")
-            cols += (f"{b.get('neuron_updates', ''):>12}"
+            messages = b.get("messages", b.get("graded_messages"))
+            cols += (f"{b.get('neuron_updates', b.get('relay_updates', '')):>12}"
                      f"{'' if messages is None else format(messages, ',.0f'):>12s}"
                      f"{b['energy_pj']:>12,.0f}")
         copy = (f"  (copy of {a['copy_of']}: counted once at 45 nm)" if a and a["copy_of"]
-                else "")
+                else "  (graded stream relay: updates and graded messages)"
+                if b.get("kind") == "relay" else "")
         lines.append(f"  {name:<{w}s}{cols}{copy}")
     lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs, once "
                  f"(its current is the same at every step)")
@@ -97,6 +108,11 @@ def energy_summary(e: dict) -> str:
               f"{e['energy_per_inference_mj_stem_every_step']:.6f} mJ",
               f"    E_AC={e['energy_model']['e_ac_pj']} pJ, E_MAC={e['energy_model']['e_mac_pj']} "
               f"pJ; {e['note']}"]
+    if e.get("relay_updates"):
+        lines.insert(-3, f"  graded stream relays (every neuron at every step, an upper bound): "
+                         f"{e['relay_updates']:,d} relay updates, {e['graded_sops']:,d} graded "
+                         f"synaptic ops; chip SOPs with every copy {e['chip_sops_all_copies']:,.0f}"
+                         f" = {e['chip_sops_all_copies'] / e['total_sops']:.2f} x the model's")
     if chip:
         t = chip["terms_pj"]
         lines += [f"  chip model ({chip['model']}): {chip['total_mj']:.6f} mJ: chip "
@@ -106,7 +122,8 @@ def energy_summary(e: dict) -> str:
                   "; its own figure, not in the ANN comparison"]
         p = chip["placement"]
         lines.append(f"    placement: {p['chips']} chip(s) of {p['system']}, "
-                     f"{chip['messages']:,.0f} spike messages "
+                     f"{chip['messages']:,.0f} spike messages, "
+                     f"{chip.get('graded_messages') or 0:,.0f} graded messages "
                      f"({chip['messages_between_chips']:,.0f} between chips); static power {chip['static_mw']:.1f} mW x the "
                      "inference's time (not known: not in the total)" if "error" not in p
                      else f"    placement: none ({p['error']})")
@@ -163,7 +180,7 @@ def mapping_summary(m) -> str:
                      f"{'cores':>5s} {'tile c x rows':>13s}  chips  bound by")
         for la in e.layers:
             chips = f"{la.chips[0]}" + (f"-{la.chips[-1]}" if len(la.chips) > 1 else "")
-            tile = f"{la.tile[0]} x {la.tile[1]}"
+            tile = f"{la.tile[0]} x {la.tile[1]}" + (f" x {la.columns}" if la.columns else "")
             lines.append(f"    {la.name:<8s} {la.neurons:>9,d} {la.synapses:>13,d} "
                          f"{la.memory_bits / 8192:>10.1f} {la.cores:>5d} {tile:>13s}  "
                          f"{chips:<5s}  {la.limited_by}")

@@ -19,7 +19,7 @@ class Target:
     exports: str | None = None  # the target whose export this one runs (None: its own)
 
 
-LOIHI_PASSES = ("fold_bn", "split_fanout", "partition", "align_delays", "quantize", "resources",
+LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fanout", "partition", "align_delays", "quantize", "resources",
                 "check_limits")
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -29,7 +29,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "emulated exactly in torch, batched", "loihi2", LOIHI_PASSES,
            "spikeclip_deploy.backends.emulator:EmulatorBackend", exports="loihi"),
     Target("cpu", "float reference: the float NIR graph interpreted in float64", None,
-           ("fold_bn", "split_fanout", "partition", "resources"),
+           ("fold_bn", "graded_streams", "split_fanout", "partition", "resources"),
            "spikeclip_deploy.backends.cpu:CPUBackend"),
 )}
 

@@ -32,14 +32,18 @@ def test_twin_macs_and_parameters_by_hand(twin_config):
         "image_macs": TWIN_MACS}
 
 
-def test_twin_macs_equal_the_ann_count_of_its_spiking_form_as_deployed(twin_config):
-    """The spiking form lowered for Loihi (residual terms copied per reader, pools as synapses
-    into OR LIFs): verify's ANN counterpart count of that graph is the twin's."""
+@pytest.mark.parametrize("residual", ["graded", "copies"])
+def test_twin_macs_equal_the_ann_count_of_its_spiking_form_as_deployed(twin_config, residual):
+    """The spiking form lowered for Loihi (its residual stream on graded relays, or its terms
+    copied per reader; pools as synapses into OR LIFs): verify's ANN counterpart count of that
+    graph is the twin's."""
     snn = random_init(dataclasses.replace(twin_config, neuron="lif", time_steps=4,
                                           text_arch="spiking-mlp"), 0)
-    layers = run_side_layers(lower_encoder(snn, "image", get_target("loihi")))
+    layers = run_side_layers(lower_encoder(snn, "image", get_target("loihi"), residual=residual))
     rows = synapse_rows(layers)
-    assert any(row["copy_of"] for row in rows)  # the copies are there, and counted once
+    # copies: there, and counted once; graded: none, relays instead (not synapse layers)
+    assert any(row["copy_of"] for row in rows) == (residual == "copies")
+    assert any(la.name.startswith("relay") for la in layers) == (residual == "graded")
     host = host_macs(snn)
     assert ann_macs(host["image_stem_macs"], rows, host_op_macs(layers),
                     host["image_readout_macs"]) == image_macs(twin_config) == TWIN_MACS

@@ -146,3 +146,37 @@ def test_the_mapper_reads_an_export_only():
                                  check=True).stdout)  # our own printed list
     assert [m for m in loaded if m.split(".")[1] in ("nn", "lowering", "checkpoint", "export")] \
         == [] and "spikeclip_deploy.mapping" in loaded
+
+
+def pointwise(name, c_in, c_out, src):
+    w = np.ones((c_out, c_in, 1, 1))
+    return ChipLayer(name, nir.Conv2d(input_shape=(2, 10), weight=w, stride=1, padding=0,
+                                      dilation=1, groups=1, bias=np.zeros(c_out)), (src,))
+
+
+def test_a_relay_is_placed_with_its_identity_synapses():
+    """a (4 x 2 x 10) -> 1x1 conv c (4 -> 2) -> relay r (2 x 2 x 10) -> b (2 x 2 x 10). r: one
+    row of one channel reads 4 channels x 10 columns = 40 axons, 2 x 2 x 10 = 40 neurons, 4 x 8
+    x 2 = 64 bits of kernel: one core. b reads r through an identity synapse (a depthwise 1x1
+    convolution of ones): 40 axons, 40 weights, one core; 40 graded synapses (a graded message
+    per relay neuron and step); r's neurons send to b's one core."""
+    from spikeclip_deploy.nirgraph import relay_node
+
+    layers = [lif("a", (4, 2, 10), INPUT), pointwise("c", 4, 2, "a"),
+              ChipLayer("r", relay_node((2, 2, 10), {}), ("c",)), lif("b", (2, 2, 10), "r")]
+    m = map_encoder("image", layers, (4, 2, 10), CORES, TWO)
+    r, b = rows(m)["r"], rows(m)["b"]
+    assert (r.neurons, r.cores, r.synapse_layers, r.graded_synapses) == (40, 1, ("c",), 0)
+    assert (b.synapse_layers, b.synapses, b.memory_bits, b.graded_synapses, b.synapse_reach) \
+        == (("r>b",), 40, 2 * 8, 40, (1,))
+
+
+def test_a_row_too_wide_for_a_core_is_split_into_columns():
+    """a (150 x 2 x 10) -> 1x1 conv (150 -> 2) -> b (2 x 2 x 10): one row of one channel of b
+    reads 150 x 10 = 1500 axons > 1000, so a core holds 6 columns (900 axons; 7: 1050) of one
+    row, and channels: 2 (memory 2 x 150 x 8 = 2400 bits, 12 neurons): 2 rows x 2 column runs,
+    4 cores."""
+    layers = [lif("a", (150, 2, 10), INPUT), pointwise("c", 150, 2, "a"), lif("b", (2, 2, 10), "c")]
+    b = rows(map_encoder("image", layers, (150, 2, 10), dataclasses.replace(
+        CORES, neurons_per_core=10_000), TWO))["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by) == (4, (2, 1), 6, "input_axons")

@@ -96,20 +96,24 @@ def test_micro_netx_spikes_equal_emulator(netx_export):
 @pytest.mark.lava
 @pytest.mark.slow
 def test_native_small_netx_chains_equal_emulator(tmp_path):
-    """The default model (fan-in from residual streams, 128-group depthwise convolutions): its
-    four image chains on netx; Lava's stock Conv model wraps 128 groups (int8), so the
+    """The default model (a residual stream on graded relays, 128-group depthwise convolutions):
+    its three image chains on netx (the relays, their synapses and readers left out, with
+    netx's missing summing block named); Lava's stock Conv model wraps 128 groups (int8), so the
     convolutions run on this project's model of it (bit-identical, tested)."""
+    from spikeclip_deploy.netx_export import NO_RELAY
     from spikeclip_deploy.backends.lava import _lava
     from spikeclip_deploy.export import ExportConfig, export_model
 
     export, manifest = export_model(ExportConfig(model="spikeclip-native-small-cifar10",
                                                  target="loihi", out=tmp_path / "n", format="netx"))
-    assert sorted(manifest["netx"]["image"]["not_in_netx"])[:3] == ["conv2_lif11", "conv2_lif6",
-                                                                   "conv2_lif8"]
-    assert manifest["netx"]["image"]["not_in_netx"]["lif6"].startswith("fan-in: sums 2 layers")
+    left_out = manifest["netx"]["image"]["not_in_netx"]
+    assert sorted(left_out) == sorted([f"relay{k}" for k in range(5)] + ["conv2", "conv3", "conv5",
+                                      "conv6", "conv8", "lif5", "lif6", "lif8", "lif9", "lif11"])
+    assert left_out["relay1"] == NO_RELAY and left_out["conv3"] == "synapse into relay 'relay1', left out"
+    assert left_out["lif6"] == f"reads a residual stream's relay ['relay1']; {NO_RELAY}"
     images = np.random.default_rng(0).integers(0, 255, (1, 3, 32, 32), dtype=np.uint8)
     current = EmulatorBackend(export).host.image_current(images)
-    assert check_segments(export, "image", current, _lava()["models"]) == 4
+    assert check_segments(export, "image", current, _lava()["models"]) == 3
 
 
 def test_nir_format_biases_are_refused(micro_exports, tmp_path):

@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class ChipRun:
     """One batch's run of a chip graph: spikes ``[B, T, *shape]`` (uint8) of every LIF, in layer
-    order, and, when recorded, its ``u`` and ``v`` after every step (int64, same shape)."""
+    order, and, when recorded, its ``u`` and ``v`` after every step (int64, same shape) and
+    every graded stream relay's payloads (int64)."""
 
     spikes: dict[str, np.ndarray] = field(default_factory=dict)
     u: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
+    payloads: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def quantize_input(current: np.ndarray, q: dict) -> np.ndarray:

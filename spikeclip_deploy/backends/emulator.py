@@ -11,8 +11,11 @@ bits, :math:`a` the activation and threshold shift, :math:`n` the state bits):
          + b_m 2^{b_e}\big),\quad s = [v > 2^a v_{th}],\quad v \leftarrow 0 \text{ where } s
 
 with :math:`a_{in}` the sum of what reaches the LIF: the input mantissa (the first LIF), each
-synapse's output (:mod:`.emulator_synapses`: Lava's ``Dense``, ``Conv``) and each host op's
-quantized current. A synapse's bias is part of its LIF's bias mantissa.
+synapse's output (:mod:`.emulator_synapses`: Lava's ``Dense``, ``Conv``), each host op's
+quantized current and each graded stream relay's payload (Lava's ``GradedVec`` with threshold 0,
+:math:`p = \sum_i y_i`, through an identity synapse of weight 1, which passes it unchanged).
+A synapse's bias is part of its LIF's bias mantissa (a stream's terms: of every LIF summing
+them).
 
 Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
 :math:`d` is read (and its state zeroed) in its window :math:`d .. d+T-1`
@@ -39,9 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ExportError
+from ..errors import ExportError, UnsupportedNodeError
 from ..hardware import FixedPoint, load_profile
-from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths
+from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, is_relay, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
 from .emulator_synapses import FLOAT32_EXACT, FLOAT64_EXACT, Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
@@ -183,6 +186,7 @@ class _Batch:
     spikes: dict[str, torch.Tensor] = field(default_factory=dict)
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
+    payloads: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def full(self, store: dict[str, torch.Tensor], name: str, shape: tuple[int, ...],
              dtype: type) -> torch.Tensor:
@@ -223,6 +227,7 @@ class Emulation:
         first: dict[tuple, str] = {}
         self.lifs: dict[str, Lif] = {}
         self.host_ops: dict[str, HostOpRunner] = {}
+        summed = summed_synapses(layers)
         for la in layers:
             node = la.node
             if isinstance(node, (nir.Affine, nir.Conv2d)):
@@ -236,9 +241,10 @@ class Emulation:
                                           else Conv(la.name, node, fp.state_bits))
             elif isinstance(node, HostOpNode):
                 self.host_ops[la.name] = HostOpRunner(Path(export_dir), node.metadata)
+            elif isinstance(node, nir.Scale) and not is_relay(node):
+                raise UnsupportedNodeError("loihi-emu", la.name, "Scale that is no stream relay")
             elif isinstance(node, nir.LIF):
-                syns = [by_name[i].node for i in la.inputs
-                        if i != INPUT and not isinstance(by_name[i].node, HostOpNode)]
+                syns = [by_name[i].node for i in summed[la.name]]
                 shape, q = np.asarray(node.tau).shape, node.metadata["loihi"]
                 mant = sum((to_lava_layout(synapse_bias_mant(s, node, fp.activation_shift))
                             for s in syns), np.zeros(shape, dtype=np.int64))  # back: an involution
@@ -262,7 +268,7 @@ class Emulation:
                 for la in self.layers:
                     HANDLERS[type(la.node)](self, la, batch)
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
-                       _numpy(batch.u), _numpy(batch.v))
+                       _numpy(batch.u), _numpy(batch.v), _numpy(batch.payloads))
 
     # -- handlers: each writes its layer's output into ``batch.acts`` ----------------------
     def _synapse(self, la: ChipLayer, batch: _Batch) -> None:
@@ -284,6 +290,17 @@ class Emulation:
         y = torch.as_tensor(y).to(torch.int64)
         batch.acts[la.name] = Current(to_inner(y.reshape(b, t, *y.shape[1:]), y.ndim - 1), 0,
                                       int(y.abs().max()) if y.numel() else 0)
+
+    def _relay(self, la: ChipLayer, batch: _Batch) -> None:
+        """A graded stream relay: the exact sum of its inputs, in int64 (a payload of at most
+        ``graded_payload_bits`` bits, which the export checked statically: every partial sum
+        is far below :math:`2^{63}`), delivered to each reader by an identity synapse."""
+        ins = [batch.acts[i] for i in la.inputs]
+        y = sum(c.y.to(torch.int64) << c.exp for c in ins)
+        batch.acts[la.name] = Current(y, 0, sum(c.bound for c in ins))
+        if batch.record_state:
+            out = batch.full(batch.payloads, la.name, (self.time_steps, *y.shape[2:]), np.int64)
+            out.copy_(y.expand(out.shape))
 
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
@@ -316,7 +333,8 @@ class Emulation:
 
 
 HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
-                                  nir.Conv2d: Emulation._synapse, HostOpNode: Emulation._host_op}
+                                  nir.Conv2d: Emulation._synapse, HostOpNode: Emulation._host_op,
+                                  nir.Scale: Emulation._relay}
 
 
 class EmulatorBackend(Backend):

@@ -3,9 +3,12 @@ r"""Lava backend: the fixed-point chip graph on Lava's bit-accurate Loihi 2 mode
 lava-loihi and a board are there: :mod:`.lava_chip`).
 
 Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``, Affine ->
-``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or, delayed, ``DelayConv``, a host op between
-chip subgraphs -> :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the
-same simulation); several synapses into one LIF (fan-in) sum at its input port. Convolutions run
+``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or, delayed, ``DelayConv``, a graded stream
+relay -> Lava's ``GradedVec`` with threshold 0, a host op between chip subgraphs ->
+:class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the same
+simulation); several synapses into one LIF (fan-in) sum at its input port. A relay reaches each
+reader through an identity ``Sparse`` (``DelaySparse`` where its path needs aligning) that
+reads graded spikes (``num_message_bits`` > 0): Lava's stock models throughout. Convolutions run
 on this package's im2col models (``lava_procs.conv``, ``lava_procs.delay_conv``), bit-identical
 to Lava's ``PyConvModelFixed`` and far faster; ``_lava(reference=True)`` gives Lava's stock
 models instead (scipy per channel pair; a delayed convolution, or one of 128 groups or more,
@@ -33,7 +36,8 @@ from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
 from ..fixed_point import bias_mantissa
-from ..nirgraph import INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair
+from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair, relay_delay,
+                        summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
 
@@ -53,6 +57,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
         from lava.proc.conv.process import Conv
         from lava.proc.conv.utils import conv_to_sparse
         from lava.proc.dense.process import DelayDense, Dense
+        from lava.proc.graded.process import GradedVec
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.process import DelaySparse, Sparse
@@ -75,6 +80,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
             return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
+                GradedVec=GradedVec,
                 conv_to_sparse=conv_to_sparse, DelayConv=delay_conv.DelayConv,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models=models, run_cfg=run_cfg,
@@ -173,6 +179,24 @@ def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int
     return L["DelaySparse"](weights=weights, delays=delays, weight_exp=exp, num_message_bits=0)
 
 
+def _relay(L: dict, node: nir.Scale, shape: tuple[int, ...]) -> Any:
+    """A graded stream relay: ``GradedVec`` (:math:`v = a_{in}`, :math:`s = v\,[|v| > 0]`,
+    memoryless) sending graded spikes."""
+    if np.any(np.asarray(node.scale) != 1) or "relay" not in node.metadata:
+        raise UnsupportedNodeError("loihi", str(node.metadata), "Scale that is no stream relay")
+    return L["GradedVec"](shape=shape, vth=int(node.metadata["loihi"]["vth"]))
+
+
+def identity_synapse(L: dict, n: int, bits: int, delay: int) -> Any:
+    """Weight-1 ``Sparse`` between ``n`` neurons and their ``n`` readers, reading ``bits``-bit
+    graded spikes; ``DelaySparse`` holding them ``delay`` steps more where that is nonzero."""
+    eye = csr_matrix((np.ones(n, dtype=np.int32), (np.arange(n), np.arange(n))), shape=(n, n))
+    if not delay:
+        return L["Sparse"](weights=eye, num_message_bits=bits)
+    delays = csr_matrix((np.full(n, delay), (np.arange(n), np.arange(n))), shape=(n, n))
+    return L["DelaySparse"](weights=eye, delays=delays, num_message_bits=bits)
+
+
 def _host_op(L: dict, node: HostOpNode, in_shapes: list[tuple[int, ...]], export_dir: str) -> Any:
     """The op's ONNX function as a Lava process (no delay: it answers within the step)."""
     if len(in_shapes) not in L["HostOps"]:
@@ -234,30 +258,56 @@ class _Network:
 
     def record(self, inputs: np.ndarray, state: bool = False) -> ChipRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes and, with
-        ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows."""
+        ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows
+        and every relay's payloads."""
         b, p = len(inputs), self.period
         steps = b * p
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
         data = np.repeat(data, p, axis=-1)  # each sample's input for its whole period
         source = self.L["Source"](data=data)
         by_name = {la.name: la for la in self.layers}
+        summed = summed_synapses(self.layers)
         with owned_tempdir(None, "spikeclip-lava-") as tmp:
             procs: dict[str, Any] = {}
             recorded: list[tuple[str, str]] = []
+            relays: list[tuple[str, str]] = []
+
+            def connect_inputs(la: ChipLayer, proc: Any) -> None:
+                """Sum ``la``'s inputs at ``proc``'s input port (a relay's through an identity
+                synapse of its own)."""
+                for i in la.inputs:
+                    if i == INPUT:
+                        port = source.s_out
+                    elif isinstance(by_name[i].node, nir.Scale):
+                        relay = procs[i]
+                        syn = identity_synapse(self.L, int(np.prod(relay.s_out.shape)),
+                                               int(by_name[i].node.metadata["loihi"]
+                                                   ["num_message_bits"]),
+                                               relay_delay(by_name[i].node, la.name))
+                        relay.s_out.flatten().connect(syn.s_in)
+                        port = syn.a_out
+                    else:
+                        port = procs[i].a_out
+                    if port.shape != proc.a_in.shape:  # a sparse synapse's flat output
+                        port = port.reshape(proc.a_in.shape)
+                    port.connect(proc.a_in)
             for la in self.layers:
-                if isinstance(la.node, nir.LIF):
+                if isinstance(la.node, nir.Scale):
+                    shape = to_lava_layout(np.zeros(np.asarray(la.node.scale).shape)).shape
+                    proc = self.handlers[nir.Scale](self.L, la.node, shape)
+                    connect_inputs(la, proc)
+                    if state:  # its graded payloads
+                        path = f"{tmp}/{la.name}.payload.npy"
+                        self.L["io"].new_recording(path, steps, shape, np.int32)
+                        proc.s_out.connect(self.L["io"].SpikeRecorder(shape=shape, path=path).a_in)
+                        relays.append((la.name, path))
+                elif isinstance(la.node, nir.LIF):
                     shape = to_lava_layout(np.zeros(np.asarray(la.node.tau).shape)).shape
-                    syns = [by_name[i].node for i in la.inputs
-                            if i != INPUT and not isinstance(by_name[i].node, HostOpNode)]
-                    bias = sum((synapse_bias_mant(syn, la.node, self.shift) for syn in syns),
-                               np.zeros(shape, dtype=np.int32))
+                    bias = sum((synapse_bias_mant(by_name[i].node, la.node, self.shift)
+                                for i in summed[la.name]), np.zeros(shape, dtype=np.int32))
                     proc = self.handlers[nir.LIF](self.L, la.node, shape, bias, p,
                                                   (1 + self.depth[la.name]) % p)
-                    for i in la.inputs:
-                        port = source.s_out if i == INPUT else procs[i].a_out
-                        if port.shape != proc.a_in.shape:  # a sparse synapse's flat output
-                            port = port.reshape(proc.a_in.shape)
-                        port.connect(proc.a_in)
+                    connect_inputs(la, proc)
                     path = f"{tmp}/{la.name}.npy"
                     self.L["io"].new_recording(path, steps, shape)
                     recorder = self.L["io"].SpikeRecorder(shape=shape, path=path)
@@ -296,6 +346,8 @@ class _Network:
                 if state:
                     uv = np.load(f"{path}.uv").astype(np.int64)  # [steps, 2, *lava_shape]
                     out.u[name], out.v[name] = (self._windows(uv[:, i], name, b) for i in (0, 1))
+            for name, path in relays:
+                out.payloads[name] = self._windows(np.load(path).astype(np.int64), name, b)
             return out
 
     def _windows(self, rec: np.ndarray, name: str, b: int) -> np.ndarray:
@@ -314,7 +366,7 @@ class LavaBackend(Backend):
 
     name = "loihi"
     handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv,
-                                      HostOpNode: _host_op}
+                                      nir.Scale: _relay, HostOpNode: _host_op}
     runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
     chip_choice = True
 

@@ -1,6 +1,6 @@
 """The lowering passes, each a pure function over a :class:`~.graph.Graph`:
 
-``fold_bn`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
+``fold_bn`` -> ``graded_streams`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
 ``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target
 (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order; :data:`PASSES` maps those
 names to the passes.
@@ -15,11 +15,12 @@ import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile
-from ..nirgraph import HostOpNode, depths
+from ..nirgraph import HostOpNode, depths, is_relay
 from .fold import bn_gain, folded_bias
 from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
 from .resources import flops, graph_resources
+from .streams import RESIDUAL_FORMS, graded_streams
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class LoweringContext:
     target: str
     profile: ChipProfile | None  # the hardware the target quantizes for (None: float)
     input_grid: tuple[float, float, float] | None  # the grid the model was trained on, if any
+    residual: str = "graded"  # how residual streams reach their readers (RESIDUAL_FORMS)
 
 
 # -- fold_bn -------------------------------------------------------------------------------------
@@ -50,6 +52,18 @@ def _bn_left(graph: Graph) -> str | None:
 
 FOLD_BN = Pass("fold_bn", lambda g, ctx: g.replace(layers=tuple(map(_fold_layer, g.layers))),
                ensures=_bn_left)
+
+
+# -- graded_streams ------------------------------------------------------------------------------
+def _graded_streams(graph: Graph, ctx: LoweringContext) -> Graph:
+    if ctx.residual not in RESIDUAL_FORMS:
+        raise LoweringError(f"unknown residual form '{ctx.residual}'; choose one of "
+                            f"{', '.join(RESIDUAL_FORMS)}")
+    return graded_streams(graph, ctx.residual)
+
+
+GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left,
+                      ensures=lambda g: None if "streams" in g.meta else "no stream costs")
 
 
 # -- split_fanout --------------------------------------------------------------------------------
@@ -88,7 +102,9 @@ SPLIT_FANOUT = Pass("split_fanout", _split_fanout, ensures=_shared_synapses)
 # -- partition -----------------------------------------------------------------------------------
 CHIP_REASONS = {nir.LIF: "LIF neurons: neuro-core compartments",  # host ops: their own reason
                 nir.Conv2d: "convolution read from spikes: neuro-core synapses (accumulate only)",
-                nir.Affine: "dense layer read from spikes: neuro-core synapses (accumulate only)"}
+                nir.Affine: "dense layer read from spikes: neuro-core synapses (accumulate only)",
+                nir.Scale: "graded stream relay: neuro-core graded neurons (memoryless sum, sent "
+                           "as graded spikes through identity synapses)"}
 
 
 def _place(graph: Graph, layer: Layer) -> Layer:
@@ -159,33 +175,44 @@ PARTITION = Pass("partition", _partition, ensures=_unplaced)
 # -- align_delays --------------------------------------------------------------------------------
 def _depths(graph: Graph) -> dict[str, int]:
     """Chip synapse layers on the longest path from the input to each layer (host layers
-    answer within the step)."""
+    answer within the step; a relay's identity synapse to its reader is one more)."""
     depth: dict[str, int] = {INPUT: 0}
+    relays = {la.name for la in graph.layers if is_relay(la.node)}
     for la in graph.layers:
         chip_synapse = isinstance(la.node, SYNAPSES) and la.placement == "chip"
-        depth[la.name] = max(depth[i] for i in la.inputs) + chip_synapse
+        depth[la.name] = max(depth[i] + (i in relays) for i in la.inputs) + chip_synapse
     return depth
 
 
 def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
     """A chip delays every synapse by ``synapse_delay_steps``, the float model by none: a LIF
     fed by paths of different synaptic depth would see them in different steps. Each synapse
-    into a LIF holds its output ``(depth(LIF) - depth(synapse)) * synapse_delay_steps`` steps
-    more (``metadata['delay']``), so all its paths arrive together, as in the float model."""
+    into a LIF or relay holds its output ``(depth(LIF) - depth(synapse)) * synapse_delay_steps``
+    steps more (``metadata['delay']``), and each relay's identity synapse to a reader
+    ``(depth(reader) - depth(relay) - 1) * synapse_delay_steps`` (``metadata['delays']``), so
+    all its paths arrive together, as in the float model: a relay hop counts as a synapse."""
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' aligns delays but names no hardware profile")
     depth = _depths(graph)
     extra: dict[str, int] = {}
     chip_synapses = {la.name for la in graph.layers
                      if isinstance(la.node, SYNAPSES) and la.placement == "chip"}
+    relays = {la.name: {} for la in graph.layers if is_relay(la.node)}
+    step = ctx.profile.synapse_delay_steps
     for la in graph.layers:
-        if isinstance(la.node, nir.LIF):
+        if isinstance(la.node, nir.LIF) or la.name in relays:
             for i in la.inputs:
                 if i in chip_synapses:
-                    extra[i] = (depth[la.name] - depth[i]) * ctx.profile.synapse_delay_steps
-    layers = tuple(dataclasses.replace(la, node=dataclasses.replace(
-        la.node, metadata={**la.node.metadata, "delay": extra[la.name]}))
-        if extra.get(la.name) else la for la in graph.layers)
+                    extra[i] = (depth[la.name] - depth[i]) * step
+                elif i in relays and depth[la.name] - depth[i] - 1:
+                    relays[i][la.name] = (depth[la.name] - depth[i] - 1) * step
+
+    def aligned(la: Layer) -> Layer:
+        meta = ({"delay": extra[la.name]} if extra.get(la.name) else
+                {"delays": relays[la.name]} if relays.get(la.name) else None)
+        return dataclasses.replace(la, node=dataclasses.replace(
+            la.node, metadata={**la.node.metadata, **meta})) if meta else la
+    layers = tuple(map(aligned, graph.layers))
     return graph.replace(layers=layers, meta={**graph.meta, "synapse_delay_steps":
                                               ctx.profile.synapse_delay_steps})
 
@@ -285,7 +312,7 @@ def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
 CHECK_LIMITS = Pass("check_limits", _check_limits,
                     requires=lambda g: None if "resources" in g.meta else "no resource counts")
 
-PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, SPLIT_FANOUT, PARTITION, ALIGN_DELAYS,
+PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, GRADED_STREAMS, SPLIT_FANOUT, PARTITION, ALIGN_DELAYS,
                                                QUANTIZE, RESOURCES, CHECK_LIMITS)}
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import LoweringError
 from ..fixed_point import bias_mantissa, bias_value, mantissa_unit
 from ..hardware import ChipProfile, FixedPoint
-from ..nirgraph import HostOpNode
+from ..nirgraph import HostOpNode, is_relay
 
 log = logging.getLogger(__name__)
 SYNAPSES = (nir.Conv2d, nir.Affine)
@@ -196,6 +196,51 @@ def shared_groups(reads: Mapping[K, Iterable[Hashable]]) -> dict[K, K]:
     return {r: find(r) for r in reads}
 
 
+def _stream_biases(fed: Mapping[str, tuple], members: Iterable[str],
+                   nodes: Mapping[str, nir.NIRNode], vth: int, fp: FixedPoint
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    r"""One scale group whose LIFs read a graded stream: its synapses are shared by readers
+    (through relays), so each holds its own bias, :math:`m_t = \mathrm{round}(2^a S b_t/\tau
+    / 2^{e})` at one exponent :math:`e` for the group, the smallest at which every reader's
+    sum :math:`\sum_t m_t` fits the mantissa range. -> (synapse -> mantissas, e)."""
+    members = list(members)
+    lo, hi = fp.bias_mant_range
+    state = {}
+    for name in members:
+        syns, tau, v_th, _ = fed[name]
+        for t in syns:
+            state[t] = bias_state(np.asarray(nodes[t].bias, np.float64), vth / v_th, tau, fp)
+    exp = max(split_bias(np.round(sum(state[t] for t in fed[n][0])), fp)[1] for n in members)
+    for exp in range(exp, fp.bias_exp_range[1] + 1):
+        mant = {t: np.round(v / mantissa_unit(exp, 0)) for t, v in state.items()}
+        if all(lo <= sum(mant[t] for t in fed[n][0]).min(initial=0)
+               and sum(mant[t] for t in fed[n][0]).max(initial=0) <= hi for n in members):
+            return mant, exp
+    raise LoweringError(f"the summed biases of LIFs {members} do not fit the bias mantissa "
+                        f"range {fp.bias_mant_range} at any exponent")
+
+
+def payload_bound(terms: Iterable[nir.NIRNode]) -> int:
+    """Largest |payload| a relay summing ``terms`` (integer synapses reading spikes) can send:
+    the sum of their worst cases (:func:`activation_worst_case`)."""
+    return sum(activation_worst_case(np.asarray(t.weight)) for t in terms)
+
+
+def _relay(node: nir.Scale, name: str, terms: list[nir.NIRNode], scale: float,
+           fp: FixedPoint) -> nir.Scale:
+    """A relay with its registers (``GradedVec``: threshold 0, so every nonzero sum is sent) and
+    its payload's scale and bound; a bound beyond the graded payload is refused: Lava's
+    simulation would pass it on unchecked, hardware would wrap it."""
+    bound, top = payload_bound(terms), 2 ** (fp.graded_payload_bits - 1) - 1
+    if bound > top:
+        raise LoweringError(f"stream relay '{name}' can reach a payload of {bound:,}, beyond the "
+                            f"{fp.graded_payload_bits}-bit graded spike ({top:,}); lower the "
+                            f"stream's weights or export with --residual copies")
+    meta = {**node.metadata, "loihi": {"vth": 0, "num_message_bits": fp.graded_payload_bits},
+            "scale": scale, "payload_bound": bound}
+    return dataclasses.replace(node, metadata=meta)
+
+
 def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], profile: ChipProfile
                     ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
     """Layers ``(name, node, inputs)`` in topological order (``"input"``: the host current) ->
@@ -206,13 +251,20 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
     residual stream's term read by several LIFs), transitively, form a group
     (``metadata['scale_group']``: its first LIF) with one scale, the smallest of its members'
     own (each member's threshold fits the largest weight among its synapses), so every copy of a
-    synapse has the same integer weights."""
+    synapse has the same integer weights. A LIF reading a graded stream relay sums the relay's
+    terms: it joins their group, the payload is in the group's units (the stream's scale), and
+    each term holds its own bias (:func:`_stream_biases`)."""
     fp = profile.fixed_point
     nodes = {name: node for name, node, _ in layers}
     out: dict[str, nir.NIRNode] = {}
     input_q = None
     fed: dict[str, tuple[tuple[str, ...], float, float, int]] = {}  # -> (synapses, tau, V_th, vth)
+    terms: dict[str, tuple[str, ...]] = {}  # relay -> the synapses it sums
+    streamed: set[str] = set()  # LIFs reading a relay
     for name, node, inputs in layers:
+        if is_relay(node):
+            terms[name] = tuple(dict.fromkeys(t for i in inputs for t in terms.get(i, (i,))))
+            continue
         if not isinstance(node, nir.LIF):
             if not isinstance(node, (*SYNAPSES, HostOpNode)):
                 raise LoweringError(f"cannot quantize layer '{name}' ({type(node).__name__})")
@@ -235,11 +287,14 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             out[name] = _int_lif(node, tau, int(fp.input_vth), input_q["bias_exp"], fp,
                                  {"input_driven": True})
             continue
-        if any(not isinstance(nodes.get(i), SYNAPSES) for i in inputs):
+        syns = tuple(dict.fromkeys(t for i in inputs for t in terms.get(i, (i,))))
+        if any(not isinstance(nodes.get(i), SYNAPSES) for i in syns):
             raise LoweringError(f"LIF '{name}' reads {list(inputs)}: a chip LIF is fed by synapse "
-                                f"layers only (or by the host input alone)")
-        w_max = max(float(np.max(np.abs(nodes[i].weight))) for i in inputs)
-        fed[name] = (inputs, tau, v_th, layer_threshold(w_max, tau, v_th, fp))
+                                f"layers and stream relays only (or by the host input alone)")
+        if any(i in terms for i in inputs):
+            streamed.add(name)
+        w_max = max(float(np.max(np.abs(nodes[i].weight))) for i in syns)
+        fed[name] = (syns, tau, v_th, layer_threshold(w_max, tau, v_th, fp))
     groups = shared_groups({name: [nodes[i].metadata.get("copy_of", i) for i in syns]
                             for name, (syns, *_) in fed.items()})
     group_vth: dict[str, int] = {}
@@ -250,13 +305,22 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
                                 f"(tau, V_th) {fed[first][1:3]} and {(tau, v_th)}: a synapse's "
                                 f"weights sit on one grid only if its readers share tau and V_th")
         group_vth[first] = min(group_vth.get(first, vth), vth)
+    stream_bias = {}  # group -> (synapse -> mantissas, exponent), for groups reading relays
+    for first in {groups[n] for n in streamed}:
+        stream_bias[first] = _stream_biases(fed, [n for n in fed if groups[n] == first], nodes,
+                                            group_vth[first], fp)
     limit = 2 ** (fp.input_port_bits - 1) - 1
     for name, (syns, tau, v_th, _) in fed.items():
         vth = group_vth[groups[name]]
         s = vth / v_th
-        mant, bexp = quantize_bias(sum(np.asarray(nodes[i].bias, dtype=np.float64) for i in syns),
-                                   s, tau, fp)
+        if groups[name] in stream_bias:
+            own, bexp = stream_bias[groups[name]]
+        else:
+            mant, bexp = quantize_bias(sum(np.asarray(nodes[i].bias, dtype=np.float64)
+                                           for i in syns), s, tau, fp)
         for k, syn_name in enumerate(syns):
+            if syn_name in out:  # a stream's term, read by several LIFs through relays
+                continue
             syn = nodes[syn_name]
             w = np.asarray(syn.weight, dtype=np.float64)
             w_int = quantize_weight(w, s, tau, fp)
@@ -265,12 +329,20 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
                 log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
                             "Lava's simulation does not clip it, hardware may", syn_name, worst,
                             fp.input_port_bits, limit)
-            bias_q = bias_value(mant, bexp, fp.activation_shift) if k == 0 else np.zeros_like(mant)
+            if groups[name] in stream_bias:
+                bias_q = bias_value(own[syn_name], bexp, fp.activation_shift)
+            else:
+                bias_q = (bias_value(mant, bexp, fp.activation_shift) if k == 0
+                          else np.zeros_like(mant))
             meta = {"loihi": {"weight_exp": int(fp.weight_exp), "num_weight_bits": fp.weight_bits},
                     "scale": s, "weight_absmax_float": float(np.max(np.abs(w))),
                     "activation_worst_case": worst}
             out[syn_name] = _int_synapse(syn, w_int, bias_q, meta)
         out[name] = _int_lif(nodes[name], tau, vth, bexp, fp, {"scale_group": groups[name]})
+    for relay, summed in terms.items():
+        reader = next(n for n, _, inputs in layers if relay in inputs and n in fed)
+        out[relay] = _relay(nodes[relay], relay, [out[t] for t in summed],
+                            out[reader].metadata["scale"], fp)
     if input_q is None:
         raise LoweringError("no chip LIF is driven by the host input")
     unread = [name for name, _, _ in layers if name not in out]

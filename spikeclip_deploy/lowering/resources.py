@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nirgraph import HostOpNode, flops, pair
+from ..nirgraph import HostOpNode, flops, is_relay, pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -37,17 +37,25 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
     layer, a convolution's padded taps included: what the chip computes, the basis of the energy
     model) and ``stored_weights`` (:func:`stored_weights` summed: what its synaptic memory
     holds). A synapse layer copied for several readers counts once per copy in both: each copy
-    has weights of its own."""
+    has weights of its own. Graded stream relays count as ``relay_neurons`` (also in
+    ``neurons``: they take compartments) and their identity synapses, one per relay neuron and
+    reader, as ``graded_synapses`` (also stored weights)."""
     shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
-    neurons = synapses = stored = 0
+    neurons = synapses = stored = relay_neurons = graded = 0
+    relays: set[str] = set()
     for name, node, inputs in layers:
+        graded += sum(int(np.prod(shapes[i])) for i in inputs if i in relays)
         if isinstance(node, HostOpNode):  # host work, counted by energy as host MACs
             shapes[name] = node.output_shape
-        elif isinstance(node, nir.LIF):
-            shapes[name] = np.asarray(node.tau).shape
+        elif isinstance(node, nir.LIF) or is_relay(node):
+            shapes[name] = np.asarray(node.tau if isinstance(node, nir.LIF) else node.scale).shape
             neurons += int(np.prod(shapes[name]))
+            if is_relay(node):
+                relays.add(name)
+                relay_neurons += int(np.prod(shapes[name]))
         else:
             synapses += flops(node, shapes[inputs[0]])
             stored += stored_weights(node)
             shapes[name] = shapes[inputs[0]]
-    return {"neurons": neurons, "synapses": synapses, "stored_weights": stored}
+    return {"neurons": neurons, "synapses": synapses, "stored_weights": stored + graded,
+            "relay_neurons": relay_neurons, "graded_synapses": graded}

@@ -18,6 +18,11 @@ mapper's reach). Of those messages, :math:`1 - \sum_c p_l(c)\,p_r(c)` cross chip
 evenly over a layer's cores); they are counted, not priced (no figure is published). Host
 work (:math:`\mathrm{MAC}_{host}`, as executed) is priced at the 45 nm model's
 :math:`E_{MAC}`. Static power is reported, not added: it needs the time an inference takes.
+
+A graded stream relay of :math:`N_r` neurons read by readers :math:`j` (identity synapses of
+reach :math:`\mathrm{reach}_j`) costs :math:`E_r = T N_r (E_{relay} + \sum_j (E_{graded\,op}
++ E_{graded\,msg}\,\mathrm{reach}_j))`: every relay neuron counted as updating and sending at
+every step (an upper bound: a relay sends only nonzero sums).
 """
 from __future__ import annotations
 
@@ -80,16 +85,41 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
                                placement["lifs"][name], placement["lifs"][where["reader"]]))
             row["energy_pj"] = row["sop_pj"] + row.get("message_pj", 0.0)
             rows.append(row)
+    for relay in tally.get("relays", []):
+        updates = relay["neurons"] * t
+        row = {"name": relay["name"], "kind": "relay", "relay_updates": updates,
+               "graded_sops": updates * len(relay["readers"]),
+               "relay_pj": updates * model.e_relay_update_pj,
+               "graded_sop_pj": updates * len(relay["readers"]) * model.e_graded_op_pj}
+        if mapped:
+            reach = sum(placement["synapses"][f"{relay['name']}>{r}"]["reach"]
+                        for r in relay["readers"])
+            row.update(graded_messages=updates * reach,
+                       graded_message_pj=updates * reach * model.e_graded_message_pj)
+        row["energy_pj"] = row["relay_pj"] + row["graded_sop_pj"] + row.get("graded_message_pj",
+                                                                              0.0)
+        rows.append(row)
     terms_pj = {"synaptic_ops": sum(r.get("sop_pj", 0.0) for r in rows),
                 "neuron_updates": sum(r.get("neuron_pj", 0.0) for r in rows)}
+    if tally.get("relays"):
+        terms_pj["relay_updates"] = sum(r.get("relay_pj", 0.0) for r in rows)
+        terms_pj["graded_sops"] = sum(r.get("graded_sop_pj", 0.0) for r in rows)
     terms = [f"synaptic ops x {model.e_synaptic_op_pj} pJ (every copy of a synapse)",
              f"neuron updates of every LIF neuron at every step: {model.e_neuron_update_active_pj}"
              f" pJ emitting a spike, {model.e_neuron_update_inactive_pj} pJ otherwise"]
     left_out = list(model.left_out)
+    if tally.get("relays"):
+        terms.append(f"stream relays, every neuron at every step (an upper bound): updates x "
+                     f"{model.e_relay_update_pj} pJ, graded synaptic ops (one per reader) x "
+                     f"{model.e_graded_op_pj} pJ" + (f", graded messages (one per destination "
+                                                     f"core) x {model.e_graded_message_pj} pJ"
+                                                     if mapped else ""))
     if mapped:
         terms_pj["spike_messages"] = sum(r.get("message_pj", 0.0) for r in rows)
         terms.append(f"spike messages, one per spike and destination core (the mapper's "
                      f"placement on {placement['system']}) x {model.e_spike_message_pj} pJ")
+        if tally.get("relays"):
+            terms_pj["graded_messages"] = sum(r.get("graded_message_pj", 0.0) for r in rows)
     else:
         left_out.insert(0, f"spike messages: the encoder could not be mapped onto cores "
                            f"({placement['error']})")
@@ -101,6 +131,8 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
         "chip_pj": chip_pj, "host_pj": host_pj, "total_mj": total / PJ_PER_MJ,
         "chip_share": chip_pj / total, "host_share": host_pj / total,
         "messages": sum(r.get("messages", 0.0) for r in rows) if mapped else None,
+        "graded_messages": (sum(r.get("graded_messages", 0.0) for r in rows) if mapped
+                            else None),
         "messages_between_chips": (sum(r.get("messages_between_chips", 0.0) for r in rows)
                                    if mapped else None),
         "placement": {**({"system": placement["system"], "chips": placement["chips"]} if mapped

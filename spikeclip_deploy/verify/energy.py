@@ -19,6 +19,12 @@ sample; the paper's convention, the stem :math:`T` times, is the extra figure
 step. Only computation is counted, not memory access or data movement; the chip's own energy
 model (:mod:`.chip_energy`) counts neuron updates and spike traffic too.
 
+Graded stream relays (a residual stream on graded spikes) are counted apart: every relay neuron
+updates at every step, and is counted as sending one graded spike per step to each reader (an
+identity synapse: one graded synaptic op per neuron, step and reader). That is an upper bound:
+a relay sends only nonzero sums. The 45 nm model prices them at the energy model's
+``e_graded_op_pj`` and ``e_relay_update_pj`` (assumptions stated in its file).
+
 The partition's share of the work: :func:`chip_sop_share` over :func:`host_macs_executed`;
 ``chip_part_sop_share`` leaves out the stem and readout, which every deployment keeps on the
 host: 1 when everything between them runs on neuro-cores.
@@ -36,7 +42,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
 from ..lowering.resources import fan_out, flops
-from ..nirgraph import ChipLayer, HostOpNode
+from ..nirgraph import ChipLayer, HostOpNode, is_relay
 from .chip_energy import PJ_PER_MJ, chip_energy_report
 from .stats import mean_ci95
 
@@ -68,7 +74,23 @@ def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     return [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
              "type": type(la.node).__name__, "input": la.inputs[0],
              "flops": flops(la.node, lifs[la.inputs[0]])}
-            for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode))]
+            for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale))]
+
+
+def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
+    """Every graded stream relay: its name, neurons and readers (layers reading it, each
+    through an identity synapse)."""
+    return [{"name": la.name, "neurons": int(np.asarray(la.node.scale).size),
+             "readers": [r.name for r in layers if la.name in r.inputs]}
+            for la in layers if is_relay(la.node)]
+
+
+def relay_counts(relays: Iterable[dict[str, Any]], time_steps: int) -> dict[str, int]:
+    """Per inference: relay updates (every relay neuron at every step) and graded synaptic ops
+    (one per relay neuron, step and reader: the upper bound of the module docstring)."""
+    relays = list(relays)
+    return {"relay_updates": sum(r["neurons"] for r in relays) * time_steps,
+            "graded_sops": sum(r["neurons"] * len(r["readers"]) for r in relays) * time_steps}
 
 
 def model_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -102,6 +124,7 @@ class SpikeTally:
                          .reshape(-1) for row in rows}
         self.data: dict[str, Any] = {
             "time_steps": time_steps, "lif_shapes": lifs, "synapses": rows,
+            "relays": relay_rows(layers),
             "host_op_macs_per_step": host_op_macs(layers), "n": 0,
             "spikes": {name: 0 for name in lifs}, "sops": {row["name"]: 0 for row in rows},
             "sample_sops": []}
@@ -149,7 +172,8 @@ class SpikeTally:
     def merge(self, state: dict[str, Any]) -> None:
         """Add another tally's :meth:`state` (disjoint samples of the same encoder)."""
         d = self.data
-        if state["synapses"] != d["synapses"] or state["lif_shapes"] != d["lif_shapes"]:
+        if state["synapses"] != d["synapses"] or state["lif_shapes"] != d["lif_shapes"] \
+                or state.get("relays", []) != d["relays"]:
             raise ConfigError("the partial results hold different chip graphs; merge the "
                               "shards of one verification only")
         d["n"] += int(state["n"])
@@ -177,17 +201,22 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
     total_sops = sum(row["sops"] for row in model_rows(rows))
     host = host_macs_executed(stem_macs, readout_macs, op_macs, t)
     host_pj = e_mac * host
-    chip_pj = e_ac * total_sops
+    graded = relay_counts(d.get("relays", []), t)
+    graded_pj = (energy_model.e_graded_op_pj * graded["graded_sops"]
+                 + energy_model.e_relay_update_pj * graded["relay_updates"])
+    chip_pj = e_ac * total_sops + graded_pj
     e_snn = chip_pj + host_pj
     e_ann = e_mac * ann_macs(stem_macs, rows, op_macs, readout_macs)
     # sorted: the interval of merged shards equals one run's to the last bit
-    per_sample_mj = (e_ac * np.sort(d["sample_sops"]).astype(np.float64) + host_pj) / PJ_PER_MJ
+    per_sample_mj = (e_ac * np.sort(d["sample_sops"]).astype(np.float64) + graded_pj
+                     + host_pj) / PJ_PER_MJ
     report = {
         "n": int(n), "time_steps": int(t), "layers": rows,
         "neuron_firing_rates": rates,
         "first_layer_macs": int(stem_macs), "first_layer_energy_pj": e_mac * stem_macs,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
         "chip_sops_all_copies": sum(row["sops"] for row in rows),
+        **graded, "graded_energy_pj": graded_pj,
         "host_op_macs_per_step": op_macs,
         "host_macs_executed": int(host),
         "chip_sop_share": chip_sop_share(total_sops, host),
@@ -202,6 +231,9 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
         "energy_ratio_snn_over_ann": e_snn / e_ann,
         "energy_reduction": 1.0 - e_snn / e_ann,
         "terms": [f"synaptic ops x E_AC {e_ac} pJ (a synapse copied for several readers once)",
+                  f"stream relays: graded synaptic ops x {energy_model.e_graded_op_pj} pJ and "
+                  f"relay updates x {energy_model.e_relay_update_pj} pJ (every relay neuron "
+                  f"sending at every step: an upper bound)",
                   f"host MACs as executed x E_MAC {e_mac} pJ: the stem once (direct coding: "
                   f"its current is the same at every step), host ops once per step, the "
                   f"readout once"],

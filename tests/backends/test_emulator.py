@@ -198,11 +198,13 @@ def synapse_weights(draw, shape):
                        draw(st.sampled_from([0.0, 0.5])))
 
 
-def synapse_bias(draw, n, lif_node):
+def synapse_bias(draw, n, lif_node, parts=1):
     """NIR biases whose mantissas on the LIF (bias exponent ``e``) are integers in the 13-bit
-    range: ``b = m 2^{e - a}``."""
+    range, or in its ``parts``-th part (a stream's term, summed with others): ``b = m 2^{e -
+    a}``."""
     e = int(lif_node.metadata["loihi"]["bias_exp"])
-    return seeded_ints(draw, n, -4096, 4095, (-4096, 4095) if draw(st.booleans()) else ()
+    lo, hi = -4096 // parts, 4095 // parts
+    return seeded_ints(draw, n, lo, hi, (lo, hi) if draw(st.booleans()) else ()
                        ) * 2.0 ** (e - FP.activation_shift)
 
 
@@ -235,7 +237,7 @@ def geometry(draw, hw, out_hw=None):
     return tuple(zip(*axes))
 
 
-def conv2d(draw, shape_in, lif_of, delay=0, shape_out=None):
+def conv2d(draw, shape_in, lif_of, delay=0, shape_out=None, parts=1):
     """(``nir.Conv2d``, the LIF after it): exponent 0 (Lava's ``Conv`` has none), any kernel,
     stride, padding and dilation per axis, groups dividing both channel counts; the LIF made by
     ``lif_of(shape)``; with ``shape_out``, a convolution that gives it (None if none does)."""
@@ -248,16 +250,16 @@ def conv2d(draw, shape_in, lif_of, delay=0, shape_out=None):
     shape = shape_out or (c_out, *conv_out_hw(conv(c_in, c_out, groups, *geo), shape_in[1:]))
     node = lif_of(shape)
     w = synapse_weights(draw, (c_out, c_in // groups, *geo[0]))
-    return conv(c_in, c_out, groups, *geo, w, synapse_bias(draw, c_out, node), delay), node
+    return conv(c_in, c_out, groups, *geo, w, synapse_bias(draw, c_out, node, parts), delay), node
 
 
-def affine(draw, shape_in, lif_of, delay=0, shape_out=None):
+def affine(draw, shape_in, lif_of, delay=0, shape_out=None, parts=1):
     """(``nir.Affine``, the LIF after it): any weight exponent from -4 to 7; ``shape_out``, or
     1-12 neurons."""
     node = lif_of(shape_out or (draw(st.integers(1, 12)),))
     n = len(node.tau)
     return nir.Affine(weight=synapse_weights(draw, (n, shape_in[0])),
-                      bias=synapse_bias(draw, n, node),
+                      bias=synapse_bias(draw, n, node, parts),
                       metadata={"loihi": {"weight_exp": draw(st.integers(-4, 7))},
                                 "delay": delay}), node
 
@@ -291,6 +293,49 @@ def networks(draw):
     return layers, mant, t
 
 
+def relay(shape, delays):
+    """A graded stream relay (``GradedVec``, threshold 0, 24-bit payloads) of ``shape``."""
+    return nir.Scale(scale=np.ones(shape), metadata={
+        "relay": "graded", "loihi": {"vth": 0, "num_message_bits": 24}, "delays": delays})
+
+
+@st.composite
+def stream_networks(draw):
+    r"""(layers, input mantissas, T): a residual stream of 2-4 terms on graded relays, dense or
+    convolutional: ``lif0 -syn1-> relay1 -> lif1 -syn2-> relay2 -> lif2 ...``, where each relay
+    :math:`k \geq 2` also sums relay :math:`k-1` through an identity synapse held one step
+    (relay :math:`k-1` arrives at its reader one step after itself, the new term two steps
+    after it); every relay and LIF of one shape; any synapse weights, exponents, decays and
+    thresholds as in :func:`networks`, so payloads reach thousands and u wraps. The stream's
+    readers share one bias exponent and each term's bias mantissas are a share of the 13-bit
+    range, so that every reader's sum fits it, as the export makes them."""
+    t, b, n_lif = draw(st.integers(1, 12)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    synapse = draw(st.sampled_from([affine, conv2d]))
+    shape = ((draw(st.integers(1, 12)),) if synapse is affine else
+             (draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 6))))
+    first = ((draw(st.integers(1, 12)),) if synapse is affine else
+             (draw(st.integers(1, 4)), *shape[1:]))
+    layers = [ChipLayer("lif0", lif_params(draw, first), (INPUT,))]
+    shapes = [first]
+    bias_exp = draw(st.integers(0, 7))
+
+    def reader(s):
+        node = lif_params(draw, s)
+        node.metadata["loihi"]["bias_exp"] = bias_exp
+        return node
+    for k in range(1, n_lif):
+        syn, node = synapse(draw, shapes[-1], reader, 0, shape, n_lif - 1)
+        layers.append(ChipLayer(f"syn{k}", syn, (f"lif{k - 1}",)))
+        inputs = (f"syn{k}",) if k == 1 else (f"relay{k - 1}", f"syn{k}")
+        delays = {} if k == n_lif - 1 else {f"relay{k + 1}": 1}
+        layers.append(ChipLayer(f"relay{k}", relay(shape, delays), inputs))
+        layers.append(ChipLayer(f"lif{k}", node, (f"relay{k}",)))
+        shapes.append(shape)
+    top = draw(st.sampled_from([4095, 2**17 + 1]))
+    mant = seeded_ints(draw, (b, *first), -top - 1, top, (-top - 1, top))
+    return layers, mant, t
+
+
 def lava_record(layers, mant, t):
     """Lava's run of ``layers``, spikes, u and v."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
@@ -300,11 +345,14 @@ def lava_record(layers, mant, t):
 
 
 def assert_same_runs(got, want, what=""):
-    """Equal u, v and spikes of every LIF, layer by layer."""
+    """Equal u, v and spikes of every LIF, layer by layer, and payloads of every relay."""
     assert list(got.spikes) == list(want.spikes), what
+    assert list(got.payloads) == list(want.payloads), what
     for name in want.spikes:
         for var in ("u", "v", "spikes"):
             assert_same(name, var, getattr(got, var)[name], getattr(want, var)[name], what)
+    for name in want.payloads:
+        assert_same(name, "payloads", got.payloads[name], want.payloads[name], what)
 
 
 @pytest.mark.lava
@@ -323,6 +371,45 @@ def test_random_networks_equal_lava(network):
     if min(v.min() for v in got.v.values()) == -(2**23) + 1:
         event("v saturates")
     assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+
+
+@pytest.mark.lava
+@settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)), derandomize=True,
+          database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow])
+@given(stream_networks())
+def test_random_streams_equal_lava(network):
+    """Residual streams on graded relays: every relay's payloads and every LIF's u, v and
+    spikes, every step and sample, as on Lava (stock ``GradedVec``, ``Sparse`` and
+    ``DelaySparse`` reading graded spikes)."""
+    layers, mant, t = network
+    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state=True)
+    event(f"{'convolutional' if layers[0].node.tau.ndim == 3 else 'dense'}, "
+          f"{len(got.payloads)} relays")
+    peak = max(abs(p).max() for p in got.payloads.values())
+    event("payloads reach 2^10" if peak >= 2**10 else "small payloads" if peak else "no payload")
+    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+
+
+def test_a_relay_sums_its_inputs_by_hand():
+    """lif0 (two neurons, always spiking: vth 1, input 100) -> syn1 (weights 4, -6) -> relay1
+    -> lif1, and relay2 = relay1 (held one step) + syn2 (lif1 -> weight 8): payloads 4 and -6 at
+    relay1, and at relay2 those plus 8 where lif1 spikes (vth 2: only the first neuron, at every
+    step: u = 4 << 6 = 256 > 128; the second's stays negative), which lif2 takes as u = p << 6."""
+    dense = lambda w: nir.Affine(weight=np.array(w), bias=np.zeros(2),  # noqa: E731
+                                 metadata={"loihi": {"weight_exp": 0}})
+    layers = [ChipLayer("lif0", lif((2,), 4095, 4095, 1), (INPUT,)),
+              ChipLayer("syn1", dense([[4, 0], [0, -6]]), ("lif0",)),
+              ChipLayer("relay1", relay((2,), {"relay2": 1}), ("syn1",)),
+              ChipLayer("lif1", lif((2,), 4095, 4095, 2), ("relay1",)),
+              ChipLayer("syn2", dense([[8, 0], [0, 8]]), ("lif1",)),
+              ChipLayer("relay2", relay((2,), {}), ("relay1", "syn2")),
+              ChipLayer("lif2", lif((2,), 4095, 4095, 1000), ("relay2",))]
+    run = Emulation(layers, 3, FP, 1, ".").run(np.array([[100, 100]]), record_state=True)
+    assert run.payloads["relay1"][0].tolist() == [[4, -6]] * 3
+    assert run.spikes["lif1"][0].tolist() == [[1, 0]] * 3
+    assert run.payloads["relay2"][0].tolist() == [[12, -6]] * 3
+    assert run.u["lif2"][0].tolist() == [[768, -384]] * 3
 
 
 @pytest.mark.lava

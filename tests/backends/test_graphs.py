@@ -53,26 +53,39 @@ def residual():
     return enc, current.numpy().astype(np.float64), want
 
 
-def export_graph(enc, target, tmp_path):
+def export_graph(enc, target, tmp_path, residual="graded"):
     t = get_target(target)
-    ctx = LoweringContext(t.name, load_profile(t.hardware) if t.hardware else None, None)
+    ctx = LoweringContext(t.name, load_profile(t.hardware) if t.hardware else None, None,
+                          residual)
     g = run_passes(trace(enc, "text", torch.zeros(1, 24)), passes_named(t.passes), ctx)
     path = tmp_path / f"{target}.nir"
     nir.write(path, to_nir(g))
     return nir.read(path)
 
 
+def delays_of(graph):
+    """Every synapse's aligning delay and every relay's, per reader."""
+    return {la.name: (dict(la.node.metadata.get("delays", {})) if isinstance(la.node, nir.Scale)
+                      else la.node.metadata.get("delay", 0))
+            for la in graph_layers(graph) if not isinstance(la.node, nir.LIF)}
+
+
 def test_the_exported_graph_aligns_the_short_path(residual, tmp_path):
-    graph = export_graph(residual[0], "loihi", tmp_path)
-    delays = {la.name: la.node.metadata.get("delay", 0) for la in graph_layers(graph)
-              if not isinstance(la.node, nir.LIF)}
-    assert delays == {"dense0_lif1": 0, "dense0_lif3": 2, "dense1": 0, "dense2": 0}
+    """Copies: dense0's copy into lif3 waits 2 steps. Graded: dense0 runs once into relay0 (read
+    by lif1, depth 2), and relay0's identity synapse to relay1 waits the 2 steps (relay1 sums
+    it with dense2, which arrives at depth 4: relay0 at depth 1, plus 1 for the hop, plus 2)."""
+    copies = delays_of(export_graph(residual[0], "loihi", tmp_path, "copies"))
+    assert copies == {"dense0_lif1": 0, "dense0_lif3": 2, "dense1": 0, "dense2": 0}
+    graded = delays_of(export_graph(residual[0], "loihi", tmp_path))
+    assert graded == {"dense0": 0, "relay0": {"relay1": 2}, "dense1": 0, "dense2": 0,
+                      "relay1": {}}
 
 
 @pytest.mark.parametrize("target", ["cpu", "loihi"])
-def test_cpu_reference_equals_the_float_model(residual, target, tmp_path):
+@pytest.mark.parametrize("form", ["graded", "copies"])
+def test_cpu_reference_equals_the_float_model(residual, target, form, tmp_path):
     enc, current, want = residual
-    graph = export_graph(enc, target, tmp_path)
+    graph = export_graph(enc, target, tmp_path, form)
     lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
     got = run_graph(graph, lifs, torch.from_numpy(chip_input(current, graph)), T)
     for layer, (g, w) in enumerate(zip(got, want)):
@@ -80,11 +93,12 @@ def test_cpu_reference_equals_the_float_model(residual, target, tmp_path):
 
 
 @pytest.mark.lava
-def test_lava_equals_the_float_model(residual, tmp_path):
+@pytest.mark.parametrize("form", ["graded", "copies"])
+def test_lava_equals_the_float_model(residual, form, tmp_path):
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
 
     enc, current, want = residual
-    graph = export_graph(enc, "loihi", tmp_path)
+    graph = export_graph(enc, "loihi", tmp_path, form)
     q = graph.metadata["input_quantization"]
     net = _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, q["activation_shift"],
                    graph.metadata["synapse_delay_steps"], str(tmp_path))
@@ -108,9 +122,11 @@ def on_grid_conv(rng, c, peak=True, groups=1):
 
 
 @pytest.mark.lava
-def test_a_delayed_convolution_path_on_lava(tmp_path):
-    """The residual network with 3x3 convolutions: the short path's convolution is held two
-    steps (DelaySparse over the convolution's sparse matrix); Lava equals the float model."""
+@pytest.mark.parametrize("form", ["graded", "copies"])
+def test_a_delayed_convolution_path_on_lava(form, tmp_path):
+    """The residual network with 3x3 convolutions: the short path is held two steps (copies:
+    its convolution's copy; graded: the identity synapse from relay0 to relay1, a DelaySparse
+    reading graded spikes); Lava equals the float model."""
     rng = np.random.default_rng(3)
     layers = [MultiStepLIF(), on_grid_conv(rng, 4), MultiStepLIF(), on_grid_conv(rng, 4),
               MultiStepLIF(), on_grid_conv(rng, 4, peak=False), MultiStepLIF()]
@@ -121,10 +137,13 @@ def test_a_delayed_convolution_path_on_lava(tmp_path):
         outs = enc.stack(current, T)
     want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
     assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
-    ctx = LoweringContext("loihi", load_profile("loihi2"), None)
+    ctx = LoweringContext("loihi", load_profile("loihi2"), None, form)
     g = run_passes(trace(enc, "image", torch.zeros(1, 4, 6, 6)),
                    passes_named(get_target("loihi").passes), ctx)
-    assert g.layer("conv0_lif3").node.metadata["delay"] == 2
+    if form == "copies":
+        assert g.layer("conv0_lif3").node.metadata["delay"] == 2
+    else:
+        assert g.layer("relay0").node.metadata["delays"] == {"relay1": 2}
     for layer, (gl, w) in enumerate(zip(lava_spikes(g, current, tmp_path), want)):
         assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
 
@@ -255,7 +274,8 @@ def test_snapped_native_small_on_lava(tmp_path, image_spikes):
 def test_delayed_convolutions_give_the_delaysparse_lowerings_spikes(tmp_path):
     """lif0 -c0-> lif1 -c1 (depthwise)-> lif2 -c2-> lif3 -c3-> lif4, with c0 (depth 1) and c2
     (depth 3) also into lif4 (delays 3 and 1): the DelayConv lowering gives the spikes of the
-    DelaySparse lowering, every LIF and every step, and both the float model's."""
+    DelaySparse lowering, every LIF and every step, and both the float model's (residual
+    copies, so that the convolutions themselves are delayed)."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
 
     rng = np.random.default_rng(9)
@@ -271,7 +291,7 @@ def test_delayed_convolutions_give_the_delaysparse_lowerings_spikes(tmp_path):
         outs = enc.stack(current, T)
     want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
     assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
-    ctx = LoweringContext("loihi", load_profile("loihi2"), None)
+    ctx = LoweringContext("loihi", load_profile("loihi2"), None, "copies")
     g = run_passes(trace(enc, "image", torch.zeros(1, c, 6, 5)),
                    passes_named(get_target("loihi").passes), ctx)
     assert [g.layer(n).node.metadata.get("delay") for n in ("conv0_lif4", "conv2_lif4")] == [3, 1]

@@ -16,6 +16,9 @@ from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
 
+#: the resource counts of a graph without graded stream relays
+NO_RELAYS = {"relay_neurons": 0, "graded_synapses": 0}
+
 CPU = LoweringContext("cpu", None, None)
 LOIHI = LoweringContext("loihi", load_profile("loihi2"), None)
 
@@ -123,7 +126,7 @@ def test_run_passes_checks_requires_and_ensures():
 def test_resources_count_the_traced_graph():
     g = trace(encoder([MultiStepLIF(), nn.Linear(3, 2), MultiStepLIF()]), "text", torch.zeros(1, 3))
     r = run_passes(g, (PASSES["fold_bn"], PASSES["resources"]), CPU).meta["resources"]
-    assert r == {"neurons": 3 + 2, "synapses": 3 * 2, "stored_weights": 3 * 2}
+    assert r == {"neurons": 3 + 2, "synapses": 3 * 2, "stored_weights": 3 * 2, **NO_RELAYS}
     assert isinstance(g.layer("dense0").node, nir.Affine)
 
 
@@ -135,4 +138,70 @@ def test_resources_store_a_copied_synapse_per_copy():
                   [(-1,), (0,), (1,), (2,), (1, 3)])
     g = run_passes(trace(enc, "text", torch.zeros(1, 3)),
                    (PASSES["split_fanout"], PASSES["resources"]), CPU)
-    assert g.meta["resources"] == {"neurons": 9, "synapses": 27, "stored_weights": 27}
+    assert g.meta["resources"] == {"neurons": 9, "synapses": 27, "stored_weights": 27,
+                                   **NO_RELAYS}
+
+
+def stream_encoder(width):
+    """lif0 -> d0 -> lif1 -> d1 -> lif2, lif2 summing d0 and d1 (a residual stream of two
+    terms: d0 read by lif1 and lif2), every layer ``width`` wide."""
+    lin = lambda: nn.Linear(width, width)  # noqa: E731
+    return encoder([MultiStepLIF(), lin(), MultiStepLIF(), lin(), MultiStepLIF()],
+                   [(-1,), (0,), (1,), (2,), (1, 3)])
+
+
+def test_graded_streams_costs_by_hand_and_the_cheaper_form_kept():
+    """d0 read by lif1 and lif2. Width 8: copies execute d0 twice and d1 once, 3 x 64 = 192
+    synaptic ops a step at full activity; graded: d0 and d1 once (128), relay0 (8 neurons) sends
+    to lif1 and relay1 (16 graded messages), relay1 to lif2 (8), 16 relay updates: 168 < 192,
+    graded kept: no copy left. Width 2: copies 3 x 4 = 12, graded 8 + 4 + 2 + 4 = 18: copies
+    kept. ``--residual copies`` keeps copies even where graded is cheaper."""
+    g = run_passes(trace(stream_encoder(8), "text", torch.zeros(1, 8)),
+                   (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"]), CPU)
+    cost = g.meta["streams"]["relay0"]
+    assert cost["copies"] == {"synaptic_ops": 192, "graded_messages": 0, "relay_updates": 0,
+                              "input_axons": 24}
+    assert cost["graded"] == {"synaptic_ops": 128, "graded_messages": 24, "relay_updates": 16,
+                              "input_axons": 16 + 24}
+    assert cost["form"] == "graded" and cost["relays"] == ["relay0", "relay1"]
+    assert [(la.name, la.inputs) for la in g.layers] == [
+        ("lif0", ("input",)), ("dense0", ("lif0",)), ("relay0", ("dense0",)),
+        ("lif1", ("relay0",)), ("dense1", ("lif1",)), ("relay1", ("relay0", "dense1")),
+        ("lif2", ("relay1",))]
+    assert not any("copy_of" in la.node.metadata for la in g.layers)
+    small = run_passes(trace(stream_encoder(2), "text", torch.zeros(1, 2)),
+                       (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"]), CPU)
+    assert small.meta["streams"]["relay0"]["form"] == "copies"
+    assert not any(isinstance(la.node, nir.Scale) for la in small.layers)
+    assert [la.node.metadata.get("copy_of") for la in small.layers].count("dense0") == 2
+    copies = run_passes(trace(stream_encoder(8), "text", torch.zeros(1, 8)),
+                        (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"]),
+                        dataclasses.replace(CPU, residual="copies"))
+    assert copies.meta["streams"]["relay0"]["form"] == "copies"
+    assert [la.node.metadata.get("copy_of") for la in copies.layers].count("dense0") == 2
+
+
+def test_a_stream_beyond_the_graded_payload_is_refused():
+    """relay0 carries d0, relay1 d0 + d1; each payload bound is the sum of its terms' worst
+    cases. With payloads of 8 bits (largest 127) relay0's already exceeds it: the export is
+    refused, naming the relay and its bound, never wrapped; at 24 bits it passes."""
+    enc = stream_encoder(8)
+    with torch.no_grad():
+        for m in enc.stack:
+            if isinstance(m, nn.Linear):
+                m.weight.fill_(1.0)
+    passes = tuple(PASSES[n] for n in ("fold_bn", "graded_streams", "split_fanout", "partition",
+                                       "align_delays", "quantize"))
+    g = run_passes(trace(enc, "text", torch.zeros(1, 8)), passes, LOIHI)
+    bounds = {la.name: la.node.metadata["payload_bound"] for la in g.layers
+              if isinstance(la.node, nir.Scale)}
+    w = {la.name: np.asarray(la.node.weight) for la in g.layers if la.name.startswith("dense")}
+    assert bounds == {"relay0": int(w["dense0"].sum(1).max()),
+                      "relay1": int(w["dense0"].sum(1).max() + w["dense1"].sum(1).max())}
+    assert bounds["relay1"] > 127
+    fp = dataclasses.replace(LOIHI.profile.fixed_point, graded_payload_bits=8)
+    narrow = dataclasses.replace(LOIHI, profile=dataclasses.replace(LOIHI.profile, fixed_point=fp))
+    with pytest.raises(LoweringError, match=rf"stream relay 'relay0' can reach a payload of "
+                                            rf"{bounds['relay0']:,}, beyond the 8-bit graded "
+                                            rf"spike \(127\)"):
+        run_passes(trace(enc, "text", torch.zeros(1, 8)), passes, narrow)

@@ -2,6 +2,7 @@
 float model sit exactly on the Loihi grid."""
 from dataclasses import replace
 
+import nir
 import numpy as np
 import pytest
 import torch
@@ -11,9 +12,10 @@ from spikeclip_deploy.config import get_config
 from spikeclip_deploy.errors import ConfigError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering import qat
-from spikeclip_deploy.lowering.graph import run_passes, trace
+from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.lowering.quantize import quantize_layers, split_bias
+from spikeclip_deploy.nirgraph import summed_synapses
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.init import random_init
@@ -91,12 +93,13 @@ def _random_model(seed: int = 0) -> SpikeCLIP:
     return model.eval()
 
 
-def _lowered(encoder: SpikingEncoder, input_shape):
-    """(the traced graph with BatchNorm folded and fan-out split: float, its Loihi export)."""
+def _lowered(encoder: SpikingEncoder, input_shape, residual: str = "copies"):
+    """(the traced graph with BatchNorm folded and fan-out split: float, its Loihi export with
+    residual streams as ``residual``)."""
     graph = trace(encoder, "test", torch.zeros(1, *input_shape))
     floats = run_passes(graph, passes_named(("fold_bn", "split_fanout")), None)
     ints = run_passes(graph, passes_named(get_target("loihi").passes),
-                      LoweringContext("loihi", load_profile("loihi2"), None))
+                      LoweringContext("loihi", load_profile("loihi2"), None, residual))
     return floats, ints
 
 
@@ -199,6 +202,35 @@ def test_snapped_native_graph_is_the_exported_integer_model():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     qat.snap_to_grid(model.image, FP)  # idempotent
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def _lif_biases(graph) -> dict:
+    """Per LIF: its integer summed bias (chip units) and the integer weights of the synapses it
+    sums, directly or through graded relays."""
+    layers = run_side_layers(graph)
+    summed = summed_synapses(layers)
+    nodes = {la.name: la.node for la in layers}
+    return {la.name: (sum(np.asarray(nodes[t].bias, np.float64) for t in summed[la.name]) * 64,
+                      sorted(nodes[t].weight.tobytes() for t in summed[la.name]))
+            for la in layers if isinstance(la.node, nir.LIF) and summed[la.name]}
+
+
+def test_snapped_native_graph_streams_carry_the_same_integers():
+    """The snapped native graph exported with graded relays: every LIF sums the same integer
+    weights and the same integer bias as in the copies export (each term now holds its own
+    bias, at one exponent for the stream), and each term runs once."""
+    model = _native()
+    shape = model.image.current(model.example_input("image")).shape[1:]
+    qat.enable(model.image, FP)
+    qat.snap_to_grid(model.image, FP)
+    copies, graded = (_lowered(model.image, shape, form)[1] for form in ("copies", "graded"))
+    assert any(isinstance(la.node, nir.Scale) for la in graded.layers)
+    assert not any("copy_of" in la.node.metadata for la in graded.layers)
+    want, got = _lif_biases(copies), _lif_biases(graded)
+    assert set(want) == set(got) and len(want) >= 8
+    for name, (bias, weights) in want.items():
+        assert np.array_equal(got[name][0], bias), name
+        assert got[name][1] == weights, name
 
 
 def test_plain_state_dict_loads_into_an_unparametrized_model():

@@ -6,6 +6,9 @@ from spikeclip_deploy.errors import LoweringError
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering.quantize import quantize_layers, round_even, split_bias
 
+#: the resource counts of a graph without graded stream relays
+NO_RELAYS = {"relay_neurons": 0, "graded_synapses": 0}
+
 
 def quantize_chain(chain, profile):
     """``quantize_layers`` on a chain ``[(name, node)]``, each layer reading the one before."""
@@ -46,7 +49,7 @@ def test_round_even_and_split_bias():
 
 def test_a_chip_lif_reads_synapses_or_the_input_alone():
     with pytest.raises(LoweringError, match="LIF 'lif1' reads \\['lif0'\\]: a chip LIF is fed by "
-                                            "synapse layers only"):
+                                            "synapse layers and stream relays only"):
         quantize_chain([("lif0", lif(2)), ("lif1", lif(2))], load_profile("loihi2"))
 
 
@@ -108,7 +111,8 @@ def test_chain_resources_by_hand():
     layers = [("lif0", lif(3), ("input",)),
               ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2)), ("lif0",)),
               ("lif1", lif(2), ("dense0",))]
-    assert graph_resources(layers, (3,)) == {"neurons": 5, "synapses": 6, "stored_weights": 6}
+    assert graph_resources(layers, (3,)) == {"neurons": 5, "synapses": 6, "stored_weights": 6,
+                                                 **NO_RELAYS}
 
 
 def test_conv_resources_by_hand():
@@ -130,11 +134,12 @@ def test_conv_resources_by_hand():
         c_out = np.asarray(node.weight).shape[0]
         return graph_resources([("lif0", lif_map(2, 5), ("input",)), ("conv0", node, ("lif0",)),
                                 ("lif1", lif_map(c_out, out_hw), ("conv0",))], (2, 5, 5))
-    assert counts(conv(2, 4, 0), 3) == {"neurons": 50 + 36, "synapses": 648, "stored_weights": 72}
+    assert counts(conv(2, 4, 0), 3) == {"neurons": 50 + 36, "synapses": 648, "stored_weights": 72,
+                                        **NO_RELAYS}
     assert counts(conv(2, 4, 1), 5) == {"neurons": 50 + 100, "synapses": 1800,
-                                        "stored_weights": 72}
+                                        "stored_weights": 72, **NO_RELAYS}
     assert counts(conv(2, 2, 0, groups=2), 3) == {"neurons": 50 + 18, "synapses": 162,
-                                                  "stored_weights": 18}
+                                                  "stored_weights": 18, **NO_RELAYS}
 
 
 def test_lifs_sharing_a_synapse_share_the_smallest_scale():

@@ -3,13 +3,14 @@ import numpy as np
 
 from spikeclip_deploy.hardware import ChipEnergyModel, EnergyModel
 from spikeclip_deploy.lowering.resources import fan_out, flops
-from spikeclip_deploy.nirgraph import ChipLayer, HostOpNode
+from spikeclip_deploy.nirgraph import ChipLayer, HostOpNode, relay_node
 from spikeclip_deploy.verify.chip_energy import crossing_share, placement_state
 from spikeclip_deploy.verify.energy import SpikeTally, energy_report
 from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9,
-                 scope="computation only: memory access and data movement are not counted")
+                 scope="computation only: memory access and data movement are not counted",
+                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, sources={})
 
 
 def lif(shape):
@@ -150,6 +151,7 @@ def test_mean_interval_by_hand():
 
 CHIP = ChipEnergyModel("chip", "", e_synaptic_op_pj=20.0, e_neuron_update_active_pj=80.0,
                        e_neuron_update_inactive_pj=50.0, e_spike_message_pj=2.0,
+                       e_graded_op_pj=10.0, e_relay_update_pj=30.0, e_graded_message_pj=3.0,
                        static_mw_per_chip=100.0, scope="test", left_out=("tile hops",),
                        sources={})
 
@@ -226,3 +228,28 @@ def test_placement_state_of_a_mapping():
                      "lifs": {"lif0": {"chips": [0], "chip_cores": [2]},
                               "lif1": {"chips": [0], "chip_cores": [2]}},
                      "synapses": {"dense0": {"reader": "lif1", "reach": 2}}}
+
+
+def test_relays_by_hand():
+    """lif0 (3) -> dense0 -> relay0 (2) -> lif1 (2), T = 2, the spikes of :func:`two_lifs`:
+    relay0 updates 2 x 2 = 4 times and sends 4 graded ops to its one reader. 45 nm: 8 SOPs x 0.9
+    + 4 x 0.5 + 4 x 0.25 = 10.2 pJ on chip; the model's SOPs are the chip's (no copy). Loihi:
+    4 x 30 + 4 x 10 + 4 graded messages (reach 1) x 3 = 172 pJ for the relay."""
+    layers = [ChipLayer("lif0", lif((3,)), ("input",)),
+              ChipLayer("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2)), ("lif0",)),
+              ChipLayer("relay0", relay_node((2,), {}), ("dense0",)),
+              ChipLayer("lif1", lif((2,)), ("relay0",))]
+    t = tally(layers, [np.array([[[1, 0, 1], [0, 1, 1]]]), np.array([[[1, 0], [0, 0]]])])
+    placed = {"system": "one", "chips": 1,
+              "lifs": {n: {"chips": [0], "chip_cores": [1]} for n in ("lif0", "relay0", "lif1")},
+              "synapses": {"dense0": {"reader": "relay0", "reach": 1},
+                           "relay0>lif1": {"reader": "lif1", "reach": 1}}}
+    rep = energy_report(t, 0, 0, EM, CHIP, placed)
+    assert (rep["total_sops"], rep["chip_sops_all_copies"]) == (8, 8)
+    assert (rep["relay_updates"], rep["graded_sops"]) == (4, 4)
+    assert np.isclose(rep["chip_energy_pj"], 8 * 0.9 + 4 * 0.5 + 4 * 0.25)
+    relay = next(r for r in rep["loihi"]["layers"] if r["name"] == "relay0")
+    assert (relay["relay_pj"], relay["graded_sop_pj"], relay["graded_messages"],
+            relay["energy_pj"]) == (120, 40, 4, 172)
+    assert rep["loihi"]["graded_messages"] == 4
+    assert rep["loihi"]["terms_pj"]["graded_messages"] == 12
