@@ -65,6 +65,12 @@ def manifest_bytes(manifest: dict[str, Any], default: Callable[[Any], Any]) -> b
     return (json.dumps(seal(data), indent=1) + "\n").encode()
 
 
+def _non_finite(constant: str) -> None:
+    """``json.loads``' hook for ``NaN``, ``Infinity`` and ``-Infinity``, which JSON itself lacks
+    and an export never holds."""
+    raise json.JSONDecodeError(f"{constant} is not a finite number", constant, 0)
+
+
 def _parse(folder: Path) -> dict[str, Any]:
     """``folder/manifest.json`` as a dict; ExportError otherwise."""
     path = Path(folder) / MANIFEST
@@ -72,7 +78,7 @@ def _parse(folder: Path) -> dict[str, Any]:
         raise ExportError(f"{folder} is not an export (no {MANIFEST}); create one with "
                           f"`spikeclip-deploy export`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), parse_constant=_non_finite)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ExportError(f"{path} is not valid JSON ({exc}); {REEXPORT}") from None
     if not isinstance(manifest, dict):

@@ -1,5 +1,6 @@
 """Fuzz tests of the export reader: any manifest, edited or forged, is either accepted with every
 path inside the export, or refused with an ExportError (never another exception)."""
+import hashlib
 import json
 import os
 import tempfile
@@ -68,3 +69,17 @@ def test_any_bytes_as_a_manifest_file_are_refused(text):
         (Path(tmp) / MANIFEST).write_bytes(text)
         with pytest.raises(ExportError):
             read_manifest(Path(tmp))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_in_a_manifest_is_refused(micro_exports, tmp_path, constant):
+    """JSON has no NaN or infinity, but Python's reader takes them: a sealed manifest with
+    ``dt: NaN`` would pass every type check and the digest."""
+    m = json.loads((micro_exports["loihi"] / MANIFEST).read_text())
+    m["dt"] = "@"
+    text = json.dumps(seal(m), indent=1).replace('"dt": "@"', f'"dt": {constant}')
+    text = text.replace(seal(m)["manifest_sha256"]["dt"],
+                        hashlib.sha256(constant.encode()).hexdigest())
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(ExportError, match=f"not valid JSON.*{constant} is not a finite number"):
+        read_manifest(tmp_path)
