@@ -230,3 +230,51 @@ def test_a_stream_beyond_the_graded_payload_is_refused():
                                             rf"{bounds['relay0']:,}, beyond the 8-bit graded "
                                             rf"spike \(127\)"):
         run_passes(trace(enc, "text", torch.zeros(1, 16)), passes, narrow)
+
+
+def _ones_stream(width):
+    enc = stream_encoder(width)
+    with torch.no_grad():
+        for m in enc.stack:
+            if isinstance(m, nn.Linear):
+                m.weight.fill_(1.0)
+    return trace(enc, "text", torch.zeros(1, width))
+
+
+QUANTIZE = ("fold_bn", "graded_streams", "split_fanout", "partition", "align_delays", "quantize")
+
+
+def test_a_relays_payload_bound_counts_the_weight_exponent():
+    """The backends deliver each term's sum shifted by its weight exponent (y << e_w): with
+    e_w = 1 every term's worst case counts twice, relay1's bound is 2 (W_d0 + W_d1)."""
+    fp = dataclasses.replace(LOIHI.profile.fixed_point, weight_exp=1)
+    ctx = dataclasses.replace(LOIHI, profile=dataclasses.replace(LOIHI.profile, fixed_point=fp))
+    g = run_passes(_ones_stream(16), tuple(PASSES[n] for n in QUANTIZE), ctx)
+    w = {la.name: np.abs(np.asarray(la.node.weight)).sum(1).max() for la in g.layers
+         if la.name.startswith("dense")}
+    assert all(la.node.metadata["loihi"]["weight_exp"] == 1 for la in g.layers
+               if la.name.startswith("dense"))
+    bounds = {la.name: la.node.metadata["payload_bound"] for la in g.layers
+              if isinstance(la.node, nir.Scale)}
+    assert bounds == {"relay0": 2 * int(w["dense0"]),
+                      "relay1": 2 * int(w["dense0"] + w["dense1"])}
+
+
+def test_a_relays_payload_beyond_its_readers_input_port_is_warned_of(caplog):
+    """A relay's identity synapse delivers its whole payload into each reader's input port: a
+    bound beyond the port's largest value is warned of, as a synapse's worst case is. With a
+    port of 13 bits (4095), relay1 (d0 + d1) exceeds it, relay0 (d0 alone) and the synapses
+    (each at most 16 x 254 = 4064) do not."""
+    fp = dataclasses.replace(LOIHI.profile.fixed_point, input_port_bits=13)
+    ctx = dataclasses.replace(LOIHI, profile=dataclasses.replace(LOIHI.profile, fixed_point=fp))
+    with caplog.at_level("WARNING", logger="spikeclip_deploy.lowering.quantize"):
+        g = run_passes(_ones_stream(16), tuple(PASSES[n] for n in QUANTIZE), ctx)
+    bounds = {la.name: la.node.metadata["payload_bound"] for la in g.layers
+              if isinstance(la.node, nir.Scale)}
+    worst = {la.name: la.node.metadata["activation_worst_case"] for la in g.layers
+             if la.name.startswith("dense")}
+    assert bounds["relay0"] <= 4095 < bounds["relay1"] and max(worst.values()) <= 4095
+    warned = [r.getMessage() for r in caplog.records if "input port" in r.getMessage()]
+    assert warned == [f"relay1: worst-case graded payload {bounds['relay1']} exceeds the "
+                      f"13-bit input port (4095); Lava's simulation does not clip it, hardware "
+                      f"may"]
