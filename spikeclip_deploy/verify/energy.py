@@ -59,10 +59,14 @@ def host_macs_executed(stem_macs: int, readout_macs: int, op_macs: int, time_ste
     return stem_macs + time_steps * op_macs + readout_macs
 
 
-def chip_sop_share(chip_sops: float, host_macs: float) -> float:
-    """The chip's share of an inference's operations: its SOPs over its SOPs plus the host's
-    MACs (:func:`host_macs_executed`)."""
-    return chip_sops / (chip_sops + host_macs)
+def chip_sop_share(chip_sops: float, graded_sops: float, host_macs: float) -> float:
+    r"""The chip's share of an inference's operations, :math:`(\mathrm{SOP} +
+    \mathrm{SOP}_{graded}) / (\mathrm{SOP} + \mathrm{SOP}_{graded} + \mathrm{MAC}_{host})`:
+    its synaptic ops with the graded identity synaptic ops of its stream relays (the chip
+    executes those too), over those plus the host's MACs (:func:`host_macs_executed`, or any
+    part of them); 0 when neither does anything."""
+    ops = chip_sops + graded_sops
+    return ops / (ops + host_macs) if ops + host_macs else 0.0
 
 
 def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
@@ -219,8 +223,8 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
         **graded, "graded_energy_pj": graded_pj,
         "host_op_macs_per_step": op_macs,
         "host_macs_executed": int(host),
-        "chip_sop_share": chip_sop_share(total_sops, host),
-        "chip_part_sop_share": total_sops / (total_sops + t * op_macs) if total_sops else 0.0,
+        "chip_sop_share": chip_sop_share(total_sops, graded["graded_sops"], host),
+        "chip_part_sop_share": chip_sop_share(total_sops, graded["graded_sops"], t * op_macs),
         "chip_energy_pj": chip_pj, "host_energy_pj": host_pj,
         "chip_energy_share": chip_pj / e_snn, "host_energy_share": host_pj / e_snn,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
