@@ -22,6 +22,9 @@ class Target:
     stream_costs: tuple[str, str] = ("loihi2", "energy-loihi")
 
 
+#: the residual forms ``export --residual`` offers (the ``graded_streams`` pass)
+RESIDUAL_FORMS = ("graded", "copies")
+
 LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fanout", "partition", "align_delays", "quantize", "resources",
                 "check_limits")
 

@@ -351,7 +351,11 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             out[syn_name] = _int_synapse(syn, w_int, bias_q, meta)
         out[name] = _int_lif(nodes[name], tau, vth, bexp, fp, {"scale_group": groups[name]})
     for relay, summed in terms.items():
-        reader = next(n for n, _, inputs in layers if relay in inputs and n in fed)
+        reader = next((n for n, _, inputs in layers if relay in inputs and n in fed), None)
+        if reader is None:
+            raise LoweringError(f"stream relay '{relay}' is read by no chip LIF: its payload "
+                                f"takes the scale of a LIF that reads it; feed the relay to the "
+                                f"LIF that sums its terms, or drop it")
         out[relay] = _relay(nodes[relay], relay, [out[t] for t in summed],
                             out[reader].metadata["scale"], fp)
     if input_q is None:

@@ -42,14 +42,13 @@ import numpy as np
 
 from ..hardware import ChipEnergyModel
 from ..nirgraph import relay_node
+from ..targets import RESIDUAL_FORMS
 from .graph import Graph, Layer
 from .quantize import SYNAPSES
 from .resources import flops
 
 log = logging.getLogger(__name__)
 
-#: the residual forms ``export --residual`` offers
-RESIDUAL_FORMS = ("graded", "copies")
 
 
 def _in_shape(graph: Graph, syn: Layer) -> tuple[int, ...]:

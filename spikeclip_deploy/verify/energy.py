@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
 from ..lowering.resources import fan_out, flops
 from ..nirgraph import ChipLayer, HostOpNode, is_relay
-from .chip_energy import PJ_PER_MJ, chip_energy_report
+from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
 from .stats import mean_ci95
 
 
@@ -87,14 +87,6 @@ def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     return [{"name": la.name, "neurons": int(np.asarray(la.node.scale).size),
              "readers": [r.name for r in layers if la.name in r.inputs]}
             for la in layers if is_relay(la.node)]
-
-
-def relay_counts(relays: Iterable[dict[str, Any]], time_steps: int) -> dict[str, int]:
-    """Per inference: relay updates (every relay neuron at every step) and graded synaptic ops
-    (one per relay neuron, step and reader: the upper bound of the module docstring)."""
-    relays = list(relays)
-    return {"relay_updates": sum(r["neurons"] for r in relays) * time_steps,
-            "graded_sops": sum(r["neurons"] * len(r["readers"]) for r in relays) * time_steps}
 
 
 def model_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -358,3 +358,16 @@ def test_run_on_loihi_hardware_without_a_board_says_how_to_simulate(micro_export
                       "no board in this test", "pass --chip sim")
     monkeypatch.setenv("SPIKECLIP_CHIP", "hw")
     cli.clean_failure(invoke(*common), 1, "no board in this test")
+
+
+
+def test_export_offers_exactly_the_residual_forms_the_lowering_knows(tmp_path):
+    """``--residual`` offers RESIDUAL_FORMS, the forms the graded_streams pass takes; an unknown
+    one is refused naming them, before anything is written."""
+    from spikeclip_deploy.targets import RESIDUAL_FORMS
+
+    option = next(p for p in main.commands["export"].params if p.name == "residual")
+    assert tuple(option.type.choices) == RESIDUAL_FORMS == ("graded", "copies")
+    r = invoke("export", "--residual", "relays", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "'graded', 'copies'" in r.output, r.output
+    assert not (tmp_path / "x").exists()
