@@ -37,8 +37,7 @@ from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
 from ..fixed_point import bias_mantissa
 from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
-                        relay_delay,
-                        summed_synapses)
+                        relay_delay, summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
 

@@ -50,7 +50,6 @@ from .resources import flops
 log = logging.getLogger(__name__)
 
 
-
 def _in_shape(graph: Graph, syn: Layer) -> tuple[int, ...]:
     return tuple(np.asarray(graph.layer(syn.inputs[0]).node.tau).shape)
 
