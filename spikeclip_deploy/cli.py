@@ -14,7 +14,7 @@ from . import __version__
 from .backends.lava_chip import CHIP_ENV, CHIPS
 from .cli_types import FiniteFloatRange
 from .errors import SpikeClipError
-from .targets import target_names
+from .targets import RESIDUAL_FORMS, target_names
 from .training.recipe import AUGMENTATIONS, Recipe
 
 
@@ -266,10 +266,12 @@ def _check_init(init: str, model: str | None) -> None:
               show_default=True,
               help="netx (--target loihi): also write the chip graphs' chains as lava-dl netx "
                    "networks (netx/*.net), every LIF bias on netx's grid (exponent 6).")
-@click.option("--residual", type=click.Choice(["graded", "copies"]), default="graded",
+@click.option("--residual", type=click.Choice(RESIDUAL_FORMS), default="graded",
               show_default=True,
               help="How a residual stream reaches its readers on chip: graded relays (each "
-                   "synapse once; copies kept only where cheaper), or a synapse copy per reader.")
+                   "synapse once; copies kept where they cost no more energy on the chip or "
+                   "where relays would not fit a core's input axons), or a synapse copy per "
+                   "reader.")
 @INIT
 @INIT_SEED
 def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt: str,

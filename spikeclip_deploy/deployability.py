@@ -11,11 +11,13 @@ spikes at every step, so each chip synapse layer performs all its connections at
 
 .. math::
 
-    \mathrm{share} = \frac{T S}{T S + \mathrm{MAC}_{stem} + \mathrm{MAC}_{readout}
+    \mathrm{share} = \frac{T (S + G)}{T (S + G) + \mathrm{MAC}_{stem} + \mathrm{MAC}_{readout}
     + T \sum_h \mathrm{MAC}_h}
 
 :math:`S`: the lowered image graph's ``resources["synapses"]`` (dense-equivalent connections of
 its chip layers: every copy of a copied synapse, a convolution's padded taps included);
+:math:`G`: its ``resources["graded_synapses"]`` (the identity synapses of its stream relays,
+which the chip executes too: :func:`~.verify.energy.chip_sop_share`, verify's definition);
 :math:`\mathrm{MAC}_h`: one evaluation of host op :math:`h` (its ``metadata["macs"]``, the
 host-placed synapses before it included); the host's MACs as verify counts them
 (:func:`~.verify.energy.host_macs_executed`). verify's ``chip_sop_share`` is measured: the SOPs
@@ -60,7 +62,7 @@ def full_activity_share(image: Graph, once_macs: tuple[int, int]) -> float:
     t = image.meta["time_steps"]
     host = host_macs_executed(*once_macs, host_op_macs(run_side_layers(image)), t)
     res = image.meta["resources"]
-    return chip_sop_share(t * (res["synapses"] + res["graded_synapses"]), host)
+    return chip_sop_share(t * res["synapses"], t * res["graded_synapses"], host)
 
 
 def assess(cfg: ModelConfig) -> dict[str, Any]:

@@ -233,7 +233,7 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
     over = _over(first, cores)
     if over:
         key, what = BUDGETS[over[0]]
-        unit = (f"one neuron of one channel" if layer.dims[0] > 1 else "one neuron")
+        unit = ("one neuron of one channel" if layer.dims[0] > 1 else "one neuron")
         raise HardwareLimitError(
             f"the {side} encoder's layer '{layer.name}' cannot be mapped: {unit} needs "
             f"{first[over[0]]:,} {what} where a neuro-core holds {getattr(cores, key):,} "

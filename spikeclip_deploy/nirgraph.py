@@ -129,8 +129,10 @@ def host_op_from_record(record: dict) -> tuple[HostOpNode, tuple[str, ...]]:
 
 
 def is_relay(node: nir.NIRNode) -> bool:
-    """Whether ``node`` is a graded stream relay (module docstring)."""
-    return isinstance(node, nir.Scale) and "relay" in node.metadata
+    """Whether ``node`` is a graded stream relay (module docstring): a ``Scale`` marked
+    ``relay`` whose scale is 1 everywhere (it sums its inputs; every backend runs it so)."""
+    return (isinstance(node, nir.Scale) and "relay" in node.metadata
+            and bool(np.all(np.asarray(node.scale) == 1)))
 
 
 def relay_node(shape: tuple[int, ...], metadata: dict) -> nir.Scale:

@@ -22,9 +22,10 @@ def export_summary(path: Path, manifest: dict) -> str:
             c, g = cost["copies"], cost["graded"]
             lines.append(f"  {side} residual stream read by {', '.join(cost['readers'])}: "
                          f"{cost['form']} kept; per step at full activity, copies "
-                         f"{c['synaptic_ops']:,} synaptic ops; graded {g['synaptic_ops']:,} "
-                         f"synaptic ops + {g['graded_messages']:,} graded messages + "
-                         f"{g['relay_updates']:,} relay updates")
+                         f"{c['synaptic_ops']:,} synaptic ops ({c['energy_pj'] / 1e6:,.2f} uJ)"
+                         f"; graded {g['synaptic_ops']:,} synaptic ops + "
+                         f"{g['graded_messages']:,} graded messages + {g['relay_updates']:,} "
+                         f"relay updates ({g['energy_pj'] / 1e6:,.2f} uJ)")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
     return "\n".join(lines)
 

@@ -17,7 +17,13 @@ class Target:
     passes: tuple[str, ...]  # lowering passes, in order (spikeclip_deploy.lowering.passes)
     backend: str  # "module:Class" of the run-side backend
     exports: str | None = None  # the target whose export this one runs (None: its own)
+    #: (chip profile, chip energy model) in hardware/ that price the residual forms
+    #: (graded_streams): the float reference prices them as the chip it stands in for
+    stream_costs: tuple[str, str] = ("loihi2", "energy-loihi")
 
+
+#: the residual forms ``export --residual`` offers (the ``graded_streams`` pass)
+RESIDUAL_FORMS = ("graded", "copies")
 
 LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fanout", "partition", "align_delays", "quantize", "resources",
                 "check_limits")

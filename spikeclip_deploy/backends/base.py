@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ExportError, UnsupportedNodeError
 from ..fixed_point import bias_value
 from ..manifest import load_export
-from ..nirgraph import graph_layers
+from ..nirgraph import graph_layers, is_relay
 from ..prompts import CIFAR_TEMPLATES
 from ..targets import export_target
 from ..zeroshot import class_weights, tokenize
@@ -97,6 +97,9 @@ class Backend(ABC):
                 if type(layer.node) not in self.handlers:
                     raise UnsupportedNodeError(self.name, f"{side}/{layer.name}",
                                                type(layer.node).__name__)
+                if isinstance(layer.node, nir.Scale) and not is_relay(layer.node):
+                    raise UnsupportedNodeError(self.name, f"{side}/{layer.name}",
+                                               "Scale that is no stream relay")
 
     def lif_names(self, side: str) -> list[str]:
         """The LIF layers of an encoder, in the order :meth:`run_chip` returns their spikes."""

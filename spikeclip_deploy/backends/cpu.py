@@ -52,16 +52,16 @@ def _conv2d(node: nir.Conv2d) -> torch.nn.Conv2d:
     return module
 
 
-class _Scale(torch.nn.Module):
-    """NIR ``Scale``: :math:`y = s \odot x` (a graded stream relay: :math:`s = 1`, the sum of
-    its inputs, read by its readers within the step)."""
+class _Relay(torch.nn.Module):
+    """A graded stream relay (NIR ``Scale`` of scale 1, :func:`~..nirgraph.is_relay`: the
+    backend refuses any other): :math:`y = x`, the sum of its inputs (nirtorch sums what enters
+    a node), read by its readers within the step."""
 
     def __init__(self, node: nir.Scale) -> None:
         super().__init__()
-        self.scale = torch.as_tensor(np.asarray(node.scale), dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
+        return x
 
 
 class LIF(torch.nn.Module):
@@ -123,7 +123,7 @@ class _HostOp(torch.nn.Module):
 
 #: node type -> module; :func:`run_graph` binds the graph's ``dt`` to :class:`LIF`
 NODE_MAP: dict[type, Callable] = {nir.LIF: LIF, nir.Affine: _affine, nir.Conv2d: _conv2d,
-                                  nir.Scale: _Scale, HostSlot: _Slot}
+                                  nir.Scale: _Relay, HostSlot: _Slot}
 
 
 def with_host_ops(graph: nir.NIRGraph, host_ops: dict[str, HostOpNode]) -> nir.NIRGraph:

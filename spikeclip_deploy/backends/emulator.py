@@ -42,9 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ExportError, UnsupportedNodeError
+from ..errors import ExportError
 from ..hardware import FixedPoint, load_profile
-from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, is_relay, summed_synapses
+from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
 from .emulator_synapses import FLOAT32_EXACT, FLOAT64_EXACT, Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
@@ -241,8 +241,6 @@ class Emulation:
                                           else Conv(la.name, node, fp.state_bits))
             elif isinstance(node, HostOpNode):
                 self.host_ops[la.name] = HostOpRunner(Path(export_dir), node.metadata)
-            elif isinstance(node, nir.Scale) and not is_relay(node):
-                raise UnsupportedNodeError("loihi-emu", la.name, "Scale that is no stream relay")
             elif isinstance(node, nir.LIF):
                 syns = [by_name[i].node for i in summed[la.name]]
                 shape, q = np.asarray(node.tau).shape, node.metadata["loihi"]

@@ -36,8 +36,8 @@ from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
 from ..fixed_point import bias_mantissa
-from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, pair, relay_delay,
-                        summed_synapses)
+from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
+                        relay_delay, summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
 
@@ -179,11 +179,11 @@ def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int
     return L["DelaySparse"](weights=weights, delays=delays, weight_exp=exp, num_message_bits=0)
 
 
-def _relay(L: dict, node: nir.Scale, shape: tuple[int, ...]) -> Any:
-    """A graded stream relay: ``GradedVec`` (:math:`v = a_{in}`, :math:`s = v\,[|v| > 0]`,
-    memoryless) sending graded spikes."""
-    if np.any(np.asarray(node.scale) != 1) or "relay" not in node.metadata:
-        raise UnsupportedNodeError("loihi", str(node.metadata), "Scale that is no stream relay")
+def _relay(L: dict, node: nir.Scale, shape: tuple[int, ...], name: str) -> Any:
+    """A graded stream relay ``name``: ``GradedVec`` (:math:`v = a_{in}`, :math:`s = v\,[|v| >
+    0]`, memoryless) sending graded spikes."""
+    if not is_relay(node):
+        raise UnsupportedNodeError("loihi", name, "Scale that is no stream relay")
     return L["GradedVec"](shape=shape, vth=int(node.metadata["loihi"]["vth"]))
 
 
@@ -294,7 +294,7 @@ class _Network:
             for la in self.layers:
                 if isinstance(la.node, nir.Scale):
                     shape = to_lava_layout(np.zeros(np.asarray(la.node.scale).shape)).shape
-                    proc = self.handlers[nir.Scale](self.L, la.node, shape)
+                    proc = self.handlers[nir.Scale](self.L, la.node, shape, la.name)
                     connect_inputs(la, proc)
                     if state:  # its graded payloads
                         path = f"{tmp}/{la.name}.payload.npy"

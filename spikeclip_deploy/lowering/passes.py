@@ -14,13 +14,14 @@ import nir
 import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
-from ..hardware import ChipProfile
+from ..hardware import ChipProfile, load_profile
 from ..nirgraph import HostOpNode, depths, is_relay
+from ..targets import RESIDUAL_FORMS, get_target
 from .fold import bn_gain, folded_bias
 from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
 from .resources import flops, graph_resources
-from .streams import RESIDUAL_FORMS, graded_streams
+from .streams import graded_streams
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,10 @@ def _graded_streams(graph: Graph, ctx: LoweringContext) -> Graph:
     if ctx.residual not in RESIDUAL_FORMS:
         raise LoweringError(f"unknown residual form '{ctx.residual}'; choose one of "
                             f"{', '.join(RESIDUAL_FORMS)}")
-    return graded_streams(graph, ctx.residual)
+    chip, energy = get_target(ctx.target).stream_costs
+    profile = ctx.profile or load_profile(chip)
+    return graded_streams(graph, ctx.residual, load_profile(energy, "chip-energy"),
+                          profile.cores.input_axons_per_core)
 
 
 GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left,

@@ -221,21 +221,36 @@ def _stream_biases(fed: Mapping[str, tuple], members: Iterable[str],
 
 
 def payload_bound(terms: Iterable[nir.NIRNode]) -> int:
-    """Largest |payload| a relay summing ``terms`` (integer synapses reading spikes) can send:
-    the sum of their worst cases (:func:`activation_worst_case`)."""
-    return sum(activation_worst_case(np.asarray(t.weight)) for t in terms)
+    r"""Largest |payload| a relay summing ``terms`` (integer synapses reading spikes) can send:
+    the sum of their worst cases (:func:`activation_worst_case`), each shifted by its weight
+    exponent as the chip delivers it, :math:`\sum_t W_t\, 2^{e_{w,t}}`."""
+    return sum(activation_worst_case(np.asarray(t.weight))
+               << int(t.metadata["loihi"]["weight_exp"]) for t in terms)
+
+
+def _check_port(name: str, what: str, worst: int, fp: FixedPoint) -> None:
+    """A warning where ``worst`` (the largest |input| layer ``name`` delivers to its readers'
+    LIF input port in a step) exceeds that port's ``input_port_bits``."""
+    limit = 2 ** (fp.input_port_bits - 1) - 1
+    if worst > limit:
+        log.warning("%s: worst-case %s %d exceeds the %d-bit input port (%d); Lava's simulation "
+                    "does not clip it, hardware may", name, what, worst, fp.input_port_bits,
+                    limit)
 
 
 def _relay(node: nir.Scale, name: str, terms: list[nir.NIRNode], scale: float,
            fp: FixedPoint) -> nir.Scale:
     """A relay with its registers (``GradedVec``: threshold 0, so every nonzero sum is sent) and
     its payload's scale and bound; a bound beyond the graded payload is refused: Lava's
-    simulation would pass it on unchecked, hardware would wrap it."""
+    simulation would pass it on unchecked, hardware would wrap it. Its identity synapse delivers
+    the payload whole into each reader's input port: a bound beyond that port is warned of, as
+    a synapse's worst case is."""
     bound, top = payload_bound(terms), 2 ** (fp.graded_payload_bits - 1) - 1
     if bound > top:
         raise LoweringError(f"stream relay '{name}' can reach a payload of {bound:,}, beyond the "
                             f"{fp.graded_payload_bits}-bit graded spike ({top:,}); lower the "
                             f"stream's weights or export with --residual copies")
+    _check_port(name, "graded payload", bound, fp)
     meta = {**node.metadata, "loihi": {"vth": 0, "num_message_bits": fp.graded_payload_bits},
             "scale": scale, "payload_bound": bound}
     return dataclasses.replace(node, metadata=meta)
@@ -309,7 +324,6 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
     for first in {groups[n] for n in streamed}:
         stream_bias[first] = _stream_biases(fed, [n for n in fed if groups[n] == first], nodes,
                                             group_vth[first], fp)
-    limit = 2 ** (fp.input_port_bits - 1) - 1
     for name, (syns, tau, v_th, _) in fed.items():
         vth = group_vth[groups[name]]
         s = vth / v_th
@@ -325,10 +339,7 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             w = np.asarray(syn.weight, dtype=np.float64)
             w_int = quantize_weight(w, s, tau, fp)
             worst = activation_worst_case(w_int)
-            if worst > limit:
-                log.warning("%s: worst-case synaptic input %d exceeds the %d-bit input port (%d); "
-                            "Lava's simulation does not clip it, hardware may", syn_name, worst,
-                            fp.input_port_bits, limit)
+            _check_port(syn_name, "synaptic input", worst, fp)
             if groups[name] in stream_bias:
                 bias_q = bias_value(own[syn_name], bexp, fp.activation_shift)
             else:
@@ -340,7 +351,11 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             out[syn_name] = _int_synapse(syn, w_int, bias_q, meta)
         out[name] = _int_lif(nodes[name], tau, vth, bexp, fp, {"scale_group": groups[name]})
     for relay, summed in terms.items():
-        reader = next(n for n, _, inputs in layers if relay in inputs and n in fed)
+        reader = next((n for n, _, inputs in layers if relay in inputs and n in fed), None)
+        if reader is None:
+            raise LoweringError(f"stream relay '{relay}' is read by no chip LIF: its payload "
+                                f"takes the scale of a LIF that reads it; feed the relay to the "
+                                f"LIF that sums its terms, or drop it")
         out[relay] = _relay(nodes[relay], relay, [out[t] for t in summed],
                             out[reader].metadata["scale"], fp)
     if input_q is None:

@@ -11,14 +11,25 @@ sent as one graded spike per neuron and step) that sums the previous relay (thro
 synapse) and the new terms; every reader reads its relay through one identity synapse. Each term
 then runs once.
 
-The pass compares both forms per stream, at full activity (every neuron active every step, a
-bound that needs no data): *copies* execute :math:`\sum_t \mathrm{FLOPs}_t\, r_t` synaptic
-operations (:math:`r_t` the readers summing term :math:`t`); *graded* executes
-:math:`\sum_t \mathrm{FLOPs}_t` plus one graded message per relay neuron and reader (an
-identity synaptic operation) plus one update per relay neuron. It logs both (and the input axons
-each form needs at its readers) and keeps the copies only where they cost no more; the
-``copies`` form (``export --residual copies``) keeps them everywhere. The choice and the costs
-are in the graph's ``meta["streams"]``.
+The pass prices both forms per stream at full activity (every neuron active every step, a
+bound that needs no data) with the target chip's energy model (``hardware/energy-loihi.json``
+for Loihi, the figures the chip energy report uses), per step:
+
+.. math::
+
+    E_{copies} &= E_{SOP} \sum_t \mathrm{FLOPs}_t\, r_t + E_{msg} \sum_t A_t\, r_t \\
+    E_{graded} &= E_{SOP} \sum_t \mathrm{FLOPs}_t + E_{msg} \sum_t A_t
+      + \sum_r N_r \big(E_{relay} + R_r (E_{graded\,op} + E_{graded\,msg})\big)
+
+(:math:`r_t` the readers summing term :math:`t`, :math:`A_t` its input neurons, each sending
+one message per reader at the least; :math:`N_r` a relay's neurons, :math:`R_r` its readers,
+each sent one graded message and executing one identity synaptic op per relay neuron). It logs
+both (with their operation counts and the input axons each needs at its readers) and keeps the
+graded form where it costs less energy, unless one neuron of one of its readers would need more
+input axons than a neuro-core holds (``input_axons_per_core`` of the chip profile) while the
+copies form fits (and likewise the other way round). The ``copies`` form (``export --residual
+copies``) keeps copies everywhere. The choice and the costs are in the graph's
+``meta["streams"]``.
 """
 from __future__ import annotations
 
@@ -29,15 +40,14 @@ from typing import Any
 import nir
 import numpy as np
 
+from ..hardware import ChipEnergyModel
 from ..nirgraph import relay_node
+from ..targets import RESIDUAL_FORMS
 from .graph import Graph, Layer
 from .quantize import SYNAPSES
 from .resources import flops
 
 log = logging.getLogger(__name__)
-
-#: the residual forms ``export --residual`` offers
-RESIDUAL_FORMS = ("graded", "copies")
 
 
 def _in_shape(graph: Graph, syn: Layer) -> tuple[int, ...]:
@@ -74,8 +84,17 @@ def _streams(relays: dict[frozenset, tuple[str, tuple[str, ...], str]]) -> dict[
     return stream
 
 
-def _costs(graph: Graph, relays: dict, reads: dict[str, str], members: set[str]) -> dict[str, Any]:
-    """Both forms' per-step costs at full activity for the stream of relays ``members``."""
+def _fan_in(node: nir.NIRNode) -> int:
+    """Input neurons one target neuron of a synapse layer reads (a convolution's receptive
+    field, a dense layer's inputs): the input axons it needs on its core at the least."""
+    return int(np.prod(np.asarray(node.weight).shape[1:]))
+
+
+def _costs(graph: Graph, relays: dict, reads: dict[str, str], members: set[str],
+           energy: ChipEnergyModel) -> dict[str, Any]:
+    """Both forms' per-step costs at full activity for the stream of relays ``members``
+    (module docstring): operation counts, input axons, the most input axons one neuron of a
+    reader needs (``reader_axons``) and ``energy_pj``."""
     mine = {key: r for key, r in relays.items() if r[0] in members}
     readers = [lif for lif, relay in reads.items() if relay in members]
     terms = {t for key in mine for t in key}
@@ -90,37 +109,57 @@ def _costs(graph: Graph, relays: dict, reads: dict[str, str], members: set[str])
             for name, _, first in mine.values()}
     new_terms = [t for _, inputs, _ in mine.values() for t in inputs if t in terms]
     copies = {"synaptic_ops": sum(ops[t] * summed[t] for t in terms), "graded_messages": 0,
-              "relay_updates": 0, "input_axons": sum(axons_in[t] * summed[t] for t in terms)}
+              "relay_updates": 0, "input_axons": sum(axons_in[t] * summed[t] for t in terms),
+              "reader_axons": max(sum(_fan_in(syn[t].node) for t in graph.layer(r).inputs)
+                                  for r in readers)}
     graded = {"synaptic_ops": sum(ops[t] for t in new_terms),
               "graded_messages": sum(size[n] * relay_readers[n] for n in size),
               "relay_updates": sum(size.values()),
               "input_axons": sum(axons_in[t] for t in new_terms)
-              + sum(size[n] * relay_readers[n] for n in size)}
-    return {"relays": sorted(size, key=lambda n: int(n[5:])), "readers": readers,
-            "terms": sorted(terms), "copies": copies, "graded": graded}
+              + sum(size[n] * relay_readers[n] for n in size),
+              "reader_axons": max(1, *(sum(1 if i in size else _fan_in(syn[i].node)
+                                           for i in inputs) for _, inputs, _ in mine.values()))}
+    spike_messages = {"copies": sum(axons_in[t] * summed[t] for t in terms),
+                      "graded": sum(axons_in[t] for t in new_terms)}
+    for form, cost in (("copies", copies), ("graded", graded)):
+        cost["energy_pj"] = (energy.e_synaptic_op_pj * cost["synaptic_ops"]
+                             + energy.e_spike_message_pj * spike_messages[form]
+                             + (energy.e_graded_op_pj + energy.e_graded_message_pj)
+                             * cost["graded_messages"]
+                             + energy.e_relay_update_pj * cost["relay_updates"])
+    return {"relays": list(size), "readers": readers, "terms": sorted(terms), "copies": copies,
+            "graded": graded}
 
 
-def operations(cost: dict[str, int]) -> int:
-    """One form's operations per step at full activity: synaptic ops, graded messages (each an
-    identity synaptic op at its reader) and relay updates."""
-    return cost["synaptic_ops"] + cost["graded_messages"] + cost["relay_updates"]
+def _choose(cost: dict[str, Any], form: str, input_axons_per_core: int) -> str:
+    """The form a stream keeps: ``copies`` when asked; else the one of less energy, but never
+    one whose reader needs more input axons than a core holds where the other fits."""
+    if form == "copies":
+        return "copies"
+    fits = {f: cost[f]["reader_axons"] <= input_axons_per_core for f in RESIDUAL_FORMS}
+    if fits["graded"] != fits["copies"]:
+        return "graded" if fits["graded"] else "copies"
+    return "graded" if cost["graded"]["energy_pj"] < cost["copies"]["energy_pj"] else "copies"
 
 
-def graded_streams(graph: Graph, form: str) -> Graph:
-    """The pass (module docstring): ``form`` ``graded`` relays every stream where that is
-    cheaper, ``copies`` none (both forms' costs are logged either way)."""
+def graded_streams(graph: Graph, form: str, energy: ChipEnergyModel,
+                   input_axons_per_core: int) -> Graph:
+    """The pass (module docstring): ``form`` ``graded`` relays every stream where that costs
+    less energy under ``energy`` (within ``input_axons_per_core``), ``copies`` none (both
+    forms' costs are logged either way)."""
     relays, reads = _plan(graph)
     stream_of = _streams(relays)
     kept: set[str] = set()
     report = {}
-    for stream in sorted(set(stream_of.values()), key=lambda n: int(n[5:])):
+    for stream in dict.fromkeys(stream_of.values()):  # in the order the relays were made
         members = {r for r, s in stream_of.items() if s == stream}
-        cost = _costs(graph, relays, reads, members)
-        cheaper = operations(cost["graded"]) < operations(cost["copies"])
-        cost["form"] = "graded" if cheaper and form == "graded" else "copies"
-        log.info("%s encoder, residual stream read by %s: copies %s; graded %s (relays %s): "
-                 "%s kept", graph.side, ", ".join(cost["readers"]), cost["copies"],
-                 cost["graded"], ", ".join(cost["relays"]), cost["form"])
+        cost = _costs(graph, relays, reads, members, energy)
+        cost["form"] = _choose(cost, form, input_axons_per_core)
+        log.info("%s encoder, residual stream read by %s: copies %s (%.1f pJ a step); graded "
+                 "%s (%.1f pJ a step; relays %s); input axons per core %d: %s kept",
+                 graph.side, ", ".join(cost["readers"]), cost["copies"],
+                 cost["copies"]["energy_pj"], cost["graded"], cost["graded"]["energy_pj"],
+                 ", ".join(cost["relays"]), input_axons_per_core, cost["form"])
         if cost["form"] == "graded":
             kept |= members
         report[stream] = cost

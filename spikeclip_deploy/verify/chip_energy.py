@@ -27,12 +27,21 @@ every step (an upper bound: a relay sends only nonzero sums).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 from ..hardware import ChipEnergyModel
 from ..mapping import EncoderMapping
 
 PJ_PER_MJ = 1e9
+
+
+def relay_counts(relays: Iterable[dict[str, Any]], time_steps: int) -> dict[str, int]:
+    """Per inference: relay updates (every relay neuron at every step) and graded synaptic ops
+    (one per relay neuron, step and reader: an upper bound, every relay neuron counted as
+    sending at every step)."""
+    relays = list(relays)
+    return {"relay_updates": sum(r["neurons"] for r in relays) * time_steps,
+            "graded_sops": sum(r["neurons"] * len(r["readers"]) for r in relays) * time_steps}
 
 
 def placement_state(mapping: EncoderMapping, system: str) -> dict[str, Any]:
@@ -86,11 +95,11 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
             row["energy_pj"] = row["sop_pj"] + row.get("message_pj", 0.0)
             rows.append(row)
     for relay in tally.get("relays", []):
-        updates = relay["neurons"] * t
-        row = {"name": relay["name"], "kind": "relay", "relay_updates": updates,
-               "graded_sops": updates * len(relay["readers"]),
+        counts = relay_counts([relay], t)
+        updates = counts["relay_updates"]
+        row = {"name": relay["name"], "kind": "relay", **counts,
                "relay_pj": updates * model.e_relay_update_pj,
-               "graded_sop_pj": updates * len(relay["readers"]) * model.e_graded_op_pj}
+               "graded_sop_pj": counts["graded_sops"] * model.e_graded_op_pj}
         if mapped:
             reach = sum(placement["synapses"][f"{relay['name']}>{r}"]["reach"]
                         for r in relay["readers"])

@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
 from ..lowering.resources import fan_out, flops
 from ..nirgraph import ChipLayer, HostOpNode, is_relay
-from .chip_energy import PJ_PER_MJ, chip_energy_report
+from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
 from .stats import mean_ci95
 
 
@@ -59,10 +59,14 @@ def host_macs_executed(stem_macs: int, readout_macs: int, op_macs: int, time_ste
     return stem_macs + time_steps * op_macs + readout_macs
 
 
-def chip_sop_share(chip_sops: float, host_macs: float) -> float:
-    """The chip's share of an inference's operations: its SOPs over its SOPs plus the host's
-    MACs (:func:`host_macs_executed`)."""
-    return chip_sops / (chip_sops + host_macs)
+def chip_sop_share(chip_sops: float, graded_sops: float, host_macs: float) -> float:
+    r"""The chip's share of an inference's operations, :math:`(\mathrm{SOP} +
+    \mathrm{SOP}_{graded}) / (\mathrm{SOP} + \mathrm{SOP}_{graded} + \mathrm{MAC}_{host})`:
+    its synaptic ops with the graded identity synaptic ops of its stream relays (the chip
+    executes those too), over those plus the host's MACs (:func:`host_macs_executed`, or any
+    part of them); 0 when neither does anything."""
+    ops = chip_sops + graded_sops
+    return ops / (ops + host_macs) if ops + host_macs else 0.0
 
 
 def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
@@ -83,14 +87,6 @@ def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     return [{"name": la.name, "neurons": int(np.asarray(la.node.scale).size),
              "readers": [r.name for r in layers if la.name in r.inputs]}
             for la in layers if is_relay(la.node)]
-
-
-def relay_counts(relays: Iterable[dict[str, Any]], time_steps: int) -> dict[str, int]:
-    """Per inference: relay updates (every relay neuron at every step) and graded synaptic ops
-    (one per relay neuron, step and reader: the upper bound of the module docstring)."""
-    relays = list(relays)
-    return {"relay_updates": sum(r["neurons"] for r in relays) * time_steps,
-            "graded_sops": sum(r["neurons"] * len(r["readers"]) for r in relays) * time_steps}
 
 
 def model_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -219,8 +215,8 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
         **graded, "graded_energy_pj": graded_pj,
         "host_op_macs_per_step": op_macs,
         "host_macs_executed": int(host),
-        "chip_sop_share": chip_sop_share(total_sops, host),
-        "chip_part_sop_share": total_sops / (total_sops + t * op_macs) if total_sops else 0.0,
+        "chip_sop_share": chip_sop_share(total_sops, graded["graded_sops"], host),
+        "chip_part_sop_share": chip_sop_share(total_sops, graded["graded_sops"], t * op_macs),
         "chip_energy_pj": chip_pj, "host_energy_pj": host_pj,
         "chip_energy_share": chip_pj / e_snn, "host_energy_share": host_pj / e_snn,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,

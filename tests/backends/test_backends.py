@@ -126,6 +126,44 @@ def test_unknown_node_type_is_named(micro_exports, monkeypatch):
         CPUBackend(micro_exports["cpu"])
 
 
+def test_a_relay_is_a_marked_scale_of_one():
+    from spikeclip_deploy.nirgraph import is_relay, relay_node
+
+    relay = relay_node((2,), {})
+    assert is_relay(relay)
+    assert not is_relay(nir.Scale(scale=np.ones(2, dtype=np.float32)))  # unmarked
+    assert not is_relay(nir.Scale(scale=np.array([1.0, 2.0], dtype=np.float32),
+                                  metadata=relay.metadata))  # marked, but scaling
+
+
+@pytest.mark.parametrize("target", ["cpu", "loihi-emu", "loihi"])
+def test_every_backend_refuses_a_scaling_relay_by_name(target, micro_exports, monkeypatch):
+    """A relay-marked Scale whose scale is not 1 (the CPU reference would multiply by it, Lava
+    and the emulator would not): each backend refuses it, naming the layer."""
+    from spikeclip_deploy.backends import base
+    from spikeclip_deploy.nirgraph import ChipLayer, graph_layers, relay_node
+
+    def with_scaling_relay(graph):
+        layers = graph_layers(graph)
+        relay = relay_node((2,), {})
+        scaled = nir.Scale(scale=np.full(2, 2.0, dtype=np.float32), metadata=relay.metadata)
+        return layers + [ChipLayer("relay9", scaled, (layers[-1].name,))]
+    monkeypatch.setattr(base, "graph_layers", with_scaling_relay)
+    export = micro_exports["cpu" if target == "cpu" else "loihi"]
+    with pytest.raises(UnsupportedNodeError, match="'image/relay9' of type Scale that is no "
+                                                   "stream relay"):
+        get_backend(target)(export)
+
+
+def test_lavas_relay_handler_names_the_layer():
+    from spikeclip_deploy.backends.lava import _relay
+
+    scaled = nir.Scale(scale=np.full(2, 2.0, dtype=np.float32), metadata={"relay": "graded"})
+    with pytest.raises(UnsupportedNodeError, match="node 'relay3' of type Scale that is no "
+                                                   "stream relay"):
+        _relay({}, scaled, (2,), "relay3")
+
+
 @pytest.mark.lava
 def test_lava_tiny_network_matches_hand_trace(tmp_path):
     """LIF0 (bias-driven) -> Dense -> LIF1, written to NIR, read back and run on Lava fixed

@@ -302,7 +302,10 @@ def test_verify_a_random_init_spikingformer_with_its_host_ops(image_folder, tmp_
     # conv 12->16 at 16x16 + 3x3 pool to 16x8x8
     assert e["host_op_macs_per_step"] == (2 * 64**2 * 16 + 12 * 32 * 32 * 8 * 9 + 12 * 16 * 16 * 9
                                           + 16 * 16 * 16 * 12 * 9 + 16 * 8 * 8 * 9)
-    assert e["chip_part_sop_share"] == e["total_sops"] / (e["total_sops"] + 4 * e["host_op_macs_per_step"])
+    # the chip part's share counts the relays' graded ops (T = 4 steps of host ops)
+    chip = e["total_sops"] + e["graded_sops"]
+    assert e["graded_sops"] > 0
+    assert e["chip_part_sop_share"] == chip / (chip + 4 * e["host_op_macs_per_step"])
     assert "host ops between chip subgraphs" in r.output
 
 
@@ -358,3 +361,16 @@ def test_run_on_loihi_hardware_without_a_board_says_how_to_simulate(micro_export
                       "no board in this test", "pass --chip sim")
     monkeypatch.setenv("SPIKECLIP_CHIP", "hw")
     cli.clean_failure(invoke(*common), 1, "no board in this test")
+
+
+
+def test_export_offers_exactly_the_residual_forms_the_lowering_knows(tmp_path):
+    """``--residual`` offers RESIDUAL_FORMS, the forms the graded_streams pass takes; an unknown
+    one is refused naming them, before anything is written."""
+    from spikeclip_deploy.targets import RESIDUAL_FORMS
+
+    option = next(p for p in main.commands["export"].params if p.name == "residual")
+    assert tuple(option.type.choices) == RESIDUAL_FORMS == ("graded", "copies")
+    r = invoke("export", "--residual", "relays", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "'graded', 'copies'" in r.output, r.output
+    assert not (tmp_path / "x").exists()

@@ -151,48 +151,73 @@ def stream_encoder(width):
 
 
 def test_graded_streams_costs_by_hand_and_the_cheaper_form_kept():
-    """d0 read by lif1 and lif2. Width 8: copies execute d0 twice and d1 once, 3 x 64 = 192
-    synaptic ops a step at full activity; graded: d0 and d1 once (128), relay0 (8 neurons) sends
-    to lif1 and relay1 (16 graded messages), relay1 to lif2 (8), 16 relay updates: 168 < 192,
-    graded kept: no copy left. Width 2: copies 3 x 4 = 12, graded 8 + 4 + 2 + 4 = 18: copies
-    kept. ``--residual copies`` keeps copies even where graded is cheaper."""
-    g = run_passes(trace(stream_encoder(8), "text", torch.zeros(1, 8)),
-                   (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"]), CPU)
+    """d0 read by lif1 and lif2, priced with hardware/energy-loihi.json (E_SOP 23.6, E_msg 1.7,
+    E_graded_op 23.6, E_graded_msg 1.7, E_relay 81 pJ). Width 16: copies execute d0 twice and
+    d1 once, 3 x 256 = 768 synaptic ops a step at full activity, and lif0's 16 neurons send to
+    2 readers, lif1's to 1: 48 spike messages, 23.6 x 768 + 1.7 x 48 = 18206.4 pJ; graded: d0
+    and d1 once (512 ops, 32 messages), relay0 (16 neurons) sends to lif1 and relay1, relay1 to
+    lif2 (48 graded messages and identity ops), 32 relay updates: 23.6 x 512 + 1.7 x 32 +
+    25.3 x 48 + 81 x 32 = 15944.0 pJ < 18206.4: graded kept, no copy left. Width 8 (where
+    counting every operation alike, 168 < 192, chose graded): copies 23.6 x 192 + 1.7 x 24 =
+    4572.0 pJ, graded 23.6 x 128 + 1.7 x 16 + 25.3 x 24 + 81 x 16 = 4951.2 pJ: copies kept.
+    ``--residual copies`` keeps copies even where graded is cheaper."""
+    passes = (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"])
+    g = run_passes(trace(stream_encoder(16), "text", torch.zeros(1, 16)), passes, CPU)
     cost = g.meta["streams"]["relay0"]
-    assert cost["copies"] == {"synaptic_ops": 192, "graded_messages": 0, "relay_updates": 0,
-                              "input_axons": 24}
-    assert cost["graded"] == {"synaptic_ops": 128, "graded_messages": 24, "relay_updates": 16,
-                              "input_axons": 16 + 24}
+    assert cost["copies"] == {"synaptic_ops": 768, "graded_messages": 0, "relay_updates": 0,
+                              "input_axons": 48, "reader_axons": 32,
+                              "energy_pj": pytest.approx(18206.4)}
+    assert cost["graded"] == {"synaptic_ops": 512, "graded_messages": 48, "relay_updates": 32,
+                              "input_axons": 32 + 48, "reader_axons": 17,
+                              "energy_pj": pytest.approx(15944.0)}
     assert cost["form"] == "graded" and cost["relays"] == ["relay0", "relay1"]
     assert [(la.name, la.inputs) for la in g.layers] == [
         ("lif0", ("input",)), ("dense0", ("lif0",)), ("relay0", ("dense0",)),
         ("lif1", ("relay0",)), ("dense1", ("lif1",)), ("relay1", ("relay0", "dense1")),
         ("lif2", ("relay1",))]
     assert not any("copy_of" in la.node.metadata for la in g.layers)
-    small = run_passes(trace(stream_encoder(2), "text", torch.zeros(1, 2)),
-                       (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"]), CPU)
-    assert small.meta["streams"]["relay0"]["form"] == "copies"
+    small = run_passes(trace(stream_encoder(8), "text", torch.zeros(1, 8)), passes, CPU)
+    cost = small.meta["streams"]["relay0"]
+    assert (cost["copies"]["energy_pj"], cost["graded"]["energy_pj"]) == (
+        pytest.approx(4572.0), pytest.approx(4951.2))
+    assert cost["form"] == "copies"
     assert not any(isinstance(la.node, nir.Scale) for la in small.layers)
     assert [la.node.metadata.get("copy_of") for la in small.layers].count("dense0") == 2
-    copies = run_passes(trace(stream_encoder(8), "text", torch.zeros(1, 8)),
-                        (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"]),
+    copies = run_passes(trace(stream_encoder(16), "text", torch.zeros(1, 16)), passes,
                         dataclasses.replace(CPU, residual="copies"))
     assert copies.meta["streams"]["relay0"]["form"] == "copies"
     assert [la.node.metadata.get("copy_of") for la in copies.layers].count("dense0") == 2
+
+
+def test_graded_streams_refuses_a_form_beyond_the_cores_input_axons():
+    """Width 8, where copies cost less energy (above): one neuron of lif2 reads d0 and d1, 16
+    input axons with copies; with relays it reads relay1 (1 axon) and relay1's neurons read
+    relay0 and d1 (1 + 8 = 9). Cores of 12 input axons: copies do not fit, graded does: graded
+    kept. Cores of 16: both fit, the cheaper (copies) kept."""
+    passes = (PASSES["fold_bn"], PASSES["graded_streams"], PASSES["split_fanout"])
+    cores = LOIHI.profile.cores
+    for axons, form in ((12, "graded"), (16, "copies")):
+        profile = dataclasses.replace(LOIHI.profile, cores=dataclasses.replace(
+            cores, input_axons_per_core=axons))
+        g = run_passes(trace(stream_encoder(8), "text", torch.zeros(1, 8)), passes,
+                       dataclasses.replace(CPU, profile=profile))
+        cost = g.meta["streams"]["relay0"]
+        assert (cost["copies"]["reader_axons"], cost["graded"]["reader_axons"]) == (16, 9)
+        assert cost["form"] == form
 
 
 def test_a_stream_beyond_the_graded_payload_is_refused():
     """relay0 carries d0, relay1 d0 + d1; each payload bound is the sum of its terms' worst
     cases. With payloads of 8 bits (largest 127) relay0's already exceeds it: the export is
     refused, naming the relay and its bound, never wrapped; at 24 bits it passes."""
-    enc = stream_encoder(8)
+    enc = stream_encoder(16)
     with torch.no_grad():
         for m in enc.stack:
             if isinstance(m, nn.Linear):
                 m.weight.fill_(1.0)
     passes = tuple(PASSES[n] for n in ("fold_bn", "graded_streams", "split_fanout", "partition",
                                        "align_delays", "quantize"))
-    g = run_passes(trace(enc, "text", torch.zeros(1, 8)), passes, LOIHI)
+    g = run_passes(trace(enc, "text", torch.zeros(1, 16)), passes, LOIHI)
     bounds = {la.name: la.node.metadata["payload_bound"] for la in g.layers
               if isinstance(la.node, nir.Scale)}
     w = {la.name: np.asarray(la.node.weight) for la in g.layers if la.name.startswith("dense")}
@@ -204,4 +229,52 @@ def test_a_stream_beyond_the_graded_payload_is_refused():
     with pytest.raises(LoweringError, match=rf"stream relay 'relay0' can reach a payload of "
                                             rf"{bounds['relay0']:,}, beyond the 8-bit graded "
                                             rf"spike \(127\)"):
-        run_passes(trace(enc, "text", torch.zeros(1, 8)), passes, narrow)
+        run_passes(trace(enc, "text", torch.zeros(1, 16)), passes, narrow)
+
+
+def _ones_stream(width):
+    enc = stream_encoder(width)
+    with torch.no_grad():
+        for m in enc.stack:
+            if isinstance(m, nn.Linear):
+                m.weight.fill_(1.0)
+    return trace(enc, "text", torch.zeros(1, width))
+
+
+QUANTIZE = ("fold_bn", "graded_streams", "split_fanout", "partition", "align_delays", "quantize")
+
+
+def test_a_relays_payload_bound_counts_the_weight_exponent():
+    """The backends deliver each term's sum shifted by its weight exponent (y << e_w): with
+    e_w = 1 every term's worst case counts twice, relay1's bound is 2 (W_d0 + W_d1)."""
+    fp = dataclasses.replace(LOIHI.profile.fixed_point, weight_exp=1)
+    ctx = dataclasses.replace(LOIHI, profile=dataclasses.replace(LOIHI.profile, fixed_point=fp))
+    g = run_passes(_ones_stream(16), tuple(PASSES[n] for n in QUANTIZE), ctx)
+    w = {la.name: np.abs(np.asarray(la.node.weight)).sum(1).max() for la in g.layers
+         if la.name.startswith("dense")}
+    assert all(la.node.metadata["loihi"]["weight_exp"] == 1 for la in g.layers
+               if la.name.startswith("dense"))
+    bounds = {la.name: la.node.metadata["payload_bound"] for la in g.layers
+              if isinstance(la.node, nir.Scale)}
+    assert bounds == {"relay0": 2 * int(w["dense0"]),
+                      "relay1": 2 * int(w["dense0"] + w["dense1"])}
+
+
+def test_a_relays_payload_beyond_its_readers_input_port_is_warned_of(caplog):
+    """A relay's identity synapse delivers its whole payload into each reader's input port: a
+    bound beyond the port's largest value is warned of, as a synapse's worst case is. With a
+    port of 13 bits (4095), relay1 (d0 + d1) exceeds it, relay0 (d0 alone) and the synapses
+    (each at most 16 x 254 = 4064) do not."""
+    fp = dataclasses.replace(LOIHI.profile.fixed_point, input_port_bits=13)
+    ctx = dataclasses.replace(LOIHI, profile=dataclasses.replace(LOIHI.profile, fixed_point=fp))
+    with caplog.at_level("WARNING", logger="spikeclip_deploy.lowering.quantize"):
+        g = run_passes(_ones_stream(16), tuple(PASSES[n] for n in QUANTIZE), ctx)
+    bounds = {la.name: la.node.metadata["payload_bound"] for la in g.layers
+              if isinstance(la.node, nir.Scale)}
+    worst = {la.name: la.node.metadata["activation_worst_case"] for la in g.layers
+             if la.name.startswith("dense")}
+    assert bounds["relay0"] <= 4095 < bounds["relay1"] and max(worst.values()) <= 4095
+    warned = [r.getMessage() for r in caplog.records if "input port" in r.getMessage()]
+    assert warned == [f"relay1: worst-case graded payload {bounds['relay1']} exceeds the "
+                      f"13-bit input port (4095); Lava's simulation does not clip it, hardware "
+                      f"may"]

@@ -187,3 +187,16 @@ def test_lifs_sharing_a_synapse_need_one_tau_and_threshold():
               ("lif1", lif(1), ("d_lif1",)), ("lif2", lif(1, vth=0.5), ("d_lif2",))]
     with pytest.raises(LoweringError, match="'lif1' and 'lif2' read copies of one synapse"):
         quantize_layers(layers, load_profile("loihi2"))
+
+
+def test_a_relay_no_lif_reads_is_a_lowering_error_naming_it():
+    """relay0 sums dense0 but only lif1 reads dense0 (directly): the relay has no reader to take
+    its payload's scale from, a LoweringError naming it (never a StopIteration)."""
+    from spikeclip_deploy.nirgraph import relay_node
+
+    layers = [("lif0", lif(2), ("input",)),
+              ("dense0", nir.Affine(weight=np.array([[0.5, -0.25]]), bias=np.zeros(1)),
+               ("lif0",)),
+              ("lif1", lif(1), ("dense0",)), ("relay0", relay_node((1,), {}), ("dense0",))]
+    with pytest.raises(LoweringError, match="stream relay 'relay0' is read by no chip LIF"):
+        quantize_layers(layers, load_profile("loihi2"))

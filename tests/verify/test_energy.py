@@ -253,3 +253,5 @@ def test_relays_by_hand():
             relay["energy_pj"]) == (120, 40, 4, 172)
     assert rep["loihi"]["graded_messages"] == 4
     assert rep["loihi"]["terms_pj"]["graded_messages"] == 12
+    # the chip's share counts the 4 graded ops it executes: (8 + 4) / (8 + 4 + 12 stem MACs)
+    assert energy_report(t, 12, 0, EM)["chip_sop_share"] == 0.5
