@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import time
 from functools import cache
 
 import torch
@@ -56,11 +57,26 @@ def machine_key() -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def free_cores() -> int:
-    """The cores this process may use that other work leaves idle: those of its affinity
-    mask less the 1-minute load average (rounded), at least 1."""
+def _idle_ticks() -> tuple[int, int]:
+    """(idle, total) clock ticks of all CPUs since boot (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)  # idle + iowait
+
+
+def free_cores(sample_s: float = 0.2) -> int:
+    """The cores this process may use that other work leaves idle, at least 1: those of its
+    affinity mask times the idle share of the CPUs' time over ``sample_s`` seconds (the
+    1-minute load average where /proc/stat is missing)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, cores - round(os.getloadavg()[0]))
+    try:
+        idle0, total0 = _idle_ticks()
+        time.sleep(sample_s)
+        idle1, total1 = _idle_ticks()
+        busy = (os.cpu_count() or cores) * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    except (OSError, ValueError, IndexError):
+        busy = os.getloadavg()[0]
+    return max(1, min(cores, round(cores - busy)))
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -70,9 +86,9 @@ def set_threads(threads: int | None = None) -> int:
 
     n = threads or free_cores()
     n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)  # first: starting numba's OpenMP pool resets torch's threads
     torch.set_num_threads(n)
-    numba.set_num_threads(n)
     log.info("threads: %d (%s; %d cores, load average %.2f)", n,
-             "--threads" if threads else "the cores other work leaves free",
+             "--threads" if threads else "the cores other work leaves idle",
              os.cpu_count(), os.getloadavg()[0])
     return n
