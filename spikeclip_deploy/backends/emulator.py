@@ -32,17 +32,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import nir
 import numpy as np
 import torch
+from numba.typed import List
 
 from ..errors import ExportError
 from ..hardware import FixedPoint, load_profile
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths
 from .base import Backend, ChipRun, input_mantissa
-from .emulator_lif import INPUTS, lif_steps
+from .emulator_lif import lif_steps
 from .emulator_gemm import FLOAT64_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
@@ -70,6 +72,10 @@ def odd_part(k: int) -> tuple[int, int]:
     return k >> j, j
 
 
+#: the types whose values int32 holds (float32 ones: exact integers below 2^24)
+NARROW = {torch.int8, torch.int16, torch.int32, torch.float32}
+
+
 @dataclass(frozen=True)
 class Lif:
     """One LIF's integers as Lava's bit-accurate model uses them (lava/proc/lif/models.py)."""
@@ -92,7 +98,7 @@ class Lif:
         (one wrap per step); :math:`|v_t| \le t (\max|u| + \max|b|)`, and below ``top`` once it
         saturates; the sums :math:`\mathrm{decay}(v) + u + b` and :math:`v + v_{th} + 1`, and
         a decay's product :math:`|x| m` (:math:`k = m 2^j`, :math:`m` odd)."""
-        top, bias_max = self.top, int(self.bias.abs().max()) if self.bias.numel() else 0
+        top, bias_max = self.top, self.bias_max
         u_max = a if self.keep_u == 0 else steps * a
         wraps = u_max >= top
         if wraps:  # one wrap per step (models.py:161-170)
@@ -103,22 +109,25 @@ class Lif:
                       v_max + self.vth + 1, u_max + 2 * top if wraps else 0)
         return biggest < FLOAT64_EXACT
 
+    @cached_property
+    def bias_max(self) -> int:
+        return int(self.bias.abs().max()) if self.bias.numel() else 0
+
     def window(self, ins: list[tuple[torch.Tensor, int]], spikes: torch.Tensor,
                state: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, scale)``,
         ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum` ``scale x`` -> ``spikes`` (int8),
-        and ``state`` (``u``, ``v``) if given."""
-        if len(ins) > INPUTS:  # the rest summed first, in int64 (exact)
-            rest = torch.zeros((len(spikes), *ins[0][0].shape[1:]), dtype=torch.int64)
-            for x, scale in ins[INPUTS - 1:]:
-                rest.add_(x.to(torch.int64), alpha=scale)
-            ins = [*ins[:INPUTS - 1], (rest, 1)]
+        and ``state`` (``u``, ``v``) if given. Inputs of mixed types run as one: int32 where
+        each is narrower or float32 (exact below :math:`2^{24}`), else int64."""
+        types = {x.dtype for x, _ in ins}
+        common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
+            torch.int64
+        xs = List([x.to(common).reshape(len(x), x.shape[1], -1).numpy() for x, _ in ins])
         none = np.empty((0, 0, 0), dtype=np.int64)
         flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
-        args = [a for x, scale in ins for a in (flat(x), scale)]
-        args += [none, 0] * (INPUTS - len(ins))
         (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
-        lif_steps(*args, self.bias.reshape(-1).numpy(), mu, self.decay_bits - ju, mv,
+        lif_steps(xs, np.array([scale for _, scale in ins], dtype=np.int64),
+                  self.bias.reshape(-1).numpy(), mu, self.decay_bits - ju, mv,
                   self.decay_bits - jv, self.vth, self.top, flat(spikes),
                   *(map(flat, state) if state else (none, none)))
 

@@ -31,34 +31,37 @@ def _decay(x, m, shift):
     return (p + ((p >> 63) & ((1 << shift) - 1))) >> shift
 
 
-#: inputs that :func:`lif_steps` adds itself (more are summed before)
-INPUTS = 3
-
-
-@njit(cache=True, inline="always")
-def _at(x, i, t, j):
-    """``x[i, t, j]`` as int64, ``t`` 0 where ``x`` holds one step; 0 where ``x`` is empty."""
-    if x.shape[0] == 0:
-        return np.int64(0)
-    return np.int64(x[i, t if x.shape[1] > 1 else 0, j])
+@njit(cache=True, nogil=True, boundscheck=False)
+def _add(a, x, scale, i, t, first):
+    """``a (=|+=) scale x[i, t]`` (``x``'s one step where it holds one)."""
+    row = x[i, t if x.shape[1] > 1 else 0]
+    if first:
+        for j in range(len(a)):
+            a[j] = np.int64(row[j]) * scale
+    else:
+        for j in range(len(a)):
+            a[j] += np.int64(row[j]) * scale
 
 
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
-def lif_steps(x0, s0, x1, s1, x2, s2, bias, mu, su, mv, sv, vth, top, spikes, u_out, v_out):
-    """Inputs ``x [N, 1 or T, F]`` (any integer-valued type; one step held for all; an empty
-    one is absent) -> ``spikes [N, T, F]`` (int8) and, where ``u_out``/``v_out`` have ``N``
-    rows, the state after each step (int64). :math:`x_t = \sum_k s_k x_k`; ``bias [F]`` int64;
-    the decays keep :math:`m_u 2^{-s_u}` of :math:`u` and :math:`m_v 2^{-s_v}` of :math:`v`.
-    Samples run in parallel (numba's threads)."""
+def lif_steps(xs, scales, bias, mu, su, mv, sv, vth, top, spikes, u_out, v_out):
+    """Inputs ``xs`` (a list of ``[N, 1 or T, F]`` arrays of one integer-valued type; one step
+    held for all) -> ``spikes [N, T, F]`` (int8) and, where ``u_out``/``v_out`` have ``N``
+    rows, the state after each step (int64). :math:`x_t = \sum_k` ``scales[k] xs[k]``;
+    ``bias [F]`` int64; the decays keep :math:`m_u 2^{-s_u}` of :math:`u` and
+    :math:`m_v 2^{-s_v}` of :math:`v`. Samples run in parallel (numba's threads)."""
     n, steps, f = spikes.shape
     record = u_out.shape[0] == n
     for i in prange(n):
         u = np.zeros(f, dtype=np.int64)
         v = np.zeros(f, dtype=np.int64)
+        a = np.empty(f, dtype=np.int64)
         for t in range(steps):
+            _add(a, xs[0], scales[0], i, t, True)
+            for k in range(1, len(xs)):
+                _add(a, xs[k], scales[k], i, t, False)
             for j in range(f):
-                a = _at(x0, i, t, j) * s0 + _at(x1, i, t, j) * s1 + _at(x2, i, t, j) * s2
-                uj = _decay(u[j], mu, su) + a
+                uj = _decay(u[j], mu, su) + a[j]
                 uj = uj - 2 * top if uj > top else (uj + 2 * top if uj <= -top else uj)
                 vj = _decay(v[j], mv, sv) + uj + bias[j]
                 vj = min(max(vj, -top + 1), top - 1)
