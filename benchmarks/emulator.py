@@ -25,8 +25,9 @@ model and condition:
   with the threads ``verify`` would take (the cores other work leaves idle) and with one
   thread, and whether its spikes equal Lava's (every LIF, step and neuron);
 - the bound: the multiply-accumulates of one image (every distinct synapse once) at the rate
-  of the fastest exact GEMM kernel at each synapse's shape (the emulator's own measured
-  choice: which one is printed), and the emulator's share of it;
+  of the fastest exact GEMM kernel at each synapse's shape (measured right after the
+  emulator, as the emulator measures its choice: which one is printed), and the emulator's
+  share of it;
 - the emulator's images/s over the fastest Lava figure.
 
 Last line: ``speedup R``, the minimum of that ratio over the models and both conditions.
@@ -52,7 +53,7 @@ import torch
 from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
-from spikeclip_deploy.backends.emulator_gemm import KERNELS, MEASURE_MACS, power_of_two, timings
+from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure, measure_rows, power_of_two
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
 from spikeclip_deploy.machine import (VECTOR_FLAGS, cpu_model, free_cores, isa_caps, set_threads,
                                       vector_extensions)
@@ -104,8 +105,8 @@ def export_of(model: str, init: str, out: Path) -> Path:
 
 def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
     """(MACs of one image, MACs/s of the fastest exact kernel at each distinct synapse's GEMM
-    shape for ``images`` images, how many synapses each kernel is fastest on); grouped
-    convolutions count at the others' rate."""
+    shape for ``images`` images, measured now, how many synapses each kernel is fastest on);
+    grouped convolutions count at the others' rate."""
     em = emu.emulations["image"]
     by_name = {la.name: la for la in em.layers}
     macs, timed_macs, seconds, kernels = 0, 0, 0.0, {}
@@ -122,10 +123,10 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         wq = syn.matrix >> power_of_two(syn.matrix)
         exact = [name for name, kernel in KERNELS.items() if kernel.exact(wq, syn.bound_in)
                  and name != "int64"]
-        times = timings(wq, rows, exact)
+        m = measure_rows(wq, rows)
+        times = measure(wq, m, exact)
         best = min(exact, key=times.get)
         kernels[best] = kernels.get(best, 0) + 1
-        m = max(1, min(rows, MEASURE_MACS // max(1, k * n)))  # the rows timed
         timed_macs += rows * k * n
         seconds += times[best] * rows / m
     return macs / images, timed_macs / seconds, kernels
@@ -205,7 +206,7 @@ def measure(name: str, export: Path, args, lava_images: int, ref_images: int,
     rate = emulator_rate(em, mant, args, threads)
     single = emulator_rate(em, mant, args, 1) if threads > 1 else rate
     print(f"  emulator: {args.images} images, median of {args.repeats}: {rate:.1f} images/s "
-          f"with {threads} threads, {single:.1f} with 1 (ratio {rate / single:.3f})")
+          f"with {threads} thread(s), {single:.1f} with 1 (ratio {rate / single:.3f})")
     print(f"  spikes equal to Lava's (every LIF, step and neuron): {equal}")
     set_threads(threads)
     macs, mac_rate, kernels = gemm_bound(emu, min(args.images, em.chunk))
@@ -240,6 +241,8 @@ def main() -> None:
     if args.child:
         return child(*args.child)
     torch.backends.mkldnn.enabled = not args.no_onednn
+    # the emulator's kernel choices measured in this run, not read from a cache
+    os.environ["SPIKECLIP_CACHE"] = tempfile.mkdtemp(prefix="emulator-benchmark-")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; vector extensions: "
           f"{' '.join(vector_extensions()) or 'none of ' + ' '.join(VECTOR_FLAGS)}; caps: "
           f"{isa_caps() or 'none'}; torch {torch.__version__}, capability "

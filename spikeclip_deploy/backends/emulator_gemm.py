@@ -186,18 +186,29 @@ def _seconds(kernels: dict[str, Kernel], cols: torch.Tensor, repeats: int = 5
     return best
 
 
+def measure_rows(w: np.ndarray, rows: int) -> int:
+    """The rows a product of ``W [K, N]`` is timed at: ``rows``, at most
+    :data:`MEASURE_MACS` / KN."""
+    return max(1, min(rows, MEASURE_MACS // max(1, w.shape[0] * w.shape[1])))
+
+
+def measure(w: np.ndarray, rows: int, names: list[str]) -> dict[str, float]:
+    """Seconds of each kernel in ``names`` on ``W [K, N]`` and ``rows`` rows of spikes (at
+    :data:`SPIKE_DENSITY`), measured now."""
+    cols = (torch.rand((rows, w.shape[0]), generator=torch.Generator().manual_seed(0))
+            < SPIKE_DENSITY).to(torch.int8)
+    return _seconds({name: KERNELS[name](w) for name in names}, cols)
+
+
 def timings(w: np.ndarray, rows: int, names: list[str]) -> dict[str, float]:
     """Seconds of each kernel in ``names`` on ``W [K, N]`` at (at most) ``rows`` rows, from
     the cache or measured now (and cached)."""
-    k, n = w.shape
-    m = max(1, min(rows, MEASURE_MACS // max(1, k * n)))
-    shape = f"{m}x{k}x{n}"
+    m = measure_rows(w, rows)
+    shape = f"{m}x{w.shape[0]}x{w.shape[1]}"
     known = _load().setdefault(shape, {})
     missing = [name for name in names if name not in known]
     if missing:
-        cols = (torch.rand((m, k), generator=torch.Generator().manual_seed(0))
-                < SPIKE_DENSITY).to(torch.int8)
-        known.update(_seconds({name: KERNELS[name](w) for name in missing}, cols))
+        known.update(measure(w, m, missing))
         machine = machine_key()
         write_cache(_cache_path(), lambda tmp: tmp.write_text(json.dumps(
             {"machine": machine, "shapes": _timings}, indent=1) + "\n"), "emulator kernel")
