@@ -41,6 +41,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPIKECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """The CLI's ``--threads`` (run in-process by CliRunner) sets the process's threads; the
+    next test starts with torch's own again (a float sum's order depends on them)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        from spikeclip_deploy.machine import set_threads
+        set_threads(threads)
+
+
 def make_micro_checkpoint(path: Path, seed: int = 0) -> Path:
     """A random micro model, its weights scaled so that every layer spikes, with BatchNorm
     statistics, chip biases and position embeddings far from their initial values, so that the
