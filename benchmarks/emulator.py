@@ -53,7 +53,8 @@ import torch
 from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
-from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure, measure_rows, power_of_two
+from spikeclip_deploy.backends import emulator_gemm
+from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure_rows, power_of_two
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
 from spikeclip_deploy.machine import (VECTOR_FLAGS, cpu_model, free_cores, isa_caps, set_threads,
                                       vector_extensions)
@@ -124,7 +125,7 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         exact = [name for name, kernel in KERNELS.items() if kernel.exact(wq, syn.bound_in)
                  and name != "int64"]
         m = measure_rows(wq, rows)
-        times = measure(wq, m, exact)
+        times = emulator_gemm.measure(wq, m, exact)
         best = min(exact, key=times.get)
         kernels[best] = kernels.get(best, 0) + 1
         timed_macs += rows * k * n
