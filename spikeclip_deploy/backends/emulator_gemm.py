@@ -82,7 +82,7 @@ class Kernel:
 
     @classmethod
     def exact(cls, w: np.ndarray, bound_in: int) -> bool:
-        return bound_in * max_row_sum(w) < cls.limit
+        return bound_in * max_fan_in(w.T) < cls.limit
 
     def _layout(self, w: torch.Tensor) -> torch.Tensor:
         return w.to(self.out_dtype).contiguous()
@@ -143,9 +143,9 @@ def row_major(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride() == (x.shape[1], 1) else x.clone(memory_format=torch.contiguous_format)
 
 
-def max_row_sum(w: np.ndarray) -> int:
-    r""":math:`\max_o \sum_i |W_{io}|` of ``W [K, N]``."""
-    return int(np.abs(w).sum(0).max(initial=0))
+def max_fan_in(w: np.ndarray) -> int:
+    r""":math:`\max_o \sum |w_o|` over the outputs ``o`` (the first axis)."""
+    return int(np.abs(w).reshape(len(w), -1).sum(1).max(initial=0))
 
 
 def power_of_two(w: np.ndarray) -> int:
@@ -224,7 +224,7 @@ def choose(name: str, w: np.ndarray, bound_in: int, rows: int) -> tuple[Kernel, 
     exact = [n for n, kernel in KERNELS.items() if kernel.exact(wq, bound_in)]
     if not exact:
         raise ExportError(f"synapse '{name}': its sums can reach 2^63 ({bound_in} x "
-                          f"{max_row_sum(wq)} << {k}); re-export with smaller weights")
+                          f"{max_fan_in(wq.T)} << {k}); re-export with smaller weights")
     forced = os.environ.get(FORCE_ENV)
     if forced and forced not in KERNELS:
         raise ExportError(f"${FORCE_ENV}={forced!r} names no kernel; use one of "

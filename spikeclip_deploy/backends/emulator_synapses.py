@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..errors import ExportError
 from ..nirgraph import conv_out_hw, pair
-from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, Kernel, choose
+from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, Kernel, choose, max_fan_in
+
 
 def lava_weights(w: np.ndarray, bits: int) -> np.ndarray:
     """Integer weights as Lava's bit-accurate ``Dense``/``Sparse`` models use them
@@ -82,11 +83,6 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     s0, s1, s2, s3 = xp.stride()
     return xp.as_strided((n, ho, wo, kh, kw, c),
                          (s0, sh * s1, sw * s2, dh * s1, dw * s2, s3)).reshape(n, ho, wo, -1)
-
-
-def max_fan_in(w: np.ndarray) -> int:
-    r""":math:`\max_o \sum |w_o|` over the outputs ``o`` (the first axis)."""
-    return int(np.abs(w).reshape(len(w), -1).sum(1).max(initial=0))
 
 
 class Synapse:
