@@ -86,7 +86,7 @@ def set_threads(threads: int | None = None) -> int:
 
     n = threads or free_cores()
     n = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)  # first: starting numba's OpenMP pool resets torch's threads
+    numba.set_num_threads(n)
     torch.set_num_threads(n)
     log.info("threads: %d (%s; %d cores, load average %.2f)", n,
              "--threads" if threads else "the cores other work leaves idle",

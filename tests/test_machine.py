@@ -24,9 +24,10 @@ def test_free_cores_by_hand(monkeypatch, idle, cores, want):
     assert machine.free_cores(0) == want
 
 
-def test_set_threads_sets_torch_and_numba():
+def test_set_threads_sets_torch_and_numba(monkeypatch):
     import numba
 
+    monkeypatch.undo()  # the real set_threads (conftest keeps the CLI's from the process)
     before = torch.get_num_threads()
     try:
         assert machine.set_threads(1) == 1
