@@ -1,37 +1,41 @@
 """Benchmark: the image chip graph of a ``--target loihi`` export on Lava (``loihi``, both
-convolution lowerings) and on the emulator (``loihi-emu``), for the shipped model and for the
-paper-size Loihi-native encoder, in one run. "shipped" is ``spikeclip-tiny-cifar10``, the smaller
-shipped model.
+convolution lowerings) and on the emulator (``loihi-emu``), for the shipped default model
+(``spikeclip-native-small-cifar10``), the tiny one (``spikeclip-tiny-cifar10``) and the
+paper-size Loihi-native encoder (``spikeclip-vit4-384-native``, random init, seed 0), quiet and
+under a competing load the benchmark starts itself (one busy process per core), in one run.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/emulator.py --threads 1
+    .venv/bin/python benchmarks/emulator.py
 
-Exports: ``exports/spikeclip-tiny-cifar10-loihi`` and ``exports/spikeclip-vit4-384-native-random-loihi``
-(``--init random --seed 0``), made when absent. Images are seeded random uint8 images; the host
-computes their input mantissas once, outside every timing. Per model it prints:
+It prints the CPU's model, vector extensions and instruction-set caps first (run it under
+``DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` for an AVX2 cap, or with ``--no-onednn`` for
+``torch._int_mm``'s fallback without oneDNN). Exports are made when absent. Images are seeded
+random uint8 images; the host computes their input mantissas once, outside every timing. Per
+model and condition:
 
-- Lava, im2col lowering (this package's default): one run of ``--lava-images`` images
-  (``--paper-lava-images`` for the paper-size encoder) and one of the first image only, each
-  in a process of its own (start-up included, as ``verify`` pays it): images/s with start-up,
-  and the steady rate without it (the extra images over the extra seconds, when the noise
-  leaves those positive);
-- Lava, stock ``Conv`` (the reference lowering) on ``--ref-images`` images, or why it is
-  skipped (a delayed convolution becomes a ``DelaySparse`` over its dense-equivalent matrix,
-  16 bytes per synapse, held by the building process and by Lava's: for the paper-size encoder
-  more than the machine's memory);
+- Lava, im2col lowering (this package's default): one run of ``--lava-images`` images (fewer
+  for the paper-size encoder) and one of the first image only, each in a process of its own
+  (start-up included, as ``verify`` pays it): images/s with start-up, and the steady rate
+  (the extra images over the extra seconds, when the noise leaves those positive);
+- Lava, stock ``Conv`` (the reference lowering; the tiny model, quiet) on ``--ref-images``
+  images, or why it is skipped (its ``DelaySparse`` matrices, 16 bytes per delayed synapse,
+  held twice);
 - the emulator: median images/s of ``--repeats`` runs of ``--images`` images after a warm-up,
-  and whether its spikes equal Lava's (both lowerings' runs: every LIF, step and neuron);
-- the integer-GEMM bound: the int8 multiply-accumulates of one image (every distinct synapse
-  once, as the emulator computes it) at the rate ``torch._int_mm`` reaches on the model's
-  synapse shapes (grouped convolutions at the others' rate), and the emulator's share of it;
-- the emulator's images/s over the fastest Lava figure above.
+  with the threads ``verify`` would take (the cores other work leaves idle) and with one
+  thread, and whether its spikes equal Lava's (every LIF, step and neuron);
+- the bound: the multiply-accumulates of one image (every distinct synapse once) at the rate
+  of the fastest exact GEMM kernel at each synapse's shape (measured right after the
+  emulator, as the emulator measures its choice: which one is printed), and the emulator's
+  share of it;
+- the emulator's images/s over the fastest Lava figure.
 
-Last line: ``speedup <that ratio for the shipped model>``.
+Last line: ``speedup R``, the minimum of that ratio over the models and both conditions.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -49,11 +53,16 @@ import torch
 from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
+from spikeclip_deploy.backends import emulator_gemm
+from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure_rows, power_of_two
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
+from spikeclip_deploy.machine import (VECTOR_FLAGS, cpu_model, free_cores, isa_caps, set_threads,
+                                      vector_extensions)
 from spikeclip_deploy.nirgraph import conv_out_hw
 
 PAPER = "spikeclip-vit4-384-native"
 TINY = "spikeclip-tiny-cifar10"
+DEFAULT = "spikeclip-native-small-cifar10"
 #: a csr matrix holds a synapse as an int32 value and an int32 column index, DelaySparse a
 #: second matrix of its delays: 16 bytes per delayed synapse
 CSR_BYTES = 16
@@ -95,14 +104,14 @@ def export_of(model: str, init: str, out: Path) -> Path:
     return out
 
 
-def gemm_bound(emu, images: int) -> tuple[float, float]:
-    """(int8 MACs of one image, MACs/s of ``torch._int_mm``) over the distinct synapses of the
-    image graph, each timed at its GEMM shape for ``images`` images (median of 5 after a
-    warm-up); grouped convolutions count at the rate of the others."""
+def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
+    """(MACs of one image, MACs/s of the fastest exact kernel at each distinct synapse's GEMM
+    shape for ``images`` images, measured now, how many synapses each kernel is fastest on);
+    grouped convolutions count at the others' rate."""
     em = emu.emulations["image"]
     by_name = {la.name: la for la in em.layers}
-    macs, timed_macs, seconds = 0, 0, 0.0
-    for name in em.synapses:
+    macs, timed_macs, seconds, kernels = 0, 0, 0.0, {}
+    for name, syn in em.synapses.items():
         node = by_name[name].node
         w = np.asarray(node.weight)  # [out, in (per group), kernel...]
         rows = images * em.time_steps
@@ -112,23 +121,48 @@ def gemm_bound(emu, images: int) -> tuple[float, float]:
         macs += rows * k * n
         if isinstance(node, nir.Conv2d) and int(np.asarray(node.groups)) > 1:
             continue
-        a = torch.randint(0, 2, (rows, k), dtype=torch.int8)
-        b = torch.randint(-128, 128, (k, n), dtype=torch.int8)
-        out = torch.empty((rows, n), dtype=torch.int32)
-        torch._int_mm(a, b, out=out)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            torch._int_mm(a, b, out=out)
-            times.append(time.perf_counter() - start)
+        wq = syn.matrix >> power_of_two(syn.matrix)
+        exact = [name for name, kernel in KERNELS.items() if kernel.exact(wq, syn.bound_in)
+                 and name != "int64"]
+        m = measure_rows(wq, rows)
+        times = emulator_gemm.measure(wq, m, exact)
+        best = min(exact, key=times.get)
+        kernels[best] = kernels.get(best, 0) + 1
         timed_macs += rows * k * n
-        seconds += statistics.median(times)
-    return macs / images, timed_macs / seconds
+        seconds += times[best] * rows / m
+    return macs / images, timed_macs / seconds, kernels
 
 
-def measure(name: str, export: Path, args, lava_images: int, ref_images: int) -> float:
-    """Prints one model's figures; returns the emulator's images/s over the fastest Lava
-    path's."""
+class Load:
+    """One busy process per core while in use (the competing load)."""
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(os.cpu_count() or 1)]
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def emulator_rate(em, mant: np.ndarray, args, threads: int) -> float:
+    set_threads(threads)
+    em.run(mant[:args.images])  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        em.run(mant[:args.images])
+        times.append(time.perf_counter() - start)
+    return args.images / statistics.median(times)
+
+
+def measure(name: str, export: Path, args, lava_images: int, ref_images: int,
+            condition: str) -> float:
+    """Prints one model's figures in one condition; returns the emulator's images/s over the
+    fastest Lava path's."""
     emu = get_backend("loihi-emu")(export)
     graph = emu.graphs["image"]
     rng = np.random.default_rng(0)
@@ -136,9 +170,9 @@ def measure(name: str, export: Path, args, lava_images: int, ref_images: int) ->
     mant = input_mantissa(emu.host.image_current(images), graph, "image")
     em = emu.emulations["image"]
     n_syn = sum(isinstance(la.node, (nir.Affine, nir.Conv2d)) for la in em.layers)
-    print(f"{name} ({export.name}): image chip graph, T = {emu.time_steps}, "
+    print(f"{name} ({export.name}), {condition}: image chip graph, T = {emu.time_steps}, "
           f"{len(emu.lif_names('image'))} LIF layers, {n_syn} synapse layers "
-          f"({len(em.synapses)} distinct), torch threads {torch.get_num_threads()}")
+          f"({len(em.synapses)} distinct); load average {os.getloadavg()[0]:.2f}")
 
     one, full = (lava_run(export, "im2col", mant[:n]) for n in (1, lava_images))
     rates = [lava_images / full["seconds"]]
@@ -151,37 +185,38 @@ def measure(name: str, export: Path, args, lava_images: int, ref_images: int) ->
              "n/a (the runs' noise exceeds the extra images' time)"))
     delayed = delayed_synapses(emu.layers["image"])
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if 2 * delayed * CSR_BYTES > memory:  # the building process's matrices and Lava's copy
+    stock = None
+    if condition != "quiet" or not ref_images:
+        pass  # the stock lowering: the tiny model, quiet only (it is never the fastest path)
+    elif 2 * delayed * CSR_BYTES > memory:  # the building process's matrices and Lava's copy
         print(f"  lava stock Conv: skipped: its DelaySparse matrices ({delayed / 1e6:.0f} M "
               f"delayed synapses) need >= 2 x {delayed * CSR_BYTES / 2**30:.1f} GiB (the "
               f"building process and Lava's), this machine has {memory / 2**30:.1f} GiB")
-        stock = None
     else:
         stock = lava_run(export, "stock", mant[:ref_images])
         rates.append(ref_images / stock["seconds"])
         print(f"  lava stock Conv: {ref_images} images {stock['seconds']:.2f} s = "
               f"{rates[-1]:.3f} images/s with start-up")
 
-    got = emu.emulations["image"].run(mant[:lava_images]).spikes.values()
+    got = em.run(mant[:lava_images]).spikes.values()
     equal = hashes(list(got)) == full["sha256"]
     if stock is not None:
-        ref = emu.emulations["image"].run(mant[:ref_images]).spikes.values()
+        ref = em.run(mant[:ref_images]).spikes.values()
         equal = equal and hashes(list(ref)) == stock["sha256"]
-    em.run(mant[:args.images])  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        em.run(mant[:args.images])
-        times.append(time.perf_counter() - start)
-    rate = args.images / statistics.median(times)
-    print(f"  emulator: {args.images} images, median of {args.repeats}: {rate:.1f} images/s")
-    print(f"  spikes equal to Lava's (both lowerings run), every LIF, step and neuron: {equal}")
-    macs, mac_rate = gemm_bound(emu, min(args.images, em.chunk))
+    threads = args.threads or free_cores()
+    rate = emulator_rate(em, mant, args, threads)
+    single = emulator_rate(em, mant, args, 1) if threads > 1 else rate
+    print(f"  emulator: {args.images} images, median of {args.repeats}: {rate:.1f} images/s "
+          f"with {threads} thread(s), {single:.1f} with 1 (ratio {rate / single:.3f})")
+    print(f"  spikes equal to Lava's (every LIF, step and neuron): {equal}")
+    set_threads(threads)
+    macs, mac_rate, kernels = gemm_bound(emu, min(args.images, em.chunk))
     bound = mac_rate / macs
-    print(f"  int-GEMM bound: {macs / 1e6:.1f} M int8 MACs per image at {mac_rate / 1e9:.0f} "
-          f"GMAC/s (torch._int_mm at the synapse shapes) = {bound:.0f} images/s; emulator at "
-          f"{100 * rate / bound:.0f} % of it")
-    print(f"  emulator / fastest Lava path: {rate / max(rates):.0f}x")
+    print(f"  bound: {macs / 1e6:.1f} M MACs per image at {mac_rate / 1e9:.1f} GMAC/s (the "
+          f"fastest exact kernel per synapse shape: "
+          f"{', '.join(f'{k} on {n}' for k, n in kernels.items())}) = {bound:.0f} images/s; "
+          f"emulator at {100 * rate / bound:.1f} % of it")
+    print(f"  emulator / fastest Lava path: {rate / max(rates):.3g}x")
     return rate / max(rates)
 
 
@@ -189,23 +224,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=64, help="images per emulator run")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--lava-images", type=int, default=64, help="Lava's images, shipped model")
+    ap.add_argument("--lava-images", type=int, default=64, help="Lava's images, tiny model")
+    ap.add_argument("--default-lava-images", type=int, default=16,
+                    help="Lava's images, the shipped default")
     ap.add_argument("--ref-images", type=int, default=2,
-                    help="Lava's images with the stock Conv lowering, shipped model")
+                    help="Lava's images with the stock Conv lowering, tiny model, quiet")
     ap.add_argument("--paper-lava-images", type=int, default=3,
-                    help="Lava's images, paper-size encoder (the stock lowering: same count)")
-    ap.add_argument("--threads", type=int, help="torch threads for the emulator [torch default]")
+                    help="Lava's images, paper-size encoder")
+    ap.add_argument("--threads", type=int,
+                    help="emulator threads [the cores other work leaves idle]")
+    ap.add_argument("--no-onednn", action="store_true",
+                    help="torch without oneDNN (torch._int_mm's fallback)")
+    ap.add_argument("--conditions", default="quiet,load",
+                    help="quiet, load (one busy process per core) or both")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shipped = export_of(TINY, "checkpoint", default_out(TINY, "loihi"))
-    paper = export_of(PAPER, "random", default_out(f"{PAPER}-random", "loihi"))
-    speedup = measure("shipped", shipped, args, args.lava_images, args.ref_images)
-    measure("paper-size", paper, args, args.paper_lava_images, args.paper_lava_images)
-    print(f"speedup {speedup:.0f}")
+    torch.backends.mkldnn.enabled = not args.no_onednn
+    # the emulator's kernel choices measured in this run, not read from a cache
+    os.environ["SPIKECLIP_CACHE"] = tempfile.mkdtemp(prefix="emulator-benchmark-")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; vector extensions: "
+          f"{' '.join(vector_extensions()) or 'none of ' + ' '.join(VECTOR_FLAGS)}; caps: "
+          f"{isa_caps() or 'none'}; torch {torch.__version__}, capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    models = [("shipped default", export_of(DEFAULT, "checkpoint", default_out(DEFAULT, "loihi")),
+               args.default_lava_images, 0),
+              ("tiny", export_of(TINY, "checkpoint", default_out(TINY, "loihi")),
+               args.lava_images, args.ref_images),
+              ("paper-size", export_of(PAPER, "random", default_out(f"{PAPER}-random", "loihi")),
+               args.paper_lava_images, 0)]
+    ratios = {}
+    for condition in args.conditions.split(","):
+        with Load() if condition == "load" else contextlib.nullcontext():
+            for name, export, lava_images, ref_images in models:
+                ratios[name, condition] = measure(name, export, args, lava_images, ref_images,
+                                                  condition)
+    worst = min(ratios, key=ratios.get)
+    print(f"lowest: {worst[0]}, {worst[1]}")
+    print(f"speedup {ratios[worst]:.3g}")
 
 
 if __name__ == "__main__":

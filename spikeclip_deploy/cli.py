@@ -232,6 +232,14 @@ CHIP = click.option("--chip", type=click.Choice(CHIPS), default="auto", show_def
                          f"(Loihi2HwCfg; needs lava-loihi and a reachable board), sim = Lava's "
                          f"bit-accurate simulator, auto = hw when there is one, else sim "
                          f"[env {CHIP_ENV}].")
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
+    from .machine import set_threads
+    return set_threads(value)
+
+
+THREADS = click.option("--threads", type=POSITIVE, callback=_set_threads, expose_value=False,
+                       help="Threads for torch and the emulator [the cores other work leaves "
+                            "idle, measured at start, at least 1].")
 PLOTS = click.option("--plots", type=click.Path(file_okay=False),
                      help="Write PNG figures to this folder: firing rate per LIF layer (float "
                           "model vs chip), synaptic ops and energy per layer, a spike raster of "
@@ -298,6 +306,7 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
 @click.option("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,ship".')
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @CHIP
+@THREADS
 def run_cmd(target: str, export_dir: str | None, images: tuple[str, ...], labels: str,
             as_json: bool, chip: str) -> None:
     """Zero-shot classify images on a backend; prints each prediction and its scores."""
@@ -391,6 +400,7 @@ def _figures_written(plots: str | None) -> None:
 @INIT
 @INIT_SEED
 @CHIP
+@THREADS
 @PLOTS
 @click.pass_context
 def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | None,
@@ -457,6 +467,7 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
 @SYSTEM
 @ASSUME
 @CHIP
+@THREADS
 @PLOTS
 def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
                val_fraction: float, split_seed: int, limit: int | None, batch_size: int,

@@ -41,6 +41,26 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPIKECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+#: torch's threads in a fresh process (what a CLI subprocess starts with)
+PROCESS_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads_kept(monkeypatch):
+    """The CLI's ``--threads`` (run in-process by CliRunner) would set the test process's
+    threads for every later test (a float sum's order depends on them, and tests compare
+    in-process runs with subprocess ones): in-process it only says how many it would take.
+    Session fixtures run the CLI before any test's patch, so every test also starts with
+    torch's and numba's threads of a fresh process."""
+    import numba
+
+    from spikeclip_deploy import machine
+
+    torch.set_num_threads(PROCESS_THREADS)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setattr(machine, "set_threads", lambda threads=None: threads or 1)
+
+
 def make_micro_checkpoint(path: Path, seed: int = 0) -> Path:
     """A random micro model, its weights scaled so that every layer spikes, with BatchNorm
     statistics, chip biases and position embeddings far from their initial values, so that the

@@ -22,37 +22,37 @@ Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF 
 (:func:`~spikeclip_deploy.nirgraph.depths`), so in window-local time a synapse's input at
 step :math:`t` is its source's spikes at step :math:`t`. The emulator therefore runs layer by
 layer: a synapse's :math:`T` steps in one batched product (copies of one synapse for several
-readers, which differ only in their delays, computed once), a LIF's steps in a loop over
-batch chunks small enough to stay in the CPU's cache. Image layers are held channels last
-(``[B, T, H, W, C]``) and returned in PyTorch layout.
+readers, which differ only in their delays, computed once; :mod:`.emulator_gemm` chooses
+its kernel), a LIF's :math:`T` steps in one compiled pass per sample (:mod:`.emulator_lif`,
+int64). Image layers are held channels last (``[B, T, H, W, C]``) and returned in PyTorch
+layout.
 
-Every value is an integer; a LIF runs in float32 where bounds (its inputs' bounds from their
-weights, or the batch's actual maxima where those are too loose, :math:`T`, its bias, decays
-and threshold) keep every value it computes below :math:`2^{24}`, else in float64 (below
-:math:`2^{53}`): each operation is then exact.
+Every value is an integer; bounds (a LIF's inputs' bounds from their weights, or the batch's
+actual maxima where those are too loose, :math:`T`, its bias, decays and threshold) keep every
+value below :math:`2^{53}`, or the run is refused: each operation is then exact.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import nir
 import numpy as np
 import torch
-import torch.nn.functional as F
+from numba.typed import List
 
 from ..errors import ExportError
 from ..hardware import FixedPoint, load_profile
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
-from .emulator_synapses import FLOAT32_EXACT, FLOAT64_EXACT, Conv, Current, Dense, Synapse
+from .emulator_lif import lif_steps
+from .emulator_gemm import FLOAT64_EXACT
+from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
 from .lava import synapse_bias_mant, to_lava_layout
 
-#: neurons x samples a LIF steps through at once: its state, input and spikes of a step then
-#: stay in the CPU's level-2 cache across the step's operations
-LIF_CHUNK = 2**16
 #: bytes of the largest layer output (int32 synapse sums, T steps) of the samples run at once:
 #: the memory of one chunk is reused by the next (fresh memory costs page faults)
 RUN_CHUNK = 2**23
@@ -69,30 +69,14 @@ def from_inner(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x.movedim(-1, -3) if ndim == 3 else x
 
 
-def decay_(x: torch.Tensor, keep: int, bits: int) -> torch.Tensor:
-    r""":math:`x \leftarrow \mathrm{sign}(x k)\,(|x k| \gg D)` in place: the product truncated
-    toward zero (lava/proc/lif/models.py:149-152 and :180-183). With :math:`k = m 2^j`
-    (:math:`m` odd), :math:`k 2^{-D}` is exact and so is :math:`x k 2^{-D} = x m 2^{j-D}` while
-    :math:`|x| m` is below the float type's exact range (:meth:`Emulation._lif` checks it)."""
-    if keep == 0:
-        return x.zero_()
-    if keep == 2**bits:
-        return x
-    return x.mul_(keep / 2**bits).trunc_()
+def odd_part(k: int) -> tuple[int, int]:
+    """``(m, j)`` with ``k = m 2^j``, ``m`` odd (``(0, 0)`` for 0)."""
+    j = (k & -k).bit_length() - 1 if k else 0
+    return k >> j, j
 
 
-def odd_part(k: int) -> int:
-    return k // (k & -k) if k else 0
-
-
-@dataclass(frozen=True)
-class LifPlan:
-    """How a LIF runs on one batch: its float type, whether its ``u`` can wrap and its ``v``
-    saturate."""
-
-    dtype: torch.dtype | None  # None: beyond float64's exact integers
-    wraps: bool
-    clamps: bool
+#: the types whose values int32 holds (float32 ones: exact integers below 2^24)
+NARROW = {torch.int8, torch.int16, torch.int32, torch.float32}
 
 
 @dataclass(frozen=True)
@@ -107,70 +91,48 @@ class Lif:
     decay_bits: int
     bias: torch.Tensor  # b_m 2^b_e per neuron, int64, the emulator's layout
 
-    def plan(self, a: int, steps: int) -> LifPlan:
-        r"""The plan for inputs :math:`|2^a a_{in}| \le` ``a`` over ``steps`` steps.
+    def exact(self, a: int, steps: int) -> bool:
+        r"""Whether every value the LIF computes stays below :math:`2^{53}` for inputs
+        :math:`|2^a a_{in}| \le` ``a`` over ``steps`` steps (Lava's own arithmetic is exact
+        there, and the int64 steps of :mod:`.emulator_lif` with it).
 
-        Bounds on every value the LIF computes: :math:`|u| \le a` without decay, else
-        :math:`|u_t| \le t a` (the decay only shrinks it), so no wrap while that stays below
-        ``top``; with wraps, :math:`|u_t| \le t (a + 2\,\mathrm{top})`;
-        :math:`|v_t| \le t (\max|u| + \max|b|)`, and below ``top`` once it saturates; the sums
-        :math:`\mathrm{decay}(v) + u + b` and :math:`v + v_{th} + 1`, and a decay's product
-        :math:`|x| m` (:func:`decay_`). float32 where all stay below :math:`2^{24}`, float64
-        below :math:`2^{53}`, else None."""
-        top, bias_max = self.top, int(self.bias.abs().max()) if self.bias.numel() else 0
+        Bounds: :math:`|u| \le a` without decay, else :math:`|u_t| \le t a` (the decay only
+        shrinks it); where that reaches ``top``, :math:`|u_t| \le t (a + 2\,\mathrm{top})`
+        (one wrap per step); :math:`|v_t| \le t (\max|u| + \max|b|)`, and below ``top`` once it
+        saturates; the sums :math:`\mathrm{decay}(v) + u + b` and :math:`v + v_{th} + 1`, and
+        a decay's product :math:`|x| m` (:math:`k = m 2^j`, :math:`m` odd)."""
+        top, bias_max = self.top, self.bias_max
         u_max = a if self.keep_u == 0 else steps * a
         wraps = u_max >= top
         if wraps:  # one wrap per step (models.py:161-170)
             u_max = steps * (a + 2 * top)
-        clamps = steps * (u_max + bias_max) >= top
-        v_max = top - 1 if clamps else steps * (u_max + bias_max)
-        biggest = max(a + bias_max, u_max * odd_part(self.keep_u), v_max * odd_part(self.keep_v),
-                      v_max + u_max + bias_max, v_max + self.vth + 1,
-                      u_max + 2 * top if wraps else 0)
-        dtype = torch.float32 if biggest < FLOAT32_EXACT else \
-            torch.float64 if biggest < FLOAT64_EXACT else None
-        return LifPlan(dtype, wraps, clamps)
+        v_max = min(top - 1, steps * (u_max + bias_max))  # saturates (models.py:176-186)
+        biggest = max(a + bias_max, u_max * odd_part(self.keep_u)[0],
+                      v_max * odd_part(self.keep_v)[0], v_max + u_max + bias_max,
+                      v_max + self.vth + 1, u_max + 2 * top if wraps else 0)
+        return biggest < FLOAT64_EXACT
 
-    def window(self, plan: LifPlan, drive: torch.Tensor, fold: bool, u: torch.Tensor,
-               w: torch.Tensor, spikes: torch.Tensor,
+    @cached_property
+    def bias_max(self) -> int:
+        return int(self.bias.abs().max()) if self.bias.numel() else 0
+
+    def window(self, ins: list[tuple[torch.Tensor, int]], spikes: torch.Tensor,
                state: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        """The steps of one window: ``drive [N, T, *inner]`` (:math:`2^a a_{in}`, plus the bias
-        where ``fold``) -> ``spikes`` (int8), and ``state`` (``u``, ``v``) if given; ``u`` and
-        ``w`` (:math:`-v`) are zeroed buffers of one step."""
-        bias, top = self.bias.to(plan.dtype), self.top
-        for t in range(drive.shape[1]):
-            if fold:
-                u = drive[:, t]
-            else:
-                u = decay_(u, self.keep_u, self.decay_bits).add_(drive[:, t])
-                if plan.wraps:  # one wrap only, as Lava writes it (models.py:161-170)
-                    u = torch.where(u > top, u - 2 * top, torch.where(u <= -top, u + 2 * top, u))
-            decay_(w, self.keep_v, self.decay_bits).sub_(u)  # trunc is odd: decays -v as v
-            if not fold:
-                w.sub_(bias)
-            if plan.clamps:  # saturates, models.py:176-186
-                w.clamp_(-top + 1, top - 1)
-            torch.lt(w, -self.vth, out=spikes[:, t])  # v > vth
-            F.threshold_(w, -self.vth - 1, 0)  # v <- 0 where v > vth: integers, w >= -vth kept
-            if state:
-                state[0][:, t] = u - bias if fold else u
-                state[1][:, t] = -w
-
-
-def sum_inputs(ins: list[Current], rows: slice, out: torch.Tensor, tmp: torch.Tensor,
-               bias: torch.Tensor | None, shift: int) -> torch.Tensor:
-    r"""``out`` :math:`\leftarrow \sum_i 2^{a} y_i 2^{e_i}` (+ ``bias``) over ``rows`` of the
-    inputs, in ``out``'s float type (converted first: mixed types take a slow path)."""
-    for k, c in enumerate(ins):
-        alpha = 2 ** (c.exp + shift)
-        (tmp if k else out).copy_(c.y[rows].expand(out.shape))
-        if k:
-            out.add_(tmp, alpha=alpha)
-        elif bias is not None:
-            torch.add(bias, out, alpha=alpha, out=out)
-        else:
-            out.mul_(alpha)
-    return out
+        """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, scale)``,
+        ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum` ``scale x`` -> ``spikes`` (int8),
+        and ``state`` (``u``, ``v``) if given. Inputs of mixed types run as one: int32 where
+        each is narrower or float32 (exact below :math:`2^{24}`), else int64."""
+        types = {x.dtype for x, _ in ins}
+        common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
+            torch.int64
+        xs = List([x.to(common).reshape(len(x), x.shape[1], -1).numpy() for x, _ in ins])
+        none = np.empty((0, 0, 0), dtype=np.int64)
+        flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
+        (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
+        lif_steps(xs, np.array([scale for _, scale in ins], dtype=np.int64),
+                  self.bias.reshape(-1).numpy(), mu, self.decay_bits - ju, mv,
+                  self.decay_bits - jv, self.vth, self.top, flat(spikes),
+                  *(map(flat, state) if state else (none, none)))
 
 
 @dataclass
@@ -236,7 +198,7 @@ class Emulation:
                     self.copy_of[la.name] = first[key]
                     continue
                 first[key] = la.name
-                self.synapses[la.name] = (Dense(node, fp.weight_bits)
+                self.synapses[la.name] = (Dense(node, fp.weight_bits, name=la.name)
                                           if isinstance(node, nir.Affine)
                                           else Conv(la.name, node, fp.state_bits))
             elif isinstance(node, HostOpNode):
@@ -247,7 +209,7 @@ class Emulation:
                 mant = sum((to_lava_layout(synapse_bias_mant(s, node, fp.activation_shift))
                             for s in syns), np.zeros(shape, dtype=np.int64))  # back: an involution
                 bias = to_inner(torch.as_tensor(mant.astype(np.int64) << int(q["bias_exp"])),
-                                len(shape))
+                                len(shape)).contiguous()
                 self.lifs[la.name] = Lif(la.name, 2**fp.decay_bits - int(q["du"]) - 1,
                                          2**fp.decay_bits - int(q["dv"]),
                                          int(q["vth"]) << fp.threshold_shift,
@@ -303,30 +265,15 @@ class Emulation:
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
         ins = [batch.acts[i] for i in la.inputs]
-        plan = lif.plan(sum(c.bound << shift for c in ins), steps)
-        if plan.dtype != torch.float32 or plan.wraps:  # loose static bounds: the actual maxima
-            plan = lif.plan(sum(c.actual() << shift for c in ins), steps)
-        if plan.dtype is None:
+        if not lif.exact(sum(c.bound << shift for c in ins), steps) and \
+                not lif.exact(sum(c.actual() << shift for c in ins), steps):  # loose bounds
             raise ExportError(f"LIF '{la.name}': its state can exceed 2^53, beyond Lava's int32 "
                               f"arithmetic; re-export with smaller weights or inputs")
-        fold = lif.keep_u == 0 and not plan.wraps  # u is a_in itself: the bias joins it once
         inner = tuple(lif.bias.shape)
         spikes = batch.full(batch.spikes, la.name, (steps, *inner), np.int8)
         state = tuple(batch.full(x, la.name, (steps, *inner), np.int64)
                       for x in (batch.u, batch.v)) if batch.record_state else None
-        # buffers of one chunk, reused: its state, input and spikes stay in the cache; an input
-        # constant in time (the chip input) is held once
-        b, held = len(spikes), max(c.y.shape[1] for c in ins)
-        chunk = max(1, min(b, LIF_CHUNK // max(1, lif.bias.numel())))
-        drive, tmp = (torch.empty((chunk, held, *inner), dtype=plan.dtype) for _ in range(2))
-        u, w = (torch.empty((chunk, *inner), dtype=plan.dtype) for _ in range(2))
-        bias = lif.bias.to(plan.dtype) if fold else None
-        for lo in range(0, b, chunk):
-            part = slice(lo, lo + chunk)
-            n = len(range(b)[part])
-            d = sum_inputs(ins, part, drive[:n], tmp[:n], bias, shift)
-            lif.window(plan, d.expand(n, steps, *inner), fold, u[:n].zero_(), w[:n].zero_(),
-                       spikes[part], state and (state[0][part], state[1][part]))
+        lif.window([(c.y, 2 ** (c.exp + shift)) for c in ins], spikes, state)
         batch.acts[la.name] = spikes
 
 

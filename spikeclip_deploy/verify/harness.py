@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+from collections import defaultdict
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -107,6 +109,7 @@ def _plan(cfg: VerifyConfig, ann: str | None) -> list[tuple[str, str, int | None
 
 def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     """Run the verification's evaluation -> its partial result (see :mod:`.results`)."""
+    start = time.perf_counter()
     model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.init_seed)
     ds = load_dataset(cfg.data, model.cfg.image_size, download=cfg.download)
     sel = select(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, cfg.shard)
@@ -137,6 +140,8 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
         weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
                                           templates).numpy()}
         weights.update({key: b.class_weights(query, templates) for key, b in backends.items()})
+        log.info("time: set-up (model, data, export, backends, class weights) %.1f s",
+                 time.perf_counter() - start)
         run = _stream(model, ds.images, sel, plan, backends, weights, cfg.batch_size)
         described = {key: {"backend": name, "runs": backends[key].description, "limit": cap}
                      for key, name, cap in plan}
@@ -200,7 +205,13 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
     if backends:  # the float model's spikes, LIF for LIF of the chip graph
         chip = next(iter(backends.values()))
         tallies["float"] = SpikeTally(chip.layers["image"], chip.time_steps)
-    raster = None
+    raster, seconds, clock = None, defaultdict(float), time.perf_counter()
+
+    def lap(what: str) -> None:
+        nonlocal clock
+        seconds[what] += time.perf_counter() - clock
+        clock = time.perf_counter()
+
     with progress(None, total=n, desc="verify", unit="img") as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
@@ -213,14 +224,17 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
                 else:
                     feats = model.encode_image(batch)
             preds["float"][sl] = predict(feats.numpy(), weights["float"])
+            lap("float model")
             spikes = {}
-            for key, _, cap in plan:
+            for key, name, cap in plan:
                 take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
                 if take.any():
                     feats, s = backends[key].encode_images(batch[torch.from_numpy(take)].numpy())
                     preds[key][np.flatnonzero(take) + start] = predict(feats, weights[key])
+                    lap(name)
                     tallies[key].add(s)
                     spikes[key] = (take, s)
+                    lap("tallies and divergence")
             for (a, b), div in divs.items():
                 if a in spikes and b in spikes:
                     (take_a, s_a), (take_b, s_b) = spikes[a], spikes[b]
@@ -230,6 +244,8 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
             if raster is None and spikes and positions[start] == 0:
                 raster = _raster(spikes, tallies, int(sel.index[start]))
             bar.update(len(batch))
+            lap("tallies and divergence")
+    log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()},

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from spikeclip_deploy.backends import get_backend
-from spikeclip_deploy.backends import emulator
-from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif, LifPlan
+from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif
+from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS
 from spikeclip_deploy.backends.emulator_synapses import lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
@@ -107,20 +107,18 @@ def test_a_decay_beyond_float32_stays_exact_by_hand():
     assert v.tolist() == [[4194368, 8387711]]
 
 
-def test_lif_plans_by_hand():
-    """|a_in << a| <= a, T = 4, 24-bit state (top 2^23), bias 0, vth 64:
-    a = 2^20 without u decay, v halving: |v| <= 4 a = 2^22, every value below 5 * 2^20: float32;
-    a = 2^22: |v| could reach 2^24, so it saturates: |v| < 2^23, sums below 2^23 + 2^22:
-    float32; dv = 1 (keeps 4095 / 4096, odd): v * 4095 reaches 2^14 * 4095 > 2^24: float64;
-    a u decay (keeps 2047 / 4096) with a = 2^21: |u| <= 4 a = 2^23 may wrap: float64."""
-    def plan(a, keep_u, keep_v):
-        return Lif("lif", keep_u, keep_v, 64, 2**23, 12, torch.zeros(3)).plan(a, 4)
+def test_lif_bounds_by_hand():
+    """|a_in << a| <= a, T = 4, 24-bit state (top 2^23), bias 0, vth 64: v saturates below
+    2^23, so the largest value is u's bound (one wrap a step: |u| <= 4 (a + 2^24)) or a
+    decay's product |u| m (k = m 2^j, m odd): dv = 1 keeps 4095 / 4096: (2^23 - 1) 4095 <
+    2^53; a u decay keeping 4095 / 4096 (du = 0): 4 (2^39 + 2^24) 4095 < 2^53 <=
+    4 (2^40 + 2^24) 4095; none (du = 4095): 4 (2^50 + 2^24) + 2^24 < 2^53 <= 4 (2^51 + 2^24)."""
+    def exact(a, keep_u, keep_v):
+        return Lif("lif", keep_u, keep_v, 64, 2**23, 12, torch.zeros(3)).exact(a, 4)
 
-    assert plan(2**20, 0, 2048) == LifPlan(torch.float32, wraps=False, clamps=False)
-    assert plan(2**22, 0, 2048) == LifPlan(torch.float32, wraps=False, clamps=True)
-    assert plan(2**12, 0, 4095) == LifPlan(torch.float64, wraps=False, clamps=False)
-    assert plan(2**21, 2047, 2048) == LifPlan(torch.float64, wraps=True, clamps=True)
-    assert plan(2**52, 0, 2048).dtype is None
+    assert exact(2**20, 0, 4095)
+    assert exact(2**39, 4095, 2048) and not exact(2**40, 4095, 2048)
+    assert exact(2**50, 0, 2048) and not exact(2**51, 0, 2048)
     with pytest.raises(ExportError, match="LIF 'lif0': its state can exceed 2\\^53"):
         one_lif([2**47], 4095, 2048, 1)  # 2^47 << 6 = 2^53
 
@@ -363,14 +361,32 @@ def assert_same_runs(got, want, what=""):
 def test_random_networks_equal_lava(network):
     """Every LIF's u, v and spikes, every step and sample, as on Lava."""
     layers, mant, t = network
-    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state=True)
+    want = lava_record(layers, mant, t)
+    for kernel in KERNELS:  # each forced where it is exact
+        got = emulate_forced(kernel, layers, t, mant)
+        assert_same_runs(got, want, f"{kernel}, {len(layers)} layers, T={t}: ")
     kind = "convolutional" if layers[0].node.tau.ndim == 3 else "dense"
     event(f"{kind}, {len(got.spikes)} LIFs")
     event(f"{sum(la.name.startswith('skip') for la in layers)} skip synapses")
     event("|u| reaches 2^22" if max(abs(u).max() for u in got.u.values()) >= 2**22 else "small u")
     if min(v.min() for v in got.v.values()) == -(2**23) + 1:
         event("v saturates")
-    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+
+
+def emulate_forced(kernel, layers, t, mant):
+    """The emulator's run with ``kernel`` forced (``$SPIKECLIP_EMU_KERNEL``), which every
+    synapse whose bounds admit it must have run on."""
+    old = os.environ.get(FORCE_ENV)
+    os.environ[FORCE_ENV] = kernel
+    try:
+        emulation = Emulation(layers, t, FP, 1, ".")
+        run = emulation.run(mant, record_state=True)
+    finally:
+        os.environ.pop(FORCE_ENV) if old is None else os.environ.update({FORCE_ENV: old})
+    for syn in emulation.synapses.values():
+        if syn.kernel is not None and KERNELS[kernel].exact(syn.matrix >> syn.k, syn.bound_in):
+            assert syn.kernel.name == kernel, (syn.name, kernel)
+    return run
 
 
 @pytest.mark.lava
@@ -468,13 +484,14 @@ def test_a_synapse_copied_for_another_reader_runs_once():
 
 
 @pytest.mark.lava
-def test_chunked_runs_equal_lava(monkeypatch):
-    """Five samples run whole, two at a time (each LIF one at a time), and one at a time."""
+def test_chunked_runs_equal_lava():
+    """Five samples run whole, two at a time, and one at a time; and on each kernel."""
     layers = residual_copies(np.random.default_rng(2))
     mant = np.random.default_rng(3).integers(-500, 3000, (5, 6))
     want = lava_record(layers, mant, 4)
-    for samples, lif_chunk in ((5, emulator.LIF_CHUNK), (2, 1), (1, 6)):
+    for samples in (5, 2, 1):
         emulation = Emulation(layers, 4, FP, 1, ".")
         emulation.chunk = samples
-        monkeypatch.setattr(emulator, "LIF_CHUNK", lif_chunk)
         assert_same_runs(emulation.run(mant, record_state=True), want, f"{samples}: ")
+    for kernel in KERNELS:
+        assert_same_runs(emulate_forced(kernel, layers, 4, mant), want, f"{kernel}: ")

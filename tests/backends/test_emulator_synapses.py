@@ -1,27 +1,57 @@
-"""The emulator's synapses: int8 factoring and the Dense exponent by hand, convolutions (int8
-GEMM over im2col columns, or float) against a float64 convolution, and the 24-bit wrap applied
-exactly where a sum reaches it."""
+"""The emulator's synapses: the kernels' exactness bounds and the Dense exponent by hand,
+convolutions (each kernel forced in turn over im2col columns, or float) against a float64
+convolution, graded inputs, and the 24-bit wrap applied exactly where a sum reaches it."""
 import nir
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeclip_deploy.backends.emulator_synapses import Conv, Dense, int8_factor
+from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS, choose, power_of_two
+from spikeclip_deploy.backends.emulator_synapses import Conv, Dense
+from spikeclip_deploy.errors import ExportError
 
 
-def test_int8_factor_by_hand():
-    """w = w8 << k with the smallest k that brings w into int8, or None."""
-    w8, k = int8_factor(np.array([254, -256, 2]))
-    assert (w8.tolist(), k, w8.dtype) == ([127, -128, 1], 1, np.int8)
-    assert int8_factor(np.array([3, 127, -128]))[1] == 0
-    w8, k = int8_factor(np.array([256, 512]))
-    assert (w8.tolist(), k) == ([32, 64], 3)
-    assert int8_factor(np.array([255, 1])) is None  # odd and beyond int8
-    assert int8_factor(np.zeros(3, dtype=np.int64))[0].tolist() == [0, 0, 0]
+@pytest.fixture(params=list(KERNELS))
+def kernel(request, monkeypatch):
+    """Each kernel forced in turn."""
+    monkeypatch.setenv(FORCE_ENV, request.param)
+    return request.param
 
 
-def test_dense_floors_its_exponent_by_hand():
+def test_power_of_two_by_hand():
+    """The largest 2^k dividing every weight: 254, -256, 2 -> 1; 256, 512 -> 8; 255, 1 -> 0."""
+    assert power_of_two(np.array([254, -256, 2])) == 1
+    assert power_of_two(np.array([256, 512])) == 8
+    assert power_of_two(np.array([255, 1])) == 0
+    assert power_of_two(np.zeros(3, dtype=np.int64)) == 0
+
+
+def test_the_kernels_are_chosen_within_their_bounds_by_hand(monkeypatch):
+    """W = [[254], [-256]] = 2 [[127], [-128]]: S = b (127 + 128) = 255 b. Binary spikes: every
+    kernel is exact (int64 only where nothing else is); b = 2^23: S = 255 2^23 >= 2^31: no int8
+    (its inputs beyond int8 too), >= 2^24: no float32; b = 2^46: S >= 2^53: sparse and int64
+    (int64 only where forced); b = 2^56: S >= 2^63: refused."""
+    w = np.array([[254], [-256]])
+    def exact(b):
+        return [n for n, k in KERNELS.items() if k.exact(w >> power_of_two(w), b)]
+    assert exact(1) == ["int8", "float32", "float64", "sparse", "int64"]
+    assert exact(2**23) == ["float64", "sparse", "int64"]
+    assert exact(2**46) == ["sparse", "int64"]
+    for name in KERNELS:  # forced where exact, else the fastest exact one but int64
+        monkeypatch.setenv(FORCE_ENV, name)
+        assert choose("syn", w, 2**46, 4)[0].name == ("int64" if name == "int64" else "sparse")
+    monkeypatch.setenv(FORCE_ENV, "float64")
+    kernel, k = choose("syn", w, 2**23, 4)
+    assert (kernel.name, k) == ("float64", 1)
+    with pytest.raises(ExportError, match="synapse 'syn': its sums can reach 2\\^63"):
+        choose("syn", w, 2**56, 4)
+    monkeypatch.setenv(FORCE_ENV, "int4")
+    with pytest.raises(ExportError, match="names no kernel; use one of int8, float32"):
+        choose("syn", w, 1, 4)
+
+
+def test_dense_floors_its_exponent_by_hand(kernel):
     """W = [3, -5] (both signs: lowest bit dropped) -> [2, -6] = 2 [1, -3]; both inputs spike:
     W s = -4; e = -1: floor(-2) = -2; e = -3: floor(-0.5) = -1 (bound ceil(8 / 8) = 1);
     e = 2: -16, as -4 << 2."""
@@ -30,17 +60,32 @@ def test_dense_floors_its_exponent_by_hand():
         dense = Dense(nir.Affine(weight=np.array([[3, -5]]), bias=np.zeros(1),
                                  metadata={"loihi": {"weight_exp": exp}}), 8)
         c = dense(s)
-        assert dense.w8 is not None and dense.bound == bound
+        assert dense.kernel.name == kernel and dense.bound == bound
         assert int(c.y[0, 0]) << c.exp == want, exp
 
 
-def test_a_dense_layer_of_one_input_by_hand():
+def test_a_dense_layer_of_one_input_by_hand(kernel):
     """W = [2, -4, 6] from one input (a [1, 3] int8 matrix 2 x [1, -2, 3] whose length-1 axis
     has any stride): a spike gives [2, -4, 6], none gives 0."""
     dense = Dense(nir.Affine(weight=np.array([[2], [-4], [6]]), bias=np.zeros(3),
                              metadata={"loihi": {"weight_exp": 0}}), 8)
     c = dense(torch.tensor([[1], [0], [1]], dtype=torch.int8))
-    assert (c.y << c.exp).tolist() == [[2, -4, 6], [0, 0, 0], [2, -4, 6]]
+    assert dense.kernel.name == kernel
+    assert (c.y.to(torch.int64) << c.exp).tolist() == [[2, -4, 6], [0, 0, 0], [2, -4, 6]]
+
+
+def test_graded_inputs_on_every_exact_kernel(kernel):
+    """Inputs up to 2^23 (graded payloads): W = 2 [[1, -3], [5, 7]], x = [2^23 - 1, -2^23]:
+    W x = 2 [2^23 - 1 + 3 2^23, 5 (2^23 - 1) - 7 2^23] = [2^26 - 2, -2^25 - 10], exact on the
+    kernels whose bound holds (S = 2^23 12 >= 2^24, inputs beyond int8: float64, sparse,
+    int64); forced int8 or float32 is not exact there and the choice falls back."""
+    dense = Dense(nir.Affine(weight=np.array([[2, -6], [10, 14]]), bias=np.zeros(2),
+                             metadata={"loihi": {"weight_exp": 0}}), 8, bound_in=2**23)
+    c = dense(torch.tensor([[2**23 - 1, -(2**23)]]))
+    assert (c.y.to(torch.int64) << c.exp).tolist() == [[2**26 - 2, -(2**25) - 10]]
+    assert dense.bound == 2**23 * 24
+    assert dense.kernel.name == kernel if kernel in ("float64", "sparse", "int64") else \
+        dense.kernel.name in ("float64", "sparse")
 
 
 def conv_node(w, stride=1, padding=0, dilation=1, groups=1, hw=(6, 5)):
@@ -49,36 +94,37 @@ def conv_node(w, stride=1, padding=0, dilation=1, groups=1, hw=(6, 5)):
                       metadata={"loihi": {"weight_exp": 0}})
 
 
-@pytest.mark.parametrize("kernel, stride, padding, dilation, groups, weights, gemm", [
-    (3, 1, 1, 1, 1, "even", True),  # as quantized: 2 x int8
-    (3, 2, 1, 1, 1, "int8", True),
-    (3, (2, 1), (0, 2), (2, 1), 1, "even", True),
-    (1, 1, 0, 1, 1, "int8", True),  # pointwise: no im2col
-    (3, 1, 1, 1, 1, "any", False),  # odd and beyond int8: float
-    (3, 2, 1, 1, 4, "even", False),  # grouped (depthwise): float
+@pytest.mark.parametrize("size, stride, padding, dilation, groups, weights", [
+    (3, 1, 1, 1, 1, "even"),  # as quantized: 2 x int8
+    (3, 2, 1, 1, 1, "int8"),
+    (3, (2, 1), (0, 2), (2, 1), 1, "even"),
+    (1, 1, 0, 1, 1, "int8"),  # pointwise: no im2col
+    (3, 1, 1, 1, 1, "any"),  # odd and beyond int8: no int8 kernel
+    (3, 2, 1, 1, 4, "even"),  # grouped (depthwise): float convolution
 ])
-def test_convolutions_equal_a_float64_convolution(kernel, stride, padding, dilation, groups,
-                                                   weights, gemm):
-    rng = np.random.default_rng(kernel + groups)
+def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilation, groups,
+                                                   weights, kernel):
+    rng = np.random.default_rng(size + groups)
     c = 4
-    w = rng.integers(-256, 256, (c, c // groups, kernel, kernel))
+    w = rng.integers(-256, 256, (c, c // groups, size, size))
     w = {"even": (w >> 1) << 1, "int8": np.clip(w, -128, 127), "any": w}[weights]
     node = conv_node(w, stride, padding, dilation, groups)
     syn = Conv("c", node, 24)
-    assert (syn.w8 is not None) == gemm
     s = torch.from_numpy(rng.random((3, c, 6, 5)) < 0.4)  # [N, C, H, W]
     got = syn(s.to(torch.int8).permute(0, 2, 3, 1).contiguous())
     want = F.conv2d(s.double(), torch.from_numpy(w).double(), stride=stride, padding=padding,
                     dilation=dilation, groups=groups)
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
     assert got.bound == np.abs(w).reshape(c, -1).sum(1).max()
+    if groups == 1:  # forced where exact
+        assert syn.kernel.name == kernel or (kernel == "int8" and weights == "any")
 
 
 def test_a_convolution_wraps_where_a_sum_reaches_2_23():
     """Weights 5e6 and 4e6 (sum of magnitudes >= 2^23: a wrap is possible): one spike gives
     5e6 as it is; both give 9e6, wrapped to 9e6 - 2^24 = -7777216, as Lava's Conv does."""
     syn = Conv("c", conv_node(np.array([[[[5_000_000]], [[4_000_000]]]]), hw=(1, 1)), 24)
-    assert syn.wraps and syn.w8 is None
+    assert syn.wraps
     one = syn(torch.tensor([[[[1, 0]]]], dtype=torch.int8))
     assert (int(one.y.flatten()[0]) << one.exp, one.bound) == (5_000_000, 5_000_000)
     both = syn(torch.tensor([[[[1, 1]]]], dtype=torch.int8))

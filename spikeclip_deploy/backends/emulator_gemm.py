@@ -1,0 +1,243 @@
+r"""The emulator's synapse products ``cols [M, K] @ W [K, N]`` on integers, each kernel exact
+within a proven bound, the fastest exact one chosen by measurement per shape and machine.
+
+With :math:`W = 2^k W'` (:math:`k` the weights' common power of two) and inputs
+:math:`|x| \le b` (:math:`b = 1` for binary spikes, more for graded payloads), every partial
+sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{io}|`, so:
+
+- ``int8``: ``torch._int_mm`` (int8 x int8 -> int32) where :math:`W'` and the inputs fit int8
+  and :math:`S < 2^{31}`; fast only where the CPU has int8 dot products (VNNI, AMX) and oneDNN
+  serves it, elsewhere a slow fallback;
+- ``float32`` / ``float64``: BLAS GEMM where :math:`S < 2^{24}` / :math:`2^{53}` (every sum in
+  any order is then an exact integer);
+- ``sparse``: the weight rows of the nonzero inputs accumulated in int64 (:math:`S < 2^{63}`;
+  numba, parallel over rows), cheaper where few inputs spike and the GEMMs are slow;
+- ``int64``: torch's integer GEMM, only where nothing faster is exact.
+
+Each exact kernel is timed once per shape (:math:`M` capped at :data:`MEASURE_MACS` / KN rows,
+inputs spiking at :data:`SPIKE_DENSITY`) and the times cached in
+``cache_dir()/emulator-kernels/`` under a key of the CPU model, its flags, the instruction-set
+caps in the environment, torch's version and threads (a capped run never reuses an uncapped
+choice). ``$SPIKECLIP_EMU_KERNEL`` forces one kernel wherever it is exact (tests run each).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ..errors import ExportError
+from ..fileutil import write_cache
+from ..machine import machine_key
+from ..paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+#: forces one kernel (where exact): int8, float32, float64, sparse or int64
+FORCE_ENV = "SPIKECLIP_EMU_KERNEL"
+#: multiply-accumulates of one timed product (rows capped to fit): a millisecond or so
+MEASURE_MACS = 2**26
+#: the inputs' density when timing (the shipped models fire 5-15 % of their neurons a step)
+SPIKE_DENSITY = 0.1
+#: float32 holds every integer below 2^24 exactly, float64 every one below 2^53
+FLOAT32_EXACT, FLOAT64_EXACT = 2**24, 2**53
+INT32_EXACT, INT64_EXACT = 2**31, 2**63
+
+
+@njit(cache=True, parallel=True, nogil=True, boundscheck=False)
+def _sparse_rows(cols, w, out):
+    """``out[m] = sum_k cols[m, k] w[k]`` over the nonzero ``cols[m, k]`` (int64)."""
+    m, k = cols.shape
+    n = w.shape[1]
+    for i in prange(m):
+        for j in range(n):
+            out[i, j] = 0
+        for kk in range(k):
+            c = np.int64(cols[i, kk])
+            if c != 0:
+                for j in range(n):
+                    out[i, j] += c * w[kk, j]
+
+
+class Kernel:
+    """One exact product with ``W'`` ``[K, N]`` (int64) prepared; ``in_dtype`` the type its
+    inputs are converted to first (None: any); its output buffer is reused from call to call
+    (fresh memory costs page faults), valid until the next call."""
+
+    name: str
+    in_dtype: torch.dtype | None
+    out_dtype: torch.dtype
+    limit: int  # S must stay below it
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w = self._layout(torch.as_tensor(w))
+        self._out: torch.Tensor | None = None
+
+    @classmethod
+    def exact(cls, w: np.ndarray, bound_in: int) -> bool:
+        return bound_in * max_fan_in(w.T) < cls.limit
+
+    def _layout(self, w: torch.Tensor) -> torch.Tensor:
+        return w.to(self.out_dtype).contiguous()
+
+    def out(self, m: int) -> torch.Tensor:
+        if self._out is None or len(self._out) < m:
+            self._out = torch.empty((m, self.w.shape[1]), dtype=self.out_dtype)
+        return self._out[:m]
+
+    def __call__(self, cols: torch.Tensor) -> torch.Tensor:
+        return torch.mm(row_major(cols.to(self.w.dtype)), self.w, out=self.out(len(cols)))
+
+
+class Int8(Kernel):
+    name, in_dtype, out_dtype, limit = "int8", torch.int8, torch.int32, INT32_EXACT
+
+    @classmethod
+    def exact(cls, w: np.ndarray, bound_in: int) -> bool:
+        return bound_in <= 127 and -128 <= w.min(initial=0) and w.max(initial=0) <= 127 and \
+            super().exact(w, bound_in)
+
+    def _layout(self, w: torch.Tensor) -> torch.Tensor:
+        return row_major(w.to(torch.int8))
+
+    def __call__(self, cols: torch.Tensor) -> torch.Tensor:
+        return torch._int_mm(row_major(cols.to(torch.int8)), self.w, out=self.out(len(cols)))
+
+
+class Float32(Kernel):
+    name, in_dtype, out_dtype, limit = "float32", torch.float32, torch.float32, FLOAT32_EXACT
+
+
+class Float64(Kernel):
+    name, in_dtype, out_dtype, limit = "float64", torch.float64, torch.float64, FLOAT64_EXACT
+
+
+class Int64(Kernel):
+    name, in_dtype, out_dtype, limit = "int64", torch.int64, torch.int64, INT64_EXACT
+
+
+class Sparse(Kernel):
+    name, in_dtype, out_dtype, limit = "sparse", None, torch.int64, INT64_EXACT
+
+    def __call__(self, cols: torch.Tensor) -> torch.Tensor:
+        out = self.out(len(cols))
+        _sparse_rows(row_major(cols).numpy(), self.w.numpy(), out.numpy())
+        return out
+
+
+#: every kernel, fastest first where the machine has int8 dot products (ties keep this order)
+KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (Int8, Float32, Float64, Sparse, Int64)}
+
+
+def row_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (2-D) with the strides of a C-ordered matrix, copied if it has other ones: torch
+    counts a matrix with a length-1 axis as contiguous whatever that axis's stride, and
+    ``torch._int_mm`` on the CPU reads such a stride as the row length (wrong sums)."""
+    return x if x.stride() == (x.shape[1], 1) else x.clone(memory_format=torch.contiguous_format)
+
+
+def max_fan_in(w: np.ndarray) -> int:
+    r""":math:`\max_o \sum |w_o|` over the outputs ``o`` (the first axis)."""
+    return int(np.abs(w).reshape(len(w), -1).sum(1).max(initial=0))
+
+
+def power_of_two(w: np.ndarray) -> int:
+    """The largest ``k`` with ``2^k`` dividing every weight (0 for all zero)."""
+    common = int(np.bitwise_or.reduce(np.abs(w).ravel(), initial=0))
+    return (common & -common).bit_length() - 1 if common else 0
+
+
+def _cache_path() -> Path:
+    key = json.dumps(machine_key(), sort_keys=True)
+    return cache_dir() / "emulator-kernels" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+_timings: dict[str, dict[str, float]] = {}  # shape -> kernel -> seconds, this machine's
+
+
+def _load() -> dict[str, dict[str, float]]:
+    if not _timings:
+        try:
+            _timings.update(json.loads(_cache_path().read_text())["shapes"])
+        except (OSError, ValueError, KeyError):
+            pass  # not measured yet, or unreadable: measure again
+    return _timings
+
+
+def _seconds(kernels: dict[str, Kernel], cols: torch.Tensor, repeats: int = 5
+             ) -> dict[str, float]:
+    """Each kernel's best time on ``cols`` of ``repeats`` rounds, the kernels taking turns (a
+    burst of other work then slows them alike), after a warm-up (and numba's compilation)."""
+    best = dict.fromkeys(kernels, float("inf"))
+    for name, kernel in kernels.items():
+        kernel(cols)
+    for _ in range(repeats):
+        for name, kernel in kernels.items():
+            start = time.perf_counter()
+            kernel(cols)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def measure_rows(w: np.ndarray, rows: int) -> int:
+    """The rows a product of ``W [K, N]`` is timed at: ``rows``, at most
+    :data:`MEASURE_MACS` / KN."""
+    return max(1, min(rows, MEASURE_MACS // max(1, w.shape[0] * w.shape[1])))
+
+
+def measure(w: np.ndarray, rows: int, names: list[str]) -> dict[str, float]:
+    """Seconds of each kernel in ``names`` on ``W [K, N]`` and ``rows`` rows of spikes (at
+    :data:`SPIKE_DENSITY`), measured now."""
+    cols = (torch.rand((rows, w.shape[0]), generator=torch.Generator().manual_seed(0))
+            < SPIKE_DENSITY).to(torch.int8)
+    return _seconds({name: KERNELS[name](w) for name in names}, cols)
+
+
+def timings(w: np.ndarray, rows: int, names: list[str]) -> dict[str, float]:
+    """Seconds of each kernel in ``names`` on ``W [K, N]`` at (at most) ``rows`` rows, from
+    the cache or measured now (and cached)."""
+    m = measure_rows(w, rows)
+    shape = f"{m}x{w.shape[0]}x{w.shape[1]}"
+    known = _load().setdefault(shape, {})
+    missing = [name for name in names if name not in known]
+    if missing:
+        known.update(measure(w, m, missing))
+        machine = machine_key()
+        write_cache(_cache_path(), lambda tmp: tmp.write_text(json.dumps(
+            {"machine": machine, "shapes": _timings}, indent=1) + "\n"), "emulator kernel")
+    return {name: known[name] for name in names}
+
+
+def choose(name: str, w: np.ndarray, bound_in: int, rows: int) -> tuple[Kernel, int]:
+    """The fastest exact kernel for synapse ``name``'s ``W [K, N]`` (int64) on inputs
+    :math:`|x| \\le` ``bound_in``, ``rows`` rows a call (or ``$SPIKECLIP_EMU_KERNEL`` where it
+    is exact), prepared, and ``k`` (its product times :math:`2^k` is ``cols @ W``)."""
+    k = power_of_two(w)
+    wq = w >> k
+    exact = [n for n, kernel in KERNELS.items() if kernel.exact(wq, bound_in)]
+    if not exact:
+        raise ExportError(f"synapse '{name}': its sums can reach 2^63 ({bound_in} x "
+                          f"{max_fan_in(wq.T)} << {k}); re-export with smaller weights")
+    forced = os.environ.get(FORCE_ENV)
+    if forced and forced not in KERNELS:
+        raise ExportError(f"${FORCE_ENV}={forced!r} names no kernel; use one of "
+                          f"{', '.join(KERNELS)}, or unset it")
+    if forced in exact:
+        pick, why = forced, f"${FORCE_ENV}"
+    else:
+        if len(exact) > 1:  # int64, torch's integer GEMM: never faster than the others
+            exact.remove("int64")
+        times = timings(wq, rows, exact)
+        pick = min(exact, key=times.get)
+        why = ", ".join(f"{n} {1e3 * t:.3g} ms" for n, t in times.items())
+    log.info("synapse %s: [%d x %d] @ [%d x %d] on %s (%s)", name, rows, wq.shape[0],
+             *wq.shape, pick, why)
+    return KERNELS[pick](wq), k
+
