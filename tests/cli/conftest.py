@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from PIL import Image
 
 from spikeclip_deploy.cli import main
 
@@ -37,3 +39,11 @@ class CLI:
 @pytest.fixture()
 def cli() -> type[CLI]:
     return CLI
+
+
+@pytest.fixture()
+def cat_png(tmp_path):
+    """A random 32 x 32 RGB PNG."""
+    path = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path

@@ -13,13 +13,6 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture()
-def cat_png(tmp_path):
-    path = tmp_path / "cat.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def test_export_then_run_cpu(micro_ckpt, tmp_path, cat_png):
     out = tmp_path / "exp"
     r = invoke("export", "--target", "cpu", "--model", micro_ckpt, "--out", out)

@@ -101,9 +101,6 @@ def test_a_shard_that_is_a_pickle_is_not_json(cli, hostile, tmp_path):
 
 
 def test_run_refuses_an_animated_image(cli, micro_exports, tmp_path):
-    import numpy as np
-    from PIL import Image
-
     frames = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 255)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     r = cli.invoke("run", "--target", "cpu", "--export", micro_exports["cpu"],
@@ -129,13 +126,6 @@ def test_an_edited_export_is_refused_before_anything_runs(cli, micro_exports, tm
     cli.clean_failure(r, 1, "field 'time_steps' was edited after export")
     r = cli.invoke("map", export)
     cli.clean_failure(r, 1, "field 'time_steps' was edited after export")
-
-
-@pytest.fixture()
-def cat_png(tmp_path):
-    path = tmp_path / "cat.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def _shard(tmp_path, name, data):

@@ -340,6 +340,27 @@ def test_crop_flip_runs_the_teacher_on_the_students_view(image_folder, tower, tm
         _trainer(image_folder, tower, tmp_path, Recipe(augment="cutout"))
 
 
+def _short_text_run(image_folder, tower, tmp_path, monkeypatch):
+    """A text-stage-only run of 4 steps saving after each, and ``saved``: every saved state's
+    bytes by step, recorded as each save completes."""
+    from spikeclip_deploy.training import spikeclip_trainer
+
+    recipe = Recipe(text_epochs=1, distill_epochs=0, finetune_epochs=0, text_batch_size=64,
+                    max_steps_per_epoch=4, checkpoint_every=1)
+    cfg = TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
+                      data=image_folder, out=tmp_path / "m.safetensors", val_fraction=0.25,
+                      recipe=recipe)
+    state = cfg.out.with_suffix(".train-state.pt")
+    saved = {}
+    real_save = spikeclip_trainer.Trainer._save_state
+
+    def save(self, opt):
+        real_save(self, opt)
+        saved[self.state.step] = state.read_bytes()
+    monkeypatch.setattr(spikeclip_trainer.Trainer, "_save_state", save)
+    return cfg, state, saved
+
+
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(image_folder, tower,
                                                                         tmp_path, monkeypatch):
     """The distillation loss turns NaN at its third step: training stops with an error naming
@@ -354,19 +375,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(image_fo
         loss = real(student, teacher)
         return loss * float("nan") if len(calls) == 3 else loss
     monkeypatch.setattr(spikeclip_trainer, "distillation_loss", poisoned)
-    recipe = Recipe(text_epochs=1, distill_epochs=0, finetune_epochs=0, text_batch_size=64,
-                    max_steps_per_epoch=4, checkpoint_every=1)
-    out = tmp_path / "m.safetensors"
-    cfg = TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
-                      data=image_folder, out=out, val_fraction=0.25, recipe=recipe)
-    state = out.with_suffix(".train-state.pt")
-    saved = {}
-    real_save = spikeclip_trainer.Trainer._save_state
-
-    def save(self, opt):
-        real_save(self, opt)
-        saved[self.state.step] = state.read_bytes()
-    monkeypatch.setattr(spikeclip_trainer.Trainer, "_save_state", save)
+    cfg, state, saved = _short_text_run(image_folder, tower, tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match=r"training stopped: the loss became nan at text epoch "
                                           r"1, step 3; .*lower --distill-lr .*--resume") as err:
         run_training(cfg)
@@ -375,7 +384,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(image_fo
     blob = torch.load(state, weights_only=True)
     assert blob["state"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in blob["model"].values() if v.is_floating_point())
-    assert not out.exists()
+    assert not cfg.out.exists()
 
 
 def test_non_finite_weights_are_never_saved(image_folder, tower, tmp_path, monkeypatch):
@@ -399,21 +408,10 @@ def test_non_finite_weights_are_never_saved(image_folder, tower, tmp_path, monke
         return real(student, teacher)
     monkeypatch.setattr(spikeclip_trainer.Trainer, "__init__", init)
     monkeypatch.setattr(spikeclip_trainer, "distillation_loss", poisoned)
-    recipe = Recipe(text_epochs=1, distill_epochs=0, finetune_epochs=0, text_batch_size=64,
-                    max_steps_per_epoch=4, checkpoint_every=1)
-    out = tmp_path / "m.safetensors"
-    state = out.with_suffix(".train-state.pt")
-    saved = {}
-    real_save = spikeclip_trainer.Trainer._save_state
-
-    def save(self, opt):
-        real_save(self, opt)
-        saved[self.state.step] = state.read_bytes()
-    monkeypatch.setattr(spikeclip_trainer.Trainer, "_save_state", save)
+    cfg, state, saved = _short_text_run(image_folder, tower, tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match=r"training stopped: weight image\.readout\.proj\.weight "
                                           r"holds 1 NaN or infinite value\(s\) at text epoch 1, "
                                           r"step 2; .*--resume"):
-        run_training(TrainConfig(model="spikeclip-micro", teacher=f"offline-minilm:{tower}",
-                                 data=image_folder, out=out, val_fraction=0.25, recipe=recipe))
+        run_training(cfg)
     assert sorted(saved) == [1] and state.read_bytes() == saved[1]
-    assert not out.exists()
+    assert not cfg.out.exists()
