@@ -38,6 +38,11 @@ def _bars(ax) -> dict[str, list[float]]:
     return {c.get_label(): [p.get_height() for p in c] for c in ax.containers}
 
 
+def uj(*pj: float) -> list[float]:
+    """Energies in pJ -> in uJ, the unit the energy figure draws them in."""
+    return [e / 1e6 for e in pj]
+
+
 def _labelled(fig) -> None:
     """A title, and axis labels on every Axes (or the figure's own)."""
     assert fig.get_suptitle() or all(ax.get_title() for ax in fig.axes)
@@ -62,11 +67,11 @@ def test_synaptic_ops_and_both_energy_models_per_layer():
     assert _bars(ax) == {"SOPs": [1000.0, 10.0]}
     assert "per inference" in ax.get_ylabel()
     (only,) = energy_figure(ENERGY).axes  # no Loihi model in the report: one panel
-    assert _bars(only) == {"energy": [900.0, 9.0]} and "(pJ)" in only.get_ylabel()
+    assert _bars(only) == {"energy": uj(900.0, 9.0)} and "(uJ)" in only.get_ylabel()
     fig = energy_figure({**ENERGY, "loihi": LOIHI})
     nm45, loihi = fig.axes
-    assert _bars(nm45) == {"energy": [900.0, 9.0]} and "45 nm" in nm45.get_title()
-    assert _bars(loihi) == {"energy": [30.0, 5.0, 1.5]} and "Loihi" in loihi.get_title()
+    assert _bars(nm45) == {"energy": uj(900.0, 9.0)} and "45 nm" in nm45.get_title()
+    assert _bars(loihi) == {"energy": uj(30.0, 5.0, 1.5)} and "Loihi" in loihi.get_title()
     assert [t.get_text() for t in loihi.get_xticklabels()] == ["lif0", "lif1", "lif2"]
     _labelled(fig)
     # a synapse copied for two readers is one layer of the model: once, under its own name
@@ -74,17 +79,47 @@ def test_synaptic_ops_and_both_energy_models_per_layer():
         {"name": "conv2_lif5", "copy_of": "conv2", "sops": 4.0, "energy_pj": 3.6},
         {"name": "conv2_lif6", "copy_of": "conv2", "sops": 4.0, "energy_pj": 3.6}]}
     (ax,) = energy_figure(copied).axes
-    assert _bars(ax) == {"energy": [900.0, 9.0, 3.6]}
+    assert _bars(ax) == {"energy": uj(900.0, 9.0, 3.6)}
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv0", "dense1", "conv2"]
+
+
+@pytest.mark.parametrize("pj, unit, shown", [
+    ([4.5e6, 2.0e6], "uJ", [4.5, 2.0]),  # in pJ, matplotlib's default axis shows "1e6"
+    ([9.0, 4.5], "uJ", [9e-6, 4.5e-6]),  # in uJ, its default shows "1e-6"
+    ([2.5e9, 1.0e9], "mJ", [2.5, 1.0]),
+])
+def test_energy_is_drawn_in_uj_or_mj_with_plain_tick_labels(pj, unit, shown):
+    """Energies of real layers are millions of pJ: drawn in uJ (mJ from 1 mJ), and the axis
+    shows no offset or power-of-ten multiplier, however small the values."""
+    energy = {**ENERGY, "layers": [{"name": f"conv{k}", "copy_of": None, "sops": 1.0,
+                                    "energy_pj": e} for k, e in enumerate(pj)]}
+    fig = energy_figure(energy)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    assert np.allclose(_bars(ax)["energy"], shown, rtol=1e-12)
+    assert ax.get_ylabel() == f"energy per inference ({unit})"
+    assert ax.yaxis.get_offset_text().get_text() == ""
+    assert all("e" not in t.get_text() for t in ax.get_yticklabels())
 
 
 def test_the_raster_is_neurons_by_steps():
     expected = np.array([[1, 0], [0, 1], [0, 0], [1, 0]])
     assert (raster_matrix(RASTER["layers"]["lif0"]) == expected).all()
+
+
+def test_the_raster_figure_draws_one_mark_per_spike_at_step_and_neuron():
+    """lif0's spikes (flat indices 0, 3, 5 of [T = 2, 4 neurons]) are the marks (step 0,
+    neuron 0), (0, 3), (1, 1), in one colour and no colour scale; an empty layer has none."""
     fig = raster_figure(RASTER)
     first, second = fig.axes
-    assert (np.asarray(first.images[0].get_array()) == expected).all()
-    assert np.asarray(second.images[0].get_array()).shape == (3, 2)
+    (marks,) = first.collections
+    assert sorted(map(tuple, marks.get_offsets().tolist())) == [(0, 0), (0, 3), (1, 1)]
+    assert len(np.unique(marks.get_facecolors(), axis=0)) <= 1 and marks.get_array() is None
+    assert first.get_xlim() == (-0.5, 1.5) and first.get_ylim() == (-0.5, 3.5)
+    assert [t for t in first.get_xticks()] == [0, 1]
+    (empty,) = second.collections
+    assert len(empty.get_offsets()) == 0 and second.get_ylim() == (-0.5, 2.5)
+    assert not first.images and not second.images  # no blurred image
     assert "3 spikes" in first.get_title() and "dataset index 17" in fig.get_suptitle()
     _labelled(fig)
 

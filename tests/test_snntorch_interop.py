@@ -7,7 +7,9 @@ reference's. snntorch's ``Leaky`` integrates :math:`u \leftarrow \beta u + I` wi
 Its synapses compute in float32 (its spikes are float32), the CPU reference in float64: on the
 fixed-point export every value is a dyadic rational float32 holds, so the spikes are equal by
 construction; on a float export they are equal wherever no membrane lies within float32 round-off
-of the threshold (this test model). Graphs with fan-in do not run correctly (last test).
+of the threshold (this test model). That the recipe of docs/interop.md reproduces the CPU
+reference's spikes is tested in tests/interop/; here: the neurons snntorch builds, and what fails
+on graphs with fan-in (last test).
 """
 import contextlib
 import io
@@ -18,12 +20,8 @@ import pytest
 import torch
 from snntorch.import_nir import import_from_nir
 
-from spikeclip_deploy.backends.base import chip_input
-from spikeclip_deploy.backends.cpu import CPUBackend, run_graph
+from spikeclip_deploy.backends.cpu import run_graph
 from spikeclip_deploy.lowering.graph import Graph, Layer, to_nir
-from spikeclip_deploy.zeroshot import tokenize
-
-TEXTS = ["a photo of a cat", "a blurry photo of a ship", "a dog"]
 
 
 def snntorch_net(graph: nir.NIRGraph) -> torch.nn.Module:
@@ -33,8 +31,8 @@ def snntorch_net(graph: nir.NIRGraph) -> torch.nn.Module:
 
 def snntorch_spikes(graph: nir.NIRGraph, x: np.ndarray, time_steps: int, lifs: list[str]
                     ) -> list[np.ndarray]:
-    """The README's loop: the same input every step; each layer's output is in the state's
-    cache. Spikes ``[B, T, *shape]`` of the LIFs ``lifs``."""
+    """The loop of docs/interop.md: the same input every step; each layer's output is in the
+    state's cache. Spikes ``[B, T, *shape]`` of the LIFs ``lifs``."""
     net, state, record = snntorch_net(graph), None, {name: [] for name in lifs}
     with torch.no_grad():
         for _ in range(time_steps):
@@ -42,23 +40,6 @@ def snntorch_spikes(graph: nir.NIRGraph, x: np.ndarray, time_steps: int, lifs: l
             for name in lifs:
                 record[name].append(state.cache[name])
     return [torch.stack(record[n], 1).numpy().astype(np.uint8) for n in lifs]
-
-
-@pytest.mark.parametrize("target", ["loihi", "cpu"])
-def test_snntorch_spikes_equal_the_cpu_reference(micro_exports, target):
-    export = micro_exports[target]
-    with CPUBackend(export) as cpu:
-        images = np.random.default_rng(0).integers(0, 255, (3, 3, 32, 32), dtype=np.uint8)
-        tokens = tokenize(cpu.host.tokenizer, TEXTS, cpu.manifest["host"]["context_length"])
-        for side, current in (("image", cpu.host.image_current(images)),
-                              ("text", cpu.host.text_current(tokens))):
-            graph = nir.read(export / "chip" / f"{side}_encoder.nir")
-            lifs = cpu.lif_names(side)
-            want = cpu.run_chip(side, current)
-            got = snntorch_spikes(graph, chip_input(current, graph), cpu.time_steps, lifs)
-            for name, g, w in zip(lifs, got, want):
-                assert 0.02 < w.mean() < 0.9, (side, name, w.mean())
-                assert np.array_equal(g, w), (side, name, int((g != w).sum()))
 
 
 @pytest.mark.parametrize("target", ["loihi", "cpu"])

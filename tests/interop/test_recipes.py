@@ -1,0 +1,97 @@
+"""The recipes of docs/interop.md, executed as the page writes them (its code blocks marked
+``<!-- recipe: NAME -->``, in order, in one namespace), on the micro model's exports: each must
+reproduce spikeclip-deploy's own spikes and scores, exactly where the design is exact."""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spikeclip_deploy.backends.cpu import CPUBackend
+from spikeclip_deploy.backends.emulator import EmulatorBackend
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "interop.md"
+RECIPE = re.compile(r"<!-- recipe: ([\w-]+) -->\n```python\n(.*?)```", re.S)
+
+
+def recipes() -> dict[str, str]:
+    """Recipe name -> its code, as the page has it."""
+    return dict(RECIPE.findall(DOC.read_text()))
+
+
+def run_recipes(names: list[str], export: Path, images: np.ndarray) -> dict:
+    """Execute the named recipes in order with the page's two set-up variables; returns the
+    namespace they leave."""
+    code = recipes()
+    ns = {"np": np, "export": str(export), "images": images}
+    with contextlib.redirect_stdout(io.StringIO()):  # snntorch prints its threshold scaling
+        for name in names:
+            exec(compile(code[name], f"{DOC}:{name}", "exec"), ns)
+    return ns
+
+
+def test_the_page_holds_every_recipe_the_tests_run():
+    assert list(recipes()) == ["host", "chip-input", "nirtorch", "snntorch", "netx"]
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (3, 3, 32, 32), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("target", ["loihi", "cpu"])
+def test_nirtorch_and_onnxruntime_reproduce_the_cpu_reference(micro_exports, images, target):
+    export = micro_exports[target]
+    ns = run_recipes(["host", "chip-input", "nirtorch"], export, images)
+    with CPUBackend(export) as cpu:
+        current = cpu.host.image_current(images)
+        want = dict(zip(cpu.lif_names("image"), cpu.run_chip("image", current)))
+        features = cpu.host.readout("image", want[cpu.lif_names("image")[-1]])
+        labels = cpu.host.labels
+        scores = features @ cpu.host.label_features.T
+    np.testing.assert_array_equal(ns["current"], current)
+    assert list(ns["spikes"]) == list(want)
+    for name, w in want.items():
+        assert 0.02 < w.mean() < 0.9, (name, w.mean())  # the layer carries information
+        np.testing.assert_array_equal(ns["spikes"][name], w, err_msg=name)
+    np.testing.assert_array_equal(ns["scores"], scores)
+    assert ns["predicted"] == [labels[k] for k in scores.argmax(1)]
+
+
+@pytest.mark.parametrize("target", ["loihi", "cpu"])
+def test_snntorch_reproduces_the_cpu_reference(micro_exports, images, target):
+    """Exact on both: the fixed-point export's values are exact in float32, and no membrane
+    of the micro model's float export lies within float32 round-off of its threshold."""
+    export = micro_exports[target]
+    ns = run_recipes(["host", "chip-input", "snntorch"], export, images)
+    with CPUBackend(export) as cpu:
+        want = dict(zip(cpu.lif_names("image"),
+                        cpu.run_chip("image", cpu.host.image_current(images))))
+    assert list(ns["snn_spikes"]) == list(want)
+    for name, w in want.items():
+        assert 0.02 < w.mean() < 0.9, (name, w.mean())
+        np.testing.assert_array_equal(ns["snn_spikes"][name], w, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def netx_export(micro_ckpt, tmp_path_factory) -> Path:
+    from spikeclip_deploy.export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("interop-netx") / "netx"
+    return export_model(ExportConfig(model=str(micro_ckpt), target="loihi", out=out,
+                                     format="netx"))[0]
+
+
+@pytest.mark.lava
+def test_netx_reproduces_the_emulator(netx_export, images):
+    ns = run_recipes(["host", "chip-input", "netx"], netx_export, images)
+    emu = EmulatorBackend(netx_export)
+    spikes = dict(zip(emu.lif_names("image"),
+                      emu.run_chip("image", emu.host.image_current(images))))
+    want = spikes[ns["segment"]["output"]][0]
+    assert want.any() and not want.all(), "no information in the spikes"
+    np.testing.assert_array_equal(ns["netx_spikes"], want)
