@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from .fileutil import atomic_write
 from .verify.energy import model_rows
@@ -78,11 +79,17 @@ def synaptic_ops_figure(energy: dict[str, Any]) -> Figure:
     return fig
 
 
+def energy_unit(values_pj: list[float]) -> tuple[str, float]:
+    """(unit, pJ per unit) for energies: uJ, or mJ once the largest reaches 1 mJ."""
+    return ("mJ", 1e9) if max(values_pj, default=0.0) >= 1e9 else ("uJ", 1e6)
+
+
 def energy_figure(energy: dict[str, Any]) -> Figure:
     """Energy per inference of every layer: the 45 nm model's (E_AC x SOPs per synapse layer
     of the model, a synapse copied for several readers once, under its own name, as that model
     counts it) and, where the report has it, the Loihi model's (its own layers, every copy:
-    the chip executes each), each in its own panel."""
+    the chip executes each), each in its own panel, in uJ (mJ from 1 mJ), with plain tick
+    labels (no offset or power-of-ten multiplier on the axis)."""
     model = [{**row, "name": row["copy_of"] or row["name"]}
              for row in model_rows(energy["layers"])]
     panels = [(f"45 nm model (E_AC {energy['energy_model']['e_ac_pj']} pJ per SOP)", model,
@@ -92,10 +99,15 @@ def energy_figure(energy: dict[str, Any]) -> Figure:
     fig = _figure(_width(max(len(rows) for _, rows, _ in panels)), 4.0 * len(panels))
     for k, (title, rows, what) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, k + 1)
-        _bars(ax, [r["name"] for r in rows], {"energy": [r["energy_pj"] for r in rows]})
+        pj = [r["energy_pj"] for r in rows]
+        unit, per = energy_unit(pj)
+        _bars(ax, [r["name"] for r in rows], {"energy": [e / per for e in pj]})
+        plain = ScalarFormatter(useOffset=False)
+        plain.set_scientific(False)
+        ax.yaxis.set_major_formatter(plain)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(f"{what} (chip graph, image encoder)")
-        ax.set_ylabel("energy per inference (pJ)")
+        ax.set_ylabel(f"energy per inference ({unit})")
     fig.suptitle(f"Energy per layer (mean of {energy['n']} images)")
     return fig
 
@@ -110,7 +122,9 @@ def raster_matrix(layer: dict[str, Any]) -> np.ndarray:
 
 
 def raster_figure(raster: dict[str, Any]) -> Figure:
-    """The spikes of one image in every LIF layer: neuron index against time step."""
+    """The spikes of one image in every LIF layer as an event raster: one mark per spike at
+    (time step, neuron index). Every mark is one spike, so colour carries no value and there is
+    no colour scale."""
     layers = raster["layers"]
     cols = min(6, len(layers))
     rows = math.ceil(len(layers) / cols)
@@ -118,15 +132,16 @@ def raster_figure(raster: dict[str, Any]) -> Figure:
     for k, (name, layer) in enumerate(layers.items()):
         ax = fig.add_subplot(rows, cols, k + 1)
         m = raster_matrix(layer)
-        ax.imshow(m, aspect="auto", origin="lower", cmap="Greys", vmin=0, vmax=1,
-                  interpolation="antialiased", extent=(-0.5, m.shape[1] - 0.5, -0.5,
-                                                       m.shape[0] - 0.5))
+        neurons, steps = np.nonzero(m)
+        ax.scatter(steps, neurons, marker="|", s=30, linewidths=0.6, color="black")
+        ax.set_xlim(-0.5, m.shape[1] - 0.5)
+        ax.set_ylim(-0.5, m.shape[0] - 0.5)
         ax.set_xticks(range(m.shape[1]))
         ax.tick_params(labelsize=6)
         ax.set_title(f"{name} {tuple(layer['shape'][1:])}: {len(layer['spikes'])} spikes",
                      fontsize=7)
     fig.suptitle(f"Spike raster of one image (dataset index {raster['index']}) on "
-                 f"{SERIES[raster['backend']]}")
+                 f"{SERIES[raster['backend']]}: one mark per spike")
     fig.supxlabel("time step")
     fig.supylabel("neuron index (C x H x W, flattened)")
     return fig
