@@ -133,7 +133,7 @@ def raster_figure(raster: dict[str, Any]) -> Figure:
         ax = fig.add_subplot(rows, cols, k + 1)
         m = raster_matrix(layer)
         neurons, steps = np.nonzero(m)
-        ax.scatter(steps, neurons, marker="|", s=30, linewidths=0.6, color="black")
+        ax.scatter(steps, neurons, marker="_", s=400, linewidths=0.4, color="black")
         ax.set_xlim(-0.5, m.shape[1] - 0.5)
         ax.set_ylim(-0.5, m.shape[0] - 0.5)
         ax.set_xticks(range(m.shape[1]))

@@ -95,3 +95,35 @@ def test_netx_reproduces_the_emulator(netx_export, images):
     want = spikes[ns["segment"]["output"]][0]
     assert want.any() and not want.all(), "no information in the spikes"
     np.testing.assert_array_equal(ns["netx_spikes"], want)
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory) -> dict[str, Path]:
+    """The shipped spikeclip-tiny-cifar10, exported for both targets."""
+    from spikeclip_deploy.export import ExportConfig, export_model
+
+    base = tmp_path_factory.mktemp("interop-tiny")
+    return {t: export_model(ExportConfig(model="spikeclip-tiny-cifar10", target=t,
+                                         out=base / t))[0] for t in ("loihi", "cpu")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["loihi", "cpu"])
+def test_the_shipped_tiny_model_through_nirtorch_and_snntorch(tiny_exports, target):
+    """nirtorch: exact on both exports. snntorch: exact on the fixed-point export; on the float
+    export (float32 against the CPU reference's float64) within the page's stated tolerance:
+    lif0 exact, at most 5 % of any layer's spikes differ."""
+    export = tiny_exports[target]
+    images = np.random.default_rng(1).integers(0, 255, (4, 3, 32, 32), dtype=np.uint8)
+    ns = run_recipes(["host", "chip-input", "nirtorch", "snntorch"], export, images)
+    with CPUBackend(export) as cpu:
+        want = dict(zip(cpu.lif_names("image"),
+                        cpu.run_chip("image", cpu.host.image_current(images))))
+    for name, w in want.items():
+        assert 0.005 < w.mean() < 0.9, (name, w.mean())
+        np.testing.assert_array_equal(ns["spikes"][name], w, err_msg=name)
+        differ = int((ns["snn_spikes"][name] != w).sum())
+        if target == "loihi" or name == "lif0":
+            assert differ == 0, (name, differ)
+        else:
+            assert differ <= 0.05 * w.sum(), (name, differ, int(w.sum()))
