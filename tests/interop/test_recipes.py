@@ -35,7 +35,7 @@ def run_recipes(names: list[str], export: Path, images: np.ndarray) -> dict:
 
 
 def test_the_page_holds_every_recipe_the_tests_run():
-    assert list(recipes()) == ["host", "chip-input", "nirtorch", "snntorch", "netx"]
+    assert list(recipes()) == ["host", "chip-input", "nirtorch", "labels", "snntorch", "netx"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,18 @@ def test_nirtorch_and_onnxruntime_reproduce_the_cpu_reference(micro_exports, ima
         np.testing.assert_array_equal(ns["spikes"][name], w, err_msg=name)
     np.testing.assert_array_equal(ns["scores"], scores)
     assert ns["predicted"] == [labels[k] for k in scores.argmax(1)]
+
+
+@pytest.mark.parametrize("target", ["loihi", "cpu"])
+def test_own_labels_reproduce_the_cpu_references_class_weights(micro_exports, images, target):
+    export = micro_exports[target]
+    ns = run_recipes(["host", "chip-input", "nirtorch", "labels"], export, images)
+    with CPUBackend(export) as cpu:
+        weights = cpu.class_weights(ns["labels"], tuple(ns["templates"]))
+        features, _ = cpu.encode_images(images)
+    np.testing.assert_allclose(ns["class_weights"], weights, rtol=0, atol=1e-6)
+    assert not np.allclose(weights[0], weights[1], atol=1e-3)  # the labels are told apart
+    assert ns["my_predicted"] == [ns["labels"][k] for k in (features @ weights.T).argmax(1)]
 
 
 @pytest.mark.parametrize("target", ["loihi", "cpu"])
