@@ -6,35 +6,40 @@ stream relay, with the synapse layers summed into it; a relay reaches each reade
 identity synapse (one graded spike per relay neuron and step, one weight and one input axon per
 reader neuron), mapped as the depthwise 1x1 convolution of ones it equals (a flat relay's: a
 diagonal affine layer). A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
-tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons, taken as
-:math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a core. A tile needs
+tiles of :math:`c` channels by :math:`u` rows by :math:`v` columns, any other LIF
+(:math:`N` neurons, taken as :math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a
+core. A tile needs
 
 .. math::
 
-    \mathrm{neurons} &= c\,u\,W \\
+    \mathrm{neurons} &= c\,u\,v \\
     \mathrm{memory} &= \textstyle\sum_{conv} c\,\tfrac{C_{in}}{g} k^2\,b_{conv}
         + \sum_{affine} u\,\min(F\,b_{dense},\ \max_j \mathrm{nnz}_j\,b_{sparse}) \\
-    \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)\,W_{in}
-        \min(H_{in}, (u-1)s + d(k-1) + 1) + \sum_{affine} F \\
-    \mathrm{output\ axons} &= c\,u\,W \textstyle\sum_{readers} \mathrm{reach}
-
-A row too wide for one core (one row of one channel over a per-core budget: a pointwise layer
-reading 1536 channels at 8 columns needs 12 288 input axons) is cut into runs of :math:`v`
-columns, the most that fit: such a tile is :math:`c` channels by one row by :math:`v` columns,
-:math:`v` replacing :math:`W` above (and :math:`\min(W_{in}, (v-1)s + d(k-1) + 1)` columns
-read), and a spike reaches at most :math:`\lceil \lfloor d(k-1)/s \rfloor / v \rceil + 1` of a
-reader's column runs.
+    \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)
+        \min(W_{in}, (v-1)s + d(k-1) + 1) \min(H_{in}, (u-1)s + d(k-1) + 1)
+        + \sum_{affine} F \\
+    \mathrm{output\ axons} &= c\,u\,v \textstyle\sum_{readers} \mathrm{reach}
 
 Weight sharing: a core stores the kernel of the channels it holds once, for every position it
 holds (:math:`g`: groups; :math:`C_{read}(c)`: the input channels those :math:`c` output
 channels read, all :math:`C_{in}` unless grouped). :math:`F`: an affine layer's fan-in,
 :math:`\mathrm{nnz}_j` its nonzero weights into neuron :math:`j`. A spike's *reach*: the
 reader's cores it is sent to, all of an affine reader's; of a convolution's, at most
-:math:`\lceil \lfloor d(k-1)/s \rfloor / u_r \rceil + 1` row tiles times the channel groups
-that read its channel. Of the tilings within all four per-core budgets the mapper takes the
-one with fewest cores, :math:`\lceil C/c \rceil \lceil H/u \rceil` (the largest :math:`u` for
-each :math:`c`, ties to fewer channel groups); readers are tiled first (reverse topological
-order), since a layer's output axons depend on their tiling. Host currents into the chip and
+:math:`(\lceil \lfloor d(k-1)/s \rfloor / u_r \rceil + 1)` row tiles times
+:math:`(\lceil \lfloor d(k-1)/s \rfloor / v_r \rceil + 1)` column tiles (each at most the
+reader's count) times the channel groups that read its channel.
+
+The tiling: for each :math:`c` (one per channel-group count :math:`\lceil C/c \rceil`) and
+:math:`v`, the tallest :math:`u` within all four per-core budgets; a layer takes
+:math:`\lceil C/c \rceil \lceil H/u \rceil \lceil W/v \rceil` cores. Readers are tiled first
+(reverse topological order), since a layer's output axons depend on their tiling, and a reader
+takes the tiling that minimises its own cores plus, for each layer :math:`w` it reads, the
+least cores :math:`w` can then take,
+:math:`\max(n_w, \lceil N_w\,\mathrm{fan}_w / A_{out} \rceil)` (:math:`n_w`: :math:`w`'s cores
+with no output axons; :math:`\mathrm{fan}_w`: the reach of :math:`w`'s readers tiled so far,
+this tiling's included; :math:`A_{out}`: output axons a core); ties to fewer channel groups,
+then wider tiles. This only chooses among tilings; every layer, writers included, is then
+held to all four budgets with its readers' actual reach. Host currents into the chip and
 spikes to the host take no axons here.
 
 Placement is greedy in topological order, which keeps consecutive layers together: a layer
@@ -50,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,7 +87,7 @@ class LayerPlacement:
     chip_cores: tuple[int, ...]  # its cores on each of ``chips``
     synapse_reach: tuple[int, ...]  # per synapse layer: its cores one input spike is sent to
     graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
-    columns: int = 0  # per core where one row of one channel does not fit a core (0: all)
+    columns: int = 0  # per core where a tile holds part of a row (0: whole rows)
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ class _Tiling:
     rows: int  # per core
     cores: int
     bound: str  # the budget that stops a taller tile
-    columns: int  # per core: the whole width unless one row of one channel does not fit
+    columns: int  # per core
 
 
 def _affine_bits(node: nir.Affine, cores: Cores) -> int:
@@ -163,8 +168,11 @@ def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
 
 def _groups_touched(channels: int, per_group: int, groups: int) -> int:
     """At most how many of ``groups`` blocks of ``per_group`` channels a run of ``channels``
-    channels, starting at a multiple of ``channels``, overlaps."""
-    return min(groups, -(-channels // per_group) + (channels % per_group != 0))
+    channels, starting at a multiple of ``channels``, overlaps: one more than
+    :math:`\lceil channels / per\_group \rceil` where the run can straddle a block's edge,
+    which it cannot where either length divides the other (both then start on the same grid)."""
+    straddles = channels % per_group != 0 and per_group % channels != 0
+    return min(groups, -(-channels // per_group) + straddles)
 
 
 def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]) -> int:
@@ -195,9 +203,8 @@ def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int | None 
             groups = int(np.asarray(node.groups))
             memory += c * int(np.prod(w.shape[1:])) * cores.conv_bits_per_weight
             read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
-            width = in_shape[2] if v == layer.dims[2] else min(in_shape[2],
-                                                               (v - 1) * s + d * (k - 1) + 1)
-            axons += read * width * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
+            axons += (read * min(in_shape[2], (v - 1) * s + d * (k - 1) + 1)
+                      * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1))
         else:
             memory += u * _affine_bits(node, cores)
             axons += in_shape[0]
@@ -210,26 +217,23 @@ def _over(needs: dict[str, int], cores: Cores) -> list[str]:
     return [r for r, (key, _) in BUDGETS.items() if needs[r] > getattr(cores, key)]
 
 
-def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int) -> str:
-    """The budget that a tile one row taller (at full height: one channel wider; a part of a
-    row: one column wider) would break."""
+def _bound(layer: _Layer, t: _Tiling, fan: int, cores: Cores) -> str:
+    """The budget that a tile one row taller (at full height: one column wider; at full height
+    and width: one channel wider) would break."""
     channels, rows, width = layer.dims
-    if v < width:
-        over = _over(_needs(layer, c, u, fan, cores, v + 1), cores)
-        return over[0] if over else "fewest cores"
-    if u == rows and c == channels:
+    c, u, v = t.channels, t.rows, t.columns
+    if (c, u, v) == (channels, rows, width):
         return "whole layer"
-    over = _over(_needs(layer, c + (u == rows), u + (u < rows), fan, cores), cores)
+    bigger = (c, u + 1, v) if u < rows else (c, u, v + 1) if v < width else (c + 1, u, v)
+    over = _over(_needs(layer, bigger[0], bigger[1], fan, cores, bigger[2]), cores)
     return over[0] if over else "fewest cores"
 
 
-def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
-    """The tiling with fewest cores within every per-core budget (module docstring); a row is
-    split into runs of columns only where one row of one channel does not fit a core."""
-    width = layer.dims[2]
-    v = next((v for v in range(width, 0, -1)
-              if not _over(_needs(layer, 1, 1, fan, cores, v), cores)), 1)
-    first = _needs(layer, 1, 1, fan, cores, v)
+def _tilings(layer: _Layer, fan: int, cores: Cores, side: str) -> Iterator[_Tiling]:
+    """For each channel count and column count within every per-core budget, its tallest tile
+    (needs grow with rows), fewer channel groups and wider tiles first; ``bound`` is left
+    empty."""
+    first = _needs(layer, 1, 1, fan, cores, 1)
     over = _over(first, cores)
     if over:
         key, what = BUDGETS[over[0]]
@@ -240,22 +244,35 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
             f"({key}): {first[over[0]] - getattr(cores, key):,} over; narrow the layer (fewer "
             f"channels or inputs) or use a hardware profile whose cores hold more (what if "
             f"they did: `map --assume {key}=N`)")
-    channels, rows, _ = layer.dims
-    best, seen = None, set()
+    channels, rows, width = layer.dims
+    seen = set()
     for groups in range(1, channels + 1):
         c = -(-channels // groups)
-        if c in seen or _over(_needs(layer, c, 1, fan, cores, v), cores):
+        if c in seen:
             continue
         seen.add(c)
-        lo, hi = 1, rows if v == width else 1  # the tallest tile that fits: needs grow with u
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores, v), cores) \
-                else (mid, hi)
-        n = -(-channels // c) * -(-rows // lo) * -(-width // v)
-        if best is None or n < best.cores:
-            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores, v), v)
-    return best
+        for v in range(width, 0, -1):
+            if _over(_needs(layer, c, 1, fan, cores, v), cores):
+                continue
+            lo, hi = 1, rows
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores, v), cores) \
+                    else (mid, hi)
+            yield _Tiling(c, lo, -(-channels // c) * -(-rows // lo) * -(-width // v), "", v)
+
+
+def _tile(layer: _Layer, fan: int, cores: Cores, side: str,
+          writers: Callable[[_Tiling], int] | None = None) -> _Tiling:
+    """The tiling with fewest cores, its own plus ``writers(tiling)`` (the cores its writers
+    would need at least, given the reach it gives them), within every per-core budget (module
+    docstring)."""
+    best, key = None, None
+    for t in _tilings(layer, fan, cores, side):
+        k = t.cores + (writers(t) if writers else 0)
+        if key is None or k < key:
+            best, key = t, k
+    return dataclasses.replace(best, bound=_bound(layer, best, fan, cores))
 
 
 def identity_synapse(shape: tuple[int, ...]) -> nir.NIRNode:
@@ -323,12 +340,32 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
                 system: System) -> EncoderMapping:
     """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
     lifs, sources = _layers(layers, in_shape)
+    named = {la.name: la for la in lifs}
     tiles: dict[str, _Tiling] = {}
     reach: dict[str, int] = {}  # per synapse layer, once its reader is tiled
+    alone: dict[str, int] = {}  # a writer's cores with no output axons
+
+    def fan(writer: str) -> int:  # reach over the readers tiled so far
+        return sum(reach.get(syn, 0) for reader in lifs for syn, _, _ in reader.synapses
+                   if sources[syn] == writer)
+
+    def writers(layer: _Layer, t: _Tiling) -> int:
+        """At least the cores ``layer``'s writers need if it is tiled as ``t``."""
+        extra: dict[str, int] = {}
+        for syn, node, _ in layer.synapses:
+            if sources[syn] in named:
+                extra[sources[syn]] = extra.get(sources[syn], 0) + _reach(node, t, layer.dims)
+        total = 0
+        for w, r in extra.items():
+            if w not in alone:
+                alone[w] = _tile(named[w], 0, cores, side).cores
+            total += max(alone[w], -(-named[w].neurons * (fan(w) + r)
+                                      // cores.output_axons_per_core))
+        return total
+
     for layer in reversed(lifs):  # readers first: output axons depend on their tiling
-        fan = sum(reach[syn] for reader in lifs for syn, _, _ in reader.synapses
-                  if sources[syn] == layer.name)
-        tiles[layer.name] = _tile(layer, fan, cores, side)
+        tiles[layer.name] = _tile(layer, fan(layer.name), cores, side,
+                                  lambda t, layer=layer: writers(layer, t))
         reach.update({syn: _reach(node, tiles[layer.name], layer.dims)
                       for syn, node, _ in layer.synapses})
     placed = dict(zip((la.name for la in lifs),
