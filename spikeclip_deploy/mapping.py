@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,12 +168,12 @@ def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
 
 
 def _groups_touched(channels: int, per_group: int, groups: int) -> int:
-    """At most how many of ``groups`` blocks of ``per_group`` channels a run of ``channels``
-    channels, starting at a multiple of ``channels``, overlaps: one more than
-    :math:`\lceil channels / per\_group \rceil` where the run can straddle a block's edge,
-    which it cannot where either length divides the other (both then start on the same grid)."""
-    straddles = channels % per_group != 0 and per_group % channels != 0
-    return min(groups, -(-channels // per_group) + straddles)
+    """The most of ``groups`` blocks of ``per_group`` channels that a run of ``channels``
+    channels, starting at a multiple of ``channels``, overlaps: such a run starts at each
+    multiple of :math:`g = \gcd(channels, per\_group)` within a block, and from the last of
+    them it overlaps :math:`\lceil (channels - g) / per\_group \rceil + 1` blocks."""
+    g = math.gcd(channels, per_group)
+    return min(groups, -(-(channels - g) // per_group) + 1)
 
 
 def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]) -> int:

@@ -180,3 +180,52 @@ def test_a_row_too_wide_for_a_core_is_split_into_columns():
     b = rows(map_encoder("image", layers, (150, 2, 10), dataclasses.replace(
         CORES, neurons_per_core=10_000), TWO))["b"]
     assert (b.cores, b.tile, b.columns, b.limited_by) == (4, (2, 1), 6, "input_axons")
+
+
+def conv3x3(name, c_in, c_out, hw, src, groups=1):
+    return ChipLayer(name, nir.Conv2d(input_shape=hw, weight=np.ones((c_out, c_in // groups, 3, 3)),
+                                      stride=1, padding=1, dilation=1, groups=groups,
+                                      bias=np.zeros(c_out)), (src,))
+
+
+def test_a_tile_is_a_block_of_rows_and_columns():
+    """a (20 x 12 x 24) -> 3x3 conv (20 -> 1, padding 1) -> b (1 x 12 x 24). A tile of u rows
+    by v columns reads 20 min(12, u + 2) min(24, v + 2) axons: one whole row reads
+    20 x 3 x 24 = 1440 > 1000, and runs of one row hold 14 columns (960): 12 x 2 = 24 cores.
+    A block of 3 rows x 8 columns reads 20 x 5 x 10 = 1000 (4 rows: 1200): 4 x 3 = 12
+    cores, the fewest (4 x 6, 6 x 4: 12 too; 6 x 6 would read 1280; 2 x 10: 18). Each core
+    stores the 180-weight kernel once: 12 x 180 x 8 bits. A spike of a reaches 2 row tiles x
+    2 column tiles."""
+    layers = [lif("a", (20, 12, 24), INPUT), conv3x3("c", 20, 1, (12, 24), "a"),
+              lif("b", (1, 12, 24), "c")]
+    b = rows(map_encoder("image", layers, (20, 12, 24), CORES, System("many", 100)))["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by) == (12, (1, 3), 8, "input_axons")
+    assert (b.memory_bits, b.synapse_reach) == (12 * 180 * 8, (4,))
+
+
+def test_a_reader_is_tiled_for_its_writers_output_axons_too():
+    """a (10 x 2 x 10) -> depthwise 3x3 conv -> b (10 x 2 x 10); 100 neurons and 100 output
+    axons a core. b fits 2 cores two ways: 10 channels x 1 row (a spike reaches both row
+    tiles) or 5 channels x both rows (a depthwise spike reaches the one tile holding its
+    channel). Alone the first wins the tie (fewer channel groups), but then a's 200 neurons
+    send 2 spikes each: 400 output axons, 4 cores; with the second a takes 2 (its 100-neuron
+    budget). The mapper takes the second: 4 cores in all, not 6."""
+    cores = dataclasses.replace(CORES, output_axons_per_core=100)
+    layers = [lif("a", (10, 2, 10), INPUT), conv3x3("c", 10, 10, (2, 10), "a", groups=10),
+              lif("b", (10, 2, 10), "c")]
+    m = rows(map_encoder("image", layers, (10, 2, 10), cores, TWO))
+    a, b = m["a"], m["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by, b.synapse_reach) \
+        == (2, (5, 2), 0, "neurons", (1,))
+    assert (a.cores, a.tile, a.limited_by) == (2, (1, 100), "neurons")
+
+
+@pytest.mark.parametrize("run, block, most", [(1, 5, 1), (3, 2, 2), (5, 1, 5), (6, 4, 2),
+                                              (3, 5, 2), (4, 2, 2), (5, 3, 3)])
+def test_the_blocks_a_channel_run_overlaps_by_hand(run, block, most):
+    """Runs of ``run`` channels at 0, run, 2 run, ... against blocks of ``block``: (3, 2):
+    [0-2] and [3-5] each overlap 2 blocks; (5, 3): [5-9] overlaps blocks 1-3; (1, 5): one."""
+    from spikeclip_deploy.mapping import _groups_touched
+
+    seen = max(len({ch // block for ch in range(k * run, (k + 1) * run)}) for k in range(60))
+    assert _groups_touched(run, block, 100) == most == seen
