@@ -15,6 +15,7 @@ from spikeclip_deploy.backends.emulator import Emulation
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
+from spikeclip_deploy.lowering.resources import fan_out
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
@@ -79,7 +80,8 @@ def run(g, current, t=4):
 @given(st.integers(3, 40), st.integers(1, 6), st.data())
 def test_a_split_layer_computes_what_the_whole_one_does(n_in, n_out, data):
     """Any dense layer, any core of 2 to n_in - 1 input axons: each part's integer weights are
-    the whole layer's columns, its biases sum to the whole one's, and the reader's u, v and
+    the whole layer's columns, its biases sum to the whole one's, its synapses (counted for
+    energy, resources and the mapper) are its own columns' only, and the reader's u, v and
     spikes on the emulator are the whole layer's, every step and sample (the relays add the
     integer partial sums exactly; the hops are aligned)."""
     axons = data.draw(st.integers(2, n_in - 1))
@@ -96,6 +98,10 @@ def test_a_split_layer_computes_what_the_whole_one_does(n_in, n_out, data):
     assert all(np.count_nonzero(np.asarray(p.weight)[:, np.r_[:lo, hi:n_in]]) == 0
                for p in parts for lo, hi in [p.metadata["columns"]])
     assert np.array_equal(sum(np.asarray(p.bias) for p in parts), whole.layer("dense0").node.bias)
+    res, res_whole = split.meta["resources"], whole.meta["resources"]
+    assert res["synapses"] == res_whole["synapses"] == n_in * n_out  # each part its own columns
+    assert res["stored_weights"] - res["graded_synapses"] == res_whole["stored_weights"]
+    assert sum(fan_out(p, (n_in,)) for p in parts).tolist() == [n_out] * n_in
     current = rng.uniform(-1, 3, (3, n_in))
     got, want = run(split, current), run(whole, current)
     for var in ("spikes", "u", "v"):
