@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def split_fan_in(graph: Graph, input_axons_per_core: int) -> Graph:
     """The pass (module docstring): every affine layer of fan-in above
     ``input_axons_per_core`` read only by LIFs, as parts chained through graded relays."""
-    part = input_axons_per_core // 2
+    part = max(1, input_axons_per_core // 2)
     last: dict[str, str] = {}  # split layer -> the relay its readers read
     layers: list[Layer] = []
     for la in graph.layers:
