@@ -12,8 +12,7 @@ reports the network as drawn); for 200 (5-7 minutes)::
 
 Residual streams and fan-in splits on graded relays are generated too (``stream_networks``,
 ``split_networks``). The residual, delayed-convolution, native and host-op networks are
-compared in
-tests/backends/test_graphs.py and test_host_ops.py, where Lava runs them already."""
+compared in tests/backends/test_graphs.py and test_host_ops.py, where Lava runs them already."""
 import os
 
 import nir
