@@ -48,7 +48,7 @@ from ..hardware import FixedPoint, load_profile
 from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
 from .emulator_lif import lif_steps
-from .emulator_gemm import FLOAT64_EXACT
+from .emulator_gemm import FLOAT64_EXACT, INT32_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
 from .lava import synapse_bias_mant, to_lava_layout
@@ -189,6 +189,8 @@ class Emulation:
         first: dict[tuple, str] = {}
         self.lifs: dict[str, Lif] = {}
         self.host_ops: dict[str, HostOpRunner] = {}
+        #: each relay's sum, reused from chunk to chunk (fresh memory costs page faults)
+        self.buffers: dict[str, torch.Tensor] = {}
         summed = summed_synapses(layers)
         for la in layers:
             node = la.node
@@ -252,12 +254,28 @@ class Emulation:
                                       int(y.abs().max()) if y.numel() else 0)
 
     def _relay(self, la: ChipLayer, batch: _Batch) -> None:
-        """A graded stream relay: the exact sum of its inputs, in int64 (a payload of at most
-        ``graded_payload_bits`` bits, which the export checked statically: every partial sum
-        is far below :math:`2^{63}`), delivered to each reader by an identity synapse."""
+        """A graded stream relay: the exact sum of its inputs (a payload of at most
+        ``graded_payload_bits`` bits, which the export checked statically), in int32 where the
+        inputs' bounds sum below :math:`2^{31}`, else int64 (every partial sum is far below
+        :math:`2^{63}`), one pass per input into a buffer the next chunk reuses; delivered to
+        each reader by an identity synapse."""
         ins = [batch.acts[i] for i in la.inputs]
-        y = sum(c.y.to(torch.int64) << c.exp for c in ins)
-        batch.acts[la.name] = Current(y, 0, sum(c.bound for c in ins))
+        bound = sum(c.bound for c in ins)
+        dtype = torch.int32 if bound < INT32_EXACT else torch.int64
+        shape = torch.broadcast_shapes(*(c.y.shape for c in ins))  # [B, 1 or T, *inner]
+        y = self.buffers.get(la.name)
+        if y is None or y.dtype != dtype or len(y) < shape[0] or y.shape[1:] != shape[1:]:
+            y = self.buffers[la.name] = torch.empty(shape, dtype=dtype)
+        y = y[:shape[0]]
+        for k, c in enumerate(ins):
+            term = c.y.to(dtype)  # ``c.y`` itself where it has that type
+            if k:
+                y.add_(term, alpha=2**c.exp)
+            elif c.exp:
+                y.copy_(term).mul_(2**c.exp)
+            else:
+                y.copy_(term)
+        batch.acts[la.name] = Current(y, 0, bound)
         if batch.record_state:
             out = batch.full(batch.payloads, la.name, (self.time_steps, *y.shape[2:]), np.int64)
             out.copy_(y.expand(out.shape))
