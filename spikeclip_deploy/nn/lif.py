@@ -35,8 +35,8 @@ logged and the eager fused loops are used from then on. Turn compilation off per
 ``use_compile=False`` or for the process with the environment variable
 ``SPIKECLIP_LIF_COMPILE=0``. Without gradients (inference), a CPU float32/float64 layer runs one
 numba pass over its steps (:mod:`.lif_kernel`: the eager loop's arithmetic, the same spikes bit
-for bit), any other the eager fused loop. Compiled and eager loops give the same spikes; inductor's ``sigmoid`` may differ from
-ATen's in the last bits on some CPUs. On bfloat16 currents (bf16 autocast) the compiled loops
+for bit), any other the eager fused loop. Compiled and eager loops give the same spikes;
+inductor's ``sigmoid`` may differ from ATen's in the last bits on some CPUs. On bfloat16 currents (bf16 autocast) the compiled loops
 carry the membrane in float32 from step to step (storing :math:`H` rounded to bfloat16), the
 eager ones round it at every operation, so their spikes can differ.
 """

@@ -219,7 +219,7 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
             with torch.no_grad():
                 if backends:
                     feats, float_spikes = model.encode_image_spikes(batch)
-                    tallies["float"].add([s.transpose(0, 1).numpy().astype(np.uint8)
+                    tallies["float"].add([s.to(torch.uint8).transpose(0, 1).numpy()
                                           for s in float_spikes])
                 else:
                     feats = model.encode_image(batch)
