@@ -91,10 +91,10 @@ class Lif:
     decay_bits: int
     bias: torch.Tensor  # b_m 2^b_e per neuron, int64, the emulator's layout
 
-    def exact(self, a: int, steps: int) -> bool:
-        r"""Whether every value the LIF computes stays below :math:`2^{53}` for inputs
-        :math:`|2^a a_{in}| \le` ``a`` over ``steps`` steps (Lava's own arithmetic is exact
-        there, and the int64 steps of :mod:`.emulator_lif` with it).
+    def biggest(self, a: int, steps: int) -> int:
+        r"""A bound on every value the LIF computes for inputs :math:`|2^a a_{in}| \le` ``a``
+        over ``steps`` steps: below :math:`2^{53}`, Lava's own arithmetic is exact, and the
+        int64 steps of :mod:`.emulator_lif` with it; below :math:`2^{31}`, their int32 steps.
 
         Bounds: :math:`|u| \le a` without decay, else :math:`|u_t| \le t a` (the decay only
         shrinks it); where that reaches ``top``, :math:`|u_t| \le t (a + 2\,\mathrm{top})`
@@ -107,20 +107,20 @@ class Lif:
         if wraps:  # one wrap per step (models.py:161-170)
             u_max = steps * (a + 2 * top)
         v_max = min(top - 1, steps * (u_max + bias_max))  # saturates (models.py:176-186)
-        biggest = max(a + bias_max, u_max * odd_part(self.keep_u)[0],
-                      v_max * odd_part(self.keep_v)[0], v_max + u_max + bias_max,
-                      v_max + self.vth + 1, u_max + 2 * top if wraps else 0)
-        return biggest < FLOAT64_EXACT
+        return max(a + bias_max, u_max * odd_part(self.keep_u)[0],
+                   v_max * odd_part(self.keep_v)[0], v_max + u_max + bias_max,
+                   v_max + self.vth + 1, u_max + 2 * top if wraps else 0)
 
     @cached_property
     def bias_max(self) -> int:
         return int(self.bias.abs().max()) if self.bias.numel() else 0
 
     def window(self, ins: list[tuple[torch.Tensor, int]], spikes: torch.Tensor,
-               state: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+               state: tuple[torch.Tensor, torch.Tensor] | None, biggest: int) -> None:
         """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, scale)``,
         ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum` ``scale x`` -> ``spikes`` (int8),
-        and ``state`` (``u``, ``v``) if given. Inputs of mixed types run as one: int32 where
+        and ``state`` (``u``, ``v``) if given, in int32 where ``biggest`` (:meth:`biggest`)
+        is below :math:`2^{31}`, else int64. Inputs of mixed types run as one: int32 where
         each is narrower or float32 (exact below :math:`2^{24}`), else int64."""
         types = {x.dtype for x, _ in ins}
         common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
@@ -129,9 +129,11 @@ class Lif:
         none = np.empty((0, 0, 0), dtype=np.int64)
         flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
         (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
-        lif_steps(xs, np.array([scale for _, scale in ins], dtype=np.int64),
-                  self.bias.reshape(-1).numpy(), mu, self.decay_bits - ju, mv,
-                  self.decay_bits - jv, self.vth, self.top, flat(spikes),
+        work = np.int32 if biggest < INT32_EXACT else np.int64
+        lif_steps(xs, np.array([scale for _, scale in ins], dtype=work),
+                  self.bias.reshape(-1).numpy().astype(work, copy=False),
+                  np.array([mu, self.decay_bits - ju, mv, self.decay_bits - jv, self.vth,
+                            self.top], dtype=work), flat(spikes),
                   *(map(flat, state) if state else (none, none)))
 
 
@@ -283,15 +285,17 @@ class Emulation:
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
         ins = [batch.acts[i] for i in la.inputs]
-        if not lif.exact(sum(c.bound << shift for c in ins), steps) and \
-                not lif.exact(sum(c.actual() << shift for c in ins), steps):  # loose bounds
+        biggest = lif.biggest(sum(c.bound << shift for c in ins), steps)
+        if biggest >= INT32_EXACT:  # loose bounds: the batch's own maxima may be smaller
+            biggest = min(biggest, lif.biggest(sum(c.actual() << shift for c in ins), steps))
+        if biggest >= FLOAT64_EXACT:
             raise ExportError(f"LIF '{la.name}': its state can exceed 2^53, beyond Lava's int32 "
                               f"arithmetic; re-export with smaller weights or inputs")
         inner = tuple(lif.bias.shape)
         spikes = batch.full(batch.spikes, la.name, (steps, *inner), np.int8)
         state = tuple(batch.full(x, la.name, (steps, *inner), np.int64)
                       for x in (batch.u, batch.v)) if batch.record_state else None
-        lif.window([(c.y, 2 ** (c.exp + shift)) for c in ins], spikes, state)
+        lif.window([(c.y, 2 ** (c.exp + shift)) for c in ins], spikes, state, biggest)
         batch.acts[la.name] = spikes
 
 
