@@ -31,10 +31,8 @@ def lif_spikes_rows(x, consts, out):
         hi = min(n, lo + BLOCK)
         v = np.empty(hi - lo, dtype=x.dtype)
         for t in range(steps):
-            for j in range(lo, hi):
-                if t == 0:
-                    h = x[0, j] / tau
-                else:
-                    h = (x[t, j] - v[j - lo]) / tau + v[j - lo]
-                out[t, j] = one if h > v_th else zero
-                v[j - lo] = h * (one if h <= v_th else zero)
+            xt, st = x[t, lo:hi], out[t, lo:hi]
+            for j in range(hi - lo):  # branch-free: one vector loop per step
+                h = (xt[j] - v[j]) / tau + v[j] if t else xt[j] / tau
+                st[j] = one if h > v_th else zero
+                v[j] = h * (one if h <= v_th else zero)
