@@ -36,9 +36,10 @@ logged and the eager fused loops are used from then on. Turn compilation off per
 ``SPIKECLIP_LIF_COMPILE=0``. Without gradients (inference), a CPU float32/float64 layer runs one
 numba pass over its steps (:mod:`.lif_kernel`: the eager loop's arithmetic, the same spikes bit
 for bit), any other the eager fused loop. Compiled and eager loops give the same spikes;
-inductor's ``sigmoid`` may differ from ATen's in the last bits on some CPUs. On bfloat16 currents (bf16 autocast) the compiled loops
-carry the membrane in float32 from step to step (storing :math:`H` rounded to bfloat16), the
-eager ones round it at every operation, so their spikes can differ.
+inductor's ``sigmoid`` may differ from ATen's in the last bits on some CPUs. On bfloat16
+currents (bf16 autocast) the compiled loops carry the membrane in float32 from step to step
+(storing :math:`H` rounded to bfloat16), the eager ones round it at every operation, so their
+spikes can differ.
 """
 from __future__ import annotations
 
