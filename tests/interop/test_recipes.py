@@ -8,14 +8,17 @@ import io
 import re
 from pathlib import Path
 
+import nir
 import numpy as np
 import pytest
 
 from spikeclip_deploy.backends.cpu import CPUBackend
 from spikeclip_deploy.backends.emulator import EmulatorBackend
+from spikeclip_deploy.zeroshot import tokenize
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "interop.md"
 RECIPE = re.compile(r"<!-- recipe: ([\w-]+) -->\n```python\n(.*?)```", re.S)
+TEXTS = ["a photo of a cat", "a blurry photo of a ship", "a dog"]
 
 
 def recipes() -> dict[str, str]:
@@ -23,15 +26,18 @@ def recipes() -> dict[str, str]:
     return dict(RECIPE.findall(DOC.read_text()))
 
 
-def run_recipes(names: list[str], export: Path, images: np.ndarray) -> dict:
-    """Execute the named recipes in order with the page's two set-up variables; returns the
-    namespace they leave."""
+def execute(names: list[str], ns: dict) -> dict:
+    """Execute the named recipes in order in the namespace ``ns``; returns it."""
     code = recipes()
-    ns = {"np": np, "export": str(export), "images": images}
     with contextlib.redirect_stdout(io.StringIO()):  # snntorch prints its threshold scaling
         for name in names:
             exec(compile(code[name], f"{DOC}:{name}", "exec"), ns)
     return ns
+
+
+def run_recipes(names: list[str], export: Path, images: np.ndarray) -> dict:
+    """The named recipes with the page's two set-up variables."""
+    return execute(names, {"np": np, "export": str(export), "images": images})
 
 
 def test_the_page_holds_every_recipe_the_tests_run():
@@ -76,17 +82,27 @@ def test_own_labels_reproduce_the_cpu_references_class_weights(micro_exports, im
 
 @pytest.mark.parametrize("target", ["loihi", "cpu"])
 def test_snntorch_reproduces_the_cpu_reference(micro_exports, images, target):
-    """Exact on both: the fixed-point export's values are exact in float32, and no membrane
-    of the micro model's float export lies within float32 round-off of its threshold."""
+    """Exact on both, on the image and the text encoder: the fixed-point export's values are
+    exact in float32, and no membrane of the micro model's float export lies within float32
+    round-off of its threshold."""
     export = micro_exports[target]
     ns = run_recipes(["host", "chip-input", "snntorch"], export, images)
     with CPUBackend(export) as cpu:
-        want = dict(zip(cpu.lif_names("image"),
-                        cpu.run_chip("image", cpu.host.image_current(images))))
-    assert list(ns["snn_spikes"]) == list(want)
-    for name, w in want.items():
-        assert 0.02 < w.mean() < 0.9, (name, w.mean())
-        np.testing.assert_array_equal(ns["snn_spikes"][name], w, err_msg=name)
+        want = {"image": dict(zip(cpu.lif_names("image"),
+                                  cpu.run_chip("image", cpu.host.image_current(images))))}
+        current = cpu.host.text_current(tokenize(cpu.host.tokenizer, TEXTS,
+                                                 cpu.manifest["host"]["context_length"]))
+        want["text"] = dict(zip(cpu.lif_names("text"), cpu.run_chip("text", current)))
+    got = {"image": ns["snn_spikes"]}
+    # the same recipe on the text encoder's graph and its input
+    text_graph = nir.read(export / "chip" / "text_encoder.nir")
+    ns.update(graph=text_graph, x=ns["chip_input"](text_graph, current))
+    got["text"] = execute(["snntorch"], ns)["snn_spikes"]
+    for side, spikes in want.items():
+        assert list(got[side]) == list(spikes)
+        for name, w in spikes.items():
+            assert 0.02 < w.mean() < 0.9, (side, name, w.mean())
+            np.testing.assert_array_equal(got[side][name], w, err_msg=f"{side} {name}")
 
 
 @pytest.fixture(scope="module")
