@@ -70,7 +70,7 @@ def assess(cfg: ModelConfig) -> dict[str, Any]:
     (:func:`~.nn.init.random_init`) lowered for the ``loihi`` target."""
     from .export import lower_encoder
     from .host import host_macs
-    from .nirgraph import HostOpNode
+    from .exchange.nirgraph import HostOpNode
     from .nn.init import random_init
 
     model = random_init(cfg, SEED)

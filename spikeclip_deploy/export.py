@@ -39,9 +39,9 @@ from .hardware import ChipProfile, load_profile
 from .host import write_host_ops, write_host_part
 from .lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
 from .lowering.passes import LoweringContext, passes_named
-from .manifest import FORMAT, MANIFEST, is_export, manifest_bytes
+from .exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
 from .netx_export import netx_profile, write_netx
-from .nirgraph import HostOpNode, graph_layers
+from .exchange.nirgraph import HostOpNode, graph_layers
 from .nn.encoders import SpikingEncoder
 from .nn.init import random_init
 from .nn.spikeclip import SpikeCLIP
@@ -227,7 +227,9 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         manifest = {"format": FORMAT, "target": target.name, "dt": DT,
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
                     "model": {**info, "config": model.cfg.to_dict()},
-                    "hardware": target.hardware, "passes": list(target.passes),
+                    "hardware": target.hardware,
+                    "chip": profile.record.to_json() if profile else None,
+                    "passes": list(target.passes),
                     "residual": cfg.residual,
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "partition": partition, "streams": streams,

@@ -28,7 +28,7 @@ from torch import nn
 from .fileutil import write_bytes
 from .lowering.fold import fold_conv_bn
 from .lowering.graph import Graph
-from .nirgraph import HostOpNode
+from .exchange.nirgraph import HostOpNode
 from .nn.encoders import Readout
 from .nn.spikeclip import SpikeCLIP
 

@@ -11,7 +11,7 @@ from .checkpoint import default_checkpoint_name
 from .data import load_image
 from .errors import ExportError
 from .export import ExportConfig, default_out, export_model
-from .manifest import is_export
+from .exchange.manifest import is_export
 from .progress import encode_in_batches
 from .prompts import parse_labels
 from .zeroshot import warn_indistinct_labels

@@ -44,9 +44,9 @@ import numpy as np
 
 from .errors import ExportError
 from .fileutil import write_bytes
-from .fixed_point import bias_mantissa
+from .exchange.fixed_point import bias_mantissa
 from .hardware import ChipProfile
-from .nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
+from .exchange.nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
 
 #: netx builds every LOIHI neuron with ``bias_exp = 6`` (``hdf5.Network.get_neuron_params``)
 NETX_BIAS_EXP = 6

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spikeclip_deploy.errors import ExportError
-from spikeclip_deploy.manifest import MANIFEST, check_manifest, read_manifest, seal
+from spikeclip_deploy.exchange.manifest import MANIFEST, check_manifest, read_manifest, seal
 
 FUZZ = settings(max_examples=300, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

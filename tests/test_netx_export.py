@@ -12,7 +12,7 @@ import pytest
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends.emulator import EmulatorBackend
 from spikeclip_deploy.backends.lava import from_lava_layout, to_lava_layout
-from spikeclip_deploy.nirgraph import INPUT
+from spikeclip_deploy.exchange.nirgraph import INPUT
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_nir_format_biases_are_refused(micro_exports, tmp_path):
 
     from spikeclip_deploy.errors import ExportError
     from spikeclip_deploy.netx_export import write_netx
-    from spikeclip_deploy.nirgraph import graph_layers
+    from spikeclip_deploy.exchange.nirgraph import graph_layers
 
     layers = graph_layers(nir.read(micro_exports["loihi"] / "chip" / "text_encoder.nir"))
     with pytest.raises(ExportError, match="bias exponent 3; netx fixes it at 6"):

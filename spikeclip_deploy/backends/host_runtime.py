@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..manifest import REEXPORT
+from ..exchange.manifest import REEXPORT
 
 
 def onnx_session(path: Path, threads: int = 0):

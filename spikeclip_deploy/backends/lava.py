@@ -35,8 +35,8 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
-from ..fixed_point import bias_mantissa
-from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
+from ..exchange.fixed_point import bias_mantissa
+from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
                         relay_delay, summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
@@ -223,7 +223,7 @@ def no_inherited_garbage() -> Iterator[None]:
 
 def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
     """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``
-    (:func:`~spikeclip_deploy.fixed_point.bias_mantissa`, ``shift`` the activation shift)."""
+    (:func:`~spikeclip_deploy.exchange.fixed_point.bias_mantissa`, ``shift`` the activation shift)."""
     m = bias_mantissa(syn.bias, int(lif.metadata["loihi"]["bias_exp"]), shift)
     shape = np.asarray(lif.tau).shape
     full = np.broadcast_to(m.reshape(-1, *([1] * (len(shape) - 1))), shape)
@@ -234,7 +234,7 @@ class _Network:
     r"""One encoder's chip graph as Lava processes, run once over a whole batch.
 
     Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + D` (:math:`D` the
-    deepest layer's chip-step offset, :func:`~spikeclip_deploy.nirgraph.depths`: each synapse
+    deepest layer's chip-step offset, :func:`~spikeclip_deploy.exchange.nirgraph.depths`: each synapse
     delays by one step, plus its aligning delay). The source drives the input LIFs with sample
     :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
     ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window

@@ -34,8 +34,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
-from ..hardware import ChipProfile, FixedPoint
-from ..nirgraph import HostOpNode
+from ..exchange.chip import FixedPoint
+from ..hardware import ChipProfile
+from ..exchange.nirgraph import HostOpNode
 from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nn.encoders import SpikingEncoder
 from ..nn.spikeclip import SpikeCLIP

@@ -31,10 +31,10 @@ from ..data import content_digest, load_dataset
 from ..errors import ConfigError, DataError, ExportError, HardwareLimitError
 from ..export import ExportConfig, export_model, model_source
 from ..fileutil import owned_tempdir
-from ..manifest import DIGEST
+from ..exchange.manifest import DIGEST
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
-from ..mapping import assume, load_profile_of, map_side
+from ..mapping import assume, chip_of, map_side
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
 from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
@@ -281,7 +281,7 @@ def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | Non
 def _placement(export_dir: Path, system: str, assumptions: tuple[str, ...]) -> dict[str, Any]:
     """The image encoder's placement for the chip energy model (the per-core figures
     ``assumptions`` replacing the profile's, :func:`~..mapping.assume`), or why it has none."""
-    cores, assumed = assume(load_profile_of(export_dir).cores, assumptions)
+    cores, assumed = assume(chip_of(export_dir)[1], assumptions)
     record = {"assumptions": assumed} if assumed else {}
     try:
         return {**placement_state(map_side(export_dir, "image", system, cores), system), **record}

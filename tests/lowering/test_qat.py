@@ -15,7 +15,7 @@ from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.lowering.quantize import quantize_layers, split_bias
-from spikeclip_deploy.nirgraph import summed_synapses
+from spikeclip_deploy.exchange.nirgraph import summed_synapses
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.init import random_init
