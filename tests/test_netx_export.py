@@ -11,7 +11,7 @@ import pytest
 
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends.emulator import EmulatorBackend
-from spikeclip_deploy.backends.lava import from_lava_layout, to_lava_layout
+from spikeclip_deploy.backends.lava_layout import from_lava_layout, to_lava_layout
 from spikeclip_deploy.exchange.nirgraph import INPUT
 
 

@@ -52,7 +52,7 @@ from .emulator_lif import lif_steps
 from .emulator_gemm import FLOAT64_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
-from .lava import synapse_bias_mant, to_lava_layout
+from .lava_layout import synapse_bias_mant, to_lava_layout
 
 #: bytes of the largest layer output (int32 synapse sums, T steps) of the samples run at once:
 #: the memory of one chunk is reused by the next (fresh memory costs page faults)

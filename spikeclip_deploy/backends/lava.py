@@ -35,11 +35,11 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..fileutil import owned_tempdir
-from ..exchange.fixed_point import bias_mantissa
 from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
                         relay_delay, summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
+from .lava_layout import from_lava_layout, synapse_bias_mant, to_lava_layout
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,6 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models=models, run_cfg=run_cfg,
                 conv=_reference_conv if stock else _fast_conv)
-
-
-def to_lava_layout(a: np.ndarray) -> np.ndarray:
-    """PyTorch ``[C, H, W]`` -> Lava ``(X, Y, C)`` = ``[W, H, C]``; 1-D unchanged."""
-    return a.transpose(2, 1, 0) if a.ndim == 3 else a
-
-
-def from_lava_layout(a: np.ndarray) -> np.ndarray:
-    """Lava ``[W, H, C, T]`` -> ``[T, C, H, W]``; ``[N, T]`` -> ``[T, N]``."""
-    return a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.T
 
 
 def _lif(L: dict, node: nir.LIF, shape: tuple[int, ...], bias: np.ndarray, period: int,
@@ -219,15 +209,6 @@ def no_inherited_garbage() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
-    """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``
-    (:func:`~spikeclip_deploy.exchange.fixed_point.bias_mantissa`, ``shift`` the activation shift)."""
-    m = bias_mantissa(syn.bias, int(lif.metadata["loihi"]["bias_exp"]), shift)
-    shape = np.asarray(lif.tau).shape
-    full = np.broadcast_to(m.reshape(-1, *([1] * (len(shape) - 1))), shape)
-    return to_lava_layout(full).astype(np.int32)
 
 
 class _Network:
