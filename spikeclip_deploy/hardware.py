@@ -8,14 +8,14 @@ type and names the file and the field when one is wrong.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .exchange.chip import ChipRecord, Cores, FixedPoint, RecordProblem, build_record
+from .exchange.chip import (PROFILE_NAME, ChipRecord, Cores, FixedPoint, RecordProblem,
+                            build_record)
 from .paths import hardware_dir
 
 
@@ -98,10 +98,6 @@ def _build(cls: type, data: Any, path: Path) -> Any:
                               f"{', '.join(exc.missing)} that every {kind} profile needs; "
                               f"restore them, as in the shipped hardware/*.json") from None
         raise ConfigError(f"hardware profile {path}: {exc}") from None
-
-
-#: a profile's name: a file name in hardware/ (never a path), as manifests and results record it
-PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def profile_text(name: str) -> tuple[Path, str]:

@@ -9,11 +9,15 @@ field's presence and type.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from ..fieldtypes import has_type, type_name
+
+#: a profile's name: a file name in hardware/ (never a path), as manifests and results record it
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)

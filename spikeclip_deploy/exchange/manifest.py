@@ -20,9 +20,8 @@ from typing import Any, Callable
 from ..errors import ExportError
 from ..fieldtypes import has_type, type_name
 from ..fileutil import sha256_file
-from ..hardware import PROFILE_NAME
 from ..targets import TARGETS
-from .chip import ChipRecord, RecordProblem, build_record
+from .chip import PROFILE_NAME, ChipRecord, RecordProblem, build_record
 
 FORMAT = "spikeclip-deploy/export@3"  # @2: registers in the NIR metadata; @3: LIF tau in seconds
 MANIFEST = "manifest.json"

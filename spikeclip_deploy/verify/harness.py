@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,12 +29,12 @@ from ..backends import open_backend
 from ..backends.base import Backend
 from ..data import content_digest, load_dataset
 from ..errors import ConfigError, DataError, ExportError, HardwareLimitError
-from ..export import ExportConfig, export_model, model_source
 from ..fileutil import owned_tempdir
 from ..exchange.manifest import DIGEST
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
 from ..mapping import assume, chip_of, map_side
+from ..model_source import model_source
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
 from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 #: backends run on every image when none are named, per export target
 DEFAULT_BACKENDS = {"loihi": ("loihi-emu",), "cpu": ("cpu",)}
 LAVA = "loihi"
+#: ``(model, target, init, seed, out) -> out``: writes the export a verification needs when it is
+#: given none (the command line passes its exporter; the run side never builds one itself)
+ExportMaker = Callable[[str, str, str, int, Path], Path]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class VerifyConfig:
     system: str = "kapoho-point"  # the board the image encoder is mapped onto for it
     assumptions: tuple[str, ...] = ()  # KEY=VALUE per-core figures replacing the profile's
     export: Path | None = None  # an existing export of ``target`` to use as is
+    make_export: ExportMaker | None = None  # without ``export``: writes one in a scratch dir
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
     batch_size: int = 64  # images per step of the stream (bounds memory; one Lava run each)
@@ -123,10 +127,10 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     backends, export, energy = {}, None, None  # no plan: the float model only
     with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
         if plan:
-            backends = open_backends(stack, {key: name for key, name, _ in plan}, cfg.export,
-                                     ExportConfig(model=cfg.model, target=target,
-                                                  out=workdir / target, init=cfg.init,
-                                                  seed=cfg.init_seed), info, cfg.chip)
+            export_dir = cfg.export or export_made_by(cfg.make_export, cfg.model, target,
+                                                      cfg.init, cfg.init_seed, workdir / target)
+            backends = open_backends(stack, {key: name for key, name, _ in plan}, export_dir,
+                                     info, cfg.chip)
             first = next(iter(backends.values()))
             manifest = first.manifest
             export = {"target": manifest["target"], "path": str(cfg.export) if cfg.export
@@ -266,12 +270,21 @@ def _raster(spikes: dict[str, tuple[np.ndarray, list[np.ndarray]]],
                        for name, s in zip(names, spikes[key][1], strict=True)}}
 
 
-def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | None,
-                  fresh: ExportConfig, info: dict, chip: str = "auto") -> dict[str, Backend]:
-    """Backends (result key -> backend name), entered in ``stack``, on ``export``, which must
-    hold the model ``info`` describes (:func:`~..export.model_source`), or, when None, on the
-    export ``fresh`` makes; ``chip``: where Lava runs (:func:`~..backends.open_backend`)."""
-    export_dir = export or export_model(fresh)[0]
+def export_made_by(make: ExportMaker | None, model: str, target: str, init: str, seed: int,
+                   out: Path) -> Path:
+    """The export of ``model`` that ``make`` writes to ``out``, for a run given no export; with
+    no ``make`` (a library call that passed neither), a ConfigError asking for one."""
+    if make is None:
+        raise ConfigError(f"no export of {model} for --target {target} was given; make one with "
+                          f"`spikeclip-deploy export --target {target}` and pass it (--export)")
+    return make(model, target, init, seed, out)
+
+
+def open_backends(stack: ExitStack, names: Mapping[str, str], export_dir: Path, info: dict,
+                  chip: str = "auto") -> dict[str, Backend]:
+    """Backends (result key -> backend name), entered in ``stack``, on ``export_dir``, which
+    must hold the model ``info`` describes (:func:`~..model_source.model_source`); ``chip``:
+    where Lava runs (:func:`~..backends.open_backend`)."""
     backends = {key: stack.enter_context(open_backend(name, export_dir, chip))
                 for key, name in names.items()}
     _check_made_from(next(iter(backends.values())).manifest["model"], info, export_dir)
