@@ -373,6 +373,16 @@ def _verify_config(model: str | None, data: str | None, export: str | None, **op
                         **options)
 
 
+def _figures(plots: str | None):
+    """``--plots DIR``: what draws a verification's figures into DIR (matplotlib loaded only
+    then), or None."""
+    if not plots:
+        return None
+    from .plots import write_plots
+
+    return lambda result, raster: write_plots(result, raster, Path(plots))
+
+
 def _figures_written(plots: str | None) -> None:
     if plots:
         click.echo(f"figures -> {plots}")
@@ -440,7 +450,7 @@ def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | N
         synonym_fraction=synonyms, system=system, assumptions=assumptions, init=init,
         init_seed=seed, chip=chip)
     result = verify(cfg, Path(json_path) if json_path else None,
-                    Path(energy_json) if energy_json else None, Path(plots) if plots else None)
+                    Path(energy_json) if energy_json else None, _figures(plots))
     if result is not None:
         click.echo(verify_summary(result))
         if "energy" in result:
@@ -461,7 +471,7 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
     from .verify.harness import merge
 
     result = merge([Path(p) for p in parts], Path(json_path) if json_path else None,
-                   Path(energy_json) if energy_json else None, Path(plots) if plots else None)
+                   Path(energy_json) if energy_json else None, _figures(plots))
     click.echo(verify_summary(result))
     if "energy" in result:
         click.echo(energy_summary(result["energy"]))
@@ -499,7 +509,7 @@ def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
                          backends=() if lava_images else ("loihi-emu",), lava_limit=lava_images,
                          system=system, assumptions=assumptions, chip=chip)
     result = verify(cfg, energy_json=Path(json_path) if json_path else None,
-                    plots=Path(plots) if plots else None)
+                    figures=_figures(plots))
     if result is not None:
         click.echo(energy_summary(result["energy"]))
         _figures_written(plots)

@@ -61,6 +61,9 @@ LAVA = "loihi"
 #: ``(model, target, init, seed, out) -> out``: writes the export a verification needs when it is
 #: given none (the command line passes its exporter; the run side never builds one itself)
 ExportMaker = Callable[[str, str, str, int, Path], Path]
+#: ``(result, raster or None) -> None``: draws a verification's figures (the command line passes
+#: its plotter for ``--plots``)
+Figures = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
 @dataclass(frozen=True)
@@ -324,9 +327,9 @@ def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
 
 
 def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path | None = None,
-           plots: Path | None = None) -> dict[str, Any] | None:
+           figures: Figures | None = None) -> dict[str, Any] | None:
     """:func:`evaluate_sharded`, then the outputs: a complete run writes its summary to
-    ``json_path`` (its energy report to ``energy_json``, its figures to the folder ``plots``)
+    ``json_path`` (its energy report to ``energy_json``, and hands it to ``figures``)
     and returns it; a shard writes its partial result to ``json_path`` (for ``verify merge``)
     and returns its own summary; a torchrun rank other than 0 returns None. Raises
     :class:`~..errors.VerificationError` after writing when the emulator's spikes differ from
@@ -335,11 +338,11 @@ def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path |
         raise ConfigError(f"--shard {cfg.shard} writes a partial result for `verify merge`: "
                           f"give --json PATH")
     partial = evaluate_sharded(cfg)
-    return None if partial is None else _finish(partial, json_path, energy_json, plots)
+    return None if partial is None else _finish(partial, json_path, energy_json, figures)
 
 
 def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | None = None,
-          plots: Path | None = None) -> dict[str, Any]:
+          figures: Figures | None = None) -> dict[str, Any]:
     """Shards' partial results (``verify --shard I/N --json PART``) -> the result one run over
     all of them gives, written like :func:`verify`'s. An output that is one of the shards, a
     malformed shard, or shards of different runs (images, model, export, labels, templates,
@@ -356,7 +359,7 @@ def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | 
         raise DataError(f"the shards {', '.join(map(str, parts))} hold malformed records "
                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); pass the "
                         f"--json files written by `verify --shard I/N`, unedited") from None
-    return _finish(partial, json_path, energy_json, plots, result)
+    return _finish(partial, json_path, energy_json, figures, result)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -366,15 +369,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _finish(partial: dict[str, Any], json_path: Path | None, energy_json: Path | None,
-            plots: Path | None, result: dict[str, Any] | None = None) -> dict[str, Any]:
+            figures: Figures | None, result: dict[str, Any] | None = None) -> dict[str, Any]:
     result = result if result is not None else summarize(partial)
     if json_path is not None:
         write_json(json_path, result if result["complete"] else partial)
     if energy_json is not None and "energy" in result:
         write_json(energy_json, result["energy"])
-    if plots is not None:
-        from ..plots import write_plots  # matplotlib only when asked for
-
-        write_plots(result, partial.get("raster"), plots)
+    if figures is not None:  # before the bit-exactness check: a divergence is drawn too
+        figures(result, partial.get("raster"))
     check_bit_exact(result)
     return result
