@@ -14,7 +14,7 @@ import spikeclip_deploy
 PACKAGE = "spikeclip_deploy"
 ROOT = Path(spikeclip_deploy.__file__).parent
 #: the lowering and the exporters (NIR, ONNX host ops, netx)
-BUILD = ("lowering", "export", "host", "netx_export")
+BUILD = ("lowering", "export")
 #: what never opens hardware/, models/ or a model config: it reads an export's manifest
 DATA = ("hardware", "config", "checkpoint")
 #: (the modules a rule is for, the top-level modules and packages none of them may reach)

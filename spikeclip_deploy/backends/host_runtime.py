@@ -1,4 +1,4 @@
-"""Runs an export's host part (the ONNX networks of :mod:`spikeclip_deploy.host`, the tokenizer
+"""Runs an export's host part (the ONNX networks of :mod:`spikeclip_deploy.export.host`, the tokenizer
 and the default labels) with onnxruntime: the run side's half of the host/chip partition."""
 from __future__ import annotations
 

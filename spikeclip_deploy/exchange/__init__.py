@@ -8,7 +8,7 @@ between them.
 - :mod:`.fixed_point`: Loihi's bias register, both directions
 - :mod:`.resources`: static resource counts of a chip graph
 
-The build side (``lowering/``, ``export.py``, ``host.py``, ``netx_export.py``) writes these; the
+The build side (``lowering/``, and ``export/``: NIR, ONNX host ops, netx) writes these; the
 run side (``backends/``, ``verify/``, ``mapping.py``) reads them; neither imports the other, and
 this package imports neither.
 """

@@ -1,13 +1,15 @@
-"""``spikeclip-deploy export``: checkpoint -> export directory (chip NIR + host part + manifest).
+"""``spikeclip-deploy export``, the build side's exporters: checkpoint -> export directory (chip
+NIR, written here; the host part's ONNX, :mod:`.host`; lava-dl netx, :mod:`.netx`; the
+manifest, :mod:`~spikeclip_deploy.exchange.manifest`).
 
 Layout::
 
     EXPORT/manifest.json            versions, target, dt, per-layer table, sha256 of every file
     EXPORT/chip/image_encoder.nir   spiking part of the image encoder (standard NIR nodes)
     EXPORT/chip/text_encoder.nir    spiking part of the text encoder
-    EXPORT/host/...                 see :mod:`spikeclip_deploy.host`
+    EXPORT/host/...                 see :mod:`.host`
     EXPORT/netx/SIDE_segN.net       with ``--format netx``: the chip graphs' chains as lava-dl
-                                    netx networks, see :mod:`spikeclip_deploy.netx_export`
+                                    netx networks, see :mod:`.netx`
 
 The directory is built under a locked temporary name beside the destination, flushed to disk
 and renamed into place, so a failure leaves nothing behind (a killed run's leftovers are removed
@@ -29,24 +31,24 @@ import nir
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import default_checkpoint_name
-from .errors import ConfigError, ExportError, LoweringError
-from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
+from .. import __version__
+from ..checkpoint import default_checkpoint_name
+from ..errors import ConfigError, ExportError, LoweringError
+from ..fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
-from .hardware import ChipProfile, load_profile
+from ..hardware import ChipProfile, load_profile
 from .host import write_host_ops, write_host_part
-from .lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
-from .lowering.passes import LoweringContext, passes_named
-from .exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
-from .netx_export import netx_profile, write_netx
-from .exchange.nirgraph import HostOpNode, graph_layers
-from .nn.encoders import SpikingEncoder
-from .nn.spikeclip import SpikeCLIP
-from .model_source import model_source
-from .progress import progress
-from .targets import Target, export_target
-from .zeroshot import class_weights, student_text_encoder
+from ..lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
+from ..lowering.passes import LoweringContext, passes_named
+from ..exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
+from .netx import netx_profile, write_netx
+from ..exchange.nirgraph import HostOpNode, graph_layers
+from ..nn.encoders import SpikingEncoder
+from ..nn.spikeclip import SpikeCLIP
+from ..model_source import model_source
+from ..progress import progress
+from ..targets import Target, export_target
+from ..zeroshot import class_weights, student_text_encoder
 
 log = logging.getLogger(__name__)
 
