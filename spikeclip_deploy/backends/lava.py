@@ -34,9 +34,9 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
+from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay,
+                                 pair, relay_delay, summed_synapses)
 from ..fileutil import owned_tempdir
-from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
-                        relay_delay, summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
 from .lava_layout import from_lava_layout, synapse_bias_mant, to_lava_layout
@@ -215,11 +215,11 @@ class _Network:
     r"""One encoder's chip graph as Lava processes, run once over a whole batch.
 
     Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + D` (:math:`D` the
-    deepest layer's chip-step offset, :func:`~spikeclip_deploy.exchange.nirgraph.depths`: each synapse
-    delays by one step, plus its aligning delay). The source drives the input LIFs with sample
-    :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
-    ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window
-    is steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
+    deepest layer's chip-step offset, :func:`~spikeclip_deploy.exchange.nirgraph.depths`: each
+    synapse delays by one step, plus its aligning delay). The source drives the input LIFs with
+    sample :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
+    ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window is
+    steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
     :meth:`record` with ``state`` also reads every LIF's ``u`` and ``v`` after each step
     (``StateRecorder``) and cuts the same windows from them.
     """

@@ -20,7 +20,8 @@ def from_lava_layout(a: np.ndarray) -> np.ndarray:
 
 def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
     """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``
-    (:func:`~spikeclip_deploy.exchange.fixed_point.bias_mantissa`, ``shift`` the activation shift)."""
+    (:func:`~spikeclip_deploy.exchange.fixed_point.bias_mantissa`, ``shift`` the activation
+    shift)."""
     m = bias_mantissa(syn.bias, int(lif.metadata["loihi"]["bias_exp"]), shift)
     shape = np.asarray(lif.tau).shape
     full = np.broadcast_to(m.reshape(-1, *([1] * (len(shape) - 1))), shape)

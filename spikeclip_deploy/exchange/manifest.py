@@ -31,8 +31,9 @@ DIGEST = "manifest_sha256"
 #: the exporter adds, such as ``netx``) are allowed, and covered by the digest like these
 FIELDS: dict[str, Any] = {
     "format": str, "target": str, "dt": float, "discretisation": str, "time_steps": int,
-    "model": dict, "hardware": str | None, "chip": dict | None, "passes": list, "versions": dict, "layers": dict,
-    "resources": dict, "partition": dict, "host": dict, "files": dict[str, str]}
+    "model": dict, "hardware": str | None, "chip": dict | None, "passes": list,
+    "versions": dict, "layers": dict, "resources": dict, "partition": dict, "host": dict,
+    "files": dict[str, str]}
 #: what the run side reads of ``host`` and ``model``
 HOST_FIELDS: dict[str, Any] = {"image_size": int, "context_length": int, "time_steps": int,
                                "image_stem_macs": int, "image_readout_macs": int}

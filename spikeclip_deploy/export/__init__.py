@@ -34,21 +34,21 @@ import torch
 from .. import __version__
 from ..checkpoint import default_checkpoint_name
 from ..errors import ConfigError, ExportError, LoweringError
+from ..exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
+from ..exchange.nirgraph import HostOpNode, graph_layers
 from ..fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
 from ..hardware import ChipProfile, load_profile
-from .host import write_host_ops, write_host_part
 from ..lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
 from ..lowering.passes import LoweringContext, passes_named
-from ..exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
-from .netx import netx_profile, write_netx
-from ..exchange.nirgraph import HostOpNode, graph_layers
+from ..model_source import model_source
 from ..nn.encoders import SpikingEncoder
 from ..nn.spikeclip import SpikeCLIP
-from ..model_source import model_source
 from ..progress import progress
 from ..targets import Target, export_target
 from ..zeroshot import class_weights, student_text_encoder
+from .host import write_host_ops, write_host_part
+from .netx import netx_profile, write_netx
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..exchange.nirgraph import HostOpNode
 from ..fileutil import write_bytes
 from ..lowering.fold import fold_conv_bn
 from ..lowering.graph import Graph
-from ..exchange.nirgraph import HostOpNode
 from ..nn.encoders import Readout
 from ..nn.spikeclip import SpikeCLIP
 

@@ -43,10 +43,10 @@ import nir
 import numpy as np
 
 from ..errors import ExportError
-from ..fileutil import write_bytes
 from ..exchange.fixed_point import bias_mantissa
-from ..hardware import ChipProfile
 from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
+from ..fileutil import write_bytes
+from ..hardware import ChipProfile
 
 #: netx builds every LOIHI neuron with ``bias_exp = 6`` (``hdf5.Network.get_neuron_params``)
 NETX_BIAS_EXP = 6

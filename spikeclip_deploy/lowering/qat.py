@@ -37,8 +37,8 @@ from torch.nn.utils import parametrize
 from ..checkpoint import input_grids, load_model, resolve_checkpoint, sidecar, write_card
 from ..errors import ConfigError
 from ..exchange.chip import FixedPoint
-from ..hardware import ChipProfile, load_profile
 from ..exchange.nirgraph import HostOpNode
+from ..hardware import ChipProfile, load_profile
 from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nn.encoders import SpikingEncoder
 from ..nn.spikeclip import SpikeCLIP

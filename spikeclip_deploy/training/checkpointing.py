@@ -16,8 +16,8 @@ from ..checkpoint import first_non_finite
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..fileutil import atomic_write
-from ..safeload import load_tensors_only
 from ..lowering.qat import plain_state_dict
+from ..safeload import load_tensors_only
 from .recipe import Recipe
 
 STAGES = ("text", "distill", "finetune", "qat", "done")
@@ -85,7 +85,8 @@ def load_state(path: Path, model: torch.nn.Module, cfg: ModelConfig, recipe: Rec
         raise CheckpointError(f"cannot resume from {path}: a training state needs the "
                               f"field(s) {', '.join(missing)}; {HINT}")
     if blob.get("config") != cfg.to_dict():
-        raise CheckpointError(f"{path} was trained with another model config; pass the same --model")
+        raise CheckpointError(f"{path} was trained with another model config; pass the same "
+                              f"--model")
     model.load_state_dict(blob["model"])
     state = TrainState(**blob["state"])
     saved = blob.get("recipe", {})

@@ -22,8 +22,8 @@ import torch
 
 from ..data import content_digest, load_dataset
 from ..errors import ConfigError
-from ..model_source import model_source
 from ..fileutil import atomic_write, owned_tempdir
+from ..model_source import model_source
 from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES, SINGLE_TEMPLATE
 from ..robustness import with_distractor_set, with_synonyms
