@@ -6,36 +6,48 @@ stream relay, with the synapse layers summed into it; a relay reaches each reade
 identity synapse (one graded spike per relay neuron and step, one weight and one input axon per
 reader neuron), mapped as the depthwise 1x1 convolution of ones it equals (a flat relay's: a
 diagonal affine layer). A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
-tiles of :math:`c` channels by :math:`u` rows, any other LIF (:math:`N` neurons, taken as
-:math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a core. A tile needs
+tiles of :math:`c` channels by :math:`u` rows by :math:`v` columns, any other LIF
+(:math:`N` neurons, taken as :math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a
+core. A tile needs
 
 .. math::
 
-    \mathrm{neurons} &= c\,u\,W \\
+    \mathrm{neurons} &= c\,u\,v \\
     \mathrm{memory} &= \textstyle\sum_{conv} c\,\tfrac{C_{in}}{g} k^2\,b_{conv}
-        + \sum_{affine} u\,\min(F\,b_{dense},\ \max_j \mathrm{nnz}_j\,b_{sparse}) \\
-    \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)\,W_{in}
-        \min(H_{in}, (u-1)s + d(k-1) + 1) + \sum_{affine} F \\
-    \mathrm{output\ axons} &= c\,u\,W \textstyle\sum_{readers} \mathrm{reach}
-
-A row too wide for one core (one row of one channel over a per-core budget: a pointwise layer
-reading 1536 channels at 8 columns needs 12 288 input axons) is cut into runs of :math:`v`
-columns, the most that fit: such a tile is :math:`c` channels by one row by :math:`v` columns,
-:math:`v` replacing :math:`W` above (and :math:`\min(W_{in}, (v-1)s + d(k-1) + 1)` columns
-read), and a spike reaches at most :math:`\lceil \lfloor d(k-1)/s \rfloor / v \rceil + 1` of a
-reader's column runs.
+        + \sum_{affine} u\,\min(F_u\,b_{dense},\ \max_j \mathrm{nnz}_j\,b_{sparse}) \\
+    \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)
+        \min(W_{in}, (v-1)s + d(k-1) + 1) \min(H_{in}, (u-1)s + d(k-1) + 1)
+        + \sum_{affine} F_u \\
+    \mathrm{output\ axons} &= \textstyle\sum_{i \in tile} \sum_{readers} \mathrm{reach}_i
 
 Weight sharing: a core stores the kernel of the channels it holds once, for every position it
 holds (:math:`g`: groups; :math:`C_{read}(c)`: the input channels those :math:`c` output
-channels read, all :math:`C_{in}` unless grouped). :math:`F`: an affine layer's fan-in,
-:math:`\mathrm{nnz}_j` its nonzero weights into neuron :math:`j`. A spike's *reach*: the
-reader's cores it is sent to, all of an affine reader's; of a convolution's, at most
-:math:`\lceil \lfloor d(k-1)/s \rfloor / u_r \rceil + 1` row tiles times the channel groups
-that read its channel. Of the tilings within all four per-core budgets the mapper takes the
-one with fewest cores, :math:`\lceil C/c \rceil \lceil H/u \rceil` (the largest :math:`u` for
-each :math:`c`, ties to fewer channel groups); readers are tiled first (reverse topological
-order), since a layer's output axons depend on their tiling. Host currents into the chip and
-spikes to the host take no axons here.
+channels read, all :math:`C_{in}` unless grouped). :math:`F_u`: the input columns an affine
+layer's run of :math:`u` target neurons reads (a nonzero weight in one of its rows; the most
+of any run), held as a dense block of :math:`u \times F_u` weights (its columns given by the
+input axons) or sparse, :math:`\mathrm{nnz}_j` the nonzero weights into neuron :math:`j` (the
+most in the run): a diagonal (a flat relay's identity synapse) reads :math:`u` inputs, and a
+part of a split fan-in (``split_fan_in``) its own columns. A spike's *reach* from input
+neuron :math:`i`: the reader's cores it is sent to; of an affine reader's, the runs with a
+nonzero weight from :math:`i`; of a convolution's, at most
+:math:`(\lceil \lfloor d(k-1)/s \rfloor / u_r \rceil + 1)` row tiles times
+:math:`(\lceil \lfloor d(k-1)/s \rfloor / v_r \rceil + 1)` column tiles (each at most the
+reader's count) times the channel groups that read its channel, for every :math:`i`. A run of
+a flat layer sends its own neurons' reach; a tile of a layer with channels, :math:`c\,u\,v`
+times the largest reach of any of its neurons.
+
+The tiling: for each :math:`c` (one per channel-group count :math:`\lceil C/c \rceil`) and
+:math:`v`, the tallest :math:`u` within all four per-core budgets; a layer takes
+:math:`\lceil C/c \rceil \lceil H/u \rceil \lceil W/v \rceil` cores. Readers are tiled first
+(reverse topological order), since a layer's output axons depend on their tiling, and a reader
+takes the tiling that minimises its own cores plus, for each layer :math:`w` it reads, the
+least cores :math:`w` can then take,
+:math:`\max(n_w, \lceil \sum_i \mathrm{fan}_{w,i} / A_{out} \rceil)` (:math:`n_w`: :math:`w`'s
+cores with no output axons; :math:`\mathrm{fan}_{w,i}`: the reach of :math:`w`'s neuron
+:math:`i` over its readers tiled so far, this tiling's included; :math:`A_{out}`: output axons
+a core); ties to fewer channel groups, then wider tiles. This only chooses among tilings;
+every layer, writers included, is then held to all four budgets with its readers' actual
+reach. Host currents into the chip and spikes to the host take no axons here.
 
 Placement is greedy in topological order, which keeps consecutive layers together: a layer
 goes on the current chip if its cores fit there, else on a fresh chip (a layer that fits one
@@ -50,7 +62,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,9 +93,9 @@ class LayerPlacement:
     chips: tuple[int, ...]
     limited_by: str  # the per-core budget that set its tile size
     chip_cores: tuple[int, ...]  # its cores on each of ``chips``
-    synapse_reach: tuple[int, ...]  # per synapse layer: its cores one input spike is sent to
+    synapse_reach: tuple[int, ...]  # per synapse layer: the most cores an input spike is sent to
     graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
-    columns: int = 0  # per core where one row of one channel does not fit a core (0: all)
+    columns: int = 0  # per core where a tile holds part of a row (0: whole rows)
 
 
 @dataclass(frozen=True)
@@ -132,10 +145,40 @@ class _Layer:
     name: str
     dims: tuple[int, int, int]
     synapses: tuple[tuple[str, nir.NIRNode, tuple[int, ...]], ...]
+    blocks: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def neurons(self) -> int:
         return int(np.prod(self.dims))
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """An affine synapse's target neurons in blocks of ``u`` consecutive ones (one a core):
+    per block its rows, the input columns it reads (a nonzero weight in one of its rows) and
+    the most nonzero weights into one of its neurons; per input neuron, the blocks reading it."""
+
+    rows: np.ndarray
+    columns: np.ndarray
+    nnz: np.ndarray
+    readers: np.ndarray
+
+    def bits(self, cores: Cores) -> np.ndarray:
+        """Per block: a dense matrix over the columns it reads, or sparse where smaller."""
+        return self.rows * np.minimum(self.columns * cores.dense_bits_per_synapse,
+                                      self.nnz * cores.sparse_bits_per_synapse)
+
+
+def _blocks(layer: _Layer, syn: str, node: nir.Affine, u: int) -> _Blocks:
+    """``syn``'s :class:`_Blocks` of ``u`` target neurons (kept on ``layer``)."""
+    if (syn, u) not in layer.blocks:
+        nz = np.asarray(node.weight) != 0
+        n = nz.shape[0]
+        padded = np.pad(nz, ((0, -n % u), (0, 0))).reshape(-1, u, nz.shape[1])
+        hit = padded.any(axis=1)
+        layer.blocks[(syn, u)] = _Blocks(np.minimum(u, n - np.arange(0, n, u)), hit.sum(axis=1),
+                                         padded.sum(axis=2).max(axis=1), hit.sum(axis=0))
+    return layer.blocks[(syn, u)]
 
 
 @dataclass(frozen=True)
@@ -144,14 +187,7 @@ class _Tiling:
     rows: int  # per core
     cores: int
     bound: str  # the budget that stops a taller tile
-    columns: int  # per core: the whole width unless one row of one channel does not fit
-
-
-def _affine_bits(node: nir.Affine, cores: Cores) -> int:
-    """Bits per target neuron of an affine layer: dense, or sparse where that is smaller."""
-    w = np.asarray(node.weight)
-    return min(w.shape[1] * cores.dense_bits_per_synapse,
-               int(np.count_nonzero(w, axis=1).max()) * cores.sparse_bits_per_synapse)
+    columns: int  # per core
 
 
 def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
@@ -162,15 +198,20 @@ def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
 
 
 def _groups_touched(channels: int, per_group: int, groups: int) -> int:
-    """At most how many of ``groups`` blocks of ``per_group`` channels a run of ``channels``
-    channels, starting at a multiple of ``channels``, overlaps."""
-    return min(groups, -(-channels // per_group) + (channels % per_group != 0))
+    """The most of ``groups`` blocks of ``per_group`` channels that a run of ``channels``
+    channels, starting at a multiple of ``channels``, overlaps: such a run starts at each
+    multiple of :math:`g = \gcd(channels, per\_group)` within a block, and from the last of
+    them it overlaps :math:`\lceil (channels - g) / per\_group \rceil + 1` blocks."""
+    g = math.gcd(channels, per_group)
+    return min(groups, -(-(channels - g) // per_group) + 1)
 
 
-def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]) -> int:
-    """Cores of a reader that one input neuron's spike is sent to."""
+def _reach(syn: str, node: nir.NIRNode, reader: _Tiling, layer: _Layer) -> np.ndarray | int:
+    """Cores of a reader ``layer`` tiled as ``reader`` that an input neuron's spike is sent to
+    through ``syn``: per input neuron for an affine synapse, at most for a convolution."""
     if isinstance(node, nir.Affine):
-        return reader.cores
+        return _blocks(layer, syn, node, reader.rows).readers
+    reader_dims = layer.dims
     k, s, d, per_group = _conv_geometry(node)
     row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
     column_tiles = min(-(-reader_dims[2] // reader.columns),
@@ -182,54 +223,54 @@ def _reach(node: nir.NIRNode, reader: _Tiling, reader_dims: tuple[int, int, int]
     return row_tiles * column_tiles * channel_reach
 
 
-def _needs(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int | None = None
+def _needs(layer: _Layer, c: int, u: int, fan: np.ndarray, cores: Cores, v: int | None = None
            ) -> dict[str, int]:
     """Per-core needs of a tile of ``c`` channels by ``u`` rows by ``v`` columns (default: the
-    whole width); ``fan``: reach over readers."""
+    whole width); ``fan``: per neuron, its reach over readers."""
     v = layer.dims[2] if v is None else v
     memory = axons = 0
-    for _, node, in_shape in layer.synapses:
+    for syn, node, in_shape in layer.synapses:
         if isinstance(node, nir.Conv2d):
             w = np.asarray(node.weight)
             k, s, d, per_group = _conv_geometry(node)
             groups = int(np.asarray(node.groups))
             memory += c * int(np.prod(w.shape[1:])) * cores.conv_bits_per_weight
             read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
-            width = in_shape[2] if v == layer.dims[2] else min(in_shape[2],
-                                                               (v - 1) * s + d * (k - 1) + 1)
-            axons += read * width * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1)
+            axons += (read * min(in_shape[2], (v - 1) * s + d * (k - 1) + 1)
+                      * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1))
         else:
-            memory += u * _affine_bits(node, cores)
-            axons += in_shape[0]
+            blocks = _blocks(layer, syn, node, u)
+            memory += int(blocks.bits(cores).max())
+            axons += int(blocks.columns.max())
     neurons = c * u * v
-    return {"neurons": neurons, "memory": memory, "input_axons": axons,
-            "output_axons": neurons * fan}
+    if layer.dims[::2] == (1, 1):  # runs of u neurons: the most any run sends
+        out = int(np.pad(fan, (0, -fan.size % u)).reshape(-1, u).sum(axis=1).max())
+    else:
+        out = neurons * int(fan.max(initial=0))
+    return {"neurons": neurons, "memory": memory, "input_axons": axons, "output_axons": out}
 
 
 def _over(needs: dict[str, int], cores: Cores) -> list[str]:
     return [r for r, (key, _) in BUDGETS.items() if needs[r] > getattr(cores, key)]
 
 
-def _bound(layer: _Layer, c: int, u: int, fan: int, cores: Cores, v: int) -> str:
-    """The budget that a tile one row taller (at full height: one channel wider; a part of a
-    row: one column wider) would break."""
+def _bound(layer: _Layer, t: _Tiling, fan: np.ndarray, cores: Cores) -> str:
+    """The budget that a tile one row taller (at full height: one column wider; at full height
+    and width: one channel wider) would break."""
     channels, rows, width = layer.dims
-    if v < width:
-        over = _over(_needs(layer, c, u, fan, cores, v + 1), cores)
-        return over[0] if over else "fewest cores"
-    if u == rows and c == channels:
+    c, u, v = t.channels, t.rows, t.columns
+    if (c, u, v) == (channels, rows, width):
         return "whole layer"
-    over = _over(_needs(layer, c + (u == rows), u + (u < rows), fan, cores), cores)
+    bigger = (c, u + 1, v) if u < rows else (c, u, v + 1) if v < width else (c + 1, u, v)
+    over = _over(_needs(layer, bigger[0], bigger[1], fan, cores, bigger[2]), cores)
     return over[0] if over else "fewest cores"
 
 
-def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
-    """The tiling with fewest cores within every per-core budget (module docstring); a row is
-    split into runs of columns only where one row of one channel does not fit a core."""
-    width = layer.dims[2]
-    v = next((v for v in range(width, 0, -1)
-              if not _over(_needs(layer, 1, 1, fan, cores, v), cores)), 1)
-    first = _needs(layer, 1, 1, fan, cores, v)
+def _tilings(layer: _Layer, fan: np.ndarray, cores: Cores, side: str) -> Iterator[_Tiling]:
+    """For each channel count and column count within every per-core budget, its tallest tile
+    (needs grow with rows), fewer channel groups and wider tiles first; ``bound`` is left
+    empty."""
+    first = _needs(layer, 1, 1, fan, cores, 1)
     over = _over(first, cores)
     if over:
         key, what = BUDGETS[over[0]]
@@ -240,22 +281,35 @@ def _tile(layer: _Layer, fan: int, cores: Cores, side: str) -> _Tiling:
             f"({key}): {first[over[0]] - getattr(cores, key):,} over; narrow the layer (fewer "
             f"channels or inputs) or use a hardware profile whose cores hold more (what if "
             f"they did: `map --assume {key}=N`)")
-    channels, rows, _ = layer.dims
-    best, seen = None, set()
+    channels, rows, width = layer.dims
+    seen = set()
     for groups in range(1, channels + 1):
         c = -(-channels // groups)
-        if c in seen or _over(_needs(layer, c, 1, fan, cores, v), cores):
+        if c in seen:
             continue
         seen.add(c)
-        lo, hi = 1, rows if v == width else 1  # the tallest tile that fits: needs grow with u
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores, v), cores) \
-                else (mid, hi)
-        n = -(-channels // c) * -(-rows // lo) * -(-width // v)
-        if best is None or n < best.cores:
-            best = _Tiling(c, lo, n, _bound(layer, c, lo, fan, cores, v), v)
-    return best
+        for v in range(width, 0, -1):
+            if _over(_needs(layer, c, 1, fan, cores, v), cores):
+                continue
+            lo, hi = 1, rows
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (lo, mid - 1) if _over(_needs(layer, c, mid, fan, cores, v), cores) \
+                    else (mid, hi)
+            yield _Tiling(c, lo, -(-channels // c) * -(-rows // lo) * -(-width // v), "", v)
+
+
+def _tile(layer: _Layer, fan: np.ndarray, cores: Cores, side: str,
+          writers: Callable[[_Tiling], int] | None = None) -> _Tiling:
+    """The tiling with fewest cores, its own plus ``writers(tiling)`` (the cores its writers
+    would need at least, given the reach it gives them), within every per-core budget (module
+    docstring)."""
+    best, key = None, None
+    for t in _tilings(layer, fan, cores, side):
+        k = t.cores + (writers(t) if writers else 0)
+        if key is None or k < key:
+            best, key = t, k
+    return dataclasses.replace(best, bound=_bound(layer, best, fan, cores))
 
 
 def identity_synapse(shape: tuple[int, ...]) -> nir.NIRNode:
@@ -323,13 +377,35 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
                 system: System) -> EncoderMapping:
     """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
     lifs, sources = _layers(layers, in_shape)
+    named = {la.name: la for la in lifs}
     tiles: dict[str, _Tiling] = {}
-    reach: dict[str, int] = {}  # per synapse layer, once its reader is tiled
+    reach: dict[str, np.ndarray | int] = {}  # per synapse layer, once its reader is tiled
+    alone: dict[str, int] = {}  # a writer's cores with no output axons
+
+    def fan(writer: str) -> np.ndarray:  # per neuron, its reach over the readers tiled so far
+        return sum((reach[syn] for reader in lifs for syn, _, _ in reader.synapses
+                    if sources[syn] == writer and syn in reach),
+                   np.zeros(named[writer].neurons, np.int64))
+
+    def writers(layer: _Layer, t: _Tiling) -> int:
+        """At least the cores ``layer``'s writers need if it is tiled as ``t``."""
+        extra: dict[str, np.ndarray] = {}
+        for syn, node, _ in layer.synapses:
+            if sources[syn] in named:
+                w = sources[syn]
+                extra[w] = extra.get(w, fan(w)) + _reach(syn, node, t, layer)
+        total = 0
+        for w, f in extra.items():
+            if w not in alone:
+                alone[w] = _tile(named[w], np.zeros(named[w].neurons, np.int64), cores,
+                                 side).cores
+            total += max(alone[w], -(-int(f.sum()) // cores.output_axons_per_core))
+        return total
+
     for layer in reversed(lifs):  # readers first: output axons depend on their tiling
-        fan = sum(reach[syn] for reader in lifs for syn, _, _ in reader.synapses
-                  if sources[syn] == layer.name)
-        tiles[layer.name] = _tile(layer, fan, cores, side)
-        reach.update({syn: _reach(node, tiles[layer.name], layer.dims)
+        tiles[layer.name] = _tile(layer, fan(layer.name), cores, side,
+                                  lambda t, layer=layer: writers(layer, t))
+        reach.update({syn: _reach(syn, node, tiles[layer.name], layer)
                       for syn, node, _ in layer.synapses})
     placed = dict(zip((la.name for la in lifs),
                       _place([tiles[la.name].cores for la in lifs], cores.cores_per_chip)))
@@ -339,16 +415,16 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
         t = tiles[layer.name]
         kernels = sum(int(np.asarray(n.weight).size) for _, n, _ in layer.synapses
                       if isinstance(n, nir.Conv2d))
-        dense = sum(_affine_bits(n, cores) for _, n, _ in layer.synapses
-                    if isinstance(n, nir.Affine))
+        dense = sum(int(_blocks(layer, syn, n, t.rows).bits(cores).sum())
+                    for syn, n, _ in layer.synapses if isinstance(n, nir.Affine))
         row_tiles = -(-layer.dims[1] // t.rows) * -(-layer.dims[2] // t.columns)
         placements.append(LayerPlacement(
             layer.name, tuple(s for s, _, _ in layer.synapses), layer.neurons,
             sum(flops(n, shape) for _, n, shape in layer.synapses),
-            row_tiles * kernels * cores.conv_bits_per_weight + layer.neurons * dense,
+            row_tiles * kernels * cores.conv_bits_per_weight + dense,
             t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
             tuple(n for _, n in placed[layer.name]),
-            tuple(reach[syn] for syn, _, _ in layer.synapses),
+            tuple(int(np.max(reach[syn])) for syn, _, _ in layer.synapses),
             sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn),
             t.columns if t.columns < layer.dims[2] else 0))
     used = max((c for p in placements for c in p.chips), default=-1) + 1

@@ -25,7 +25,7 @@ class Target:
 #: the residual forms ``export --residual`` offers (the ``graded_streams`` pass)
 RESIDUAL_FORMS = ("graded", "copies")
 
-LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fanout", "partition", "align_delays", "quantize", "resources",
+LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "partition", "align_delays", "quantize", "resources",
                 "check_limits")
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -35,7 +35,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "emulated exactly in torch, batched", "loihi2", LOIHI_PASSES,
            "spikeclip_deploy.backends.emulator:EmulatorBackend", exports="loihi"),
     Target("cpu", "float reference: the float NIR graph interpreted in float64", None,
-           ("fold_bn", "graded_streams", "split_fanout", "partition", "resources"),
+           ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "partition", "resources"),
            "spikeclip_deploy.backends.cpu:CPUBackend"),
 )}
 

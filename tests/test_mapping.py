@@ -48,11 +48,26 @@ def test_two_cores_by_neurons_and_two_by_memory():
 
 
 def test_sparse_weights_cost_weight_and_index():
-    """At most 10 nonzero weights into a neuron: 10 * 21 = 210 bits a neuron (< 150 * 8)."""
+    """Neuron j's 10 nonzero weights are columns 10j..10j+9: the 10 neurons (one core) read
+    100 columns, a dense block of 100 x 8 = 800 bits a neuron, sparse 10 x 21 = 210: sparse."""
     w = np.zeros((10, 150))
-    w[:, :10] = 1
+    for j in range(10):
+        w[j, 10 * j:10 * j + 10] = 1
     b = rows(map_encoder("image", chain(150, w), (150,), CORES, TWO))["b"]
     assert (b.memory_bits, b.cores) == (10 * 210, 1)
+
+
+def test_a_core_reads_and_stores_only_the_columns_its_neurons_use():
+    """Every neuron's 10 nonzero weights are columns 0-9 of 150: a core reads 10 input axons
+    and stores a dense 10-column block, 10 x 8 = 80 bits a neuron (sparse: 210), and a's
+    spikes from columns 10-149 go nowhere: a's first core (neurons 0-99) sends 10 spikes to
+    b's one core, the most of any run of a."""
+    w = np.zeros((10, 150))
+    w[:, :10] = 1
+    cores = dataclasses.replace(CORES, output_axons_per_core=10)
+    m = rows(map_encoder("image", chain(150, w), (150,), cores, TWO))
+    assert (m["b"].memory_bits, m["b"].cores, m["b"].synapse_reach) == (10 * 80, 1, (1,))
+    assert (m["a"].cores, m["a"].tile, m["a"].limited_by) == (2, (1, 100), "neurons")
 
 
 def test_output_axons_split_the_sender():
@@ -87,12 +102,12 @@ def test_a_neuron_larger_than_a_core_is_named():
 
 
 def test_an_assumed_axon_budget_changes_the_outcome():
-    """b: 2 neurons reading all 5000 of a's (10 nonzero weights each: 2 * 10 * 21 = 420 bits).
-    Its 5000 input axons exceed 4096 (904 over); assuming 8192, b takes 1 core and a (5000
-    neurons of 8192) 1 core. Only the figure assumed changes; the record keeps the profile's."""
-    cores = dataclasses.replace(CORES, neurons_per_core=8192, input_axons_per_core=4096)
-    w = np.zeros((2, 5000))
-    w[:, :10] = 1
+    """b: 2 neurons reading all 5000 of a's (2 x 5000 x 8 = 80 000 bits). Its 5000 input axons
+    exceed 4096 (904 over); assuming 8192, b takes 1 core and a (5000 neurons of 8192) 1 core.
+    Only the figure assumed changes; the record keeps the profile's."""
+    cores = dataclasses.replace(CORES, neurons_per_core=8192, input_axons_per_core=4096,
+                                synaptic_memory_bits_per_core=10**6)
+    w = np.ones((2, 5000))
     with pytest.raises(HardwareLimitError, match=r"one neuron needs 5,000 input axons where a "
                        r"neuro-core holds 4,096 \(input_axons_per_core\): 904 over.*"
                        r"`map --assume input_axons_per_core=N`"):
@@ -101,7 +116,8 @@ def test_an_assumed_axon_budget_changes_the_outcome():
     assert wider == dataclasses.replace(cores, input_axons_per_core=8192)
     assert record == {"input_axons_per_core": {"assumed": 8192, "profile": 4096}}
     m = map_encoder("image", chain(5000, w), (5000,), wider, TWO)
-    assert [(p.name, p.cores, p.memory_bits) for p in m.layers] == [("a", 1, 0), ("b", 1, 420)]
+    assert [(p.name, p.cores, p.memory_bits) for p in m.layers] == [("a", 1, 0),
+                                                                  ("b", 1, 80_000)]
 
 
 @pytest.mark.parametrize("item, what", [("axons=8192", "unknown key 'axons'"),
@@ -180,3 +196,78 @@ def test_a_row_too_wide_for_a_core_is_split_into_columns():
     b = rows(map_encoder("image", layers, (150, 2, 10), dataclasses.replace(
         CORES, neurons_per_core=10_000), TWO))["b"]
     assert (b.cores, b.tile, b.columns, b.limited_by) == (4, (2, 1), 6, "input_axons")
+
+
+def conv3x3(name, c_in, c_out, hw, src, groups=1):
+    return ChipLayer(name, nir.Conv2d(input_shape=hw, weight=np.ones((c_out, c_in // groups, 3, 3)),
+                                      stride=1, padding=1, dilation=1, groups=groups,
+                                      bias=np.zeros(c_out)), (src,))
+
+
+def test_a_tile_is_a_block_of_rows_and_columns():
+    """a (20 x 12 x 24) -> 3x3 conv (20 -> 1, padding 1) -> b (1 x 12 x 24). A tile of u rows
+    by v columns reads 20 min(12, u + 2) min(24, v + 2) axons: one whole row reads
+    20 x 3 x 24 = 1440 > 1000, and runs of one row hold 14 columns (960): 12 x 2 = 24 cores.
+    A block of 3 rows x 8 columns reads 20 x 5 x 10 = 1000 (4 rows: 1200): 4 x 3 = 12
+    cores, the fewest (4 x 6, 6 x 4: 12 too; 6 x 6 would read 1280; 2 x 10: 18). Each core
+    stores the 180-weight kernel once: 12 x 180 x 8 bits. A spike of a reaches 2 row tiles x
+    2 column tiles."""
+    layers = [lif("a", (20, 12, 24), INPUT), conv3x3("c", 20, 1, (12, 24), "a"),
+              lif("b", (1, 12, 24), "c")]
+    b = rows(map_encoder("image", layers, (20, 12, 24), CORES, System("many", 100)))["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by) == (12, (1, 3), 8, "input_axons")
+    assert (b.memory_bits, b.synapse_reach) == (12 * 180 * 8, (4,))
+
+
+def test_a_reader_is_tiled_for_its_writers_output_axons_too():
+    """a (10 x 2 x 10) -> depthwise 3x3 conv -> b (10 x 2 x 10); 100 neurons and 100 output
+    axons a core. b fits 2 cores two ways: 10 channels x 1 row (a spike reaches both row
+    tiles) or 5 channels x both rows (a depthwise spike reaches the one tile holding its
+    channel). Alone the first wins the tie (fewer channel groups), but then a's 200 neurons
+    send 2 spikes each: 400 output axons, 4 cores; with the second a takes 2 (its 100-neuron
+    budget). The mapper takes the second: 4 cores in all, not 6."""
+    cores = dataclasses.replace(CORES, output_axons_per_core=100)
+    layers = [lif("a", (10, 2, 10), INPUT), conv3x3("c", 10, 10, (2, 10), "a", groups=10),
+              lif("b", (10, 2, 10), "c")]
+    m = rows(map_encoder("image", layers, (10, 2, 10), cores, TWO))
+    a, b = m["a"], m["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by, b.synapse_reach) \
+        == (2, (5, 2), 0, "neurons", (1,))
+    assert (a.cores, a.tile, a.limited_by) == (2, (1, 100), "neurons")
+
+
+@pytest.mark.parametrize("run, block, most", [(1, 5, 1), (3, 2, 2), (5, 1, 5), (6, 4, 2),
+                                              (3, 5, 2), (4, 2, 2), (5, 3, 3)])
+def test_the_blocks_a_channel_run_overlaps_by_hand(run, block, most):
+    """Runs of ``run`` channels at 0, run, 2 run, ... against blocks of ``block``: (3, 2):
+    [0-2] and [3-5] each overlap 2 blocks; (5, 3): [5-9] overlaps blocks 1-3; (1, 5): one."""
+    from spikeclip_deploy.mapping import _groups_touched
+
+    seen = max(len({ch // block for ch in range(k * run, (k + 1) * run)}) for k in range(60))
+    assert _groups_touched(run, block, 100) == most == seen
+
+
+def test_a_fan_in_split_on_relays_maps_where_the_whole_layer_cannot():
+    """a (40) -> a 5 x 40 dense layer of ones into b: 40 input axons a neuron, over cores of
+    24. Split as the split_fan_in pass does: part0 (columns 0-19) -> r0, part1 (20-39) ->
+    r1 = r0 + part1 -> b. r0: 20 axons, one core. r1: its identity synapse from r0 reads only
+    its own block's relay neurons (u of them) and part1 20 columns: u + 20 <= 24 holds 4
+    neurons, 2 cores. Memory of r1: identity blocks 4 x min(4 x 8, 21) + 1 x min(8, 21) = 92,
+    part1 4 x 160 + 160 = 800. A spike of a in columns 20-39 reaches both of r1's cores."""
+    from spikeclip_deploy.exchange.nirgraph import relay_node
+
+    cores = dataclasses.replace(CORES, input_axons_per_core=24)
+    w = np.ones((5, 40))
+    with pytest.raises(HardwareLimitError, match="one neuron needs 40 input axons"):
+        map_encoder("text", chain(40, w), (40,), cores, TWO)
+    part0, part1 = np.zeros((5, 40)), np.zeros((5, 40))
+    part0[:, :20], part1[:, 20:] = 1, 1
+    layers = [lif("a", (40,), INPUT), dense("p0", part0, "a"),
+              ChipLayer("r0", relay_node((5,), {}), ("p0",)), dense("p1", part1, "a"),
+              ChipLayer("r1", relay_node((5,), {}), ("r0", "p1")), lif("b", (5,), "r1")]
+    m = rows(map_encoder("text", layers, (40,), cores, TWO))
+    assert (m["r0"].cores, m["r0"].synapse_reach) == (1, (1,))
+    assert (m["r1"].cores, m["r1"].tile, m["r1"].limited_by) == (2, (1, 4), "input_axons")
+    assert (m["r1"].synapse_layers, m["r1"].synapse_reach) == (("r0>r1", "p1"), (1, 2))
+    assert m["r1"].memory_bits == 92 + 800
+    assert (m["b"].cores, m["b"].graded_synapses) == (1, 5)

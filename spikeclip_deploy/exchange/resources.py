@@ -7,13 +7,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .nirgraph import HostOpNode, flops, is_relay, pair
+from .nirgraph import HostOpNode, affine_columns, flops, is_relay, pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
     """Synapses leaving each input neuron (shape ``in_shape``)."""
     if isinstance(node, nir.Affine):
-        return np.full(in_shape, np.asarray(node.weight).shape[0], dtype=np.int64)
+        out = np.zeros(in_shape, dtype=np.int64)
+        lo, hi = affine_columns(node)
+        out[lo:hi] = np.asarray(node.weight).shape[0]
+        return out
     w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float64)
     c_out, _, kh, kw = w.shape
     ones_in = torch.ones(1, *in_shape, dtype=torch.float64, requires_grad=True)
@@ -25,7 +28,11 @@ def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
 
 def stored_weights(node: nir.NIRNode) -> int:
     """Weights a chip stores for one synapse layer: a convolution's kernel once (its weights are
-    shared over all positions), a dense layer's matrix in full."""
+    shared over all positions), a dense layer's matrix in full (a part of a split fan-in: its
+    own columns)."""
+    if isinstance(node, nir.Affine):
+        lo, hi = affine_columns(node)
+        return int(np.asarray(node.weight).shape[0] * (hi - lo))
     return int(np.asarray(node.weight).size)
 
 

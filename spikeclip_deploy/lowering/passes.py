@@ -1,6 +1,6 @@
 """The lowering passes, each a pure function over a :class:`~.graph.Graph`:
 
-``fold_bn`` -> ``graded_streams`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
+``fold_bn`` -> ``graded_streams`` -> ``split_fan_in`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
 ``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target
 (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order; :data:`PASSES` maps those
 names to the passes.
@@ -17,6 +17,7 @@ from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile, load_profile
 from ..exchange.nirgraph import HostOpNode, depths, is_relay
 from ..targets import RESIDUAL_FORMS, get_target
+from .fan_in import split_fan_in
 from .fold import bn_gain, folded_bias
 from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
@@ -55,19 +56,30 @@ FOLD_BN = Pass("fold_bn", lambda g, ctx: g.replace(layers=tuple(map(_fold_layer,
                ensures=_bn_left)
 
 
+def _input_axons(ctx: LoweringContext) -> int:
+    """A neuro-core's input axons: the target's profile's, the chip it stands in for's for a
+    float target."""
+    return (ctx.profile or load_profile(get_target(ctx.target).stream_costs[0])
+            ).cores.input_axons_per_core
+
+
 # -- graded_streams ------------------------------------------------------------------------------
 def _graded_streams(graph: Graph, ctx: LoweringContext) -> Graph:
     if ctx.residual not in RESIDUAL_FORMS:
         raise LoweringError(f"unknown residual form '{ctx.residual}'; choose one of "
                             f"{', '.join(RESIDUAL_FORMS)}")
-    chip, energy = get_target(ctx.target).stream_costs
-    profile = ctx.profile or load_profile(chip)
+    energy = get_target(ctx.target).stream_costs[1]
     return graded_streams(graph, ctx.residual, load_profile(energy, "chip-energy"),
-                          profile.cores.input_axons_per_core)
+                          _input_axons(ctx))
 
 
 GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left,
                       ensures=lambda g: None if "streams" in g.meta else "no stream costs")
+
+
+# -- split_fan_in --------------------------------------------------------------------------------
+SPLIT_FAN_IN = Pass("split_fan_in", lambda g, ctx: split_fan_in(g, _input_axons(ctx)),
+                    requires=_bn_left)
 
 
 # -- split_fanout --------------------------------------------------------------------------------
@@ -316,7 +328,7 @@ def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
 CHECK_LIMITS = Pass("check_limits", _check_limits,
                     requires=lambda g: None if "resources" in g.meta else "no resource counts")
 
-PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, GRADED_STREAMS, SPLIT_FANOUT, PARTITION, ALIGN_DELAYS,
+PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, GRADED_STREAMS, SPLIT_FAN_IN, SPLIT_FANOUT, PARTITION, ALIGN_DELAYS,
                                                QUANTIZE, RESOURCES, CHECK_LIMITS)}
 
 

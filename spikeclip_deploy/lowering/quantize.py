@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from typing import Any, Hashable, Iterable, Mapping, TypeVar
 
 import nir
@@ -166,7 +167,8 @@ def _int_lif(node: nir.LIF, tau: float, vth: int, bias_exp: int, fp: FixedPoint,
 
 
 def _int_synapse(syn: nir.NIRNode, w_int: np.ndarray, bias_q: np.ndarray, meta: dict) -> nir.NIRNode:
-    meta = {**meta, **{k: syn.metadata[k] for k in ("delay", "copy_of") if k in syn.metadata}}
+    meta = {**meta, **{k: syn.metadata[k] for k in ("delay", "copy_of", "part_of", "columns")
+                       if k in syn.metadata}}
     if isinstance(syn, nir.Conv2d):
         return nir.Conv2d(input_shape=syn.input_shape, weight=w_int.astype(np.float32),
                           stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
@@ -269,14 +271,15 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
     own (each member's threshold fits the largest weight among its synapses), so every copy of a
     synapse has the same integer weights. A LIF reading a graded stream relay sums the relay's
     terms: it joins their group, the payload is in the group's units (the stream's scale), and
-    each term holds its own bias (:func:`_stream_biases`)."""
+    where a term is summed by several LIFs each term holds its own bias
+    (:func:`_stream_biases`); a LIF alone in summing its terms (the parts of a split fan-in)
+    holds their bias as one layer's."""
     fp = profile.fixed_point
     nodes = {name: node for name, node, _ in layers}
     out: dict[str, nir.NIRNode] = {}
     input_q = None
     fed: dict[str, tuple[tuple[str, ...], float, float, int]] = {}  # -> (synapses, tau, V_th, vth)
     terms: dict[str, tuple[str, ...]] = {}  # relay -> the synapses it sums
-    streamed: set[str] = set()  # LIFs reading a relay
     for name, node, inputs in layers:
         if is_relay(node):
             terms[name] = tuple(dict.fromkeys(t for i in inputs for t in terms.get(i, (i,))))
@@ -307,8 +310,6 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
         if any(not isinstance(nodes.get(i), SYNAPSES) for i in syns):
             raise LoweringError(f"LIF '{name}' reads {list(inputs)}: a chip LIF is fed by synapse "
                                 f"layers and stream relays only (or by the host input alone)")
-        if any(i in terms for i in inputs):
-            streamed.add(name)
         w_max = max(float(np.max(np.abs(nodes[i].weight))) for i in syns)
         fed[name] = (syns, tau, v_th, layer_threshold(w_max, tau, v_th, fp))
     groups = shared_groups({name: [nodes[i].metadata.get("copy_of", i) for i in syns]
@@ -321,7 +322,9 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
                                 f"(tau, V_th) {fed[first][1:3]} and {(tau, v_th)}: a synapse's "
                                 f"weights sit on one grid only if its readers share tau and V_th")
         group_vth[first] = min(group_vth.get(first, vth), vth)
-    stream_bias = {}  # group -> (synapse -> mantissas, exponent), for groups reading relays
+    summers = Counter(t for syns, *_ in fed.values() for t in syns)
+    streamed = {n for n, (syns, *_) in fed.items() if any(summers[t] > 1 for t in syns)}
+    stream_bias = {}  # group -> (synapse -> mantissas, exponent), for groups sharing terms
     for first in {groups[n] for n in streamed}:
         stream_bias[first] = _stream_biases(fed, [n for n in fed if groups[n] == first], nodes,
                                             group_vth[first], fp)
@@ -352,11 +355,15 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             out[syn_name] = _int_synapse(syn, w_int, bias_q, meta)
         out[name] = _int_lif(nodes[name], tau, vth, bexp, fp, {"scale_group": groups[name]})
     for relay, summed in terms.items():
-        reader = next((n for n, _, inputs in layers if relay in inputs and n in fed), None)
-        if reader is None:
-            raise LoweringError(f"stream relay '{relay}' is read by no chip LIF: its payload "
-                                f"takes the scale of a LIF that reads it; feed the relay to the "
-                                f"LIF that sums its terms, or drop it")
+        reader = relay
+        while reader not in fed:  # the first LIF it reaches, directly or through later relays
+            reader = next((n for n, _, inputs in layers if reader in inputs
+                           and (n in fed or n in terms)), None)
+            if reader is None:
+                raise LoweringError(f"stream relay '{relay}' is read by no chip LIF, directly "
+                                    f"or through later relays: its payload takes the scale of "
+                                    f"a LIF that sums it; feed the relay to the LIF that sums "
+                                    f"its terms, or drop it")
         out[relay] = _relay(nodes[relay], relay, [out[t] for t in summed],
                             out[reader].metadata["scale"], fp)
     if input_q is None:

@@ -10,8 +10,9 @@ reports the network as drawn); for 200 (5-7 minutes)::
     SPIKECLIP_EMU_CASES=200 pytest tests/backends/test_emulator.py -k random \\
         --hypothesis-show-statistics
 
-The residual, delayed-convolution, native and host-op networks are compared in
-tests/backends/test_graphs.py and test_host_ops.py, where Lava runs them already."""
+Residual streams and fan-in splits on graded relays are generated too (``stream_networks``,
+``split_networks``). The residual, delayed-convolution, native and host-op networks are
+compared in tests/backends/test_graphs.py and test_host_ops.py, where Lava runs them already."""
 import os
 
 import nir
@@ -404,6 +405,47 @@ def test_random_streams_equal_lava(network):
           f"{len(got.payloads)} relays")
     peak = max(abs(p).max() for p in got.payloads.values())
     event("payloads reach 2^10" if peak >= 2**10 else "small payloads" if peak else "no payload")
+    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+
+
+@st.composite
+def split_networks(draw):
+    r"""(layers, input mantissas, T): a dense layer's fan-in split into 2-5 parts summed on a
+    chain of graded relays, as the ``split_fan_in`` pass writes it: ``lif0 -part_k-> sum_k``,
+    :math:`sum_k = sum_{k-1} + part_k`, ``lif1`` reading the last; part :math:`k` (its own run
+    of columns, zero elsewhere; part 0 the bias) held :math:`k` steps; weights, exponents (one
+    for all parts), decays and thresholds as in :func:`networks`."""
+    t, b = draw(st.integers(1, 12)), draw(st.integers(1, 3))
+    n_parts, width = draw(st.integers(2, 5)), draw(st.integers(1, 4))
+    n_in = n_parts * width
+    layers = [ChipLayer("lif0", lif_params(draw, (n_in,)), (INPUT,))]
+    whole, reader = affine(draw, (n_in,), lambda s: lif_params(draw, s))
+    w = np.asarray(whole.weight)
+    for k in range(n_parts):
+        wk = np.zeros_like(w)
+        wk[:, k * width:(k + 1) * width] = w[:, k * width:(k + 1) * width]
+        part = nir.Affine(weight=wk, bias=np.asarray(whole.bias) * (k == 0),
+                          metadata={**whole.metadata, "delay": k})
+        layers.append(ChipLayer(f"part{k}", part, ("lif0",)))
+        layers.append(ChipLayer(f"sum{k}", relay(reader.tau.shape, {}),
+                                ((f"sum{k - 1}",) if k else ()) + (f"part{k}",)))
+    layers.append(ChipLayer("lif1", reader, (f"sum{n_parts - 1}",)))
+    top = draw(st.sampled_from([4095, 2**17 + 1]))
+    mant = seeded_ints(draw, (b, n_in), -top - 1, top, (-top - 1, top))
+    return layers, mant, t
+
+
+@pytest.mark.lava
+@settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)), derandomize=True,
+          database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow])
+@given(split_networks())
+def test_random_split_fan_ins_equal_lava(network):
+    """A fan-in split on graded relays: every relay's payloads and both LIFs' u, v and spikes,
+    every step and sample, as on Lava."""
+    layers, mant, t = network
+    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state=True)
+    event(f"{len(got.payloads)} parts")
     assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
 
 

@@ -2,6 +2,8 @@
 synaptic depth 1 and a path of depth 3, and a random Loihi-native Spikingformer snapped to the
 Loihi grid, give identical spikes, every layer and every step, in the float model, the CPU
 reference (float export and fixed-point export), Lava and the emulator (checked equal to Lava)."""
+import dataclasses
+
 import nir
 import numpy as np
 import pytest
@@ -53,10 +55,10 @@ def residual():
     return enc, current.numpy().astype(np.float64), want
 
 
-def export_graph(enc, target, tmp_path, residual="graded"):
+def export_graph(enc, target, tmp_path, residual="graded", profile=None):
     t = get_target(target)
-    ctx = LoweringContext(t.name, load_profile(t.hardware) if t.hardware else None, None,
-                          residual)
+    ctx = LoweringContext(t.name, profile or (load_profile(t.hardware) if t.hardware else None),
+                          None, residual)
     g = run_passes(trace(enc, "text", torch.zeros(1, 24)), passes_named(t.passes), ctx)
     path = tmp_path / f"{target}.nir"
     nir.write(path, to_nir(g))
@@ -106,6 +108,58 @@ def test_lava_equals_the_float_model(residual, form, tmp_path):
     assert_emulator_equals(graph, current, got)
     for layer, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """lif0 -dense0-> lif1 -dense1-> lif2, 24 wide, on the Loihi grid (dense1's biases raised
+    by 254/254, so that lif2 fires)."""
+    rng = np.random.default_rng(1)
+    layers = [MultiStepLIF(), on_grid_linear(rng, 24, 24), MultiStepLIF(),
+              on_grid_linear(rng, 24, 24), MultiStepLIF()]
+    with torch.no_grad():
+        layers[3].bias.add_(1.0)
+    enc = SpikingEncoder(nn.Identity(), ChipGraph(layers), nn.Identity(), T)
+    current = torch.from_numpy(rng.integers(-300, 1200, (6, 24)) / 512.0).float()
+    with torch.no_grad():
+        outs = enc.stack(current, T)
+    want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
+    assert all(0.05 < s.mean() < 0.95 for s in want), [s.mean() for s in want]
+    return enc, current.numpy().astype(np.float64), want
+
+
+#: cores of 10 input axons: a 24-input neuron's fan-in is split into 5 parts of 5
+NARROW = dataclasses.replace(load_profile("loihi2"), cores=dataclasses.replace(
+    load_profile("loihi2").cores, input_axons_per_core=10))
+
+
+@pytest.mark.parametrize("target", ["cpu", "loihi"])
+def test_a_split_fan_in_equals_the_float_model_on_the_cpu_reference(chain, target, tmp_path):
+    """Both dense layers summed from 5 parts on chains of graded relays (5 hops each; on the
+    chip part k held k steps, the float export has no delays): the CPU reference of the float
+    and of the fixed-point export gives the float model's spikes in every LIF."""
+    enc, current, want = chain
+    graph = export_graph(enc, target, tmp_path, profile=NARROW)
+    assert delays_of(graph) == {
+        **{f"dense{d}_part{k}": k * (target == "loihi") for d in (0, 1) for k in range(5)},
+        **{f"dense{d}_sum{k}": {} for d in (0, 1) for k in range(5)}}
+    lifs = [la.name for la in graph_layers(graph) if isinstance(la.node, nir.LIF)]
+    got = run_graph(graph, lifs, torch.from_numpy(chip_input(current, graph)), T)
+    for layer, (g, w) in enumerate(zip(got, want)):
+        assert np.array_equal(g, w), f"lif{layer}: {np.argwhere(g != w)[:5].tolist()}"
+
+
+@pytest.mark.lava
+def test_a_split_fan_in_on_lava(chain, tmp_path):
+    """The same split export on Lava (stock ``GradedVec`` relays, ``DelaySparse`` parts) and
+    the emulator: the float model's spikes."""
+    enc, current, want = chain
+    g = run_passes(trace(enc, "text", torch.zeros(1, 24)),
+                   passes_named(get_target("loihi").passes),
+                   LoweringContext("loihi", NARROW, None))
+    current = torch.from_numpy(current)
+    for layer, (gl, w) in enumerate(zip(lava_spikes(g, current, tmp_path), want)):
+        assert np.array_equal(gl, w), f"lif{layer}: {np.argwhere(gl != w)[:5].tolist()}"
 
 
 def on_grid_conv(rng, c, peak=True, groups=1):
