@@ -49,7 +49,7 @@ from ..exchange.manifest import chip_record
 from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
 from .emulator_lif import lif_steps
-from .emulator_gemm import FLOAT64_EXACT
+from .emulator_gemm import FLOAT64_EXACT, INT32_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
 from .lava_layout import synapse_bias_mant, to_lava_layout
@@ -92,10 +92,10 @@ class Lif:
     decay_bits: int
     bias: torch.Tensor  # b_m 2^b_e per neuron, int64, the emulator's layout
 
-    def exact(self, a: int, steps: int) -> bool:
-        r"""Whether every value the LIF computes stays below :math:`2^{53}` for inputs
-        :math:`|2^a a_{in}| \le` ``a`` over ``steps`` steps (Lava's own arithmetic is exact
-        there, and the int64 steps of :mod:`.emulator_lif` with it).
+    def biggest(self, a: int, steps: int) -> int:
+        r"""A bound on every value the LIF computes for inputs :math:`|2^a a_{in}| \le` ``a``
+        over ``steps`` steps: below :math:`2^{53}`, Lava's own arithmetic is exact, and the
+        int64 steps of :mod:`.emulator_lif` with it; below :math:`2^{31}`, their int32 steps.
 
         Bounds: :math:`|u| \le a` without decay, else :math:`|u_t| \le t a` (the decay only
         shrinks it); where that reaches ``top``, :math:`|u_t| \le t (a + 2\,\mathrm{top})`
@@ -108,20 +108,20 @@ class Lif:
         if wraps:  # one wrap per step (models.py:161-170)
             u_max = steps * (a + 2 * top)
         v_max = min(top - 1, steps * (u_max + bias_max))  # saturates (models.py:176-186)
-        biggest = max(a + bias_max, u_max * odd_part(self.keep_u)[0],
-                      v_max * odd_part(self.keep_v)[0], v_max + u_max + bias_max,
-                      v_max + self.vth + 1, u_max + 2 * top if wraps else 0)
-        return biggest < FLOAT64_EXACT
+        return max(a + bias_max, u_max * odd_part(self.keep_u)[0],
+                   v_max * odd_part(self.keep_v)[0], v_max + u_max + bias_max,
+                   v_max + self.vth + 1, u_max + 2 * top if wraps else 0)
 
     @cached_property
     def bias_max(self) -> int:
         return int(self.bias.abs().max()) if self.bias.numel() else 0
 
     def window(self, ins: list[tuple[torch.Tensor, int]], spikes: torch.Tensor,
-               state: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+               state: tuple[torch.Tensor, torch.Tensor] | None, biggest: int) -> None:
         """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, scale)``,
         ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum` ``scale x`` -> ``spikes`` (int8),
-        and ``state`` (``u``, ``v``) if given. Inputs of mixed types run as one: int32 where
+        and ``state`` (``u``, ``v``) if given, in int32 where ``biggest`` (:meth:`biggest`)
+        is below :math:`2^{31}`, else int64. Inputs of mixed types run as one: int32 where
         each is narrower or float32 (exact below :math:`2^{24}`), else int64."""
         types = {x.dtype for x, _ in ins}
         common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
@@ -130,9 +130,11 @@ class Lif:
         none = np.empty((0, 0, 0), dtype=np.int64)
         flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
         (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
-        lif_steps(xs, np.array([scale for _, scale in ins], dtype=np.int64),
-                  self.bias.reshape(-1).numpy(), mu, self.decay_bits - ju, mv,
-                  self.decay_bits - jv, self.vth, self.top, flat(spikes),
+        work = np.int32 if biggest < INT32_EXACT else np.int64
+        lif_steps(xs, np.array([scale for _, scale in ins], dtype=work),
+                  self.bias.reshape(-1).numpy().astype(work, copy=False),
+                  np.array([mu, self.decay_bits - ju, mv, self.decay_bits - jv, self.vth,
+                            self.top], dtype=work), flat(spikes),
                   *(map(flat, state) if state else (none, none)))
 
 
@@ -190,6 +192,8 @@ class Emulation:
         first: dict[tuple, str] = {}
         self.lifs: dict[str, Lif] = {}
         self.host_ops: dict[str, HostOpRunner] = {}
+        #: each relay's sum, reused from chunk to chunk (fresh memory costs page faults)
+        self.buffers: dict[str, torch.Tensor] = {}
         summed = summed_synapses(layers)
         for la in layers:
             node = la.node
@@ -253,12 +257,28 @@ class Emulation:
                                       int(y.abs().max()) if y.numel() else 0)
 
     def _relay(self, la: ChipLayer, batch: _Batch) -> None:
-        """A graded stream relay: the exact sum of its inputs, in int64 (a payload of at most
-        ``graded_payload_bits`` bits, which the export checked statically: every partial sum
-        is far below :math:`2^{63}`), delivered to each reader by an identity synapse."""
+        """A graded stream relay: the exact sum of its inputs (a payload of at most
+        ``graded_payload_bits`` bits, which the export checked statically), in int32 where the
+        inputs' bounds sum below :math:`2^{31}`, else int64 (every partial sum is far below
+        :math:`2^{63}`), one pass per input into a buffer the next chunk reuses; delivered to
+        each reader by an identity synapse."""
         ins = [batch.acts[i] for i in la.inputs]
-        y = sum(c.y.to(torch.int64) << c.exp for c in ins)
-        batch.acts[la.name] = Current(y, 0, sum(c.bound for c in ins))
+        bound = sum(c.bound for c in ins)
+        dtype = torch.int32 if bound < INT32_EXACT else torch.int64
+        shape = torch.broadcast_shapes(*(c.y.shape for c in ins))  # [B, 1 or T, *inner]
+        y = self.buffers.get(la.name)
+        if y is None or y.dtype != dtype or len(y) < shape[0] or y.shape[1:] != shape[1:]:
+            y = self.buffers[la.name] = torch.empty(shape, dtype=dtype)
+        y = y[:shape[0]]
+        for k, c in enumerate(ins):
+            term = c.y.to(dtype)  # ``c.y`` itself where it has that type
+            if k:
+                y.add_(term, alpha=2**c.exp)
+            elif c.exp:
+                y.copy_(term).mul_(2**c.exp)
+            else:
+                y.copy_(term)
+        batch.acts[la.name] = Current(y, 0, bound)
         if batch.record_state:
             out = batch.full(batch.payloads, la.name, (self.time_steps, *y.shape[2:]), np.int64)
             out.copy_(y.expand(out.shape))
@@ -266,15 +286,17 @@ class Emulation:
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
         ins = [batch.acts[i] for i in la.inputs]
-        if not lif.exact(sum(c.bound << shift for c in ins), steps) and \
-                not lif.exact(sum(c.actual() << shift for c in ins), steps):  # loose bounds
+        biggest = lif.biggest(sum(c.bound << shift for c in ins), steps)
+        if biggest >= INT32_EXACT:  # loose bounds: the batch's own maxima may be smaller
+            biggest = min(biggest, lif.biggest(sum(c.actual() << shift for c in ins), steps))
+        if biggest >= FLOAT64_EXACT:
             raise ExportError(f"LIF '{la.name}': its state can exceed 2^53, beyond Lava's int32 "
                               f"arithmetic; re-export with smaller weights or inputs")
         inner = tuple(lif.bias.shape)
         spikes = batch.full(batch.spikes, la.name, (steps, *inner), np.int8)
         state = tuple(batch.full(x, la.name, (steps, *inner), np.int64)
                       for x in (batch.u, batch.v)) if batch.record_state else None
-        lif.window([(c.y, 2 ** (c.exp + shift)) for c in ins], spikes, state)
+        lif.window([(c.y, 2 ** (c.exp + shift)) for c in ins], spikes, state, biggest)
         batch.acts[la.name] = spikes
 
 

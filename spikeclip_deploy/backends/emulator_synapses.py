@@ -7,7 +7,8 @@ A dense synapse, and a convolution of one group over its im2col columns, is one 
 on the kernel :mod:`.emulator_gemm` chooses (the fastest one exact within the synapse's bounds,
 by measurement). A grouped convolution computes in float32 where every partial sum is an
 integer below ``bound_in`` :math:`\max_o \sum |w_o| < 2^{24}` (exact in any order), else in
-float64 (:math:`< 2^{53}`).
+float64 (:math:`< 2^{53}`), never on NNPACK (torch's convolution where oneDNN is off), whose
+Winograd transforms round.
 """
 from __future__ import annotations
 
@@ -149,9 +150,10 @@ class Conv(Synapse):
             y = self._product(cols, rows).reshape(len(s), ho, wo, -1)
         else:  # [N, H, W, C] is [N, C, H, W] channels last: no copy either way
             _, stride, padding, dilation = self.geometry
-            y = F.conv2d(s.permute(0, 3, 1, 2).to(self.w.dtype), self.w, stride=stride,
-                         padding=padding, dilation=dilation, groups=self.groups
-                         ).permute(0, 2, 3, 1)
+            with torch.backends.nnpack.flags(enabled=False):  # Winograd: not exact
+                y = F.conv2d(s.permute(0, 3, 1, 2).to(self.w.dtype), self.w, stride=stride,
+                             padding=padding, dilation=dilation, groups=self.groups
+                             ).permute(0, 2, 3, 1)
         out = Current(y, self.k, self.bound)
         if not self.wraps:
             return out

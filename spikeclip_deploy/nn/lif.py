@@ -33,17 +33,20 @@ needs a C++ compiler) the first time a fused layer runs; the first training step
 longer (tens of seconds; inductor caches the kernels on disk). If compilation fails, a warning is
 logged and the eager fused loops are used from then on. Turn compilation off per layer with
 ``use_compile=False`` or for the process with the environment variable
-``SPIKECLIP_LIF_COMPILE=0``. Without gradients (inference) the eager fused loop runs, compiling
-nothing. Compiled and eager loops give the same spikes; inductor's ``sigmoid`` may differ from
-ATen's in the last bits on some CPUs. On bfloat16 currents (bf16 autocast) the compiled loops
-carry the membrane in float32 from step to step (storing :math:`H` rounded to bfloat16), the
-eager ones round it at every operation, so their spikes can differ.
+``SPIKECLIP_LIF_COMPILE=0``. Without gradients (inference), a CPU float32/float64 layer runs one
+numba pass over its steps (:mod:`.lif_kernel`: the eager loop's arithmetic, the same spikes bit
+for bit), any other the eager fused loop. Compiled and eager loops give the same spikes;
+inductor's ``sigmoid`` may differ from ATen's in the last bits on some CPUs. On bfloat16
+currents (bf16 autocast) the compiled loops carry the membrane in float32 from step to step
+(storing :math:`H` rounded to bfloat16), the eager ones round it at every operation, so their
+spikes can differ.
 """
 from __future__ import annotations
 
 import logging
 import os
 
+import numpy as np
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -124,9 +127,17 @@ def _lif_forward_eager(x: torch.Tensor, tau: float, v_th: float, keep_h: bool = 
     return spikes, h_all
 
 
-def _lif_spikes_eager(x: torch.Tensor, tau: float, v_th: float) -> torch.Tensor:
-    """Spikes only (no gradient needed)."""
-    return _lif_forward_eager(x, tau, v_th, keep_h=False)[0]
+def _lif_spikes(x: torch.Tensor, tau: float, v_th: float) -> torch.Tensor:
+    """Spikes only (no gradient needed): one compiled pass (:mod:`.lif_kernel`) on a CPU
+    float32/float64 tensor outside tracing, else the eager loop; the same values either way."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) \
+            or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _lif_forward_eager(x, tau, v_th, keep_h=False)[0]
+    from .lif_kernel import lif_spikes_rows  # numba: only where a model runs inference
+
+    out = torch.empty_like(x)
+    lif_spikes_rows(x.numpy(), np.array([tau, v_th, 0, 1], dtype=x.numpy().dtype), out.numpy())
+    return out
 
 
 def _lif_backward_eager(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float,
@@ -249,7 +260,7 @@ class MultiStepLIF(nn.Module):
             if torch.is_grad_enabled() and x.requires_grad:
                 return _FusedLIF.apply(x, self.tau, self.v_threshold, self.alpha, use_compile)
             rows = _Rows(x)
-            return rows.unflat(_lif_spikes_eager(rows.flat(x), self.tau, self.v_threshold))
+            return rows.unflat(_lif_spikes(rows.flat(x), self.tau, self.v_threshold))
         v = torch.zeros_like(x[0])
         out = []
         for x_t in x:

@@ -134,21 +134,25 @@ class SpikeTally:
         return tally
 
     def add(self, spikes: list[np.ndarray]) -> None:
-        """One batch: a ``[B, T, *shape]`` array per LIF layer, in layer order."""
+        """One batch: a ``[B, T, *shape]`` array of 0/1 per LIF layer, in layer order, of any
+        strides. Each LIF's spikes are counted over the steps once (per sample and neuron:
+        exact in uint8 below 256 steps), and each synapse reading it takes those counts
+        (times its fan-out, in int64)."""
         d = self.data
-        by_lif = dict(zip(d["lif_shapes"], spikes, strict=True))
-        b = len(spikes[0])
+        b, steps = len(spikes[0]), d["time_steps"]
+        acc = np.uint8 if steps < 256 else np.int64
+        counts = {name: np.add.reduce(s.astype(acc, copy=False), axis=1, dtype=acc)
+                  .reshape(b, -1) for name, s in zip(d["lif_shapes"], spikes, strict=True)}
         per_sample = np.zeros(b, dtype=np.int64)
         counted = set()
         for row in d["synapses"]:
-            fo = self._fan_out[row["name"]]
-            sops = by_lif[row["input"]].reshape(b, -1, fo.size).sum(1, dtype=np.int64) @ fo
+            sops = np.einsum("bf,f->b", counts[row["input"]], self._fan_out[row["name"]])
             d["sops"][row["name"]] += int(sops.sum())
             if (row["copy_of"] or row["name"]) not in counted:  # copies: one model layer
                 counted.add(row["copy_of"] or row["name"])
                 per_sample += sops
-        for name, s in by_lif.items():
-            d["spikes"][name] += int(s.sum(dtype=np.int64))
+        for name, c in counts.items():
+            d["spikes"][name] += int(c.sum(dtype=np.int64))
         d["sample_sops"] += per_sample.tolist()
         d["n"] += b
 

@@ -64,6 +64,9 @@ ExportMaker = Callable[[str, str, str, int, Path], Path]
 #: ``(result, raster or None) -> None``: draws a verification's figures (the command line passes
 #: its plotter for ``--plots``)
 Figures = Callable[[dict[str, Any], dict[str, Any] | None], None]
+#: images the float model runs at once: its tensors then stay small enough for the allocator
+#: to reuse (fresh memory costs page faults); each image's numbers are those of a whole batch
+FLOAT_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -223,14 +226,17 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             batch = images[sel.index[sl]]
-            with torch.no_grad():
-                if backends:
-                    feats, float_spikes = model.encode_image_spikes(batch)
-                    tallies["float"].add([s.transpose(0, 1).numpy().astype(np.uint8)
-                                          for s in float_spikes])
-                else:
-                    feats = model.encode_image(batch)
-            preds["float"][sl] = predict(feats.numpy(), weights["float"])
+            for lo in range(0, len(batch), FLOAT_ROWS):
+                part = batch[lo:lo + FLOAT_ROWS]
+                with torch.inference_mode():
+                    if backends:
+                        feats, float_spikes = model.encode_image_spikes(part)
+                        tallies["float"].add([s.to(torch.uint8).transpose(0, 1).numpy()
+                                              for s in float_spikes])
+                    else:
+                        feats = model.encode_image(part)
+                preds["float"][start + lo:start + lo + len(part)] = predict(feats.numpy(),
+                                                                           weights["float"])
             lap("float model")
             spikes = {}
             for key, name, cap in plan:

@@ -120,6 +120,21 @@ def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilatio
         assert syn.kernel.name == kernel or (kernel == "int8" and weights == "any")
 
 
+@pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="torch without NNPACK")
+def test_a_depthwise_convolution_is_exact_with_onednn_off():
+    """Without oneDNN torch takes NNPACK's Winograd convolution for this shape, whose float32
+    sums are not integers: the emulator's grouped convolution must equal the float64 one."""
+    rng = np.random.default_rng(0)
+    c = 64
+    w = rng.integers(-256, 255, (c, 1, 3, 3))
+    syn = Conv("c", conv_node(w, padding=1, groups=c, hw=(16, 16)), 24)
+    s = torch.from_numpy(rng.random((64, c, 16, 16)) < 0.3)
+    with torch.backends.mkldnn.flags(enabled=False):
+        got = syn(s.to(torch.int8).permute(0, 2, 3, 1).contiguous())
+    want = F.conv2d(s.double(), torch.from_numpy(w).double(), padding=1, groups=c)
+    assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
+
+
 def test_a_convolution_wraps_where_a_sum_reaches_2_23():
     """Weights 5e6 and 4e6 (sum of magnitudes >= 2^23: a wrap is possible): one spike gives
     5e6 as it is; both give 9e6, wrapped to 9e6 - 2^24 = -7777216, as Lava's Conv does."""

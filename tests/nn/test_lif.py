@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from spikeclip_deploy.nn import lif as lif_module
+from spikeclip_deploy.nn import lif_kernel
 from spikeclip_deploy.nn.encoders import TimeDependentWeights
 from spikeclip_deploy.nn.lif import MultiStepLIF
 
@@ -162,3 +163,26 @@ def test_compiled_loops_take_views_of_any_layout_in_float32_and_bfloat16(fresh_c
                 torch.testing.assert_close(leaf.grad, ref.grad, rtol=1e-5, atol=1e-7)
     if lif_module._compile_failed:
         pytest.skip("torch.compile does not work here (the eager fallback ran and matched)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau,v_th", [(2.0, 1.0), (3.0, 0.5), (1.7, 0.3)])
+def test_compiled_inference_equals_the_eager_loop(dtype, tau, v_th):
+    # more neurons than one block of the compiled pass, ties on the threshold, NaN, inf and -0
+    torch.manual_seed(2)
+    x = (torch.randn(5, 3 * lif_kernel.BLOCK + 7) * 1.5 + 0.8).to(dtype)
+    x[:4, :3] = torch.tensor([2.0, 1.0, 0.5, 0.25], dtype=dtype)[:, None] * v_th * tau
+    x[1, 7], x[2, 9], x[0, 11] = float("nan"), float("inf"), -0.0
+    # second-step currents near (V_th - H_1) tau + H_1: where H_2 lands exactly on V_th in the
+    # eager arithmetic, any other order of its operations misses it now and then
+    h1 = torch.rand(4096, dtype=dtype) * v_th
+    x2 = (v_th - h1) * tau + h1
+    near = torch.stack([x2 + k * torch.finfo(dtype).eps * x2.abs() for k in range(-8, 9)])
+    tie = (near - h1) / tau + h1 == v_th
+    ties = torch.stack([h1 * tau, near[tie.int().argmax(0), range(4096)]])[:, tie.any(0)]
+    x = torch.cat([x, torch.cat([ties, ties[1:].expand(3, -1)])], dim=1)
+    eager = lif_module._lif_forward_eager(x, tau, v_th, keep_h=False)[0]
+    with torch.no_grad():
+        compiled = MultiStepLIF(tau, v_th)(x)
+    assert compiled.dtype == dtype and torch.equal(compiled, eager)
+    assert 0 < compiled.sum() < compiled.numel() and ties.shape[1] > 1000

@@ -1,5 +1,6 @@
 import nir
 import numpy as np
+import pytest
 
 from spikeclip_deploy.hardware import ChipEnergyModel, EnergyModel
 from spikeclip_deploy.exchange.resources import fan_out, flops
@@ -62,8 +63,19 @@ def test_conv_fan_out_by_hand():
     assert flops(conv, (1, 3, 3)) == 81
 
 
-def test_conv_sops_equal_an_independent_recount():
-    """spikes x fan-out equals the number of synaptic events a conv with unit weights sums."""
+# the layouts the backends hand spikes over in: PyTorch's, channels-last views (the
+# emulator's) and time-major views (the float model's)
+LAYOUTS = {"contiguous": lambda s: s,
+           "channels last": lambda s: np.ascontiguousarray(s.transpose(0, 1, 3, 4, 2))
+           .transpose(0, 1, 4, 2, 3),
+           "time major": lambda s: np.ascontiguousarray(s.transpose(1, 0, 2, 3, 4))
+           .transpose(1, 0, 2, 3, 4)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_sops_equal_an_independent_recount(layout):
+    """spikes x fan-out equals the number of synaptic events a conv with unit weights sums,
+    per sample, whatever the spikes' strides."""
     import torch
     import torch.nn.functional as F
 
@@ -73,10 +85,14 @@ def test_conv_sops_equal_an_independent_recount():
     conv = nir.Conv2d(input_shape=(8, 8), weight=w, stride=2, padding=1, dilation=1, groups=1,
                       bias=np.zeros(5))
     chain = as_layers([("lif0", lif((3, 8, 8))), ("conv0", conv), ("lif1", lif((5, 4, 4)))])
-    rep = energy_report(tally(chain, [spikes, np.zeros((2, 4, 5, 4, 4))]), 0, 0, EM)
+    t = tally(chain, [LAYOUTS[layout](spikes), np.zeros((2, 4, 5, 4, 4))])
+    rep = energy_report(t, 0, 0, EM)
     events = F.conv2d(torch.from_numpy(spikes.reshape(8, 3, 8, 8)).double(),
-                      torch.ones(5, 3, 3, 3, dtype=torch.float64), stride=2, padding=1).sum() / 2
-    assert rep["layers"][0]["sops"] == float(events)
+                      torch.ones(5, 3, 3, 3, dtype=torch.float64), stride=2, padding=1
+                      ).reshape(2, -1).sum(1)
+    assert rep["layers"][0]["sops"] == float(events.sum()) / 2
+    assert t.state()["sample_sops"] == events.long().tolist()
+    assert t.state()["spikes"]["lif0"] == int(spikes.sum())
 
 
 def test_copies_of_a_residual_term_count_once_in_the_model():
