@@ -121,7 +121,7 @@ def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilatio
 
 
 @pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="torch without NNPACK")
-def test_a_depthwise_convolution_is_exact_with_onednn_off():
+def test_a_depthwise_convolution_is_exact_with_onednn_off(monkeypatch):
     """Without oneDNN torch takes NNPACK's Winograd convolution for this shape, whose float32
     sums are not integers: the emulator's grouped convolution must equal the float64 one."""
     rng = np.random.default_rng(0)
@@ -129,8 +129,8 @@ def test_a_depthwise_convolution_is_exact_with_onednn_off():
     w = rng.integers(-256, 255, (c, 1, 3, 3))
     syn = Conv("c", conv_node(w, padding=1, groups=c, hw=(16, 16)), 24)
     s = torch.from_numpy(rng.random((64, c, 16, 16)) < 0.3)
-    with torch.backends.mkldnn.flags(enabled=False):
-        got = syn(s.to(torch.int8).permute(0, 2, 3, 1).contiguous())
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    got = syn(s.to(torch.int8).permute(0, 2, 3, 1).contiguous())
     want = F.conv2d(s.double(), torch.from_numpy(w).double(), padding=1, groups=c)
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
 
