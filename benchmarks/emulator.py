@@ -58,7 +58,7 @@ from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure_rows, power
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
 from spikeclip_deploy.machine import (VECTOR_FLAGS, cpu_model, free_cores, isa_caps, set_threads,
                                       vector_extensions)
-from spikeclip_deploy.nirgraph import conv_out_hw
+from spikeclip_deploy.exchange.nirgraph import conv_out_hw
 
 PAPER = "spikeclip-vit4-384-native"
 TINY = "spikeclip-tiny-cifar10"

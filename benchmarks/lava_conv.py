@@ -45,7 +45,7 @@ import numpy as np
 from spikeclip_deploy.backends.base import quantize_input
 from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
 from spikeclip_deploy.backends.lava_procs.conv import Im2colConv
-from spikeclip_deploy.nirgraph import ChipLayer, conv_out_hw, graph_layers
+from spikeclip_deploy.exchange.nirgraph import ChipLayer, conv_out_hw, graph_layers
 
 LOWERINGS = ("old", "new")
 

@@ -63,7 +63,7 @@ import torch
 from spikeclip_deploy.config import get_config
 from spikeclip_deploy.nn.lif import MultiStepLIF, compile_enabled
 from spikeclip_deploy.nn.spikeclip import SpikeCLIP
-from spikeclip_deploy.training.common import distillation_loss
+from spikeclip_deploy.training.losses import distillation_loss
 from spikeclip_deploy.training.precision import image_features, memory_format
 from spikeclip_deploy.training.recipe import Recipe
 

@@ -6,9 +6,10 @@ existing checkpoint; reads verify the hash, so truncation is caught before any t
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -16,7 +17,10 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .fieldtypes import has_type
 from .fileutil import atomic_write, sha256_file
+from .nn.chip_graph import InputGrid
+from .nn.lif import MultiStepLIF
 from .nn.spikeclip import SpikeCLIP
 from .paths import models_dir
 
@@ -32,7 +36,11 @@ def write_safetensors(path: Path, state: dict[str, torch.Tensor], meta: dict[str
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     atomic_write(path, lambda p: save_file(tensors, str(p)))
-    card = {"format": FORMAT, "sha256": sha256_file(path), **meta}
+    write_card(path, {"format": FORMAT, "sha256": sha256_file(path), **meta})
+
+
+def write_card(path: Path, card: dict[str, Any]) -> None:
+    """The JSON sidecar of checkpoint ``path``, written atomically."""
     atomic_write(sidecar(path), lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
 
 
@@ -99,16 +107,36 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     return shipped
 
 
+def input_grids(model: SpikeCLIP) -> dict[str, dict[str, Any]]:
+    """What quantization-aware training sets beside the weights, which the card stores by
+    module name: ``grids``, each host current's grid ``[s, lo, hi]``
+    (:class:`~.nn.chip_graph.InputGrid`, where set), and ``thresholds``, every LIF's
+    :math:`v_{th}` (those reading a host op's current take the export's)."""
+    return {"grids": {name: [float(v) for v in m.grid] for name, m in model.named_modules()
+                      if isinstance(m, InputGrid) and m.grid is not None},
+            "thresholds": {name: float(m.v_threshold) for name, m in model.named_modules()
+                           if isinstance(m, MultiStepLIF)}}
+
+
 def save_model(path: Path, model: SpikeCLIP, metadata: dict[str, Any],
                extra: dict[str, torch.Tensor] | None = None) -> None:
     state = dict(model.state_dict())
     state.update(extra or {})
-    write_safetensors(path, state, {"config": model.cfg.to_dict(), "metadata": metadata})
+    write_safetensors(path, state, {"config": model.cfg.to_dict(), "metadata": metadata,
+                                    "input_grids": input_grids(model)})
 
 
-def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, torch.Tensor]]:
-    """-> (model in eval mode, card, extra tensors not part of the model such as optimizer-free
-    class weights)."""
+#: fills in the input grids of a quantization-aware checkpoint of an earlier version, which
+#: stores none: ``(model, hardware profile name)``
+GridRecompute = Callable[[SpikeCLIP, str], None]
+
+
+def load_model(name_or_path: str, recompute_grids: GridRecompute | None = None
+               ) -> tuple[SpikeCLIP, dict[str, Any], dict[str, torch.Tensor]]:
+    """-> (model in eval mode, with the input grids its card stores; card; extra tensors not
+    part of the model such as optimizer-free class weights). A quantization-aware checkpoint
+    that stores no grids (an earlier version's) gets them from ``recompute_grids``, or is a
+    CheckpointError naming the command that adds them."""
     path = resolve_checkpoint(name_or_path)
     state, card = read_safetensors(path)
     try:
@@ -125,13 +153,46 @@ def load_model(name_or_path: str) -> tuple[SpikeCLIP, dict[str, Any], dict[str, 
         raise CheckpointError(f"{path} does not match config '{cfg.name}': missing {missing[:5]}, "
                               f"wrong shapes {wrong[:5]}")
     model.load_state_dict(model_state)
-    qa = card.get("metadata", {}).get("metrics", {}).get("quantization_aware")
-    if qa and qa.get("input_grid"):  # trained with the host current on the chip's input grid
-        from .hardware import load_profile
-        from .lowering.qat import quantize_inputs
-
-        quantize_inputs(model, load_profile(qa["hardware"]).fixed_point)
+    grids = card.get("input_grids")
+    qa = card["metadata"].get("metrics", {}).get("quantization_aware")
+    if grids is None and qa and qa.get("input_grid"):  # on the chip's grid, not stored
+        if recompute_grids is None:
+            raise CheckpointError(f"{sidecar(path)} is quantization-aware but stores no input "
+                                  f"grids (a checkpoint of an earlier version); add them with "
+                                  f"`spikeclip-deploy upgrade-checkpoint {path}`")
+        recompute_grids(model, qa["hardware"])
+    else:
+        _set_grids(model, {} if grids is None else grids, sidecar(path))
     return model.eval(), card, extra
+
+
+def _set_grids(model: SpikeCLIP, record: Any, card_path: Path) -> None:
+    """Set what a card stores (:func:`input_grids`; an empty record: nothing); a malformed
+    record is a CheckpointError naming it."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{card_path}: 'input_grids' {what}; restore the card or retrain")
+
+    def positive(v: Any) -> bool:
+        return has_type(v, float) and math.isfinite(v) and v > 0
+
+    if record == {}:
+        return
+    if not (isinstance(record, dict) and set(record) == {"grids", "thresholds"}
+            and all(isinstance(v, dict) for v in record.values())):
+        raise bad("must be an object of 'grids' and 'thresholds'")
+    modules = dict(model.named_modules())
+    for name, grid in record["grids"].items():
+        if not (isinstance(modules.get(name), InputGrid) and isinstance(grid, list)
+                and len(grid) == 3 and positive(grid[0])
+                and all(has_type(v, float) and math.isfinite(v) for v in grid)):
+            raise bad(f"entry {str(name)[:60]!r} is not a grid [scale, lo, hi] of a host "
+                      f"current of this model")
+        modules[name].grid = tuple(float(v) for v in grid)
+    for name, vth in record["thresholds"].items():
+        if not (isinstance(modules.get(name), MultiStepLIF) and positive(vth)):
+            raise bad(f"threshold {str(name)[:60]!r} is not a positive number of a LIF of "
+                      f"this model")
+        modules[name].v_threshold = float(vth)
 
 
 def load_tokenizer(ckpt: Path):

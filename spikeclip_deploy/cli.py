@@ -268,7 +268,8 @@ def _check_init(init: str, model: str | None) -> None:
 @main.command("export")
 @TARGET
 @MODEL
-@click.option("--out", type=click.Path(file_okay=False), help="Export directory [exports/NAME-TARGET].")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Export directory [exports/NAME-TARGET under the working directory].")
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
 @click.option("--format", "fmt", type=click.Choice(["nir", "netx"]), default="nir",
               show_default=True,
@@ -299,7 +300,8 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
 @main.command("run")
 @TARGET
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
-              help="Export directory [exports/<default model>-TARGET, created if missing].")
+              help="Export directory [exports/<default model>-TARGET under the working "
+                   "directory, created if missing].")
 @click.option("--image", "images", required=True, multiple=True, type=click.Path(),
               help="A single-frame PNG/JPEG (any size: resized and centre-cropped to the "
                    "model's; animated or multi-frame files are refused); repeat for a batch.")
@@ -310,14 +312,19 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
 def run_cmd(target: str, export_dir: str | None, images: tuple[str, ...], labels: str,
             as_json: bool, chip: str) -> None:
     """Zero-shot classify images on a backend; prints each prediction and its scores."""
+    from .export import default_export
     from .inference import classify_images
     from .report import run_summary
 
-    result = classify_images(target, Path(export_dir) if export_dir else None,
+    result = classify_images(target, Path(export_dir) if export_dir else default_export(target),
                              [Path(p) for p in images], labels, chip=chip)
     click.echo(json.dumps(result, indent=1) if as_json else run_summary(result))
 
 
+EXPORT = click.option("--export", "export_dir", type=click.Path(file_okay=False),
+                      help="An existing export of --model (`spikeclip-deploy export`; the "
+                           "chip part runs on it as it is) [one is made first, in a temp dir, "
+                           "saying so].")
 SYSTEM = click.option("--system", default="kapoho-point", show_default=True,
                       help="The board to map onto, a name in the hardware profile's "
                            "cores.systems (loihi2: oheo-gulch, kapoho-point, hala-point).")
@@ -355,10 +362,25 @@ def _data(data: str | None) -> Path:
     return Path(data)
 
 
-def _verify_config(model: str | None, data: str | None, **options):
+def _verify_config(model: str | None, data: str | None, export: str | None, **options):
+    """A verification of ``model`` on ``data`` over the export ``export``, or, without one, an
+    export this command makes first."""
+    from .export import scratch_export
     from .verify.harness import VerifyConfig
 
-    return VerifyConfig(model=_model(model), data=_data(data), **options)
+    return VerifyConfig(model=_model(model), data=_data(data),
+                        export=Path(export) if export else None, make_export=scratch_export,
+                        **options)
+
+
+def _figures(plots: str | None):
+    """``--plots DIR``: what draws a verification's figures into DIR (matplotlib loaded only
+    then), or None."""
+    if not plots:
+        return None
+    from .plots import write_plots
+
+    return lambda result, raster: write_plots(result, raster, Path(plots))
 
 
 def _figures_written(plots: str | None) -> None:
@@ -389,8 +411,7 @@ def _figures_written(plots: str | None) -> None:
 @click.option("--energy-json", type=click.Path(dir_okay=False),
               help="Also write the energy report, both models with their citations (from the "
                    "emulator's spikes; Lava's without it).")
-@click.option("--export", "export_dir", type=click.Path(file_okay=False),
-              help="Verify this existing export of --target (else one is made in a temp dir).")
+@EXPORT
 @click.option("--noisy-labels", default=1, show_default=True, type=POSITIVE,
               help="Robustness: extend the label set x N with unrelated labels (2, 5, 8).")
 @click.option("--synonyms", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
@@ -421,16 +442,15 @@ def verify_cmd(ctx: click.Context, target: str, model: str | None, data: str | N
 
     _check_init(init, model)
     cfg = _verify_config(
-        model, data, target=target, download=download, split=split, val_fraction=val_fraction,
-        seed=split_seed, limit=limit, batch_size=batch_size,
+        model, data, export_dir, target=target, download=download, split=split,
+        val_fraction=val_fraction, seed=split_seed, limit=limit, batch_size=batch_size,
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
         lava_limit=lava_limit, labels=labels, templates=templates,
-        shard=Shard.parse(shard) if shard else Shard(),
-        export=Path(export_dir) if export_dir else None, noisy_factor=noisy_labels,
+        shard=Shard.parse(shard) if shard else Shard(), noisy_factor=noisy_labels,
         synonym_fraction=synonyms, system=system, assumptions=assumptions, init=init,
         init_seed=seed, chip=chip)
     result = verify(cfg, Path(json_path) if json_path else None,
-                    Path(energy_json) if energy_json else None, Path(plots) if plots else None)
+                    Path(energy_json) if energy_json else None, _figures(plots))
     if result is not None:
         click.echo(verify_summary(result))
         if "energy" in result:
@@ -451,7 +471,7 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
     from .verify.harness import merge
 
     result = merge([Path(p) for p in parts], Path(json_path) if json_path else None,
-                   Path(energy_json) if energy_json else None, Path(plots) if plots else None)
+                   Path(energy_json) if energy_json else None, _figures(plots))
     click.echo(verify_summary(result))
     if "energy" in result:
         click.echo(energy_summary(result["energy"]))
@@ -464,6 +484,7 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
 @click.option("--lava", "lava_images", default=0, type=click.IntRange(min=0),
               help="Count Lava's spikes on the first N images instead of the emulator's on all.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
+@EXPORT
 @SYSTEM
 @ASSUME
 @CHIP
@@ -471,7 +492,7 @@ def verify_merge_cmd(parts: tuple[str, ...], json_path: str | None,
 @PLOTS
 def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
                val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
-               lava_images: int, json_path: str | None, system: str,
+               lava_images: int, json_path: str | None, export_dir: str | None, system: str,
                assumptions: tuple[str, ...], chip: str, plots: str | None) -> None:
     """Synaptic operations from the chip's spikes (the emulator's, bit-exact with Lava) and
     energy per inference, per layer and in total, under two models side by side: the paper's
@@ -482,12 +503,13 @@ def energy_cmd(model: str | None, data: str | None, download: bool, split: str,
     from .report import energy_summary
     from .verify.harness import verify
 
-    cfg = _verify_config(model, data, download=download, split=split, val_fraction=val_fraction,
+    cfg = _verify_config(model, data, export_dir, download=download, split=split,
+                         val_fraction=val_fraction,
                          seed=split_seed, limit=limit, batch_size=batch_size,
                          backends=() if lava_images else ("loihi-emu",), lava_limit=lava_images,
                          system=system, assumptions=assumptions, chip=chip)
     result = verify(cfg, energy_json=Path(json_path) if json_path else None,
-                    plots=Path(plots) if plots else None)
+                    figures=_figures(plots))
     if result is not None:
         click.echo(energy_summary(result["energy"]))
         _figures_written(plots)
@@ -516,17 +538,26 @@ def report_cmd(verify_json: str, twin_json: str | None, json_path: str | None,
 
 
 @main.command("map")
-@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.argument("export_arg", required=False, metavar="[EXPORT_DIR]",
+                type=click.Path(file_okay=False))
+@click.option("--export", "export_dir", type=click.Path(file_okay=False),
+              help="The --target loihi export to map (or give it as EXPORT_DIR).")
 @SYSTEM
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the mapping here.")
 @ASSUME
-def map_cmd(export_dir: str, system: str, json_path: str | None,
+def map_cmd(export_arg: str | None, export_dir: str | None, system: str, json_path: str | None,
             assumptions: tuple[str, ...]) -> None:
     """Map a --target loihi export onto neuro-cores and chips: per layer neurons, synapses,
     synaptic memory, cores and chips; fails naming the layer and resource that do not fit."""
     from .mapping import map_export
     from .report import mapping_summary
 
+    if export_arg and export_dir and Path(export_arg) != Path(export_dir):
+        raise click.UsageError(f"EXPORT_DIR {export_arg} and --export {export_dir} differ; "
+                               f"give the export once")
+    export_dir = export_dir or export_arg
+    if not export_dir:
+        raise click.UsageError("Missing option '--export' (the export to map).")
     click.echo(mapping_summary(map_export(Path(export_dir), system,
                                           Path(json_path) if json_path else None,
                                           assumptions)))
@@ -544,9 +575,7 @@ def map_cmd(export_dir: str, system: str, json_path: str | None,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the table here.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
               help="Write the table as Markdown here.")
-@click.option("--export", "export_dir", type=click.Path(file_okay=False),
-              help="Run the chip part on this existing --target loihi export of --model (else "
-                   "one is made in a temp dir).")
+@EXPORT
 def robustness_cmd(model: str | None, data: str | None, download: bool, split: str,
                    val_fraction: float, split_seed: int, limit: int | None, batch_size: int,
                    teacher: str, distractor_set: str, json_path: str | None,
@@ -555,15 +584,28 @@ def robustness_cmd(model: str | None, data: str | None, download: bool, split: s
     against the 18 CIFAR templates): zero-shot top-1 with 95 % intervals of the student's float
     model, the student on the chip (emulator) and the teacher, on the images verify selects.
     Prints the Markdown table."""
+    from .export import scratch_export
     from .verify.robustness_table import RobustnessConfig, markdown, write_table
 
     table = write_table(RobustnessConfig(
         model=_model(model), data=_data(data), teacher=teacher, split=split,
         val_fraction=val_fraction, seed=split_seed, limit=limit, batch_size=batch_size,
         download=download, distractor_set=distractor_set,
-        export=Path(export_dir) if export_dir else None),
+        export=Path(export_dir) if export_dir else None, make_export=scratch_export),
         Path(json_path) if json_path else None, Path(markdown_path) if markdown_path else None)
     click.echo(markdown(table), nl=False)
+
+
+@main.command("upgrade-checkpoint")
+@click.argument("checkpoint")
+def upgrade_checkpoint_cmd(checkpoint: str) -> None:
+    """Store the input grids of a quantization-aware checkpoint of an earlier version in its
+    card (.json), as that version recomputed them at every load; the weights are untouched."""
+    from .lowering.qat import upgrade_checkpoint
+
+    card = upgrade_checkpoint(checkpoint)
+    click.echo(f"input grids -> {card}" if card else f"{checkpoint} already stores its input "
+                                                     f"grids; nothing to do")
 
 
 @main.command("models")

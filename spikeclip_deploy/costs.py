@@ -16,7 +16,7 @@ import torch
 from .catalog import parameter_counts
 from .config import ANN_IMAGE_ARCHS, ModelConfig
 from .errors import ConfigError
-from .host import host_macs
+from .export.host import host_macs
 from .lowering.graph import run_side_layers, trace
 from .nn.spikeclip import SpikeCLIP
 from .verify.energy import ann_macs, host_op_macs, synapse_rows

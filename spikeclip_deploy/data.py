@@ -13,7 +13,6 @@ import tarfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 from .fileutil import owned_tempdir, sha256_file, write_cache
-from .images import fit_image
+from .images import ImageDataset, fit_image
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -30,19 +29,6 @@ TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # bump when the same source decodes to other pixels (2: CLIP's resize and centre crop for every
 # path; version 1's torchvision-path crops were offset by up to a pixel)
 CACHE_VERSION = 2
-
-
-@dataclass(frozen=True)
-class ImageDataset:
-    images: torch.Tensor  # uint8 [N, 3, H, W]
-    labels: torch.Tensor  # int64 [N]
-    class_names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return int(self.labels.numel())
-
-    def subset(self, index: torch.Tensor) -> "ImageDataset":
-        return ImageDataset(self.images[index], self.labels[index], self.class_names)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:

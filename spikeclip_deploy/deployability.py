@@ -69,8 +69,8 @@ def assess(cfg: ModelConfig) -> dict[str, Any]:
     """The row of ``cfg`` (:data:`FIELDS`), from its seeded random initialisation
     (:func:`~.nn.init.random_init`) lowered for the ``loihi`` target."""
     from .export import lower_encoder
-    from .host import host_macs
-    from .nirgraph import HostOpNode
+    from .export.host import host_macs
+    from .exchange.nirgraph import HostOpNode
     from .nn.init import random_init
 
     model = random_init(cfg, SEED)

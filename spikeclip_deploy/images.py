@@ -1,4 +1,5 @@
-"""One image -> the model's input pixels, for every data path (files, ImageFolders, torchvision).
+"""One image -> the model's input pixels, for every data path (files, ImageFolders, torchvision);
+a decoded dataset of them, :class:`ImageDataset`.
 
 CLIP's preprocessing without its normalisation: the shorter side is resized to ``size``
 (bicubic; the longer side to ``int(size * long / short)``), then the centre ``size x size``
@@ -7,11 +8,26 @@ square is cropped at offset ``round((long' - size) / 2)``, as torchvision's
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def subset(self, index: torch.Tensor) -> "ImageDataset":
+        return ImageDataset(self.images[index], self.labels[index], self.class_names)
 
 
 def fit_image(img: Image.Image, size: int) -> torch.Tensor:

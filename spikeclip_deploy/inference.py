@@ -1,44 +1,23 @@
 """``spikeclip-deploy run``: zero-shot classification of images on a backend."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from .backends import open_backend
-from .checkpoint import default_checkpoint_name
 from .data import load_image
-from .errors import ExportError
-from .export import ExportConfig, default_out, export_model
-from .manifest import is_export
 from .progress import encode_in_batches
 from .prompts import parse_labels
 from .zeroshot import warn_indistinct_labels
 
-log = logging.getLogger(__name__)
 
-
-def classify_images(target: str, export_dir: Path | None, images: list[Path], labels_text: str,
+def classify_images(target: str, export_dir: Path, images: list[Path], labels_text: str,
                     batch_size: int = 32, chip: str = "auto") -> dict:
-    """Zero-shot classify ``images`` on ``target``'s backend (the default model's export when
-    ``export_dir`` is None, created if missing; ``chip``: where Lava runs, see
-    :func:`~.backends.open_backend`): ``{target, export, labels, results}`` with one
-    ``{image, prediction, scores}`` per image."""
+    """Zero-shot classify ``images`` on ``target``'s backend over the export ``export_dir``
+    (``chip``: where Lava runs, see :func:`~.backends.open_backend`): ``{target, export,
+    labels, results}`` with one ``{image, prediction, scores}`` per image."""
     labels = parse_labels(labels_text)
-    if export_dir is None:
-        export_dir = default_out(default_checkpoint_name(), target)
-        if not export_dir.exists():
-            log.warning("no export at %s yet: creating it from the shipped model %s (as "
-                        "`spikeclip-deploy export --target %s` does)", export_dir,
-                        default_checkpoint_name(), target)
-            try:
-                export_model(ExportConfig(model=default_checkpoint_name(), target=target,
-                                          out=export_dir))
-            except ExportError:
-                if not is_export(export_dir):
-                    raise
-                log.warning("another run created %s meanwhile: using it", export_dir)
     with open_backend(target, export_dir, chip) as backend:
         warn_indistinct_labels(backend.host.tokenizer, labels)
         size = int(backend.manifest["host"]["image_size"])

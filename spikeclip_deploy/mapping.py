@@ -72,9 +72,9 @@ import numpy as np
 
 from .errors import ConfigError, HardwareLimitError
 from .fileutil import atomic_write
-from .hardware import ChipProfile, Cores, System, load_profile
-from .manifest import load_export
-from .nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
+from .exchange.chip import Cores, System
+from .exchange.manifest import chip_record, load_export
+from .exchange.nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
 
 SIDES = ("image", "text")
 
@@ -465,13 +465,11 @@ def assume(cores: Cores, items: Iterable[str]) -> tuple[Cores, dict[str, dict[st
         key: {"assumed": v, "profile": getattr(cores, key)} for key, v in assumed.items()}
 
 
-def load_profile_of(export_dir: Path) -> ChipProfile:
-    """The hardware profile a ``--target loihi`` export was made for."""
+def chip_of(export_dir: Path) -> tuple[str, Cores]:
+    """The hardware profile a ``--target loihi`` export was lowered for: its name and per-core
+    figures, as the export's manifest carries them."""
     manifest = load_export(Path(export_dir))
-    if not manifest.get("hardware"):
-        raise ConfigError(f"{export_dir} is a --target {manifest['target']} export with no "
-                          f"hardware profile; map a --target loihi export")
-    return load_profile(manifest["hardware"])
+    return manifest["hardware"], chip_record(manifest, export_dir).cores
 
 
 def map_side(export_dir: Path, side: str, system: str = "kapoho-point",
@@ -479,7 +477,7 @@ def map_side(export_dir: Path, side: str, system: str = "kapoho-point",
     """Map one encoder (``side``: image or text) of a ``--target loihi`` export onto
     ``system`` (a name in the hardware profile's ``cores.systems``), with ``cores`` (default:
     the profile's per-core figures)."""
-    cores = cores or load_profile_of(export_dir).cores
+    cores = cores or chip_of(export_dir)[1]
     graph = nir.read(Path(export_dir) / "chip" / f"{side}_encoder.nir")
     in_shape = tuple(int(n) for n in np.asarray(graph.nodes[INPUT].input_type["input"]))
     return map_encoder(side, graph_layers(graph), in_shape, cores, system_named(cores, system))
@@ -490,9 +488,9 @@ def map_export(export_dir: Path, system: str = "kapoho-point",
     """Map both encoders of a ``--target loihi`` export onto ``system`` (:func:`map_side`),
     with the per-core figures ``assumptions`` (``KEY=VALUE``, :func:`assume`) in place of the
     profile's; also write the mapping to ``json_out``."""
-    profile = load_profile_of(export_dir)
-    cores, assumed = assume(profile.cores, assumptions)
-    mapping = Mapping(str(export_dir), profile.name, system_named(cores, system),
+    hardware, profile_cores = chip_of(export_dir)
+    cores, assumed = assume(profile_cores, assumptions)
+    mapping = Mapping(str(export_dir), hardware, system_named(cores, system),
                       tuple(map_side(export_dir, side, system, cores) for side in SIDES), assumed)
     if json_out is not None:
         atomic_write(Path(json_out), lambda p: p.write_text(json.dumps(mapping.to_json(),

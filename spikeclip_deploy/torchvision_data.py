@@ -24,7 +24,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from .errors import DataError
-from .images import fit_image
+from .images import ImageDataset, fit_image
 
 log = logging.getLogger(__name__)
 PREFIX = "torchvision:"
@@ -235,8 +235,6 @@ def _class_names(spec: TorchvisionSpec, dataset) -> tuple[str, ...]:
 
 def decode(spec: TorchvisionSpec, size: int, download: bool = False):
     """Construct the dataset and decode every image -> ImageDataset (no cache here)."""
-    from .data import ImageDataset
-
     if spec.root.exists() and not spec.root.is_dir():
         raise DataError(f"dataset root {spec.root} is a file; ROOT must be a directory")
     if not spec.root.is_dir():

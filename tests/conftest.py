@@ -227,7 +227,7 @@ class ImageSpikes:
         from spikeclip_deploy.backends.cpu import run_graph
         from spikeclip_deploy.export import lower_encoder
         from spikeclip_deploy.lowering.graph import to_nir
-        from spikeclip_deploy.nirgraph import graph_layers
+        from spikeclip_deploy.exchange.nirgraph import graph_layers
         from spikeclip_deploy.targets import get_target
 
         nir.write(folder / "image.nir", to_nir(lower_encoder(model, "image", get_target(target))))

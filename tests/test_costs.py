@@ -7,7 +7,7 @@ from spikeclip_deploy.config import get_config
 from spikeclip_deploy.costs import image_macs, model_costs
 from spikeclip_deploy.errors import ConfigError
 from spikeclip_deploy.export import lower_encoder
-from spikeclip_deploy.host import host_macs
+from spikeclip_deploy.export.host import host_macs
 from spikeclip_deploy.lowering.graph import run_side_layers
 from spikeclip_deploy.nn.init import random_init
 from spikeclip_deploy.targets import get_target

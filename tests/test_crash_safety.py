@@ -14,7 +14,7 @@ import torch
 from spikeclip_deploy.checkpoint import load_model
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
-from spikeclip_deploy.manifest import load_export
+from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.training.recipe import Recipe
 from spikeclip_deploy.training.run import TrainConfig, run_training
 

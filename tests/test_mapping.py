@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from spikeclip_deploy.errors import ConfigError, HardwareLimitError
-from spikeclip_deploy.hardware import Cores, System
+from spikeclip_deploy.exchange.chip import Cores, System
 from spikeclip_deploy.mapping import assume, map_encoder
-from spikeclip_deploy.nirgraph import INPUT, ChipLayer
+from spikeclip_deploy.exchange.nirgraph import INPUT, ChipLayer
 
 CORES = Cores(cores_per_chip=4, neurons_per_core=100, synaptic_memory_bits_per_core=8000,
               dense_bits_per_synapse=8, sparse_bits_per_synapse=21, conv_bits_per_weight=8,
@@ -176,7 +176,7 @@ def test_a_relay_is_placed_with_its_identity_synapses():
     x 2 = 64 bits of kernel: one core. b reads r through an identity synapse (a depthwise 1x1
     convolution of ones): 40 axons, 40 weights, one core; 40 graded synapses (a graded message
     per relay neuron and step); r's neurons send to b's one core."""
-    from spikeclip_deploy.nirgraph import relay_node
+    from spikeclip_deploy.exchange.nirgraph import relay_node
 
     layers = [lif("a", (4, 2, 10), INPUT), pointwise("c", 4, 2, "a"),
               ChipLayer("r", relay_node((2, 2, 10), {}), ("c",)), lif("b", (2, 2, 10), "r")]
@@ -254,7 +254,7 @@ def test_a_fan_in_split_on_relays_maps_where_the_whole_layer_cannot():
     its own block's relay neurons (u of them) and part1 20 columns: u + 20 <= 24 holds 4
     neurons, 2 cores. Memory of r1: identity blocks 4 x min(4 x 8, 21) + 1 x min(8, 21) = 92,
     part1 4 x 160 + 160 = 800. A spike of a in columns 20-39 reaches both of r1's cores."""
-    from spikeclip_deploy.nirgraph import relay_node
+    from spikeclip_deploy.exchange.nirgraph import relay_node
 
     cores = dataclasses.replace(CORES, input_axons_per_core=24)
     w = np.ones((5, 40))

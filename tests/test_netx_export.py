@@ -11,8 +11,8 @@ import pytest
 
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends.emulator import EmulatorBackend
-from spikeclip_deploy.backends.lava import from_lava_layout, to_lava_layout
-from spikeclip_deploy.nirgraph import INPUT
+from spikeclip_deploy.backends.lava_layout import from_lava_layout, to_lava_layout
+from spikeclip_deploy.exchange.nirgraph import INPUT
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_native_small_netx_chains_equal_emulator(tmp_path):
     its three image chains on netx (the relays, their synapses and readers left out, with
     netx's missing summing block named); Lava's stock Conv model wraps 128 groups (int8), so the
     convolutions run on this project's model of it (bit-identical, tested)."""
-    from spikeclip_deploy.netx_export import NO_RELAY
+    from spikeclip_deploy.export.netx import NO_RELAY
     from spikeclip_deploy.backends.lava import _lava
     from spikeclip_deploy.export import ExportConfig, export_model
 
@@ -121,8 +121,8 @@ def test_nir_format_biases_are_refused(micro_exports, tmp_path):
     import nir
 
     from spikeclip_deploy.errors import ExportError
-    from spikeclip_deploy.netx_export import write_netx
-    from spikeclip_deploy.nirgraph import graph_layers
+    from spikeclip_deploy.export.netx import write_netx
+    from spikeclip_deploy.exchange.nirgraph import graph_layers
 
     layers = graph_layers(nir.read(micro_exports["loihi"] / "chip" / "text_encoder.nir"))
     with pytest.raises(ExportError, match="bias exponent 3; netx fixes it at 6"):

@@ -14,9 +14,9 @@ import nir
 import numpy as np
 
 from ..errors import ExportError, UnsupportedNodeError
-from ..fixed_point import bias_value
-from ..manifest import load_export
-from ..nirgraph import graph_layers, is_relay
+from ..exchange.fixed_point import bias_value
+from ..exchange.manifest import load_export
+from ..exchange.nirgraph import graph_layers, is_relay
 from ..prompts import CIFAR_TEMPLATES
 from ..targets import export_target
 from ..zeroshot import class_weights, tokenize

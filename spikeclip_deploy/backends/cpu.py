@@ -28,7 +28,7 @@ import torch
 from nirtorch import nir_to_torch
 
 from ..errors import UnsupportedNodeError
-from ..nirgraph import HostOpNode, host_port, pair
+from ..exchange.nirgraph import HostOpNode, host_port, pair
 from .base import Backend, chip_input
 from .host_runtime import HostOpRunner
 
@@ -53,7 +53,7 @@ def _conv2d(node: nir.Conv2d) -> torch.nn.Conv2d:
 
 
 class _Relay(torch.nn.Module):
-    """A graded stream relay (NIR ``Scale`` of scale 1, :func:`~..nirgraph.is_relay`: the
+    """A graded stream relay (NIR ``Scale`` of scale 1, :func:`~..exchange.nirgraph.is_relay`: the
     backend refuses any other): :math:`y = x`, the sum of its inputs (nirtorch sums what enters
     a node), read by its readers within the step."""
 

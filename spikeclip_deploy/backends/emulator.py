@@ -19,7 +19,7 @@ them).
 
 Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
 :math:`d` is read (and its state zeroed) in its window :math:`d .. d+T-1`
-(:func:`~spikeclip_deploy.nirgraph.depths`), so in window-local time a synapse's input at
+(:func:`~spikeclip_deploy.exchange.nirgraph.depths`), so in window-local time a synapse's input at
 step :math:`t` is its source's spikes at step :math:`t`. The emulator therefore runs layer by
 layer: a synapse's :math:`T` steps in one batched product (copies of one synapse for several
 readers, which differ only in their delays, computed once; :mod:`.emulator_gemm` chooses
@@ -44,14 +44,15 @@ import torch
 from numba.typed import List
 
 from ..errors import ExportError
-from ..hardware import FixedPoint, load_profile
-from ..nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
+from ..exchange.chip import FixedPoint
+from ..exchange.manifest import chip_record
+from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
 from .emulator_lif import lif_steps
 from .emulator_gemm import FLOAT64_EXACT, INT32_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
-from .lava import synapse_bias_mant, to_lava_layout
+from .lava_layout import synapse_bias_mant, to_lava_layout
 
 #: bytes of the largest layer output (int32 synapse sums, T steps) of the samples run at once:
 #: the memory of one chunk is reused by the next (fresh memory costs page faults)
@@ -313,7 +314,7 @@ class EmulatorBackend(Backend):
 
     def __init__(self, export_dir) -> None:
         super().__init__(export_dir)
-        fp = load_profile(self.manifest["hardware"]).fixed_point
+        fp = chip_record(self.manifest, self.export_dir).fixed_point
         self.emulations = {side: Emulation(self.layers[side], self.time_steps, fp,
                                            g.metadata["synapse_delay_steps"], self.export_dir)
                            for side, g in self.graphs.items()}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExportError
-from ..nirgraph import conv_out_hw, pair
+from ..exchange.nirgraph import conv_out_hw, pair
 from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, Kernel, choose, max_fan_in
 
 

@@ -1,5 +1,6 @@
-"""Runs an export's host part (the ONNX networks of :mod:`spikeclip_deploy.host`, the tokenizer
-and the default labels) with onnxruntime: the run side's half of the host/chip partition."""
+"""Runs an export's host part (the ONNX networks of :mod:`spikeclip_deploy.export.host`, the
+tokenizer and the default labels) with onnxruntime: the run side's half of the host/chip
+partition."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..manifest import REEXPORT
+from ..exchange.manifest import REEXPORT
 
 
 def onnx_session(path: Path, threads: int = 0):

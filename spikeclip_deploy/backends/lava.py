@@ -34,12 +34,12 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
+from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay,
+                                 pair, relay_delay, summed_synapses)
 from ..fileutil import owned_tempdir
-from ..fixed_point import bias_mantissa
-from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay, pair,
-                        relay_delay, summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
+from .lava_layout import from_lava_layout, synapse_bias_mant, to_lava_layout
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,6 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models=models, run_cfg=run_cfg,
                 conv=_reference_conv if stock else _fast_conv)
-
-
-def to_lava_layout(a: np.ndarray) -> np.ndarray:
-    """PyTorch ``[C, H, W]`` -> Lava ``(X, Y, C)`` = ``[W, H, C]``; 1-D unchanged."""
-    return a.transpose(2, 1, 0) if a.ndim == 3 else a
-
-
-def from_lava_layout(a: np.ndarray) -> np.ndarray:
-    """Lava ``[W, H, C, T]`` -> ``[T, C, H, W]``; ``[N, T]`` -> ``[T, N]``."""
-    return a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.T
 
 
 def _lif(L: dict, node: nir.LIF, shape: tuple[int, ...], bias: np.ndarray, period: int,
@@ -221,24 +211,15 @@ def no_inherited_garbage() -> Iterator[None]:
         gc.unfreeze()
 
 
-def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
-    """Per-neuron bias mantissa (Lava layout) of the LIF after ``syn``
-    (:func:`~spikeclip_deploy.fixed_point.bias_mantissa`, ``shift`` the activation shift)."""
-    m = bias_mantissa(syn.bias, int(lif.metadata["loihi"]["bias_exp"]), shift)
-    shape = np.asarray(lif.tau).shape
-    full = np.broadcast_to(m.reshape(-1, *([1] * (len(shape) - 1))), shape)
-    return to_lava_layout(full).astype(np.int32)
-
-
 class _Network:
     r"""One encoder's chip graph as Lava processes, run once over a whole batch.
 
     Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + D` (:math:`D` the
-    deepest layer's chip-step offset, :func:`~spikeclip_deploy.nirgraph.depths`: each synapse
-    delays by one step, plus its aligning delay). The source drives the input LIFs with sample
-    :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
-    ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window
-    is steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
+    deepest layer's chip-step offset, :func:`~spikeclip_deploy.exchange.nirgraph.depths`: each
+    synapse delays by one step, plus its aligning delay). The source drives the input LIFs with
+    sample :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
+    ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window is
+    steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
     :meth:`record` with ``state`` also reads every LIF's ``u`` and ``v`` after each step
     (``StateRecorder``) and cuts the same windows from them.
     """

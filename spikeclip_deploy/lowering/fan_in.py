@@ -29,7 +29,7 @@ import logging
 import nir
 import numpy as np
 
-from ..nirgraph import relay_node
+from ..exchange.nirgraph import relay_node
 from .graph import Graph, Layer
 
 log = logging.getLogger(__name__)

@@ -3,12 +3,12 @@ infrastructure that runs passes over it (each pass a pure function that states w
 and what it ensures, checked around every run, as torch.fx's ``passes/infra`` does).
 
 A :class:`Layer` holds a NIR node (the data NIR writes: LIF, Conv2d, Affine; or a
-:class:`~spikeclip_deploy.nirgraph.HostOpNode` for an operation no neuro-core computes), the
-layers whose outputs are summed into it (``INPUT`` is the host's input current; several entries
-are fan-in; a host op takes them as separate arguments), the PyTorch module it was traced from
-(so quantization-aware training and the host part's ONNX find it through the graph), and where
-it runs (``chip`` or ``host``) with the reason. The graph's ``host`` entries describe the host
-parts around the chip layers.
+:class:`~spikeclip_deploy.exchange.nirgraph.HostOpNode` for an operation no neuro-core computes),
+the layers whose outputs are summed into it (``INPUT`` is the host's input current; several entries
+are fan-in; a host op takes them as separate arguments), the PyTorch module it was traced from (so
+quantization-aware training and the host part's ONNX find it through the graph), and where it runs
+(``chip`` or ``host``) with the reason. The graph's ``host`` entries describe the host parts around
+the chip layers.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
-from ..nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, host_op_record, host_port,
-                        ungroup)
+from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, host_op_record,
+                                 host_port, ungroup)
 from ..nn.chip_graph import HOST_INPUT, HostOp, SpikeMaxPool
 from ..nn.encoders import SpikingEncoder
 from ..nn.lif import MultiStepLIF
@@ -237,7 +237,7 @@ def run_side_layers(graph: Graph) -> list[ChipLayer]:
 def _written(node: nir.NIRNode) -> nir.NIRNode:
     """A layer's node as the file holds it: LIF ``tau`` in seconds (``tau * DT``, float32: exact
     for a power-of-two number of steps), grouped convolutions dense
-    (:func:`~spikeclip_deploy.nirgraph.ungroup`)."""
+    (:func:`~spikeclip_deploy.exchange.nirgraph.ungroup`)."""
     if isinstance(node, nir.LIF):
         return dataclasses.replace(node, tau=np.asarray(node.tau, np.float32) * np.float32(DT))
     return ungroup(node) if isinstance(node, nir.Conv2d) else node

@@ -15,13 +15,13 @@ import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile, load_profile
-from ..nirgraph import HostOpNode, depths, is_relay
+from ..exchange.nirgraph import HostOpNode, depths, is_relay
 from ..targets import RESIDUAL_FORMS, get_target
 from .fan_in import split_fan_in
 from .fold import bn_gain, folded_bias
 from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
-from .resources import flops, graph_resources
+from ..exchange.resources import flops, graph_resources
 from .streams import graded_streams
 
 

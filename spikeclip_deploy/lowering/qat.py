@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -33,9 +34,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..checkpoint import input_grids, load_model, resolve_checkpoint, sidecar, write_card
 from ..errors import ConfigError
-from ..hardware import ChipProfile, FixedPoint
-from ..nirgraph import HostOpNode
+from ..exchange.chip import FixedPoint
+from ..exchange.nirgraph import HostOpNode
+from ..hardware import ChipProfile, load_profile
 from ..nn.chip_graph import HOST_INPUT, HostOp
 from ..nn.encoders import SpikingEncoder
 from ..nn.spikeclip import SpikeCLIP
@@ -224,6 +227,20 @@ def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
                     encoder.get_submodule(op.source).output_grid.grid = (
                         q["scale"], -float(q["limit"]), float(q["limit"]))
                     lif.v_threshold = vth / (q["scale"] * lif.tau)
+
+
+def upgrade_checkpoint(name_or_path: str) -> Path | None:
+    """Store in a quantization-aware checkpoint of an earlier version, whose card holds no input
+    grids, the grids and thresholds that version recomputed at every load (:func:`quantize_inputs`
+    on its hardware profile's fixed point), so it loads without the lowering; the weights are
+    untouched. Returns the card written, or None when it already holds them."""
+    path = resolve_checkpoint(name_or_path)
+    model, card, _ = load_model(str(path), lambda m, hardware: quantize_inputs(
+        m, load_profile(hardware).fixed_point))
+    if "input_grids" in card:
+        return None
+    write_card(path, {**card, "input_grids": input_grids(model)})
+    return sidecar(path)
 
 
 def check_supported(model: SpikeCLIP, profile: ChipProfile) -> None:

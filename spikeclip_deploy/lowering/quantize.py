@@ -39,9 +39,10 @@ import nir
 import numpy as np
 
 from ..errors import LoweringError
-from ..fixed_point import bias_mantissa, bias_value, mantissa_unit
-from ..hardware import ChipProfile, FixedPoint
-from ..nirgraph import HostOpNode, is_relay
+from ..exchange.fixed_point import bias_mantissa, bias_value, mantissa_unit
+from ..exchange.chip import FixedPoint
+from ..hardware import ChipProfile
+from ..exchange.nirgraph import HostOpNode, is_relay
 
 log = logging.getLogger(__name__)
 SYNAPSES = (nir.Conv2d, nir.Affine)

@@ -41,11 +41,11 @@ import nir
 import numpy as np
 
 from ..hardware import ChipEnergyModel
-from ..nirgraph import relay_node
+from ..exchange.nirgraph import relay_node
 from ..targets import RESIDUAL_FORMS
 from .graph import Graph, Layer
 from .quantize import SYNAPSES
-from .resources import flops
+from ..exchange.resources import flops
 
 log = logging.getLogger(__name__)
 

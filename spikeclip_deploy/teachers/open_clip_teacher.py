@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
+from ..tokenizers import clip_tokenizer_from_simple
 from .base import Teacher, to_pixels
 
 log = logging.getLogger(__name__)
@@ -164,17 +165,6 @@ def build_model(path: Path, weights: Path) -> torch.nn.Module:
                               f"weights and the config from the same open_clip model") from exc
     log.info("open_clip teacher %s loaded from %s", type(model).__name__, weights)
     return model.eval()
-
-
-def clip_tokenizer_from_simple(simple):
-    """A transformers CLIPTokenizer with open_clip ``SimpleTokenizer``'s own vocabulary and merges."""
-    from transformers import CLIPTokenizer
-
-    vocab = dict(simple.encoder)
-    vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")
-    vocab["<|endoftext|>"] = vocab.pop("<end_of_text>")
-    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=simple.context_length)
 
 
 class OpenCLIPTeacher(Teacher):

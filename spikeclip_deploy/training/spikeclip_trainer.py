@@ -14,7 +14,7 @@ Recipe options beyond the paper's: ``logit_distill_weight`` :math:`\mu` adds
 distillation loss (feature plus logit distillation); ``augment="crop-flip"`` adds pad-4 random
 crops to the flips and runs the teacher on the very view the student sees (consistent teaching,
 Beyer et al., CVPR 2022), instead of reading cached features of the image and its mirror.
-3. Optional quantization-aware fine-tuning (same loss; :mod:`..lowering.qat`): the chip
+3. Optional quantization-aware fine-tuning (same loss; :mod:`.qat_stage`): the chip
    synapses train through the Loihi export's quantizer and end on its grid; the host current is
    rounded to the chip's input grid.
 
@@ -25,102 +25,45 @@ then need the teacher's text tower only for its class weights, which are cached 
 the image encoder from its weights: how a Spikingformer's ``spike_pool`` rewrite fine-tunes from
 the original model.
 
-Training state (model, optimizer, stage, epoch, step within the epoch, RNG) is saved next to the
-output after every epoch and every ``checkpoint_every`` steps, so ``resume`` continues exactly
-where an interruption stopped (the epoch's draws are replayed, its finished steps skipped).
-Resuming a finished run with a larger epoch count for a stage reopens training at that stage.
+The :class:`Trainer` runs the stages; each part it composes is a module of its own, to read or
+swap one at a time: what the student sees (:mod:`.views`), what the teacher gives it
+(:mod:`.teacher_targets`), the losses (:mod:`.losses`), where the student starts
+(:mod:`.student_init`), the quantization-aware stage (:mod:`.qat_stage`), the training state
+and resumption (:mod:`.checkpointing`) and the processes it runs in (:mod:`.distributed`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import (first_non_finite, load_tokenizer, read_safetensors, resolve_checkpoint,
-                          save_model)
+from ..checkpoint import save_model
 from ..config import ModelConfig
 from ..data import ImageDataset
-from ..errors import CheckpointError, ConfigError
-from ..fileutil import atomic_write, sha256_file, write_cache
-from ..hardware import load_profile
+from ..errors import ConfigError
 from ..label_sets import distillation_text_set
-from ..lowering import qat
 from ..nn.spikeclip import SpikeCLIP
-from ..paths import cache_dir
 from ..progress import progress
-from ..safeload import load_tensors_only
 from ..prompts import CIFAR_TEMPLATES, prompts_for
 from ..teachers.base import Teacher
 from ..zeroshot import class_weights, student_text_encoder, tokenize
-from .common import (batches, cosine_lr, distillation_loss, kd_loss, random_crop, random_flip,
-                     seed_everything, zero_shot_accuracy)
-from .distributed import Dist, bf16_supported, init_distributed
+from . import qat_stage
+from .checkpointing import STAGES, StateFile, TrainState, load_state, reopened
+from .common import batches, cosine_lr, seed_everything, zero_shot_accuracy
+from .distributed import bf16_supported, init_distributed
+from .losses import distillation_loss, finetune_loss, kd_loss
 from .precision import image_features, memory_format
 from .recipe import AUGMENTATIONS, Recipe
+from .student_init import image_encoder_from, init_text_embeddings, text_encoder_from
+from .teacher_targets import teacher_image_features, teacher_targets
+from .views import training_view
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    stage: str = "text"
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    step: int = 0  # steps done in the current epoch (mid-epoch checkpoints)
-    loss_sum: float = 0.0
-    epoch_rng: Any = None  # generator state at the start of the current epoch, to replay it
-
-
-STAGES = ("text", "distill", "finetune", "qat", "done")
-CROP_PAD = 4  # pixels of zero padding a side before a random crop
-TEXT_FIELDS = ("text_arch", "vocab_size", "context_length", "text_width", "text_hidden",
-               "embed_dim", "time_steps", "tau", "v_threshold", "tdw")  # define the text encoder
-
-
-def init_text_embeddings(model: SpikeCLIP, teacher: Teacher) -> None:
-    """Initialise the student's token table from the teacher's: a copy when the widths match,
-    else a PCA projection to ``text_width`` dims."""
-    emb = teacher.token_embeddings().float()
-    vocab, width = model.text.encode.token.weight.shape
-    if emb.shape[0] != vocab:
-        raise CheckpointError(f"teacher vocabulary {emb.shape[0]} != model vocab_size {vocab}")
-    if emb.shape[1] == width:
-        model.text.encode.token.weight.data.copy_(emb)
-        return
-    centered = emb - emb.mean(0)
-    _, _, v = torch.pca_lowrank(centered, q=width, center=False)
-    proj = centered @ v[:, :width]
-    model.text.encode.token.weight.data.copy_(proj / proj.std() * 0.5)
-
-
-def teacher_image_features(teacher: Teacher, ds: ImageDataset, tag: str, dist: Dist) -> np.ndarray:
-    """``[2, N, D]`` teacher features of the images and their mirrors, computed once and cached
-    on disk as a memory-mapped ``.npy`` keyed by teacher, data and preprocessing."""
-    key = hashlib.sha256(repr((teacher.describe(), tag, ds.images.shape, "uint8-flip")).encode()
-                         + ds.images.numpy().tobytes()).hexdigest()[:16]
-    path = cache_dir() / "teacher-features" / f"{key}.npy"
-    if dist.is_main and not path.exists():
-        log.info("computing teacher image features for %d images (cached at %s)", len(ds), path)
-        feats = torch.stack([
-            torch.cat([teacher.encode_images(v[idx]) for idx in batches(len(ds), 512, None)])
-            for v in (ds.images, ds.images.flip(-1))]).numpy().astype(np.float32)
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, feats)
-        if dist.world > 1:  # the other ranks read the file: it must be written
-            atomic_write(path, write)
-        elif not write_cache(path, write, "teacher feature"):
-            return feats  # kept in memory
-    dist.barrier()
-    return np.load(path, mmap_mode="r")
 
 
 class Trainer:
@@ -139,112 +82,36 @@ class Trainer:
         self.model = SpikeCLIP(cfg).to(self.device)
         self.model.image.to(memory_format=memory_format(recipe.channels_last))
         if recipe.qat_epochs > 0:  # fail now, not after hours of earlier stages
-            qat.check_supported(self.model, load_profile(recipe.hardware))
-        self.init_text = self._init_text(init_text) if init_text else None
-        self.init_image = self._init_image(init_image) if init_image else None
+            qat_stage.check(self.model, recipe.hardware)
+        self.init_text, self._tokenizer = (text_encoder_from(self.model, cfg, init_text)
+                                           if init_text else (None, None))
+        self.init_image = image_encoder_from(self.model, cfg, init_image) if init_image else None
         self.net = self.dist.wrap(self.model)  # what training forwards go through
         self.state = TrainState()
+        self.states = StateFile(self.out)
         self.labels = list(train.class_names)
-
-    def _init_text(self, name: str) -> dict:
-        """Load checkpoint ``name``'s text encoder into the student; -> its description."""
-        path = resolve_checkpoint(name)
-        state, card = read_safetensors(path)
-        src = card.get("config", {})
-        differ = [f for f in TEXT_FIELDS if src.get(f) != getattr(self.cfg, f)]
-        if differ:
-            raise CheckpointError(f"{path} has another text encoder than '{self.cfg.name}' "
-                                  f"(config fields {', '.join(differ)} differ)")
-        text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-        self.model.text.load_state_dict(text)
-        self._tokenizer = load_tokenizer(path)
-        return {"checkpoint": path.name, "sha256": sha256_file(path)}
-
-    def _init_image(self, name: str) -> dict:
-        """Load checkpoint ``name``'s image encoder into the student; -> its description."""
-        path = resolve_checkpoint(name)
-        state, _ = read_safetensors(path)
-        image = {k[len("image."):]: v for k, v in state.items() if k.startswith("image.")}
-        want = self.model.image.state_dict()
-        missing = sorted(set(want) ^ set(image))
-        shapes = [k for k in want if k in image and image[k].shape != want[k].shape]
-        if missing or shapes:
-            raise CheckpointError(f"{path}'s image encoder does not fit '{self.cfg.name}': "
-                                  f"{len(missing)} weights differ by name "
-                                  f"({', '.join(missing[:3]) or 'none'}), {len(shapes)} by shape "
-                                  f"({', '.join(shapes[:3]) or 'none'}); pick a checkpoint of the "
-                                  f"same architecture")
-        self.model.image.load_state_dict(image)
-        return {"checkpoint": path.name, "sha256": sha256_file(path)}
 
     def tokenizer(self):
         """The student's tokenizer: the ``init_text`` checkpoint's, else the teacher's."""
         return self._tokenizer if self.init_text else self.teacher.tokenizer()
 
     # -- state -----------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.out.with_suffix(".train-state.pt")
-
     def _save_state(self, opt: torch.optim.Optimizer | None) -> None:
-        if not self.dist.is_main:
-            return
-        weights = qat.plain_state_dict(self.model)
-        found = first_non_finite(weights)
-        if found:
-            raise self._non_finite(f"weight {found[0]} holds {found[1]} NaN or infinite "
-                                   f"value(s)", self.state.stage, self.state.step)
-        blob = {"model": weights, "state": asdict(self.state),
-                "optimizer": opt.state_dict() if opt else None, "rng": self.gen.get_state(),
-                "recipe": asdict(self.recipe), "config": self.cfg.to_dict()}
-        atomic_write(self.state_path, lambda tmp: torch.save(blob, tmp))
-        self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        """``NAME.metrics.jsonl``: one line per finished epoch, rewritten from the saved state's
-        history (never appended), so a kill at any moment cannot leave it out of step."""
-        lines = "".join(json.dumps(record) + "\n" for record in self.state.history)
-        atomic_write(self.out.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(lines))
+        if self.dist.is_main:
+            self.states.save(self.model, self.state, opt, self.gen, self.recipe, self.cfg)
 
     def resume(self, path: Path) -> dict | None:
-        hint = "pass the NAME.train-state.pt that `train` writes beside its --out checkpoint"
-        blob = load_tensors_only(path, "a training state", hint)
-        fields = ("model", "state", "rng", "config")
-        missing = [k for k in fields if k not in blob] if isinstance(blob, dict) else list(fields)
-        if missing:
-            raise CheckpointError(f"cannot resume from {path}: a training state needs the "
-                                  f"field(s) {', '.join(missing)}; {hint}")
-        if blob.get("config") != self.cfg.to_dict():
-            raise CheckpointError(f"{path} was trained with another model config; pass the same --model")
-        self.model.load_state_dict(blob["model"])
-        self.state = TrainState(**blob["state"])
-        saved = blob.get("recipe", {})
-        exact = ("batch_size", "text_batch_size", "seed", "max_steps_per_epoch")
-        changed = [k for k in exact if k in saved and saved[k] != getattr(self.recipe, k)]
-        if self.state.step and changed:
-            raise CheckpointError(f"{path} stopped mid-epoch with other {', '.join(changed)}; "
-                                  f"resume with the same values to continue the epoch exactly")
-        self.gen.set_state(blob["rng"])
+        self.state, opt_state = load_state(path, self.model, self.cfg, self.recipe, self.gen)
         if self.dist.is_main:
-            self._write_metrics()
-        if self._reopen():
+            self.states.write_metrics(self.state.history)
+        again = reopened(self.state, self.recipe)
+        if again:
+            self.state = again
             log.info("reopened the run at stage %s epoch %d (more epochs requested)",
                      self.state.stage, self.state.epoch)
             return None
         log.info("resumed at stage %s epoch %d", self.state.stage, self.state.epoch)
-        return blob.get("optimizer")
-
-    def _epochs(self, stage: str) -> int:
-        return getattr(self.recipe, f"{stage}_epochs")
-
-    def _reopen(self) -> bool:
-        """Go back to the first finished stage now given more epochs than its history shows."""
-        for stage in STAGES[:STAGES.index(self.state.stage)]:
-            done = sum(1 for h in self.state.history if h["stage"] == stage)
-            if self._epochs(stage) > done:
-                self.state = TrainState(stage=stage, epoch=done, history=self.state.history)
-                return True
-        return False
+        return opt_state
 
     # -- evaluation ------------------------------------------------------------------------
     def class_weights(self) -> torch.Tensor:
@@ -294,7 +161,8 @@ class Trainer:
                 loss = step_fn(self.dist.shard(idx), batch_seed)
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise self._non_finite(f"the loss became {value}", stage, i + 1)
+                    raise self.states.non_finite(f"the loss became {value}", self.state, stage,
+                                                 i + 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -317,16 +185,6 @@ class Trainer:
         self.state.epoch = 0
         self._save_state(None)
 
-    def _non_finite(self, what: str, stage: str, step: int) -> ConfigError:
-        """The error that stops training before ``what`` (a NaN loss, an infinite weight)
-        reaches the training state: the one on disk stays the last good one."""
-        option = f"--{'distill' if stage == 'text' else stage}-lr"
-        fix = (f"{self.state_path} holds the last good state: lower {option} (or the loss "
-               f"weights) and --resume from it" if self.state_path.is_file() else
-               f"lower {option} (or the loss weights) and train again")
-        return ConfigError(f"training stopped: {what} at {stage} epoch {self.state.epoch + 1}, "
-                           f"step {step}; nothing was saved from it: {fix}")
-
     def _text_step(self, tokens: torch.Tensor, targets: torch.Tensor):
         def step(idx: torch.Tensor, _seed: int) -> torch.Tensor:
             student = F.normalize(self.net(tokens=tokens[idx].to(self.device))[0], dim=-1)
@@ -337,16 +195,8 @@ class Trainer:
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (normalised student features, teacher features, student logit scale) of the
         augmented batch; the teacher's from the cache (flips) or computed on the view (crops)."""
-        gen = torch.Generator().manual_seed(seed)
-        images, flipped = random_flip(self.train_ds.images[idx], gen)
-        if feats is None:  # crop-flip: the teacher sees the student's view
-            images = random_crop(images, CROP_PAD, gen)
-            with torch.no_grad():
-                teacher = self.teacher.encode_images(images).float()
-        else:
-            rows = idx.numpy()
-            teacher = torch.where(flipped[:, None], torch.from_numpy(feats[1, rows]),
-                                  torch.from_numpy(feats[0, rows]))
+        images, flipped = training_view(self.train_ds.images[idx], seed, crop=feats is None)
+        teacher = teacher_targets(self.teacher, images, idx, flipped, feats)
         student, scale = image_features(self.net, images, self.device, self.amp,
                                         self.recipe.channels_last)
         return student, teacher.to(self.device), scale
@@ -382,10 +232,7 @@ class Trainer:
                             self._finetune_step(feats), len(self.train_ds), r.batch_size, opt_state)
             opt_state = None
         if self.state.stage == "qat" and r.qat_epochs > 0:
-            fp = load_profile(r.hardware).fixed_point
-            qat.snap_to_grid(self.model.text, fp)  # frozen text encoder: quantized as is
-            qat.quantize_inputs(self.model, fp)
-            qat.enable(self.model.image, fp)
+            qat_stage.enter(self.model, r.hardware)
             self.net = self.dist.wrap(self.model)  # DDP must see the parametrized weights
             if self.amp:
                 log.warning("quantization-aware epochs run in float32: bf16 would move the "
@@ -393,7 +240,7 @@ class Trainer:
                 self.amp = False
             self._run_stage("qat", r.qat_epochs, r.qat_lr, params(), self._finetune_step(feats),
                             len(self.train_ds), r.batch_size, opt_state,
-                            train_mode=qat.freeze_batchnorm)
+                            train_mode=qat_stage.train_mode)
         elif self.state.stage == "qat":
             self.state.stage = "done"
         return self.finish()
@@ -430,9 +277,7 @@ class Trainer:
         def step(idx: torch.Tensor, seed: int) -> torch.Tensor:
             s, t, scale = self._image_forward(idx, feats, seed)
             z_s, z_t = self._logits(heads, s, t, scale)
-            labels = self.train_ds.labels[idx].to(self.device)
-            ce = F.cross_entropy(z_s, labels, label_smoothing=r.label_smoothing)
-            return ce + r.kl_weight * kd_loss(z_s, z_t, r.kd_temperature)
+            return finetune_loss(z_s, z_t, self.train_ds.labels[idx].to(self.device), r)
         return step
 
     def finish(self) -> dict:
@@ -441,17 +286,7 @@ class Trainer:
         self.device = torch.device("cpu")
         quantization = None
         if self.recipe.qat_epochs > 0:  # the float model ends on the chip's grid
-            fp = load_profile(self.recipe.hardware).fixed_point
-            for encoder in (self.model.text, self.model.image):
-                qat.snap_to_grid(encoder, fp)
-            qat.quantize_inputs(self.model, fp)
-            quantization = {"hardware": self.recipe.hardware, "input_grid": True,
-                            "grid_error": max(qat.grid_error(e, fp)
-                                              for e in (self.model.text, self.model.image))}
-            if quantization["grid_error"] > 1e-3:
-                log.warning("a chip layer did not settle on the quantization grid (error %.3g "
-                            "mantissa steps); the export will re-round it",
-                            quantization["grid_error"])
+            quantization = qat_stage.settle(self.model, self.recipe.hardware)
         metrics = {
             "val_zero_shot_top1_student": self.evaluate(),
             "val_zero_shot_top1_teacher": zero_shot_accuracy(self.teacher.encode_images, teacher_w,

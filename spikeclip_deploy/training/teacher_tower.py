@@ -14,7 +14,8 @@ from ..data import ImageDataset
 from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES
 from ..teachers.offline import OfflineMiniLMTeacher
-from .common import batches, cosine_lr, random_flip, seed_everything, zero_shot_accuracy
+from .common import batches, cosine_lr, seed_everything, zero_shot_accuracy
+from .views import random_flip
 
 log = logging.getLogger(__name__)
 

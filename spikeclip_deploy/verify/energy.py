@@ -41,8 +41,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
-from ..lowering.resources import fan_out, flops
-from ..nirgraph import ChipLayer, HostOpNode, is_relay
+from ..exchange.resources import fan_out, flops
+from ..exchange.nirgraph import ChipLayer, HostOpNode, is_relay
 from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
 from .stats import mean_ci95
 
@@ -72,7 +72,7 @@ def chip_sop_share(chip_sops: float, graded_sops: float, host_macs: float) -> fl
 def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     """Every synapse layer of a chip graph (each reads a LIF): its name, ``copy_of`` (the
     synapse it copies for another reader, or None), NIR type, input LIF and the FLOPs of one
-    dense evaluation (:func:`~..lowering.resources.flops`)."""
+    dense evaluation (:func:`~..exchange.resources.flops`)."""
     lifs = {la.name: tuple(np.asarray(la.node.tau).shape) for la in layers
             if isinstance(la.node, nir.LIF)}
     return [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),

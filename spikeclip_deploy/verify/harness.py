@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,12 +29,12 @@ from ..backends import open_backend
 from ..backends.base import Backend
 from ..data import content_digest, load_dataset
 from ..errors import ConfigError, DataError, ExportError, HardwareLimitError
-from ..export import ExportConfig, export_model, model_source
 from ..fileutil import owned_tempdir
-from ..manifest import DIGEST
+from ..exchange.manifest import DIGEST
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
-from ..mapping import assume, load_profile_of, map_side
+from ..mapping import assume, chip_of, map_side
+from ..model_source import model_source
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
 from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
@@ -58,6 +58,12 @@ log = logging.getLogger(__name__)
 #: backends run on every image when none are named, per export target
 DEFAULT_BACKENDS = {"loihi": ("loihi-emu",), "cpu": ("cpu",)}
 LAVA = "loihi"
+#: ``(model, target, init, seed, out) -> out``: writes the export a verification needs when it is
+#: given none (the command line passes its exporter; the run side never builds one itself)
+ExportMaker = Callable[[str, str, str, int, Path], Path]
+#: ``(result, raster or None) -> None``: draws a verification's figures (the command line passes
+#: its plotter for ``--plots``)
+Figures = Callable[[dict[str, Any], dict[str, Any] | None], None]
 #: images the float model runs at once: its tensors then stay small enough for the allocator
 #: to reuse (fresh memory costs page faults); each image's numbers are those of a whole batch
 FLOAT_ROWS = 16
@@ -83,6 +89,7 @@ class VerifyConfig:
     system: str = "kapoho-point"  # the board the image encoder is mapped onto for it
     assumptions: tuple[str, ...] = ()  # KEY=VALUE per-core figures replacing the profile's
     export: Path | None = None  # an existing export of ``target`` to use as is
+    make_export: ExportMaker | None = None  # without ``export``: writes one in a scratch dir
     noisy_factor: int = 1  # robustness: labels x factor with distractors
     synonym_fraction: float = 0.0  # robustness: this fraction of labels replaced by synonyms
     batch_size: int = 64  # images per step of the stream (bounds memory; one Lava run each)
@@ -126,10 +133,10 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     backends, export, energy = {}, None, None  # no plan: the float model only
     with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
         if plan:
-            backends = open_backends(stack, {key: name for key, name, _ in plan}, cfg.export,
-                                     ExportConfig(model=cfg.model, target=target,
-                                                  out=workdir / target, init=cfg.init,
-                                                  seed=cfg.init_seed), info, cfg.chip)
+            export_dir = cfg.export or export_made_by(cfg.make_export, cfg.model, target,
+                                                      cfg.init, cfg.init_seed, workdir / target)
+            backends = open_backends(stack, {key: name for key, name, _ in plan}, export_dir,
+                                     info, cfg.chip)
             first = next(iter(backends.values()))
             manifest = first.manifest
             export = {"target": manifest["target"], "path": str(cfg.export) if cfg.export
@@ -272,12 +279,21 @@ def _raster(spikes: dict[str, tuple[np.ndarray, list[np.ndarray]]],
                        for name, s in zip(names, spikes[key][1], strict=True)}}
 
 
-def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | None,
-                  fresh: ExportConfig, info: dict, chip: str = "auto") -> dict[str, Backend]:
-    """Backends (result key -> backend name), entered in ``stack``, on ``export``, which must
-    hold the model ``info`` describes (:func:`~..export.model_source`), or, when None, on the
-    export ``fresh`` makes; ``chip``: where Lava runs (:func:`~..backends.open_backend`)."""
-    export_dir = export or export_model(fresh)[0]
+def export_made_by(make: ExportMaker | None, model: str, target: str, init: str, seed: int,
+                   out: Path) -> Path:
+    """The export of ``model`` that ``make`` writes to ``out``, for a run given no export; with
+    no ``make`` (a library call that passed neither), a ConfigError asking for one."""
+    if make is None:
+        raise ConfigError(f"no export of {model} for --target {target} was given; make one with "
+                          f"`spikeclip-deploy export --target {target}` and pass it (--export)")
+    return make(model, target, init, seed, out)
+
+
+def open_backends(stack: ExitStack, names: Mapping[str, str], export_dir: Path, info: dict,
+                  chip: str = "auto") -> dict[str, Backend]:
+    """Backends (result key -> backend name), entered in ``stack``, on ``export_dir``, which
+    must hold the model ``info`` describes (:func:`~..model_source.model_source`); ``chip``:
+    where Lava runs (:func:`~..backends.open_backend`)."""
     backends = {key: stack.enter_context(open_backend(name, export_dir, chip))
                 for key, name in names.items()}
     _check_made_from(next(iter(backends.values())).manifest["model"], info, export_dir)
@@ -287,7 +303,7 @@ def open_backends(stack: ExitStack, names: Mapping[str, str], export: Path | Non
 def _placement(export_dir: Path, system: str, assumptions: tuple[str, ...]) -> dict[str, Any]:
     """The image encoder's placement for the chip energy model (the per-core figures
     ``assumptions`` replacing the profile's, :func:`~..mapping.assume`), or why it has none."""
-    cores, assumed = assume(load_profile_of(export_dir).cores, assumptions)
+    cores, assumed = assume(chip_of(export_dir)[1], assumptions)
     record = {"assumptions": assumed} if assumed else {}
     try:
         return {**placement_state(map_side(export_dir, "image", system, cores), system), **record}
@@ -317,9 +333,9 @@ def _check_made_from(made: dict, info: dict, export_dir: Path) -> None:
 
 
 def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path | None = None,
-           plots: Path | None = None) -> dict[str, Any] | None:
+           figures: Figures | None = None) -> dict[str, Any] | None:
     """:func:`evaluate_sharded`, then the outputs: a complete run writes its summary to
-    ``json_path`` (its energy report to ``energy_json``, its figures to the folder ``plots``)
+    ``json_path`` (its energy report to ``energy_json``, and hands it to ``figures``)
     and returns it; a shard writes its partial result to ``json_path`` (for ``verify merge``)
     and returns its own summary; a torchrun rank other than 0 returns None. Raises
     :class:`~..errors.VerificationError` after writing when the emulator's spikes differ from
@@ -328,11 +344,11 @@ def verify(cfg: VerifyConfig, json_path: Path | None = None, energy_json: Path |
         raise ConfigError(f"--shard {cfg.shard} writes a partial result for `verify merge`: "
                           f"give --json PATH")
     partial = evaluate_sharded(cfg)
-    return None if partial is None else _finish(partial, json_path, energy_json, plots)
+    return None if partial is None else _finish(partial, json_path, energy_json, figures)
 
 
 def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | None = None,
-          plots: Path | None = None) -> dict[str, Any]:
+          figures: Figures | None = None) -> dict[str, Any]:
     """Shards' partial results (``verify --shard I/N --json PART``) -> the result one run over
     all of them gives, written like :func:`verify`'s. An output that is one of the shards, a
     malformed shard, or shards of different runs (images, model, export, labels, templates,
@@ -349,7 +365,7 @@ def merge(parts: list[Path], json_path: Path | None = None, energy_json: Path | 
         raise DataError(f"the shards {', '.join(map(str, parts))} hold malformed records "
                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); pass the "
                         f"--json files written by `verify --shard I/N`, unedited") from None
-    return _finish(partial, json_path, energy_json, plots, result)
+    return _finish(partial, json_path, energy_json, figures, result)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -359,15 +375,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _finish(partial: dict[str, Any], json_path: Path | None, energy_json: Path | None,
-            plots: Path | None, result: dict[str, Any] | None = None) -> dict[str, Any]:
+            figures: Figures | None, result: dict[str, Any] | None = None) -> dict[str, Any]:
     result = result if result is not None else summarize(partial)
     if json_path is not None:
         write_json(json_path, result if result["complete"] else partial)
     if energy_json is not None and "energy" in result:
         write_json(energy_json, result["energy"])
-    if plots is not None:
-        from ..plots import write_plots  # matplotlib only when asked for
-
-        write_plots(result, partial.get("raster"), plots)
+    if figures is not None:  # before the bit-exactness check: a divergence is drawn too
+        figures(result, partial.get("raster"))
     check_bit_exact(result)
     return result

@@ -22,14 +22,14 @@ import torch
 
 from ..data import content_digest, load_dataset
 from ..errors import ConfigError
-from ..export import ExportConfig, model_source
 from ..fileutil import atomic_write, owned_tempdir
+from ..model_source import model_source
 from ..progress import progress
 from ..prompts import CIFAR_TEMPLATES, SINGLE_TEMPLATE
 from ..robustness import with_distractor_set, with_synonyms
 from ..teachers import load_teacher
 from ..zeroshot import class_weights, predict, student_text_encoder
-from .harness import open_backends
+from .harness import ExportMaker, export_made_by, open_backends
 from .results import write_json
 from .selection import data_record, select
 from .stats import wilson_ci95
@@ -75,6 +75,7 @@ class RobustnessConfig:
     download: bool = False
     distractor_set: str = "cifar100"
     export: Path | None = None  # an existing --target loihi export of ``model`` to use as is
+    make_export: ExportMaker | None = None  # without ``export``: writes one in a scratch dir
 
 
 def protocols(classes: list[str], distractor_set: str = "cifar100") -> list[Protocol]:
@@ -157,8 +158,9 @@ def robustness_table(cfg: RobustnessConfig) -> dict[str, Any]:
     rows = protocols(classes, cfg.distractor_set)
     teacher, described = _teacher(cfg.teacher)
     with owned_tempdir(None, "spikeclip-robustness-") as workdir, ExitStack() as stack:
-        chip = open_backends(stack, {"emu": CHIP}, cfg.export, ExportConfig(
-            model=cfg.model, target="loihi", out=workdir / "loihi"), info)
+        export_dir = cfg.export or export_made_by(cfg.make_export, cfg.model, "loihi",
+                                                  "checkpoint", 0, workdir / "loihi")
+        chip = open_backends(stack, {"emu": CHIP}, export_dir, info)
         encoders = {"float": _student(model, tokenizer), "emu": _chip(chip["emu"]),
                     "teacher": teacher}
         feats = image_features(encoders, ds.images, sel.index, cfg.batch_size)

@@ -127,7 +127,7 @@ def test_unknown_node_type_is_named(micro_exports, monkeypatch):
 
 
 def test_a_relay_is_a_marked_scale_of_one():
-    from spikeclip_deploy.nirgraph import is_relay, relay_node
+    from spikeclip_deploy.exchange.nirgraph import is_relay, relay_node
 
     relay = relay_node((2,), {})
     assert is_relay(relay)
@@ -141,7 +141,7 @@ def test_every_backend_refuses_a_scaling_relay_by_name(target, micro_exports, mo
     """A relay-marked Scale whose scale is not 1 (the CPU reference would multiply by it, Lava
     and the emulator would not): each backend refuses it, naming the layer."""
     from spikeclip_deploy.backends import base
-    from spikeclip_deploy.nirgraph import ChipLayer, graph_layers, relay_node
+    from spikeclip_deploy.exchange.nirgraph import ChipLayer, graph_layers, relay_node
 
     def with_scaling_relay(graph):
         layers = graph_layers(graph)
@@ -170,7 +170,7 @@ def test_lava_tiny_network_matches_hand_trace(tmp_path):
     point, against the trace computed by hand."""
     from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
     from spikeclip_deploy.lowering.graph import Graph, Layer, to_nir
-    from spikeclip_deploy.nirgraph import graph_layers
+    from spikeclip_deploy.exchange.nirgraph import graph_layers
 
     def lif(n, vth, bias_exp):
         f = lambda v: np.full((n,), v, dtype=np.float32)  # noqa: E731

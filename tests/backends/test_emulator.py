@@ -29,8 +29,8 @@ from spikeclip_deploy.backends.emulator_synapses import lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
-from spikeclip_deploy.manifest import load_export
-from spikeclip_deploy.nirgraph import INPUT, ChipLayer, conv_out_hw
+from spikeclip_deploy.exchange.manifest import load_export
+from spikeclip_deploy.exchange.nirgraph import INPUT, ChipLayer, conv_out_hw
 from spikeclip_deploy.zeroshot import tokenize
 
 FP = load_profile("loihi2").fixed_point

@@ -15,7 +15,7 @@ from spikeclip_deploy.backends.cpu import run_graph
 from spikeclip_deploy.lowering.graph import run_passes, to_nir, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.hardware import load_profile
-from spikeclip_deploy.nirgraph import graph_layers
+from spikeclip_deploy.exchange.nirgraph import graph_layers
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF

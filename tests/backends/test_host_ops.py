@@ -14,7 +14,7 @@ from spikeclip_deploy.config import get_config
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering.quantize import host_input_quantization
-from spikeclip_deploy.nirgraph import HostOpNode
+from spikeclip_deploy.exchange.nirgraph import HostOpNode
 from spikeclip_deploy.nn.chip_graph import HostMaxPool, SpikeAttention
 from spikeclip_deploy.nn.init import random_init
 

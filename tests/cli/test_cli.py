@@ -206,14 +206,14 @@ def test_train_config_file_errors(tmp_path):
 
 def test_run_creates_the_default_export_and_says_so(micro_ckpt, tmp_path, cat_png, monkeypatch,
                                                      caplog):
-    from spikeclip_deploy import inference
+    from spikeclip_deploy import export
     from spikeclip_deploy.backends import get_backend
     from spikeclip_deploy.data import load_image
 
     auto = tmp_path / "auto-export"
-    monkeypatch.setattr(inference, "default_out", lambda model, target: auto)
-    monkeypatch.setattr(inference, "default_checkpoint_name", lambda: str(micro_ckpt))
-    with caplog.at_level("WARNING", logger="spikeclip_deploy.inference"):
+    monkeypatch.setattr(export, "default_out", lambda model, target: auto)
+    monkeypatch.setattr(export, "default_checkpoint_name", lambda: str(micro_ckpt))
+    with caplog.at_level("WARNING", logger="spikeclip_deploy.export"):
         r = invoke("run", "--target", "cpu", "--image", cat_png, "--labels", "cat,dog,ship",
                    "--json")
     assert r.exit_code == 0, r.output
@@ -264,7 +264,7 @@ def test_run_uses_an_export_another_run_created_meanwhile(micro_exports, tmp_pat
     """Two `run`s without an export: the one whose export lost the race uses the winner's."""
     import shutil
 
-    from spikeclip_deploy import inference
+    from spikeclip_deploy import export
     from spikeclip_deploy.errors import ExportError
 
     auto = tmp_path / "auto-export"
@@ -273,10 +273,11 @@ def test_run_uses_an_export_another_run_created_meanwhile(micro_exports, tmp_pat
         shutil.copytree(micro_exports["cpu"], auto)  # the other run finished first
         raise ExportError(f"{auto} appeared while this export ran")
 
-    monkeypatch.setattr(inference, "default_out", lambda model, target: auto)
-    monkeypatch.setattr(inference, "export_model", lost_the_race)
-    result = inference.classify_images("cpu", None, [cat_png], "cat,dog")
-    assert result["export"] == str(auto) and len(result["results"]) == 1
+    monkeypatch.setattr(export, "default_out", lambda model, target: auto)
+    monkeypatch.setattr(export, "export_model", lost_the_race)
+    assert export.default_export("cpu") == auto
+    monkeypatch.setattr(export, "export_model", lambda cfg: pytest.fail("exported again"))
+    assert export.default_export("cpu") == auto  # an export there is used as it is
 
 
 @pytest.mark.lava

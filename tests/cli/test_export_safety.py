@@ -13,7 +13,7 @@ from spikeclip_deploy import export as export_mod
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.cli import main
 from spikeclip_deploy.errors import ExportError
-from spikeclip_deploy.manifest import load_export, seal
+from spikeclip_deploy.exchange.manifest import load_export, seal
 
 
 def invoke(*args):

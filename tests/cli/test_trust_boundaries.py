@@ -34,7 +34,7 @@ def _reseal(export, rel):
     import hashlib
     import json
 
-    from spikeclip_deploy.manifest import seal
+    from spikeclip_deploy.exchange.manifest import seal
 
     path = export / "manifest.json"
     m = json.loads(path.read_text())

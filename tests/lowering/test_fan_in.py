@@ -15,7 +15,7 @@ from spikeclip_deploy.backends.emulator import Emulation
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
-from spikeclip_deploy.lowering.resources import fan_out
+from spikeclip_deploy.exchange.resources import fan_out
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF

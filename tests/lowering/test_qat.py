@@ -15,7 +15,7 @@ from spikeclip_deploy.lowering import qat
 from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.lowering.quantize import quantize_layers, split_bias
-from spikeclip_deploy.nirgraph import summed_synapses
+from spikeclip_deploy.exchange.nirgraph import summed_synapses
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.init import random_init
@@ -330,3 +330,46 @@ def test_host_op_outputs_go_on_the_chip_grid_and_their_lifs_take_the_exports_thr
     op = next(la for la in graph.layers if getattr(la.node, "op", "") == "SpikeAttention")
     (lif,) = graph.consumers(op.name)
     assert lif.node.metadata["loihi"]["vth"] == 154 == stack[reader].v_threshold * 512
+
+
+def test_a_checkpoint_stores_its_grids_and_one_of_an_earlier_version_is_upgraded(tmp_path):
+    """The card holds the host currents' grids and the LIF thresholds quantize_inputs set
+    (former-micro's attention reader: 154 / 512, as computed above), so a load needs no
+    lowering; a quantization-aware card of an earlier version (none stored) is refused naming
+    upgrade-checkpoint, which stores what quantize_inputs recomputes."""
+    import json
+
+    from spikeclip_deploy.checkpoint import load_model, save_model, sidecar
+    from spikeclip_deploy.errors import CheckpointError
+    from spikeclip_deploy.nn.chip_graph import InputGrid, SpikeAttention
+
+    model = SpikeCLIP(replace(get_config("spikeclip-former-micro"), attn_threshold=0.3)).eval()
+    qat.quantize_inputs(model, FP)
+    path = tmp_path / "qa.safetensors"
+    save_model(path, model, {"metrics": {"quantization_aware": {"hardware": "loihi2",
+                                                                "input_grid": True}}})
+    stack = model.image.stack
+    attn = next(i for i, m in enumerate(stack) if isinstance(m, SpikeAttention))
+    (reader,) = stack.consumers(attn)
+
+    def grids(m: SpikeCLIP) -> dict:
+        return {name: (x.grid if isinstance(x, InputGrid) else x.v_threshold)
+                for name, x in m.named_modules() if isinstance(x, (InputGrid, MultiStepLIF))}
+
+    loaded = load_model(str(path))[0]
+    assert loaded.image.stack[reader].v_threshold == 154 / 512
+    assert loaded.image.stack[attn].output_grid.grid == (256.0, -32767.0, 32767.0)
+    assert grids(loaded) == grids(model) and grids(loaded) != grids(SpikeCLIP(model.cfg))
+    card = json.loads(sidecar(path).read_text())
+    del card["input_grids"]  # as an earlier version wrote it
+    sidecar(path).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=f"upgrade-checkpoint {path}"):
+        load_model(str(path))
+    assert qat.upgrade_checkpoint(str(path)) == sidecar(path)
+    assert grids(load_model(str(path))[0]) == grids(model)
+    assert qat.upgrade_checkpoint(str(path)) is None  # stored already
+    card = json.loads(sidecar(path).read_text())
+    card["input_grids"]["thresholds"]["image.nope"] = 1.0
+    sidecar(path).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="threshold 'image.nope' is not a positive number"):
+        load_model(str(path))

@@ -106,7 +106,7 @@ def test_hardware_limits_come_from_the_profile():
 
 
 def test_chain_resources_by_hand():
-    from spikeclip_deploy.lowering.resources import graph_resources
+    from spikeclip_deploy.exchange.resources import graph_resources
 
     layers = [("lif0", lif(3), ("input",)),
               ("dense0", nir.Affine(np.ones((2, 3)), np.zeros(2)), ("lif0",)),
@@ -120,7 +120,7 @@ def test_conv_resources_by_hand():
     connections, per output 2*3*3 = 18 taps: unpadded 4 ch x 3x3 out = 36 outputs -> 648;
     padding 1 keeps 5x5: 100 outputs -> 1800 (padded taps included). A 3x3 depthwise conv
     (groups 2) stores 2*1*3*3 = 18 and connects 2 x 3x3 outputs x 9 taps = 162."""
-    from spikeclip_deploy.lowering.resources import graph_resources
+    from spikeclip_deploy.exchange.resources import graph_resources
 
     def conv(c_in, c_out, pad, groups=1):
         return nir.Conv2d(input_shape=(5, 5), weight=np.ones((c_out, c_in // groups, 3, 3)),
@@ -192,7 +192,7 @@ def test_lifs_sharing_a_synapse_need_one_tau_and_threshold():
 def test_a_relay_no_lif_reads_is_a_lowering_error_naming_it():
     """relay0 sums dense0 but only lif1 reads dense0 (directly): the relay has no reader to take
     its payload's scale from, a LoweringError naming it (never a StopIteration)."""
-    from spikeclip_deploy.nirgraph import relay_node
+    from spikeclip_deploy.exchange.nirgraph import relay_node
 
     layers = [("lif0", lif(2), ("input",)),
               ("dense0", nir.Affine(weight=np.array([[0.5, -0.25]]), bias=np.zeros(1)),

@@ -36,7 +36,7 @@ def test_the_paper_encoder_lowers_with_attention_and_pools_on_the_host(paper):
     """Spikingformer-4-384 at 32x32: the two real-valued max pools (with the conv before each)
     and the four Q K^T V products run on the host; everything else on chip."""
     from spikeclip_deploy.export import lower_encoder
-    from spikeclip_deploy.nirgraph import HostOpNode
+    from spikeclip_deploy.exchange.nirgraph import HostOpNode
     from spikeclip_deploy.targets import get_target
 
     g = lower_encoder(paper, "image", get_target("loihi"))

@@ -159,7 +159,7 @@ def test_text_cfg_hf_tokenizer_is_used_as_is(tmp_path):
     hands that very transformers tokenizer to the student, and a missing one is a clear error."""
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-    from spikeclip_deploy.teachers.open_clip_teacher import clip_tokenizer_from_simple
+    from spikeclip_deploy.tokenizers import clip_tokenizer_from_simple
 
     cfg = model_cfg()
     cfg["text_cfg"]["hf_tokenizer_name"] = "a-local-tokenizer"

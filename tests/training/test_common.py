@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikeclip_deploy.training.common import distillation_loss, kd_loss, random_crop
+from spikeclip_deploy.training.losses import distillation_loss, kd_loss
+from spikeclip_deploy.training.views import random_crop
 
 
 def test_distillation_loss_is_the_mean_cosine_distance():

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from spikeclip_deploy.hardware import ChipEnergyModel, EnergyModel
-from spikeclip_deploy.lowering.resources import fan_out, flops
-from spikeclip_deploy.nirgraph import ChipLayer, HostOpNode, relay_node
+from spikeclip_deploy.exchange.resources import fan_out, flops
+from spikeclip_deploy.exchange.nirgraph import ChipLayer, HostOpNode, relay_node
 from spikeclip_deploy.verify.chip_energy import crossing_share, placement_state
 from spikeclip_deploy.verify.energy import SpikeTally, energy_report
 from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
@@ -230,7 +230,7 @@ def test_crossing_share_of_spread_layers():
 
 def test_placement_state_of_a_mapping():
     """The mapper's reach and per-chip cores, as the energy model reads them."""
-    from spikeclip_deploy.hardware import Cores, System
+    from spikeclip_deploy.exchange.chip import Cores, System
     from spikeclip_deploy.mapping import map_encoder
 
     cores = Cores(cores_per_chip=4, neurons_per_core=2, synaptic_memory_bits_per_core=8000,

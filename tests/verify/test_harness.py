@@ -12,7 +12,7 @@ from spikeclip_deploy.backends.emulator import EmulatorBackend
 from spikeclip_deploy.checkpoint import load_model
 from spikeclip_deploy.data import load_dataset
 from spikeclip_deploy.errors import ConfigError, VerificationError
-from spikeclip_deploy.plots import raster_matrix
+from spikeclip_deploy.plots import raster_matrix, write_plots
 from spikeclip_deploy.verify.harness import (VerifyConfig, evaluate, merge, run_verification,
                                              verify)
 from spikeclip_deploy.verify.results import summarize
@@ -124,7 +124,8 @@ def test_a_spike_off_is_reported_where_it_happens(micro_ckpt, micro_exports, ima
     cfg = _cfg(micro_ckpt, micro_exports, image_folder, limit=6, lava_limit=3)
     out = tmp_path / "v.json"
     with pytest.raises(VerificationError, match="first at layer lif1, step 2"):
-        verify(cfg, out, plots=tmp_path / "figs")
+        verify(cfg, out, figures=lambda result, raster: write_plots(result, raster,
+                                                                     tmp_path / "figs"))
     assert (tmp_path / "figs" / "divergence.png").read_bytes()[:4] == b"\x89PNG"  # drawn first
     div = json.loads(out.read_text())["divergence"]["emu_vs_lava"]
     assert div["spike_mismatches"] == 3 and div["samples_diverging"] == 3
@@ -212,3 +213,25 @@ def test_merge_never_writes_over_its_inputs(tmp_path, micro_ckpt, micro_exports,
         with pytest.raises(ConfigError, match="is one of the shards being merged"):
             merge(parts, **kw)
     assert [p.read_bytes() for p in parts] == before
+
+
+def test_verification_never_builds_an_export_itself(micro_ckpt, micro_exports, image_folder):
+    """Given no export, it runs the one ``make_export`` writes (the command line's exporter,
+    here a copy of an export made beforehand), asked once with the run's model and target;
+    given neither, it asks for one."""
+    import shutil
+
+    asked = []
+
+    def make(model, target, init, seed, out):
+        asked.append((model, target, init, seed))
+        return shutil.copytree(micro_exports["loihi"], out)
+
+    cfg = VerifyConfig(model=str(micro_ckpt), data=image_folder, limit=2, lava_limit=0)
+    made = run_verification(replace_cfg(cfg, make_export=make))
+    given = run_verification(replace_cfg(cfg, export=micro_exports["loihi"]))
+    assert asked == [(str(micro_ckpt), "loihi", "checkpoint", 0)]
+    assert made["accuracy"] == given["accuracy"] and made["n"] == 2
+    with pytest.raises(ConfigError, match="no export of .* for --target loihi was given; make "
+                                          "one with `spikeclip-deploy export --target loihi`"):
+        evaluate(cfg)

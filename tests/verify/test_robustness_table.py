@@ -12,6 +12,7 @@ from spikeclip_deploy import zeroshot
 from spikeclip_deploy.checkpoint import load_model, save_model
 from spikeclip_deploy.data import load_dataset
 from spikeclip_deploy.errors import ExportError
+from spikeclip_deploy.export import scratch_export
 from spikeclip_deploy.prompts import CIFAR100_CLASSES, CIFAR_TEMPLATES
 from spikeclip_deploy.teachers import load_teacher
 from spikeclip_deploy.training.common import zero_shot_accuracy
@@ -130,7 +131,7 @@ def test_features_are_encoded_once(micro_ckpt, image_folder, tower, monkeypatch)
                         lambda self, x: calls.append(len(x)) or encode(self, x))
     robustness_table(RobustnessConfig(model=str(micro_ckpt), data=image_folder, limit=7,
                                       batch_size=4, teacher=f"offline-minilm:{tower}",
-                                      distractor_set="stl10"))
+                                      distractor_set="stl10", make_export=scratch_export))
     assert calls == [4, 3]
 
 

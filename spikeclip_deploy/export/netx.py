@@ -42,11 +42,11 @@ import h5py
 import nir
 import numpy as np
 
-from .errors import ExportError
-from .fileutil import write_bytes
-from .fixed_point import bias_mantissa
-from .hardware import ChipProfile
-from .nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
+from ..errors import ExportError
+from ..exchange.fixed_point import bias_mantissa
+from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
+from ..fileutil import write_bytes
+from ..hardware import ChipProfile
 
 #: netx builds every LOIHI neuron with ``bias_exp = 6`` (``hdf5.Network.get_neuron_params``)
 NETX_BIAS_EXP = 6

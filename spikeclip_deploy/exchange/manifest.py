@@ -17,11 +17,11 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .errors import ExportError
-from .fieldtypes import has_type, type_name
-from .fileutil import sha256_file
-from .hardware import PROFILE_NAME
-from .targets import TARGETS
+from ..errors import ExportError
+from ..fieldtypes import has_type, type_name
+from ..fileutil import sha256_file
+from ..targets import TARGETS
+from .chip import PROFILE_NAME, ChipRecord, RecordProblem, build_record
 
 FORMAT = "spikeclip-deploy/export@3"  # @2: registers in the NIR metadata; @3: LIF tau in seconds
 MANIFEST = "manifest.json"
@@ -31,8 +31,9 @@ DIGEST = "manifest_sha256"
 #: the exporter adds, such as ``netx``) are allowed, and covered by the digest like these
 FIELDS: dict[str, Any] = {
     "format": str, "target": str, "dt": float, "discretisation": str, "time_steps": int,
-    "model": dict, "hardware": str | None, "passes": list, "versions": dict, "layers": dict,
-    "resources": dict, "partition": dict, "host": dict, "files": dict[str, str]}
+    "model": dict, "hardware": str | None, "chip": dict | None, "passes": list,
+    "versions": dict, "layers": dict, "resources": dict, "partition": dict, "host": dict,
+    "files": dict[str, str]}
 #: what the run side reads of ``host`` and ``model``
 HOST_FIELDS: dict[str, Any] = {"image_size": int, "context_length": int, "time_steps": int,
                                "image_stem_macs": int, "image_readout_macs": int}
@@ -109,6 +110,7 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     if hardware is not None and not PROFILE_NAME.fullmatch(hardware):
         raise ExportError(f"{path}: field 'hardware' must name a profile in hardware/ (letters, "
                           f"digits, - and _), got {hardware[:40]!r}; {REEXPORT}")
+    _check_chip(manifest, path)
     for key in ("time_steps", "host.image_size", "host.context_length"):
         owner, name = (manifest["host"], key[5:]) if key.startswith("host.") else (manifest, key)
         if owner[name] < 1:
@@ -123,6 +125,31 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
             raise ExportError(f"{path}: 'files' entry {rel!r} has no sha256 (got "
                               f"{digest[:20]!r}); {REEXPORT}")
     return manifest
+
+
+def _check_chip(manifest: dict[str, Any], path: Path) -> None:
+    """A ``chip`` record (:class:`~.chip.ChipRecord`) exactly when the export names a hardware
+    profile, and well formed."""
+    hardware = manifest["hardware"]
+    if (manifest["chip"] is None) != (hardware is None):
+        should = ("null (no hardware profile)" if hardware is None else
+                  f"the fixed point and cores of hardware profile {hardware!r}")
+        raise ExportError(f"{path}: field 'chip' must be {should} (an export of an earlier "
+                          f"version, or an edited manifest); {REEXPORT}")
+    if manifest["chip"] is not None:
+        try:
+            build_record(ChipRecord, manifest["chip"], "chip")
+        except RecordProblem as exc:
+            raise ExportError(f"{path}: {exc}; {REEXPORT}") from None
+
+
+def chip_record(manifest: dict[str, Any], export_dir: Path) -> ChipRecord:
+    """The fixed point and cores a checked manifest's export was lowered for; an export with no
+    hardware profile (a float one) is an ExportError."""
+    if manifest["chip"] is None:
+        raise ExportError(f"{export_dir} is a --target {manifest['target']} export with no "
+                          f"hardware profile (lowered for no chip); map a --target loihi export")
+    return build_record(ChipRecord, manifest["chip"], "chip")
 
 
 def _check_digest(manifest: dict[str, Any], path: Path) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
-from .errors import LoweringError
+from ..errors import LoweringError
 
 INPUT = "input"
 

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fileutil import write_bytes
-from .lowering.fold import fold_conv_bn
-from .lowering.graph import Graph
-from .nirgraph import HostOpNode
-from .nn.encoders import Readout
-from .nn.spikeclip import SpikeCLIP
+from ..exchange.nirgraph import HostOpNode
+from ..fileutil import write_bytes
+from ..lowering.fold import fold_conv_bn
+from ..lowering.graph import Graph
+from ..nn.encoders import Readout
+from ..nn.spikeclip import SpikeCLIP
 
 
 class ImageEncode(nn.Module):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nirgraph import HostOpNode, affine_columns, flops, is_relay, pair
+from .nirgraph import HostOpNode, affine_columns, flops, is_relay, pair
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""``spikeclip-deploy export``: checkpoint -> export directory (chip NIR + host part + manifest).
+"""``spikeclip-deploy export``, the build side's exporters: checkpoint -> export directory (chip
+NIR, written here; the host part's ONNX, :mod:`.host`; lava-dl netx, :mod:`.netx`; the
+manifest, :mod:`~spikeclip_deploy.exchange.manifest`).
 
 Layout::
 
     EXPORT/manifest.json            versions, target, dt, per-layer table, sha256 of every file
     EXPORT/chip/image_encoder.nir   spiking part of the image encoder (standard NIR nodes)
     EXPORT/chip/text_encoder.nir    spiking part of the text encoder
-    EXPORT/host/...                 see :mod:`spikeclip_deploy.host`
+    EXPORT/host/...                 see :mod:`.host`
     EXPORT/netx/SIDE_segN.net       with ``--format netx``: the chip graphs' chains as lava-dl
-                                    netx networks, see :mod:`spikeclip_deploy.netx_export`
+                                    netx networks, see :mod:`.netx`
 
 The directory is built under a locked temporary name beside the destination, flushed to disk
 and renamed into place, so a failure leaves nothing behind (a killed run's leftovers are removed
@@ -29,27 +31,24 @@ import nir
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import first_non_finite, load_model, load_tokenizer, resolve_checkpoint
-from .config import get_config
-from .errors import ConfigError, ExportError, LoweringError
-from .fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
+from .. import __version__
+from ..checkpoint import default_checkpoint_name
+from ..errors import ConfigError, ExportError, LoweringError
+from ..exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
+from ..exchange.nirgraph import HostOpNode, graph_layers
+from ..fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
-from .hardware import ChipProfile, load_profile
+from ..hardware import ChipProfile, load_profile
+from ..lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
+from ..lowering.passes import LoweringContext, passes_named
+from ..model_source import model_source
+from ..nn.encoders import SpikingEncoder
+from ..nn.spikeclip import SpikeCLIP
+from ..progress import progress
+from ..targets import Target, export_target
+from ..zeroshot import class_weights, student_text_encoder
 from .host import write_host_ops, write_host_part
-from .lowering.graph import DISCRETISATION, DT, Graph, run_passes, to_nir, trace
-from .lowering.passes import LoweringContext, passes_named
-from .manifest import FORMAT, MANIFEST, is_export, manifest_bytes
-from .netx_export import netx_profile, write_netx
-from .nirgraph import HostOpNode, graph_layers
-from .nn.encoders import SpikingEncoder
-from .nn.init import random_init
-from .nn.spikeclip import SpikeCLIP
-from .paths import PROJECT_ROOT
-from .progress import progress
-from .targets import Target, export_target
-from .tokenizers import tokenizer_for_vocab
-from .zeroshot import class_weights, student_text_encoder
+from .netx import netx_profile, write_netx
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,35 @@ def lower_encoder(model: SpikeCLIP, side: str, target: Target,
 
 
 def default_out(model: str, target: str) -> Path:
-    return PROJECT_ROOT / "exports" / f"{Path(model).stem}-{target}"
+    """Where ``export`` writes without ``--out``: ``exports/MODEL-TARGET`` under the working
+    directory."""
+    return Path.cwd() / "exports" / f"{Path(model).stem}-{target}"
+
+
+def scratch_export(model: str, target: str, init: str, seed: int, out: Path) -> Path:
+    """``model``'s export for ``target`` written to ``out`` for a command given no export (a
+    :data:`~.verify.harness.ExportMaker`), saying so."""
+    log.warning("no --export given: exporting %s for --target %s first (pass --export DIR, "
+                "made by `spikeclip-deploy export`, to reuse one)", model, target)
+    return export_model(ExportConfig(model=model, target=target, out=out, init=init,
+                                     seed=seed))[0]
+
+
+def default_export(target: str) -> Path:
+    """The shipped model's export for ``target`` (:func:`default_out`), made first if there is
+    none yet (saying so); one that another run made meanwhile is used as it is."""
+    name, target = default_checkpoint_name(), export_target(target).name
+    out = default_out(name, target)
+    if not out.exists():
+        log.warning("no export at %s yet: creating it from the shipped model %s (as "
+                    "`spikeclip-deploy export --target %s` does)", out, name, target)
+        try:
+            export_model(ExportConfig(model=name, target=target, out=out))
+        except ExportError:
+            if not is_export(out):
+                raise
+            log.warning("another run created %s meanwhile: using it", out)
+    return out
 
 
 def check_replaceable(out: Path) -> None:
@@ -227,7 +254,9 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         manifest = {"format": FORMAT, "target": target.name, "dt": DT,
                     "discretisation": DISCRETISATION, "time_steps": model.cfg.time_steps,
                     "model": {**info, "config": model.cfg.to_dict()},
-                    "hardware": target.hardware, "passes": list(target.passes),
+                    "hardware": target.hardware,
+                    "chip": profile.record.to_json() if profile else None,
+                    "passes": list(target.passes),
                     "residual": cfg.residual,
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "partition": partition, "streams": streams,
@@ -251,38 +280,6 @@ def _format_profile(fmt: str, target: Target) -> ChipProfile | None:
         raise ExportError(f"--format netx writes Loihi networks; pass --target loihi, not "
                           f"{target.name}")
     return netx_profile(profile)
-
-
-def model_source(model: str, init: str = "checkpoint", seed: int = 0
-                 ) -> tuple[SpikeCLIP, Any, dict[str, Any]]:
-    """(model, tokenizer, the manifest's model description) from a checkpoint, or a seeded
-    random initialisation of a registered config (:func:`~.nn.init.random_init`: to check an
-    architecture's deployability and cost before training it; the manifest says
-    ``"weights": "random-init"``)."""
-    if init == "random":
-        config = get_config(model)
-        return random_init(config, seed), tokenizer_for_vocab(config.vocab_size), {
-            "name": config.name, "weights": "random-init", "seed": seed,
-            "checkpoint_sha256": None, "metrics": {}}
-    if init != "checkpoint":
-        raise ExportError(f"unknown --init '{init}'; choose checkpoint or random")
-    ckpt = resolve_checkpoint(model)
-    model, card, _ = load_model(str(ckpt))
-    check_finite(model, ckpt)
-    return model, load_tokenizer(ckpt), {
-        "name": ckpt.stem, "weights": "checkpoint", "checkpoint_sha256": card["sha256"],
-        "metrics": card["metadata"].get("metrics", {})}
-
-
-def check_finite(model: torch.nn.Module, source: Path) -> None:
-    """Every weight and buffer of ``model`` finite; else an ExportError naming the layer (NaN or
-    an infinity cannot be quantized, and would reach the chip as garbage)."""
-    found = first_non_finite(model.state_dict())
-    if found:
-        (layer, _, field), bad, size = found[0].rpartition("."), found[1], found[2]
-        raise ExportError(f"{source}: layer {layer} holds {bad} NaN or infinite value(s) in "
-                          f"its {field} (of {size}); the checkpoint is broken (a training that "
-                          f"diverged?): retrain, or resume from an earlier training state")
 
 
 def _json_default(o: Any) -> Any:
