@@ -1,5 +1,6 @@
 """The README is a user's guide: at most 300 lines with a table of contents whose entries are
-its headings; it and docs/ link only to files that exist and cite nothing a user does not have."""
+its headings; it, the model cards, exports/README.md and docs/ link only to files that exist and
+cite nothing a user does not have."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [README, ROOT / "models" / "README.md", ROOT / "exports" / "README.md",
+         *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
