@@ -55,6 +55,8 @@ from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
 from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure_rows, power_of_two
+from spikeclip_deploy.errors import ExportError
+from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
 from spikeclip_deploy.machine import (VECTOR_FLAGS, cpu_model, free_cores, isa_caps, set_threads,
                                       vector_extensions)
@@ -99,8 +101,13 @@ def lava_run(export: Path, lowering: str, mant: np.ndarray) -> dict:
 
 
 def export_of(model: str, init: str, out: Path) -> Path:
-    if not (out / "manifest.json").exists():
-        export_model(ExportConfig(model=model, target="loihi", init=init, seed=0, out=out))
+    """``out``, exported first where it holds no export this version reads (none, or one made
+    by an earlier version: renewed)."""
+    try:
+        load_export(out)
+    except ExportError:
+        export_model(ExportConfig(model=model, target="loihi", init=init, seed=0, out=out,
+                                  force=out.exists()))
     return out
 
 
