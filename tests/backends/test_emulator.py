@@ -343,6 +343,14 @@ def lava_record(layers, mant, t):
                     ".").record(mant, state=True)
 
 
+#: the Lava property tests' cases: a fixed number (``$SPIKECLIP_EMU_CASES``, else CI_CASES),
+#: derandomized, explicit examples first
+LAVA_CASES = settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)),
+                      derandomize=True, database=None, deadline=None,
+                      phases=[Phase.explicit, Phase.generate],
+                      suppress_health_check=[HealthCheck.too_slow])
+
+
 def assert_same_runs(got, want, what=""):
     """Equal u, v and spikes of every LIF, layer by layer, and payloads of every relay."""
     assert list(got.spikes) == list(want.spikes), what
@@ -355,9 +363,7 @@ def assert_same_runs(got, want, what=""):
 
 
 @pytest.mark.lava
-@settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)), derandomize=True,
-          database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow])
+@LAVA_CASES
 @given(networks())
 def test_random_networks_equal_lava(network):
     """Every LIF's u, v and spikes, every step and sample, as on Lava."""
@@ -391,9 +397,7 @@ def emulate_forced(kernel, layers, t, mant):
 
 
 @pytest.mark.lava
-@settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)), derandomize=True,
-          database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow])
+@LAVA_CASES
 @given(stream_networks())
 def test_random_streams_equal_lava(network):
     """Residual streams on graded relays: every relay's payloads and every LIF's u, v and
@@ -436,9 +440,7 @@ def split_networks(draw):
 
 
 @pytest.mark.lava
-@settings(max_examples=int(os.environ.get("SPIKECLIP_EMU_CASES", CI_CASES)), derandomize=True,
-          database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow])
+@LAVA_CASES
 @given(split_networks())
 def test_random_split_fan_ins_equal_lava(network):
     """A fan-in split on graded relays: every relay's payloads and both LIFs' u, v and spikes,
