@@ -100,8 +100,9 @@ def by_threads(kernel: Callable) -> Callable:
     """A numba ``parallel=True`` kernel as a function that runs its serial compile (the same
     code, ``prange`` as ``range``, the same results) where the calling thread has one numba
     thread, else the parallel one. The serial compile never enters numba's thread pool, whose
-    workqueue layer aborts the process when two threads launch kernels at once: a thread of
-    one numba thread may run it beside another thread's parallel kernels."""
+    workqueue layer is not safe for two threads launching kernels at once (numba aborts the
+    process where it sees that): a thread of one numba thread may run it beside another
+    thread's parallel kernels."""
     from numba import get_num_threads, njit
 
     f = kernel.py_func
