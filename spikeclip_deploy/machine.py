@@ -6,7 +6,9 @@ import logging
 import os
 import platform
 import time
-from functools import cache
+import types
+from collections.abc import Callable
+from functools import cache, wraps
 
 import torch
 
@@ -92,3 +94,27 @@ def set_threads(threads: int | None = None) -> int:
              "--threads" if threads else "the cores other work leaves idle",
              os.cpu_count(), os.getloadavg()[0])
     return n
+
+
+def by_threads(kernel: Callable) -> Callable:
+    """A numba ``parallel=True`` kernel as a function that runs its serial compile (the same
+    code, ``prange`` as ``range``, the same results) where the calling thread has one numba
+    thread, else the parallel one. The serial compile never enters numba's thread pool, whose
+    workqueue layer is not safe for two threads launching kernels at once (numba aborts the
+    process where it sees that): a thread of one numba thread may run it beside another
+    thread's parallel kernels."""
+    from numba import get_num_threads, njit
+
+    f = kernel.py_func
+    name = f"{f.__name__}_serial"  # its own cache files: numba keys them by name, not options
+    code = f.__code__.replace(co_name=name, co_qualname=f"{f.__qualname__}_serial")
+    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
+    serial = njit(cache=True, **{**options, "parallel": False})(
+        types.FunctionType(code, f.__globals__, name, f.__defaults__, f.__closure__))
+
+    @wraps(f)
+    def run(*args):
+        return (serial if get_num_threads() == 1 else kernel)(*args)
+
+    run.serial, run.parallel = serial, kernel
+    return run

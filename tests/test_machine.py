@@ -47,3 +47,37 @@ def test_an_isa_cap_changes_the_kernel_cache(monkeypatch):
         off = emulator_gemm._cache_path()
     assert len({plain, capped, off}) == 3
     assert machine.isa_caps() == {"DNNL_MAX_CPU_ISA": "AVX2"}
+
+
+def test_by_threads_runs_the_serial_compile_on_one_thread():
+    """A thread of one numba thread runs the serial compile (never numba's pool, which two
+    threads may not enter at once), a thread of more the parallel one: the same results."""
+    import threading
+
+    import numba
+    import numpy as np
+    from numba import njit, prange
+
+    def plus_row(x, out):
+        for i in prange(len(x)):
+            out[i] = x[i] + i
+
+    kernel = machine.by_threads(njit(parallel=True, nogil=True)(plus_row))
+    x = np.arange(1000.0)
+    want = x + np.arange(1000)
+    ran = {}
+
+    def one_thread():
+        numba.set_num_threads(1)
+        ran["one"] = np.empty_like(x)
+        kernel(x, ran["one"])
+
+    worker = threading.Thread(target=one_thread)
+    worker.start()
+    worker.join()
+    assert list(kernel.serial.signatures) and not list(kernel.parallel.signatures)
+    numba.set_num_threads(2)
+    ran["two"] = np.empty_like(x)
+    kernel(x, ran["two"])
+    assert list(kernel.parallel.signatures)
+    assert (ran["one"] == want).all() and (ran["two"] == want).all()

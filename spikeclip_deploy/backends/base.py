@@ -73,6 +73,9 @@ class Backend(ABC):
     runs: dict[str, str] = {}
     #: whether the constructor takes ``chip`` (auto, sim, hw: Loihi 2 hardware or a simulator)
     chip_choice: bool = False
+    #: whether a run forks processes: then no other thread of this process may be running
+    #: (a child gets a copy of every lock another thread holds, and never its release)
+    forks: bool = False
 
     def __init__(self, export_dir: Path) -> None:
         self.export_dir = Path(export_dir)

@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from ..errors import ExportError
 from ..fileutil import write_cache
-from ..machine import machine_key
+from ..machine import by_threads, machine_key
 from ..paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ FLOAT32_EXACT, FLOAT64_EXACT = 2**24, 2**53
 INT32_EXACT, INT64_EXACT = 2**31, 2**63
 
 
+@by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def _sparse_rows(cols, w, out):
     """``out[m] = sum_k cols[m, k] w[k]`` over the nonzero ``cols[m, k]`` (int64)."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..machine import by_threads
+
 
 @njit(cache=True, inline="always")
 def _decay(x, m, shift, zero, one):
@@ -44,6 +46,7 @@ def _add(a, x, scale, i, t, first):
             a[j] += row[j] * scale
 
 
+@by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def lif_steps(xs, scales, bias, consts, spikes, u_out, v_out):
     """Inputs ``xs`` (a list of ``[N, 1 or T, F]`` arrays of one integer-valued type; one step
@@ -53,7 +56,7 @@ def lif_steps(xs, scales, bias, consts, spikes, u_out, v_out):
     :math:`m_u 2^{-s_u}` of :math:`u` and :math:`m_v 2^{-s_v}` of :math:`v`). ``scales``,
     ``bias`` and ``consts`` are of the type every step computes in (int32 or int64: every
     operand of one type, so numba computes in it). Samples run in parallel (numba's
-    threads)."""
+    threads; serially on one, :func:`~..machine.by_threads`)."""
     mu, su, mv, sv, vth, top = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
     zero = top - top
     one = zero + 1

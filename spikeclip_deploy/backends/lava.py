@@ -350,6 +350,7 @@ class LavaBackend(Backend):
                                       nir.Scale: _relay, HostOpNode: _host_op}
     runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
     chip_choice = True
+    forks = True
 
     def __init__(self, export_dir, chip: str = "auto") -> None:
         super().__init__(export_dir)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import NEURONS
-from .lif import MultiStepLIF
+from .lif import MultiStepLIF, compiled_inference
 
 HOST_INPUT = -1
 
@@ -29,14 +29,26 @@ HOST_INPUT = -1
 class SpikeMaxPool(nn.Module):
     r"""Max-pooling of binary spikes: the OR over each window,
     :math:`s'_{t} = \max_{w} s_{t,w}` (on chip: a sum-pool synapse into a LIF whose threshold
-    is below one spike). Stands after a LIF, where real-valued max-pooling cannot run on chip."""
+    is below one spike). Stands after a LIF, where real-valued max-pooling cannot run on chip.
+    Inference on a contiguous CPU float tensor runs one compiled pass (:mod:`.pool_kernel`),
+    the same values as torch's."""
 
     def __init__(self, kernel_size: int, stride: int, padding: int = 0) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 4 or 2 * p > k \
+                or not x.is_contiguous() or not compiled_inference(x):
+            return F.max_pool2d(x, k, s, p)
+        from .pool_kernel import max_pool_planes  # numba: only where a model runs inference
+
+        n, c, h, w = x.shape
+        out = x.new_empty(n, c, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+        max_pool_planes(x.reshape(n * c, h, w).numpy(), k, s, p,
+                        out.reshape(n * c, *out.shape[2:]).numpy())
+        return out
 
 
 class InputGrid(nn.Module):

@@ -127,11 +127,17 @@ def _lif_forward_eager(x: torch.Tensor, tau: float, v_th: float, keep_h: bool = 
     return spikes, h_all
 
 
+def compiled_inference(x: torch.Tensor) -> bool:
+    """Whether an inference step (no gradient needed) on ``x`` runs on a compiled numba kernel:
+    a CPU float32/float64 tensor, outside tracing and ``torch.compile``."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def _lif_spikes(x: torch.Tensor, tau: float, v_th: float) -> torch.Tensor:
-    """Spikes only (no gradient needed): one compiled pass (:mod:`.lif_kernel`) on a CPU
-    float32/float64 tensor outside tracing, else the eager loop; the same values either way."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) \
-            or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """Spikes only (no gradient needed): one compiled pass (:mod:`.lif_kernel`) where
+    :func:`compiled_inference`, else the eager loop; the same values either way."""
+    if not compiled_inference(x):
         return _lif_forward_eager(x, tau, v_th, keep_h=False)[0]
     from .lif_kernel import lif_spikes_rows  # numba: only where a model runs inference
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..machine import by_threads
+
 #: neurons per block: a block's membrane (float32) stays in the L1 cache
 BLOCK = 2048
 
 
+@by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def lif_spikes_rows(x, consts, out):
     """``x [T, N]`` (float32 or float64) -> spikes ``out [T, N]`` (1 or 0, ``x``'s type);
     ``consts`` holds :math:`\\tau`, :math:`V_{th}`, 0 and 1 in ``x``'s type (every operand of
     the same type: numba then computes in it, as torch does). Blocks of neurons run in
-    parallel (numba's threads)."""
+    parallel (numba's threads; serially on one, :func:`~..machine.by_threads`)."""
     tau, v_th, zero, one = consts[0], consts[1], consts[2], consts[3]
     steps, n = x.shape
     for c in prange((n + BLOCK - 1) // BLOCK):

@@ -136,13 +136,21 @@ class SpikeTally:
     def add(self, spikes: list[np.ndarray]) -> None:
         """One batch: a ``[B, T, *shape]`` array of 0/1 per LIF layer, in layer order, of any
         strides. Each LIF's spikes are counted over the steps once (per sample and neuron:
-        exact in uint8 below 256 steps), and each synapse reading it takes those counts
-        (times its fan-out, in int64)."""
+        exact in uint8 below 256 steps), then :meth:`add_counts`."""
+        b = len(spikes[0])
+        acc = self._count_type()
+        self.add_counts([np.add.reduce(s.astype(acc, copy=False), axis=1, dtype=acc)
+                         .reshape(b, -1) for s in spikes])
+
+    def add_counts(self, counts: list[np.ndarray]) -> None:
+        """One batch as each LIF's spikes counted over the steps: ``[B, N]`` per LIF layer, in
+        layer order, integers of any numeric type (a float sum of at most :math:`2^{24}` steps
+        is exact); each synapse reading a LIF takes its counts (times its fan-out, in int64)."""
         d = self.data
-        b, steps = len(spikes[0]), d["time_steps"]
-        acc = np.uint8 if steps < 256 else np.int64
-        counts = {name: np.add.reduce(s.astype(acc, copy=False), axis=1, dtype=acc)
-                  .reshape(b, -1) for name, s in zip(d["lif_shapes"], spikes, strict=True)}
+        acc = self._count_type()
+        counts = {name: c.astype(acc, copy=False)
+                  for name, c in zip(d["lif_shapes"], counts, strict=True)}
+        b = len(next(iter(counts.values())))
         per_sample = np.zeros(b, dtype=np.int64)
         counted = set()
         for row in d["synapses"]:
@@ -155,6 +163,10 @@ class SpikeTally:
             d["spikes"][name] += int(c.sum(dtype=np.int64))
         d["sample_sops"] += per_sample.tolist()
         d["n"] += b
+
+    def _count_type(self) -> type:
+        """The type a neuron's count over the steps is exact in: uint8 below 256 steps."""
+        return np.uint8 if self.data["time_steps"] < 256 else np.int64
 
     @property
     def n(self) -> int:

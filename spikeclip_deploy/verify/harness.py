@@ -15,8 +15,9 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Mapping
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
@@ -205,7 +206,11 @@ def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
 def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
             batch_size: int) -> dict[str, Any]:
     """The batch loop: predictions, spike tallies (the float model's too, in the chip graph's
-    LIFs), pairwise divergence, and the spike raster of the selection's first image."""
+    LIFs), pairwise divergence, and the spike raster of the selection's first image. With two
+    or more threads (:func:`~..machine.set_threads`), the float model runs in a thread of its
+    own beside the backends, the threads split between them (each part then runs on whole
+    cores: their operations scale poorly over threads); a backend that forks (Lava) runs only
+    once the float model's batch is done."""
     n = len(sel.index)
     positions = sel.positions.numpy()
     preds = {key: np.full(n, -1, dtype=np.int64) for key in ("float", *backends)}
@@ -222,26 +227,38 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
         seconds[what] += time.perf_counter() - clock
         clock = time.perf_counter()
 
-    with progress(None, total=n, desc="verify", unit="img") as bar:
+    def float_model(batch: torch.Tensor, start: int) -> None:
+        began = time.perf_counter()
+        for lo in range(0, len(batch), FLOAT_ROWS):
+            part = batch[lo:lo + FLOAT_ROWS]
+            with torch.inference_mode():
+                if backends:
+                    feats, float_spikes = model.encode_image_spikes(part)
+                    tallies["float"].add_counts([s.sum(0).reshape(len(part), -1).numpy()
+                                                 for s in float_spikes])
+                else:
+                    feats = model.encode_image(part)
+            preds["float"][start + lo:start + lo + len(part)] = predict(feats.numpy(),
+                                                                       weights["float"])
+        seconds["float model"] += time.perf_counter() - began
+
+    threads = torch.get_num_threads()
+    with _beside(threads if backends else 1) as beside, \
+            progress(None, total=n, desc="verify", unit="img") as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             batch = images[sel.index[sl]]
-            for lo in range(0, len(batch), FLOAT_ROWS):
-                part = batch[lo:lo + FLOAT_ROWS]
-                with torch.inference_mode():
-                    if backends:
-                        feats, float_spikes = model.encode_image_spikes(part)
-                        tallies["float"].add([s.to(torch.uint8).transpose(0, 1).numpy()
-                                              for s in float_spikes])
-                    else:
-                        feats = model.encode_image(part)
-                preds["float"][start + lo:start + lo + len(part)] = predict(feats.numpy(),
-                                                                           weights["float"])
-            lap("float model")
+            floating = beside.submit(float_model, batch, start) if beside else None
+            if floating is None:
+                float_model(batch, start)
+                clock = time.perf_counter()
             spikes = {}
             for key, name, cap in plan:
                 take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
                 if take.any():
+                    if floating is not None and backends[key].forks:
+                        floating.result()
+                        lap("waiting for the float model")
                     feats, s = backends[key].encode_images(batch[torch.from_numpy(take)].numpy())
                     preds[key][np.flatnonzero(take) + start] = predict(feats, weights[key])
                     lap(name)
@@ -256,13 +273,40 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
                             [x[both[take_b]] for x in s_b])
             if raster is None and spikes and positions[start] == 0:
                 raster = _raster(spikes, tallies, int(sel.index[start]))
-            bar.update(len(batch))
             lap("tallies and divergence")
-    log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+            if floating is not None:
+                floating.result()
+                lap("waiting for the float model")
+            bar.update(len(batch))
+    log.info("time: %s%s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+             " (the float model beside the rest)" if threads > 1 and backends else "")
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()},
             **({"raster": raster} if raster else {})}
+
+
+@contextmanager
+def _beside(threads: int) -> Iterator[ThreadPoolExecutor | None]:
+    """With ``threads`` > 1: a thread for the float model, of ``threads // 2`` torch threads
+    (torch's count is the process's) and one numba thread (its kernels then run serially,
+    never on numba's pool, :func:`~..machine.by_threads`), the calling thread keeping the
+    other ``threads - threads // 2`` numba threads; both counts restored after. Else None."""
+    if threads < 2:
+        yield None
+        return
+    import numba
+
+    mine = numba.get_num_threads()
+    torch.set_num_threads(threads // 2)
+    numba.set_num_threads(threads - threads // 2)
+    try:
+        with ThreadPoolExecutor(1, initializer=numba.set_num_threads,
+                                initargs=(1,)) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+        numba.set_num_threads(mine)
 
 
 def _raster(spikes: dict[str, tuple[np.ndarray, list[np.ndarray]]],

@@ -95,6 +95,25 @@ def test_conv_sops_equal_an_independent_recount(layout):
     assert t.state()["spikes"]["lif0"] == int(spikes.sum())
 
 
+def test_counts_over_the_steps_tally_as_the_spikes_do():
+    """``add_counts`` of each LIF's float sums over the steps (the float model's ``[T, B, ...]``
+    spikes summed over T) keeps the state ``add`` of the spikes keeps: spikes, synaptic ops per
+    synapse and per sample, recounted here."""
+    rng = np.random.default_rng(1)
+    spikes = (rng.random((3, 4, 2, 6, 6)) < 0.3).astype(np.uint8)  # [N, T, C, H, W]
+    conv = nir.Conv2d(input_shape=(6, 6), weight=np.ones((1, 2, 3, 3)), stride=1, padding=1,
+                      dilation=1, groups=1, bias=np.zeros(1))
+    chain = as_layers([("lif0", lif((2, 6, 6))), ("conv0", conv), ("lif1", lif((1, 6, 6)))])
+    out = (rng.random((3, 4, 1, 6, 6)) < 0.5).astype(np.uint8)
+    counts = SpikeTally(chain, 4)
+    counts.add_counts([s.astype(np.float32).sum(1).reshape(3, -1) for s in (spikes, out)])
+    fo = fan_out(conv, (2, 6, 6)).reshape(-1)
+    per_sample = (spikes.sum(1).reshape(3, -1) * fo).sum(1)
+    assert counts.state()["sample_sops"] == per_sample.tolist()
+    assert counts.state()["spikes"] == {"lif0": int(spikes.sum()), "lif1": int(out.sum())}
+    assert counts.state() == tally(chain, [spikes, out]).state()
+
+
 def test_copies_of_a_residual_term_count_once_in_the_model():
     """dense0 is read by lif1 and lif2 (split into two copies on chip): the model's SOPs and the
     ANN's FLOPs count it once; the chip's events count both copies."""

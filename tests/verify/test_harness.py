@@ -63,6 +63,52 @@ def test_every_image_by_default_emulator_on_all_lava_on_a_sample(micro_ckpt, mic
     assert r["divergence"]["emu_vs_cpu"]["samples"] == 24
 
 
+@pytest.mark.lava
+def test_the_float_model_beside_the_backends_changes_nothing(micro_ckpt, micro_exports,
+                                                             image_folder, monkeypatch):
+    """With two threads the float model runs in a thread of its own: the partial result is one
+    thread's, the threads are restored after, and Lava (which forks) never runs while the float
+    model does (its first batch is held long enough to be caught running)."""
+    import threading
+    import time
+
+    import numba
+
+    from spikeclip_deploy.backends.lava import LavaBackend
+    from spikeclip_deploy.nn.spikeclip import SpikeCLIP
+
+    cfg = _cfg(micro_ckpt, micro_exports, image_folder, lava_limit=5, batch_size=7)
+    torch.set_num_threads(1)
+    one = evaluate(cfg)
+    spans = {"float": [], "lava": []}
+    floats, lava = SpikeCLIP.encode_image_spikes, LavaBackend.encode_images
+
+    def float_model(self, images):
+        began = time.perf_counter()
+        if not spans["float"]:
+            time.sleep(1.0)
+        out = floats(self, images)
+        spans["float"].append((began, time.perf_counter(), threading.get_ident()))
+        return out
+
+    def on_lava(self, images):
+        began = time.perf_counter()
+        out = lava(self, images)
+        spans["lava"].append((began, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(SpikeCLIP, "encode_image_spikes", float_model)
+    monkeypatch.setattr(LavaBackend, "encode_images", on_lava)
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    two = evaluate(cfg)
+    assert torch.get_num_threads() == 2 and numba.get_num_threads() == 2
+    assert {ident for *_, ident in spans["float"]} - {threading.get_ident()}
+    assert spans["lava"] and all(end <= l0 or f0 >= l1 for f0, end, _ in spans["float"]
+                                 for l0, l1 in spans["lava"])
+    assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
+
+
 def test_split_limit_and_shards_choose_the_images(image_folder):
     ds = load_dataset(image_folder, 32)
     every = select(ds, "all", 0.5, 3, None)
