@@ -154,3 +154,23 @@ def test_netx_export_is_deterministic(micro_ckpt, netx_export, tmp_path):
                                          out=tmp_path / "again", format="netx"))
     for name in ("image_seg0.net", "text_seg0.net"):
         assert (again / "netx" / name).read_bytes() == (netx_export / "netx" / name).read_bytes()
+
+
+def test_attention_on_chip_is_named_as_left_out():
+    """A Spikingformer with attention on chip: netx holds none of its populations (no block
+    multiplies two inputs) nor the LIF reading them, and says so for each."""
+    from spikeclip_deploy.config import get_config
+    from spikeclip_deploy.export import lower_encoder
+    from spikeclip_deploy.export.netx import NO_ATTENTION, segments
+    from spikeclip_deploy.lowering.graph import run_side_layers
+    from spikeclip_deploy.nn.init import random_init
+    from spikeclip_deploy.targets import get_target
+
+    model = random_init(get_config("spikeclip-former-micro"), seed=0)
+    graph = lower_encoder(model, "image", get_target("loihi"))
+    chains, left_out = segments(run_side_layers(graph))
+    pops = [f"host2_h{h}_{s}" for h in (0, 1) for s in ("kv", "m", "qm", "y")]
+    assert {name: left_out[name] for name in pops} == dict.fromkeys(pops, NO_ATTENTION)
+    (lif,) = graph.consumers("host2_h0_y")
+    assert left_out[lif.name].startswith("reads spiking attention's populations")
+    assert not {*pops, lif.name} & {la.name for seg in chains for la in seg.layers}
