@@ -11,7 +11,7 @@ from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9,
                  scope="computation only: memory access and data movement are not counted",
-                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, sources={})
+                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, e_product_pj=3.5, sources={})
 
 
 def lif(shape):
@@ -168,6 +168,7 @@ def test_mean_interval_by_hand():
 CHIP = ChipEnergyModel("chip", "", e_synaptic_op_pj=20.0, e_neuron_update_active_pj=80.0,
                        e_neuron_update_inactive_pj=50.0, e_spike_message_pj=2.0,
                        e_graded_op_pj=10.0, e_relay_update_pj=30.0, e_graded_message_pj=3.0,
+                       e_product_update_active_pj=70.0, e_product_update_inactive_pj=40.0,
                        static_mw_per_chip=100.0, scope="test", left_out=("tile hops",),
                        sources={})
 
