@@ -1,84 +1,108 @@
-r"""The operations of spiking self-attention on chip, counted from its recorded Q, K and V spikes.
+r"""The graded spikes of spiking self-attention's populations on chip, counted from its recorded
+Q, K and V spikes (the populations, :mod:`~..exchange.attention`, are memoryless: each step's
+outputs follow from that step's Q, K and V).
 
-Per head :math:`h` and step, :math:`Q, K, V \in \{0,1\}^{N \times d}` (the head's :math:`d`
-channels of the :math:`N` tokens). The chip computes :math:`Y = Q K^\top V` exactly in two
-stages of product neurons, each followed by graded sum neurons:
-
-- K first: products :math:`P^1_{nij} = K_{ni} V_{nj}` summed into :math:`M = K^\top V`
-  (:math:`d \times d`), then :math:`P^2_{nij} = Q_{ni} M_{ij}` summed into :math:`Y_{nj}`.
-- Q first: :math:`P^1_{nmi} = Q_{ni} K_{mi}` summed into :math:`S = Q K^\top`
-  (:math:`N \times N`), then :math:`P^2_{nmj} = S_{nm} V_{mj}` summed into :math:`Y_{nj}`.
-
-A product is *nonzero* where both its inputs are:
+Per head and step, with :math:`Q, K, V \in \{0,1\}^{N \times d}`, a population sends a graded
+spike from every neuron whose output is nonzero:
 
 .. math::
 
-    \#P^1 &= \textstyle\sum_n |K_n| |V_n|, \quad
-    \#P^2 = \sum_i |Q_{:,i}|\, \#\{j: M_{ij} \ne 0\} \quad\text{(K first)} \\
-    \#P^1 &= \textstyle\sum_i |Q_{:,i}| |K_{:,i}|, \quad
-    \#P^2 = \sum_{n,m} [S_{nm} \ne 0]\, |V_m| \quad\text{(Q first)}
+    \#kv &= \textstyle\sum_n |K_n|\,|V_n|, \quad \#m = \#\{M \ne 0\},\ M = K^\top V, \quad
+    \#qm = \sum_i |Q_{:,i}|\, \#\{j: M_{ij} \ne 0\}, \quad \#y = \#\{Q M \ne 0\} \\
+    \#qk &= \textstyle\sum_i |Q_{:,i}|\,|K_{:,i}|, \quad \#s = \#\{S \ne 0\},\ S = Q K^\top,
+    \quad \#sv = \sum_{n,m} [S_{nm} \ne 0]\, |V_m|, \quad \#y = \#\{S V \ne 0\}
 
-(:math:`|K_n|`: the spikes of token :math:`n`; :math:`|Q_{:,i}|`: those of channel :math:`i`).
-Each nonzero product sends one graded spike to its sum; each nonzero intermediate sum
-(:math:`M_{ij}` or :math:`S_{nm}`) one graded spike to the :math:`N` (K first) or :math:`d`
-(Q first) second-stage products that read it; each spike of Q, K and V drives :math:`d` (K
-first) or :math:`N` (Q first) product neurons. Product neurons and intermediate sums update at
-every step (the static counts :func:`attention_sizes`).
+(``k_first``, then ``q_first``; :math:`|K_n|`: the spikes of token :math:`n`,
+:math:`|Q_{:,i}|`: those of channel :math:`i`): a product is nonzero where both its factors
+are, a sum where it is.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-ORDERS = ("k_first", "q_first")
-
-
-def attention_sizes(tokens: int, heads: int, d: int, order: str) -> dict[str, int]:
-    """Neurons of one attention layer, all heads: ``products`` (both stages), ``sums`` (the
-    intermediate sums, :math:`M` or :math:`S`), ``fan_in`` (spike inputs of Q, K and V to
-    product neurons per spike) and ``sum_fan_out`` (second-stage products an intermediate sum
-    reads into)."""
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    k_first = order == "k_first"
-    per_stage = tokens * d * d if k_first else tokens * tokens * d
-    return {"products": 2 * heads * per_stage,
-            "sums": heads * (d * d if k_first else tokens * tokens),
-            "fan_in": d if k_first else tokens,
-            "sum_fan_out": tokens if k_first else d}
+from ..exchange.attention import QKV, STAGES, AttentionNode, products
+from ..exchange.nirgraph import ChipLayer
 
 
 def _heads(s: np.ndarray, heads: int) -> np.ndarray:
-    """``[B, T, C, H, W]`` spikes -> ``[B*T, heads, N, d]`` float32 (channel ``h*d + c`` is
-    channel ``c`` of head ``h``; tokens in row-major order of ``H, W``)."""
+    """``[B, T, C, H, W]`` spikes -> ``[B, T, heads, N, d]`` float32 (channel ``h d + i`` is
+    channel ``i`` of head ``h``; tokens in row-major order of ``H, W``)."""
     b, t, c = s.shape[:3]
-    return (np.asarray(s, dtype=np.float32).reshape(b * t, heads, c // heads, -1)
-            .transpose(0, 1, 3, 2))
+    return (np.asarray(s, dtype=np.float32).reshape(b, t, heads, c // heads, -1)
+            .swapaxes(-1, -2))
 
 
-def attention_counts(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int,
-                     order: str) -> dict[str, np.ndarray]:
-    """Per sample of a batch (``q, k, v``: ``[B, T, C, H, W]`` of 0/1), summed over steps and
-    heads: ``products`` (nonzero products, both stages), ``sum_spikes`` (nonzero intermediate
-    sums), ``graded_sops`` (graded spikes into sums and second-stage products: one per nonzero
-    product, ``sum_fan_out`` per nonzero intermediate sum) and ``spike_sops`` (Q, K and V
-    spikes times ``fan_in``), each an int64 array ``[B]``."""
-    b, t, c, hh, ww = q.shape
-    size = attention_sizes(hh * ww, heads, c // heads, order)
+def population_events(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int,
+                      order: str) -> dict[str, np.ndarray]:
+    """Per stage of ``order`` (:data:`~..exchange.attention.STAGES`): the graded spikes its
+    population of each head sends, summed over the steps, ``[B, heads]`` int64, from ``q, k,
+    v``: ``[B, T, C, H, W]`` of 0/1 (module docstring)."""
     qh, kh, vh = (_heads(s, heads) for s in (q, k, v))  # float32: exact below 2**24
-    if order == "k_first":
-        inner = kh.transpose(0, 1, 3, 2) @ vh  # M = K^T V, [BT, heads, d, d]
-        first = (kh.sum(-1) * vh.sum(-1)).sum((-1, -2))
-        second = (qh.sum(-2) * (inner != 0).sum(-1)).sum(-1).sum(-1)
-    else:
-        inner = qh @ kh.transpose(0, 1, 3, 2)  # S = Q K^T, [BT, heads, N, N]
-        first = (qh.sum(-2) * kh.sum(-2)).sum((-1, -2))
-        second = ((inner != 0) * vh.sum(-1)[:, :, None, :]).sum((-1, -2, -3))
-    sums = (inner != 0).sum((-1, -2, -3))
-    spikes = sum(s.sum((-1, -2, -3)) for s in (qh, kh, vh))
 
-    def per_sample(x: np.ndarray) -> np.ndarray:
-        return np.rint(np.asarray(x, np.float64)).astype(np.int64).reshape(b, t).sum(1)
-    products = per_sample(first) + per_sample(second)
-    return {"products": products, "sum_spikes": per_sample(sums),
-            "graded_sops": products + size["sum_fan_out"] * per_sample(sums),
-            "spike_sops": size["fan_in"] * per_sample(spikes)}
+    def count(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:  # [B, T, heads, ...] -> [B, heads]
+        return np.rint(np.asarray(x, np.float64).sum(axes)).astype(np.int64).sum(1)
+    if order == "k_first":
+        inner = kh.swapaxes(-1, -2) @ vh  # M = K^T V, [B, T, heads, d, d]
+        first = kh.sum(-1) * vh.sum(-1)
+        second = qh.sum(-2) * (inner != 0).sum(-1)
+        out = qh @ inner
+    else:
+        inner = qh @ kh.swapaxes(-1, -2)  # S = Q K^T, [B, T, heads, N, N]
+        first = qh.sum(-2) * kh.sum(-2)
+        second = (inner != 0) * vh.sum(-1)[..., None, :]
+        out = inner @ vh
+    stages = tuple(STAGES[order])
+    return dict(zip(stages, (count(first, (-1,)), count(inner != 0, (-1, -2)),
+                             count(second, tuple(range(-second.ndim + 3, 0))),
+                             count(out != 0, (-1, -2)))))
+
+
+def attention_rows(layers: list[ChipLayer]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The attention populations of a chip graph, as JSON-ready rows (``name``, ``kind``,
+    ``neurons``, ``readers``: per synapse layer out of it, ``READER<NAME``, the neurons one of
+    its graded spikes reaches there (the same for each of its neurons), ``ports``: per synapse
+    layer into it from a Q, K or V LIF, ``NAME<LIF``, that LIF); and per attention its Q, K, V
+    LIFs, heads and order (what :func:`population_events` needs) and ``ann_macs``, the MACs of
+    one dense evaluation (in the float model's order, :math:`Q K^\top` first: ``q_first``'s
+    products, :math:`2 N^2 d` a head)."""
+    pops = {la.name: la for la in layers if isinstance(la.node, AttentionNode)}
+    readers: dict[str, dict[str, int]] = {name: {} for name in pops}
+    for la in layers:
+        for port, src in enumerate(la.inputs):
+            if src not in pops:
+                continue
+            fan = (la.node.population.fan_out(port) if la.name in pops
+                   else np.ones(1, np.int64))  # the attention LIF: one synapse per y neuron
+            readers[src][f"{la.name}<{src}"] = int(fan.max())
+    rows, groups = [], {}
+    for name, la in pops.items():
+        spec = la.node.spec
+        qkv = {p: src for p, src in zip(spec.ports, la.inputs) if p in QKV}
+        groups.setdefault(spec.attention, {"heads": spec.heads, "order": spec.order,
+                                           "ann_macs": spec.heads * products(
+                                               "q_first", spec.tokens, spec.d)})
+        groups[spec.attention].update(qkv)
+        rows.append({"name": name, "attention": spec.attention, "head": spec.head,
+                     "stage": spec.stage, "kind": spec.kind,
+                     "neurons": la.node.population.neurons, "readers": readers[name],
+                     "ports": {f"{name}<{src}": src for src in qkv.values()}})
+    return rows, groups
+
+
+def attention_totals(tally: dict[str, Any]) -> dict[str, float]:
+    """Per inference, from a :class:`~.energy.SpikeTally`'s state: ``products`` (nonzero
+    products sent), ``product_updates`` and ``sum_updates`` (every product and graded sum neuron
+    at every step), ``attention_graded_sops`` (each graded spike of a population times the
+    neurons it reaches in its reader) and ``attention_spike_sops`` (Q, K and V spikes times the
+    product neurons they reach)."""
+    n, t, rows = tally["n"], tally["time_steps"], tally.get("attention", [])
+    events = tally.get("attention_events", {})
+    return {"products": sum(events[r["name"]] for r in rows if r["kind"] == "product") / n,
+            "product_updates": t * sum(r["neurons"] for r in rows if r["kind"] == "product"),
+            "sum_updates": t * sum(r["neurons"] for r in rows if r["kind"] == "sum"),
+            "attention_graded_sops": sum(events[r["name"]] * sum(r["readers"].values())
+                                         for r in rows) / n,
+            "attention_spike_sops": sum(tally["attention_port_sops"].values()) / n if rows
+            else 0.0}
