@@ -309,3 +309,8 @@ def test_attention_populations_are_placed_by_their_input_axons():
     assert dict(zip(qm.synapse_layers, qm.synapse_reach)) == {"att_h0_qm<q": 1,
                                                               "att_h0_qm<att_h0_m": 2}
     assert qm.synapses == 48 and rows(m)["a"].synapses == 24 and m.total("cores") == 23
+    from spikeclip_deploy.mapping import Mapping
+    from spikeclip_deploy.report import mapping_summary
+    text = mapping_summary(Mapping("x", "test", System("one", 1), (m,)))
+    assert "spiking attention on chip: 10 cores of product neurons, 8 of graded sums (78.3 % " \
+        "of the cores)" in text

@@ -344,3 +344,13 @@ def test_attention_tallies_merge_exactly():
     rep = energy_report(both, 10, 5, EM)
     assert (rep["products"], rep["attention_graded_sops"]) == (8, 17)
     assert both.state()["sample_attention"] == [[8, 17, 18], [8, 17, 18]]
+
+
+def test_the_energy_summary_states_the_attention_on_chip():
+    from spikeclip_deploy.report import energy_summary
+
+    rep = energy_report(attention_tally(), 10, 5, EM, CHIP, {"system": "one", "error": "no"})
+    text = energy_summary({**rep, "spikes_from": "emu"})
+    assert ("spiking attention on chip: 8 nonzero products (16 product neuron updates), 8 graded"
+            " sum updates, 17 graded and 18 spike synaptic ops: 0.000000 mJ at 45 nm") in text
+    assert "att_h0_kv" in text and "(attention product population" in text
