@@ -165,9 +165,11 @@ class _Batch:
         return store[name][self.rows]
 
 
-def _numpy(store: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """``[B, T, *inner]`` tensors -> ``[B, T, *shape]`` arrays (PyTorch layout, views)."""
-    return {k: from_inner(x, x.ndim - 2).numpy() for k, x in store.items()}
+def _numpy(store: dict[str, torch.Tensor], own: frozenset[str] = frozenset()
+           ) -> dict[str, np.ndarray]:
+    """``[B, T, *inner]`` tensors -> ``[B, T, *shape]`` arrays (PyTorch layout, views); those
+    named in ``own`` (attention populations, held in their own shape) as they are."""
+    return {k: (x if k in own else from_inner(x, x.ndim - 2)).numpy() for k, x in store.items()}
 
 
 def _synapse_key(la: ChipLayer) -> tuple:
@@ -199,6 +201,7 @@ class Emulation:
         #: each relay's sum, reused from chunk to chunk (fresh memory costs page faults)
         self.buffers: dict[str, torch.Tensor] = {}
         summed = summed_synapses(layers)
+        self.populations = [la.name for la in layers if isinstance(la.node, AttentionNode)]
         for la in layers:
             node = la.node
             if isinstance(node, (nir.Affine, nir.Conv2d)):
@@ -237,7 +240,8 @@ class Emulation:
                 for la in self.layers:
                     HANDLERS[type(la.node)](self, la, batch)
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
-                       _numpy(batch.u), _numpy(batch.v), _numpy(batch.payloads))
+                       _numpy(batch.u), _numpy(batch.v),
+                       _numpy(batch.payloads, frozenset(self.populations)))
 
     # -- handlers: each writes its layer's output into ``batch.acts`` ----------------------
     def _synapse(self, la: ChipLayer, batch: _Batch) -> None:
