@@ -44,6 +44,13 @@ def test_former_micro_is_partitioned_with_its_share_by_hand():
     assert row["chip_sop_share"] == chip / (chip + STEM + READOUT + 4 * ops)
 
 
+def test_ssa_small_deploys_wholly_on_chip():
+    """spikeclip-ssa-small pools spikes on chip and its attention runs on neuro-cores: nothing
+    between the stem and the readout is left on the host."""
+    row = dep.assess(get_config("spikeclip-ssa-small"))
+    assert (row["deployable"], row["deployable_reason"]) == ("chip", None)
+
+
 def test_an_ann_config_is_not_deployable_with_the_reason():
     ann = ModelConfig(name="ann-small", embed_dim=8, image_arch="scratch-transformer",
                       text_arch="ann-mlp", image_channels=(4, 8), image_mlp_hidden=8,
