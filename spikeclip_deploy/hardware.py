@@ -58,6 +58,7 @@ class EnergyModel:
     scope: str  # what the model counts, stated in every report
     e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
     e_relay_update_pj: float  # one update of a stream relay neuron
+    e_product_pj: float  # one product of spiking attention (a multiply of two nonzero inputs)
     sources: dict[str, str]  # how the figures beyond the paper's model were taken
 
 
@@ -65,8 +66,9 @@ class EnergyModel:
 class ChipEnergyModel:
     r"""A neuromorphic chip's own energy per operation: a synaptic op, a neuron update that
     emits a spike (active) or not (inactive), a spike message to one destination core, a graded
-    synaptic op, relay update and graded message (residual streams), and the static power of a
-    chip. ``left_out``: the terms the model does not price and why;
+    synaptic op, relay update and graded message (residual streams), a product neuron's update
+    (spiking attention on chip) with a nonzero product or not, and the static power of a chip.
+    ``left_out``: the terms the model does not price and why;
     ``sources``: the citation of every figure."""
 
     name: str
@@ -78,6 +80,8 @@ class ChipEnergyModel:
     e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
     e_relay_update_pj: float  # one update of a stream relay neuron
     e_graded_message_pj: float  # a graded spike sent to one destination core
+    e_product_update_active_pj: float  # a product neuron's update that sends a nonzero product
+    e_product_update_inactive_pj: float  # a product neuron's update whose product is zero
     static_mw_per_chip: float
     scope: str
     left_out: tuple[str, ...]

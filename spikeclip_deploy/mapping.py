@@ -49,6 +49,14 @@ a core); ties to fewer channel groups, then wider tiles. This only chooses among
 every layer, writers included, is then held to all four budgets with its readers' actual
 reach. Host currents into the chip and spikes to the host take no axons here.
 
+Spiking self-attention on chip (:mod:`.exchange.attention`) adds, per head, product and
+graded sum populations: each is a flat layer whose synapses come from its ports, listed by
+index (:func:`~.exchange.attention.expand`'s ``sources``; weight 1, one synapse per neuron and
+input), and the attention LIF reads each head's ``y`` population through one synapse per ``y``
+neuron. Their runs are held to the same four budgets, with the synapses listed by index summed
+per run (an attention LIF's heads feed disjoint runs) where other synapse layers add the most of
+any run.
+
 Placement is greedy in topological order, which keeps consecutive layers together: a layer
 goes on the current chip if its cores fit there, else on a fresh chip (a layer that fits one
 chip is never split across two), and one larger than a chip fills chips in turn. A *chip
@@ -62,7 +70,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -78,7 +85,6 @@ from .exchange.chip import Cores, System
 from .exchange.manifest import chip_record, load_export
 from .exchange.nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
 
-log = logging.getLogger(__name__)
 SIDES = ("image", "text")
 
 
@@ -99,6 +105,7 @@ class LayerPlacement:
     synapse_reach: tuple[int, ...]  # per synapse layer: the most cores an input spike is sent to
     graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
     columns: int = 0  # per core where a tile holds part of a row (0: whole rows)
+    kind: str = "neurons"  # LIF or relay; "product" or "sum" for an attention population
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ class _Layer:
     name: str
     dims: tuple[int, int, int]
     synapses: tuple[tuple[str, nir.NIRNode, tuple[int, ...]], ...]
+    kind: str = "neurons"  # LayerPlacement.kind
     blocks: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -172,8 +180,32 @@ class _Blocks:
                                       self.nnz * cores.sparse_bits_per_synapse)
 
 
-def _blocks(layer: _Layer, syn: str, node: nir.Affine, u: int) -> _Blocks:
+@dataclass(frozen=True, eq=False)
+class _Connections:
+    """Synapses listed by index (an attention population's, :func:`_attention_synapses`):
+    synapse ``k`` runs from input neuron ``sources[k]`` to target neuron ``targets[k]``."""
+
+    targets: np.ndarray
+    sources: np.ndarray
+    n_targets: int
+    n_sources: int
+
+
+def _connection_blocks(node: _Connections, u: int) -> _Blocks:
+    """:class:`_Blocks` of ``u`` target neurons of synapses listed by index."""
+    n, blocks = node.n_targets, -(-node.n_targets // u)
+    pairs = np.unique(node.targets // u * node.n_sources + node.sources)  # (block, input)
+    per_target = np.bincount(node.targets, minlength=n)
+    return _Blocks(np.minimum(u, n - np.arange(0, n, u)),
+                   np.bincount(pairs // node.n_sources, minlength=blocks),
+                   np.pad(per_target, (0, -n % u)).reshape(-1, u).max(axis=1),
+                   np.bincount(pairs % node.n_sources, minlength=node.n_sources))
+
+
+def _blocks(layer: _Layer, syn: str, node: nir.Affine | _Connections, u: int) -> _Blocks:
     """``syn``'s :class:`_Blocks` of ``u`` target neurons (kept on ``layer``)."""
+    if (syn, u) not in layer.blocks and isinstance(node, _Connections):
+        layer.blocks[(syn, u)] = _connection_blocks(node, u)
     if (syn, u) not in layer.blocks:
         nz = np.asarray(node.weight) != 0
         n = nz.shape[0]
@@ -212,7 +244,7 @@ def _groups_touched(channels: int, per_group: int, groups: int) -> int:
 def _reach(syn: str, node: nir.NIRNode, reader: _Tiling, layer: _Layer) -> np.ndarray | int:
     """Cores of a reader ``layer`` tiled as ``reader`` that an input neuron's spike is sent to
     through ``syn``: per input neuron for an affine synapse, at most for a convolution."""
-    if isinstance(node, nir.Affine):
+    if not isinstance(node, nir.Conv2d):
         return _blocks(layer, syn, node, reader.rows).readers
     reader_dims = layer.dims
     k, s, d, per_group = _conv_geometry(node)
@@ -241,10 +273,15 @@ def _needs(layer: _Layer, c: int, u: int, fan: np.ndarray, cores: Cores, v: int 
             read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
             axons += (read * min(in_shape[2], (v - 1) * s + d * (k - 1) + 1)
                       * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1))
-        else:
+        elif not isinstance(node, _Connections):
             blocks = _blocks(layer, syn, node, u)
             memory += int(blocks.bits(cores).max())
             axons += int(blocks.columns.max())
+    listed = [_blocks(layer, syn, node, u) for syn, node, _ in layer.synapses
+              if isinstance(node, _Connections)]
+    if listed:  # summed per run (an attention LIF's heads each reach their own runs)
+        memory += int(sum(b.bits(cores) for b in listed).max())
+        axons += int(sum(b.columns for b in listed).max())
     neurons = c * u * v
     if layer.dims[::2] == (1, 1):  # runs of u neurons: the most any run sends
         out = int(np.pad(fan, (0, -fan.size % u)).reshape(-1, u).sum(axis=1).max())
@@ -327,23 +364,49 @@ def identity_synapse(shape: tuple[int, ...]) -> nir.NIRNode:
     return nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
 
 
+def _port_synapses(la: ChipLayer) -> list[tuple[str, _Connections, tuple[int, ...]]]:
+    """An attention population's synapses from its ports' sources
+    (:func:`~.exchange.attention.expand`), one layer per port, named ``POPULATION<SOURCE``."""
+    pop = la.node.population
+    return [(f"{la.name}<{src}", _Connections(np.repeat(np.arange(pop.neurons), idx.shape[1]),
+                                             idx.reshape(-1), pop.neurons, size), (size,))
+            for src, idx, size in zip(la.inputs, pop.sources, pop.source_sizes)]
+
+
+def _y_synapses(la: ChipLayer, nodes: dict[str, ChipLayer], neurons: int
+                ) -> list[tuple[str, _Connections, tuple[int, ...]]]:
+    """A LIF's synapses from the attention populations it reads (the ``y`` populations: one
+    synapse per ``y`` neuron into the LIF's ``neurons``), named ``LIF<POPULATION``."""
+    pops = [(i, nodes[i].node.population) for i in la.inputs
+            if i in nodes and isinstance(nodes[i].node, AttentionNode)]
+    return [(f"{la.name}<{i}", _Connections(pop.targets, np.arange(pop.neurons), neurons,
+                                            pop.neurons), (pop.neurons,)) for i, pop in pops]
+
+
 def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
             ) -> tuple[list[_Layer], dict[str, str]]:
-    """The populations (LIFs and relays) with their synapse layers, and each synapse layer's
-    source population (a relay's identity synapse to ``R`` is named ``RELAY>R``)."""
+    """The populations (LIFs, relays and attention populations) with their synapse layers, and
+    each synapse layer's source population (a relay's identity synapse to ``R`` is named
+    ``RELAY>R``, an attention synapse ``READER<SOURCE``)."""
     shapes: dict[str, tuple[int, ...]] = {INPUT: in_shape}
     nodes = {la.name: la for la in layers}
     out, sources = [], {}
     for la in layers:
-        if isinstance(la.node, HostOpNode):
+        if isinstance(la.node, AttentionNode):
+            syn = _port_synapses(la)
+            sources.update((name, name.split("<", 1)[1]) for name, _, _ in syn)
+            out.append(_Layer(la.name, (1, la.node.population.neurons, 1), tuple(syn),
+                              la.node.spec.kind))
+        elif isinstance(la.node, HostOpNode):
             shapes[la.name] = la.node.output_shape
         elif isinstance(la.node, nir.LIF) or is_relay(la.node):
             shapes[la.name] = tuple(np.asarray(la.node.tau if isinstance(la.node, nir.LIF)
                                                else la.node.scale).shape)
-            syn = []
+            syn = _y_synapses(la, nodes, int(np.prod(shapes[la.name])))
+            sources.update((name, name.split("<", 1)[1]) for name, _, _ in syn)
             for i in la.inputs:
                 if i not in nodes or isinstance(nodes[i].node, (nir.LIF, HostOpNode,
-                                                                 AttentionNode)):
+                                                                AttentionNode)):
                     continue
                 if is_relay(nodes[i].node):
                     name = f"{i}>{la.name}"
@@ -380,9 +443,6 @@ def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]
 def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
                 system: System) -> EncoderMapping:
     """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
-    if any(isinstance(la.node, AttentionNode) for la in layers):
-        log.warning("the %s encoder's attention populations are not placed: its cores and "
-                    "messages count the other layers only", side)
     lifs, sources = _layers(layers, in_shape)
     named = {la.name: la for la in lifs}
     tiles: dict[str, _Tiling] = {}
@@ -423,17 +483,18 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
         kernels = sum(int(np.asarray(n.weight).size) for _, n, _ in layer.synapses
                       if isinstance(n, nir.Conv2d))
         dense = sum(int(_blocks(layer, syn, n, t.rows).bits(cores).sum())
-                    for syn, n, _ in layer.synapses if isinstance(n, nir.Affine))
+                    for syn, n, _ in layer.synapses if not isinstance(n, nir.Conv2d))
         row_tiles = -(-layer.dims[1] // t.rows) * -(-layer.dims[2] // t.columns)
         placements.append(LayerPlacement(
             layer.name, tuple(s for s, _, _ in layer.synapses), layer.neurons,
-            sum(flops(n, shape) for _, n, shape in layer.synapses),
+            sum(n.targets.size if isinstance(n, _Connections) else flops(n, shape)
+                for _, n, shape in layer.synapses),
             row_tiles * kernels * cores.conv_bits_per_weight + dense,
             t.cores, (t.channels, t.rows), chips[layer.name], t.bound,
             tuple(n for _, n in placed[layer.name]),
             tuple(int(np.max(reach[syn])) for syn, _, _ in layer.synapses),
             sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn),
-            t.columns if t.columns < layer.dims[2] else 0))
+            t.columns if t.columns < layer.dims[2] else 0, layer.kind))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)

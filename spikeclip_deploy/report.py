@@ -98,7 +98,9 @@ def energy_summary(e: dict) -> str:
                      f"{b['energy_pj']:>12,.0f}")
         copy = (f"  (copy of {a['copy_of']}: counted once at 45 nm)" if a and a["copy_of"]
                 else "  (graded stream relay: updates and graded messages)"
-                if b.get("kind") == "relay" else "")
+                if b.get("kind") == "relay" else
+                f"  (attention {b['kind']} population: updates and graded messages)"
+                if b.get("kind") in ("product", "sum") else "")
         lines.append(f"  {name:<{w}s}{cols}{copy}")
     lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs, once "
                  f"(its current is the same at every step)")
@@ -123,6 +125,13 @@ def energy_summary(e: dict) -> str:
                          f"{e['relay_updates']:,d} relay updates, {e['graded_sops']:,d} graded "
                          f"synaptic ops; chip SOPs with every copy {e['chip_sops_all_copies']:,.0f}"
                          f" = {e['chip_sops_all_copies'] / e['total_sops']:.2f} x the model's")
+    if "products" in e:
+        lines.insert(-3, f"  spiking attention on chip: {e['products']:,.0f} nonzero products "
+                         f"({e['product_updates']:,d} product neuron updates), "
+                         f"{e['sum_updates']:,d} graded sum updates, "
+                         f"{e['attention_graded_sops']:,.0f} graded and "
+                         f"{e['attention_spike_sops']:,.0f} spike synaptic ops: "
+                         f"{e['attention_energy_pj'] / PJ_PER_MJ:.6f} mJ at 45 nm")
     if chip:
         t = chip["terms_pj"]
         lines += [f"  chip model ({chip['model']}): {chip['total_mj']:.6f} mJ: chip "
@@ -197,4 +206,9 @@ def mapping_summary(m) -> str:
         lines.append(f"    {'total':<8s} {e.total('neurons'):>9,d} {e.total('synapses'):>13,d} "
                      f"{e.total('memory_bits') / 8192:>10.1f} {e.total('cores'):>5d} {'':>13s}  "
                      f"{e.chips} chip(s), {e.chip_crossings} chip crossing(s)")
+        kinds = {k: sum(la.cores for la in e.layers if la.kind == k) for k in ("product", "sum")}
+        if any(kinds.values()):
+            lines.append(f"    spiking attention on chip: {kinds['product']:,d} cores of product "
+                         f"neurons, {kinds['sum']:,d} of graded sums "
+                         f"({100 * sum(kinds.values()) / e.total('cores'):.1f} % of the cores)")
     return "\n".join(lines)

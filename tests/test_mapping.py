@@ -271,3 +271,46 @@ def test_a_fan_in_split_on_relays_maps_where_the_whole_layer_cannot():
     assert (m["r1"].synapse_layers, m["r1"].synapse_reach) == (("r0>r1", "p1"), (1, 2))
     assert m["r1"].memory_bits == 92 + 800
     assert (m["b"].cores, m["b"].graded_synapses) == (1, 5)
+
+
+def attention(order="k_first"):
+    """input (8) -> dense -> q, k, v LIFs (4, 2, 3): 2 heads of d = 2 over N = 6 tokens -> per
+    head its four populations (exchange.attention.head_specs) -> the attention LIF 'a'."""
+    from spikeclip_deploy.exchange.attention import AttentionNode, head_specs
+    layers = []
+    for s in "qkv":
+        layers += [dense(f"w{s}", np.ones((24, 8)), INPUT), lif(s, (4, 2, 3), f"w{s}")]
+    ys = []
+    for h in range(2):
+        for spec in head_specs("att", h, 2, (2, 3), 2, order, ("q", "k", "v")):
+            layers.append(ChipLayer(spec.name, AttentionNode(spec=spec), spec.inputs))
+        ys.append(spec.name)
+    return layers + [dataclasses.replace(lif("a", (4, 2, 3), ys[0]), inputs=tuple(ys))]
+
+
+def test_attention_populations_are_placed_by_their_input_axons():
+    """12 input axons a core. k_first, per head: kv (24 neurons, token-major, 4 a token) reads
+    K[n, 0..1] and V[n, 0..1] of each token it holds: runs of 12 would read 12, but the mapper
+    bisects for the tallest run, and 11 reads 13 in its second run (6 K, 7 V), so 10: 3 cores;
+    m (4) reads 6 kv each: 2 a core, 2 cores; qm (24) reads Q[n, 0..1] and all 4 of m: 4 tokens
+    (16 neurons) read 12, 17 read 13: 2 cores; y (12) reads 2 qm each: 6 a core, 2 cores; the
+    attention LIF (24, channels 0-1 from head 0's y, 2-3 from head 1's) one y each, its heads'
+    synapses summed per run: 12 a core, 2 cores; q, k, v (8 inputs each) 1 core each. An m
+    neuron reaches both qm cores, a Q spike one."""
+    cores = dataclasses.replace(CORES, neurons_per_core=8192, input_axons_per_core=12,
+                                synaptic_memory_bits_per_core=10**6, cores_per_chip=64)
+    m = map_encoder("image", attention(), (8,), cores, System("one", 1))
+    got = {la.name: (la.cores, la.kind) for la in m.layers}
+    for h in (0, 1):
+        assert {s: got[f"att_h{h}_{s}"] for s in ("kv", "m", "qm", "y")} == {
+            "kv": (3, "product"), "m": (2, "sum"), "qm": (2, "product"), "y": (2, "sum")}
+    assert got["a"] == (2, "neurons") and [got[s][0] for s in "qkv"] == [1, 1, 1]
+    qm = rows(m)["att_h0_qm"]
+    assert dict(zip(qm.synapse_layers, qm.synapse_reach)) == {"att_h0_qm<q": 1,
+                                                              "att_h0_qm<att_h0_m": 2}
+    assert qm.synapses == 48 and rows(m)["a"].synapses == 24 and m.total("cores") == 23
+    from spikeclip_deploy.mapping import Mapping
+    from spikeclip_deploy.report import mapping_summary
+    text = mapping_summary(Mapping("x", "test", System("one", 1), (m,)))
+    assert "spiking attention on chip: 10 cores of product neurons, 8 of graded sums (78.3 % " \
+        "of the cores)" in text

@@ -81,6 +81,10 @@ def test_synaptic_ops_and_both_energy_models_per_layer():
     (ax,) = energy_figure(copied).axes
     assert _bars(ax) == {"energy": uj(900.0, 9.0, 3.6)}
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv0", "dense1", "conv2"]
+    # spiking attention on chip: one bar of the 45 nm model's attention energy
+    (ax,) = energy_figure({**ENERGY, "attention_energy_pj": 54.7}).axes
+    assert _bars(ax) == {"energy": uj(900.0, 9.0, 54.7)}
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "attention on chip"
 
 
 @pytest.mark.parametrize("pj, unit, shown", [

@@ -23,6 +23,13 @@ A graded stream relay of :math:`N_r` neurons read by readers :math:`j` (identity
 reach :math:`\mathrm{reach}_j`) costs :math:`E_r = T N_r (E_{relay} + \sum_j (E_{graded\,op}
 + E_{graded\,msg}\,\mathrm{reach}_j))`: every relay neuron counted as updating and sending at
 every step (an upper bound: a relay sends only nonzero sums).
+
+Spiking attention on chip (:func:`attention_energy_rows`): every product neuron updates at
+every step, at :math:`E_{prod,active}` where it sends a nonzero product and
+:math:`E_{prod,inactive}` otherwise; every graded sum neuron at :math:`E_{relay}`; each graded
+spike a population sends (counted from Q, K and V: :mod:`.attention_counts`) costs
+:math:`E_{graded\,op}` per neuron it reaches and :math:`E_{graded\,msg}` per destination core;
+Q, K and V spikes into product neurons are synaptic ops and spike messages like any other.
 """
 from __future__ import annotations
 
@@ -42,6 +49,51 @@ def relay_counts(relays: Iterable[dict[str, Any]], time_steps: int) -> dict[str,
     relays = list(relays)
     return {"relay_updates": sum(r["neurons"] for r in relays) * time_steps,
             "graded_sops": sum(r["neurons"] * len(r["readers"]) for r in relays) * time_steps}
+
+
+def attention_energy_rows(tally: dict[str, Any], placement: dict[str, Any] | None,
+                          model: ChipEnergyModel) -> list[dict[str, Any]]:
+    r"""Per inference, the chip model's rows of spiking attention on chip (module docstring),
+    from a :class:`~.energy.SpikeTally`'s state: per population its updates, graded spikes
+    :math:`G_p`, graded synaptic ops :math:`G_p F_p` (:math:`F_p`: the neurons one reaches in its
+    reader) and, with the mapper's ``placement``, graded messages :math:`G_p\,\mathrm{reach}`;
+    then per synapse layer from a Q, K or V LIF into a product population its synaptic ops and
+    spike messages (the spikes of the LIF's neurons it reads times its reach)."""
+    n, t = tally["n"], tally["time_steps"]
+    rows: list[dict[str, Any]] = []
+    for pop in tally.get("attention", []):
+        events = tally["attention_events"][pop["name"]] / n
+        updates = pop["neurons"] * t
+        sops = events * sum(pop["readers"].values())
+        row = {"name": pop["name"], "kind": pop["kind"], "neuron_updates": updates,
+               "graded_spikes": events, "graded_sops": sops,
+               "graded_sop_pj": sops * model.e_graded_op_pj}
+        if pop["kind"] == "product":
+            row.update(active_updates=events,
+                       product_pj=events * model.e_product_update_active_pj
+                       + (updates - events) * model.e_product_update_inactive_pj)
+        else:
+            row["sum_pj"] = updates * model.e_relay_update_pj
+        if placement is not None:
+            reach = sum(placement["synapses"][syn]["reach"] for syn in pop["readers"])
+            row.update(graded_messages=events * reach,
+                       graded_message_pj=events * reach * model.e_graded_message_pj)
+        row["energy_pj"] = (row.get("product_pj", 0.0) + row.get("sum_pj", 0.0)
+                            + row["graded_sop_pj"] + row.get("graded_message_pj", 0.0))
+        rows.append(row)
+        for syn, lif in pop["ports"].items():
+            sops = tally["attention_port_sops"][syn] / n
+            port = {"name": syn, "kind": "synapses", "input": lif, "sops": sops,
+                    "sop_pj": sops * model.e_synaptic_op_pj}
+            if placement is not None:
+                messages = (tally["attention_port_spikes"][syn] / n
+                            * placement["synapses"][syn]["reach"])
+                port.update(messages=messages, message_pj=messages * model.e_spike_message_pj,
+                            messages_between_chips=messages * crossing_share(
+                                placement["lifs"][lif], placement["lifs"][pop["name"]]))
+            port["energy_pj"] = port["sop_pj"] + port.get("message_pj", 0.0)
+            rows.append(port)
+    return rows
 
 
 def placement_state(mapping: EncoderMapping, system: str) -> dict[str, Any]:
@@ -108,10 +160,16 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
         row["energy_pj"] = row["relay_pj"] + row["graded_sop_pj"] + row.get("graded_message_pj",
                                                                               0.0)
         rows.append(row)
+    rows += attention_energy_rows(tally, placement if mapped else None, model)
+    graded = bool(tally.get("relays") or tally.get("attention"))
     terms_pj = {"synaptic_ops": sum(r.get("sop_pj", 0.0) for r in rows),
                 "neuron_updates": sum(r.get("neuron_pj", 0.0) for r in rows)}
     if tally.get("relays"):
         terms_pj["relay_updates"] = sum(r.get("relay_pj", 0.0) for r in rows)
+    if tally.get("attention"):
+        terms_pj["product_updates"] = sum(r.get("product_pj", 0.0) for r in rows)
+        terms_pj["attention_sum_updates"] = sum(r.get("sum_pj", 0.0) for r in rows)
+    if graded:
         terms_pj["graded_sops"] = sum(r.get("graded_sop_pj", 0.0) for r in rows)
     terms = [f"synaptic ops x {model.e_synaptic_op_pj} pJ (every copy of a synapse)",
              f"neuron updates of every LIF neuron at every step: {model.e_neuron_update_active_pj}"
@@ -123,11 +181,22 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
                      f"{model.e_graded_op_pj} pJ" + (f", graded messages (one per destination "
                                                      f"core) x {model.e_graded_message_pj} pJ"
                                                      if mapped else ""))
+    if tally.get("attention"):
+        terms.append(f"spiking attention on chip, every product and graded sum neuron at every "
+                     f"step: product neuron updates x {model.e_product_update_active_pj} pJ "
+                     f"sending a nonzero product, {model.e_product_update_inactive_pj} pJ "
+                     f"otherwise; graded sum updates x {model.e_relay_update_pj} pJ; graded "
+                     f"synaptic ops into and out of the populations x {model.e_graded_op_pj} pJ, "
+                     f"Q, K and V spikes' synaptic ops into product neurons x "
+                     f"{model.e_synaptic_op_pj} pJ" + (f"; graded messages (one per nonzero "
+                                                        f"output and destination core) x "
+                                                        f"{model.e_graded_message_pj} pJ"
+                                                        if mapped else ""))
     if mapped:
         terms_pj["spike_messages"] = sum(r.get("message_pj", 0.0) for r in rows)
         terms.append(f"spike messages, one per spike and destination core (the mapper's "
                      f"placement on {placement['system']}) x {model.e_spike_message_pj} pJ")
-        if tally.get("relays"):
+        if graded:
             terms_pj["graded_messages"] = sum(r.get("graded_message_pj", 0.0) for r in rows)
     else:
         left_out.insert(0, f"spike messages: the encoder could not be mapped onto cores "

@@ -25,6 +25,15 @@ identity synapse: one graded synaptic op per neuron, step and reader). That is a
 a relay sends only nonzero sums. The 45 nm model prices them at the energy model's
 ``e_graded_op_pj`` and ``e_relay_update_pj`` (assumptions stated in its file).
 
+Spiking attention on chip (:mod:`~..exchange.attention`: product and graded sum populations per
+head) is counted from the recorded Q, K and V spikes, exactly
+(:mod:`.attention_counts`): nonzero products at the energy model's ``e_product_pj`` (a multiply
+of two nonzero inputs), their graded spikes times the neurons each reaches (graded synaptic
+ops, ``e_graded_op_pj``), Q, K and V spikes times the product neurons each reaches (synaptic
+ops, :math:`E_{AC}`), and the graded sum neurons' updates, every one at every step
+(``e_relay_update_pj``). The ANN counterpart evaluates :math:`Q K^\top V` densely, as the host
+op would.
+
 The partition's share of the work: :func:`chip_sop_share` over :func:`host_macs_executed`;
 ``chip_part_sop_share`` leaves out the stem and readout, which every deployment keeps on the
 host: 1 when everything between them runs on neuro-cores.
@@ -41,9 +50,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
-from ..exchange.attention import AttentionNode
 from ..exchange.resources import fan_out, flops
+from ..exchange.attention import AttentionNode
 from ..exchange.nirgraph import ChipLayer, HostOpNode, is_relay
+from .attention_counts import attention_rows, attention_totals, population_events
 from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
 from .stats import mean_ci95
 
@@ -60,13 +70,16 @@ def host_macs_executed(stem_macs: int, readout_macs: int, op_macs: int, time_ste
     return stem_macs + time_steps * op_macs + readout_macs
 
 
-def chip_sop_share(chip_sops: float, graded_sops: float, host_macs: float) -> float:
+def chip_sop_share(chip_sops: float, graded_sops: float, host_macs: float,
+                   attention_ops: float) -> float:
     r"""The chip's share of an inference's operations, :math:`(\mathrm{SOP} +
-    \mathrm{SOP}_{graded}) / (\mathrm{SOP} + \mathrm{SOP}_{graded} + \mathrm{MAC}_{host})`:
-    its synaptic ops with the graded identity synaptic ops of its stream relays (the chip
-    executes those too), over those plus the host's MACs (:func:`host_macs_executed`, or any
-    part of them); 0 when neither does anything."""
-    ops = chip_sops + graded_sops
+    \mathrm{SOP}_{graded} + A) / (\mathrm{SOP} + \mathrm{SOP}_{graded} + A +
+    \mathrm{MAC}_{host})`: its synaptic ops with the graded identity synaptic ops of its stream
+    relays and :math:`A`, the operations of spiking attention on chip (products, and the graded
+    and spike synaptic ops into and out of its populations; the chip executes those too), over
+    those plus the host's MACs (:func:`host_macs_executed`, or any part of them); 0 when
+    neither does anything."""
+    ops = chip_sops + graded_sops + attention_ops
     return ops / (ops + host_macs) if ops + host_macs else 0.0
 
 
@@ -79,8 +92,8 @@ def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     return [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
              "type": type(la.node).__name__, "input": la.inputs[0],
              "flops": flops(la.node, lifs[la.inputs[0]])}
-            for la in layers
-            if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale, AttentionNode))]
+            for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale,
+                                                         AttentionNode))]
 
 
 def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
@@ -111,7 +124,11 @@ class SpikeTally:
     synaptic operations per synapse layer and per sample (:math:`\sum_t \sum_i s_{t,i}
     \mathrm{fanout}(i)`, copies of a synapse counted once). Integers, so tallies of disjoint
     sample sets add up exactly (:meth:`merge`) to the tally of their union. :meth:`state` holds
-    the sums and what the energy report needs of the graph, as JSON-ready data."""
+    the sums and what the energy report needs of the graph, as JSON-ready data. With spiking
+    attention on chip, also per population the graded spikes it sends
+    (:func:`~.attention_counts.population_events`), per synapse layer from a Q, K or V LIF into
+    a product population the spikes it carries and its synaptic ops, and per sample the
+    attention's (products, graded synaptic ops, spike synaptic ops)."""
 
     def __init__(self, layers: list[ChipLayer], time_steps: int) -> None:
         lifs = {la.name: list(np.asarray(la.node.tau).shape) for la in layers
@@ -120,18 +137,26 @@ class SpikeTally:
         rows = synapse_rows(layers)
         self._fan_out = {row["name"]: fan_out(nodes[row["name"]], tuple(lifs[row["input"]]))
                          .reshape(-1) for row in rows}
+        attention, self._attention = attention_rows(layers)
+        self._port_fan = {syn: (lif, nodes[row["name"]].population.fan_out(
+            list(nodes[row["name"]].spec.inputs).index(lif)))
+            for row in attention for syn, lif in row["ports"].items()}
         self.data: dict[str, Any] = {
             "time_steps": time_steps, "lif_shapes": lifs, "synapses": rows,
             "relays": relay_rows(layers),
             "host_op_macs_per_step": host_op_macs(layers), "n": 0,
+            "attention_ann_macs_per_step": sum(a["ann_macs"] for a in self._attention.values()),
             "spikes": {name: 0 for name in lifs}, "sops": {row["name"]: 0 for row in rows},
-            "sample_sops": []}
+            "sample_sops": [], "attention": attention,
+            "attention_events": {row["name"]: 0 for row in attention},
+            "attention_port_spikes": dict.fromkeys(self._port_fan, 0),
+            "attention_port_sops": dict.fromkeys(self._port_fan, 0), "sample_attention": []}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "SpikeTally":
         """A tally read back from :meth:`state` (it merges; it cannot :meth:`add` spikes)."""
         tally = cls.__new__(cls)
-        tally._fan_out = {}
+        tally._fan_out, tally._attention, tally._port_fan = {}, {}, {}
         tally.data = json.loads(json.dumps(state))  # a deep copy
         return tally
 
@@ -142,12 +167,14 @@ class SpikeTally:
         b = len(spikes[0])
         acc = self._count_type()
         self.add_counts([np.add.reduce(s.astype(acc, copy=False), axis=1, dtype=acc)
-                         .reshape(b, -1) for s in spikes])
+                         .reshape(b, -1) for s in spikes], spikes)
 
-    def add_counts(self, counts: list[np.ndarray]) -> None:
+    def add_counts(self, counts: list[np.ndarray],
+                   spikes: list[np.ndarray] | None = None) -> None:
         """One batch as each LIF's spikes counted over the steps: ``[B, N]`` per LIF layer, in
         layer order, integers of any numeric type (a float sum of at most :math:`2^{24}` steps
-        is exact); each synapse reading a LIF takes its counts (times its fan-out, in int64)."""
+        is exact); each synapse reading a LIF takes its counts (times its fan-out, in int64).
+        Where :attr:`needs_steps`, ``spikes`` are the per-step spikes :meth:`add` takes."""
         d = self.data
         acc = self._count_type()
         counts = {name: c.astype(acc, copy=False)
@@ -164,11 +191,47 @@ class SpikeTally:
         for name, c in counts.items():
             d["spikes"][name] += int(c.sum(dtype=np.int64))
         d["sample_sops"] += per_sample.tolist()
+        if self.needs_steps:
+            if spikes is None:
+                raise ValueError("a tally of attention on chip needs each step's spikes: "
+                                 "call add, not add_counts")
+            self._add_attention(dict(zip(d["lif_shapes"], spikes)), counts)
         d["n"] += b
 
     def _count_type(self) -> type:
         """The type a neuron's count over the steps is exact in: uint8 below 256 steps."""
         return np.uint8 if self.data["time_steps"] < 256 else np.int64
+
+    @property
+    def needs_steps(self) -> bool:
+        """Whether :meth:`add_counts` needs each step's spikes too (attention on chip: its
+        products are coincidences within a step, which counts over the steps lose)."""
+        return bool(self.data["attention"])
+
+    def _add_attention(self, spikes: dict[str, np.ndarray], counts: dict[str, np.ndarray]
+                       ) -> None:
+        """The attention's part of :meth:`add` (class docstring)."""
+        d = self.data
+        b = len(next(iter(counts.values())))
+        products, graded, spike_sops = (np.zeros(b, np.int64) for _ in range(3))
+        rows = {(r["attention"], r["head"], r["stage"]): r for r in d["attention"]}
+        for name, a in self._attention.items():
+            events = population_events(spikes[a["q"]], spikes[a["k"]], spikes[a["v"]],
+                                       a["heads"], a["order"])
+            for stage, per_head in events.items():
+                for head in range(a["heads"]):
+                    row = rows[(name, head, stage)]
+                    d["attention_events"][row["name"]] += int(per_head[:, head].sum())
+                    graded += per_head[:, head] * sum(row["readers"].values())
+                    if row["kind"] == "product":
+                        products += per_head[:, head]
+        for syn, (lif, fan) in self._port_fan.items():
+            sops = np.einsum("bf,f->b", counts[lif], fan)
+            d["attention_port_sops"][syn] += int(sops.sum())
+            d["attention_port_spikes"][syn] += int(np.einsum("bf,f->", counts[lif],
+                                                             (fan > 0).astype(np.int64)))
+            spike_sops += sops
+        d["sample_attention"] += np.stack([products, graded, spike_sops], 1).tolist()
 
     @property
     def n(self) -> int:
@@ -187,14 +250,18 @@ class SpikeTally:
         """Add another tally's :meth:`state` (disjoint samples of the same encoder)."""
         d = self.data
         if state["synapses"] != d["synapses"] or state["lif_shapes"] != d["lif_shapes"] \
-                or state.get("relays", []) != d["relays"]:
+                or state.get("relays", []) != d["relays"] \
+                or state.get("attention", []) != d["attention"]:
             raise ConfigError("the partial results hold different chip graphs; merge the "
                               "shards of one verification only")
         d["n"] += int(state["n"])
-        for key in ("spikes", "sops"):
+        for key in ("spikes", "sops", "attention_events", "attention_port_spikes",
+                    "attention_port_sops"):
             for name in d[key]:
                 d[key][name] += int(state[key][name])
         d["sample_sops"] += [int(x) for x in state["sample_sops"]]
+        d["sample_attention"] += [[int(x) for x in row]
+                                  for row in state.get("sample_attention", [])]
 
 
 def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
@@ -218,12 +285,20 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
     graded = relay_counts(d.get("relays", []), t)
     graded_pj = (energy_model.e_graded_op_pj * graded["graded_sops"]
                  + energy_model.e_relay_update_pj * graded["relay_updates"])
-    chip_pj = e_ac * total_sops + graded_pj
+    att = attention_totals(d)
+    att_ops = att["products"] + att["attention_graded_sops"] + att["attention_spike_sops"]
+    # per sample: (products, graded synaptic ops, spike synaptic ops) at their energies
+    att_sample_pj = (np.asarray(d.get("sample_attention") or np.zeros((n, 3)), np.float64)
+                     @ [energy_model.e_product_pj, energy_model.e_graded_op_pj, e_ac]
+                     + energy_model.e_relay_update_pj * att["sum_updates"])
+    att_pj = float(att_sample_pj.mean())
+    chip_pj = e_ac * total_sops + graded_pj + att_pj
     e_snn = chip_pj + host_pj
-    e_ann = e_mac * ann_macs(stem_macs, rows, op_macs, readout_macs)
+    e_ann = e_mac * ann_macs(stem_macs, rows, op_macs + d.get("attention_ann_macs_per_step", 0),
+                             readout_macs)
     # sorted: the interval of merged shards equals one run's to the last bit
-    per_sample_mj = (e_ac * np.sort(d["sample_sops"]).astype(np.float64) + graded_pj
-                     + host_pj) / PJ_PER_MJ
+    per_sample_mj = np.sort(e_ac * np.asarray(d["sample_sops"], np.float64) + att_sample_pj
+                            + graded_pj + host_pj) / PJ_PER_MJ
     report = {
         "n": int(n), "time_steps": int(t), "layers": rows,
         "neuron_firing_rates": rates,
@@ -231,10 +306,12 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
         "chip_sops_all_copies": sum(row["sops"] for row in rows),
         **graded, "graded_energy_pj": graded_pj,
+        **({**att, "attention_energy_pj": att_pj} if d.get("attention") else {}),
         "host_op_macs_per_step": op_macs,
         "host_macs_executed": int(host),
-        "chip_sop_share": chip_sop_share(total_sops, graded["graded_sops"], host),
-        "chip_part_sop_share": chip_sop_share(total_sops, graded["graded_sops"], t * op_macs),
+        "chip_sop_share": chip_sop_share(total_sops, graded["graded_sops"], host, att_ops),
+        "chip_part_sop_share": chip_sop_share(total_sops, graded["graded_sops"], t * op_macs,
+                                              att_ops),
         "chip_energy_pj": chip_pj, "host_energy_pj": host_pj,
         "chip_energy_share": chip_pj / e_snn, "host_energy_share": host_pj / e_snn,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
@@ -248,6 +325,12 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
                   f"stream relays: graded synaptic ops x {energy_model.e_graded_op_pj} pJ and "
                   f"relay updates x {energy_model.e_relay_update_pj} pJ (every relay neuron "
                   f"sending at every step: an upper bound)",
+                  *([f"spiking attention on chip: nonzero products x "
+                     f"{energy_model.e_product_pj} pJ, graded synaptic ops into and out of its "
+                     f"populations x {energy_model.e_graded_op_pj} pJ, Q, K and V spikes' "
+                     f"synaptic ops into product neurons x E_AC, and graded sum neuron updates "
+                     f"(every one at every step) x {energy_model.e_relay_update_pj} pJ"]
+                    if d.get("attention") else []),
                   f"host MACs as executed x E_MAC {e_mac} pJ: the stem once (direct coding: "
                   f"its current is the same at every step), host ops once per step, the "
                   f"readout once"],

@@ -234,8 +234,12 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
             with torch.inference_mode():
                 if backends:
                     feats, float_spikes = model.encode_image_spikes(part)
-                    tallies["float"].add_counts([s.sum(0).reshape(len(part), -1).numpy()
-                                                 for s in float_spikes])
+                    if tallies["float"].needs_steps:
+                        tallies["float"].add([s.to(torch.uint8).transpose(0, 1).numpy()
+                                              for s in float_spikes])
+                    else:
+                        tallies["float"].add_counts([s.sum(0).reshape(len(part), -1).numpy()
+                                                     for s in float_spikes])
                 else:
                     feats = model.encode_image(part)
             preds["float"][start + lo:start + lo + len(part)] = predict(feats.numpy(),

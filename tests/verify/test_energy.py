@@ -11,7 +11,7 @@ from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9,
                  scope="computation only: memory access and data movement are not counted",
-                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, sources={})
+                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, e_product_pj=3.5, sources={})
 
 
 def lif(shape):
@@ -187,6 +187,7 @@ def test_mean_interval_by_hand():
 CHIP = ChipEnergyModel("chip", "", e_synaptic_op_pj=20.0, e_neuron_update_active_pj=80.0,
                        e_neuron_update_inactive_pj=50.0, e_spike_message_pj=2.0,
                        e_graded_op_pj=10.0, e_relay_update_pj=30.0, e_graded_message_pj=3.0,
+                       e_product_update_active_pj=70.0, e_product_update_inactive_pj=40.0,
                        static_mw_per_chip=100.0, scope="test", left_out=("tile hops",),
                        sources={})
 
@@ -290,3 +291,85 @@ def test_relays_by_hand():
     assert rep["loihi"]["terms_pj"]["graded_messages"] == 12
     # the chip's share counts the 4 graded ops it executes: (8 + 4) / (8 + 4 + 12 stem MACs)
     assert energy_report(t, 12, 0, EM)["chip_sop_share"] == 0.5
+
+
+def attention_graph():
+    """q, k, v LIFs (C = 2, H = 1, W = 2: one head of d = 2 over N = 2 tokens) -> the head's
+    k_first populations -> the attention LIF 'a'."""
+    from spikeclip_deploy.exchange.attention import AttentionNode, head_specs
+    layers = [ChipLayer(s, lif((2, 1, 2)), ("input",)) for s in "qkv"]
+    for spec in head_specs("att", 0, 1, (1, 2), 2, "k_first", ("q", "k", "v")):
+        layers.append(ChipLayer(spec.name, AttentionNode(spec=spec), spec.inputs))
+    return layers + [ChipLayer("a", lif((2, 1, 2)), ("att_h0_y",))]
+
+
+def attention_tally():
+    """T = 1, Q = [[1, 0], [1, 1]], K = [[1, 1], [0, 1]], V = [[0, 1], [1, 1]] (token rows, as in
+    test_attention_counts): graded spikes kv 4, m 3, qm 4, y 3; 'a' silent."""
+    def grid(rows):
+        return np.asarray(rows, np.uint8).T[None, None, :, None, :]
+    return tally(attention_graph(), [grid([[1, 0], [1, 1]]), grid([[1, 1], [0, 1]]),
+                                     grid([[0, 1], [1, 1]]), np.zeros((1, 1, 2, 1, 2))])
+
+
+def test_attention_on_chip_by_hand():
+    """Products: kv 4 + qm 4 = 8 nonzero of 2 x N d^2 = 16 updates; sums m 4 + y 4 = 8 updates.
+    Graded synaptic ops: kv 4 x 1 (into m) + m 3 x N = 2 (into qm) + qm 4 x 1 + y 3 x 1 (into
+    'a') = 17. Q, K and V spikes (3 each) reach d = 2 product neurons each: 18 synaptic ops.
+    45 nm: 8 x 3.5 + 17 x 0.5 + 18 x 0.9 + 8 x 0.25 = 54.7 pJ, all on chip (no host ops): the
+    chip part's share 1. The ANN counterpart evaluates Q K^T V densely: 2 N^2 d = 16 MACs.
+    Loihi, unmapped: kv and qm 4 x 70 + 4 x 40 each, m and y 4 x 30 each, graded ops x 10,
+    the three spike synapses 6 x 20 each; the LIFs q, k, v 3 x 80 + 50 each, 'a' 4 x 50."""
+    rep = energy_report(attention_tally(), 10, 5, EM, CHIP, {"system": "one", "error": "no"})
+    assert {k: rep[k] for k in ("products", "product_updates", "sum_updates",
+                                "attention_graded_sops", "attention_spike_sops")} == {
+        "products": 8, "product_updates": 16, "sum_updates": 8, "attention_graded_sops": 17,
+        "attention_spike_sops": 18}
+    assert np.isclose(rep["attention_energy_pj"], 54.7)
+    assert np.isclose(rep["chip_energy_pj"], 54.7) and rep["chip_part_sop_share"] == 1.0
+    assert np.isclose(rep["chip_sop_share"], 43 / (43 + 15))
+    assert np.isclose(rep["ann_energy_per_inference_mj"] * 1e9, 4.6 * (10 + 16 + 5))
+    chip = rep["loihi"]
+    assert chip["terms_pj"] == {"synaptic_ops": 360, "neuron_updates": 1070,
+                                "product_updates": 880, "attention_sum_updates": 240,
+                                "graded_sops": 170}
+    rows = {r["name"]: r for r in chip["layers"]}
+    assert (rows["att_h0_kv"]["active_updates"], rows["att_h0_m"]["graded_sops"],
+            rows["att_h0_qm<q"]["sops"]) == (4, 6, 6)
+
+
+def test_attention_messages_follow_the_mapping():
+    """Everything on one core of a chip: a graded spike reaches one core, kv 4 + m 3 + qm 4 +
+    y 3 = 14 graded messages; a Q, K or V spike one core of its product population: 9 spike
+    messages."""
+    from spikeclip_deploy.exchange.chip import Cores, System
+    from spikeclip_deploy.mapping import map_encoder
+
+    cores = Cores(cores_per_chip=16, neurons_per_core=100, synaptic_memory_bits_per_core=8000,
+                  dense_bits_per_synapse=8, sparse_bits_per_synapse=21, conv_bits_per_weight=8,
+                  input_axons_per_core=1000, output_axons_per_core=1000,
+                  systems=(System("one", 1),), sources={})
+    placed = placement_state(map_encoder("image", attention_graph(), (2, 1, 2), cores,
+                                         cores.systems[0]), "one")
+    chip = energy_report(attention_tally(), 10, 5, EM, CHIP, placed)["loihi"]
+    assert (chip["graded_messages"], chip["messages"]) == (14, 9)
+    assert chip["terms_pj"]["graded_messages"] == 14 * 3.0
+
+
+def test_attention_tallies_merge_exactly():
+    """Two tallies of the same sample add up to twice its counts, the interval's samples too."""
+    both = attention_tally()
+    both.merge(attention_tally().state())
+    rep = energy_report(both, 10, 5, EM)
+    assert (rep["products"], rep["attention_graded_sops"]) == (8, 17)
+    assert both.state()["sample_attention"] == [[8, 17, 18], [8, 17, 18]]
+
+
+def test_the_energy_summary_states_the_attention_on_chip():
+    from spikeclip_deploy.report import energy_summary
+
+    rep = energy_report(attention_tally(), 10, 5, EM, CHIP, {"system": "one", "error": "no"})
+    text = energy_summary({**rep, "spikes_from": "emu"})
+    assert ("spiking attention on chip: 8 nonzero products (16 product neuron updates), 8 graded"
+            " sum updates, 17 graded and 18 spike synaptic ops: 0.000000 mJ at 45 nm") in text
+    assert "att_h0_kv" in text and "(attention product population" in text
