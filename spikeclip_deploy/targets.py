@@ -25,6 +25,10 @@ class Target:
 #: the residual forms ``export --residual`` offers (the ``graded_streams`` pass)
 RESIDUAL_FORMS = ("graded", "copies")
 
+#: where ``export --attention`` puts spiking self-attention (the ``attention`` pass): on
+#: neuro-cores (product neurons and graded sums), or on the host between chip subgraphs
+ATTENTION_FORMS = ("chip", "host")
+
 LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "partition", "align_delays", "quantize", "resources",
                 "check_limits")
 

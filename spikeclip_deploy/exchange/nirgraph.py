@@ -11,6 +11,10 @@ Host ops (what no neuro-core computes) sit between chip subgraphs: in the NIR fi
 they read leave through ``Output`` nodes ``NAME_inK`` and their current comes back through an
 ``Input`` node ``NAME``; the graph's ``metadata["host_ops"]`` describes each (its ONNX file, the
 layers it reads, in order). A host op answers within the step: its depth is its inputs'.
+
+Spiking self-attention on chip is a chain of populations per head (:mod:`.attention`): each
+reads its ports through synapses (``synapse_delay`` plus its own ``delays[k]`` steps, so that all
+its ports arrive together) and answers within the step it hears them.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import nir
 import numpy as np
 
 from ..errors import LoweringError
+from .attention import AttentionNode, from_written, is_attention
+from .nirvalues import plain
 
 INPUT = "input"
 
@@ -116,20 +122,9 @@ def host_op_record(name: str, node: HostOpNode, inputs: tuple[str, ...]) -> dict
             **{k: v for k, v in node.metadata.items() if v is not None}}
 
 
-def _plain(v):
-    """A value as NIR's HDF5 reader returns it -> plain Python (bytes -> str, arrays -> lists)."""
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()] if v.dtype == object else v.tolist()
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def host_op_from_record(record: dict) -> tuple[HostOpNode, tuple[str, ...]]:
     """The inverse of :func:`host_op_record` (also on a record read back by ``nir.read``)."""
-    record = _plain(record)
+    record = plain(record)
     meta = {k: v for k, v in record.items()
             if k not in ("op", "inputs", "input_shapes", "output_shape")}
     node = HostOpNode(op=str(record["op"]), input_shapes=tuple(map(tuple, record["input_shapes"])),
@@ -167,7 +162,8 @@ def summed_synapses(layers: list[ChipLayer]) -> dict[str, tuple[str, ...]]:
         for i in la.inputs:
             if i in out:
                 terms += out[i]
-            elif i in nodes and not isinstance(nodes[i].node, (nir.LIF, HostOpNode)):
+            elif i in nodes and not isinstance(nodes[i].node, (nir.LIF, HostOpNode,
+                                                                AttentionNode)):
                 terms.append(i)
         out[la.name] = tuple(dict.fromkeys(terms))
     return out
@@ -182,7 +178,8 @@ class ChipLayer:
 
 def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
     """The graph's layers in topological order, keeping the graph's own order where it allows
-    (the order they were traced in); grouped convolutions regrouped (:func:`regroup`)."""
+    (the order they were traced in); grouped convolutions regrouped (:func:`regroup`), attention
+    populations as :class:`~.attention.AttentionNode` (their inputs in port order)."""
     host_ops = {name: host_op_from_record(rec)
                 for name, rec in graph.metadata.get("host_ops", {}).items()}
     io = {n for n, node in graph.nodes.items() if isinstance(node, (nir.Input, nir.Output))}
@@ -193,6 +190,14 @@ def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
     nodes = dict(graph.nodes)
     for name, (node, reads) in host_ops.items():
         nodes[name], inputs[name] = node, list(reads)
+    for name, node in graph.nodes.items():
+        if is_attention(node):  # its ports in order, as its metadata names them
+            nodes[name] = from_written(node)
+            if sorted(nodes[name].spec.inputs) != sorted(inputs[name]):
+                raise LoweringError(f"attention population '{name}' names its inputs "
+                                    f"{list(nodes[name].spec.inputs)} but the graph feeds it "
+                                    f"{inputs[name]}")
+            inputs[name] = list(nodes[name].spec.inputs)
     order, done = [], {INPUT}
     pending = list(inputs)
     while pending:  # the first node (in the graph's own order) whose inputs are all placed
@@ -221,7 +226,16 @@ def depths(layers: list[ChipLayer], synapse_delay: int) -> dict[str, int]:
         return depth[src] + synapse_delay + (relay_delay(relays[src], reader) if src in relays
                                              else 0)
     for layer in layers:
-        if isinstance(layer.node, HostOpNode):
+        if isinstance(layer.node, AttentionNode):  # each port through a synapse and its delay
+            arrivals = {(0 if i == INPUT else depth[i]) + synapse_delay + k
+                        for i, k in zip(layer.inputs, layer.node.delays)}
+            if len(arrivals) != 1:
+                raise LoweringError(f"the ports of attention population '{layer.name}' "
+                                    f"({list(layer.inputs)}) arrive at chip steps "
+                                    f"{sorted(arrivals)}: its factors of one step would not "
+                                    f"meet (re-export with this version)")
+            depth[layer.name] = arrivals.pop()
+        elif isinstance(layer.node, HostOpNode):
             arrivals = {depth[i] for i in layer.inputs}
             if len(arrivals) != 1:
                 raise LoweringError(f"the inputs of host op '{layer.name}' leave the chip at "

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .attention import AttentionNode
 from .nirgraph import HostOpNode, affine_columns, flops, is_relay, pair
 
 
@@ -46,13 +47,26 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
     holds). A synapse layer copied for several readers counts once per copy in both: each copy
     has weights of its own. Graded stream relays count as ``relay_neurons`` (also in
     ``neurons``: they take compartments) and their identity synapses, one per relay neuron and
-    reader, as ``graded_synapses`` (also stored weights)."""
+    reader, as ``graded_synapses`` (also stored weights). Attention populations
+    (:func:`~.attention.expand`) count as ``attention_neurons`` (``product_neurons`` of them
+    product neurons; all also in ``neurons``) and their synapses, ``y``'s into the attention LIF
+    included, as ``attention_synapses`` (also stored weights): keys a graph without them
+    lacks."""
     shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
     neurons = synapses = stored = relay_neurons = graded = 0
+    attention = {"attention_neurons": 0, "product_neurons": 0, "attention_synapses": 0}
     relays: set[str] = set()
     for name, node, inputs in layers:
         graded += sum(int(np.prod(shapes[i])) for i in inputs if i in relays)
-        if isinstance(node, HostOpNode):  # host work, counted by energy as host MACs
+        if isinstance(node, AttentionNode):
+            pop = node.population
+            shapes[name] = node.spec.block_shape
+            neurons += pop.neurons
+            attention["attention_neurons"] += pop.neurons
+            attention["product_neurons"] += pop.neurons if pop.kind == "product" else 0
+            attention["attention_synapses"] += pop.synapses
+            stored += pop.synapses
+        elif isinstance(node, HostOpNode):  # host work, counted by energy as host MACs
             shapes[name] = node.output_shape
         elif isinstance(node, nir.LIF) or is_relay(node):
             shapes[name] = np.asarray(node.tau if isinstance(node, nir.LIF) else node.scale).shape
@@ -65,4 +79,5 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
             stored += stored_weights(node)
             shapes[name] = shapes[inputs[0]]
     return {"neurons": neurons, "synapses": synapses, "stored_weights": stored + graded,
-            "relay_neurons": relay_neurons, "graded_synapses": graded}
+            "relay_neurons": relay_neurons, "graded_synapses": graded,
+            **(attention if attention["attention_neurons"] else {})}

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
+from ..exchange.attention import AttentionNode, written
 from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, host_op_record,
                                  host_port, ungroup)
 from ..nn.chip_graph import HOST_INPUT, HostOp, SpikeMaxPool
@@ -237,9 +238,12 @@ def run_side_layers(graph: Graph) -> list[ChipLayer]:
 def _written(node: nir.NIRNode) -> nir.NIRNode:
     """A layer's node as the file holds it: LIF ``tau`` in seconds (``tau * DT``, float32: exact
     for a power-of-two number of steps), grouped convolutions dense
-    (:func:`~spikeclip_deploy.exchange.nirgraph.ungroup`)."""
+    (:func:`~spikeclip_deploy.exchange.nirgraph.ungroup`), attention populations as scales
+    (:func:`~spikeclip_deploy.exchange.attention.written`)."""
     if isinstance(node, nir.LIF):
         return dataclasses.replace(node, tau=np.asarray(node.tau, np.float32) * np.float32(DT))
+    if isinstance(node, AttentionNode):
+        return written(node)
     return ungroup(node) if isinstance(node, nir.Conv2d) else node
 
 
