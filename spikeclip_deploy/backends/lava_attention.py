@@ -1,116 +1,95 @@
-r"""Spiking self-attention on neuro-cores, wired from Lava's stock processes: ``ProdNeuron``
-(products), ``Sparse``/``DelaySparse`` (binary and graded synapses) and ``GradedVec`` (graded
-sums).
+r"""Spiking self-attention's populations (:mod:`spikeclip_deploy.exchange.attention`) as Lava's
+stock processes: a product population is a ``ProdNeuron`` (:math:`v = (a_1 a_2) \gg exp`,
+:math:`s = v\,[|v| > v_{th}]`; with :math:`v_{th} = 0`, :math:`exp = 0` it sends the product, of
+two spikes their AND), a graded sum a ``GradedVec`` (:math:`s = a_{in}\,[|a_{in}| > v_{th}]`,
+memoryless), each of one flat dimension in the order of the population's neurons.
 
-Spikingformer's attention, per head :math:`h` and step, on spikes :math:`Q, K, V \in
-\{0,1\}^{N \times d}` (token :math:`n`, channel :math:`h d + i` of a ``[C, H, W]`` grid,
-:math:`n = y W + x`), is :math:`Y_h = (Q_h K_h^\top) V_h`, an integer count (the scale
-:math:`c` lives in the reading LIF). Two stages of products, each summed:
+Each port reads its source through a ``Sparse`` of unit weights from the population's
+``sources`` (binary from a Q, K or V LIF, graded, ``num_message_bits`` > 0, from a population),
+a ``DelaySparse`` holding it the port's ``delays[k]`` steps more where that is nonzero; the
+``y`` populations reach the attention LIF through a graded ``Sparse`` of their integer weight
+(mantissa and exponent) at their ``targets``. Every synapse delivers in the next step, as the
+chip graph's depths count (:func:`~spikeclip_deploy.exchange.nirgraph.depths`).
 
-* K first: :math:`P_1[n,i,j] = K[n,i]\,V[n,j]` (an AND of two spikes), :math:`M[i,j] = \sum_n
-  P_1[n,i,j]`; :math:`P_2[n,i,j] = Q[n,i]\,M[i,j]` (a spike gates a count), :math:`Y[n,j] =
-  \sum_i P_2[n,i,j]`.
-* Q first: :math:`P_1[n,m,i] = Q[n,i]\,K[m,i]`, :math:`S[n,m] = \sum_i P_1[n,m,i]`;
-  :math:`P_2[n,m,j] = V[m,j]\,S[n,m]`, :math:`Y[n,j] = \sum_m P_2[n,m,j]`.
-
-Each product population is one ``ProdNeuron`` (:math:`v = (a_1 a_2) \gg 0`, :math:`s = v\,[|v|
-> 0]`: threshold 0, else an AND, whose product is 1, would never pass), every head's neurons
-in one process; the stage-1 sum is a ``GradedVec`` (:math:`s = a_{in}\,[|a_{in}| > 0]`) reached
-through a graded ``Sparse`` of unit weights, the stage-2 sum is the graded ``Sparse`` into the
-reading LIF. Every synapse delays by one step, so :math:`Y` of the spikes of step :math:`t`
-reaches the LIF at step :math:`t + 4`; the operand that joins at stage 2 (:math:`Q`, or
-:math:`V` Q-first) is held two steps more (``DelaySparse``) to meet the stage-1 sum.
+Each population is one process, as the chip graph holds it (one per head and stage): Lava's
+run time grows with the product neurons (N d^2 per head and stage) and the processes; the
+measured cost of the alternatives (all heads of a stage in one process, dense synapses) is in
+``benchmarks/lava_attention.py``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.sparse import csr_matrix
 
-#: the orders of the two product stages
-ORDERS = ("k_first", "q_first")
-#: synapse hops from Q, K and V to the reading LIF
-HOPS = 4
-#: extra steps the stage-2 operand's synapse holds its spikes (the stage-1 sum's two hops)
-STAGE2_HOLD = 2
+from ..errors import ExportError
+from ..exchange.attention import AttentionNode
+from .lava_layout import lava_positions
+from .lava_sparse import sparse_synapse
+
+#: the input ports of a product population's ``ProdNeuron``, in port order
+PRODUCT_PORTS = ("a_in1", "a_in2")
 
 
-@dataclass(frozen=True)
-class Wiring:
-    """Index arrays of the two stages (flat Lava-layout neuron indices of the ``[W, H, C]``
-    operands): stage-1 product :math:`p` reads ``a[p]`` of operand ``a_from`` and ``b[p]`` of
-    ``b_from`` and adds into sum ``g1[p]``; stage-2 product :math:`p` reads ``c[p]`` of
-    ``c_from`` (held) and sum ``g2[p]``, and adds into ``y[p]`` of the output."""
-
-    a_from: str
-    b_from: str
-    c_from: str
-    a: np.ndarray
-    b: np.ndarray
-    g1: np.ndarray
-    c: np.ndarray
-    g2: np.ndarray
-    y: np.ndarray
-    sums: int
+def population(L: dict, node: AttentionNode) -> Any:
+    """The population's process: ``ProdNeuron`` or ``GradedVec`` with its quantized registers."""
+    pop, q = node.population, node.metadata["loihi"]
+    if pop.kind == "product":
+        return L["ProdNeuron"](shape=(pop.neurons,), vth=int(q["vth"]), exp=int(q["exp"]))
+    return L["GradedVec"](shape=(pop.neurons,), vth=int(q["vth"]))
 
 
-def wiring(grid: tuple[int, int, int], heads: int, order: str) -> Wiring:
-    """The two stages' index arrays for operands of PyTorch shape ``grid`` ``(C, H, W)``."""
-    c_all, h, w = grid
-    n, d = h * w, c_all // heads
-    tok = np.arange(n)
-
-    def lava(token: np.ndarray, channel: np.ndarray) -> np.ndarray:
-        return ((token % w) * h + token // w) * c_all + channel  # Lava layout (X, Y, C)
-    if order == "k_first":  # neurons (head, n, i, j) for both stages
-        hh, nn, ii, jj = (a.ravel() for a in np.meshgrid(np.arange(heads), tok, np.arange(d),
-                                                         np.arange(d), indexing="ij"))
-        g = (hh * d + ii) * d + jj
-        return Wiring("k", "v", "q", lava(nn, hh * d + ii), lava(nn, hh * d + jj), g,
-                      lava(nn, hh * d + ii), g, lava(nn, hh * d + jj), heads * d * d)
-    if order == "q_first":  # stage 1 (head, n, m, i); stage 2 (head, n, m, j)
-        hh, nn, mm, kk = (a.ravel() for a in np.meshgrid(np.arange(heads), tok, tok,
-                                                         np.arange(d), indexing="ij"))
-        g = (hh * n + nn) * n + mm
-        return Wiring("q", "k", "v", lava(nn, hh * d + kk), lava(mm, hh * d + kk), g,
-                      lava(mm, hh * d + kk), g, lava(nn, hh * d + kk), heads * n * n)
-    raise ValueError(f"unknown attention order '{order}'; choose one of {', '.join(ORDERS)}")
+def in_ports(proc: Any) -> list[Any]:
+    """A population process's input ports, in port order."""
+    return [getattr(proc, p) for p in PRODUCT_PORTS] if hasattr(proc, "a_in1") else [proc.a_in]
 
 
-def _gather(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> csr_matrix:
-    return csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=shape)
+def port_weights(node: AttentionNode, k: int) -> csr_matrix:
+    """Port ``k``'s unit weights ``[neurons, source neurons]`` from each neuron's
+    ``sources[k]`` (a Q, K or V LIF's neurons in Lava's layout)."""
+    pop = node.population
+    src = pop.sources[k]
+    if pop.binary(k):  # PyTorch (C, H, W) flat -> Lava (X, Y, C) flat
+        src = lava_positions(node.spec.block_shape)[src]
+    rows = np.repeat(np.arange(pop.neurons), src.shape[1])
+    return csr_matrix((np.ones(src.size, dtype=np.int32), (rows, src.ravel())),
+                      shape=(pop.neurons, pop.source_sizes[k]))
 
 
-def wire_attention(L: dict, ports: dict[str, Any], grid: tuple[int, int, int], heads: int,
-                   order: str, bits: int, weight: int = 1, weight_exp: int = 0) -> Any:
-    """Wire :math:`Y = (Q K^\top) V` per head between the spike ports ``ports`` (``q``, ``k``,
-    ``v``: ``OutPort`` of Lava shape ``(W, H, C)`` for PyTorch ``grid`` ``(C, H, W)``) and return
-    the graded ``Sparse`` whose flat ``a_out`` carries :math:`w\,Y \cdot 2^{e}` (``weight``
-    :math:`w`, ``weight_exp`` :math:`e`) in Lava layout; graded messages of ``bits`` bits."""
-    wi = wiring(grid, heads, order)
-    n_in, n1, n2 = int(np.prod(grid)), len(wi.a), len(wi.c)
-    p1 = L["ProdNeuron"](shape=(n1,), vth=0, exp=0)
-    for src, idx, port in ((wi.a_from, wi.a, p1.a_in1), (wi.b_from, wi.b, p1.a_in2)):
-        syn = L["Sparse"](weights=_gather(np.arange(n1), idx, (n1, n_in)), num_message_bits=0)
-        ports[src].flatten().connect(syn.s_in)
-        syn.a_out.connect(port)
-    g = L["GradedVec"](shape=(wi.sums,), vth=0)
-    to_sum = L["Sparse"](weights=_gather(wi.g1, np.arange(n1), (wi.sums, n1)),
-                         num_message_bits=bits)
-    p1.s_out.connect(to_sum.s_in)
-    to_sum.a_out.connect(g.a_in)
-    p2 = L["ProdNeuron"](shape=(n2,), vth=0, exp=0)
-    held = _gather(np.arange(n2), wi.c, (n2, n_in))
-    hold = L["DelaySparse"](weights=held, delays=(held * STAGE2_HOLD).astype(int),
-                             num_message_bits=0)
-    ports[wi.c_from].flatten().connect(hold.s_in)
-    hold.a_out.connect(p2.a_in1)
-    fan = L["Sparse"](weights=_gather(np.arange(n2), wi.g2, (n2, wi.sums)), num_message_bits=bits)
-    g.s_out.connect(fan.s_in)
-    fan.a_out.connect(p2.a_in2)
-    out = L["Sparse"](weights=_gather(wi.y, np.arange(n2), (n_in, n2)) * weight,
-                      weight_exp=weight_exp, num_message_bits=bits)
-    p2.s_out.connect(out.s_in)
-    return out
+def port_bits(node: AttentionNode, k: int) -> int:
+    """Message bits of port ``k``: 0 for spikes, the graded payload's otherwise."""
+    return 0 if node.population.binary(k) else int(node.metadata["loihi"]["num_message_bits"])
+
+
+def port_synapse(L: dict, node: AttentionNode, k: int) -> Any:
+    """The synapses of port ``k`` (:func:`port_weights`), held ``delays[k]`` steps more."""
+    return sparse_synapse(L, port_weights(node, k), port_bits(node, k), node.delays[k])
+
+
+def weight_mantissa(weight: float, name: str) -> tuple[int, int]:
+    """An integer synapse weight :math:`w = m 2^e` with :math:`m` odd (or 0) -> ``(m, e)``,
+    refused where it is no integer or :math:`m` passes Lava's 8-bit weights."""
+    if weight != int(weight):
+        raise ExportError(f"attention population '{name}' drives its LIF with weight {weight}, "
+                          f"which is no integer: re-export it for --target loihi")
+    w = int(weight)
+    e = (w & -w).bit_length() - 1 if w else 0
+    if not -256 <= w >> e <= 255:
+        raise ExportError(f"attention population '{name}' drives its LIF with weight {w} = "
+                          f"{w >> e} * 2^{e}, whose mantissa passes 8 bits: re-export with "
+                          f"--attention host")
+    return w >> e, e
+
+
+def output_synapse(L: dict, node: AttentionNode, name: str) -> Any:
+    """A ``y`` population's graded synapses into the attention LIF (flat, Lava layout): its
+    weight at its ``targets``."""
+    pop = node.population
+    m, e = weight_mantissa(node.weight, name)
+    n_lif = int(np.prod(node.spec.block_shape))
+    weights = csr_matrix((np.full(pop.neurons, m, dtype=np.int32),
+                          (lava_positions(node.spec.block_shape)[pop.targets],
+                           np.arange(pop.neurons))), shape=(n_lif, pop.neurons))
+    return sparse_synapse(L, weights, int(node.metadata["loihi"]["num_message_bits"]), 0,
+                          weight_exp=e)
