@@ -258,7 +258,7 @@ class _Network:
                     if i == INPUT:
                         port = source.s_out
                     elif isinstance(by_name[i].node, AttentionNode):  # a y population
-                        syn = lava_attention.output_synapse(self.L, by_name[i].node, i)
+                        syn = lava_attention.output_synapse(self.L, by_name[i].node)
                         procs[i].s_out.connect(syn.s_in)
                         port = syn.a_out
                     elif isinstance(by_name[i].node, nir.Scale):

@@ -82,14 +82,19 @@ def weight_mantissa(weight: float, name: str) -> tuple[int, int]:
     return w >> e, e
 
 
-def output_synapse(L: dict, node: AttentionNode, name: str) -> Any:
-    """A ``y`` population's graded synapses into the attention LIF (flat, Lava layout): its
-    weight at its ``targets``."""
+def output_weights(node: AttentionNode) -> csr_matrix:
+    """A ``y`` population's weights into the attention LIF ``[LIF neurons (flat, Lava layout),
+    neurons]``: its weight's mantissa (:func:`weight_mantissa`) at its ``targets``."""
     pop = node.population
-    m, e = weight_mantissa(node.weight, name)
-    n_lif = int(np.prod(node.spec.block_shape))
-    weights = csr_matrix((np.full(pop.neurons, m, dtype=np.int32),
-                          (lava_positions(node.spec.block_shape)[pop.targets],
-                           np.arange(pop.neurons))), shape=(n_lif, pop.neurons))
-    return sparse_synapse(L, weights, int(node.metadata["loihi"]["num_message_bits"]), 0,
-                          weight_exp=e)
+    m, _ = weight_mantissa(node.weight, node.spec.name)
+    return csr_matrix((np.full(pop.neurons, m, dtype=np.int32),
+                       (lava_positions(node.spec.block_shape)[pop.targets],
+                        np.arange(pop.neurons))),
+                      shape=(int(np.prod(node.spec.block_shape)), pop.neurons))
+
+
+def output_synapse(L: dict, node: AttentionNode) -> Any:
+    """A ``y`` population's graded synapses into the attention LIF (:func:`output_weights`,
+    and its weight's exponent)."""
+    return sparse_synapse(L, output_weights(node), port_bits(node, 0), 0,
+                          weight_exp=weight_mantissa(node.weight, node.spec.name)[1])
