@@ -14,7 +14,7 @@ from . import __version__
 from .backends.lava_chip import CHIP_ENV, CHIPS
 from .cli_types import FiniteFloatRange
 from .errors import SpikeClipError
-from .targets import RESIDUAL_FORMS, target_names
+from .targets import ATTENTION_FORMS, RESIDUAL_FORMS, target_names
 from .training.recipe import AUGMENTATIONS, Recipe
 
 
@@ -281,10 +281,15 @@ def _check_init(init: str, model: str | None) -> None:
                    "synapse once; copies kept where they cost no more energy on the chip or "
                    "where relays would not fit a core's input axons), or a synapse copy per "
                    "reader.")
+@click.option("--attention", type=click.Choice(ATTENTION_FORMS), default="chip",
+              show_default=True,
+              help="Where spiking self-attention (Q K^T V) runs: on neuro-cores (product "
+                   "neurons and graded sums, exact integer counts), or on the host between chip "
+                   "subgraphs.")
 @INIT
 @INIT_SEED
 def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt: str,
-               residual: str, init: str, seed: int) -> None:
+               residual: str, attention: str, init: str, seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
     from .export import ExportConfig, export_model
     from .report import export_summary
@@ -293,7 +298,7 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
     path, manifest = export_model(ExportConfig(model=_model(model), target=target,
                                                out=Path(out) if out else None, force=force,
                                                init=init, seed=seed, format=fmt,
-                                               residual=residual))
+                                               residual=residual, attention=attention))
     click.echo(export_summary(path, manifest))
 
 

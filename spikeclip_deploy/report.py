@@ -13,7 +13,8 @@ def export_summary(path: Path, manifest: dict) -> str:
             shape = row.get("shape") or row.get("weight_shape")
             q = row.get("loihi", {})
             extra = (f"  graded payload <= {row['payload_bound']:,} "
-                     f"({q['num_message_bits']} bits)" if "relay" in row else
+                     f"({q['num_message_bits']} bits)" if "relay" in row or "attention" in row
+                     else
                      f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
                      f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
             lines.append(f"    {row['name']:<8s} {row['type']:<7s} {str(shape):<22s}{extra}")
@@ -26,6 +27,14 @@ def export_summary(path: Path, manifest: dict) -> str:
                          f"; graded {g['synaptic_ops']:,} synaptic ops + "
                          f"{g['graded_messages']:,} graded messages + {g['relay_updates']:,} "
                          f"relay updates ({g['energy_pj'] / 1e6:,.2f} uJ)")
+    for side, layers in manifest.get("attention", {}).get("layers", {}).items():
+        for name, a in layers.items():
+            p = a["products"]
+            lines.append(f"  {side} attention {name} on chip ({a['heads']} heads, N={a['tokens']}, "
+                         f"d={a['d']}): {a['order']} ({p['k_first']:,} products a step k_first, "
+                         f"{p['q_first']:,} q_first); {a['neurons']:,} neurons "
+                         f"({a['product_neurons']:,} product), {a['synapses']:,} synapses, "
+                         f"{a['messages']:,} messages a step at full activity")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
     return "\n".join(lines)
 

@@ -29,8 +29,8 @@ RESIDUAL_FORMS = ("graded", "copies")
 #: neuro-cores (product neurons and graded sums), or on the host between chip subgraphs
 ATTENTION_FORMS = ("chip", "host")
 
-LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "partition", "align_delays", "quantize", "resources",
-                "check_limits")
+LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "attention",
+                "partition", "align_delays", "quantize", "resources", "check_limits")
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("loihi", "Loihi 2 fixed point, run bit-accurately on Lava", "loihi2", LOIHI_PASSES,
@@ -39,7 +39,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "emulated exactly in torch, batched", "loihi2", LOIHI_PASSES,
            "spikeclip_deploy.backends.emulator:EmulatorBackend", exports="loihi"),
     Target("cpu", "float reference: the float NIR graph interpreted in float64", None,
-           ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "partition", "resources"),
+           ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "attention", "partition",
+            "resources"),
            "spikeclip_deploy.backends.cpu:CPUBackend"),
 )}
 

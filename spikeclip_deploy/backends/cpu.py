@@ -13,7 +13,10 @@ the start of every sample.
 A host op between chip subgraphs runs in the same step, through the same interpreter: each of its
 inputs enters a :class:`HostSlot` node (its place in a stack; nirtorch sums what enters a node,
 so the slots' sum is the stack of the op's arguments), and a :class:`HostOpNode` module runs the
-op's ONNX function on the stack and puts its output on the export's input grid.
+op's ONNX function on the stack and puts its output on the export's input grid. Spiking
+attention on chip runs in the same step too, each population walking the export's description of
+it (:func:`~spikeclip_deploy.exchange.attention.expand`), a product population's two ports side by
+side through :class:`PortSlot` nodes.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import torch
 from nirtorch import nir_to_torch
 
 from ..errors import UnsupportedNodeError
+from ..exchange.attention import AttentionNode, fire, from_written, is_attention
 from ..exchange.nirgraph import HostOpNode, host_port, pair
 from .base import Backend, chip_input
 from .host_runtime import HostOpRunner
@@ -121,9 +125,79 @@ class _HostOp(torch.nn.Module):
         return torch.as_tensor(y, dtype=stack.dtype)
 
 
+@dataclass(eq=False)
+class PortSlot(nir.NIRNode):
+    """Port ``k`` of an attention product population: its input, flattened, at ``offset`` of
+    ``total`` columns (run side only; nirtorch sums what enters a node, so the sum of a
+    population's port slots is its ports side by side)."""
+
+    offset: int
+    size: int
+    total: int
+
+    def __post_init__(self) -> None:
+        self.input_type = {"input": np.array((self.size,))}
+        self.output_type = {"output": np.array((self.total,))}
+
+
+class _Port(torch.nn.Module):
+    def __init__(self, node: PortSlot) -> None:
+        super().__init__()
+        self.offset, self.size, self.total = node.offset, node.size, node.total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B, total]
+        out = x.new_zeros(len(x), self.total)
+        out[:, self.offset:self.offset + self.size] = x.flatten(1)
+        return out
+
+
+class _Attention(torch.nn.Module):
+    """An attention population, within the step, walking its description
+    (:func:`~..exchange.attention.fire` over its sources): a product population reads its
+    ports side by side, a sum population its one port; each sends ``[B, neurons]``, and ``y``
+    ``weight`` times its counts on its head's channels of the attention LIF, ``[B, C, H, W]``."""
+
+    def __init__(self, node: AttentionNode) -> None:
+        super().__init__()
+        self.pop, self.weight = node.population, node.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pop = self.pop
+        ports = (list(torch.split(x, pop.source_sizes, dim=1)) if pop.kind == "product"
+                 else [x.flatten(1)])
+        p = fire(pop, ports)
+        if pop.targets is None:
+            return p
+        out = p.new_zeros(len(p), int(np.prod(pop.spec.block_shape)))
+        out[:, torch.as_tensor(pop.targets)] = self.weight * p
+        return out.reshape(len(p), *pop.spec.block_shape)
+
+
 #: node type -> module; :func:`run_graph` binds the graph's ``dt`` to :class:`LIF`
 NODE_MAP: dict[type, Callable] = {nir.LIF: LIF, nir.Affine: _affine, nir.Conv2d: _conv2d,
-                                  nir.Scale: _Relay, HostSlot: _Slot}
+                                  nir.Scale: _Relay, HostSlot: _Slot, PortSlot: _Port,
+                                  AttentionNode: _Attention}
+
+
+def with_attention(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """The graph with each attention population (a ``Scale`` in the file) as an
+    :class:`AttentionNode`, a product population's ports entering it through
+    :class:`PortSlot` nodes."""
+    nodes, edges = dict(graph.nodes), list(graph.edges)
+    for name, node in graph.nodes.items():
+        if not is_attention(node):
+            continue
+        nodes[name] = att = from_written(node)
+        pop = att.population
+        if pop.kind != "product":
+            continue
+        offsets = np.cumsum((0, *pop.source_sizes))
+        for k, src in enumerate(att.spec.inputs):
+            port = f"{name}_port{k}"
+            nodes[port] = PortSlot(int(offsets[k]), pop.source_sizes[k], int(offsets[-1]))
+            edges.remove((src, name))
+            edges += [(src, port), (port, name)]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata, type_check=False)
 
 
 def with_host_ops(graph: nir.NIRGraph, host_ops: dict[str, HostOpNode]) -> nir.NIRGraph:
@@ -172,8 +246,8 @@ class CPUBackend(Backend):
     def __init__(self, export_dir) -> None:
         super().__init__(export_dir)
         self.node_map = {**NODE_MAP, HostOpNode: partial(_HostOp, self.export_dir)}
-        self.wired = {side: with_host_ops(graph, {la.name: la.node for la in self.layers[side]
-                                                  if isinstance(la.node, HostOpNode)})
+        self.wired = {side: with_attention(with_host_ops(graph, {
+            la.name: la.node for la in self.layers[side] if isinstance(la.node, HostOpNode)}))
                       for side, graph in self.graphs.items()}
 
     def run_chip(self, side: str, current: np.ndarray) -> list[np.ndarray]:

@@ -13,8 +13,10 @@ bits, :math:`a` the activation and threshold shift, :math:`n` the state bits):
 with :math:`a_{in}` the sum of what reaches the LIF: the input mantissa (the first LIF), each
 synapse's output (:mod:`.emulator_synapses`: Lava's ``Dense``, ``Conv``), each host op's
 quantized current and each graded stream relay's payload (Lava's ``GradedVec`` with threshold 0,
-:math:`p = \sum_i y_i`, through an identity synapse of weight 1, which passes it unchanged).
-A synapse's bias is part of its LIF's bias mantissa (a stream's terms: of every LIF summing
+:math:`p = \sum_i y_i`, through an identity synapse of weight 1, which passes it unchanged),
+and each spiking-attention head's counts :math:`w Y` (:mod:`.emulator_attention`: its product
+neurons and graded sums as Lava's ``ProdNeuron`` and ``GradedVec`` compute them, whose ports the
+export's delays align). A synapse's bias is part of its LIF's bias mantissa (a stream's terms: of every LIF summing
 them).
 
 Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
@@ -45,9 +47,11 @@ from numba.typed import List
 
 from ..errors import ExportError
 from ..exchange.chip import FixedPoint
+from ..exchange.attention import AttentionNode
 from ..exchange.manifest import chip_record
 from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
+from . import emulator_attention as attention
 from .emulator_lif import lif_steps
 from .emulator_gemm import FLOAT64_EXACT, INT32_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
@@ -161,9 +165,11 @@ class _Batch:
         return store[name][self.rows]
 
 
-def _numpy(store: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """``[B, T, *inner]`` tensors -> ``[B, T, *shape]`` arrays (PyTorch layout, views)."""
-    return {k: from_inner(x, x.ndim - 2).numpy() for k, x in store.items()}
+def _numpy(store: dict[str, torch.Tensor], own: frozenset[str] = frozenset()
+           ) -> dict[str, np.ndarray]:
+    """``[B, T, *inner]`` tensors -> ``[B, T, *shape]`` arrays (PyTorch layout, views); those
+    named in ``own`` (attention populations, held in their own shape) as they are."""
+    return {k: (x if k in own else from_inner(x, x.ndim - 2)).numpy() for k, x in store.items()}
 
 
 def _synapse_key(la: ChipLayer) -> tuple:
@@ -195,6 +201,7 @@ class Emulation:
         #: each relay's sum, reused from chunk to chunk (fresh memory costs page faults)
         self.buffers: dict[str, torch.Tensor] = {}
         summed = summed_synapses(layers)
+        self.populations = [la.name for la in layers if isinstance(la.node, AttentionNode)]
         for la in layers:
             node = la.node
             if isinstance(node, (nir.Affine, nir.Conv2d)):
@@ -233,7 +240,8 @@ class Emulation:
                 for la in self.layers:
                     HANDLERS[type(la.node)](self, la, batch)
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
-                       _numpy(batch.u), _numpy(batch.v), _numpy(batch.payloads))
+                       _numpy(batch.u), _numpy(batch.v),
+                       _numpy(batch.payloads, frozenset(self.populations)))
 
     # -- handlers: each writes its layer's output into ``batch.acts`` ----------------------
     def _synapse(self, la: ChipLayer, batch: _Batch) -> None:
@@ -283,6 +291,26 @@ class Emulation:
             out = batch.full(batch.payloads, la.name, (self.time_steps, *y.shape[2:]), np.int64)
             out.copy_(y.expand(out.shape))
 
+    def _attention(self, la: ChipLayer, batch: _Batch) -> None:
+        """An attention population (:mod:`.emulator_attention`): a product population holds its
+        factors, a sum population computes their products' sums; ``y`` sends its counts into
+        the attention LIF (int32, bounded by ``weight`` times its payload bound)."""
+        node = la.node
+        ports = [batch.acts[i] for i in la.inputs]
+        if node.population.kind == "product":
+            f = batch.acts[la.name] = attention.factors(node, ports)
+            out = attention.payloads(node, f) if batch.record_state else None
+        else:
+            (f,) = ports
+            out = attention.counts(node, f)
+            batch.acts[la.name] = (Current(attention.into_lif(node, out), 0,
+                                           int(node.weight) * node.population.bound)
+                                   if node.spec.stage == "y" else out)
+        if batch.record_state:
+            rec = batch.full(batch.payloads, la.name, (self.time_steps, *node.population.shape),
+                             np.int64)
+            rec.copy_(out)
+
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
         ins = [batch.acts[i] for i in la.inputs]
@@ -302,7 +330,8 @@ class Emulation:
 
 HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
                                   nir.Conv2d: Emulation._synapse, HostOpNode: Emulation._host_op,
-                                  nir.Scale: Emulation._relay}
+                                  nir.Scale: Emulation._relay,
+                                  AttentionNode: Emulation._attention}
 
 
 class EmulatorBackend(Backend):

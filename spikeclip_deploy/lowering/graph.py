@@ -204,7 +204,7 @@ def trace(encoder: SpikingEncoder, side: str, current: torch.Tensor) -> Graph:
                               output_shape=tuple(outs[i].shape[2:]),
                               metadata={"reason": module.reason, "grid": module.grid,
                                         "bound": module.bound(shapes, bounds),
-                                        "macs": module.macs(shapes)})
+                                        "macs": module.macs(shapes), **module.params()})
             names.append(add("host", node, inputs, f"stack.{i}"))
         elif isinstance(module, MultiStepLIF):
             names.append(add("lif", _lif_node(module, tuple(outs[i].shape[2:])), inputs,

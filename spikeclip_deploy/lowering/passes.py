@@ -1,6 +1,7 @@
 """The lowering passes, each a pure function over a :class:`~.graph.Graph`:
 
-``fold_bn`` -> ``graded_streams`` -> ``split_fan_in`` -> ``split_fanout`` -> ``partition`` -> ``align_delays`` (chip targets) ->
+``fold_bn`` -> ``graded_streams`` -> ``split_fan_in`` -> ``split_fanout`` -> ``attention`` ->
+``partition`` -> ``align_delays`` (chip targets) ->
 ``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target
 (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order; :data:`PASSES` maps those
 names to the passes.
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
 from ..hardware import ChipProfile, load_profile
+from ..exchange.attention import AttentionNode
 from ..exchange.nirgraph import HostOpNode, depths, is_relay
 from ..targets import RESIDUAL_FORMS, get_target
 from .fan_in import split_fan_in
@@ -22,6 +24,7 @@ from .fold import bn_gain, folded_bias
 from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
 from ..exchange.resources import flops, graph_resources
+from .attention import lower_attention
 from .streams import graded_streams
 
 
@@ -31,6 +34,7 @@ class LoweringContext:
     profile: ChipProfile | None  # the hardware the target quantizes for (None: float)
     input_grid: tuple[float, float, float] | None  # the grid the model was trained on, if any
     residual: str = "graded"  # how residual streams reach their readers (RESIDUAL_FORMS)
+    attention: str = "chip"  # where spiking self-attention runs (ATTENTION_FORMS)
 
 
 # -- fold_bn -------------------------------------------------------------------------------------
@@ -115,12 +119,19 @@ def _shared_synapses(graph: Graph) -> str | None:
 SPLIT_FANOUT = Pass("split_fanout", _split_fanout, ensures=_shared_synapses)
 
 
+# -- attention -----------------------------------------------------------------------------------
+ATTENTION = Pass("attention", lambda g, ctx: lower_attention(g, ctx.attention),
+                 ensures=lambda g: None if "attention" in g.meta else "no attention record")
+
+
 # -- partition -----------------------------------------------------------------------------------
 CHIP_REASONS = {nir.LIF: "LIF neurons: neuro-core compartments",  # host ops: their own reason
                 nir.Conv2d: "convolution read from spikes: neuro-core synapses (accumulate only)",
                 nir.Affine: "dense layer read from spikes: neuro-core synapses (accumulate only)",
                 nir.Scale: "graded stream relay: neuro-core graded neurons (memoryless sum, sent "
-                           "as graded spikes through identity synapses)"}
+                           "as graded spikes through identity synapses)",
+                AttentionNode: "spiking self-attention: product neurons (a spike's AND, a spike "
+                               "gating a graded count) and graded sums, exact integer counts"}
 
 
 def _place(graph: Graph, layer: Layer) -> Layer:
@@ -191,12 +202,16 @@ PARTITION = Pass("partition", _partition, ensures=_unplaced)
 # -- align_delays --------------------------------------------------------------------------------
 def _depths(graph: Graph) -> dict[str, int]:
     """Chip synapse layers on the longest path from the input to each layer (host layers
-    answer within the step; a relay's identity synapse to its reader is one more)."""
+    answer within the step; a relay's identity synapse to its reader is one more, and so is
+    each synapse into an attention population and from one into its LIF)."""
     depth: dict[str, int] = {INPUT: 0}
-    relays = {la.name for la in graph.layers if is_relay(la.node)}
+    graded = {la.name for la in graph.layers
+              if is_relay(la.node) or isinstance(la.node, AttentionNode)}
     for la in graph.layers:
         chip_synapse = isinstance(la.node, SYNAPSES) and la.placement == "chip"
-        depth[la.name] = max(depth[i] + (i in relays) for i in la.inputs) + chip_synapse
+        into_population = isinstance(la.node, AttentionNode)
+        depth[la.name] = max(depth[i] + (i in graded or into_population)
+                             for i in la.inputs) + chip_synapse
     return depth
 
 
@@ -206,7 +221,10 @@ def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
     into a LIF or relay holds its output ``(depth(LIF) - depth(synapse)) * synapse_delay_steps``
     steps more (``metadata['delay']``), and each relay's identity synapse to a reader
     ``(depth(reader) - depth(relay) - 1) * synapse_delay_steps`` (``metadata['delays']``), so
-    all its paths arrive together, as in the float model: a relay hop counts as a synapse."""
+    all its paths arrive together, as in the float model: a relay hop counts as a synapse. An
+    attention population's port ``k`` holds ``(depth(population) - depth(source) - 1) *
+    synapse_delay_steps`` steps more (``delays[k]``), so a product's factors of one step
+    meet."""
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' aligns delays but names no hardware profile")
     depth = _depths(graph)
@@ -224,6 +242,9 @@ def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
                     relays[i][la.name] = (depth[la.name] - depth[i] - 1) * step
 
     def aligned(la: Layer) -> Layer:
+        if isinstance(la.node, AttentionNode):
+            return dataclasses.replace(la, node=dataclasses.replace(la.node, delays=tuple(
+                (depth[la.name] - depth[i] - 1) * step for i in la.inputs)))
         meta = ({"delay": extra[la.name]} if extra.get(la.name) else
                 {"delays": relays[la.name]} if relays.get(la.name) else None)
         return dataclasses.replace(la, node=dataclasses.replace(
@@ -328,7 +349,8 @@ def _check_limits(graph: Graph, ctx: LoweringContext) -> Graph:
 CHECK_LIMITS = Pass("check_limits", _check_limits,
                     requires=lambda g: None if "resources" in g.meta else "no resource counts")
 
-PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, GRADED_STREAMS, SPLIT_FAN_IN, SPLIT_FANOUT, PARTITION, ALIGN_DELAYS,
+PASSES: dict[str, Pass] = {p.name: p for p in (FOLD_BN, GRADED_STREAMS, SPLIT_FAN_IN, SPLIT_FANOUT,
+                                               ATTENTION, PARTITION, ALIGN_DELAYS,
                                                QUANTIZE, RESOURCES, CHECK_LIMITS)}
 
 

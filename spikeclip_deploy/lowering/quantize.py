@@ -20,7 +20,10 @@ LIF that reads the host's input current :math:`x` takes it as a per-neuron bias:
 :math:`y` (between chip subgraphs) takes it at its input port, as synapses deliver theirs:
 :math:`a = \mathrm{clip}(\mathrm{round}(y S/\tau), \pm(2^{15}-1))`, with :math:`S` the largest
 power of two that keeps the op's bound within the port (exact when the op's outputs lie on a
-grid :math:`g` with :math:`g S/\tau` an integer, as spiking attention's do).
+grid :math:`g` with :math:`g S/\tau` an integer, as spiking attention's do). Spiking attention
+on chip takes the same :math:`S`: its heads' ``y`` populations send integer counts :math:`Y`
+through synapses of weight :math:`w = S c/\tau` (an integer, else the export is refused), so
+the scale :math:`c` is folded into the LIF, whose threshold is :math:`S V_{th}`.
 
 The quantized layers are written as NIR with integer-valued parameters whose float semantics
 are the chip's up to the truncating decay: synapse weights :math:`w`, biases
@@ -42,6 +45,7 @@ from ..errors import LoweringError
 from ..exchange.fixed_point import bias_mantissa, bias_value, mantissa_unit
 from ..exchange.chip import FixedPoint
 from ..hardware import ChipProfile
+from ..exchange.attention import AttentionNode
 from ..exchange.nirgraph import HostOpNode, is_relay
 
 log = logging.getLogger(__name__)
@@ -105,18 +109,27 @@ def input_quantization(tau: float, v_threshold: float, fp: FixedPoint) -> dict[s
 
 def host_input_quantization(op: HostOpNode, tau: float, v_threshold: float, fp: FixedPoint
                             ) -> tuple[int, dict[str, Any]]:
-    r"""(integer threshold, output quantization) of a LIF fed by host op ``op``: the largest
-    power-of-two scale :math:`S` with :math:`\mathrm{bound}\,S/\tau` within the input port and
-    :math:`S V_{th}` within the threshold range."""
+    r"""(integer threshold, output quantization) of a LIF fed by host op ``op``
+    (:func:`port_quantization` of its bound and grid)."""
+    return port_quantization(float(op.metadata["bound"]), op.metadata.get("grid"), tau,
+                             v_threshold, fp)
+
+
+def port_quantization(bound: float, grid: float | None, tau: float, v_threshold: float,
+                      fp: FixedPoint) -> tuple[int, dict[str, Any]]:
+    r"""(integer threshold, input quantization) of a LIF fed at its input port a current of
+    largest magnitude ``bound`` whose values are multiples of ``grid`` (a host op's, or
+    spiking attention's :math:`c\,Y` on chip): the largest power-of-two scale :math:`S` with
+    :math:`\mathrm{bound}\,S/\tau` within the input port and :math:`S V_{th}` within the
+    threshold range; ``scale`` :math:`S/\tau` (what the current is multiplied by),
+    ``exact`` where :math:`g S/\tau` and :math:`S V_{th}` are integers."""
     limit = 2 ** (fp.input_port_bits - 1) - 1
-    bound = float(op.metadata["bound"])
     cap = min(limit * tau / bound if bound > 0 else np.inf, fp.vth_range[1] / v_threshold)
     if cap < 1:
-        raise LoweringError(f"host op output bound {bound:g} does not fit the {fp.input_port_bits}"
-                            f"-bit input port even at scale 1")
+        raise LoweringError(f"an input current bound of {bound:g} does not fit the "
+                            f"{fp.input_port_bits}-bit input port even at scale 1")
     scale = 2.0 ** np.floor(np.log2(cap))
     vth = int(np.clip(round(scale * v_threshold), *fp.vth_range))
-    grid = op.metadata.get("grid")
     step = grid * scale / tau if grid else None
     q = {"scale": scale / tau, "limit": limit,
          "exact": bool(step is not None and abs(step - round(step)) < 1e-9
@@ -259,6 +272,41 @@ def _relay(node: nir.Scale, name: str, terms: list[nir.NIRNode], scale: float,
     return dataclasses.replace(node, metadata=meta)
 
 
+def _population(name: str, node: AttentionNode, fp: FixedPoint) -> AttentionNode:
+    """An attention population with its registers (``ProdNeuron`` with ``vth`` 0 and ``exp``
+    0, ``GradedVec`` with ``vth`` 0: every nonzero payload is sent whole) and its payload
+    bound, refused beyond the graded spike."""
+    pop, top = node.population, 2 ** (fp.graded_payload_bits - 1) - 1
+    if pop.bound > top:
+        raise LoweringError(f"attention population '{name}' can reach a payload of "
+                            f"{pop.bound:,}, beyond the {fp.graded_payload_bits}-bit graded spike "
+                            f"({top:,}); export with --attention host")
+    regs = {"vth": 0, "num_message_bits": fp.graded_payload_bits,
+            **({"exp": 0} if pop.kind == "product" else {})}
+    return dataclasses.replace(node, metadata={**node.metadata, "loihi": regs,
+                                               "payload_bound": pop.bound})
+
+
+def _attention_input(name: str, ys: list[nir.NIRNode], tau: float, v_th: float,
+                     fp: FixedPoint) -> tuple[int, int]:
+    r"""(integer threshold :math:`S V_{th}`, weight :math:`w = S c/\tau` of the ``y``
+    populations' synapses into LIF ``name``), by :func:`port_quantization` of the current
+    :math:`c\,Y` (bound :math:`c` times the largest count, grid :math:`c`); refused where
+    :math:`w` or the threshold would not be integers (the chip would then not compute the
+    float model's attention exactly)."""
+    if not all(isinstance(y, AttentionNode) and y.spec.stage == "y" for y in ys):
+        raise LoweringError(f"LIF '{name}' reads attention populations and other layers: the "
+                            f"attention LIF reads its heads' y populations alone")
+    (c,) = {y.weight for y in ys}
+    vth, q = port_quantization(c * max(y.population.bound for y in ys), c, tau, v_th, fp)
+    if not q["exact"]:
+        raise LoweringError(f"attention LIF '{name}': its scale {q['scale'] * tau:g} makes the "
+                            f"weight {c * q['scale']:g} or the threshold non-integer, so the chip "
+                            f"would not reproduce the attention exactly; export with "
+                            f"--attention host")
+    return vth, int(round(c * q["scale"]))
+
+
 def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], profile: ChipProfile
                     ) -> tuple[list[tuple[str, nir.NIRNode]], dict[str, Any]]:
     """Layers ``(name, node, inputs)`` in topological order (``"input"``: the host current) ->
@@ -284,6 +332,9 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
         if is_relay(node):
             terms[name] = tuple(dict.fromkeys(t for i in inputs for t in terms.get(i, (i,))))
             continue
+        if isinstance(node, AttentionNode):
+            out[name] = _population(name, node, fp)
+            continue
         if not isinstance(node, nir.LIF):
             if not isinstance(node, (*SYNAPSES, HostOpNode)):
                 raise LoweringError(f"cannot quantize layer '{name}' ({type(node).__name__})")
@@ -297,6 +348,12 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
             vth, q = host_input_quantization(op, tau, v_th, fp)
             out[inputs[0]] = dataclasses.replace(op, metadata={**op.metadata,
                                                                "output_quantization": q})
+            out[name] = _int_lif(node, tau, vth, 0, fp, {})
+            continue
+        if any(isinstance(nodes.get(i), AttentionNode) for i in inputs):
+            vth, weight = _attention_input(name, [nodes[i] for i in inputs], tau, v_th, fp)
+            for i in inputs:
+                out[i] = dataclasses.replace(out[i], weight=float(weight))
             out[name] = _int_lif(node, tau, vth, 0, fp, {})
             continue
         if inputs == ("input",):

@@ -79,6 +79,10 @@ class HostOp(nn.Module):
         """Multiply-accumulates (or comparisons) of one evaluation on one sample."""
         raise NotImplementedError
 
+    def params(self) -> dict[str, int]:
+        """What a lowering needs to know of the op beyond its shapes (none by default)."""
+        return {}
+
 
 class SpikeAttention(HostOp):
     r"""Spiking self-attention's product of activations, per head :math:`h`:
@@ -109,6 +113,9 @@ class SpikeAttention(HostOp):
     def macs(self, in_shapes) -> int:
         c, h, w = in_shapes[0]
         return 2 * (h * w) ** 2 * c  # Q K^T, then (Q K^T) V
+
+    def params(self) -> dict[str, int]:
+        return {"heads": self.heads}
 
 
 class HostMaxPool(HostOp):

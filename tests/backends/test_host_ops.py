@@ -81,8 +81,12 @@ def former(tmp_path_factory):
     save_model(ckpt, model, {"metrics": {"quantization_aware": {"hardware": "loihi2",
                                                                 "input_grid": True}}})
     tokenizer_for_vocab(model.cfg.vocab_size).save_pretrained(str(ckpt.with_suffix(".tokenizer")))
-    exports = {t: export_model(ExportConfig(model=str(ckpt), target=t, out=root / t))[0]
+    exports = {t: export_model(ExportConfig(model=str(ckpt), target=t, out=root / t,
+                                            attention="host"))[0]
                for t in ("cpu", "loihi")}
+    exports.update({f"{t}-chip": export_model(ExportConfig(model=str(ckpt), target=t,
+                                                           out=root / f"{t}-chip"))[0]
+                    for t in ("cpu", "loihi")})
     return current.numpy(), want, exports
 
 
@@ -109,6 +113,26 @@ def test_cpu_reference_equals_the_float_model(former):
     assert len(got) == len(want) == 12
     for layer, (g, w) in enumerate(zip(got, want)):
         assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
+
+
+@pytest.mark.parametrize("target", ["cpu", "loihi"])
+def test_attention_on_chip_equals_the_float_model(former, target):
+    """With attention on chip (its heads' product neurons and graded sums), the CPU reference
+    (float export, and the fixed-point export whose decays are exact on the snapped model) and
+    the emulator spike as the float model does, every LIF, step and neuron: the chip's counts
+    are the float model's Q K^T V, and the scale folds into the attention LIF exactly."""
+    current, want, exports = former
+    export = exports[f"{target}-chip"]
+    runs = {"cpu": get_backend("cpu")(export).run_chip("image", current)}
+    if target == "loihi":
+        runs["loihi-emu"] = get_backend("loihi-emu")(export).run_chip("image", current)
+    attn = get_backend("cpu")(export).manifest["attention"]["layers"]["image"]
+    assert list(attn) == ["host2"] and attn["host2"]["order"] == "k_first"
+    for name, got in runs.items():
+        assert len(got) == len(want) == 12
+        for layer, (g, w) in enumerate(zip(got, want)):
+            assert np.array_equal(g, w), f"{name} LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
+    assert 0 < want[8].mean() < 1  # the attention LIF spikes, and not always
 
 
 @pytest.mark.lava

@@ -326,10 +326,16 @@ def test_host_op_outputs_go_on_the_chip_grid_and_their_lifs_take_the_exports_thr
     assert stack[reader].v_threshold == 154 / 512
     y = stack[attn].output_grid(torch.tensor([0.3, -1000.0]))
     assert y.tolist() == [77 / 256, -32767 / 256]  # round(76.8) = 77; clipped
-    graph = lower_encoder(model.eval(), "image", get_target("loihi"))
+    graph = lower_encoder(model.eval(), "image", get_target("loihi"), attention="host")
     op = next(la for la in graph.layers if getattr(la.node, "op", "") == "SpikeAttention")
     (lif,) = graph.consumers(op.name)
     assert lif.node.metadata["loihi"]["vth"] == 154 == stack[reader].v_threshold * 512
+    # on chip, the LIF reading the heads' counts takes the same threshold; their weight into
+    # it is S c / tau = 512 * 0.125 / 2 = 32
+    chip = lower_encoder(model.eval(), "image", get_target("loihi"))
+    (lif,) = chip.consumers(f"{op.name}_h0_y")
+    assert lif.node.metadata["loihi"]["vth"] == 154
+    assert {chip.layer(i).node.weight for i in lif.inputs} == {32.0}
 
 
 def test_a_checkpoint_stores_its_grids_and_one_of_an_earlier_version_is_upgraded(tmp_path):
