@@ -1,9 +1,11 @@
-"""Spiking self-attention's populations on Lava's stock processes (backends/lava_attention.py):
-a chip graph of three LIFs (Q, K, V, driven by the input), each head's four populations and the
-attention LIF, run by the Lava backend over several samples; every population's payloads of
-every model step equal what the contract's reference (``exchange.attention.fire``) computes
-from the recorded Q, K, V spikes of that step, the y payloads equal numpy's Q K^T V per head,
-and the attention LIF takes w Y as its input current."""
+"""Spiking self-attention's populations on Lava's stock processes (backends/lava_attention.py).
+
+A chip graph of three LIFs (Q, K, V, driven by the input), each head's four populations and the
+attention LIF, run by the Lava backend over several samples: every population's payloads of
+every model step equal what the shared description's reference (``exchange.attention.fire``)
+computes from the recorded Q, K, V spikes of that step, the y payloads equal numpy's Q K^T V
+per head, and the attention LIF takes w Y as its input current. Random small SSA graphs,
+exported for loihi, on Lava against the emulator: tests/backends/test_attention.py."""
 import nir
 import numpy as np
 import pytest
@@ -122,3 +124,4 @@ def test_the_output_weight_is_split_into_lavas_mantissa_and_exponent():
         weight_mantissa(0.125, "y")
     with pytest.raises(ExportError, match="8 bits"):
         weight_mantissa(257.0, "y")
+
