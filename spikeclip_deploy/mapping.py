@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -72,10 +73,12 @@ import numpy as np
 
 from .errors import ConfigError, HardwareLimitError
 from .fileutil import atomic_write
+from .exchange.attention import AttentionNode
 from .exchange.chip import Cores, System
 from .exchange.manifest import chip_record, load_export
 from .exchange.nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
 
+log = logging.getLogger(__name__)
 SIDES = ("image", "text")
 
 
@@ -339,7 +342,8 @@ def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
                                                else la.node.scale).shape)
             syn = []
             for i in la.inputs:
-                if i not in nodes or isinstance(nodes[i].node, (nir.LIF, HostOpNode)):
+                if i not in nodes or isinstance(nodes[i].node, (nir.LIF, HostOpNode,
+                                                                 AttentionNode)):
                     continue
                 if is_relay(nodes[i].node):
                     name = f"{i}>{la.name}"
@@ -376,6 +380,9 @@ def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]
 def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
                 system: System) -> EncoderMapping:
     """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
+    if any(isinstance(la.node, AttentionNode) for la in layers):
+        log.warning("the %s encoder's attention populations are not placed: its cores and "
+                    "messages count the other layers only", side)
     lifs, sources = _layers(layers, in_shape)
     named = {la.name: la for la in lifs}
     tiles: dict[str, _Tiling] = {}

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
+from ..exchange.attention import AttentionNode
 from ..exchange.resources import fan_out, flops
 from ..exchange.nirgraph import ChipLayer, HostOpNode, is_relay
 from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
@@ -78,7 +79,8 @@ def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     return [{"name": la.name, "copy_of": la.node.metadata.get("copy_of"),
              "type": type(la.node).__name__, "input": la.inputs[0],
              "flops": flops(la.node, lifs[la.inputs[0]])}
-            for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale))]
+            for la in layers
+            if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale, AttentionNode))]
 
 
 def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
