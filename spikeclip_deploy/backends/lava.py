@@ -12,8 +12,9 @@ synapses into one LIF (fan-in) sum at its input port. A relay reaches each
 reader through an identity ``Sparse`` (``DelaySparse`` where its path needs aligning) that
 reads graded spikes (``num_message_bits`` > 0): Lava's stock models throughout. Convolutions run
 on this package's im2col models (``lava_procs.conv``, ``lava_procs.delay_conv``), bit-identical
-to Lava's ``PyConvModelFixed`` and far faster; ``_lava(reference=True)`` gives Lava's stock
-models instead (scipy per channel pair; a delayed convolution, or one of 128 groups or more,
+to Lava's ``PyConvModelFixed`` and far faster, and ``DelaySparse`` on Lava's model with its
+delay-split matrix built once (``lava_procs.delay_sparse``); ``_lava(reference=True)`` gives
+Lava's stock models instead (scipy per channel pair; a delayed convolution, or one of 128 groups or more,
 as ``DelaySparse``/``Sparse`` over its dense-equivalent matrix), the reference they are tested
 and benchmarked against. A whole batch runs in one simulation (see :class:`_Network`): a
 ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
@@ -69,7 +70,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
         from lava.proc.sparse.process import DelaySparse, Sparse
 
         from .lava_procs import conv as fast_conv
-        from .lava_procs import delay_conv, host_op
+        from .lava_procs import delay_conv, delay_sparse, host_op
         from .lava_procs import recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
@@ -77,7 +78,8 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
     stock = reference or chip == "hw"
     models = {**lava_io.MODEL_MAP, **host_op.MODEL_MAP}
     if not stock:
-        models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP})
+        models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP,
+                       **delay_sparse.MODEL_MAP})
     if chip == "hw":
         def run_cfg() -> Any:
             return Loihi2HwCfg(exception_proc_model_map=models)
