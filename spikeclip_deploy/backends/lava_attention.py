@@ -75,7 +75,7 @@ def weight_mantissa(weight: float, name: str) -> tuple[int, int]:
                           f"which is no integer: re-export it for --target loihi")
     w = int(weight)
     e = (w & -w).bit_length() - 1 if w else 0
-    if not -256 <= w >> e <= 255:
+    if abs(w >> e) > 255:
         raise ExportError(f"attention population '{name}' drives its LIF with weight {w} = "
                           f"{w >> e} * 2^{e}, whose mantissa passes 8 bits: re-export with "
                           f"--attention host")

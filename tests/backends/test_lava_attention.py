@@ -120,6 +120,8 @@ def test_the_output_weight_is_split_into_lavas_mantissa_and_exponent():
     assert weight_mantissa(4.0, "y") == (1, 2)
     assert weight_mantissa(24.0, "y") == (3, 3)
     assert weight_mantissa(-255.0, "y") == (-255, 0)
+    with pytest.raises(ExportError, match="8 bits"):
+        weight_mantissa(-257.0, "y")
     with pytest.raises(ExportError, match="no integer"):
         weight_mantissa(0.125, "y")
     with pytest.raises(ExportError, match="8 bits"):

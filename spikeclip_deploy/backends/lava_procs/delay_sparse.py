@@ -3,8 +3,9 @@ r"""Lava's stock ``DelaySparse`` model with its delay-split weight matrix built 
 ``PyDelaySparseModelBitAcc`` (lava-nc 0.10.0) rebuilds, at every step, the matrix that stacks
 its weights by delay (``get_delay_wgts_mat``: a masked copy per delay, a fancy-indexed zeroing
 of the delayed synapses, a ``vstack``), although its weights and delays never change after the
-first step: 0.75 s a step for the 262 144 synapses of one attention head's delayed port
-(``benchmarks/lava_attention.py``), where the product with it takes a millisecond.
+first step: 0.75 s a step for the 262 144 synapses of one attention head's delayed port (the
+small SSA model's, timed on the development machine under load), where the product with it
+takes a millisecond.
 :class:`PyDelaySparseModelCached` is that model with the matrix built once, at the first step,
 from the weights as the model has clipped and truncated them; every step's ``a_out`` is the
 stock model's, bit for bit (tests/backends/test_lava_conv.py). The backend lists it in the run
