@@ -6,12 +6,15 @@ Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``,
 ``Dense`` or ``DelayDense``, Conv2d -> ``Conv`` or, delayed, ``DelayConv``, a graded stream
 relay -> Lava's ``GradedVec`` with threshold 0, a host op between chip subgraphs ->
 :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the same
-simulation); several synapses into one LIF (fan-in) sum at its input port. A relay reaches each
+simulation, a spiking self-attention population -> ``ProdNeuron`` or ``GradedVec`` reached
+through ``Sparse``/``DelaySparse`` synapses from its sources, :mod:`.lava_attention`); several
+synapses into one LIF (fan-in) sum at its input port. A relay reaches each
 reader through an identity ``Sparse`` (``DelaySparse`` where its path needs aligning) that
 reads graded spikes (``num_message_bits`` > 0): Lava's stock models throughout. Convolutions run
 on this package's im2col models (``lava_procs.conv``, ``lava_procs.delay_conv``), bit-identical
-to Lava's ``PyConvModelFixed`` and far faster; ``_lava(reference=True)`` gives Lava's stock
-models instead (scipy per channel pair; a delayed convolution, or one of 128 groups or more,
+to Lava's ``PyConvModelFixed`` and far faster, and ``DelaySparse`` on Lava's model with its
+delay-split matrix built once (``lava_procs.delay_sparse``); ``_lava(reference=True)`` gives
+Lava's stock models instead (scipy per channel pair; a delayed convolution, or one of 128 groups or more,
 as ``DelaySparse``/``Sparse`` over its dense-equivalent matrix), the reference they are tested
 and benchmarked against. A whole batch runs in one simulation (see :class:`_Network`): a
 ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
@@ -34,12 +37,15 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
+from ..exchange.attention import AttentionNode
 from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay,
                                  pair, relay_delay, summed_synapses)
 from ..fileutil import owned_tempdir
+from . import lava_attention
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
 from .lava_layout import from_lava_layout, synapse_bias_mant, to_lava_layout
+from .lava_sparse import sparse_synapse
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,11 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
         from lava.proc.graded.process import GradedVec
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
+        from lava.proc.prodneuron.process import ProdNeuron
         from lava.proc.sparse.process import DelaySparse, Sparse
 
         from .lava_procs import conv as fast_conv
-        from .lava_procs import delay_conv, host_op
+        from .lava_procs import delay_conv, delay_sparse, host_op
         from .lava_procs import recorder as lava_io
     except ImportError as exc:
         raise BackendUnavailableError(f"the loihi target needs lava-nc ({exc}); "
@@ -71,7 +78,8 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
     stock = reference or chip == "hw"
     models = {**lava_io.MODEL_MAP, **host_op.MODEL_MAP}
     if not stock:
-        models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP})
+        models.update({**fast_conv.MODEL_MAP, **delay_conv.MODEL_MAP,
+                       **delay_sparse.MODEL_MAP})
     if chip == "hw":
         def run_cfg() -> Any:
             return Loihi2HwCfg(exception_proc_model_map=models)
@@ -80,7 +88,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
             return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
-                GradedVec=GradedVec,
+                GradedVec=GradedVec, ProdNeuron=ProdNeuron,
                 conv_to_sparse=conv_to_sparse, DelayConv=delay_conv.DelayConv,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models=models, run_cfg=run_cfg,
@@ -160,13 +168,8 @@ def conv_as_sparse(L: dict, node: nir.Conv2d, shape: tuple[int, ...], delay: int
     out = (w_out, h_out, kernel.shape[0])
     dst, src, wgt = L["conv_to_sparse"](shape, out, kernel, (sx, sy), (px, py), (dx, dy),
                                         int(np.asarray(node.groups)))
-    n = (int(np.prod(out)), int(np.prod(shape)))
-    weights = csr_matrix((wgt, (dst, src)), shape=n)
-    exp = int(node.metadata["loihi"]["weight_exp"])
-    if not delay:
-        return L["Sparse"](weights=weights, weight_exp=exp, num_message_bits=0)
-    delays = csr_matrix((np.full(len(wgt), delay), (dst, src)), shape=n)
-    return L["DelaySparse"](weights=weights, delays=delays, weight_exp=exp, num_message_bits=0)
+    weights = csr_matrix((wgt, (dst, src)), shape=(int(np.prod(out)), int(np.prod(shape))))
+    return sparse_synapse(L, weights, 0, delay, int(node.metadata["loihi"]["weight_exp"]))
 
 
 def _relay(L: dict, node: nir.Scale, shape: tuple[int, ...], name: str) -> Any:
@@ -181,10 +184,7 @@ def identity_synapse(L: dict, n: int, bits: int, delay: int) -> Any:
     """Weight-1 ``Sparse`` between ``n`` neurons and their ``n`` readers, reading ``bits``-bit
     graded spikes; ``DelaySparse`` holding them ``delay`` steps more where that is nonzero."""
     eye = csr_matrix((np.ones(n, dtype=np.int32), (np.arange(n), np.arange(n))), shape=(n, n))
-    if not delay:
-        return L["Sparse"](weights=eye, num_message_bits=bits)
-    delays = csr_matrix((np.full(n, delay), (np.arange(n), np.arange(n))), shape=(n, n))
-    return L["DelaySparse"](weights=eye, delays=delays, num_message_bits=bits)
+    return sparse_synapse(L, eye, bits, delay)
 
 
 def _host_op(L: dict, node: HostOpNode, in_shapes: list[tuple[int, ...]], export_dir: str) -> Any:
@@ -259,6 +259,10 @@ class _Network:
                 for i in la.inputs:
                     if i == INPUT:
                         port = source.s_out
+                    elif isinstance(by_name[i].node, AttentionNode):  # a y population
+                        syn = lava_attention.output_synapse(self.L, by_name[i].node)
+                        procs[i].s_out.connect(syn.s_in)
+                        port = syn.a_out
                     elif isinstance(by_name[i].node, nir.Scale):
                         relay = procs[i]
                         syn = identity_synapse(self.L, int(np.prod(relay.s_out.shape)),
@@ -297,6 +301,19 @@ class _Network:
                     if state:
                         self.L["io"].new_recording(f"{path}.uv", steps, (2, *shape), np.int32)
                         self.L["io"].StateRecorder(shape=shape, path=f"{path}.uv").watch(proc)
+                elif isinstance(la.node, AttentionNode):
+                    proc = self.handlers[AttentionNode](self.L, la.node)
+                    for k, (i, port) in enumerate(zip(la.inputs, lava_attention.in_ports(proc))):
+                        syn = lava_attention.port_synapse(self.L, la.node, k)
+                        src = procs[i].s_out
+                        (src.flatten() if len(src.shape) > 1 else src).connect(syn.s_in)
+                        syn.a_out.connect(port)
+                    if state:  # its graded payloads
+                        path = f"{tmp}/{la.name}.payload.npy"
+                        self.L["io"].new_recording(path, steps, proc.s_out.shape, np.int32)
+                        proc.s_out.connect(self.L["io"].SpikeRecorder(shape=proc.s_out.shape,
+                                                                      path=path).a_in)
+                        relays.append((la.name, path))
                 elif isinstance(la.node, HostOpNode):
                     proc = self.handlers[HostOpNode](self.L, la.node,
                                                      [procs[i].s_out.shape for i in la.inputs],
@@ -328,7 +345,11 @@ class _Network:
                     uv = np.load(f"{path}.uv").astype(np.int64)  # [steps, 2, *lava_shape]
                     out.u[name], out.v[name] = (self._windows(uv[:, i], name, b) for i in (0, 1))
             for name, path in relays:
-                out.payloads[name] = self._windows(np.load(path).astype(np.int64), name, b)
+                payloads = self._windows(np.load(path).astype(np.int64), name, b)
+                if isinstance(by_name[name].node, AttentionNode):  # flat -> its neurons' shape
+                    payloads = payloads.reshape(b, self.time_steps,
+                                                *by_name[name].node.population.shape)
+                out.payloads[name] = payloads
             return out
 
     def _windows(self, rec: np.ndarray, name: str, b: int) -> np.ndarray:
@@ -347,7 +368,8 @@ class LavaBackend(Backend):
 
     name = "loihi"
     handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv,
-                                      nir.Scale: _relay, HostOpNode: _host_op}
+                                      nir.Scale: _relay, HostOpNode: _host_op,
+                                      AttentionNode: lava_attention.population}
     runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
     chip_choice = True
     forks = True

@@ -26,3 +26,12 @@ def synapse_bias_mant(syn: nir.NIRNode, lif: nir.LIF, shift: int) -> np.ndarray:
     shape = np.asarray(lif.tau).shape
     full = np.broadcast_to(m.reshape(-1, *([1] * (len(shape) - 1))), shape)
     return to_lava_layout(full).astype(np.int32)
+
+
+def lava_positions(shape: tuple[int, ...]) -> np.ndarray:
+    """For each neuron of a PyTorch-layout ``shape`` (its flat C-order index), its flat index
+    in Lava's layout (:func:`to_lava_layout`)."""
+    n = int(np.prod(shape))
+    out = np.empty(n, dtype=np.int64)
+    out[to_lava_layout(np.arange(n).reshape(shape)).ravel()] = np.arange(n)
+    return out

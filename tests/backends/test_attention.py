@@ -12,7 +12,7 @@ import nir
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -201,3 +201,33 @@ def test_the_delays_meet_each_products_factors_of_one_step(tmp_path):
                if x.name == la.name else x for x in graph_layers(graph)]
         with pytest.raises(LoweringError, match="would not meet"):
             depths(bad, graph.metadata["synapse_delay_steps"])
+
+
+def lava_run(graph, current):
+    """The Lava backend's run of an exported chip graph, u, v and payloads recorded."""
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
+    return _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, FP.activation_shift,
+                    graph.metadata["synapse_delay_steps"], ".").record(
+        input_mantissa(current.numpy().astype(np.float64), graph, "image"), state=True)
+
+
+@pytest.mark.lava
+@settings(max_examples=4, derandomize=True, database=None, deadline=None,
+          phases=[Phase.explicit, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(heads=st.integers(1, 3), d=st.integers(1, 4), h=st.integers(1, 3), w=st.integers(1, 3),
+       bias=st.integers(-60, 700), seed=st.integers(0, 2**16))
+def test_random_ssa_graphs_on_lava_equal_the_emulator(heads, d, h, w, bias, seed, tmp_path):
+    """Lava (stock ``ProdNeuron``, ``GradedVec``, ``Sparse``/``DelaySparse``) on the same random
+    exports: every LIF's u, v and spikes and every population's payloads, every step and
+    sample, as on the emulator (a Lava run each, so fewer examples, the same every time)."""
+    enc, current, _ = ssa_graph(heads, d, (h, w), bias, seed)
+    graph = export(enc, (heads * d, h, w), tmp_path)
+    lava, emu = lava_run(graph, current), emulate(graph, current)
+    assert list(lava.spikes) == list(emu.spikes) and sorted(lava.payloads) == sorted(emu.payloads)
+    for name in emu.spikes:
+        for var in ("spikes", "u", "v"):
+            np.testing.assert_array_equal(getattr(lava, var)[name], getattr(emu, var)[name],
+                                          err_msg=f"{name} {var}")
+    for name, p in emu.payloads.items():
+        np.testing.assert_array_equal(lava.payloads[name], p, err_msg=name)

@@ -165,3 +165,33 @@ def test_a_convolution_with_a_weight_exponent_is_refused():
         node.metadata["delay"] = delay
         with pytest.raises(ExportError, match="weight_exp 1"):
             _conv(_lava(), node, (6, 5, 4))
+
+
+@pytest.mark.lava
+def test_delaysparse_with_its_matrix_built_once_equals_lavas_model_every_step():
+    """``DelaySparse`` on this package's model (lava_procs/delay_sparse.py) and on Lava's own:
+    mixed-sign 8-bit weights (odd ones, which Lava truncates), delays 0-3 mixed in one matrix,
+    weight_exp -1, 0 and 2, binary and graded inputs that change every step."""
+    from lava.proc.sparse.process import DelaySparse
+    from scipy.sparse import csr_matrix
+
+    from spikeclip_deploy.backends.lava import _lava
+
+    rng = np.random.default_rng(4)
+    n_out, n_in = 12, 30
+    mask = rng.random((n_out, n_in)) < 0.4
+    rows, cols = np.nonzero(mask)
+    w = csr_matrix((rng.integers(-256, 256, len(rows)).astype(np.int32), (rows, cols)),
+                   shape=(n_out, n_in))
+    delays = csr_matrix((rng.integers(0, 4, len(rows)), (rows, cols)), shape=(n_out, n_in))
+    spikes = (rng.random((n_in, 1, 1, STEPS)) < 0.5).astype(np.int32)
+    graded = rng.integers(-500, 500, (n_in, 1, 1, STEPS)).astype(np.int32)
+    for data, bits in ((spikes, 0), (graded, 24)):
+        data = data.reshape(n_in, STEPS)
+        procs = lambda: [DelaySparse(weights=w, delays=delays, weight_exp=e,  # noqa: E731
+                                     num_message_bits=bits) for e in (-1, 0, 2)]
+        ours = lava_a_out(data, procs(), _lava()["models"])
+        stock = lava_a_out(data, procs(), _lava(reference=True)["models"])
+        for e, o, s in zip((-1, 0, 2), ours, stock):
+            np.testing.assert_array_equal(o, s, err_msg=f"bits {bits}, weight_exp {e}")
+            assert np.count_nonzero(s[2:]) > 0.5 * s[2:].size, (bits, e)
