@@ -144,8 +144,10 @@ def _trial(graph: Graph, la: Layer, reader: Layer, writer: Layer, size: int
            ) -> tuple[list[ChipLayer], tuple[int, ...]] | None:
     """The populations the part size changes, as ``map`` reads them: the writer (its synapses
     reading ``INPUT``), ``la`` in parts of ``size`` channels (whole at its full width) and its
-    sums, the reader and its other inputs (relays without inputs). None where the writer's
-    synapses read layers of different shapes."""
+    sums, the reader and its other inputs (relays without inputs). None where the writer reads
+    the host input, or synapses reading layers of different shapes."""
+    if INPUT in writer.inputs:
+        return None
     syns = [graph.layer(i) for i in writer.inputs]
     if any(is_relay(s.node) or isinstance(s.node, nir.LIF) or s.inputs[0] == INPUT
            for s in syns) or len({_shape_of(graph, s.inputs[0]) for s in syns}) != 1:
