@@ -144,7 +144,8 @@ def _trial(graph: Graph, la: Layer, reader: Layer, writer: Layer, size: int
            ) -> tuple[list[ChipLayer], tuple[int, ...]] | None:
     """The populations the part size changes, as ``map`` reads them: the writer (its synapses
     reading ``INPUT``), ``la`` in parts of ``size`` channels (whole at its full width) and its
-    sums, the reader and its other inputs (relays without inputs). None where the writer reads
+    sums, the reader, its other inputs (relays without inputs) and its readers
+    (:func:`_downstream`). None where the writer reads
     the host input, or synapses reading layers of different shapes."""
     if INPUT in writer.inputs:
         return None
@@ -162,7 +163,19 @@ def _trial(graph: Graph, la: Layer, reader: Layer, writer: Layer, size: int
     layers = ([ChipLayer(h, graph.layer(h).node, ()) for h in head]
               + [ChipLayer(s.name, s.node, (INPUT,)) for s in syns]
               + [ChipLayer(x.name, x.node, x.inputs) for x in [writer, *split]])
-    return layers, _shape_of(graph, syns[0].inputs[0])
+    return layers + _downstream(graph, reader), _shape_of(graph, syns[0].inputs[0])
+
+
+def _downstream(graph: Graph, reader: Layer) -> list[ChipLayer]:
+    """The populations that read ``reader`` (through its synapse layers, or a relay's identity
+    synapses), each with those inputs only: they set the reader's output axons."""
+    out: list[ChipLayer] = []
+    for x in graph.consumers(reader.name):
+        out.append(ChipLayer(x.name, x.node, (reader.name,)))
+        if not isinstance(x.node, (nir.LIF, nir.Scale)):
+            out += [ChipLayer(y.name, y.node, (x.name,)) for y in graph.consumers(x.name)
+                    if isinstance(y.node, (nir.LIF, nir.Scale))]
+    return out
 
 
 def _structure(layers: list[ChipLayer]) -> tuple:

@@ -208,3 +208,55 @@ def test_a_split_pointwise_term_computes_what_the_whole_one_does(monkeypatch, si
     for lif in ("lif1", "lif2", "lif3"):
         for var in ("spikes", "u", "v"):
             assert np.array_equal(getattr(got, var)[lif], getattr(want, var)[lif]), (lif, var)
+
+
+def test_the_part_count_is_the_one_of_fewest_cores_by_hand(monkeypatch):
+    """Cores of 600 bits, 66 input axons, 64 output axons; lif3's stream graded (the copies
+    would read 68 inputs a neuron). Whole, relay1 (4 x 1 x 2) stores 65 weights a channel (64 of
+    conv2 and 1 identity, 520 bits) and reads 64 + c axons a position: 1 channel at 1 position
+    a core, 8 cores; each of lif2's 128 neurons then sends to the 4 cores of its position: 512
+    output axons, 8 cores; with lif0, relay0, lif1, lif3 (1 core each) and relay1: 20. In 4
+    parts of 16 channels, each sum stores 17 weights a channel (136 bits: all 4 channels) and
+    reads 2 x (16 + 4) axons: 1 core each, 4; a lif2 spike reaches 1 core, and lif2 takes 4
+    (its 32-bit kernels, 18 channels a core); 4 + 4 + 4 = 12, the fewest (2 parts: 16, 3:
+    14, 5: 13): the pass splits conv2 into 4, and the mapper places 12 cores."""
+    from spikeclip_deploy.exchange.chip import System
+    from spikeclip_deploy.mapping import map_encoder
+
+    profile = small_cores(neurons_per_core=1000, synaptic_memory_bits_per_core=600,
+                          input_axons_per_core=66, output_axons_per_core=64)
+    enc = mlp_block(4, 64, np.random.default_rng(0))
+
+    def cores(g):
+        return map_encoder("image", run_side_layers(g), (4, 1, 2), profile.cores,
+                           System("many", 100)).total("cores")
+    chosen = lowered_as(enc, (4, 1, 2), profile, upto="partition")
+    assert sum("part_of" in la.node.metadata for la in chosen.layers) == 4
+    assert cores(chosen) == 12
+    assert [cores(lowered_as(enc, (4, 1, 2), profile, size, upto="partition",
+                             monkeypatch=monkeypatch)) for size in (64, 32, 22, 13)] \
+        == [20, 16, 14, 13]
+
+
+def test_a_split_is_priced_with_its_readers_output_axons(monkeypatch):
+    """conv1 (8 -> 16, read by lif2 alone; the stream stays copies here) on cores of 200 bits,
+    100 input axons, 32 output axons: in parts, lif2 would hold 16 channels a core (it reads
+    only identity synapses), but its spikes to lif3 bind it to 16 cores either way, and the
+    parts' sums cost more cores than lif1 saves: 48 cores whole, 51 in 2 parts; conv1 stays
+    whole (pricing the split without lif2's readers would take 2 parts)."""
+    from spikeclip_deploy.exchange.chip import System
+    from spikeclip_deploy.mapping import map_encoder
+
+    profile = small_cores(neurons_per_core=1000, synaptic_memory_bits_per_core=200,
+                          input_axons_per_core=100, output_axons_per_core=32)
+    enc = mlp_block(8, 16, np.random.default_rng(0))
+
+    def cores(g):
+        return map_encoder("image", run_side_layers(g), (8, 1, 4), profile.cores,
+                           System("many", 100)).total("cores")
+    chosen = lowered_as(enc, (8, 1, 4), profile, upto="partition")
+    assert not any("part_of" in la.node.metadata for la in chosen.layers)
+    assert cores(chosen) == 48
+    monkeypatch.setattr(fan_in, "_least_size", lambda graph, la, *_: 4 if la.name == "conv1"
+                        else np.asarray(la.node.weight).shape[1])
+    assert cores(lowered_as(enc, (8, 1, 4), profile, upto="partition")) == 51
