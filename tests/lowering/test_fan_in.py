@@ -13,9 +13,11 @@ from torch import nn
 from spikeclip_deploy.backends.base import quantize_input
 from spikeclip_deploy.backends.emulator import Emulation
 from spikeclip_deploy.hardware import load_profile
+from spikeclip_deploy.exchange.chip import System
 from spikeclip_deploy.lowering import fan_in
 from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
+from spikeclip_deploy.mapping import map_encoder
 from spikeclip_deploy.exchange.resources import fan_out
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
@@ -147,6 +149,12 @@ def lowered_as(enc, shape, profile, size=None, target="loihi", upto=None, monkey
                       LoweringContext(target, profile, None))
 
 
+def mapped_cores(g, profile):
+    """The neuro-cores ``map`` places the lowered graph ``g`` on."""
+    return map_encoder("image", run_side_layers(g), g.input_shape, profile.cores,
+                       System("many", 100)).total("cores")
+
+
 #: a core of 66 input axons: lif3's copies would read 4 + 64 inputs a neuron, the graded relay
 #: 64 + 1, so the stream is graded
 STREAM = small_cores(input_axons_per_core=66)
@@ -220,22 +228,16 @@ def test_the_part_count_is_the_one_of_fewest_cores_by_hand(monkeypatch):
     reads 2 x (16 + 4) axons: 1 core each, 4; a lif2 spike reaches 1 core, and lif2 takes 4
     (its 32-bit kernels, 18 channels a core); 4 + 4 + 4 = 12, the fewest (2 parts: 16, 3:
     14, 5: 13): the pass splits conv2 into 4, and the mapper places 12 cores."""
-    from spikeclip_deploy.exchange.chip import System
-    from spikeclip_deploy.mapping import map_encoder
-
     profile = small_cores(neurons_per_core=1000, synaptic_memory_bits_per_core=600,
                           input_axons_per_core=66, output_axons_per_core=64)
     enc = mlp_block(4, 64, np.random.default_rng(0))
 
-    def cores(g):
-        return map_encoder("image", run_side_layers(g), (4, 1, 2), profile.cores,
-                           System("many", 100)).total("cores")
     chosen = lowered_as(enc, (4, 1, 2), profile, upto="partition")
     assert sum("part_of" in la.node.metadata for la in chosen.layers) == 4
-    assert cores(chosen) == 12
-    assert [cores(lowered_as(enc, (4, 1, 2), profile, size, upto="partition",
-                             monkeypatch=monkeypatch)) for size in (64, 32, 22, 13)] \
-        == [20, 16, 14, 13]
+    assert mapped_cores(chosen, profile) == 12
+    assert [mapped_cores(lowered_as(enc, (4, 1, 2), profile, size, upto="partition",
+                                    monkeypatch=monkeypatch), profile)
+            for size in (64, 32, 22, 13)] == [20, 16, 14, 13]
 
 
 def test_a_split_is_priced_with_its_readers_output_axons(monkeypatch):
@@ -244,19 +246,13 @@ def test_a_split_is_priced_with_its_readers_output_axons(monkeypatch):
     only identity synapses), but its spikes to lif3 bind it to 16 cores either way, and the
     parts' sums cost more cores than lif1 saves: 48 cores whole, 51 in 2 parts; conv1 stays
     whole (pricing the split without lif2's readers would take 2 parts)."""
-    from spikeclip_deploy.exchange.chip import System
-    from spikeclip_deploy.mapping import map_encoder
-
     profile = small_cores(neurons_per_core=1000, synaptic_memory_bits_per_core=200,
                           input_axons_per_core=100, output_axons_per_core=32)
     enc = mlp_block(8, 16, np.random.default_rng(0))
 
-    def cores(g):
-        return map_encoder("image", run_side_layers(g), (8, 1, 4), profile.cores,
-                           System("many", 100)).total("cores")
     chosen = lowered_as(enc, (8, 1, 4), profile, upto="partition")
     assert not any("part_of" in la.node.metadata for la in chosen.layers)
-    assert cores(chosen) == 48
+    assert mapped_cores(chosen, profile) == 48
     monkeypatch.setattr(fan_in, "_least_size", lambda graph, la, *_: 4 if la.name == "conv1"
                         else np.asarray(la.node.weight).shape[1])
-    assert cores(lowered_as(enc, (8, 1, 4), profile, upto="partition")) == 51
+    assert mapped_cores(lowered_as(enc, (8, 1, 4), profile, upto="partition"), profile) == 51
