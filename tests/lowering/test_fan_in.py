@@ -44,6 +44,19 @@ def lowered(enc, n_in, axons, target="loihi", upto=None):
                       LoweringContext(target, profile, None))
 
 
+def assert_parts(g, name, w, b, width, count):
+    """``name``'s parts in ``g``: part k holds input columns (channels) width k .. width (k + 1)
+    of ``w``, zero elsewhere, part 0 the bias ``b``, and is held k steps."""
+    for k in range(count):
+        part = g.layer(f"{name}_part{k}").node
+        want = np.zeros_like(w)
+        want[:, width * k:width * (k + 1)] = w[:, width * k:width * (k + 1)]
+        assert np.array_equal(part.weight, want)
+        assert np.array_equal(part.bias, b if k == 0 else np.zeros_like(b))
+        assert (part.metadata.get("delay", 0), part.metadata["columns"]) == (
+            k, [width * k, width * (k + 1)])
+
+
 def test_a_fan_in_over_the_cores_axons_is_split_by_hand():
     """dense0 reads 10 inputs, cores hold 4 input axons: parts of 4 // 2 = 2 columns, 5 of them,
     chained: sum0 = part0, sum_k = sum_{k-1} + part_k, lif1 reads sum4. Part k holds columns
@@ -59,15 +72,8 @@ def test_a_fan_in_over_the_cores_axons_is_split_by_hand():
             (f"dense0_part{k}", ("lif0",)),
             (f"dense0_sum{k}", ((f"dense0_sum{k - 1}",) if k else ()) + (f"dense0_part{k}",)))
     ] + [("lif1", ("dense0_sum4",))]
-    w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
-    for k in range(5):
-        part = g.layer(f"dense0_part{k}").node
-        want = np.zeros_like(w)
-        want[:, 2 * k:2 * k + 2] = w[:, 2 * k:2 * k + 2]
-        assert np.array_equal(part.weight, want)
-        assert np.array_equal(part.bias, b if k == 0 else np.zeros_like(b))
-        assert (part.metadata.get("delay", 0), part.metadata["columns"]) == (k, [2 * k, 2 * k + 2])
-        assert g.layer(f"dense0_sum{k}").node.metadata.get("delays", {}) == {}
+    assert_parts(g, "dense0", lin.weight.detach().numpy(), lin.bias.detach().numpy(), 2, 5)
+    assert all(g.layer(f"dense0_sum{k}").node.metadata.get("delays", {}) == {} for k in range(5))
     whole = lowered(enc, 10, 10, upto="align_delays")
     assert [(la.name, la.inputs) for la in whole.layers] == [
         ("lif0", ("input",)), ("dense0", ("lif0",)), ("lif1", ("dense0",))]
@@ -176,14 +182,8 @@ def test_a_pointwise_term_is_folded_into_its_stream_by_hand(monkeypatch):
             ("relay1" if k == 3 else f"conv2_sum{k}",
              ("relay0" if k == 0 else f"conv2_sum{k - 1}", f"conv2_part{k}")))]
     whole = lowered_as(enc, (4, 1, 2), STREAM, 64, upto="align_delays", monkeypatch=monkeypatch)
-    w, b = whole.layer("conv2").node.weight, whole.layer("conv2").node.bias
-    for k in range(4):
-        part = g.layer(f"conv2_part{k}").node
-        want = np.zeros_like(w)
-        want[:, 16 * k:16 * k + 16] = w[:, 16 * k:16 * k + 16]
-        assert np.array_equal(part.weight, want)
-        assert np.array_equal(part.bias, b if k == 0 else np.zeros_like(b))
-        assert (part.metadata.get("delay", 0), part.metadata["columns"]) == (k, [16 * k, 16 * k + 16])
+    assert_parts(g, "conv2", whole.layer("conv2").node.weight, whole.layer("conv2").node.bias,
+                 16, 4)
     assert g.layer("relay0").node.metadata["delays"] == {"conv2_sum0": 2}
     assert whole.layer("relay0").node.metadata["delays"] == {"relay1": 2}
     assert g.layer("relay1").node.metadata["stream"] == "relay0"
