@@ -34,7 +34,7 @@ other inputs, the last sum *is* the reader (its name and readers kept),
     r_1 = x + W_{:,1}\,s, \qquad r_k = r_{k-1} + W_{:,k}\,s, \qquad r_K = \mathrm{reader}.
 
 :math:`K` is the count, :math:`1 \le K \le C_{in}`, for which the writer LIF, its synapses,
-the sums and the reader's other inputs take the fewest neuro-cores, tiled as ``map`` tiles
+the sums, the reader's other inputs and its readers take the fewest neuro-cores, tiled as ``map`` tiles
 them under the profile's per-core figures (:func:`~spikeclip_deploy.mapping.tiled_cores`;
 ties to fewer parts; the search stops where each sum's least cores alone,
 :math:`K \lceil N / \mathrm{neurons\ per\ core} \rceil`, reach the best count): :math:`K = 1`
