@@ -6,14 +6,17 @@ stream relay, with the synapse layers summed into it; a relay reaches each reade
 identity synapse (one graded spike per relay neuron and step, one weight and one input axon per
 reader neuron), mapped as the depthwise 1x1 convolution of ones it equals (a flat relay's: a
 diagonal affine layer). A LIF of shape :math:`(C, H, W)` fed by convolutions is cut into
-tiles of :math:`c` channels by :math:`u` rows by :math:`v` columns, any other LIF
-(:math:`N` neurons, taken as :math:`(1, N, 1)`) into runs of :math:`u` neurons; one tile a
-core. A tile needs
+tiles of :math:`c` channels by :math:`u` rows by :math:`v` columns; one fed by pointwise
+synapses only (1x1 convolutions of stride 1 without padding, identity synapses included: each
+position reads its own input position) is taken as :math:`(C, HW, 1)`, so its tiles are
+:math:`c` channels by a run of :math:`u` positions in row-major order, which need not cover
+the grid in rectangles; any other LIF (:math:`N` neurons, taken as :math:`(1, N, 1)`) is cut
+into runs of :math:`u` neurons; one tile a core. A tile needs
 
 .. math::
 
     \mathrm{neurons} &= c\,u\,v \\
-    \mathrm{memory} &= \textstyle\sum_{conv} c\,\tfrac{C_{in}}{g} k^2\,b_{conv}
+    \mathrm{memory} &= \textstyle\sum_{conv} c\,F_{conv} k^2\,b_{conv}
         + \sum_{affine} u\,\min(F_u\,b_{dense},\ \max_j \mathrm{nnz}_j\,b_{sparse}) \\
     \mathrm{input\ axons} &= \textstyle\sum_{conv} C_{read}(c)
         \min(W_{in}, (v-1)s + d(k-1) + 1) \min(H_{in}, (u-1)s + d(k-1) + 1)
@@ -21,8 +24,10 @@ core. A tile needs
     \mathrm{output\ axons} &= \textstyle\sum_{i \in tile} \sum_{readers} \mathrm{reach}_i
 
 Weight sharing: a core stores the kernel of the channels it holds once, for every position it
-holds (:math:`g`: groups; :math:`C_{read}(c)`: the input channels those :math:`c` output
-channels read, all :math:`C_{in}` unless grouped). :math:`F_u`: the input columns an affine
+holds (:math:`F_{conv}`: the input channels one output channel reads, :math:`C_{in}/g` for
+:math:`g` groups, and of a part of a split fan-in (``split_fan_in``) its own channels only;
+:math:`C_{read}(c)`: the input channels those :math:`c` output channels read, all
+:math:`C_{in}` unless grouped or a part). :math:`F_u`: the input columns an affine
 layer's run of :math:`u` target neurons reads (a nonzero weight in one of its rows; the most
 of any run), held as a dense block of :math:`u \times F_u` weights (its columns given by the
 input axons) or sparse, :math:`\mathrm{nnz}_j` the nonzero weights into neuron :math:`j` (the
@@ -32,7 +37,8 @@ neuron :math:`i`: the reader's cores it is sent to; of an affine reader's, the r
 nonzero weight from :math:`i`; of a convolution's, at most
 :math:`(\lceil \lfloor d(k-1)/s \rfloor / u_r \rceil + 1)` row tiles times
 :math:`(\lceil \lfloor d(k-1)/s \rfloor / v_r \rceil + 1)` column tiles (each at most the
-reader's count) times the channel groups that read its channel, for every :math:`i`. A run of
+reader's count) times the channel groups that read its channel, for every :math:`i` (none
+for the channels outside a part's own). A run of
 a flat layer sends its own neurons' reach; a tile of a layer with channels, :math:`c\,u\,v`
 times the largest reach of any of its neurons.
 
@@ -83,7 +89,9 @@ from .fileutil import atomic_write
 from .exchange.attention import AttentionNode
 from .exchange.chip import Cores, System
 from .exchange.manifest import chip_record, load_export
-from .exchange.nirgraph import INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair
+from .exchange.resources import stored_weights
+from .exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, flops, graph_layers, is_relay, pair,
+                                part_columns)
 
 SIDES = ("image", "text")
 
@@ -98,7 +106,8 @@ class LayerPlacement:
     synapses: int  # dense-equivalent connections, a convolution's padded taps included
     memory_bits: int  # synaptic memory over all its cores (a kernel once per core)
     cores: int
-    tile: tuple[int, int]  # (channels, rows) per core; (1, neurons) for a flat layer
+    tile: tuple[int, int]  # (channels, rows) per core; (1, neurons) for a flat layer;
+    # (channels, positions) for a layer in runs of positions (``position_runs``)
     chips: tuple[int, ...]
     limited_by: str  # the per-core budget that set its tile size
     chip_cores: tuple[int, ...]  # its cores on each of ``chips``
@@ -106,6 +115,7 @@ class LayerPlacement:
     graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
     columns: int = 0  # per core where a tile holds part of a row (0: whole rows)
     kind: str = "neurons"  # LIF or relay; "product" or "sum" for an attention population
+    position_runs: bool = False  # fed by pointwise synapses only: tiles are runs of positions
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ class _Layer:
     dims: tuple[int, int, int]
     synapses: tuple[tuple[str, nir.NIRNode, tuple[int, ...]], ...]
     kind: str = "neurons"  # LayerPlacement.kind
+    runs: bool = False  # pointwise synapses only: rows are positions (C, H W, 1)
     blocks: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -241,11 +252,25 @@ def _groups_touched(channels: int, per_group: int, groups: int) -> int:
     return min(groups, -(-(channels - g) // per_group) + 1)
 
 
-def _reach(syn: str, node: nir.NIRNode, reader: _Tiling, layer: _Layer) -> np.ndarray | int:
+def _reach(syn: str, node: nir.NIRNode, in_shape: tuple[int, ...], reader: _Tiling,
+           layer: _Layer) -> np.ndarray | int:
     """Cores of a reader ``layer`` tiled as ``reader`` that an input neuron's spike is sent to
-    through ``syn``: per input neuron for an affine synapse, at most for a convolution."""
+    through ``syn``: per input neuron for an affine synapse, an attention population's
+    connections and a part of a split fan-in (none from the channels outside its own), at most
+    for a convolution."""
     if not isinstance(node, nir.Conv2d):
         return _blocks(layer, syn, node, reader.rows).readers
+    lo, hi = part_columns(node)
+    if (lo, hi) != (0, np.asarray(node.weight).shape[1]):
+        own = np.zeros(in_shape[0], np.int64)
+        own[lo:hi] = _conv_reach(node, reader, layer)
+        return np.repeat(own, int(np.prod(in_shape[1:])))
+    return _conv_reach(node, reader, layer)
+
+
+def _conv_reach(node: nir.Conv2d, reader: _Tiling, layer: _Layer) -> int:
+    """The most cores of a reader ``layer`` tiled as ``reader`` that one input neuron's spike
+    reaches through the convolution ``node`` (module docstring)."""
     reader_dims = layer.dims
     k, s, d, per_group = _conv_geometry(node)
     row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
@@ -269,8 +294,9 @@ def _needs(layer: _Layer, c: int, u: int, fan: np.ndarray, cores: Cores, v: int 
             w = np.asarray(node.weight)
             k, s, d, per_group = _conv_geometry(node)
             groups = int(np.asarray(node.groups))
-            memory += c * int(np.prod(w.shape[1:])) * cores.conv_bits_per_weight
-            read = _groups_touched(c, per_group, groups) * (in_shape[0] // groups)
+            lo, hi = part_columns(node)  # a part of a split fan-in: its own input channels
+            memory += c * (hi - lo) * int(np.prod(w.shape[2:])) * cores.conv_bits_per_weight
+            read = _groups_touched(c, per_group, groups) * (hi - lo)
             axons += (read * min(in_shape[2], (v - 1) * s + d * (k - 1) + 1)
                       * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1))
         elif not isinstance(node, _Connections):
@@ -416,10 +442,21 @@ def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
                     syn.append((i, nodes[i].node, shapes[nodes[i].inputs[0]]))
                     sources[i] = nodes[i].inputs[0]
             shape = shapes[la.name]
+            runs = bool(syn) and all(_pointwise(n) for _, n, _ in syn)
+            if runs:
+                syn = [(name, n, (s[0], int(np.prod(s[1:])), 1)) for name, n, s in syn]
+                shape = (shape[0], int(np.prod(shape[1:])), 1)
             conv = any(isinstance(n, nir.Conv2d) for _, n, _ in syn)
             out.append(_Layer(la.name, shape if conv else (1, int(np.prod(shape)), 1),
-                              tuple(syn)))
+                              tuple(syn), runs=runs))
     return out, sources
+
+
+def _pointwise(node: nir.NIRNode) -> bool:
+    """A 1x1 convolution of stride 1 without padding: each position reads its own input
+    position only."""
+    return isinstance(node, nir.Conv2d) and np.asarray(node.weight).shape[2:] == (1, 1) and \
+        pair(node.stride) == (1, 1) and pair(node.padding) == (0, 0)
 
 
 def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]]:
@@ -440,10 +477,10 @@ def _place(counts: list[int], per_chip: int) -> list[tuple[tuple[int, int], ...]
     return placed
 
 
-def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
-                system: System) -> EncoderMapping:
-    """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
-    lifs, sources = _layers(layers, in_shape)
+def _tile_all(lifs: list[_Layer], sources: dict[str, str], cores: Cores, side: str
+              ) -> tuple[dict[str, _Tiling], dict[str, np.ndarray | int]]:
+    """Each population's tiling, readers first (module docstring), and each synapse layer's
+    reach under its reader's tiling."""
     named = {la.name: la for la in lifs}
     tiles: dict[str, _Tiling] = {}
     reach: dict[str, np.ndarray | int] = {}  # per synapse layer, once its reader is tiled
@@ -457,10 +494,10 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
     def writers(layer: _Layer, t: _Tiling) -> int:
         """At least the cores ``layer``'s writers need if it is tiled as ``t``."""
         extra: dict[str, np.ndarray] = {}
-        for syn, node, _ in layer.synapses:
+        for syn, node, shape in layer.synapses:
             if sources[syn] in named:
                 w = sources[syn]
-                extra[w] = extra.get(w, fan(w)) + _reach(syn, node, t, layer)
+                extra[w] = extra.get(w, fan(w)) + _reach(syn, node, shape, t, layer)
         total = 0
         for w, f in extra.items():
             if w not in alone:
@@ -472,15 +509,32 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
     for layer in reversed(lifs):  # readers first: output axons depend on their tiling
         tiles[layer.name] = _tile(layer, fan(layer.name), cores, side,
                                   lambda t, layer=layer: writers(layer, t))
-        reach.update({syn: _reach(syn, node, tiles[layer.name], layer)
-                      for syn, node, _ in layer.synapses})
+        reach.update({syn: _reach(syn, node, shape, tiles[layer.name], layer)
+                      for syn, node, shape in layer.synapses})
+    return tiles, reach
+
+
+def tiled_cores(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores
+                ) -> int:
+    """The neuro-cores that the populations of ``layers`` (``graph_layers`` order; ``INPUT``
+    of shape ``in_shape``) take, tiled as :func:`map_encoder` tiles them, before placement on
+    chips: what a lowering pass compares its choices by."""
+    lifs, sources = _layers(layers, in_shape)
+    return sum(t.cores for t in _tile_all(lifs, sources, cores, side)[0].values())
+
+
+def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], cores: Cores,
+                system: System) -> EncoderMapping:
+    """Tile and place one encoder's chip layers (``graph_layers`` order) on ``system``."""
+    lifs, sources = _layers(layers, in_shape)
+    tiles, reach = _tile_all(lifs, sources, cores, side)
     placed = dict(zip((la.name for la in lifs),
                       _place([tiles[la.name].cores for la in lifs], cores.cores_per_chip)))
     chips = {name: tuple(c for c, _ in on) for name, on in placed.items()}
     placements = []
     for layer in lifs:
         t = tiles[layer.name]
-        kernels = sum(int(np.asarray(n.weight).size) for _, n, _ in layer.synapses
+        kernels = sum(stored_weights(n) for _, n, _ in layer.synapses
                       if isinstance(n, nir.Conv2d))
         dense = sum(int(_blocks(layer, syn, n, t.rows).bits(cores).sum())
                     for syn, n, _ in layer.synapses if not isinstance(n, nir.Conv2d))
@@ -494,7 +548,8 @@ def map_encoder(side: str, layers: list[ChipLayer], in_shape: tuple[int, ...], c
             tuple(n for _, n in placed[layer.name]),
             tuple(int(np.max(reach[syn])) for syn, _, _ in layer.synapses),
             sum(layer.neurons for syn, _, _ in layer.synapses if ">" in syn),
-            t.columns if t.columns < layer.dims[2] else 0, layer.kind))
+            t.columns if t.columns < layer.dims[2] else 0, kind=layer.kind,
+            position_runs=layer.runs))
     used = max((c for p in placements for c in p.chips), default=-1) + 1
     if used > system.chips:
         first = next(p for p in placements if max(p.chips) >= system.chips)

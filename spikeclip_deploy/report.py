@@ -199,7 +199,8 @@ def mapping_summary(m) -> str:
                      f"{'cores':>5s} {'tile c x rows':>13s}  chips  bound by")
         for la in e.layers:
             chips = f"{la.chips[0]}" + (f"-{la.chips[-1]}" if len(la.chips) > 1 else "")
-            tile = f"{la.tile[0]} x {la.tile[1]}" + (f" x {la.columns}" if la.columns else "")
+            tile = (f"{la.tile[0]} x {la.tile[1]}" + ("p" if la.position_runs else "")
+                    + (f" x {la.columns}" if la.columns else ""))
             lines.append(f"    {la.name:<8s} {la.neurons:>9,d} {la.synapses:>13,d} "
                          f"{la.memory_bits / 8192:>10.1f} {la.cores:>5d} {tile:>13s}  "
                          f"{chips:<5s}  {la.limited_by}")
@@ -211,4 +212,6 @@ def mapping_summary(m) -> str:
             lines.append(f"    spiking attention on chip: {kinds['product']:,d} cores of product "
                          f"neurons, {kinds['sum']:,d} of graded sums "
                          f"({100 * sum(kinds.values()) / e.total('cores'):.1f} % of the cores)")
+    if any(la.position_runs for e in m.encoders for la in e.layers):
+        lines.append("  (tile c x Np: c channels by a run of N positions in row-major order)")
     return "\n".join(lines)

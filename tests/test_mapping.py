@@ -187,15 +187,18 @@ def test_a_relay_is_placed_with_its_identity_synapses():
         == (("r>b",), 40, 2 * 8, 40, (1,))
 
 
-def test_a_row_too_wide_for_a_core_is_split_into_columns():
-    """a (150 x 2 x 10) -> 1x1 conv (150 -> 2) -> b (2 x 2 x 10): one row of one channel of b
-    reads 150 x 10 = 1500 axons > 1000, so a core holds 6 columns (900 axons; 7: 1050) of one
-    row, and channels: 2 (memory 2 x 150 x 8 = 2400 bits, 12 neurons): 2 rows x 2 column runs,
-    4 cores."""
+def test_a_pointwise_layer_is_tiled_in_runs_of_positions():
+    """a (150 x 2 x 10) -> 1x1 conv (150 -> 2) -> b (2 x 2 x 10), cores of 1050 input axons:
+    a position of b reads its own 150 inputs, so a core holds a run of 7 positions (1050
+    axons; 8: 1200) in row-major order, across the row boundary, and both channels (memory 2 x
+    150 x 8 = 2400 bits, 14 neurons): 20 positions in runs of 7, 3 cores (tiles of whole
+    rectangles: one row holds 7 of its 10 columns, 2 rows x 2 column runs = 4 cores). Each
+    core stores the 300-weight kernel once: 3 x 300 x 8 bits."""
     layers = [lif("a", (150, 2, 10), INPUT), pointwise("c", 150, 2, "a"), lif("b", (2, 2, 10), "c")]
     b = rows(map_encoder("image", layers, (150, 2, 10), dataclasses.replace(
-        CORES, neurons_per_core=10_000), TWO))["b"]
-    assert (b.cores, b.tile, b.columns, b.limited_by) == (4, (2, 1), 6, "input_axons")
+        CORES, neurons_per_core=10_000, input_axons_per_core=1050), TWO))["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by) == (3, (2, 7), 0, "input_axons")
+    assert (b.memory_bits, b.synapse_reach) == (3 * 300 * 8, (1,))
 
 
 def conv3x3(name, c_in, c_out, hw, src, groups=1):

@@ -42,22 +42,23 @@ def conv_out_hw(node: nir.Conv2d, hw: tuple[int, int]) -> tuple[int, int]:
                  zip(hw, k, pair(node.stride), pair(node.padding), pair(node.dilation)))
 
 
-def affine_columns(node: nir.Affine) -> tuple[int, int]:
-    """The input columns ``[lo, hi)`` an affine layer's synapses read: all, or those of its part
-    of a split fan-in (``metadata['columns']``; the weight is zero outside them)."""
+def part_columns(node: nir.NIRNode) -> tuple[int, int]:
+    """The inputs ``[lo, hi)`` along the weight's second axis that a synapse layer reads (an
+    affine layer's input columns, a convolution's input channels per group): all, or those of
+    its part of a split fan-in (``metadata['columns']``; the weight is zero outside them)."""
     lo, hi = node.metadata.get("columns", (0, np.asarray(node.weight).shape[1]))
     return int(lo), int(hi)
 
 
 def flops(node: nir.NIRNode, in_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one dense (non-spiking) evaluation of the layer (a part of a
-    split fan-in: over its own columns)."""
+    split fan-in: over its own columns or input channels)."""
     w = np.asarray(node.weight)
+    lo, hi = part_columns(node)
     if isinstance(node, nir.Affine):
-        lo, hi = affine_columns(node)
         return int(w.shape[0] * (hi - lo))
     ho, wo = conv_out_hw(node, in_shape[1:])
-    return int(w.shape[0] * ho * wo * w.shape[1] * w.shape[2] * w.shape[3])
+    return int(w.shape[0] * ho * wo * (hi - lo) * w.shape[2] * w.shape[3])
 
 
 def ungroup(node: nir.Conv2d) -> nir.Conv2d:

@@ -8,20 +8,22 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionNode
-from .nirgraph import HostOpNode, affine_columns, flops, is_relay, pair
+from .nirgraph import HostOpNode, flops, is_relay, pair, part_columns
 
 
 def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
-    """Synapses leaving each input neuron (shape ``in_shape``)."""
+    """Synapses leaving each input neuron (shape ``in_shape``; a part of a split fan-in: its own
+    columns or input channels only)."""
+    lo, hi = part_columns(node)
     if isinstance(node, nir.Affine):
         out = np.zeros(in_shape, dtype=np.int64)
-        lo, hi = affine_columns(node)
         out[lo:hi] = np.asarray(node.weight).shape[0]
         return out
     w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float64)
-    c_out, _, kh, kw = w.shape
+    ones = torch.zeros_like(w)
+    ones[:, lo:hi] = 1
     ones_in = torch.ones(1, *in_shape, dtype=torch.float64, requires_grad=True)
-    out = F.conv2d(ones_in, torch.ones_like(w), stride=pair(node.stride), padding=pair(node.padding),
+    out = F.conv2d(ones_in, ones, stride=pair(node.stride), padding=pair(node.padding),
                    dilation=pair(node.dilation), groups=int(np.asarray(node.groups)))
     out.sum().backward()  # d(sum of outputs)/d(input i) = synapses leaving i
     return ones_in.grad[0].round().numpy().astype(np.int64)
@@ -30,11 +32,10 @@ def fan_out(node: nir.NIRNode, in_shape: tuple[int, ...]) -> np.ndarray:
 def stored_weights(node: nir.NIRNode) -> int:
     """Weights a chip stores for one synapse layer: a convolution's kernel once (its weights are
     shared over all positions), a dense layer's matrix in full (a part of a split fan-in: its
-    own columns)."""
-    if isinstance(node, nir.Affine):
-        lo, hi = affine_columns(node)
-        return int(np.asarray(node.weight).shape[0] * (hi - lo))
-    return int(np.asarray(node.weight).size)
+    own columns or input channels)."""
+    w = np.asarray(node.weight)
+    lo, hi = part_columns(node)
+    return int(w.shape[0] * (hi - lo) * np.prod(w.shape[2:]))
 
 
 def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],

@@ -15,6 +15,7 @@ import nir
 import numpy as np
 
 from ..errors import HardwareLimitError, LoweringError
+from ..exchange.chip import Cores
 from ..hardware import ChipProfile, load_profile
 from ..exchange.attention import AttentionNode
 from ..exchange.nirgraph import HostOpNode, depths, is_relay
@@ -60,11 +61,10 @@ FOLD_BN = Pass("fold_bn", lambda g, ctx: g.replace(layers=tuple(map(_fold_layer,
                ensures=_bn_left)
 
 
-def _input_axons(ctx: LoweringContext) -> int:
-    """A neuro-core's input axons: the target's profile's, the chip it stands in for's for a
+def _cores(ctx: LoweringContext) -> Cores:
+    """A neuro-core's resources: the target's profile's, the chip it stands in for's for a
     float target."""
-    return (ctx.profile or load_profile(get_target(ctx.target).stream_costs[0])
-            ).cores.input_axons_per_core
+    return (ctx.profile or load_profile(get_target(ctx.target).stream_costs[0])).cores
 
 
 # -- graded_streams ------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def _graded_streams(graph: Graph, ctx: LoweringContext) -> Graph:
                             f"{', '.join(RESIDUAL_FORMS)}")
     energy = get_target(ctx.target).stream_costs[1]
     return graded_streams(graph, ctx.residual, load_profile(energy, "chip-energy"),
-                          _input_axons(ctx))
+                          _cores(ctx).input_axons_per_core)
 
 
 GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left,
@@ -82,7 +82,7 @@ GRADED_STREAMS = Pass("graded_streams", _graded_streams, requires=_bn_left,
 
 
 # -- split_fan_in --------------------------------------------------------------------------------
-SPLIT_FAN_IN = Pass("split_fan_in", lambda g, ctx: split_fan_in(g, _input_axons(ctx)),
+SPLIT_FAN_IN = Pass("split_fan_in", lambda g, ctx: split_fan_in(g, _cores(ctx)),
                     requires=_bn_left)
 
 

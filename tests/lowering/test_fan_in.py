@@ -13,8 +13,11 @@ from torch import nn
 from spikeclip_deploy.backends.base import quantize_input
 from spikeclip_deploy.backends.emulator import Emulation
 from spikeclip_deploy.hardware import load_profile
+from spikeclip_deploy.exchange.chip import System
+from spikeclip_deploy.lowering import fan_in
 from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
+from spikeclip_deploy.mapping import map_encoder
 from spikeclip_deploy.exchange.resources import fan_out
 from spikeclip_deploy.nn.chip_graph import ChipGraph
 from spikeclip_deploy.nn.encoders import SpikingEncoder
@@ -41,6 +44,19 @@ def lowered(enc, n_in, axons, target="loihi", upto=None):
                       LoweringContext(target, profile, None))
 
 
+def assert_parts(g, name, w, b, width, count):
+    """``name``'s parts in ``g``: part k holds input columns (channels) width k .. width (k + 1)
+    of ``w``, zero elsewhere, part 0 the bias ``b``, and is held k steps."""
+    for k in range(count):
+        part = g.layer(f"{name}_part{k}").node
+        want = np.zeros_like(w)
+        want[:, width * k:width * (k + 1)] = w[:, width * k:width * (k + 1)]
+        assert np.array_equal(part.weight, want)
+        assert np.array_equal(part.bias, b if k == 0 else np.zeros_like(b))
+        assert (part.metadata.get("delay", 0), part.metadata["columns"]) == (
+            k, [width * k, width * (k + 1)])
+
+
 def test_a_fan_in_over_the_cores_axons_is_split_by_hand():
     """dense0 reads 10 inputs, cores hold 4 input axons: parts of 4 // 2 = 2 columns, 5 of them,
     chained: sum0 = part0, sum_k = sum_{k-1} + part_k, lif1 reads sum4. Part k holds columns
@@ -56,15 +72,8 @@ def test_a_fan_in_over_the_cores_axons_is_split_by_hand():
             (f"dense0_part{k}", ("lif0",)),
             (f"dense0_sum{k}", ((f"dense0_sum{k - 1}",) if k else ()) + (f"dense0_part{k}",)))
     ] + [("lif1", ("dense0_sum4",))]
-    w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
-    for k in range(5):
-        part = g.layer(f"dense0_part{k}").node
-        want = np.zeros_like(w)
-        want[:, 2 * k:2 * k + 2] = w[:, 2 * k:2 * k + 2]
-        assert np.array_equal(part.weight, want)
-        assert np.array_equal(part.bias, b if k == 0 else np.zeros_like(b))
-        assert (part.metadata.get("delay", 0), part.metadata["columns"]) == (k, [2 * k, 2 * k + 2])
-        assert g.layer(f"dense0_sum{k}").node.metadata.get("delays", {}) == {}
+    assert_parts(g, "dense0", lin.weight.detach().numpy(), lin.bias.detach().numpy(), 2, 5)
+    assert all(g.layer(f"dense0_sum{k}").node.metadata.get("delays", {}) == {} for k in range(5))
     whole = lowered(enc, 10, 10, upto="align_delays")
     assert [(la.name, la.inputs) for la in whole.layers] == [
         ("lif0", ("input",)), ("dense0", ("lif0",)), ("lif1", ("dense0",))]
@@ -108,3 +117,142 @@ def test_a_split_layer_computes_what_the_whole_one_does(n_in, n_out, data):
         assert np.array_equal(getattr(got, var)["lif1"], getattr(want, var)["lif1"]), var
     assert sorted(got.payloads) == sorted(f"dense0_sum{k}" for k in range(len(parts)))
     assert not isinstance(split.layer("lif1").node, nir.Affine)
+
+
+# -- pointwise convolutions: parts chosen by the mapper's core count, folded into a stream ------
+def pointwise(c_in, c_out, rng):
+    """A 1x1 convolution and an identity BatchNorm with weights and biases drawn by ``rng``."""
+    conv, bn = nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(rng.normal(0, 1, (c_out, c_in, 1, 1))))
+        bn.bias.copy_(torch.from_numpy(rng.normal(0.5, 0.3, c_out)))
+        bn.running_var.fill_(1.0 - bn.eps)
+    return nn.Sequential(conv, bn).eval()
+
+
+def mlp_block(c, m, rng):
+    """lif0 -conv0-> lif1 -conv1 (c -> m)-> lif2 -conv2 (m -> c)-> lif3, lif3 also reading conv0:
+    a residual stream whose second term is a pointwise convolution (a transformer's MLP)."""
+    layers = [MultiStepLIF(), pointwise(c, c, rng), MultiStepLIF(), pointwise(c, m, rng),
+              MultiStepLIF(), pointwise(m, c, rng), MultiStepLIF()]
+    return SpikingEncoder(nn.Identity(), ChipGraph(layers, [(-1,), (0,), (1,), (2,), (3,), (4,),
+                                                            (1, 5)]), nn.Identity(), 4)
+
+
+def small_cores(**figures):
+    return dataclasses.replace(PROFILE, cores=dataclasses.replace(PROFILE.cores, **figures))
+
+
+def lowered_as(enc, shape, profile, size=None, target="loihi", upto=None, monkeypatch=None):
+    """``enc`` lowered on ``profile``; with ``size``, conv2's split forced to parts of ``size``
+    input channels (all of them: no split), every other layer left whole."""
+    if size is not None:
+        monkeypatch.setattr(fan_in, "_least_size", lambda graph, la, *_: size if
+                            la.name == "conv2" else np.asarray(la.node.weight).shape[1])
+    names = get_target(target).passes
+    names = names[:names.index(upto) + 1] if upto else names
+    return run_passes(trace(enc, "image", torch.zeros(1, *shape)), passes_named(names),
+                      LoweringContext(target, profile, None))
+
+
+def mapped_cores(g, profile):
+    """The neuro-cores ``map`` places the lowered graph ``g`` on."""
+    return map_encoder("image", run_side_layers(g), g.input_shape, profile.cores,
+                       System("many", 100)).total("cores")
+
+
+#: a core of 66 input axons: lif3's copies would read 4 + 64 inputs a neuron, the graded relay
+#: 64 + 1, so the stream is graded
+STREAM = small_cores(input_axons_per_core=66)
+
+
+def test_a_pointwise_term_is_folded_into_its_stream_by_hand(monkeypatch):
+    """conv2 (64 -> 4) in 4 parts of 16 channels: conv2_sum0 = relay0 + part0, sum_k = sum_{k-1}
+    + part_k, relay1 (the stream's relay, lif3's reader) the last sum. Depths: relay0 1, lif1 2,
+    lif2 3, every part 4, sum_k 4 + k (a hop each), so part k is held k steps and relay0's
+    identity synapse to sum0 2 (4 - 1 - 1), as to relay1 when whole. Part k holds channels
+    16k..16k+15 of the weight, zero elsewhere, part 0 the bias; synapses and stored weights
+    count its own channels only."""
+    enc = mlp_block(4, 64, np.random.default_rng(0))
+    g = lowered_as(enc, (4, 1, 2), STREAM, 16, upto="align_delays", monkeypatch=monkeypatch)
+    assert [(la.name, la.inputs) for la in g.layers if not la.name.startswith(("lif", "conv0",
+                                                                               "conv1"))] == [
+        ("relay0", ("conv0",))] + [pair for k in range(4) for pair in (
+            (f"conv2_part{k}", ("lif2",)),
+            ("relay1" if k == 3 else f"conv2_sum{k}",
+             ("relay0" if k == 0 else f"conv2_sum{k - 1}", f"conv2_part{k}")))]
+    whole = lowered_as(enc, (4, 1, 2), STREAM, 64, upto="align_delays", monkeypatch=monkeypatch)
+    assert_parts(g, "conv2", whole.layer("conv2").node.weight, whole.layer("conv2").node.bias,
+                 16, 4)
+    assert g.layer("relay0").node.metadata["delays"] == {"conv2_sum0": 2}
+    assert whole.layer("relay0").node.metadata["delays"] == {"relay1": 2}
+    assert g.layer("relay1").node.metadata["stream"] == "relay0"
+    res = lowered_as(enc, (4, 1, 2), STREAM, 16, upto="resources",
+                     monkeypatch=monkeypatch).meta["resources"]
+    res_whole = lowered_as(enc, (4, 1, 2), STREAM, 64, upto="resources",
+                           monkeypatch=monkeypatch).meta["resources"]
+    assert res["synapses"] == res_whole["synapses"] == 2 * (4 * 4 + 4 * 64 + 64 * 4)  # 2 positions
+    assert res["stored_weights"] - res["graded_synapses"] == \
+        res_whole["stored_weights"] - res_whole["graded_synapses"]
+    assert res["graded_synapses"] - res_whole["graded_synapses"] == 3 * 8  # 3 hops of 4 x 2
+
+
+@settings(max_examples=12, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 63), seed=st.integers(0, 2**32 - 1))
+def test_a_split_pointwise_term_computes_what_the_whole_one_does(monkeypatch, size, seed):
+    """Any part size: the same integers, and every LIF's u, v and spikes on the emulator equal
+    those of the whole layer, every step and sample (the relays add the partial sums exactly;
+    the hops are aligned)."""
+    rng = np.random.default_rng(seed)
+    enc = mlp_block(4, 64, rng)
+    split = lowered_as(enc, (4, 1, 2), STREAM, size, monkeypatch=monkeypatch)
+    whole = lowered_as(enc, (4, 1, 2), STREAM, 64, monkeypatch=monkeypatch)
+    parts = [la.node for la in split.layers if "part_of" in la.node.metadata]
+    assert len(parts) == -(-64 // size)
+    assert np.array_equal(sum(np.asarray(p.weight) for p in parts), whole.layer("conv2").node.weight)
+    current = rng.uniform(-1, 3, (3, 4, 1, 2))
+    got, want = run(split, current, 8), run(whole, current, 8)
+    for lif in ("lif1", "lif2", "lif3"):
+        for var in ("spikes", "u", "v"):
+            assert np.array_equal(getattr(got, var)[lif], getattr(want, var)[lif]), (lif, var)
+
+
+def test_the_part_count_is_the_one_of_fewest_cores_by_hand(monkeypatch):
+    """Cores of 600 bits, 66 input axons, 64 output axons; lif3's stream graded (the copies
+    would read 68 inputs a neuron). Whole, relay1 (4 x 1 x 2) stores 65 weights a channel (64 of
+    conv2 and 1 identity, 520 bits) and reads 64 + c axons a position: 1 channel at 1 position
+    a core, 8 cores; each of lif2's 128 neurons then sends to the 4 cores of its position: 512
+    output axons, 8 cores; with lif0, relay0, lif1, lif3 (1 core each) and relay1: 20. In 4
+    parts of 16 channels, each sum stores 17 weights a channel (136 bits: all 4 channels) and
+    reads 2 x (16 + 4) axons: 1 core each, 4; a lif2 spike reaches 1 core, and lif2 takes 4
+    (its 32-bit kernels, 18 channels a core); 4 + 4 + 4 = 12, the fewest (2 parts: 16, 3:
+    14, 5: 13): the pass splits conv2 into 4, and the mapper places 12 cores."""
+    profile = small_cores(neurons_per_core=1000, synaptic_memory_bits_per_core=600,
+                          input_axons_per_core=66, output_axons_per_core=64)
+    enc = mlp_block(4, 64, np.random.default_rng(0))
+
+    chosen = lowered_as(enc, (4, 1, 2), profile, upto="partition")
+    assert sum("part_of" in la.node.metadata for la in chosen.layers) == 4
+    assert mapped_cores(chosen, profile) == 12
+    assert [mapped_cores(lowered_as(enc, (4, 1, 2), profile, size, upto="partition",
+                                    monkeypatch=monkeypatch), profile)
+            for size in (64, 32, 22, 13)] == [20, 16, 14, 13]
+
+
+def test_a_split_is_priced_with_its_readers_output_axons(monkeypatch):
+    """conv1 (8 -> 16, read by lif2 alone; the stream stays copies here) on cores of 200 bits,
+    100 input axons, 32 output axons: in parts, lif2 would hold 16 channels a core (it reads
+    only identity synapses), but its spikes to lif3 bind it to 16 cores either way, and the
+    parts' sums cost more cores than lif1 saves: 48 cores whole, 51 in 2 parts; conv1 stays
+    whole (pricing the split without lif2's readers would take 2 parts)."""
+    profile = small_cores(neurons_per_core=1000, synaptic_memory_bits_per_core=200,
+                          input_axons_per_core=100, output_axons_per_core=32)
+    enc = mlp_block(8, 16, np.random.default_rng(0))
+
+    chosen = lowered_as(enc, (8, 1, 4), profile, upto="partition")
+    assert not any("part_of" in la.node.metadata for la in chosen.layers)
+    assert mapped_cores(chosen, profile) == 48
+    monkeypatch.setattr(fan_in, "_least_size", lambda graph, la, *_: 4 if la.name == "conv1"
+                        else np.asarray(la.node.weight).shape[1])
+    assert mapped_cores(lowered_as(enc, (8, 1, 4), profile, upto="partition"), profile) == 51
