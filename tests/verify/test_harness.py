@@ -281,3 +281,27 @@ def test_verification_never_builds_an_export_itself(micro_ckpt, micro_exports, i
     with pytest.raises(ConfigError, match="no export of .* for --target loihi was given; make "
                                           "one with `spikeclip-deploy export --target loihi`"):
         evaluate(cfg)
+
+
+def test_the_float_models_attention_on_chip_is_tallied_step_by_step(image_folder, tmp_path):
+    """former-micro (random init) exported with attention on chip: verify tallies the float
+    model's spikes step by step (a product is a coincidence within a step, which counts over
+    the steps lose), the same tally as one built here from the float model's own spikes."""
+    from spikeclip_deploy.export import ExportConfig, export_model
+    from spikeclip_deploy.model_source import model_source
+    from spikeclip_deploy.verify.energy import SpikeTally
+
+    export = export_model(ExportConfig(model="spikeclip-former-micro", init="random",
+                                       out=tmp_path / "former"))[0]
+    cfg = VerifyConfig(model="spikeclip-former-micro", init="random", data=image_folder,
+                       export=export, backends=("loihi-emu",), lava_limit=0, limit=5)
+    got = evaluate(cfg)["tallies"]["float"]
+    model = model_source("spikeclip-former-micro", "random", 0)[0]
+    emu = EmulatorBackend(export)
+    want = SpikeTally(emu.layers["image"], emu.time_steps)
+    with torch.inference_mode():
+        spikes = model.encode_image_spikes(torch.from_numpy(_images(cfg)[0]))[1]
+    want.add([s.to(torch.uint8).transpose(0, 1).numpy() for s in spikes])
+    assert sum(want.data["attention_events"].values()) > 0
+    assert got["attention_events"] == want.data["attention_events"]
+    assert got["sample_attention"] == want.data["sample_attention"]
