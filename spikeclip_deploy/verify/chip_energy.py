@@ -8,12 +8,15 @@ in :math:`T` steps, and a synapse layer :math:`k` that reads :math:`l` and is ex
 .. math::
 
     E_l &= E_{active} S_l + E_{inactive} (N_l T - S_l) \\
-    E_k &= E_{SOP}\,\mathrm{SOP}_k + E_{msg}\,M_k, \qquad M_k = S_l\,\mathrm{reach}_k \\
+    E_k &= E_{SOP}\,\mathrm{SOP}_k + E_{msg}\,M_k, \qquad M_k = S_k\,\mathrm{reach}_k \\
     E_{chip} &= \textstyle\sum_l E_l + \sum_k E_k, \qquad
     E = E_{chip} + E_{MAC}\,\mathrm{MAC}_{host}
 
+:math:`S_k`: the spikes :math:`k` carries, :math:`S_l`, or of a part of a split fan-in (which
+reads its own input columns or channels only, each with the same fan-out :math:`f_k`: the
+``split_fan_in`` pass) :math:`\mathrm{SOP}_k / f_k`, its own inputs' spikes.
 :math:`\mathrm{reach}_k`: the reader's cores one spike is sent to (one message each, the
-mapper's reach). Of those messages, :math:`1 - \sum_c p_l(c)\,p_r(c)` cross chips, with
+mapper's reach; of a part, over its own inputs). Of those messages, :math:`1 - \sum_c p_l(c)\,p_r(c)` cross chips, with
 :math:`p(c)` a layer's share of its cores on chip :math:`c` (spikes and messages spread
 evenly over a layer's cores); they are counted, not priced (no figure is published). Host
 work (:math:`\mathrm{MAC}_{host}`, as executed) is priced at the 45 nm model's
@@ -140,7 +143,8 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
                    "sop_pj": sops * model.e_synaptic_op_pj}
             if mapped:
                 where = placement["synapses"][syn["name"]]
-                messages = spikes[name] * where["reach"]
+                carried = sops / syn["part_fan_out"] if syn.get("part_fan_out") else spikes[name]
+                messages = carried * where["reach"]
                 row.update(messages=messages, message_pj=messages * model.e_spike_message_pj,
                            messages_between_chips=messages * crossing_share(
                                placement["lifs"][name], placement["lifs"][where["reader"]]))

@@ -48,7 +48,7 @@ from typing import Any, Iterable
 import nir
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoweringError
 from ..hardware import ChipEnergyModel, EnergyModel
 from ..exchange.resources import fan_out, flops
 from ..exchange.attention import AttentionNode
@@ -96,6 +96,22 @@ def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
                                                          AttentionNode))]
 
 
+def part_fan_out(name: str, node: nir.NIRNode, fan: np.ndarray) -> int | None:
+    """The synapses leaving each of a split fan-in's part's own inputs, the same for each (a
+    dense part: the layer's output rows; a pointwise convolution's part: its output channels),
+    so that its synaptic ops over it are the spikes it carries; None for a whole synapse
+    layer."""
+    if "part_of" not in node.metadata:
+        return None
+    own = np.unique(fan[fan > 0])
+    if own.size != 1:
+        raise LoweringError(f"'{name}', a part of the split fan-in of "
+                            f"'{node.metadata['part_of']}', sends {own.tolist()} synapses from "
+                            f"its inputs, where a part of the split_fan_in pass sends the same "
+                            f"number from each: lower the model again with this package")
+    return int(own[0])
+
+
 def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     """Every graded stream relay: its name, neurons and readers (layers reading it, each
     through an identity synapse)."""
@@ -137,6 +153,9 @@ class SpikeTally:
         rows = synapse_rows(layers)
         self._fan_out = {row["name"]: fan_out(nodes[row["name"]], tuple(lifs[row["input"]]))
                          .reshape(-1) for row in rows}
+        for row in rows:
+            row["part_fan_out"] = part_fan_out(row["name"], nodes[row["name"]],
+                                               self._fan_out[row["name"]])
         attention, self._attention = attention_rows(layers)
         self._port_fan = {syn: (lif, nodes[row["name"]].population.fan_out(
             list(nodes[row["name"]].spec.inputs).index(lif)))

@@ -293,6 +293,76 @@ def test_relays_by_hand():
     assert energy_report(t, 12, 0, EM)["chip_sop_share"] == 0.5
 
 
+def split_graph(kind):
+    """lif0 (4 inputs) -> dense0 (3 outputs: an ``Affine``, or a pointwise ``Conv2d`` over 4 x 1
+    x 2 inputs) split as the split_fan_in pass splits it: part0 reads columns (channels) 0-1
+    into sum0, part1 columns 2-3 into sum1 = sum0 + part1 -> lif1."""
+    def part(k):
+        w = np.zeros((3, 4) if kind == "dense" else (3, 4, 1, 1), np.float32)
+        w[:, 2 * k:2 * k + 2] = 1
+        meta = {"part_of": "dense0", "columns": [2 * k, 2 * k + 2]}
+        if kind == "dense":
+            return nir.Affine(weight=w, bias=np.zeros(3, np.float32), metadata=meta)
+        return nir.Conv2d(input_shape=(1, 2), weight=w, stride=1, padding=0, dilation=1,
+                          groups=1, bias=np.zeros(3, np.float32), metadata=meta)
+    shape = (4,) if kind == "dense" else (4, 1, 2)
+    out = (3,) if kind == "dense" else (3, 1, 2)
+    return [ChipLayer("lif0", lif(shape), ("input",)), ChipLayer("part0", part(0), ("lif0",)),
+            ChipLayer("sum0", relay_node(out, {}), ("part0",)),
+            ChipLayer("part1", part(1), ("lif0",)),
+            ChipLayer("sum1", relay_node(out, {}), ("sum0", "part1")),
+            ChipLayer("lif1", lif(out), ("sum1",))]
+
+
+@pytest.mark.parametrize("kind", ["dense", "pointwise"])
+def test_a_split_layers_parts_send_messages_for_their_own_inputs_by_hand(kind):
+    """:func:`split_graph` on cores of 4 input axons: sum0 reads part0's 2 inputs (a position),
+    one core; sum1 reads 2 identity inputs and part1's 2, so a core holds 2 of its neurons
+    (channels): a spike of lif0's columns (channels) 2-3 reaches 2 cores, of 0-1 one. lif0, T =
+    2: columns 0, 2, 3 at step 0, 1, 3 at step 1 (of the pointwise graph: at positions 0 and 1):
+    part0 carries 2 spikes (6 SOPs, 2 messages), part1 3 (9 SOPs, 3 x 2 = 6 messages): 8
+    messages, where charging each part every lif0 spike would give 5 + 10 = 15."""
+    from spikeclip_deploy.exchange.chip import Cores, System
+    from spikeclip_deploy.mapping import map_encoder
+
+    cores = Cores(cores_per_chip=8, neurons_per_core=100, synaptic_memory_bits_per_core=10**5,
+                  dense_bits_per_synapse=8, sparse_bits_per_synapse=21, conv_bits_per_weight=8,
+                  input_axons_per_core=4, output_axons_per_core=1000,
+                  systems=(System("one", 1),), sources={})
+    layers = split_graph(kind)
+    shape = np.asarray(layers[0].node.tau).shape
+    placed = placement_state(map_encoder("image", layers, shape, cores, cores.systems[0]), "one")
+    assert {s: placed["synapses"][s]["reach"] for s in ("part0", "part1")} == {"part0": 1,
+                                                                                "part1": 2}
+    steps = np.zeros((2, 4))
+    steps[0, [0, 2, 3]], steps[1, [1, 3]] = 1, 1
+    spikes = np.zeros((1, 2, *shape))
+    if kind == "dense":
+        spikes[0] = steps
+    else:
+        spikes[0, 0, :, 0, 0], spikes[0, 1, :, 0, 1] = steps
+    t = tally(layers, [spikes, np.zeros((1, 2, *np.asarray(layers[-1].node.tau).shape))])
+    chip = energy_report(t, 0, 0, EM, CHIP, placed)["loihi"]
+    got = {r["name"]: (r["sops"], r["messages"]) for r in chip["layers"]
+           if r["kind"] == "synapses"}
+    assert got == {"part0": (6, 2), "part1": (9, 6)}
+    assert chip["messages"] == 8 and chip["terms_pj"]["spike_messages"] == 8 * 2.0
+
+
+def test_a_part_whose_inputs_send_unequal_synapses_is_refused():
+    """A 3 x 3 padded convolution's part (not one the split_fan_in pass makes): its corner
+    inputs send 4 synapses, its centre 9, so its SOPs do not give the spikes it carries."""
+    from spikeclip_deploy.errors import LoweringError
+
+    w = np.zeros((1, 2, 3, 3), np.float32)
+    w[:, :1] = 1
+    conv = nir.Conv2d(input_shape=(3, 3), weight=w, stride=1, padding=1, dilation=1, groups=1,
+                      bias=np.zeros(1, np.float32), metadata={"part_of": "c", "columns": [0, 1]})
+    layers = as_layers([("lif0", lif((2, 3, 3))), ("c_part0", conv), ("lif1", lif((1, 3, 3)))])
+    with pytest.raises(LoweringError, match=r"'c_part0'.*\[4, 6, 9\]"):
+        SpikeTally(layers, 2)
+
+
 def attention_graph():
     """q, k, v LIFs (C = 2, H = 1, W = 2: one head of d = 2 over N = 2 tokens) -> the head's
     k_first populations -> the attention LIF 'a'."""
