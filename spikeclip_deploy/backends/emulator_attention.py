@@ -16,17 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..exchange.attention import AttentionNode
+from ..exchange.attention import AttentionNode, head_sums
 from .emulator_gemm import FLOAT32_EXACT
 
 #: product stage -> einsum of its factors (heads' ``[B, T, N, d]`` slices, or a sum's counts)
 #: into its payloads ``[B, T, *shape]``
 PRODUCT = {"kv": "btni,btnj->btnij", "qm": "btni,btij->btnij", "qk": "btni,btmi->btnmi",
            "sv": "btnm,btmj->btnmj"}
-#: sum stage -> (order -> einsum of the factors of the product it sums into its counts
-#: ``[B, T, *shape]``)
-SUM = {"m": {"k_first": "btni,btnj->btij"}, "s": {"q_first": "btni,btmi->btnm"},
-       "y": {"k_first": "btni,btij->btjn", "q_first": "btnm,btmj->btjn"}}
 
 
 @dataclass
@@ -66,8 +62,9 @@ def payloads(node: AttentionNode, f: Factors) -> torch.Tensor:
 
 
 def counts(node: AttentionNode, f: Factors) -> torch.Tensor:
-    """A sum population's counts ``[B, T, *shape]`` (in the factors' float type, exact)."""
-    return torch.einsum(SUM[node.spec.stage][node.spec.order], f.a, f.b)
+    """A sum population's counts ``[B, T, *shape]`` (in the factors' float type, exact:
+    :func:`~spikeclip_deploy.exchange.attention.head_sums`)."""
+    return head_sums(node.spec.stage, f.a, f.b)
 
 
 def into_lif(node: AttentionNode, y: torch.Tensor) -> torch.Tensor:

@@ -290,6 +290,23 @@ def fire(pop: Population, ports: list[np.ndarray]) -> np.ndarray:
     return x[..., src].sum(-1)
 
 
+#: sum stage -> its counts per head and step from the two factors of the product population it
+#: sums (``[..., N, d]``, or a sum's counts), as matrix products
+_SUMS = {"m": lambda k, v: k.swapaxes(-1, -2) @ v,  # M = K^T V, [d, d]
+         "s": lambda q, k: q @ k.swapaxes(-1, -2),  # S = Q K^T, [N, N]
+         "y": lambda a, b: (a @ b).swapaxes(-1, -2)}  # Y = (Q M)^T or (S V)^T, [d, N]
+
+
+def head_sums(stage: str, a: Any, b: Any) -> Any:
+    r"""A sum population's counts (its ``shape``) of one head, over any leading axes (samples,
+    steps, heads), from the factors ``a, b`` of the product population it sums: ``m``,
+    :math:`K^\top V`; ``s``, :math:`Q K^\top`; ``y``, :math:`(Q M)^\top` (``k_first``) or
+    :math:`(S V)^\top` (``q_first``); :math:`Q, K, V` ``[..., N, d]``, :math:`M, S` a sum's
+    counts. What :func:`fire` sums neuron by neuron, as matrix products: numpy arrays and torch
+    tensors alike (exact in floats while every partial sum is an integer within the mantissa)."""
+    return _SUMS[stage](a, b)
+
+
 def head_specs(attention: str, head: int, heads: int, grid: tuple[int, int], d: int,
                order: str, qkv: tuple[str, str, str]) -> list[AttentionSpec]:
     """One head's populations in data-flow order, their ports wired to the LIFs ``qkv`` (Q, K,
@@ -304,5 +321,5 @@ def head_specs(attention: str, head: int, heads: int, grid: tuple[int, int], d: 
 
 
 __all__ = ["ATTENTION", "ORDERS", "STAGES", "QKV", "AttentionNode", "AttentionSpec",
-           "Population", "cheaper_order", "expand", "fire", "from_written", "head_specs", "is_attention",
+           "Population", "cheaper_order", "expand", "fire", "from_written", "head_specs", "head_sums", "is_attention",
            "population_name", "products", "written"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exchange.attention import QKV, STAGES, AttentionNode, products
+from ..exchange.attention import QKV, STAGES, AttentionNode, head_sums, products
 from ..exchange.nirgraph import ChipLayer
 
 
@@ -44,15 +44,15 @@ def population_events(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int,
     def count(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:  # [B, T, heads, ...] -> [B, heads]
         return np.rint(np.asarray(x, np.float64).sum(axes)).astype(np.int64).sum(1)
     if order == "k_first":
-        inner = kh.swapaxes(-1, -2) @ vh  # M = K^T V, [B, T, heads, d, d]
+        inner = head_sums("m", kh, vh)  # M = K^T V, [B, T, heads, d, d]
         first = kh.sum(-1) * vh.sum(-1)
         second = qh.sum(-2) * (inner != 0).sum(-1)
-        out = qh @ inner
+        out = head_sums("y", qh, inner)
     else:
-        inner = qh @ kh.swapaxes(-1, -2)  # S = Q K^T, [B, T, heads, N, N]
+        inner = head_sums("s", qh, kh)  # S = Q K^T, [B, T, heads, N, N]
         first = qh.sum(-2) * kh.sum(-2)
         second = (inner != 0) * vh.sum(-1)[..., None, :]
-        out = inner @ vh
+        out = head_sums("y", inner, vh)
     stages = tuple(STAGES[order])
     return dict(zip(stages, (count(first, (-1,)), count(inner != 0, (-1, -2)),
                              count(second, tuple(range(-second.ndim + 3, 0))),
