@@ -321,5 +321,5 @@ def head_specs(attention: str, head: int, heads: int, grid: tuple[int, int], d: 
 
 
 __all__ = ["ATTENTION", "ORDERS", "STAGES", "QKV", "AttentionNode", "AttentionSpec",
-           "Population", "cheaper_order", "expand", "fire", "from_written", "head_specs", "head_sums", "is_attention",
-           "population_name", "products", "written"]
+           "Population", "cheaper_order", "expand", "fire", "from_written", "head_specs",
+           "head_sums", "is_attention", "population_name", "products", "written"]

@@ -16,11 +16,12 @@ in :math:`T` steps, and a synapse layer :math:`k` that reads :math:`l` and is ex
 reads its own input columns or channels only, each with the same fan-out :math:`f_k`: the
 ``split_fan_in`` pass) :math:`\mathrm{SOP}_k / f_k`, its own inputs' spikes.
 :math:`\mathrm{reach}_k`: the reader's cores one spike is sent to (one message each, the
-mapper's reach; of a part, over its own inputs). Of those messages, :math:`1 - \sum_c p_l(c)\,p_r(c)` cross chips, with
-:math:`p(c)` a layer's share of its cores on chip :math:`c` (spikes and messages spread
-evenly over a layer's cores); they are counted, not priced (no figure is published). Host
-work (:math:`\mathrm{MAC}_{host}`, as executed) is priced at the 45 nm model's
-:math:`E_{MAC}`. Static power is reported, not added: it needs the time an inference takes.
+mapper's reach; of a part, over its own inputs). Of those messages,
+:math:`1 - \sum_c p_l(c)\,p_r(c)` cross chips, with :math:`p(c)` a layer's share of its cores
+on chip :math:`c` (spikes and messages spread evenly over a layer's cores); they are counted,
+not priced (no figure is published). Host work (:math:`\mathrm{MAC}_{host}`, as executed) is
+priced at the 45 nm model's :math:`E_{MAC}`. Static power is reported, not added: it needs the
+time an inference takes.
 
 A graded stream relay of :math:`N_r` neurons read by readers :math:`j` (identity synapses of
 reach :math:`\mathrm{reach}_j`) costs :math:`E_r = T N_r (E_{relay} + \sum_j (E_{graded\,op}
