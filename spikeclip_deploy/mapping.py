@@ -75,6 +75,7 @@ the mapping records each assumed figure beside the profile's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -173,6 +174,13 @@ class _Layer:
     def neurons(self) -> int:
         return int(np.prod(self.dims))
 
+    @functools.cached_property
+    def convs(self) -> dict[str, _Conv]:
+        """Each convolution synapse's geometry, by name, computed once: the tiling search reads
+        it for every trial tile."""
+        return {syn: _Conv.of(node) for syn, node, _ in self.synapses
+                if isinstance(node, nir.Conv2d)}
+
 
 @dataclass(frozen=True)
 class _Blocks:
@@ -236,11 +244,27 @@ class _Tiling:
     columns: int  # per core
 
 
-def _conv_geometry(node: nir.Conv2d) -> tuple[int, int, int, int]:
-    """(kernel height, stride, dilation, output channels per group) of a convolution."""
-    w = np.asarray(node.weight)
-    return (w.shape[2], pair(node.stride)[0], pair(node.dilation)[0],
-            w.shape[0] // int(np.asarray(node.groups)))
+@dataclass(frozen=True)
+class _Conv:
+    """A convolution synapse's geometry as the tiling reads it: kernel height, stride,
+    dilation, groups, output channels per group, the input channels ``[lo, hi)`` it reads (a
+    part of a split fan-in: its own) and the kernel's area."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    groups: int
+    per_group: int
+    lo: int
+    hi: int
+    area: int
+
+    @classmethod
+    def of(cls, node: nir.Conv2d) -> "_Conv":
+        w = np.asarray(node.weight)
+        groups = int(np.asarray(node.groups))
+        return cls(w.shape[2], pair(node.stride)[0], pair(node.dilation)[0], groups,
+                   w.shape[0] // groups, *part_columns(node), int(np.prod(w.shape[2:])))
 
 
 def _groups_touched(channels: int, per_group: int, groups: int) -> int:
@@ -260,23 +284,23 @@ def _reach(syn: str, node: nir.NIRNode, in_shape: tuple[int, ...], reader: _Tili
     for a convolution."""
     if not isinstance(node, nir.Conv2d):
         return _blocks(layer, syn, node, reader.rows).readers
-    lo, hi = part_columns(node)
-    if (lo, hi) != (0, np.asarray(node.weight).shape[1]):
+    conv = layer.convs[syn]
+    if (conv.lo, conv.hi) != (0, np.asarray(node.weight).shape[1]):
         own = np.zeros(in_shape[0], np.int64)
-        own[lo:hi] = _conv_reach(node, reader, layer)
+        own[conv.lo:conv.hi] = _conv_reach(conv, reader, layer)
         return np.repeat(own, int(np.prod(in_shape[1:])))
-    return _conv_reach(node, reader, layer)
+    return _conv_reach(conv, reader, layer)
 
 
-def _conv_reach(node: nir.Conv2d, reader: _Tiling, layer: _Layer) -> int:
+def _conv_reach(conv: _Conv, reader: _Tiling, layer: _Layer) -> int:
     """The most cores of a reader ``layer`` tiled as ``reader`` that one input neuron's spike
-    reaches through the convolution ``node`` (module docstring)."""
+    reaches through the convolution ``conv`` (module docstring)."""
     reader_dims = layer.dims
-    k, s, d, per_group = _conv_geometry(node)
+    k, s, d, per_group, groups = (conv.kernel, conv.stride, conv.dilation, conv.per_group,
+                                  conv.groups)
     row_tiles = min(-(-reader_dims[1] // reader.rows), -(-(d * (k - 1) // s) // reader.rows) + 1)
     column_tiles = min(-(-reader_dims[2] // reader.columns),
                        -(-(d * (k - 1) // s) // reader.columns) + 1)
-    groups = int(np.asarray(node.groups))
     channel_tiles = -(-reader_dims[0] // reader.channels)
     channel_reach = channel_tiles if groups == 1 else _groups_touched(
         per_group, reader.channels, channel_tiles)  # the tiles of the channels reading it
@@ -291,12 +315,11 @@ def _needs(layer: _Layer, c: int, u: int, fan: np.ndarray, cores: Cores, v: int 
     memory = axons = 0
     for syn, node, in_shape in layer.synapses:
         if isinstance(node, nir.Conv2d):
-            w = np.asarray(node.weight)
-            k, s, d, per_group = _conv_geometry(node)
-            groups = int(np.asarray(node.groups))
-            lo, hi = part_columns(node)  # a part of a split fan-in: its own input channels
-            memory += c * (hi - lo) * int(np.prod(w.shape[2:])) * cores.conv_bits_per_weight
-            read = _groups_touched(c, per_group, groups) * (hi - lo)
+            conv = layer.convs[syn]
+            k, s, d = conv.kernel, conv.stride, conv.dilation
+            lo, hi = conv.lo, conv.hi  # a part of a split fan-in: its own input channels
+            memory += c * (hi - lo) * conv.area * cores.conv_bits_per_weight
+            read = _groups_touched(c, conv.per_group, conv.groups) * (hi - lo)
             axons += (read * min(in_shape[2], (v - 1) * s + d * (k - 1) + 1)
                       * min(in_shape[1], (u - 1) * s + d * (k - 1) + 1))
         elif not isinstance(node, _Connections):

@@ -317,3 +317,14 @@ def test_attention_populations_are_placed_by_their_input_axons():
     text = mapping_summary(Mapping("x", "test", System("one", 1), (m,)))
     assert "spiking attention on chip: 10 cores of product neurons, 8 of graded sums (78.3 % " \
         "of the cores)" in text
+
+
+def test_a_convolutions_kernel_memory_bounds_its_channels_per_core():
+    """a (4 x 4 x 4) -> 3x3 conv (4 -> 16, padding 1) -> b (16 x 4 x 4), cores of 1000 bits:
+    an output channel's kernel is 4 x 3 x 3 = 36 weights, 288 bits, so a core holds 3 channels
+    (864 bits; 4: 1152) of all 16 positions (48 neurons): 6 cores, bound by memory."""
+    layers = [lif("a", (4, 4, 4), INPUT), conv3x3("c", 4, 16, (4, 4), "a"),
+              lif("b", (16, 4, 4), "c")]
+    b = rows(map_encoder("image", layers, (4, 4, 4), dataclasses.replace(
+        CORES, synaptic_memory_bits_per_core=1000), System("many", 100)))["b"]
+    assert (b.cores, b.tile, b.columns, b.limited_by) == (6, (3, 4), 0, "memory")

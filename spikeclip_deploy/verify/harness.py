@@ -16,7 +16,6 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from itertools import combinations
@@ -53,6 +52,7 @@ from .results import (
     write_json,
 )
 from .selection import Selection, Shard, data_record, select
+from .work_queue import WorkQueue, work_queue
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,12 @@ def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
 def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
             batch_size: int) -> dict[str, Any]:
     """The batch loop: predictions, spike tallies (the float model's too, in the chip graph's
-    LIFs), pairwise divergence, and the spike raster of the selection's first image. With two
-    or more threads (:func:`~..machine.set_threads`), the float model runs in a thread of its
-    own beside the backends, the threads split between them (each part then runs on whole
-    cores: their operations scale poorly over threads); a backend that forks (Lava) runs only
-    once the float model's batch is done."""
+    LIFs), pairwise divergence, and the spike raster of the selection's first image. The float
+    model runs in pieces of :data:`FLOAT_ROWS` images (:mod:`.work_queue`); with two or more
+    threads (:func:`~..machine.set_threads`), a thread of its own takes them beside the
+    backends, the threads split between them (each part then runs on whole cores: their
+    operations scale poorly over threads), and this thread, its own part of a batch done, takes
+    the pieces still waiting. A backend that forks (Lava) runs only while no piece runs."""
     n = len(sel.index)
     positions = sel.positions.numpy()
     preds = {key: np.full(n, -1, dtype=np.int64) for key in ("float", *backends)}
@@ -227,41 +228,48 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
         seconds[what] += time.perf_counter() - clock
         clock = time.perf_counter()
 
-    def float_model(batch: torch.Tensor, start: int) -> None:
-        began = time.perf_counter()
-        for lo in range(0, len(batch), FLOAT_ROWS):
-            part = batch[lo:lo + FLOAT_ROWS]
+    def float_piece(part: torch.Tensor, start: int) -> Callable[[], tuple[Any, float]]:
+        def job() -> tuple[Any, float]:
+            """Predict ``part``, the images from ``start`` -> (their tally: the spikes as
+            :meth:`~.energy.SpikeTally.add` takes them, or counts as ``add_counts`` does, or
+            None; seconds)."""
+            began, tally = time.perf_counter(), None
             with torch.inference_mode():
                 if backends:
                     feats, float_spikes = model.encode_image_spikes(part)
-                    if tallies["float"].needs_steps:
-                        tallies["float"].add([s.to(torch.uint8).transpose(0, 1).numpy()
-                                              for s in float_spikes])
-                    else:
-                        tallies["float"].add_counts([s.sum(0).reshape(len(part), -1).numpy()
-                                                     for s in float_spikes])
+                    tally = (("add", [s.to(torch.uint8).transpose(0, 1).numpy()
+                                      for s in float_spikes])
+                             if tallies["float"].needs_steps else
+                             ("add_counts", [s.sum(0).reshape(len(part), -1).numpy()
+                                             for s in float_spikes]))
                 else:
                     feats = model.encode_image(part)
-            preds["float"][start + lo:start + lo + len(part)] = predict(feats.numpy(),
-                                                                       weights["float"])
-        seconds["float model"] += time.perf_counter() - began
+            preds["float"][start:start + len(part)] = predict(feats.numpy(), weights["float"])
+            return tally, time.perf_counter() - began
+        return job
+
+    def float_tally(queue: WorkQueue) -> None:
+        for tally, took in queue.done():
+            if tally is not None:
+                getattr(tallies["float"], tally[0])(tally[1])
+            seconds["float model"] += took
 
     threads = torch.get_num_threads()
-    with _beside(threads if backends else 1) as beside, \
+    with _beside(threads if backends else 1) as queue, \
             progress(None, total=n, desc="verify", unit="img") as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             batch = images[sel.index[sl]]
-            floating = beside.submit(float_model, batch, start) if beside else None
-            if floating is None:
-                float_model(batch, start)
-                clock = time.perf_counter()
+            for lo in range(0, len(batch), FLOAT_ROWS):
+                queue.submit(float_piece(batch[lo:lo + FLOAT_ROWS], start + lo))
             spikes = {}
             for key, name, cap in plan:
                 take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
                 if take.any():
-                    if floating is not None and backends[key].forks:
-                        floating.result()
+                    if backends[key].forks:  # no float piece may run while it forks
+                        queue.help()
+                        lap("float model (on this thread)")
+                        queue.idle()
                         lap("waiting for the float model")
                     feats, s = backends[key].encode_images(batch[torch.from_numpy(take)].numpy())
                     preds[key][np.flatnonzero(take) + start] = predict(feats, weights[key])
@@ -278,12 +286,18 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
             if raster is None and spikes and positions[start] == 0:
                 raster = _raster(spikes, tallies, int(sel.index[start]))
             lap("tallies and divergence")
-            if floating is not None:
-                floating.result()
-                lap("waiting for the float model")
+            queue.help()  # the float pieces the other thread has not taken
+            lap("float model (on this thread)")
+            float_tally(queue)
+            lap("tallies and divergence")
             bar.update(len(batch))
+        queue.idle()
+        lap("waiting for the float model")
+        float_tally(queue)
+        lap("tallies and divergence")
     log.info("time: %s%s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
-             " (the float model beside the rest)" if threads > 1 and backends else "")
+             " (the float model on both threads, beside the rest: the other parts add up to "
+             "the stream's wall time)" if threads > 1 and backends else "")
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()},
@@ -291,13 +305,16 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
 
 
 @contextmanager
-def _beside(threads: int) -> Iterator[ThreadPoolExecutor | None]:
-    """With ``threads`` > 1: a thread for the float model, of ``threads // 2`` torch threads
-    (torch's count is the process's) and one numba thread (its kernels then run serially,
-    never on numba's pool, :func:`~..machine.by_threads`), the calling thread keeping the
-    other ``threads - threads // 2`` numba threads; both counts restored after. Else None."""
+def _beside(threads: int) -> Iterator[WorkQueue]:
+    """The float model's :class:`~.work_queue.WorkQueue`. With ``threads`` > 1, a thread of
+    its own runs it too, beside the caller: ``threads // 2`` torch threads (torch's count is the
+    process's) and one numba thread there (its kernels then run serially, never on numba's pool,
+    :func:`~..machine.by_threads`), the calling thread keeping the other
+    ``threads - threads // 2`` numba threads; both counts restored after. Else the caller runs
+    every piece."""
     if threads < 2:
-        yield None
+        with work_queue(False) as queue:
+            yield queue
         return
     import numba
 
@@ -305,9 +322,8 @@ def _beside(threads: int) -> Iterator[ThreadPoolExecutor | None]:
     torch.set_num_threads(threads // 2)
     numba.set_num_threads(threads - threads // 2)
     try:
-        with ThreadPoolExecutor(1, initializer=numba.set_num_threads,
-                                initargs=(1,)) as pool:
-            yield pool
+        with work_queue(True, lambda: numba.set_num_threads(1)) as queue:
+            yield queue
     finally:
         torch.set_num_threads(threads)
         numba.set_num_threads(mine)
