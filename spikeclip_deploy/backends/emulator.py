@@ -43,7 +43,6 @@ from pathlib import Path
 import nir
 import numpy as np
 import torch
-from numba.typed import List
 
 from ..errors import ExportError
 from ..exchange.chip import FixedPoint
@@ -130,7 +129,8 @@ class Lif:
         types = {x.dtype for x, _ in ins}
         common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
             torch.int64
-        xs = List([x.to(common).reshape(len(x), x.shape[1], -1).numpy() for x, _ in ins])
+        xs = tuple(np.ascontiguousarray(x.to(common).reshape(len(x), x.shape[1], -1).numpy())
+                   for x, _ in ins)  # one array type: a tuple numba indexes at run time
         none = np.empty((0, 0, 0), dtype=np.int64)
         flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
         (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
