@@ -88,8 +88,9 @@ def _add(a, x, scale, i, t, first):
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def lif_steps(xs, scales, bias, consts, spikes, u_out, v_out):
     """Inputs ``xs`` (a tuple of C-ordered ``[N, 1 or T, F]`` arrays of one integer-valued
-    type; one step held for all: a tuple costs a call far less than a typed list) -> ``spikes [N, T, F]`` (int8) and, where ``u_out``/``v_out`` have ``N``
-    rows, the state after each step (int64). :math:`x_t = \sum_k` ``scales[k] xs[k]``;
+    type; one step held for all: a tuple costs a call far less than a typed list) ->
+    ``spikes [N, T, F]`` (int8) and, where ``u_out``/``v_out`` have ``N`` rows, the state
+    after each step (int64). :math:`x_t = \sum_k` ``scales[k] xs[k]``;
     ``bias [F]``; ``consts``: :math:`m_u, s_u, m_v, s_v, v_{th}`, top (the decays keep
     :math:`m_u 2^{-s_u}` of :math:`u` and :math:`m_v 2^{-s_v}` of :math:`v`). ``scales``,
     ``bias`` and ``consts`` are of the type every step computes in (int32 or int64: each
