@@ -43,7 +43,6 @@ from pathlib import Path
 import nir
 import numpy as np
 import torch
-from numba.typed import List
 
 from ..errors import ExportError
 from ..exchange.chip import FixedPoint
@@ -130,7 +129,8 @@ class Lif:
         types = {x.dtype for x, _ in ins}
         common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
             torch.int64
-        xs = List([x.to(common).reshape(len(x), x.shape[1], -1).numpy() for x, _ in ins])
+        xs = tuple(np.ascontiguousarray(x.to(common).reshape(len(x), x.shape[1], -1).numpy())
+                   for x, _ in ins)  # one array type: a tuple numba indexes at run time
         none = np.empty((0, 0, 0), dtype=np.int64)
         flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
         (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
@@ -198,7 +198,8 @@ class Emulation:
         first: dict[tuple, str] = {}
         self.lifs: dict[str, Lif] = {}
         self.host_ops: dict[str, HostOpRunner] = {}
-        #: each relay's sum, reused from chunk to chunk (fresh memory costs page faults)
+        #: each relay's sum and the input, reused from chunk to chunk (fresh memory costs page
+        #: faults)
         self.buffers: dict[str, torch.Tensor] = {}
         summed = summed_synapses(layers)
         self.populations = [la.name for la in layers if isinstance(la.node, AttentionNode)]
@@ -229,19 +230,31 @@ class Emulation:
 
     def run(self, mant: np.ndarray, record_state: bool = False) -> ChipRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state)."""
-        mant = torch.as_tensor(np.asarray(mant), dtype=torch.int64)
+        mant = torch.as_tensor(np.asarray(mant))
         batch = _Batch(len(mant), record_state)
         with torch.no_grad():
             for lo in range(0, len(mant), self.chunk):
                 batch.rows = slice(lo, lo + self.chunk)
-                m = mant[batch.rows]
-                batch.acts = {INPUT: Current(to_inner(m, m.ndim - 1)[:, None].contiguous(), 0,
-                                             int(m.abs().max()) if m.numel() else 0)}
+                batch.acts = {INPUT: self._input(mant[batch.rows])}
                 for la in self.layers:
                     HANDLERS[type(la.node)](self, la, batch)
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
                        _numpy(batch.u), _numpy(batch.v),
                        _numpy(batch.payloads, frozenset(self.populations)))
+
+    def _input(self, m: torch.Tensor) -> Current:
+        """A chunk's input mantissas ``[N, *in]`` (integer-valued, any type) as the first LIF's
+        input ``[N, 1, *inner]``: one copy into a buffer the next chunk reuses, in int32 where
+        they are below :math:`2^{31}`, else int64 (truncated toward zero, as the types'
+        conversion does)."""
+        lo, hi = torch.aminmax(m) if m.numel() else (torch.zeros(()), torch.zeros(()))
+        bound = max(-int(lo), int(hi))  # int(): toward zero, as the conversion below
+        dtype = torch.int32 if bound < INT32_EXACT else torch.int64
+        x = to_inner(m, m.ndim - 1)[:, None]
+        buf = self.buffers.get(INPUT)
+        if buf is None or buf.dtype != dtype or len(buf) < len(x) or buf.shape[1:] != x.shape[1:]:
+            buf = self.buffers[INPUT] = torch.empty(x.shape, dtype=dtype)
+        return Current(buf[:len(x)].copy_(x), 0, bound)
 
     # -- handlers: each writes its layer's output into ``batch.acts`` ----------------------
     def _synapse(self, la: ChipLayer, batch: _Batch) -> None:

@@ -20,17 +20,55 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from ..machine import by_threads
 
 
+def narrow(x, like):
+    """``x`` in ``like``'s integer type (numba computes a sum, product or shift of int32
+    values in int64; the cast lets LLVM keep the arithmetic in int32, twice the lanes)."""
+    return type(like)(x)
+
+
+@overload(narrow)
+def _narrow(x, like):
+    to = like
+    return lambda x, like: to(x)
+
+
+def shift_right(x, s):
+    """``x >> s`` in ``x``'s integer type, ``0 <= s <`` its bits (``s`` masked to them: the
+    same value, which lets LLVM shift in that type)."""
+    return type(x)(x >> s)
+
+
+@overload(shift_right)
+def _shift_right(x, s):
+    to, mask = x, x.bitwidth - 1
+    return lambda x, s: to(x >> (s & mask))
+
+
 @njit(cache=True, inline="always")
-def _decay(x, m, shift, zero, one):
+def _decay(x, m, shift, rounding, zero):
     r""":math:`\mathrm{trunc}(x\,m / 2^s)` (:math:`k / 2^D = m / 2^s`, :math:`m` odd, so
     :math:`|x| m` bounds the product): an arithmetic shift rounds toward :math:`-\infty`, so a
-    negative product first gains :math:`2^s - 1` (rounding toward zero)."""
-    p = x * m
-    return (p + ((one << shift) - one if p < zero else zero)) >> shift
+    negative product first gains ``rounding`` :math:`= 2^s - 1` (rounding toward zero)."""
+    p = narrow(x * m, zero)
+    return shift_right(narrow(p + (rounding if p < zero else zero), zero), shift)
+
+
+@njit(cache=True, inline="always")
+def _neuron(uj, vj, bj, mv, sv, rv, vth, top, zero):
+    """One neuron's step from its new ``u`` (before the wrap), its ``v`` and bias: ``u``
+    wrapped, ``v`` after the step (0 where it spikes), the spike (scalars only: arrays passed
+    to an inlined function cost a reference count each call)."""
+    uj = narrow(uj - (top + top), zero) if uj > top else \
+        (narrow(uj + (top + top), zero) if uj <= narrow(-top, zero) else uj)
+    vj = narrow(_decay(vj, mv, sv, rv, zero) + uj + bj, zero)
+    vj = min(max(vj, narrow(1 - top, zero)), narrow(top - 1, zero))
+    s = vj > vth
+    return uj, zero if s else vj, s
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -49,18 +87,20 @@ def _add(a, x, scale, i, t, first):
 @by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def lif_steps(xs, scales, bias, consts, spikes, u_out, v_out):
-    """Inputs ``xs`` (a list of ``[N, 1 or T, F]`` arrays of one integer-valued type; one step
-    held for all) -> ``spikes [N, T, F]`` (int8) and, where ``u_out``/``v_out`` have ``N``
-    rows, the state after each step (int64). :math:`x_t = \sum_k` ``scales[k] xs[k]``;
+    """Inputs ``xs`` (a tuple of C-ordered ``[N, 1 or T, F]`` arrays of one integer-valued
+    type; one step held for all: a tuple costs a call far less than a typed list) ->
+    ``spikes [N, T, F]`` (int8) and, where ``u_out``/``v_out`` have ``N`` rows, the state
+    after each step (int64). :math:`x_t = \sum_k` ``scales[k] xs[k]``;
     ``bias [F]``; ``consts``: :math:`m_u, s_u, m_v, s_v, v_{th}`, top (the decays keep
     :math:`m_u 2^{-s_u}` of :math:`u` and :math:`m_v 2^{-s_v}` of :math:`v`). ``scales``,
-    ``bias`` and ``consts`` are of the type every step computes in (int32 or int64: every
-    operand of one type, so numba computes in it). Samples run in parallel (numba's
-    threads; serially on one, :func:`~..machine.by_threads`)."""
+    ``bias`` and ``consts`` are of the type every step computes in (int32 or int64: each
+    result cast back to it, :func:`narrow`, so the vector code keeps that type's lanes); where
+    :math:`m_u = 0` (:math:`u` keeps nothing of its last value) a loop without :math:`u`'s
+    decay. Samples run in parallel (numba's threads; serially on one,
+    :func:`~..machine.by_threads`)."""
     mu, su, mv, sv, vth, top = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
-    zero = top - top
-    one = zero + 1
-    two_top = top + top
+    zero = narrow(0, top)
+    ru, rv = narrow((1 << su) - 1, zero), narrow((1 << sv) - 1, zero)
     n, steps, f = spikes.shape
     record = u_out.shape[0] == n
     for i in prange(n):
@@ -71,15 +111,16 @@ def lif_steps(xs, scales, bias, consts, spikes, u_out, v_out):
             _add(a, xs[0], scales[0], i, t, True)
             for k in range(1, len(xs)):
                 _add(a, xs[k], scales[k], i, t, False)
-            for j in range(f):
-                uj = _decay(u[j], mu, su, zero, one) + a[j]
-                uj = uj - two_top if uj > top else (uj + two_top if uj <= -top else uj)
-                vj = _decay(v[j], mv, sv, zero, one) + uj + bias[j]
-                vj = min(max(vj, one - top), top - one)
-                s = vj > vth
-                spikes[i, t, j] = s
-                v[j] = zero if s else vj
-                u[j] = uj
+            row = spikes[i, t]
+            if mu == zero:  # u keeps nothing of its last value: its decay is 0
+                for j in range(f):
+                    u[j], v[j], row[j] = _neuron(a[j], v[j], bias[j], mv, sv, rv, vth, top,
+                                                 zero)
+            else:
+                for j in range(f):
+                    u[j], v[j], row[j] = _neuron(
+                        narrow(_decay(u[j], mu, su, ru, zero) + a[j], zero), v[j], bias[j],
+                        mv, sv, rv, vth, top, zero)
             if record:
                 u_out[i, t] = u
                 v_out[i, t] = v

@@ -12,6 +12,7 @@ Winograd transforms round.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,9 +20,11 @@ import nir
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit, prange
 
 from ..errors import ExportError
 from ..exchange.nirgraph import conv_out_hw, pair
+from ..machine import by_threads
 from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, Kernel, choose, max_fan_in
 
 
@@ -73,17 +76,28 @@ def float_dtype(fan_in: int) -> torch.dtype:
                       f"int32 arithmetic overflows there: re-export with smaller weights")
 
 
-def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-           padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
-    """``[N, H, W, C]`` -> ``[N, Ho, Wo, kh kw C]``: each output position's receptive field
-    (zero padded), in the order of a ``[kh, kw, C, Cout]`` kernel."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    xp = F.pad(x, (0, 0, pw, pw, ph, ph))
-    n, hp, wp, c = xp.shape
-    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    s0, s1, s2, s3 = xp.stride()
-    return xp.as_strided((n, ho, wo, kh, kw, c),
-                         (s0, sh * s1, sw * s2, dh * s1, dw * s2, s3)).reshape(n, ho, wo, -1)
+@by_threads
+@njit(cache=True, parallel=True, nogil=True, boundscheck=False)
+def im2col(x, out, sh, sw, ph, pw, dh, dw):
+    """``x [N, H, W, C]`` -> ``out [N, Ho, Wo, kh, kw, C]`` (its type: converted as it is
+    copied): each output position's receptive field at strides ``sh, sw``, zero padding
+    ``ph, pw`` and dilation ``dh, dw``, in the order of a ``[kh, kw, C, Cout]`` kernel; one
+    pass, no padded copy (samples in parallel: numba's threads, serially on one)."""
+    n, h, w, c = x.shape
+    _, ho, wo, kh, kw, _ = out.shape
+    for i in prange(n):
+        for oy in range(ho):
+            for ky in range(kh):
+                y = oy * sh - ph + ky * dh
+                for ox in range(wo):
+                    for kx in range(kw):
+                        xx = ox * sw - pw + kx * dw
+                        if 0 <= y < h and 0 <= xx < w:
+                            for ch in range(c):
+                                out[i, oy, ox, ky, kx, ch] = x[i, y, xx, ch]
+                        else:
+                            for ch in range(c):
+                                out[i, oy, ox, ky, kx, ch] = 0
 
 
 class Synapse:
@@ -123,6 +137,7 @@ class Conv(Synapse):
                               f"ignores; re-export with a hardware profile whose weight_exp is 0")
         w = np.asarray(node.weight).astype(np.int64)  # [Cout, Cin/groups, kh, kw]
         self.name, self.node, self.bound_in = name, node, bound_in
+        self._cols: torch.Tensor | None = None  # im2col's columns (:meth:`_columns`)
         self.geometry = (tuple(w.shape[2:]), pair(node.stride), pair(node.padding),
                          pair(node.dilation))
         self.groups, self.state_bits = int(np.asarray(node.groups)), state_bits
@@ -135,6 +150,14 @@ class Conv(Synapse):
             self.w = torch.as_tensor(w, dtype=float_dtype(bound_in * max_fan_in(w))
                                      ).contiguous(memory_format=torch.channels_last)
 
+    def _columns(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialized ``shape`` tensor of ``dtype`` in memory reused from call to call
+        (fresh memory costs page faults), valid until the next call."""
+        size = math.prod(shape)
+        if self._cols is None or self._cols.dtype != dtype or len(self._cols) < size:
+            self._cols = torch.empty(size, dtype=dtype)
+        return self._cols[:size].view(shape)
+
     def __call__(self, s: torch.Tensor) -> Current:
         if self.groups == 1:
             pointwise = self.geometry == ((1, 1), (1, 1), (0, 0), (1, 1))
@@ -143,9 +166,12 @@ class Conv(Synapse):
             rows = len(s) * ho * wo
 
             def cols(dtype: torch.dtype | None) -> torch.Tensor:
-                x = s if dtype is None else s.to(dtype)
-                x = x if pointwise else im2col(x, *self.geometry)
-                return x.reshape(rows, -1)
+                if pointwise:
+                    return (s if dtype is None else s.to(dtype)).reshape(rows, -1)
+                (kh, kw), stride, padding, dilation = self.geometry
+                out = self._columns((len(s), ho, wo, kh, kw, s.shape[-1]), dtype or s.dtype)
+                im2col(s.numpy(), out.numpy(), *stride, *padding, *dilation)
+                return out.view(rows, -1)
 
             y = self._product(cols, rows).reshape(len(s), ho, wo, -1)
         else:  # [N, H, W, C] is [N, C, H, W] channels last: no copy either way

@@ -136,6 +136,13 @@ def test_u_wraps_and_v_saturates_at_24_bits_by_hand():
     assert v.tolist() == [[-6400000, -8388607, -8388607]]
 
 
+def test_an_input_mantissa_beyond_int32_reaches_the_lif_whole_by_hand():
+    """m = 2^31 + 3 (beyond int32: the input runs in int64) and -5, du = 4095 (u = m << 6):
+    u = 2^37 + 192 > 2^23 wraps once to 2^37 + 192 - 2^24 = 137422176448; -5 gives -320."""
+    u, _, _ = one_lif([2**31 + 3, -5], 4095, 0, 1, steps=1)
+    assert u.tolist() == [[137422176448], [-320]]
+
+
 def test_the_registry_runs_a_loihi_export_on_the_emulator(micro_ckpt, micro_exports, tmp_path):
     """``loihi-emu`` runs ``--target loihi`` exports (exporting for it writes one) and refuses
     a float one."""
