@@ -63,7 +63,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
         from lava.proc.conv.process import Conv
         from lava.proc.conv.utils import conv_to_sparse
         from lava.proc.dense.process import DelayDense, Dense
-        from lava.proc.graded.process import GradedVec
+        from lava.proc.graded.process import GradedReluVec, GradedVec
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
         from lava.proc.prodneuron.process import ProdNeuron
@@ -88,7 +88,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
             return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
-                GradedVec=GradedVec, ProdNeuron=ProdNeuron,
+                GradedVec=GradedVec, GradedReluVec=GradedReluVec, ProdNeuron=ProdNeuron,
                 conv_to_sparse=conv_to_sparse, DelayConv=delay_conv.DelayConv,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models=models, run_cfg=run_cfg,
