@@ -212,6 +212,10 @@ def mapping_summary(m) -> str:
             lines.append(f"    spiking attention on chip: {kinds['product']:,d} cores of product "
                          f"neurons, {kinds['sum']:,d} of graded sums "
                          f"({100 * sum(kinds.values()) / e.total('cores'):.1f} % of the cores)")
+        relu = sum(la.cores for la in e.layers if la.kind == "relu")
+        if relu:
+            lines.append(f"    max pools of currents on chip: {relu:,d} cores of ReLU levels "
+                         f"({100 * relu / e.total('cores'):.1f} % of the cores)")
     if any(la.position_runs for e in m.encoders for la in e.layers):
         lines.append("  (tile c x Np: c channels by a run of N positions in row-major order)")
     return "\n".join(lines)
