@@ -93,14 +93,17 @@ def energy_summary(e: dict) -> str:
                 f"{'':<7s}{'':>7s}{'':>14s}{'':>14s}{'':>12s}")
         if chip:
             messages = b.get("messages", b.get("graded_messages"))
-            cols += (f"{b.get('neuron_updates', b.get('relay_updates', '')):>12}"
+            updates = b.get("neuron_updates", b.get("relay_updates", b.get("relu_updates", "")))
+            cols += (f"{updates:>12}"
                      f"{'' if messages is None else format(messages, ',.0f'):>12s}"
                      f"{b['energy_pj']:>12,.0f}")
         copy = (f"  (copy of {a['copy_of']}: counted once at 45 nm)" if a and a["copy_of"]
                 else "  (graded stream relay: updates and graded messages)"
                 if b.get("kind") == "relay" else
                 f"  (attention {b['kind']} population: updates and graded messages)"
-                if b.get("kind") in ("product", "sum") else "")
+                if b.get("kind") in ("product", "sum") else
+                "  (max pool ReLU level: updates and graded messages)"
+                if b.get("kind") == "relu" else "")
         lines.append(f"  {name:<{w}s}{cols}{copy}")
     lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs, once "
                  f"(its current is the same at every step)")
@@ -125,6 +128,11 @@ def energy_summary(e: dict) -> str:
                          f"{e['relay_updates']:,d} relay updates, {e['graded_sops']:,d} graded "
                          f"synaptic ops; chip SOPs with every copy {e['chip_sops_all_copies']:,.0f}"
                          f" = {e['chip_sops_all_copies'] / e['total_sops']:.2f} x the model's")
+    if "relu_updates" in e:
+        lines.insert(-3, f"  max pools of currents on chip (every ReLU neuron at every step, an "
+                         f"upper bound): {e['relu_updates']:,d} ReLU updates, "
+                         f"{e['pool_graded_sops']:,d} graded synaptic ops: "
+                         f"{e['pool_energy_pj'] / PJ_PER_MJ:.6f} mJ at 45 nm")
     if "products" in e:
         lines.insert(-3, f"  spiking attention on chip: {e['products']:,.0f} nonzero products "
                          f"({e['product_updates']:,d} product neuron updates), "
