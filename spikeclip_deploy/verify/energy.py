@@ -52,6 +52,7 @@ from ..errors import ConfigError
 from ..hardware import ChipEnergyModel, EnergyModel
 from ..exchange.resources import fan_out, flops
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PoolNode
 from ..exchange.nirgraph import ChipLayer, HostOpNode, is_relay
 from .attention_counts import attention_rows, attention_totals, population_events
 from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
@@ -93,7 +94,7 @@ def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
              "type": type(la.node).__name__, "input": la.inputs[0],
              "flops": flops(la.node, lifs[la.inputs[0]])}
             for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale,
-                                                         AttentionNode))]
+                                                         AttentionNode, PoolNode))]
 
 
 def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
