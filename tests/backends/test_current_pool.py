@@ -4,16 +4,17 @@ reference's (the literal ReLU levels) and the float model's in every LIF; the po
 ``u`` is exactly :math:`2^a` times each window's maximum of the relay's payloads, computed here
 by loops (its bias added after, in ``v``); every level's payloads equal the shared
 description's (``fire``) on the relay's; and a chip-time simulation with the export's delays
-brings each step's maxima to the LIF in its window. Planted bugs each of these catch: a sign
-flipped in a level, padding counted as 0, the bias pooled with the current (lost from the LIF),
-a level's delay off by one step."""
+brings each step's maxima to the LIF in its window; Lava (stock processes) equals the emulator
+in every spike, u, v and payload. Planted bugs each of these catch: a sign flipped in a level,
+padding counted as 0, the bias pooled with the current (lost from the LIF), a level's delay off
+by one step (on Lava too: a level's delay left out of its synapses, a readout sign flipped)."""
 import dataclasses
 
 import nir
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -198,3 +199,65 @@ def test_the_delays_bring_each_steps_maxima_to_the_lif(tmp_path):
     sim = chip_time(late, step, relay, late_depth)
     np.testing.assert_array_equal(pooled(tree, sim[last][:, arrive + 1:arrive + 1 + T]), maxima)
     assert not np.array_equal(pooled(tree, sim[last][:, arrive:arrive + T]), maxima)
+
+
+def lava_run(graph, current, layers=None):
+    """The Lava backend's run of an exported chip graph (or of its ``layers``), u, v and
+    payloads recorded."""
+    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
+
+    return _Network(_lava(), layers or graph_layers(graph), T, LavaBackend.handlers,
+                    FP.activation_shift, graph.metadata["synapse_delay_steps"], ".").record(
+        input_mantissa(current.numpy().astype(np.float64), graph, "image"), state=True)
+
+
+def assert_lava_equals_emulator(lava, emu):
+    """Every LIF's spikes, u and v and every relay's and level's payloads, every step and
+    sample."""
+    assert list(lava.spikes) == list(emu.spikes) and sorted(lava.payloads) == sorted(emu.payloads)
+    for name in emu.spikes:
+        for var in ("spikes", "u", "v"):
+            np.testing.assert_array_equal(getattr(lava, var)[name], getattr(emu, var)[name],
+                                          err_msg=f"{name} {var}")
+    for name, p in emu.payloads.items():
+        np.testing.assert_array_equal(lava.payloads[name], p, err_msg=name)
+
+
+@pytest.mark.lava
+@settings(max_examples=3, derandomize=True, database=None, deadline=None,
+          phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(c0=2, c=3, h=7, w=6, geometry=(3, 2, 1), bias=0, scale=127, sign=-1, seed=5)
+@given(c0=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 7), w=st.integers(1, 7),
+       geometry=st.sampled_from([(3, 2, 1), (2, 2, 0), (3, 1, 1), (4, 2, 2), (3, 2, 0)]),
+       bias=st.integers(-400, 400), scale=st.sampled_from([3, 40, 127]),
+       sign=st.sampled_from([-1, 0, 1]), seed=st.integers(0, 2**16))
+def test_random_pool_graphs_on_lava_equal_the_emulator(c0, c, h, w, geometry, bias, scale, sign,
+                                                      seed, tmp_path):
+    """Lava (stock ``GradedVec`` relay, ``GradedReluVec`` levels, graded ``Sparse`` of signed
+    weights) on the same random exports as the emulator: spikes, u, v and payloads (a Lava run
+    each, so fewer examples, the same every time; the first: 3x3, stride 2, padding 1 on 7 x 6,
+    currents all at most 0)."""
+    kernel, stride, padding = geometry
+    if min(h, w) + 2 * padding < kernel:
+        return
+    enc, current, _ = pool_graph(c0, c, (h, w), kernel, stride, padding, bias, scale, sign, seed)
+    graph = export(enc, (c0, h, w), tmp_path)
+    emu = Emulation(graph_layers(graph), T, FP, graph.metadata["synapse_delay_steps"], ".").run(
+        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
+    assert_lava_equals_emulator(lava_run(graph, current), emu)
+
+
+@pytest.mark.lava
+def test_a_level_held_a_step_more_on_lava_still_equals_the_emulator(tmp_path):
+    """A level whose synapses hold their input a step more (``delay`` 1): Lava's
+    ``DelaySparse`` holds it, the depths count it, and every LIF and payload equals the
+    emulator's of the export as written."""
+    enc, current, _ = pool_graph(2, 3, (7, 6), 3, 2, 1, 0, 127, 0, 5)
+    graph = export(enc, (2, 7, 6), tmp_path)
+    layers = graph_layers(graph)
+    late = [dataclasses.replace(la, node=dataclasses.replace(la.node, delay=1))
+            if la.name == "host0_l2" else la for la in layers]
+    emu = Emulation(layers, T, FP, graph.metadata["synapse_delay_steps"], ".").run(
+        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
+    assert_lava_equals_emulator(lava_run(graph, current, late), emu)
