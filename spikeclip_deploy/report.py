@@ -13,7 +13,8 @@ def export_summary(path: Path, manifest: dict) -> str:
             shape = row.get("shape") or row.get("weight_shape")
             q = row.get("loihi", {})
             extra = (f"  graded payload <= {row['payload_bound']:,} "
-                     f"({q['num_message_bits']} bits)" if "relay" in row or "attention" in row
+                     f"({q['num_message_bits']} bits)"
+                     if "relay" in row or "attention" in row or "current_pool" in row
                      else
                      f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
                      f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
@@ -35,6 +36,15 @@ def export_summary(path: Path, manifest: dict) -> str:
                          f"{p['q_first']:,} q_first); {a['neurons']:,} neurons "
                          f"({a['product_neurons']:,} product), {a['synapses']:,} synapses, "
                          f"{a['messages']:,} messages a step at full activity")
+    for side, pools in manifest.get("current_pool", {}).get("layers", {}).items():
+        for name, p in pools.items():
+            forms = ", ".join(f"{f} {c['neurons']:,}" for f, c in p["forms"].items())
+            lines.append(f"  {side} max pool {name} on chip ({p['channels']} x {p['grid'][0]} x "
+                         f"{p['grid'][1]}, kernel {p['kernel']}, stride {p['stride']}, padding "
+                         f"{p['padding']}): {p['tree']} tree (ReLU neurons: {forms}); "
+                         f"{p['neurons']:,} neurons ({p['relu_neurons']:,} ReLU), "
+                         f"{p['synapses']:,} synapses, {p['messages']:,} messages a step at full "
+                         f"activity")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
     return "\n".join(lines)
 
