@@ -144,8 +144,8 @@ def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
         if why:
             left_out[la.name] = why
             left_out.update({i: f"synapse into '{la.name}', left out" for i in la.inputs
-                             if i in by_name and not isinstance(by_name[i].node,
-                                                                (HostOpNode, AttentionNode))
+                             if i in by_name and not isinstance(by_name[i].node, (
+                                 HostOpNode, AttentionNode, PoolNode))
                              and not is_relay(by_name[i].node)})
             continue
         if la.inputs == (INPUT,):
@@ -260,4 +260,4 @@ def write_netx(layers: list[ChipLayer], shift: int, export_root: Path, side: str
     return {"bias_exp": NETX_BIAS_EXP, "segments": records, "not_in_netx": left_out}
 
 
-__all__ = ["NETX_BIAS_EXP", "NO_RELAY", "Segment", "netx_profile", "segments", "write_netx", "write_segment"]
+__all__ = ["NETX_BIAS_EXP", "NO_ATTENTION", "NO_POOL", "NO_RELAY", "Segment", "netx_profile", "segments", "write_netx", "write_segment"]
