@@ -29,8 +29,8 @@ host-placed synapses before it included); the host's MACs as verify counts them
 its recorded spikes cause (a copied synapse once, no padded taps), so it is at most this value.
 
 Rows are cached in ``cache_dir()/deployability/`` (``$XDG_CACHE_HOME/spikeclip-deploy`` by
-default), keyed by the config, the package version and the target's hardware profile: computed
-once (seconds per config), read afterwards (milliseconds).
+default), keyed by the config, the package version, :data:`ROWS` and the target's hardware
+profile: computed once (seconds per config), read afterwards (milliseconds).
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ SEED = 0
 BASIS = ("full activity (every neuron spikes at every step), image inference; verify measures "
          "it from recorded spikes, at most this value")
 FIELDS = ("deployable", "deployable_reason", "chip_sop_share", "chip_sop_share_basis")
+#: what the rows mean, raised where the lowering changes a row of an unchanged config and
+#: version (2: max pools of currents on chip), so that rows cached before are computed again
+ROWS = 2
 
 
 def full_activity_share(image: Graph, once_macs: tuple[int, int]) -> float:
@@ -96,10 +99,11 @@ def assess(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def cache_path(cfg: ModelConfig) -> Path:
-    """Where ``cfg``'s row is cached: named by the config, the package version and the target's
-    hardware profile (their contents, hashed)."""
+    """Where ``cfg``'s row is cached: named by the config, the package version, :data:`ROWS` and
+    the target's hardware profile (their contents, hashed)."""
     _, profile = profile_text(get_target(TARGET).hardware)
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), __version__, profile]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([cfg.to_dict(), __version__, ROWS, profile]).encode()
+                         ).hexdigest()
     return cache_dir() / "deployability" / f"{cfg.name}-{key[:16]}.json"
 
 

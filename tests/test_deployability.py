@@ -100,14 +100,17 @@ def test_rows_are_cached_under_xdg_and_keyed_by_config_version_and_profile(
     cached = list((tmp_path / "xdg" / "spikeclip-deploy" / "deployability").iterdir())
     assert [p.name for p in cached] == [dep.cache_path(micro).name]
     assert json.loads(cached[0].read_text()) == first
-    # another config, package version or hardware profile is another entry: computed again
+    # another config, package version, meaning of the rows or hardware profile is another
+    # entry: computed again
     dep.deployability(dataclasses.replace(micro, time_steps=8))
     monkeypatch.setattr(dep, "__version__", "0.0.0-other")
     dep.deployability(micro)
+    monkeypatch.setattr(dep, "ROWS", dep.ROWS + 1)
+    dep.deployability(micro)
     (hardware / "loihi2.json").write_text((hardware / "loihi2.json").read_text() + "\n")
     dep.deployability(micro)
-    assert len(computed) == 4
-    assert len(list(cached[0].parent.iterdir())) == 4
+    assert len(computed) == 5
+    assert len(list(cached[0].parent.iterdir())) == 5
 
 
 def test_an_unwritable_cache_warns_and_returns_the_row(tmp_path, monkeypatch, caplog):

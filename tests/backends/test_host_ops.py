@@ -141,8 +141,11 @@ def test_attention_on_chip_equals_the_float_model(former, target):
 
 @pytest.mark.lava
 def test_lava_and_the_emulator_equal_the_cpu_reference_and_the_float_model(former):
-    """On the fixed-point export: Lava and the emulator spike as the CPU reference and the float
-    model do."""
+    """On the fixed-point export with the host ops: Lava and the emulator spike as the CPU
+    reference does, and as the float model does up to the first max pool (the model is snapped
+    for its pools on chip, the default, where the float model's maximum reaches the LIF exactly:
+    test_attention_on_chip_equals_the_float_model; on the host, the pooled current is rounded at
+    the LIF's input port)."""
     current, want, exports = former
     cpu = get_backend("cpu")(exports["loihi"])
     ref = cpu.run_chip("image", current)
@@ -152,5 +155,6 @@ def test_lava_and_the_emulator_equal_the_cpu_reference_and_the_float_model(forme
     for layer, (g, e, r, w) in enumerate(zip(got, emulated, ref, want, strict=True)):
         assert 0 < r.mean() < 1 and np.array_equal(g, r), \
             f"LIF {layer}: {np.argwhere(g != r)[:5].tolist()}"
-        assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
+        if layer < 2:  # lif0, lif1: before the first pool
+            assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
         assert np.array_equal(e, g), f"emulator LIF {layer}: {np.argwhere(e != g)[:5].tolist()}"
