@@ -14,7 +14,7 @@ from . import __version__
 from .backends.lava_chip import CHIP_ENV, CHIPS
 from .cli_types import FiniteFloatRange
 from .errors import SpikeClipError
-from .targets import ATTENTION_FORMS, RESIDUAL_FORMS, target_names
+from .targets import ATTENTION_FORMS, CURRENT_POOL_FORMS, RESIDUAL_FORMS, target_names
 from .training.recipe import AUGMENTATIONS, Recipe
 
 
@@ -286,10 +286,15 @@ def _check_init(init: str, model: str | None) -> None:
               help="Where spiking self-attention (Q K^T V) runs: on neuro-cores (product "
                    "neurons and graded sums, exact integer counts), or on the host between chip "
                    "subgraphs.")
+@click.option("--current-pool", type=click.Choice(CURRENT_POOL_FORMS), default="chip",
+              show_default=True,
+              help="Where max pools of currents before a LIF (Spikingformer's tokenizer) run: on "
+                   "neuro-cores (levels of graded ReLU neurons, exact integer maxima), or on the "
+                   "host between chip subgraphs.")
 @INIT
 @INIT_SEED
 def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt: str,
-               residual: str, attention: str, init: str, seed: int) -> None:
+               residual: str, attention: str, current_pool: str, init: str, seed: int) -> None:
     """Quantize and lower a checkpoint to NIR (chip) + ONNX (host) with a manifest."""
     from .export import ExportConfig, export_model
     from .report import export_summary
@@ -298,7 +303,8 @@ def export_cmd(target: str, model: str | None, out: str | None, force: bool, fmt
     path, manifest = export_model(ExportConfig(model=_model(model), target=target,
                                                out=Path(out) if out else None, force=force,
                                                init=init, seed=seed, format=fmt,
-                                               residual=residual, attention=attention))
+                                               residual=residual, attention=attention,
+                                               current_pool=current_pool))
     click.echo(export_summary(path, manifest))
 
 

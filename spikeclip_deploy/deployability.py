@@ -20,15 +20,17 @@ its chip layers: every copy of a copied synapse, a convolution's padded taps inc
 which the chip executes too: :func:`~.verify.energy.chip_sop_share`, verify's definition);
 :math:`P` and :math:`A`: with spiking attention on chip, its ``product_neurons`` (each
 multiplies at every step) and ``attention_synapses`` (the spike and graded synapses into and
-out of its populations, each carrying an event at every step);
+out of its populations, each carrying an event at every step), and with max pools of currents on
+chip, their ``pool_synapses`` (the signed graded synapses into and out of their ReLU levels,
+each carrying a payload at every step);
 :math:`\mathrm{MAC}_h`: one evaluation of host op :math:`h` (its ``metadata["macs"]``, the
 host-placed synapses before it included); the host's MACs as verify counts them
 (:func:`~.verify.energy.host_macs_executed`). verify's ``chip_sop_share`` is measured: the SOPs
 its recorded spikes cause (a copied synapse once, no padded taps), so it is at most this value.
 
 Rows are cached in ``cache_dir()/deployability/`` (``$XDG_CACHE_HOME/spikeclip-deploy`` by
-default), keyed by the config, the package version and the target's hardware profile: computed
-once (seconds per config), read afterwards (milliseconds).
+default), keyed by the config, the package version, :data:`ROWS` and the target's hardware
+profile: computed once (seconds per config), read afterwards (milliseconds).
 """
 from __future__ import annotations
 
@@ -53,12 +55,16 @@ SEED = 0
 BASIS = ("full activity (every neuron spikes at every step), image inference; verify measures "
          "it from recorded spikes, at most this value")
 FIELDS = ("deployable", "deployable_reason", "chip_sop_share", "chip_sop_share_basis")
+#: what the rows mean, raised where the lowering changes a row of an unchanged config and
+#: version (2: max pools of currents on chip), so that rows cached before are computed again
+ROWS = 2
 
 
 def full_activity_share(image: Graph, once_macs: tuple[int, int]) -> float:
     """``chip_sop_share`` of the lowered image graph at full activity (every synapse and, for a
     residual stream on graded relays, every identity synapse once per step; with attention on
-    chip, every product neuron and attention synapse once per step); ``once_macs``: the
+    chip, every product neuron and attention synapse once per step, and every synapse of a
+    max pool's levels); ``once_macs``: the
     host's MACs done once per sample, (stem, readout)."""
     from .lowering.graph import run_side_layers
     from .verify.energy import chip_sop_share, host_macs_executed, host_op_macs
@@ -66,7 +72,8 @@ def full_activity_share(image: Graph, once_macs: tuple[int, int]) -> float:
     t = image.meta["time_steps"]
     host = host_macs_executed(*once_macs, host_op_macs(run_side_layers(image)), t)
     res = image.meta["resources"]
-    attention = res.get("product_neurons", 0) + res.get("attention_synapses", 0)
+    attention = (res.get("product_neurons", 0) + res.get("attention_synapses", 0)
+                 + res.get("pool_synapses", 0))
     return chip_sop_share(t * res["synapses"], t * res["graded_synapses"], host, t * attention)
 
 
@@ -92,10 +99,11 @@ def assess(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def cache_path(cfg: ModelConfig) -> Path:
-    """Where ``cfg``'s row is cached: named by the config, the package version and the target's
-    hardware profile (their contents, hashed)."""
+    """Where ``cfg``'s row is cached: named by the config, the package version, :data:`ROWS` and
+    the target's hardware profile (their contents, hashed)."""
     _, profile = profile_text(get_target(TARGET).hardware)
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), __version__, profile]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([cfg.to_dict(), __version__, ROWS, profile]).encode()
+                         ).hexdigest()
     return cache_dir() / "deployability" / f"{cfg.name}-{key[:16]}.json"
 
 

@@ -58,6 +58,7 @@ class EnergyModel:
     scope: str  # what the model counts, stated in every report
     e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
     e_relay_update_pj: float  # one update of a stream relay neuron
+    e_relu_update_pj: float  # one update of a graded ReLU neuron (a current max pool on chip)
     e_product_pj: float  # one product of spiking attention (a multiply of two nonzero inputs)
     sources: dict[str, str]  # how the figures beyond the paper's model were taken
 
@@ -67,7 +68,8 @@ class ChipEnergyModel:
     r"""A neuromorphic chip's own energy per operation: a synaptic op, a neuron update that
     emits a spike (active) or not (inactive), a spike message to one destination core, a graded
     synaptic op, relay update and graded message (residual streams), a product neuron's update
-    (spiking attention on chip) with a nonzero product or not, and the static power of a chip.
+    (spiking attention on chip) with a nonzero product or not, a graded ReLU neuron's update (a
+    current max pool on chip), and the static power of a chip.
     ``left_out``: the terms the model does not price and why;
     ``sources``: the citation of every figure."""
 
@@ -79,6 +81,7 @@ class ChipEnergyModel:
     e_spike_message_pj: float
     e_graded_op_pj: float  # a graded synaptic op (a stream relay's identity synapse)
     e_relay_update_pj: float  # one update of a stream relay neuron
+    e_relu_update_pj: float  # one update of a graded ReLU neuron (a current max pool on chip)
     e_graded_message_pj: float  # a graded spike sent to one destination core
     e_product_update_active_pj: float  # a product neuron's update that sends a nonzero product
     e_product_update_inactive_pj: float  # a product neuron's update whose product is zero

@@ -63,6 +63,12 @@ neuron. Their runs are held to the same four budgets, with the synapses listed b
 per run (an attention LIF's heads feed disjoint runs) where other synapse layers add the most of
 any run.
 
+A max pool of a current on chip (:mod:`.exchange.current_pool`) adds its ReLU levels the same
+way: each level a flat layer (its neurons channel by channel) whose synapses, listed by index
+(:func:`~.exchange.current_pool.expand`'s signed ``sources``: one synapse per nonzero weight),
+come from the pool's relay (level 1) or the level before; the pooled LIF reads the last level
+through the readout's synapses (each window's maximum, two or three a window).
+
 Placement is greedy in topological order, which keeps consecutive layers together: a layer
 goes on the current chip if its cores fit there, else on a fresh chip (a layer that fits one
 chip is never split across two), and one larger than a chip fills chips in turn. A *chip
@@ -88,6 +94,7 @@ import numpy as np
 from .errors import ConfigError, HardwareLimitError
 from .fileutil import atomic_write
 from .exchange.attention import AttentionNode
+from .exchange.current_pool import PoolNode
 from .exchange.chip import Cores, System
 from .exchange.manifest import chip_record, load_export
 from .exchange.resources import stored_weights
@@ -115,7 +122,8 @@ class LayerPlacement:
     synapse_reach: tuple[int, ...]  # per synapse layer: the most cores an input spike is sent to
     graded_synapses: int = 0  # identity synapses from relays: graded messages per step, at most
     columns: int = 0  # per core where a tile holds part of a row (0: whole rows)
-    kind: str = "neurons"  # LIF or relay; "product" or "sum" for an attention population
+    kind: str = "neurons"  # LIF or relay; "product" or "sum" for an attention population,
+    # "relu" for a current pool's level
     position_runs: bool = False  # fed by pointwise synapses only: tiles are runs of positions
 
 
@@ -413,23 +421,45 @@ def identity_synapse(shape: tuple[int, ...]) -> nir.NIRNode:
     return nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
 
 
+def _listed(targets: np.ndarray, sources: np.ndarray, weights: np.ndarray | None,
+            n_targets: int, n_sources: int) -> _Connections:
+    """Synapses ``[targets, fan_in]`` listed by source index (``weights``: 0 where there is
+    none; None: every entry is one)."""
+    rows = np.broadcast_to(np.asarray(targets)[:, None], sources.shape)
+    keep = np.ones(sources.shape, bool) if weights is None else weights != 0
+    return _Connections(rows[keep], sources[keep], n_targets, n_sources)
+
+
 def _port_synapses(la: ChipLayer) -> list[tuple[str, _Connections, tuple[int, ...]]]:
-    """An attention population's synapses from its ports' sources
-    (:func:`~.exchange.attention.expand`), one layer per port, named ``POPULATION<SOURCE``."""
+    """An attention population's (or a current pool level's) synapses from its ports' sources
+    (:func:`~.exchange.attention.expand`, :func:`~.exchange.current_pool.expand`), one layer
+    per port, named ``POPULATION<SOURCE``."""
     pop = la.node.population
-    return [(f"{la.name}<{src}", _Connections(np.repeat(np.arange(pop.neurons), idx.shape[1]),
-                                             idx.reshape(-1), pop.neurons, size), (size,))
-            for src, idx, size in zip(la.inputs, pop.sources, pop.source_sizes)]
+    weights = pop.weights or (None,) * len(pop.sources)
+    return [(f"{la.name}<{src}", _listed(np.arange(pop.neurons), idx, w, pop.neurons, size),
+             (size,))
+            for src, idx, w, size in zip(la.inputs, pop.sources, weights, pop.source_sizes)]
 
 
-def _y_synapses(la: ChipLayer, nodes: dict[str, ChipLayer], neurons: int
-                ) -> list[tuple[str, _Connections, tuple[int, ...]]]:
-    """A LIF's synapses from the attention populations it reads (the ``y`` populations: one
-    synapse per ``y`` neuron into the LIF's ``neurons``), named ``LIF<POPULATION``."""
-    pops = [(i, nodes[i].node.population) for i in la.inputs
-            if i in nodes and isinstance(nodes[i].node, AttentionNode)]
-    return [(f"{la.name}<{i}", _Connections(pop.targets, np.arange(pop.neurons), neurons,
-                                            pop.neurons), (pop.neurons,)) for i, pop in pops]
+def _read_synapses(la: ChipLayer, nodes: dict[str, ChipLayer], neurons: int
+                   ) -> list[tuple[str, _Connections, tuple[int, ...]]]:
+    """A LIF's synapses from the populations it reads, into its ``neurons``, named
+    ``LIF<POPULATION``: an attention ``y`` population's (one synapse per ``y`` neuron), a
+    current pool's last level's (its readout: each window's maximum,
+    :attr:`~.exchange.current_pool.PoolTree.readout`)."""
+    out = []
+    for i in la.inputs:
+        node = nodes[i].node if i in nodes else None
+        if isinstance(node, AttentionNode):
+            pop = node.population
+            syn = _Connections(pop.targets, np.arange(pop.neurons), neurons, pop.neurons)
+        elif isinstance(node, PoolNode):
+            src, w = node.tree.readout
+            syn = _listed(np.arange(len(src)), src, w, neurons, node.population.neurons)
+        else:
+            continue
+        out.append((f"{la.name}<{i}", syn, (syn.n_sources,)))
+    return out
 
 
 def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
@@ -441,7 +471,7 @@ def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
     nodes = {la.name: la for la in layers}
     out, sources = [], {}
     for la in layers:
-        if isinstance(la.node, AttentionNode):
+        if isinstance(la.node, (AttentionNode, PoolNode)):
             syn = _port_synapses(la)
             sources.update((name, name.split("<", 1)[1]) for name, _, _ in syn)
             out.append(_Layer(la.name, (1, la.node.population.neurons, 1), tuple(syn),
@@ -451,11 +481,11 @@ def _layers(layers: list[ChipLayer], in_shape: tuple[int, ...]
         elif isinstance(la.node, nir.LIF) or is_relay(la.node):
             shapes[la.name] = tuple(np.asarray(la.node.tau if isinstance(la.node, nir.LIF)
                                                else la.node.scale).shape)
-            syn = _y_synapses(la, nodes, int(np.prod(shapes[la.name])))
+            syn = _read_synapses(la, nodes, int(np.prod(shapes[la.name])))
             sources.update((name, name.split("<", 1)[1]) for name, _, _ in syn)
             for i in la.inputs:
                 if i not in nodes or isinstance(nodes[i].node, (nir.LIF, HostOpNode,
-                                                                AttentionNode)):
+                                                                AttentionNode, PoolNode)):
                     continue
                 if is_relay(nodes[i].node):
                     name = f"{i}>{la.name}"

@@ -87,13 +87,16 @@ def energy_unit(values_pj: list[float]) -> tuple[str, float]:
 def energy_figure(energy: dict[str, Any]) -> Figure:
     """Energy per inference of every layer: the 45 nm model's (E_AC x SOPs per synapse layer
     of the model, a synapse copied for several readers once, under its own name, as that model
-    counts it; spiking attention on chip as one bar) and, where the report has it, the Loihi model's (its own layers, every copy:
+    counts it; spiking attention on chip as one bar, max pools of currents on chip as one) and,
+    where the report has it, the Loihi model's (its own layers, every copy:
     the chip executes each), each in its own panel, in uJ (mJ from 1 mJ), with plain tick
     labels (no offset or power-of-ten multiplier on the axis)."""
     model = [{**row, "name": row["copy_of"] or row["name"]}
              for row in model_rows(energy["layers"])]
     if "attention_energy_pj" in energy:  # spiking attention on chip, all its populations
         model.append({"name": "attention on chip", "energy_pj": energy["attention_energy_pj"]})
+    if "pool_energy_pj" in energy:  # max pools of currents on chip, all their ReLU levels
+        model.append({"name": "max pools on chip", "energy_pj": energy["pool_energy_pj"]})
     panels = [(f"45 nm model (E_AC {energy['energy_model']['e_ac_pj']} pJ per SOP)", model,
                "synapse layer")]
     if "loihi" in energy:

@@ -13,7 +13,8 @@ def export_summary(path: Path, manifest: dict) -> str:
             shape = row.get("shape") or row.get("weight_shape")
             q = row.get("loihi", {})
             extra = (f"  graded payload <= {row['payload_bound']:,} "
-                     f"({q['num_message_bits']} bits)" if "relay" in row or "attention" in row
+                     f"({q['num_message_bits']} bits)"
+                     if "relay" in row or "attention" in row or "current_pool" in row
                      else
                      f"  vth={q['vth']} bias_exp={q['bias_exp']}" if "vth" in q else
                      f"  weight_exp={q['weight_exp']} scale={row.get('scale', 0):.1f}" if q else "")
@@ -35,6 +36,15 @@ def export_summary(path: Path, manifest: dict) -> str:
                          f"{p['q_first']:,} q_first); {a['neurons']:,} neurons "
                          f"({a['product_neurons']:,} product), {a['synapses']:,} synapses, "
                          f"{a['messages']:,} messages a step at full activity")
+    for side, pools in manifest.get("current_pool", {}).get("layers", {}).items():
+        for name, p in pools.items():
+            forms = ", ".join(f"{f} {c['neurons']:,}" for f, c in p["forms"].items())
+            lines.append(f"  {side} max pool {name} on chip ({p['channels']} x {p['grid'][0]} x "
+                         f"{p['grid'][1]}, kernel {p['kernel']}, stride {p['stride']}, padding "
+                         f"{p['padding']}): {p['tree']} tree (ReLU neurons: {forms}); "
+                         f"{p['neurons']:,} neurons ({p['relu_neurons']:,} ReLU), "
+                         f"{p['synapses']:,} synapses, {p['messages']:,} messages a step at full "
+                         f"activity")
     lines.append(f"  files: {len(manifest['files'])} (sha256 in manifest.json)")
     return "\n".join(lines)
 
@@ -93,14 +103,17 @@ def energy_summary(e: dict) -> str:
                 f"{'':<7s}{'':>7s}{'':>14s}{'':>14s}{'':>12s}")
         if chip:
             messages = b.get("messages", b.get("graded_messages"))
-            cols += (f"{b.get('neuron_updates', b.get('relay_updates', '')):>12}"
+            updates = b.get("neuron_updates", b.get("relay_updates", b.get("relu_updates", "")))
+            cols += (f"{updates:>12}"
                      f"{'' if messages is None else format(messages, ',.0f'):>12s}"
                      f"{b['energy_pj']:>12,.0f}")
         copy = (f"  (copy of {a['copy_of']}: counted once at 45 nm)" if a and a["copy_of"]
                 else "  (graded stream relay: updates and graded messages)"
                 if b.get("kind") == "relay" else
                 f"  (attention {b['kind']} population: updates and graded messages)"
-                if b.get("kind") in ("product", "sum") else "")
+                if b.get("kind") in ("product", "sum") else
+                "  (max pool ReLU level: updates and graded messages)"
+                if b.get("kind") == "relu" else "")
         lines.append(f"  {name:<{w}s}{cols}{copy}")
     lines.append(f"  first layer (host, real-valued): {e['first_layer_macs']:,d} MACs, once "
                  f"(its current is the same at every step)")
@@ -125,6 +138,11 @@ def energy_summary(e: dict) -> str:
                          f"{e['relay_updates']:,d} relay updates, {e['graded_sops']:,d} graded "
                          f"synaptic ops; chip SOPs with every copy {e['chip_sops_all_copies']:,.0f}"
                          f" = {e['chip_sops_all_copies'] / e['total_sops']:.2f} x the model's")
+    if "relu_updates" in e:
+        lines.insert(-3, f"  max pools of currents on chip (every ReLU neuron at every step, an "
+                         f"upper bound): {e['relu_updates']:,d} ReLU updates, "
+                         f"{e['pool_graded_sops']:,d} graded synaptic ops: "
+                         f"{e['pool_energy_pj'] / PJ_PER_MJ:.6f} mJ at 45 nm")
     if "products" in e:
         lines.insert(-3, f"  spiking attention on chip: {e['products']:,.0f} nonzero products "
                          f"({e['product_updates']:,d} product neuron updates), "
@@ -212,6 +230,10 @@ def mapping_summary(m) -> str:
             lines.append(f"    spiking attention on chip: {kinds['product']:,d} cores of product "
                          f"neurons, {kinds['sum']:,d} of graded sums "
                          f"({100 * sum(kinds.values()) / e.total('cores'):.1f} % of the cores)")
+        relu = sum(la.cores for la in e.layers if la.kind == "relu")
+        if relu:
+            lines.append(f"    max pools of currents on chip: {relu:,d} cores of ReLU levels "
+                         f"({100 * relu / e.total('cores'):.1f} % of the cores)")
     if any(la.position_runs for e in m.encoders for la in e.layers):
         lines.append("  (tile c x Np: c channels by a run of N positions in row-major order)")
     return "\n".join(lines)

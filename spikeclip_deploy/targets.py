@@ -29,6 +29,10 @@ RESIDUAL_FORMS = ("graded", "copies")
 #: neuro-cores (product neurons and graded sums), or on the host between chip subgraphs
 ATTENTION_FORMS = ("chip", "host")
 
+#: where ``export --current-pool`` puts max pools of currents (run by the ``attention`` pass):
+#: on neuro-cores (levels of graded ReLU neurons), or on the host between chip subgraphs
+CURRENT_POOL_FORMS = ("chip", "host")
+
 LOIHI_PASSES = ("fold_bn", "graded_streams", "split_fan_in", "split_fanout", "attention",
                 "partition", "align_delays", "quantize", "resources", "check_limits")
 

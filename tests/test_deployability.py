@@ -6,6 +6,7 @@ import pytest
 
 from spikeclip_deploy import deployability as dep
 from spikeclip_deploy.config import ModelConfig, get_config
+from spikeclip_deploy.exchange.current_pool import pool_tree
 from spikeclip_deploy.hardware import load_profile
 from spikeclip_deploy.paths import PROJECT_ROOT
 
@@ -23,25 +24,25 @@ def test_micro_deploys_on_chip_with_its_share_by_hand():
                    "chip_sop_share_basis": dep.BASIS}
 
 
-def test_former_micro_is_partitioned_with_its_share_by_hand():
+def test_former_micro_deploys_on_chip_with_its_share_by_hand():
     """spikeclip-former-micro (same stem and readout as micro): on chip, per step, conv0 8x32x32
-    outputs x 4x3x3 taps, a 3x3 16->16 conv on 8x8 and six 1x1 16->16 on 8x8, each once (its
-    residual stream on graded relays: 16x8x8 neurons each, relay0 and relay1 read by two layers,
-    relay2 by one, 5 identity synaptic ops per stream neuron), and spiking attention over N = 64
-    tokens, 2 heads of d = 8, K first (N d^2 = 4 096 products a stage and head against N^2 d =
-    32 768): 2 x 2 x 4 096 product neurons and, per head, 2 x 4 096 synapses into kv, 64 x 64
-    into m, 2 x 4 096 into qm, 512 x 8 into y and 512 from y into the attention LIF; on the
-    host, per step: two max pools with the conv before each (3x3 8->12 on 32x32 + 12x16x16
-    windows of 3x3; 3x3 12->16 on 16x16 + 16x8x8 windows of 3x3)."""
+    outputs x 4x3x3 taps, the convs before the two max pools (3x3 8->12 on 32x32, 3x3 12->16 on
+    16x16), a 3x3 16->16 conv on 8x8 and six 1x1 16->16 on 8x8, each once (its residual stream
+    on graded relays: 16x8x8 neurons each, relay0 and relay1 read by two layers, relay2 by one, 5
+    identity synaptic ops per stream neuron), the pools' ReLU levels (their signed synapses, the
+    separable tree's, counted in tests/exchange/test_current_pool.py), and spiking attention over
+    N = 64 tokens, 2 heads of d = 8, K first (N d^2 = 4 096 products a stage and head against
+    N^2 d = 32 768): 2 x 2 x 4 096 product neurons and, per head, 2 x 4 096 synapses into kv,
+    64 x 64 into m, 2 x 4 096 into qm, 512 x 8 into y and 512 from y into the attention LIF;
+    the host computes only the stem and the readout."""
     attention = 2 * 2 * 4096 + 2 * (2 * 4096 + 64 * 64 + 2 * 4096 + 512 * 8 + 512)
-    chip = 4 * (8 * 32 * 32 * 4 * 9 + 16 * 64 * 16 * 9 + 6 * 16 * 64 * 16 + 5 * 16 * 64
-                + attention)
-    ops = (12 * 32 * 32 * 8 * 9 + 12 * 16 * 16 * 9) + (16 * 16 * 16 * 12 * 9 + 16 * 8 * 8 * 9)
+    pools = (pool_tree(12, (32, 32), 3, 2, 1, "separable").synapses
+             + pool_tree(16, (16, 16), 3, 2, 1, "separable").synapses)
+    chip = 4 * (8 * 32 * 32 * 4 * 9 + 12 * 32 * 32 * 8 * 9 + 16 * 16 * 16 * 12 * 9
+                + 16 * 64 * 16 * 9 + 6 * 16 * 64 * 16 + 5 * 16 * 64 + attention + pools)
     row = dep.assess(get_config("spikeclip-former-micro"))
-    assert row["deployable"] == "partitioned"
-    assert row["deployable_reason"] == ("host ops between chip subgraphs: image host0 "
-                                        "(HostMaxPool), image host1 (HostMaxPool)")
-    assert row["chip_sop_share"] == chip / (chip + STEM + READOUT + 4 * ops)
+    assert (row["deployable"], row["deployable_reason"]) == ("chip", None)
+    assert row["chip_sop_share"] == chip / (chip + STEM + READOUT)
 
 
 def test_ssa_small_deploys_wholly_on_chip():
@@ -99,14 +100,17 @@ def test_rows_are_cached_under_xdg_and_keyed_by_config_version_and_profile(
     cached = list((tmp_path / "xdg" / "spikeclip-deploy" / "deployability").iterdir())
     assert [p.name for p in cached] == [dep.cache_path(micro).name]
     assert json.loads(cached[0].read_text()) == first
-    # another config, package version or hardware profile is another entry: computed again
+    # another config, package version, meaning of the rows or hardware profile is another
+    # entry: computed again
     dep.deployability(dataclasses.replace(micro, time_steps=8))
     monkeypatch.setattr(dep, "__version__", "0.0.0-other")
     dep.deployability(micro)
+    monkeypatch.setattr(dep, "ROWS", dep.ROWS + 1)
+    dep.deployability(micro)
     (hardware / "loihi2.json").write_text((hardware / "loihi2.json").read_text() + "\n")
     dep.deployability(micro)
-    assert len(computed) == 4
-    assert len(list(cached[0].parent.iterdir())) == 4
+    assert len(computed) == 5
+    assert len(list(cached[0].parent.iterdir())) == 5
 
 
 def test_an_unwritable_cache_warns_and_returns_the_row(tmp_path, monkeypatch, caplog):

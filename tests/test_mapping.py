@@ -328,3 +328,45 @@ def test_a_convolutions_kernel_memory_bounds_its_channels_per_core():
     b = rows(map_encoder("image", layers, (4, 4, 4), dataclasses.replace(
         CORES, synaptic_memory_bits_per_core=1000), System("many", 100)))["b"]
     assert (b.cores, b.tile, b.columns, b.limited_by) == (6, (3, 4), 0, "memory")
+
+
+def current_pool(form="flat"):
+    """a (2 x 4 x 4) -> 1x1 conv c (2 -> 1) -> relay r (1 x 4 x 4) -> a 2x2 max pool of stride
+    2 as ReLU levels (exchange.current_pool) -> b (1 x 2 x 2)."""
+    from spikeclip_deploy.exchange.current_pool import PoolNode, level_specs
+    from spikeclip_deploy.exchange.nirgraph import relay_node
+
+    layers = [lif("a", (2, 4, 4), INPUT), pointwise("c", 2, 1, "a"),
+              ChipLayer("r", relay_node((1, 4, 4), {}), ("c",))]
+    for spec in level_specs("p", 1, (4, 4), 2, 2, 0, form, "r"):
+        layers.append(ChipLayer(spec.name, PoolNode(spec=spec), spec.inputs))
+    return layers + [lif("b", (1, 2, 2), spec.name)]
+
+
+def test_current_pool_levels_are_placed_by_their_input_axons():
+    """12 input axons a core. Four windows of 4 values (no overlap): level 1 pairs each
+    window's values, (a, b) -> relu(a - b), relu(b), relu(-b) (4 synapses): 6 neurons a window
+    (24 neurons, 32 synapses) reading its window's 4 relay positions; the mapper bisects for
+    the tallest run (runs start at multiples of its length): 13 read at most 10, 19 read 14 in
+    the first run, 16, 17 and 18 read 12: 2 cores. Level 2: 3 neurons a window, relu(A - B)
+    reading its 6 level-1 neurons, relu(B) and relu(-B) B's 3 (12 neurons, 48 synapses): 7
+    read 18 in the first run, 4 read 12 (a window and the next one's first neuron; then 3 + 6
+    twice), 5 read 15 in the second run (0-4, 5-9): 3 cores. b reads 3
+    level-2 neurons a neuron (the readout, 12 synapses): 1 core; r reads 2 channels a position:
+    6 positions a core, 3 cores. Level 1's rows hold at most 2 weights: its first core sparse
+    (18 rows x 2 x 21 bits, less than 12 columns x 8), its second dense (6 rows x 4 columns x
+    8); a relay neuron reaches one level-1 core."""
+    cores = dataclasses.replace(CORES, input_axons_per_core=12, cores_per_chip=64)
+    m = map_encoder("image", current_pool(), (2, 4, 4), cores, System("one", 1))
+    got = {la.name: (la.neurons, la.synapses, la.cores, la.kind) for la in m.layers}
+    assert got == {"a": (32, 0, 1, "neurons"), "r": (16, 32, 3, "neurons"),
+                   "p_l1": (24, 32, 2, "relu"), "p_l2": (12, 48, 3, "relu"),
+                   "b": (4, 12, 1, "neurons")}
+    l1, b = rows(m)["p_l1"], rows(m)["b"]
+    assert (l1.synapse_layers, l1.synapse_reach, l1.memory_bits) == (("p_l1<r",), (1,),
+                                                                      18 * 2 * 21 + 6 * 4 * 8)
+    assert (b.synapse_layers, b.synapse_reach) == (("b<p_l2",), (1,))
+    from spikeclip_deploy.mapping import Mapping
+    from spikeclip_deploy.report import mapping_summary
+    text = mapping_summary(Mapping("x", "test", System("one", 1), (m,)))
+    assert "max pools of currents on chip: 5 cores of ReLU levels (50.0 % of the cores)" in text

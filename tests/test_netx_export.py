@@ -157,11 +157,12 @@ def test_netx_export_is_deterministic(micro_ckpt, netx_export, tmp_path):
 
 
 def test_attention_on_chip_is_named_as_left_out():
-    """A Spikingformer with attention on chip: netx holds none of its populations (no block
-    multiplies two inputs) nor the LIF reading them, and says so for each."""
+    """A Spikingformer with attention and max pools on chip: netx holds none of its populations
+    (no block multiplies two inputs) nor its pools' levels (no graded ReLU block) nor the LIFs
+    reading them, and says so for each."""
     from spikeclip_deploy.config import get_config
     from spikeclip_deploy.export import lower_encoder
-    from spikeclip_deploy.export.netx import NO_ATTENTION, segments
+    from spikeclip_deploy.export.netx import NO_ATTENTION, NO_POOL, segments
     from spikeclip_deploy.lowering.graph import run_side_layers
     from spikeclip_deploy.nn.init import random_init
     from spikeclip_deploy.targets import get_target
@@ -174,3 +175,8 @@ def test_attention_on_chip_is_named_as_left_out():
     (lif,) = graph.consumers("host2_h0_y")
     assert left_out[lif.name].startswith("reads spiking attention's populations")
     assert not {*pops, lif.name} & {la.name for seg in chains for la in seg.layers}
+    levels = [f"host{p}_l{k}" for p in (0, 1) for k in range(1, 5)]
+    assert {name: left_out[name] for name in levels} == dict.fromkeys(levels, NO_POOL)
+    pooled = [r.name for p in (0, 1) for r in graph.consumers(f"host{p}_l4")]
+    assert all(left_out[n].startswith("reads a max pool's last level") for n in pooled)
+    assert not {*levels, *pooled} & {la.name for seg in chains for la in seg.layers}

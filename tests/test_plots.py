@@ -85,6 +85,10 @@ def test_synaptic_ops_and_both_energy_models_per_layer():
     (ax,) = energy_figure({**ENERGY, "attention_energy_pj": 54.7}).axes
     assert _bars(ax) == {"energy": uj(900.0, 9.0, 54.7)}
     assert [t.get_text() for t in ax.get_xticklabels()][-1] == "attention on chip"
+    # max pools of currents on chip: one bar of the 45 nm model's ReLU levels' energy
+    (ax,) = energy_figure({**ENERGY, "pool_energy_pj": 12.5}).axes
+    assert _bars(ax) == {"energy": uj(900.0, 9.0, 12.5)}
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "max pools on chip"
 
 
 @pytest.mark.parametrize("pj, unit, shown", [

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class ChipRun:
     """One batch's run of a chip graph: spikes ``[B, T, *shape]`` (uint8) of every LIF, in layer
     order, and, when recorded, its ``u`` and ``v`` after every step (int64, same shape) and
-    every graded stream relay's payloads (int64), and every attention population's
-    (``[B, T, *shape]`` in its own shape, :class:`~..exchange.attention.Population`)."""
+    every graded stream relay's payloads (int64), and every attention population's and max
+    pool level's (``[B, T, *shape]`` in its own shape, :class:`~..exchange.attention.Population`)."""
 
     spikes: dict[str, np.ndarray] = field(default_factory=dict)
     u: dict[str, np.ndarray] = field(default_factory=dict)

@@ -16,7 +16,10 @@ so the slots' sum is the stack of the op's arguments), and a :class:`HostOpNode`
 op's ONNX function on the stack and puts its output on the export's input grid. Spiking
 attention on chip runs in the same step too, each population walking the export's description of
 it (:func:`~spikeclip_deploy.exchange.attention.expand`), a product population's two ports side by
-side through :class:`PortSlot` nodes.
+side through :class:`PortSlot` nodes. So does each level of a max pool of a current, its graded
+ReLU neurons walking :func:`~spikeclip_deploy.exchange.current_pool.expand`'s signed sources,
+and the last level's readout into the pooled LIF: the literal levels, an independent check of
+the emulator's maximum.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ import torch
 from nirtorch import nir_to_torch
 
 from ..errors import UnsupportedNodeError
+from ..exchange import current_pool
 from ..exchange.attention import AttentionNode, fire, from_written, is_attention
+from ..exchange.current_pool import PoolNode, is_current_pool, pooled
 from ..exchange.nirgraph import HostOpNode, host_port, pair
 from .base import Backend, chip_input
 from .host_runtime import HostOpRunner
@@ -173,18 +178,38 @@ class _Attention(torch.nn.Module):
         return out.reshape(len(p), *pop.spec.block_shape)
 
 
+class _PoolLevel(torch.nn.Module):
+    """A max pool's level within the step: its ReLU neurons (:func:`~..exchange.attention.fire`
+    over the signed sources) on the level before's payloads ``[B, neurons]`` (level 1: the
+    relay's ``[B, C, H, W]``); the last level sends what the pooled LIF receives, each window's
+    maximum (:func:`~..exchange.current_pool.pooled`), ``[B, C, H', W']``."""
+
+    def __init__(self, node: PoolNode) -> None:
+        super().__init__()
+        self.pop, self.tree = node.population, node.tree
+        self.out_shape = node.spec.out_shape if node.last else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = fire(self.pop, [x.flatten(1).numpy()])
+        if self.out_shape is None:
+            return torch.as_tensor(p)
+        return torch.as_tensor(pooled(self.tree, p)).reshape(len(p), *self.out_shape)
+
+
 #: node type -> module; :func:`run_graph` binds the graph's ``dt`` to :class:`LIF`
 NODE_MAP: dict[type, Callable] = {nir.LIF: LIF, nir.Affine: _affine, nir.Conv2d: _conv2d,
                                   nir.Scale: _Relay, HostSlot: _Slot, PortSlot: _Port,
-                                  AttentionNode: _Attention}
+                                  AttentionNode: _Attention, PoolNode: _PoolLevel}
 
 
 def with_attention(graph: nir.NIRGraph) -> nir.NIRGraph:
     """The graph with each attention population (a ``Scale`` in the file) as an
     :class:`AttentionNode`, a product population's ports entering it through
-    :class:`PortSlot` nodes."""
+    :class:`PortSlot` nodes, and each max pool's level as a :class:`PoolNode`."""
     nodes, edges = dict(graph.nodes), list(graph.edges)
     for name, node in graph.nodes.items():
+        if is_current_pool(node):
+            nodes[name] = current_pool.from_written(node)
         if not is_attention(node):
             continue
         nodes[name] = att = from_written(node)

@@ -14,9 +14,12 @@ with :math:`a_{in}` the sum of what reaches the LIF: the input mantissa (the fir
 synapse's output (:mod:`.emulator_synapses`: Lava's ``Dense``, ``Conv``), each host op's
 quantized current and each graded stream relay's payload (Lava's ``GradedVec`` with threshold 0,
 :math:`p = \sum_i y_i`, through an identity synapse of weight 1, which passes it unchanged),
-and each spiking-attention head's counts :math:`w Y` (:mod:`.emulator_attention`: its product
+each spiking-attention head's counts :math:`w Y` (:mod:`.emulator_attention`: its product
 neurons and graded sums as Lava's ``ProdNeuron`` and ``GradedVec`` compute them, whose ports the
-export's delays align). A synapse's bias is part of its LIF's bias mantissa (a stream's terms: of every LIF summing
+export's delays align), and each max pool's maximum of its relay's payloads over every window
+(padding left out), which its levels of graded ReLU neurons compute exactly
+(:mod:`spikeclip_deploy.exchange.current_pool`; their payloads are formed from that description
+when state is recorded). A synapse's bias is part of its LIF's bias mantissa (a stream's terms: of every LIF summing
 them).
 
 Timing: every synapse delays by one step plus its aligning ``delay``, and a LIF of depth
@@ -43,10 +46,12 @@ from pathlib import Path
 import nir
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ExportError
 from ..exchange.chip import FixedPoint
-from ..exchange.attention import AttentionNode
+from ..exchange.attention import AttentionNode, fire
+from ..exchange.current_pool import PoolNode
 from ..exchange.manifest import chip_record
 from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
@@ -202,7 +207,8 @@ class Emulation:
         #: faults)
         self.buffers: dict[str, torch.Tensor] = {}
         summed = summed_synapses(layers)
-        self.populations = [la.name for la in layers if isinstance(la.node, AttentionNode)]
+        self.populations = [la.name for la in layers
+                            if isinstance(la.node, (AttentionNode, PoolNode))]
         for la in layers:
             node = la.node
             if isinstance(node, (nir.Affine, nir.Conv2d)):
@@ -324,6 +330,31 @@ class Emulation:
                              np.int64)
             rec.copy_(out)
 
+    def _pool(self, la: ChipLayer, batch: _Batch) -> None:
+        """A max pool's level: a level before the last passes its relay's current on, the last
+        sends the maximum of each window of it (torch's integer ``max_pool2d``: padding never
+        wins), within the relay's bound. When state is recorded, each level's payloads
+        (``[B, T, C, neurons per channel]``) are its ReLU neurons' (:func:`fire`) on the level
+        before's."""
+        node, (src,) = la.node, la.inputs
+        relay = batch.acts[src]
+        if batch.record_state:
+            before = batch.payloads[src]
+            flat = (from_inner(before, 3) if node.spec.level == 1 else before)[batch.rows]
+            rec = batch.full(batch.payloads, la.name, (self.time_steps, *node.population.shape),
+                             np.int64)
+            rec.copy_(torch.from_numpy(fire(node.population, [
+                flat.reshape(*flat.shape[:2], -1).numpy()]).reshape(rec.shape)))
+        if not node.last:
+            batch.acts[la.name] = relay
+            return
+        spec = node.spec
+        y = from_inner(relay.y, 3)  # [B, 1 or T, C, H, W]
+        pooled = F.max_pool2d(y.reshape(-1, *spec.block_shape), spec.kernel, spec.stride,
+                              spec.padding)
+        batch.acts[la.name] = Current(to_inner(pooled.reshape(*y.shape[:2], *spec.out_shape),
+                                               3).contiguous(), relay.exp, relay.bound)
+
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
         ins = [batch.acts[i] for i in la.inputs]
@@ -344,7 +375,7 @@ class Emulation:
 HANDLERS: dict[type, Callable] = {nir.LIF: Emulation._lif, nir.Affine: Emulation._synapse,
                                   nir.Conv2d: Emulation._synapse, HostOpNode: Emulation._host_op,
                                   nir.Scale: Emulation._relay,
-                                  AttentionNode: Emulation._attention}
+                                  AttentionNode: Emulation._attention, PoolNode: Emulation._pool}
 
 
 class EmulatorBackend(Backend):

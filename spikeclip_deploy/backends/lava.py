@@ -7,7 +7,10 @@ Each NIR node becomes a Lava process through a handler map (LIF -> ``LIFReset``,
 relay -> Lava's ``GradedVec`` with threshold 0, a host op between chip subgraphs ->
 :class:`~.lava_procs.host_op.HostOp`, which runs its ONNX function inside the same
 simulation, a spiking self-attention population -> ``ProdNeuron`` or ``GradedVec`` reached
-through ``Sparse``/``DelaySparse`` synapses from its sources, :mod:`.lava_attention`); several
+through ``Sparse``/``DelaySparse`` synapses from its sources, :mod:`.lava_attention`, a
+current max pool's level -> ``GradedReluVec`` reached through graded ``Sparse``/``DelaySparse``
+synapses of weights +-1 from its relay or the level before, the pooled LIF reading the last
+level through such synapses too, :mod:`.lava_pool`); several
 synapses into one LIF (fan-in) sum at its input port. A relay reaches each
 reader through an identity ``Sparse`` (``DelaySparse`` where its path needs aligning) that
 reads graded spikes (``num_message_bits`` > 0): Lava's stock models throughout. Convolutions run
@@ -38,10 +41,11 @@ from scipy.sparse import SparseEfficiencyWarning, csr_matrix
 from .. import lava_compat
 from ..errors import BackendUnavailableError, ExportError, UnsupportedNodeError
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PoolNode
 from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, depths, is_relay,
                                  pair, relay_delay, summed_synapses)
 from ..fileutil import owned_tempdir
-from . import lava_attention
+from . import lava_attention, lava_pool
 from .base import Backend, ChipRun, input_mantissa
 from .lava_chip import select_chip
 from .lava_layout import from_lava_layout, synapse_bias_mant, to_lava_layout
@@ -63,7 +67,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
         from lava.proc.conv.process import Conv
         from lava.proc.conv.utils import conv_to_sparse
         from lava.proc.dense.process import DelayDense, Dense
-        from lava.proc.graded.process import GradedVec
+        from lava.proc.graded.process import GradedReluVec, GradedVec
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
         from lava.proc.prodneuron.process import ProdNeuron
@@ -88,7 +92,7 @@ def _lava(reference: bool = False, chip: str = "sim") -> dict[str, Any]:
             return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Conv=Conv, Dense=Dense,
                 DelayDense=DelayDense, DelaySparse=DelaySparse, Sparse=Sparse,
-                GradedVec=GradedVec, ProdNeuron=ProdNeuron,
+                GradedVec=GradedVec, GradedReluVec=GradedReluVec, ProdNeuron=ProdNeuron,
                 conv_to_sparse=conv_to_sparse, DelayConv=delay_conv.DelayConv,
                 Source=Source, LIF=LIFReset, io=lava_io, HostOps=host_op.HOST_OPS,
                 models=models, run_cfg=run_cfg,
@@ -263,6 +267,10 @@ class _Network:
                         syn = lava_attention.output_synapse(self.L, by_name[i].node)
                         procs[i].s_out.connect(syn.s_in)
                         port = syn.a_out
+                    elif isinstance(by_name[i].node, PoolNode):  # a pool's last level
+                        syn = lava_pool.readout_synapse(self.L, by_name[i].node)
+                        procs[i].s_out.connect(syn.s_in)
+                        port = syn.a_out
                     elif isinstance(by_name[i].node, nir.Scale):
                         relay = procs[i]
                         syn = identity_synapse(self.L, int(np.prod(relay.s_out.shape)),
@@ -276,16 +284,21 @@ class _Network:
                     if port.shape != proc.a_in.shape:  # a sparse synapse's flat output
                         port = port.reshape(proc.a_in.shape)
                     port.connect(proc.a_in)
+
+            def record_payloads(name: str, proc: Any) -> None:
+                """Record the graded payloads ``proc`` (layer ``name``) sends."""
+                path = f"{tmp}/{name}.payload.npy"
+                self.L["io"].new_recording(path, steps, proc.s_out.shape, np.int32)
+                proc.s_out.connect(self.L["io"].SpikeRecorder(shape=proc.s_out.shape,
+                                                              path=path).a_in)
+                relays.append((name, path))
             for la in self.layers:
                 if isinstance(la.node, nir.Scale):
                     shape = to_lava_layout(np.zeros(np.asarray(la.node.scale).shape)).shape
                     proc = self.handlers[nir.Scale](self.L, la.node, shape, la.name)
                     connect_inputs(la, proc)
-                    if state:  # its graded payloads
-                        path = f"{tmp}/{la.name}.payload.npy"
-                        self.L["io"].new_recording(path, steps, shape, np.int32)
-                        proc.s_out.connect(self.L["io"].SpikeRecorder(shape=shape, path=path).a_in)
-                        relays.append((la.name, path))
+                    if state:
+                        record_payloads(la.name, proc)
                 elif isinstance(la.node, nir.LIF):
                     shape = to_lava_layout(np.zeros(np.asarray(la.node.tau).shape)).shape
                     bias = sum((synapse_bias_mant(by_name[i].node, la.node, self.shift)
@@ -308,12 +321,16 @@ class _Network:
                         src = procs[i].s_out
                         (src.flatten() if len(src.shape) > 1 else src).connect(syn.s_in)
                         syn.a_out.connect(port)
-                    if state:  # its graded payloads
-                        path = f"{tmp}/{la.name}.payload.npy"
-                        self.L["io"].new_recording(path, steps, proc.s_out.shape, np.int32)
-                        proc.s_out.connect(self.L["io"].SpikeRecorder(shape=proc.s_out.shape,
-                                                                      path=path).a_in)
-                        relays.append((la.name, path))
+                    if state:
+                        record_payloads(la.name, proc)
+                elif isinstance(la.node, PoolNode):
+                    proc = self.handlers[PoolNode](self.L, la.node)
+                    syn = lava_pool.level_synapse(self.L, la.node)
+                    src = procs[la.inputs[0]].s_out
+                    (src.flatten() if len(src.shape) > 1 else src).connect(syn.s_in)
+                    syn.a_out.connect(proc.a_in)
+                    if state:
+                        record_payloads(la.name, proc)
                 elif isinstance(la.node, HostOpNode):
                     proc = self.handlers[HostOpNode](self.L, la.node,
                                                      [procs[i].s_out.shape for i in la.inputs],
@@ -346,7 +363,7 @@ class _Network:
                     out.u[name], out.v[name] = (self._windows(uv[:, i], name, b) for i in (0, 1))
             for name, path in relays:
                 payloads = self._windows(np.load(path).astype(np.int64), name, b)
-                if isinstance(by_name[name].node, AttentionNode):  # flat -> its neurons' shape
+                if isinstance(by_name[name].node, (AttentionNode, PoolNode)):  # flat -> its shape
                     payloads = payloads.reshape(b, self.time_steps,
                                                 *by_name[name].node.population.shape)
                 out.payloads[name] = payloads
@@ -369,7 +386,8 @@ class LavaBackend(Backend):
     name = "loihi"
     handlers: dict[type, Callable] = {nir.LIF: _lif, nir.Affine: _dense, nir.Conv2d: _conv,
                                       nir.Scale: _relay, HostOpNode: _host_op,
-                                      AttentionNode: lava_attention.population}
+                                      AttentionNode: lava_attention.population,
+                                      PoolNode: lava_pool.level}
     runs = {"loihi": "Lava fixed_pt models: bit-accurate Loihi 2 arithmetic"}
     chip_choice = True
     forks = True

@@ -5,6 +5,7 @@ between them.
 - :mod:`.chip`: the hardware figures an export was lowered for (fixed point, cores), as the
   manifest carries them
 - :mod:`.nirgraph`: NIR chip graphs (host ops, relays, depths, layer order)
+- :mod:`.current_pool`: max pools of currents on chip as levels of graded ReLU neurons
 - :mod:`.fixed_point`: Loihi's bias register, both directions
 - :mod:`.resources`: static resource counts of a chip graph
 

@@ -194,23 +194,28 @@ def from_written(node: nir.Scale) -> AttentionNode:
 
 @dataclass(frozen=True)
 class Population:
-    r"""A population expanded (:func:`expand`): what its neurons compute and read.
+    r"""A population expanded (:func:`expand`; a current max pool's ReLU level:
+    :func:`.current_pool.expand`): what its neurons compute and read.
 
     ``shape``: its neurons as an array (C order; their flat index is the neuron's index).
     ``sources[k]``: ``[neurons, fan_in_k]`` int64, for each neuron the flat indices it reads on
     port ``k``: into the source LIF's ``(C, H, W)`` (PyTorch layout, :math:`c N + n`) for a
-    port ``q``, ``k`` or ``v``, into the source population's own ``shape`` otherwise. A
+    port ``q``, ``k`` or ``v``, into the source population's own ``shape`` otherwise.
+    ``weights`` (``relu`` only): ``weights[k]`` the signed weight of each of those synapses
+    (0: no synapse, padding a neuron of fewer inputs); without it every synapse weighs 1. A
     product neuron reads one index per port and sends :math:`a_0 a_1`; a sum neuron reads
-    ``fan_in`` indices on its one port and sends their sum. ``targets`` (``y`` only): each
-    neuron's flat index in the attention LIF's ``(C, H, W)``. ``bound``: the largest payload
-    (:math:`|p|`) it can send."""
+    ``fan_in`` indices on its one port and sends their sum; a ReLU neuron sends
+    :math:`\max(\sum_k w_k a_k, 0)`. ``targets`` (``y`` only): each neuron's flat index in the
+    attention LIF's ``(C, H, W)``. ``bound``: the largest payload (:math:`|p|`) it can send
+    (a ReLU level's: in units of the largest payload of its pool's relay)."""
 
-    spec: AttentionSpec
+    spec: Any  # an AttentionSpec, or a current pool's PoolSpec
     shape: tuple[int, ...]
     sources: tuple[np.ndarray, ...]
     source_sizes: tuple[int, ...]  # neurons of each port's source
     bound: int
     targets: np.ndarray | None = None
+    weights: tuple[np.ndarray, ...] | None = None
 
     @property
     def kind(self) -> str:
@@ -220,18 +225,26 @@ class Population:
     def neurons(self) -> int:
         return int(np.prod(self.shape))
 
+    def _present(self, port: int) -> np.ndarray | None:
+        """Which entries of ``sources[port]`` are synapses (None: all)."""
+        return None if self.weights is None else self.weights[port] != 0
+
     @property
     def synapses(self) -> int:
         """Synapses into the population (one per neuron and input it reads), and, for ``y``,
         its synapses into the attention LIF (one per neuron)."""
-        return sum(int(s.size) for s in self.sources) + (self.neurons if self.targets is not None
-                                                         else 0)
+        into = sum(int(s.size) if self._present(k) is None else int(np.count_nonzero(
+            self._present(k))) for k, s in enumerate(self.sources))
+        return into + (self.neurons if self.targets is not None else 0)
 
     def fan_out(self, port: int) -> np.ndarray:
         """For each neuron of port ``port``'s source (its flat index): the neurons of this
         population it reaches, so the synaptic ops one event of it causes here (it sends one
         message to each core that holds them)."""
-        return np.bincount(self.sources[port].ravel(), minlength=self.source_sizes[port])
+        present = self._present(port)
+        return np.bincount(self.sources[port].ravel(), minlength=self.source_sizes[port],
+                           weights=None if present is None else present.ravel()
+                           ).astype(np.int64)
 
     def binary(self, port: int) -> bool:
         """Whether port ``port`` carries binary spikes (a Q, K or V LIF) rather than graded
@@ -280,13 +293,16 @@ def expand(spec: AttentionSpec) -> Population:
 def fire(pop: Population, ports: list[np.ndarray]) -> np.ndarray:
     r"""What the population sends in one step, from its ports' inputs ``ports[k]``
     ``[..., source_sizes[k]]`` (flat, any leading axes): ``[..., neurons]``, a product neuron's
-    :math:`a_0 a_1`, a sum neuron's :math:`\sum_k a_k` over its fan-in, walking
+    :math:`a_0 a_1`, a sum neuron's :math:`\sum_k a_k` over its fan-in, a ReLU neuron's
+    :math:`\max(\sum_k w_k a_k, 0)`, walking
     ``pop.sources`` (the reference form; fast backends compute the same per head as matrix
     products)."""
     if pop.kind == "product":
         a, b = (x[..., src[:, 0]] for x, src in zip(ports, pop.sources))
         return a * b
     (x,), (src,) = ports, pop.sources
+    if pop.kind == "relu":
+        return np.maximum((x[..., src] * pop.weights[0]).sum(-1), 0)
     return x[..., src].sum(-1)
 
 

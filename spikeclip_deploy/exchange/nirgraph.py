@@ -25,6 +25,8 @@ import numpy as np
 
 from ..errors import LoweringError
 from .attention import AttentionNode, from_written, is_attention
+from . import current_pool
+from .current_pool import PoolNode, is_current_pool
 from .nirvalues import plain
 
 INPUT = "input"
@@ -152,12 +154,13 @@ def relay_delay(relay: nir.NIRNode, reader: str) -> int:
 
 
 def summed_synapses(layers: list[ChipLayer]) -> dict[str, tuple[str, ...]]:
-    """Per LIF and relay: the synapse layers whose outputs reach it summed, directly or through
-    relays (a term of a residual stream, once); a LIF's bias is the sum of theirs."""
+    """Per LIF, relay and current pool level: the synapse layers whose outputs reach it summed,
+    directly or through relays (a term of a residual stream, once) and pool levels (a pool's
+    maximum is its relay's terms' maximum); a LIF's bias is the sum of theirs."""
     nodes = {la.name: la for la in layers}
     out: dict[str, tuple[str, ...]] = {}
     for la in layers:
-        if not (isinstance(la.node, nir.LIF) or is_relay(la.node)):
+        if not (isinstance(la.node, (nir.LIF, PoolNode)) or is_relay(la.node)):
             continue
         terms: list[str] = []
         for i in la.inputs:
@@ -180,7 +183,8 @@ class ChipLayer:
 def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
     """The graph's layers in topological order, keeping the graph's own order where it allows
     (the order they were traced in); grouped convolutions regrouped (:func:`regroup`), attention
-    populations as :class:`~.attention.AttentionNode` (their inputs in port order)."""
+    populations as :class:`~.attention.AttentionNode` (their inputs in port order), current
+    pool levels as :class:`~.current_pool.PoolNode`."""
     host_ops = {name: host_op_from_record(rec)
                 for name, rec in graph.metadata.get("host_ops", {}).items()}
     io = {n for n, node in graph.nodes.items() if isinstance(node, (nir.Input, nir.Output))}
@@ -199,6 +203,12 @@ def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
                                     f"{list(nodes[name].spec.inputs)} but the graph feeds it "
                                     f"{inputs[name]}")
             inputs[name] = list(nodes[name].spec.inputs)
+        elif is_current_pool(node):
+            nodes[name] = current_pool.from_written(node)
+            if list(nodes[name].spec.inputs) != inputs[name]:
+                raise LoweringError(f"current pool level '{name}' names its input "
+                                    f"{list(nodes[name].spec.inputs)} but the graph feeds it "
+                                    f"{inputs[name]}")
     order, done = [], {INPUT}
     pending = list(inputs)
     while pending:  # the first node (in the graph's own order) whose inputs are all placed
@@ -236,6 +246,9 @@ def depths(layers: list[ChipLayer], synapse_delay: int) -> dict[str, int]:
                                     f"{sorted(arrivals)}: its factors of one step would not "
                                     f"meet (re-export with this version)")
             depth[layer.name] = arrivals.pop()
+        elif isinstance(layer.node, PoolNode):  # through its synapses and their delay
+            (src,) = layer.inputs
+            depth[layer.name] = arrival(src, layer.name) + layer.node.delay
         elif isinstance(layer.node, HostOpNode):
             arrivals = {depth[i] for i in layer.inputs}
             if len(arrivals) != 1:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionNode
+from .current_pool import PoolNode
 from .nirgraph import HostOpNode, flops, is_relay, pair, part_columns
 
 
@@ -51,13 +52,25 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
     reader, as ``graded_synapses`` (also stored weights). Attention populations
     (:func:`~.attention.expand`) count as ``attention_neurons`` (``product_neurons`` of them
     product neurons; all also in ``neurons``) and their synapses, ``y``'s into the attention LIF
-    included, as ``attention_synapses`` (also stored weights): keys a graph without them
-    lacks."""
+    included, as ``attention_synapses`` (also stored weights), and the levels of max pools of
+    currents (:func:`~.current_pool.expand`) as ``relu_neurons`` (also in ``neurons``) and
+    their signed synapses, those into the pooled LIF included, as ``pool_synapses`` (also
+    stored weights): keys a graph without them lacks."""
     shapes: dict[str, tuple[int, ...]] = {"input": tuple(in_shape)}
     neurons = synapses = stored = relay_neurons = graded = 0
     attention = {"attention_neurons": 0, "product_neurons": 0, "attention_synapses": 0}
+    pools = {"relu_neurons": 0, "pool_synapses": 0}
     relays: set[str] = set()
     for name, node, inputs in layers:
+        if isinstance(node, PoolNode):  # its synapses are its own, signed (not identities)
+            pop = node.population
+            shapes[name] = node.output_type["output"].tolist()
+            read_out = int(np.count_nonzero(node.tree.readout[1])) if node.last else 0
+            neurons += pop.neurons
+            pools["relu_neurons"] += pop.neurons
+            pools["pool_synapses"] += pop.synapses + read_out
+            stored += pop.synapses + read_out
+            continue
         graded += sum(int(np.prod(shapes[i])) for i in inputs if i in relays)
         if isinstance(node, AttentionNode):
             pop = node.population
@@ -81,4 +94,5 @@ def graph_resources(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]],
             shapes[name] = shapes[inputs[0]]
     return {"neurons": neurons, "synapses": synapses, "stored_weights": stored + graded,
             "relay_neurons": relay_neurons, "graded_synapses": graded,
-            **(attention if attention["attention_neurons"] else {})}
+            **(attention if attention["attention_neurons"] else {}),
+            **(pools if pools["relu_neurons"] else {})}

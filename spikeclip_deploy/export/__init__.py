@@ -36,6 +36,7 @@ from ..checkpoint import default_checkpoint_name
 from ..errors import ConfigError, ExportError, LoweringError
 from ..exchange.manifest import FORMAT, MANIFEST, is_export, manifest_bytes
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PoolNode
 from ..exchange.nirgraph import HostOpNode, graph_layers
 from ..fileutil import (clean_stale, destination_lock, fsync_path, fsync_tree, glob_escape,
                        is_empty_dir, owned_tempdir, sha256_file, with_path, write_bytes)
@@ -65,6 +66,7 @@ class ExportConfig:
     format: str = "nir"  # or "netx": also lava-dl netx files, biases on netx's grid
     residual: str = "graded"  # residual streams: graded relays, or "copies" per reader
     attention: str = "chip"  # spiking self-attention: on neuro-cores, or on the host
+    current_pool: str = "chip"  # max pools of currents: on neuro-cores, or on the host
 
 
 def library_versions() -> dict[str, str]:
@@ -90,6 +92,9 @@ def _layer_table(graph: Graph) -> list[dict]:
         elif isinstance(node, AttentionNode):
             row.update(attention=node.spec.record(), shape=list(node.population.shape),
                        kind=node.population.kind, weight=node.weight, delays=list(node.delays))
+        elif isinstance(node, PoolNode):
+            row.update(current_pool=node.spec.record(), shape=list(node.population.shape),
+                       kind=node.population.kind, delay=node.delay)
         elif isinstance(node, nir.Scale):  # a graded stream relay
             row.update(relay=node.metadata["relay"], shape=list(np.asarray(node.scale).shape))
         else:
@@ -118,16 +123,17 @@ def trace_encoder(model: SpikeCLIP, side: str) -> Graph:
 
 def lower_encoder(model: SpikeCLIP, side: str, target: Target,
                   profile: ChipProfile | None = None, residual: str = "graded",
-                  attention: str = "chip") -> Graph:
+                  attention: str = "chip", current_pool: str = "chip") -> Graph:
     """Trace one encoder and run the target's passes over it (``profile``: instead of the
     target's own; ``residual``: how residual streams reach their readers, graded relays or
-    per-reader copies; ``attention``: spiking self-attention on neuro-cores or the host)."""
+    per-reader copies; ``attention``, ``current_pool``: spiking self-attention, max pools of
+    currents on neuro-cores or the host)."""
     graph = trace_encoder(model, side)
     graph = graph.replace(meta={**graph.meta, "target": target.name})
     if profile is None and target.hardware:
         profile = load_profile(target.hardware)
     ctx = LoweringContext(target.name, profile, getattr(model, side).input_grid.grid, residual,
-                          attention)
+                          attention, current_pool)
     return run_passes(graph, passes_named(target.passes), ctx)
 
 
@@ -237,15 +243,18 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
         raise with_path(exc, out.parent) from None
     with owned_tempdir(out.parent, f".{out.name}.tmp-") as tmp:
         (tmp / "chip").mkdir()
-        layers, resources, partition, netx, streams, attention = {}, {}, {}, {}, {}, {}
+        layers, resources, partition, netx, streams, attention, pools = ({}, {}, {}, {}, {}, {},
+                                                                         {})
         for side in progress(("image", "text"), desc=f"export ({target.name})", unit="encoder"):
             graph = write_host_ops(getattr(model, side),
                                    lower_encoder(model, side, target, profile, cfg.residual,
-                                                 cfg.attention), tmp, side)
+                                                 cfg.attention, cfg.current_pool), tmp, side)
             layers[side], resources[side] = _layer_table(graph), graph.meta["resources"]
             partition[side] = graph.meta["partition"]
             streams[side] = graph.meta.get("streams", {})
             attention[side] = graph.meta["attention"]["layers"]
+            if "current_pool" in graph.meta:  # only where the model max-pools currents
+                pools[side] = graph.meta["current_pool"]["layers"]
             buf = io.BytesIO()  # h5py crashes on a full disk: write the bytes ourselves
             chip = to_nir(graph)
             nir.write(buf, chip)
@@ -267,6 +276,8 @@ def export_model(cfg: ExportConfig) -> tuple[Path, dict]:
                     "passes": list(target.passes),
                     "residual": cfg.residual,
                     "attention": {"form": cfg.attention, "layers": attention},
+                    **({"current_pool": {"form": cfg.current_pool, "layers": pools}} if pools
+                       else {}),
                     "versions": library_versions(), "layers": layers, "resources": resources,
                     "partition": partition, "streams": streams,
                     "host": host, "files": files, **({"netx": netx} if netx else {})}

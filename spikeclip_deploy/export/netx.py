@@ -25,8 +25,9 @@ as the segment's record says, netx resets each LIF at the step the Lava backend 
 What netx cannot express is left out of the files and named in the manifest: a LIF summing
 several synapses (fan-in), a LIF fed by a host op, a synapse with an aligning delay, host ops,
 a residual stream on graded relays (:data:`NO_RELAY`): the relays, the synapses into them
-and the LIFs reading them, and spiking attention on chip (:data:`NO_ATTENTION`): its
-populations and the LIF reading them.
+and the LIFs reading them, spiking attention on chip (:data:`NO_ATTENTION`): its
+populations and the LIF reading them, and max pools of currents on chip (:data:`NO_POOL`): their
+levels and the LIF reading them.
 The rest is cut into chains, one ``.net`` per chain: the first LIF fed by the host current is an
 ``input`` layer with a neuron (netx's ``Input`` takes its input only through the neuron's bias:
 set ``bias_mant`` to the input mantissa, which it equals since the input exponent is 6); any other
@@ -45,6 +46,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PoolNode
 from ..exchange.fixed_point import bias_mantissa
 from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
 from ..fileutil import write_bytes
@@ -69,6 +71,8 @@ NO_RELAY = ("graded stream relay: netx's Network is a chain of blocks, each read
 NO_ATTENTION = ("spiking attention population (product neurons and graded sums): netx's "
                 "blocks are synapses into LIF, sigma-delta or resonator neurons, none of which "
                 "multiplies two inputs, and a block reads one layer")
+NO_POOL = ("level of a max pool of a current (graded ReLU neurons): netx's blocks are synapses "
+           "into LIF, sigma-delta or resonator neurons, none of which is a graded ReLU")
 
 
 def netx_profile(profile: ChipProfile) -> ChipProfile:
@@ -97,6 +101,8 @@ def _unexpressible(la: ChipLayer, by_name: dict[str, ChipLayer]) -> str | None:
         return f"reads a residual stream's relay {list(la.inputs)}; {NO_RELAY}"
     if any(i in by_name and isinstance(by_name[i].node, AttentionNode) for i in la.inputs):
         return f"reads spiking attention's populations {list(la.inputs)}; {NO_ATTENTION}"
+    if any(i in by_name and isinstance(by_name[i].node, PoolNode) for i in la.inputs):
+        return f"reads a max pool's last level {list(la.inputs)}; {NO_POOL}"
     if len(la.inputs) != 1:
         return f"fan-in: sums {len(la.inputs)} layers {list(la.inputs)} (a netx block has one synapse)"
     syn = by_name[la.inputs[0]]
@@ -124,6 +130,9 @@ def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
         if isinstance(la.node, AttentionNode):
             left_out[la.name] = NO_ATTENTION
             continue
+        if isinstance(la.node, PoolNode):
+            left_out[la.name] = NO_POOL
+            continue
         if is_relay(la.node):
             left_out[la.name] = NO_RELAY
             left_out.update({i: f"synapse into relay '{la.name}', left out" for i in la.inputs
@@ -135,8 +144,8 @@ def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
         if why:
             left_out[la.name] = why
             left_out.update({i: f"synapse into '{la.name}', left out" for i in la.inputs
-                             if i in by_name and not isinstance(by_name[i].node,
-                                                                (HostOpNode, AttentionNode))
+                             if i in by_name and not isinstance(by_name[i].node, (
+                                 HostOpNode, AttentionNode, PoolNode))
                              and not is_relay(by_name[i].node)})
             continue
         if la.inputs == (INPUT,):
@@ -251,4 +260,4 @@ def write_netx(layers: list[ChipLayer], shift: int, export_root: Path, side: str
     return {"bias_exp": NETX_BIAS_EXP, "segments": records, "not_in_netx": left_out}
 
 
-__all__ = ["NETX_BIAS_EXP", "NO_RELAY", "Segment", "netx_profile", "segments", "write_netx", "write_segment"]
+__all__ = ["NETX_BIAS_EXP", "NO_ATTENTION", "NO_POOL", "NO_RELAY", "Segment", "netx_profile", "segments", "write_netx", "write_segment"]

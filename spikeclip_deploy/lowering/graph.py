@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError
+from ..exchange import current_pool
 from ..exchange.attention import AttentionNode, written
 from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, conv_out_hw, host_op_record,
                                  host_port, ungroup)
@@ -239,7 +240,10 @@ def _written(node: nir.NIRNode) -> nir.NIRNode:
     """A layer's node as the file holds it: LIF ``tau`` in seconds (``tau * DT``, float32: exact
     for a power-of-two number of steps), grouped convolutions dense
     (:func:`~spikeclip_deploy.exchange.nirgraph.ungroup`), attention populations as scales
-    (:func:`~spikeclip_deploy.exchange.attention.written`)."""
+    (:func:`~spikeclip_deploy.exchange.attention.written`), current pool levels as scales and a
+    sum pool (:func:`~spikeclip_deploy.exchange.current_pool.written`)."""
+    if isinstance(node, current_pool.PoolNode):
+        return current_pool.written(node)
     if isinstance(node, nir.LIF):
         return dataclasses.replace(node, tau=np.asarray(node.tau, np.float32) * np.float32(DT))
     if isinstance(node, AttentionNode):

@@ -1,6 +1,7 @@
 """The lowering passes, each a pure function over a :class:`~.graph.Graph`:
 
-``fold_bn`` -> ``graded_streams`` -> ``split_fan_in`` -> ``split_fanout`` -> ``attention`` ->
+``fold_bn`` -> ``graded_streams`` -> ``split_fan_in`` -> ``split_fanout`` -> ``attention`` (and
+max pools of currents) ->
 ``partition`` -> ``align_delays`` (chip targets) ->
 ``quantize`` (chip targets) -> ``resources`` -> ``check_limits`` (chip targets). A target
 (:mod:`spikeclip_deploy.targets`) names the passes it runs, in order; :data:`PASSES` maps those
@@ -18,6 +19,7 @@ from ..errors import HardwareLimitError, LoweringError
 from ..exchange.chip import Cores
 from ..hardware import ChipProfile, load_profile
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PoolNode
 from ..exchange.nirgraph import HostOpNode, depths, is_relay
 from ..targets import RESIDUAL_FORMS, get_target
 from .fan_in import split_fan_in
@@ -26,6 +28,7 @@ from .graph import INPUT, Graph, Layer, Pass, run_side_layers
 from .quantize import SYNAPSES, quantize_layers
 from ..exchange.resources import flops, graph_resources
 from .attention import lower_attention
+from .current_pool import lower_current_pools
 from .streams import graded_streams
 
 
@@ -36,6 +39,7 @@ class LoweringContext:
     input_grid: tuple[float, float, float] | None  # the grid the model was trained on, if any
     residual: str = "graded"  # how residual streams reach their readers (RESIDUAL_FORMS)
     attention: str = "chip"  # where spiking self-attention runs (ATTENTION_FORMS)
+    current_pool: str = "chip"  # where max pools of currents run (CURRENT_POOL_FORMS)
 
 
 # -- fold_bn -------------------------------------------------------------------------------------
@@ -120,7 +124,13 @@ SPLIT_FANOUT = Pass("split_fanout", _split_fanout, ensures=_shared_synapses)
 
 
 # -- attention -----------------------------------------------------------------------------------
-ATTENTION = Pass("attention", lambda g, ctx: lower_attention(g, ctx.attention),
+def _attention(graph: Graph, ctx: LoweringContext) -> Graph:
+    """Spiking self-attention, then max pools of currents, on neuro-cores where asked (one pass:
+    the host ops no neuro-core synapse computes)."""
+    return lower_current_pools(lower_attention(graph, ctx.attention), ctx.current_pool)
+
+
+ATTENTION = Pass("attention", _attention,
                  ensures=lambda g: None if "attention" in g.meta else "no attention record")
 
 
@@ -131,7 +141,9 @@ CHIP_REASONS = {nir.LIF: "LIF neurons: neuro-core compartments",  # host ops: th
                 nir.Scale: "graded stream relay: neuro-core graded neurons (memoryless sum, sent "
                            "as graded spikes through identity synapses)",
                 AttentionNode: "spiking self-attention: product neurons (a spike's AND, a spike "
-                               "gating a graded count) and graded sums, exact integer counts"}
+                               "gating a graded count) and graded sums, exact integer counts",
+                PoolNode: "max pool of a current: a level of graded ReLU neurons, "
+                          "max(a, b) = relu(a - b) + relu(b) - relu(-b) on integer payloads"}
 
 
 def _place(graph: Graph, layer: Layer) -> Layer:
@@ -203,13 +215,14 @@ PARTITION = Pass("partition", _partition, ensures=_unplaced)
 def _depths(graph: Graph) -> dict[str, int]:
     """Chip synapse layers on the longest path from the input to each layer (host layers
     answer within the step; a relay's identity synapse to its reader is one more, and so is
-    each synapse into an attention population and from one into its LIF)."""
+    each synapse into an attention population or a current pool's level and from one into its
+    LIF)."""
     depth: dict[str, int] = {INPUT: 0}
     graded = {la.name for la in graph.layers
-              if is_relay(la.node) or isinstance(la.node, AttentionNode)}
+              if is_relay(la.node) or isinstance(la.node, (AttentionNode, PoolNode))}
     for la in graph.layers:
         chip_synapse = isinstance(la.node, SYNAPSES) and la.placement == "chip"
-        into_population = isinstance(la.node, AttentionNode)
+        into_population = isinstance(la.node, (AttentionNode, PoolNode))
         depth[la.name] = max(depth[i] + (i in graded or into_population)
                              for i in la.inputs) + chip_synapse
     return depth
@@ -224,7 +237,7 @@ def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
     all its paths arrive together, as in the float model: a relay hop counts as a synapse. An
     attention population's port ``k`` holds ``(depth(population) - depth(source) - 1) *
     synapse_delay_steps`` steps more (``delays[k]``), so a product's factors of one step
-    meet."""
+    meet; so does a current pool's level (``delay``)."""
     if ctx.profile is None:
         raise LoweringError(f"target '{ctx.target}' aligns delays but names no hardware profile")
     depth = _depths(graph)
@@ -245,6 +258,10 @@ def _align_delays(graph: Graph, ctx: LoweringContext) -> Graph:
         if isinstance(la.node, AttentionNode):
             return dataclasses.replace(la, node=dataclasses.replace(la.node, delays=tuple(
                 (depth[la.name] - depth[i] - 1) * step for i in la.inputs)))
+        if isinstance(la.node, PoolNode):
+            (src,) = la.inputs
+            return dataclasses.replace(la, node=dataclasses.replace(
+                la.node, delay=(depth[la.name] - depth[src] - 1) * step))
         meta = ({"delay": extra[la.name]} if extra.get(la.name) else
                 {"delays": relays[la.name]} if relays.get(la.name) else None)
         return dataclasses.replace(la, node=dataclasses.replace(

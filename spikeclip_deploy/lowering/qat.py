@@ -19,8 +19,10 @@ so that every LIF's summed bias becomes an exact bias mantissa of the export, a 
 :math:`2^{T-1}` chip units (for :math:`\tau = 2`: Lava's truncating decay then never truncates
 within a sample), held a fraction of a unit below it (:func:`bias_on_grid`).
 :func:`quantize_inputs` puts the host's input current and each host op's output on the chip's
-input grids and gives the LIFs reading a host op the export's threshold. The float model then
-spikes as the chip does.
+input grids and gives the LIFs reading a host op the export's threshold. A max pool of a current
+(``HostMaxPool``) is no host op here: the export computes it on chip by default
+(``--current-pool chip``), so the LIF reading it is in the scale group of the synapses it pools,
+whose maximum it receives exactly. The float model then spikes as the chip does.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from ..errors import ConfigError
 from ..exchange.chip import FixedPoint
 from ..exchange.nirgraph import HostOpNode
 from ..hardware import ChipProfile, load_profile
-from ..nn.chip_graph import HOST_INPUT, HostOp
+from ..nn.chip_graph import HOST_INPUT, HostMaxPool, HostOp
 from ..nn.encoders import SpikingEncoder
 from ..nn.spikeclip import SpikeCLIP
 from .fold import bn_gain, folded_bias
@@ -93,15 +95,23 @@ def _synapse(graph: nn.Module, j: int, lif: int) -> Synapse:
                       f"reads {what}: this model cannot be deployed by the Loihi export either")
 
 
+def _pooled(graph: nn.Module, ins: tuple[int, ...]) -> tuple[int, ...]:
+    """What a LIF reading ``ins`` sums on chip: the synapses a max pool of their current reads
+    (the pool on chip passes their maximum on), else ``ins``."""
+    if len(ins) == 1 and ins[0] != HOST_INPUT and isinstance(graph[ins[0]], HostMaxPool):
+        return graph.inputs[ins[0]]
+    return ins
+
+
 def scale_groups(encoder: SpikingEncoder) -> list[ScaleGroup]:
-    """The scale groups of ``encoder``'s chip graph (the LIFs fed by chip synapses; the LIF
-    reading the host input and those reading a host op are quantized by
-    :func:`quantize_inputs`)."""
+    """The scale groups of ``encoder``'s chip graph (the LIFs fed by chip synapses, through a
+    max pool of their current or not; the LIF reading the host input and those reading any
+    other host op are quantized by :func:`quantize_inputs`)."""
     graph = encoder.stack
     fed: dict[int, tuple[int, ...]] = {}
     synapses: dict[int, Synapse] = {}
     for i in graph.lif_indices():
-        ins = graph.inputs[i]
+        ins = _pooled(graph, graph.inputs[i])
         if ins == (HOST_INPUT,) or any(j != HOST_INPUT and isinstance(graph[j], HostOp)
                                        for j in ins):
             continue
@@ -220,7 +230,8 @@ def quantize_inputs(model: nn.Module, fp: FixedPoint) -> None:
             probe = copy.deepcopy(encoder).cpu().eval()  # the trace moves no statistics
             with torch.no_grad():
                 graph = trace(probe, side, probe.current(model.example_input(side).cpu()))
-            for op in (la for la in graph.layers if isinstance(la.node, HostOpNode)):
+            for op in (la for la in graph.layers if isinstance(la.node, HostOpNode)
+                       and la.node.op != HostMaxPool.__name__):  # a pool runs on chip
                 for reader in graph.consumers(op.name):
                     lif = encoder.get_submodule(reader.source)
                     vth, q = host_input_quantization(op.node, lif.tau, lif.v_threshold, fp)

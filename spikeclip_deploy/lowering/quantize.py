@@ -23,7 +23,10 @@ power of two that keeps the op's bound within the port (exact when the op's outp
 grid :math:`g` with :math:`g S/\tau` an integer, as spiking attention's do). Spiking attention
 on chip takes the same :math:`S`: its heads' ``y`` populations send integer counts :math:`Y`
 through synapses of weight :math:`w = S c/\tau` (an integer, else the export is refused), so
-the scale :math:`c` is folded into the LIF, whose threshold is :math:`S V_{th}`.
+the scale :math:`c` is folded into the LIF, whose threshold is :math:`S V_{th}`. A max pool of a
+current on chip (a relay, then levels of graded ReLU neurons) passes its relay's terms on: the
+pooled LIF sums them (their scale, their bias), and the levels send payloads in the LIF's units,
+at most twice the relay's bound, refused beyond the graded spike.
 
 The quantized layers are written as NIR with integer-valued parameters whose float semantics
 are the chip's up to the truncating decay: synapse weights :math:`w`, biases
@@ -46,6 +49,7 @@ from ..exchange.fixed_point import bias_mantissa, bias_value, mantissa_unit
 from ..exchange.chip import FixedPoint
 from ..hardware import ChipProfile
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PAYLOAD_FACTOR, PoolNode
 from ..exchange.nirgraph import HostOpNode, is_relay
 
 log = logging.getLogger(__name__)
@@ -272,6 +276,23 @@ def _relay(node: nir.Scale, name: str, terms: list[nir.NIRNode], scale: float,
     return dataclasses.replace(node, metadata=meta)
 
 
+def _pool_level(node: PoolNode, name: str, terms: list[nir.NIRNode], scale: float,
+                fp: FixedPoint) -> PoolNode:
+    """A max pool's level with its registers (``GradedReluVec``: threshold 0, every positive
+    payload sent whole), its scale and payload bound (``PAYLOAD_FACTOR`` times its relay's),
+    refused beyond the graded spike: Lava's simulation would pass it on unchecked, hardware
+    would wrap it."""
+    relay_bound = payload_bound(terms)
+    bound, top = PAYLOAD_FACTOR * relay_bound, 2 ** (fp.graded_payload_bits - 1) - 1
+    if bound > top:
+        raise LoweringError(f"max pool level '{name}' can reach a payload of {bound:,} (twice "
+                            f"its relay's {relay_bound:,}), beyond the {fp.graded_payload_bits}-"
+                            f"bit graded spike ({top:,}); export with --current-pool host")
+    meta = {**node.metadata, "loihi": {"vth": 0, "num_message_bits": fp.graded_payload_bits},
+            "scale": scale, "payload_bound": bound}
+    return dataclasses.replace(node, metadata=meta)
+
+
 def _population(name: str, node: AttentionNode, fp: FixedPoint) -> AttentionNode:
     """An attention population with its registers (``ProdNeuron`` with ``vth`` 0 and ``exp``
     0, ``GradedVec`` with ``vth`` 0: every nonzero payload is sent whole) and its payload
@@ -329,7 +350,7 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
     fed: dict[str, tuple[tuple[str, ...], float, float, int]] = {}  # -> (synapses, tau, V_th, vth)
     terms: dict[str, tuple[str, ...]] = {}  # relay -> the synapses it sums
     for name, node, inputs in layers:
-        if is_relay(node):
+        if is_relay(node) or isinstance(node, PoolNode):
             terms[name] = tuple(dict.fromkeys(t for i in inputs for t in terms.get(i, (i,))))
             continue
         if isinstance(node, AttentionNode):
@@ -421,8 +442,9 @@ def quantize_layers(layers: list[tuple[str, nir.NIRNode, tuple[str, ...]]], prof
                                     f"or through later relays: its payload takes the scale of "
                                     f"a LIF that sums it; feed the relay to the LIF that sums "
                                     f"its terms, or drop it")
-        out[relay] = _relay(nodes[relay], relay, [out[t] for t in summed],
-                            out[reader].metadata["scale"], fp)
+        quantized = _pool_level if isinstance(nodes[relay], PoolNode) else _relay
+        out[relay] = quantized(nodes[relay], relay, [out[t] for t in summed],
+                               out[reader].metadata["scale"], fp)
     if input_q is None:
         raise LoweringError("no chip LIF is driven by the host input")
     unread = [name for name, _, _ in layers if name not in out]

@@ -131,11 +131,13 @@ class SpikeAttention(HostOp):
 
 
 class HostMaxPool(HostOp):
-    """Max-pooling of a real-valued current (before a LIF): the host's, as no neuro-core
-    pools currents (the spike-domain rewrite :class:`SpikeMaxPool` runs on chip instead)."""
+    """Max-pooling of a real-valued current (before a LIF). A chip export computes it on
+    neuro-cores (levels of graded ReLU neurons, :mod:`spikeclip_deploy.exchange.current_pool`);
+    with ``export --current-pool host`` the host does."""
 
-    reason = ("max-pooling of a real-valued current before a LIF: neuro-cores pool only spikes "
-              "(set spike_pool: true in the model config to pool spikes on chip)")
+    reason = ("max-pooling of a real-valued current before a LIF, on the host as asked "
+              "(export --current-pool chip puts it on neuro-cores as levels of graded ReLU "
+              "neurons)")
 
     def __init__(self, kernel_size: int, stride: int, padding: int = 0) -> None:
         super().__init__()
@@ -151,6 +153,9 @@ class HostMaxPool(HostOp):
         c, h, w = in_shapes[0]
         out = [(n + 2 * self.padding - self.kernel_size) // self.stride + 1 for n in (h, w)]
         return c * out[0] * out[1] * self.kernel_size**2
+
+    def params(self) -> dict[str, int]:
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
 
 
 #: layers without state over time (applied to each step alone)

@@ -28,6 +28,11 @@ reach :math:`\mathrm{reach}_j`) costs :math:`E_r = T N_r (E_{relay} + \sum_j (E_
 + E_{graded\,msg}\,\mathrm{reach}_j))`: every relay neuron counted as updating and sending at
 every step (an upper bound: a relay sends only nonzero sums).
 
+A max pool of a current on chip (:func:`pool_energy_rows`): every graded ReLU neuron of its
+levels updates at every step (:math:`E_{relu}`), every signed synapse into a level and from the
+last level into the pooled LIF is a graded synaptic op at every step, and every source neuron
+sends a graded message per step to each core it reaches: an upper bound, as a relay's.
+
 Spiking attention on chip (:func:`attention_energy_rows`): every product neuron updates at
 every step, at :math:`E_{prod,active}` where it sends a nonzero product and
 :math:`E_{prod,inactive}` otherwise; every graded sum neuron at :math:`E_{relay}`; each graded
@@ -53,6 +58,45 @@ def relay_counts(relays: Iterable[dict[str, Any]], time_steps: int) -> dict[str,
     relays = list(relays)
     return {"relay_updates": sum(r["neurons"] for r in relays) * time_steps,
             "graded_sops": sum(r["neurons"] * len(r["readers"]) for r in relays) * time_steps}
+
+
+def pool_counts(pools: Iterable[dict[str, Any]], time_steps: int) -> dict[str, int]:
+    """Per inference: ReLU neuron updates (every neuron of every level at every step) and graded
+    synaptic ops (every signed synapse into a level and from the last level into the pooled
+    LIF at every step: an upper bound, every ReLU neuron counted as sending at every step), of
+    :func:`~.energy.pool_rows`."""
+    pools = list(pools)
+    return {"relu_updates": sum(p["neurons"] for p in pools) * time_steps,
+            "pool_graded_sops": sum(sum(p["synapses"].values()) + sum(p.get("readout", {})
+                                                                      .values())
+                                    for p in pools) * time_steps}
+
+
+def pool_energy_rows(pools: Iterable[dict[str, Any]], time_steps: int,
+                     placement: dict[str, Any] | None, model: ChipEnergyModel
+                     ) -> list[dict[str, Any]]:
+    """Per inference, the chip model's rows of the max pools' ReLU levels (module docstring),
+    one a level: its updates and graded synaptic ops (:func:`pool_counts`) and, with the
+    mapper's ``placement``, the graded messages its source sends it (every source neuron at
+    every step times the synapse layer's reach) and, of the last level, those it sends the
+    pooled LIF."""
+    rows = []
+    for pool in pools:
+        counts = pool_counts([pool], time_steps)
+        row = {"name": pool["name"], "kind": "relu", **counts,
+               "relu_pj": counts["relu_updates"] * model.e_relu_update_pj,
+               "graded_sop_pj": counts["pool_graded_sops"] * model.e_graded_op_pj}
+        if placement is not None:
+            (into,) = pool["synapses"]
+            messages = pool["source_neurons"] * placement["synapses"][into]["reach"]
+            messages += sum(pool["neurons"] * placement["synapses"][syn]["reach"]
+                            for syn in pool.get("readout", {}))
+            row.update(graded_messages=messages * time_steps,
+                       graded_message_pj=messages * time_steps * model.e_graded_message_pj)
+        row["energy_pj"] = row["relu_pj"] + row["graded_sop_pj"] + row.get("graded_message_pj",
+                                                                            0.0)
+        rows.append(row)
+    return rows
 
 
 def attention_energy_rows(tally: dict[str, Any], placement: dict[str, Any] | None,
@@ -165,12 +209,15 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
         row["energy_pj"] = row["relay_pj"] + row["graded_sop_pj"] + row.get("graded_message_pj",
                                                                               0.0)
         rows.append(row)
+    rows += pool_energy_rows(tally.get("pools", []), t, placement if mapped else None, model)
     rows += attention_energy_rows(tally, placement if mapped else None, model)
-    graded = bool(tally.get("relays") or tally.get("attention"))
+    graded = bool(tally.get("relays") or tally.get("attention") or tally.get("pools"))
     terms_pj = {"synaptic_ops": sum(r.get("sop_pj", 0.0) for r in rows),
                 "neuron_updates": sum(r.get("neuron_pj", 0.0) for r in rows)}
     if tally.get("relays"):
         terms_pj["relay_updates"] = sum(r.get("relay_pj", 0.0) for r in rows)
+    if tally.get("pools"):
+        terms_pj["relu_updates"] = sum(r.get("relu_pj", 0.0) for r in rows)
     if tally.get("attention"):
         terms_pj["product_updates"] = sum(r.get("product_pj", 0.0) for r in rows)
         terms_pj["attention_sum_updates"] = sum(r.get("sum_pj", 0.0) for r in rows)
@@ -186,6 +233,12 @@ def chip_energy_report(tally: dict[str, Any], placement: dict[str, Any],
                      f"{model.e_graded_op_pj} pJ" + (f", graded messages (one per destination "
                                                      f"core) x {model.e_graded_message_pj} pJ"
                                                      if mapped else ""))
+    if tally.get("pools"):
+        terms.append(f"max pools of currents on chip, every ReLU neuron at every step (an upper "
+                     f"bound): updates x {model.e_relu_update_pj} pJ, graded synaptic ops (every "
+                     f"signed synapse into and out of the levels) x {model.e_graded_op_pj} pJ"
+                     + (f", graded messages (one per source neuron and destination core) x "
+                        f"{model.e_graded_message_pj} pJ" if mapped else ""))
     if tally.get("attention"):
         terms.append(f"spiking attention on chip, every product and graded sum neuron at every "
                      f"step: product neuron updates x {model.e_product_update_active_pj} pJ "

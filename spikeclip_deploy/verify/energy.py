@@ -25,6 +25,12 @@ identity synapse: one graded synaptic op per neuron, step and reader). That is a
 a relay sends only nonzero sums. The 45 nm model prices them at the energy model's
 ``e_graded_op_pj`` and ``e_relay_update_pj`` (assumptions stated in its file).
 
+A max pool of a current on chip (:mod:`~..exchange.current_pool`: ReLU levels after a relay) is
+counted the same way (:func:`pool_rows`): every ReLU neuron updates at every step
+(``e_relu_update_pj``), and every signed synapse into a level and from the last level into the
+pooled LIF is a graded synaptic op at every step (``e_graded_op_pj``): an upper bound, as a
+ReLU neuron sends only positive sums.
+
 Spiking attention on chip (:mod:`~..exchange.attention`: product and graded sum populations per
 head) is counted from the recorded Q, K and V spikes, exactly
 (:mod:`.attention_counts`): nonzero products at the energy model's ``e_product_pj`` (a multiply
@@ -52,9 +58,10 @@ from ..errors import ConfigError, LoweringError
 from ..hardware import ChipEnergyModel, EnergyModel
 from ..exchange.resources import fan_out, flops
 from ..exchange.attention import AttentionNode
+from ..exchange.current_pool import PoolNode
 from ..exchange.nirgraph import ChipLayer, HostOpNode, is_relay
 from .attention_counts import attention_rows, attention_totals, population_events
-from .chip_energy import PJ_PER_MJ, chip_energy_report, relay_counts
+from .chip_energy import PJ_PER_MJ, chip_energy_report, pool_counts, relay_counts
 from .stats import mean_ci95
 
 
@@ -75,7 +82,8 @@ def chip_sop_share(chip_sops: float, graded_sops: float, host_macs: float,
     r"""The chip's share of an inference's operations, :math:`(\mathrm{SOP} +
     \mathrm{SOP}_{graded} + A) / (\mathrm{SOP} + \mathrm{SOP}_{graded} + A +
     \mathrm{MAC}_{host})`: its synaptic ops with the graded identity synaptic ops of its stream
-    relays and :math:`A`, the operations of spiking attention on chip (products, and the graded
+    relays and the graded synaptic ops of its max pools' ReLU levels, and :math:`A`, the
+    operations of spiking attention on chip (products, and the graded
     and spike synaptic ops into and out of its populations; the chip executes those too), over
     those plus the host's MACs (:func:`host_macs_executed`, or any part of them); 0 when
     neither does anything."""
@@ -93,7 +101,7 @@ def synapse_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
              "type": type(la.node).__name__, "input": la.inputs[0],
              "flops": flops(la.node, lifs[la.inputs[0]])}
             for la in layers if not isinstance(la.node, (nir.LIF, HostOpNode, nir.Scale,
-                                                         AttentionNode))]
+                                                         AttentionNode, PoolNode))]
 
 
 def part_fan_out(name: str, node: nir.NIRNode, fan: np.ndarray) -> int | None:
@@ -114,10 +122,33 @@ def part_fan_out(name: str, node: nir.NIRNode, fan: np.ndarray) -> int | None:
 
 def relay_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
     """Every graded stream relay: its name, neurons and readers (layers reading it, each
-    through an identity synapse)."""
+    through an identity synapse; a current pool's first level reads it through its own
+    synapses, counted with the level: :func:`pool_rows`)."""
     return [{"name": la.name, "neurons": int(np.asarray(la.node.scale).size),
-             "readers": [r.name for r in layers if la.name in r.inputs]}
+             "readers": [r.name for r in layers if la.name in r.inputs
+                         and not isinstance(r.node, PoolNode)]}
             for la in layers if is_relay(la.node)]
+
+
+def pool_rows(layers: list[ChipLayer]) -> list[dict[str, Any]]:
+    """Every level of a current max pool on chip: its name, neurons, source (its relay, or the
+    level before) and that source's neurons, the signed synapses into it (``synapses``,
+    named ``LEVEL<SOURCE``), and for the last level its readout into the pooled LIF
+    (``readout``: the synapse layer ``LIF<LEVEL`` and its synapses)."""
+    rows = []
+    for la in layers:
+        if not isinstance(la.node, PoolNode):
+            continue
+        pop, (src,) = la.node.population, la.inputs
+        row = {"name": la.name, "neurons": pop.neurons, "source": src,
+               "source_neurons": pop.source_sizes[0], "synapses": {f"{la.name}<{src}":
+                                                                    pop.synapses}}
+        if la.node.last:
+            (reader,) = (r.name for r in layers if la.name in r.inputs)
+            row["readout"] = {f"{reader}<{la.name}": int(np.count_nonzero(
+                la.node.tree.readout[1]))}
+        rows.append(row)
+    return rows
 
 
 def model_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,7 +193,7 @@ class SpikeTally:
             for row in attention for syn, lif in row["ports"].items()}
         self.data: dict[str, Any] = {
             "time_steps": time_steps, "lif_shapes": lifs, "synapses": rows,
-            "relays": relay_rows(layers),
+            "relays": relay_rows(layers), "pools": pool_rows(layers),
             "host_op_macs_per_step": host_op_macs(layers), "n": 0,
             "attention_ann_macs_per_step": sum(a["ann_macs"] for a in self._attention.values()),
             "spikes": {name: 0 for name in lifs}, "sops": {row["name"]: 0 for row in rows},
@@ -270,6 +301,7 @@ class SpikeTally:
         d = self.data
         if state["synapses"] != d["synapses"] or state["lif_shapes"] != d["lif_shapes"] \
                 or state.get("relays", []) != d["relays"] \
+                or state.get("pools", []) != d["pools"] \
                 or state.get("attention", []) != d["attention"]:
             raise ConfigError("the partial results hold different chip graphs; merge the "
                               "shards of one verification only")
@@ -304,6 +336,9 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
     graded = relay_counts(d.get("relays", []), t)
     graded_pj = (energy_model.e_graded_op_pj * graded["graded_sops"]
                  + energy_model.e_relay_update_pj * graded["relay_updates"])
+    pools = pool_counts(d.get("pools", []), t)
+    pool_pj = (energy_model.e_graded_op_pj * pools["pool_graded_sops"]
+               + energy_model.e_relu_update_pj * pools["relu_updates"])
     att = attention_totals(d)
     att_ops = att["products"] + att["attention_graded_sops"] + att["attention_spike_sops"]
     # per sample: (products, graded synaptic ops, spike synaptic ops) at their energies
@@ -311,13 +346,14 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
                      @ [energy_model.e_product_pj, energy_model.e_graded_op_pj, e_ac]
                      + energy_model.e_relay_update_pj * att["sum_updates"])
     att_pj = float(att_sample_pj.mean())
-    chip_pj = e_ac * total_sops + graded_pj + att_pj
+    chip_pj = e_ac * total_sops + graded_pj + pool_pj + att_pj
+    graded_sops = graded["graded_sops"] + pools["pool_graded_sops"]
     e_snn = chip_pj + host_pj
     e_ann = e_mac * ann_macs(stem_macs, rows, op_macs + d.get("attention_ann_macs_per_step", 0),
                              readout_macs)
     # sorted: the interval of merged shards equals one run's to the last bit
     per_sample_mj = np.sort(e_ac * np.asarray(d["sample_sops"], np.float64) + att_sample_pj
-                            + graded_pj + host_pj) / PJ_PER_MJ
+                            + graded_pj + pool_pj + host_pj) / PJ_PER_MJ
     report = {
         "n": int(n), "time_steps": int(t), "layers": rows,
         "neuron_firing_rates": rates,
@@ -325,12 +361,12 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
         "readout_macs": int(readout_macs), "total_sops": total_sops,
         "chip_sops_all_copies": sum(row["sops"] for row in rows),
         **graded, "graded_energy_pj": graded_pj,
+        **({**pools, "pool_energy_pj": pool_pj} if d.get("pools") else {}),
         **({**att, "attention_energy_pj": att_pj} if d.get("attention") else {}),
         "host_op_macs_per_step": op_macs,
         "host_macs_executed": int(host),
-        "chip_sop_share": chip_sop_share(total_sops, graded["graded_sops"], host, att_ops),
-        "chip_part_sop_share": chip_sop_share(total_sops, graded["graded_sops"], t * op_macs,
-                                              att_ops),
+        "chip_sop_share": chip_sop_share(total_sops, graded_sops, host, att_ops),
+        "chip_part_sop_share": chip_sop_share(total_sops, graded_sops, t * op_macs, att_ops),
         "chip_energy_pj": chip_pj, "host_energy_pj": host_pj,
         "chip_energy_share": chip_pj / e_snn, "host_energy_share": host_pj / e_snn,
         "energy_per_inference_mj": e_snn / PJ_PER_MJ,
@@ -344,6 +380,11 @@ def energy_report(tally: SpikeTally, stem_macs: int, readout_macs: int,
                   f"stream relays: graded synaptic ops x {energy_model.e_graded_op_pj} pJ and "
                   f"relay updates x {energy_model.e_relay_update_pj} pJ (every relay neuron "
                   f"sending at every step: an upper bound)",
+                  *([f"max pools of currents on chip: graded synaptic ops (every signed "
+                     f"synapse into and out of the ReLU levels at every step) x "
+                     f"{energy_model.e_graded_op_pj} pJ and ReLU neuron updates (every one at "
+                     f"every step) x {energy_model.e_relu_update_pj} pJ: an upper bound"]
+                    if d.get("pools") else []),
                   *([f"spiking attention on chip: nonzero products x "
                      f"{energy_model.e_product_pj} pJ, graded synaptic ops into and out of its "
                      f"populations x {energy_model.e_graded_op_pj} pJ, Q, K and V spikes' "

@@ -82,7 +82,7 @@ def former(tmp_path_factory):
                                                                 "input_grid": True}}})
     tokenizer_for_vocab(model.cfg.vocab_size).save_pretrained(str(ckpt.with_suffix(".tokenizer")))
     exports = {t: export_model(ExportConfig(model=str(ckpt), target=t, out=root / t,
-                                            attention="host"))[0]
+                                            attention="host", current_pool="host"))[0]
                for t in ("cpu", "loihi")}
     exports.update({f"{t}-chip": export_model(ExportConfig(model=str(ckpt), target=t,
                                                            out=root / f"{t}-chip"))[0]
@@ -117,7 +117,8 @@ def test_cpu_reference_equals_the_float_model(former):
 
 @pytest.mark.parametrize("target", ["cpu", "loihi"])
 def test_attention_on_chip_equals_the_float_model(former, target):
-    """With attention on chip (its heads' product neurons and graded sums), the CPU reference
+    """With attention and the max pools on chip (its heads' product neurons and graded sums, the
+    pools' ReLU levels), the CPU reference
     (float export, and the fixed-point export whose decays are exact on the snapped model) and
     the emulator spike as the float model does, every LIF, step and neuron: the chip's counts
     are the float model's Q K^T V, and the scale folds into the attention LIF exactly."""
@@ -126,8 +127,11 @@ def test_attention_on_chip_equals_the_float_model(former, target):
     runs = {"cpu": get_backend("cpu")(export).run_chip("image", current)}
     if target == "loihi":
         runs["loihi-emu"] = get_backend("loihi-emu")(export).run_chip("image", current)
-    attn = get_backend("cpu")(export).manifest["attention"]["layers"]["image"]
+    manifest = get_backend("cpu")(export).manifest
+    attn = manifest["attention"]["layers"]["image"]
     assert list(attn) == ["host2"] and attn["host2"]["order"] == "k_first"
+    pools = manifest["current_pool"]["layers"]["image"]  # the max pools on chip too
+    assert list(pools) == ["host0", "host1"] and manifest["current_pool"]["form"] == "chip"
     for name, got in runs.items():
         assert len(got) == len(want) == 12
         for layer, (g, w) in enumerate(zip(got, want)):
@@ -137,8 +141,11 @@ def test_attention_on_chip_equals_the_float_model(former, target):
 
 @pytest.mark.lava
 def test_lava_and_the_emulator_equal_the_cpu_reference_and_the_float_model(former):
-    """On the fixed-point export: Lava and the emulator spike as the CPU reference and the float
-    model do."""
+    """On the fixed-point export with the host ops: Lava and the emulator spike as the CPU
+    reference does, and as the float model does up to the first max pool (the model is snapped
+    for its pools on chip, the default, where the float model's maximum reaches the LIF exactly:
+    test_attention_on_chip_equals_the_float_model; on the host, the pooled current is rounded at
+    the LIF's input port)."""
     current, want, exports = former
     cpu = get_backend("cpu")(exports["loihi"])
     ref = cpu.run_chip("image", current)
@@ -148,5 +155,6 @@ def test_lava_and_the_emulator_equal_the_cpu_reference_and_the_float_model(forme
     for layer, (g, e, r, w) in enumerate(zip(got, emulated, ref, want, strict=True)):
         assert 0 < r.mean() < 1 and np.array_equal(g, r), \
             f"LIF {layer}: {np.argwhere(g != r)[:5].tolist()}"
-        assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
+        if layer < 2:  # lif0, lif1: before the first pool
+            assert np.array_equal(g, w), f"LIF {layer}: {np.argwhere(g != w)[:5].tolist()}"
         assert np.array_equal(e, g), f"emulator LIF {layer}: {np.argwhere(e != g)[:5].tolist()}"

@@ -282,11 +282,12 @@ def test_run_uses_an_export_another_run_created_meanwhile(micro_exports, tmp_pat
 
 @pytest.mark.lava
 def test_verify_a_random_init_spikingformer_with_its_host_ops(image_folder, tmp_path):
-    """The paper's layout in miniature, exported with `--attention host`: `verify --init random`
-    runs Lava with Q K^T V and the two max pools as host processes inside the simulation."""
+    """The paper's layout in miniature, exported with `--attention host --current-pool host`:
+    `verify --init random` runs Lava with Q K^T V and the two max pools as host processes inside
+    the simulation."""
     out, export = tmp_path / "v.json", tmp_path / "former"
     r = invoke("export", "--model", "spikeclip-former-micro", "--init", "random", "--seed", "0",
-               "--attention", "host", "--out", export)
+               "--attention", "host", "--current-pool", "host", "--out", export)
     assert r.exit_code == 0, r.output
     r = invoke("verify", "--target", "loihi", "--model", "spikeclip-former-micro", "--init",
                "random", "--seed", "0", "--export", export, "--data", image_folder, "--limit", 2,

@@ -56,3 +56,24 @@ def test_report_on_other_images_fails_cleanly(verified, cli, tmp_path):
     cli.clean_failure(r, 1, "data.seed", "--split-seed")
     r = cli.invoke("report", "--verify-json", verified / "t.json")
     cli.clean_failure(r, 1, "has no energy report")
+
+
+def test_the_export_summary_states_each_max_pool_on_chip():
+    """A level's row gives its payload bound (it has registers but no bias), and each pool its
+    tree, both trees' ReLU neurons and what it adds."""
+    from spikeclip_deploy.report import export_summary
+
+    level = {"name": "host0_l1", "type": "PoolNode", "shape": [3, 20], "kind": "relu",
+             "current_pool": {"level": 1}, "loihi": {"vth": 0, "num_message_bits": 24},
+             "payload_bound": 508}
+    pool = {"tree": "separable", "channels": 3, "grid": [7, 6], "kernel": 3, "stride": 2,
+            "padding": 1, "forms": {"flat": {"neurons": 300}, "separable": {"neurons": 249}},
+            "neurons": 375, "relu_neurons": 249, "synapses": 800, "messages": 500}
+    text = export_summary("x", {"target": "loihi", "dt": 1.0, "time_steps": 4,
+                                "hardware": "loihi2", "layers": {"image": [level]},
+                                "current_pool": {"form": "chip", "layers": {"image": {
+                                    "host0": pool}}}, "files": {}})
+    assert "host0_l1 PoolNode [3, 20]                 graded payload <= 508 (24 bits)" in text
+    assert ("image max pool host0 on chip (3 x 7 x 6, kernel 3, stride 2, padding 1): separable "
+            "tree (ReLU neurons: flat 300, separable 249); 375 neurons (249 ReLU), 800 synapses, "
+            "500 messages a step at full activity") in text

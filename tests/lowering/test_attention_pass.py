@@ -48,7 +48,8 @@ def test_attention_on_chip_by_hand(former, caplog):
 
 
 def test_attention_host_keeps_the_host_op(former):
-    graph = lower_encoder(former, "image", get_target("loihi"), attention="host")
+    graph = lower_encoder(former, "image", get_target("loihi"), attention="host",
+                          current_pool="host")
     ops = [la for la in graph.layers if isinstance(la.node, HostOpNode)]
     assert [la.node.op for la in ops] == ["HostMaxPool", "HostMaxPool", "SpikeAttention"]
     assert ops[-1].node.metadata["heads"] == 2

@@ -33,17 +33,21 @@ def test_scratchclip_is_the_ann_counterpart():
 
 
 def test_the_paper_encoder_lowers_with_attention_and_pools_on_the_host(paper):
-    """Spikingformer-4-384 at 32x32, exported with --attention host: the two real-valued max
-    pools (with the conv before each) and the four Q K^T V products run on the host; everything
-    else on chip (by default the products go on chip too: only the pools stay)."""
+    """Spikingformer-4-384 at 32x32, exported with --attention host --current-pool host: the two
+    real-valued max pools (with the conv before each) and the four Q K^T V products run on the
+    host; everything else on chip (by default the products and the pools go on chip too: every
+    layer does, the pools as 4 levels of graded ReLU neurons of the separable tree)."""
     from spikeclip_deploy.export import lower_encoder
     from spikeclip_deploy.exchange.nirgraph import HostOpNode
     from spikeclip_deploy.targets import get_target
 
     chip = lower_encoder(paper, "image", get_target("loihi"))
-    assert [la.node.op for la in chip.layers if isinstance(la.node, HostOpNode)] == \
-        ["HostMaxPool"] * 2
-    g = lower_encoder(paper, "image", get_target("loihi"), attention="host")
+    assert not [la for la in chip.layers if isinstance(la.node, HostOpNode)]
+    assert all(la.placement == "chip" for la in chip.layers)
+    pools = chip.meta["current_pool"]["layers"]
+    assert [(p["channels"], p["grid"], p["tree"]) for p in pools.values()] == \
+        [(192, [32, 32], "separable"), (384, [16, 16], "separable")]
+    g = lower_encoder(paper, "image", get_target("loihi"), attention="host", current_pool="host")
     host = [la for la in g.layers if la.placement == "host"]
     ops = [la for la in host if isinstance(la.node, HostOpNode)]
     assert [la.node.op for la in ops] == ["HostMaxPool"] * 2 + ["SpikeAttention"] * 4

@@ -11,7 +11,8 @@ from spikeclip_deploy.verify.stats import mean_ci95, wilson_ci95
 
 EM = EnergyModel("test", "", e_mac_pj=4.6, e_ac_pj=0.9,
                  scope="computation only: memory access and data movement are not counted",
-                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, e_product_pj=3.5, sources={})
+                 e_graded_op_pj=0.5, e_relay_update_pj=0.25, e_relu_update_pj=0.125,
+                 e_product_pj=3.5, sources={})
 
 
 def lif(shape):
@@ -186,7 +187,8 @@ def test_mean_interval_by_hand():
 
 CHIP = ChipEnergyModel("chip", "", e_synaptic_op_pj=20.0, e_neuron_update_active_pj=80.0,
                        e_neuron_update_inactive_pj=50.0, e_spike_message_pj=2.0,
-                       e_graded_op_pj=10.0, e_relay_update_pj=30.0, e_graded_message_pj=3.0,
+                       e_graded_op_pj=10.0, e_relay_update_pj=30.0, e_relu_update_pj=40.0,
+                       e_graded_message_pj=3.0,
                        e_product_update_active_pj=70.0, e_product_update_inactive_pj=40.0,
                        static_mw_per_chip=100.0, scope="test", left_out=("tile hops",),
                        sources={})
@@ -361,6 +363,46 @@ def test_a_part_whose_inputs_send_unequal_synapses_is_refused():
     layers = as_layers([("lif0", lif((2, 3, 3))), ("c_part0", conv), ("lif1", lif((1, 3, 3)))])
     with pytest.raises(LoweringError, match=r"'c_part0'.*\[4, 6, 9\]"):
         SpikeTally(layers, 2)
+
+
+def test_current_pool_levels_by_hand():
+    """lif0 (3) -> dense0 (4 x 3) -> relay0 (1 x 2 x 2) -> one 2x2 window's max as ReLU levels
+    -> lif1 (1 x 1 x 1), T = 2, lif0's spikes of :func:`two_lifs` (4 spikes, 16 SOPs). Level 1
+    pairs the 4 values: 6 neurons, 8 signed synapses (a - b reads 2); level 2: 3 neurons, 12
+    synapses (relu(A - B) reads 6, relu(B) and relu(-B) 3 each); the readout 3. Upper bounds,
+    every step: 18 ReLU updates, (8 + 12 + 3) x 2 = 46 graded ops; relay0 has no identity
+    reader. 45 nm: 16 x 0.9 + 8 x 0.25 + 46 x 0.5 + 18 x 0.125 pJ. Loihi, every reach 1: level 1
+    12 x 40 + 16 x 10 + 4 source neurons x 2 steps x 3 = 664 pJ; level 2 6 x 40 + 30 x 10 +
+    (6 + 3) x 2 x 3 = 594 pJ."""
+    from spikeclip_deploy.exchange.current_pool import PoolNode, level_specs
+
+    specs = level_specs("p", 1, (2, 2), 2, 2, 0, "flat", "relay0")
+    layers = [ChipLayer("lif0", lif((3,)), ("input",)),
+              ChipLayer("dense0", nir.Affine(np.ones((4, 3)), np.zeros(4)), ("lif0",)),
+              ChipLayer("relay0", relay_node((1, 2, 2), {}), ("dense0",)),
+              *(ChipLayer(s.name, PoolNode(spec=s), s.inputs) for s in specs),
+              ChipLayer("lif1", lif((1, 1, 1)), ("p_l2",))]
+    t = tally(layers, [np.array([[[1, 0, 1], [0, 1, 1]]]), np.zeros((1, 2, 1, 1, 1))])
+    placed = {"system": "one", "chips": 1,
+              "lifs": {la.name: {"chips": [0], "chip_cores": [1]} for la in layers},
+              "synapses": {name: {"reader": name.split("<")[0], "reach": 1} for name in
+                           ("p_l1<relay0", "p_l2<p_l1", "lif1<p_l2")}
+              | {"dense0": {"reader": "relay0", "reach": 1}}}
+    rep = energy_report(t, 0, 0, EM, CHIP, placed)
+    assert (rep["total_sops"], rep["relay_updates"], rep["graded_sops"]) == (16, 8, 0)
+    assert (rep["relu_updates"], rep["pool_graded_sops"]) == (18, 46)
+    assert np.isclose(rep["chip_energy_pj"], 16 * 0.9 + 8 * 0.25 + 46 * 0.5 + 18 * 0.125)
+    got = {r["name"]: r for r in rep["loihi"]["layers"] if r.get("kind") == "relu"}
+    assert {n: (r["relu_pj"], r["graded_sop_pj"], r["graded_messages"], r["energy_pj"])
+            for n, r in got.items()} == {"p_l1": (480, 160, 8, 664), "p_l2": (240, 300, 18, 594)}
+    assert rep["loihi"]["terms_pj"]["relu_updates"] == 720
+    # the chip's share counts the 46 graded ops it executes: (16 + 46) / (16 + 46 + 62 MACs)
+    assert energy_report(t, 62, 0, EM)["chip_sop_share"] == 0.5
+    from spikeclip_deploy.report import energy_summary
+    text = energy_summary({**rep, "spikes_from": "emu"})
+    assert ("max pools of currents on chip (every ReLU neuron at every step, an upper bound): 18 "
+            "ReLU updates, 46 graded synaptic ops: 0.000000 mJ at 45 nm") in text
+    assert "(max pool ReLU level: updates and graded messages)" in text
 
 
 def attention_graph():

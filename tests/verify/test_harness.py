@@ -284,15 +284,16 @@ def test_verification_never_builds_an_export_itself(micro_ckpt, micro_exports, i
 
 
 def test_the_float_models_attention_on_chip_is_tallied_step_by_step(image_folder, tmp_path):
-    """former-micro (random init) exported with attention on chip: verify tallies the float
-    model's spikes step by step (a product is a coincidence within a step, which counts over
-    the steps lose), the same tally as one built here from the float model's own spikes."""
+    """former-micro (random init) exported with attention on chip (its max pools on the host:
+    this is attention's tally): verify tallies the float model's spikes step by step (a product
+    is a coincidence within a step, which counts over the steps lose), the same tally as one
+    built here from the float model's own spikes."""
     from spikeclip_deploy.export import ExportConfig, export_model
     from spikeclip_deploy.model_source import model_source
     from spikeclip_deploy.verify.energy import SpikeTally
 
     export = export_model(ExportConfig(model="spikeclip-former-micro", init="random",
-                                       out=tmp_path / "former"))[0]
+                                       current_pool="host", out=tmp_path / "former"))[0]
     cfg = VerifyConfig(model="spikeclip-former-micro", init="random", data=image_folder,
                        export=export, backends=("loihi-emu",), lava_limit=0, limit=5)
     got = evaluate(cfg)["tallies"]["float"]
