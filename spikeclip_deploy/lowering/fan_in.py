@@ -135,9 +135,12 @@ def _pointwise_term(graph: Graph, la: Layer) -> tuple[Layer, Layer] | None:
     return None
 
 
-def _shape_of(graph: Graph, name: str) -> tuple[int, ...]:
+def _shape_of(graph: Graph, name: str) -> tuple[int, ...] | None:
+    """The shape of population ``name`` (a LIF's, a relay's); None for a layer that is none
+    (a synapse layer the host runs, before a host op)."""
     node = graph.layer(name).node
-    return tuple(np.asarray(node.tau if isinstance(node, nir.LIF) else node.scale).shape)
+    values = node.tau if isinstance(node, nir.LIF) else getattr(node, "scale", None)
+    return None if values is None else tuple(np.asarray(values).shape)
 
 
 def _trial(graph: Graph, la: Layer, reader: Layer, writer: Layer, size: int
@@ -145,13 +148,16 @@ def _trial(graph: Graph, la: Layer, reader: Layer, writer: Layer, size: int
     """The populations the part size changes, as ``map`` reads them: the writer (its synapses
     reading ``INPUT``), ``la`` in parts of ``size`` channels (whole at its full width) and its
     sums, the reader, its other inputs (relays without inputs) and its readers
-    (:func:`_downstream`). None where the writer reads
-    the host input, or synapses reading layers of different shapes."""
+    (:func:`_downstream`). None where the writer reads the host input, or synapses reading
+    layers of different shapes or layers that are no populations."""
     if INPUT in writer.inputs:
         return None
     syns = [graph.layer(i) for i in writer.inputs]
     if any(is_relay(s.node) or isinstance(s.node, nir.LIF) or s.inputs[0] == INPUT
-           for s in syns) or len({_shape_of(graph, s.inputs[0]) for s in syns}) != 1:
+           for s in syns):
+        return None
+    shapes = {_shape_of(graph, s.inputs[0]) for s in syns}
+    if len(shapes) != 1 or None in shapes:
         return None
     relay = is_relay(reader.node)
     head = tuple(i for i in reader.inputs if i != la.name)

@@ -19,7 +19,7 @@ from spikeclip_deploy.lowering.graph import run_passes, run_side_layers, trace
 from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.mapping import map_encoder
 from spikeclip_deploy.exchange.resources import fan_out
-from spikeclip_deploy.nn.chip_graph import ChipGraph
+from spikeclip_deploy.nn.chip_graph import ChipGraph, HostMaxPool
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
 from spikeclip_deploy.targets import get_target
@@ -256,3 +256,20 @@ def test_a_split_is_priced_with_its_readers_output_axons(monkeypatch):
     monkeypatch.setattr(fan_in, "_least_size", lambda graph, la, *_: 4 if la.name == "conv1"
                         else np.asarray(la.node.weight).shape[1])
     assert mapped_cores(lowered_as(enc, (8, 1, 4), profile, upto="partition"), profile) == 51
+
+
+def test_a_pointwise_conv_after_a_host_pool_is_left_whole():
+    """lif0 -> 3x3 conv0 -> HostMaxPool (both kept on the host) -> lif1 -> 1x1 conv1 -> lif2:
+    lif1's input is a host op reading a host-placed synapse, not a population, so no split of
+    conv1 is tried (the pass once asked conv0 for a population's shape and failed)."""
+    rng = np.random.default_rng(0)
+    conv0 = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)).eval()
+    layers = [MultiStepLIF(), conv0, HostMaxPool(3, 2, 1), MultiStepLIF(), pointwise(4, 4, rng),
+              MultiStepLIF()]
+    enc = SpikingEncoder(nn.Identity(), ChipGraph(layers), nn.Identity(), 4)
+    g = run_passes(trace(enc, "image", torch.zeros(1, 2, 8, 8)),
+                   passes_named(get_target("loihi").passes),
+                   LoweringContext("loihi", PROFILE, None, current_pool="host"))
+    assert [la.name for la in g.layers] == ["lif0", "conv0", "host0", "lif1", "conv1", "lif2"]
+    assert [g.layer(n).placement for n in ("conv0", "conv1")] == ["host", "chip"]
+    assert np.asarray(g.layer("conv1").node.weight).shape == (4, 4, 1, 1)
