@@ -8,7 +8,6 @@ channels, Q and K swapped, the scale folded into the wrong threshold, a product 
 off by one step."""
 import dataclasses
 
-import nir
 import numpy as np
 import pytest
 import torch
@@ -16,24 +15,18 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spikeclip_deploy.backends.base import chip_input, input_mantissa
+from spikeclip_deploy.backends.base import chip_input
 from spikeclip_deploy.backends.cpu import run_graph, with_attention
-from spikeclip_deploy.backends.emulator import Emulation
 from spikeclip_deploy.errors import LoweringError
 from spikeclip_deploy.exchange.attention import AttentionNode, fire
 from spikeclip_deploy.exchange.nirgraph import depths, graph_layers
-from spikeclip_deploy.hardware import load_profile
-from spikeclip_deploy.lowering.graph import run_passes, to_nir, trace
-from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.nn.chip_graph import ChipGraph, SpikeAttention
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
-from spikeclip_deploy.targets import get_target
 
 T = 4
 SCALE = 0.125
 BUSY = 600  # a bias (in 1/254) that makes Q, K, V dense enough for the attention LIF to spike
-FP = load_profile("loihi2").fixed_point
 
 
 def on_grid_1x1(rng, c: int, bias: int) -> nn.Sequential:
@@ -65,35 +58,20 @@ def ssa_graph(heads: int, d: int, grid: tuple[int, int], bias: int, seed: int):
     return enc, current, outs
 
 
-def export(enc, shape, tmp_path, target="loihi"):
-    t = get_target(target)
-    ctx = LoweringContext(t.name, load_profile(t.hardware) if t.hardware else None, None)
-    g = run_passes(trace(enc, "image", torch.zeros(1, *shape)), passes_named(t.passes), ctx)
-    path = tmp_path / f"{target}.nir"
-    nir.write(path, to_nir(g))
-    return nir.read(path)
-
-
 def float_spikes(enc, outs):
     return [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
-
-
-def emulate(graph, current):
-    layers = graph_layers(graph)
-    return Emulation(layers, T, FP, graph.metadata["synapse_delay_steps"], ".").run(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
 
 
 def populations(graph) -> list:
     return [la for la in graph_layers(graph) if isinstance(la.node, AttentionNode)]
 
 
-def check_graph(heads, d, grid, bias, seed, tmp_path):
+def check_graph(heads, d, grid, bias, seed, tmp_path, chip_runs):
     """The module docstring's equalities on one random SSA graph; -> the order it took."""
     enc, current, outs = ssa_graph(heads, d, grid, bias, seed)
     c, n = heads * d, grid[0] * grid[1]
-    graph = export(enc, (c, *grid), tmp_path)
-    run = emulate(graph, current)
+    graph = chip_runs.export(enc, (c, *grid), tmp_path)
+    run = chip_runs.emulate(graph, current, T)
     want = float_spikes(enc, outs)
     lifs = list(run.spikes)
     cpu = run_graph(with_attention(graph), lifs,
@@ -127,16 +105,16 @@ def check_graph(heads, d, grid, bias, seed, tmp_path):
 @given(heads=st.integers(1, 3), d=st.integers(1, 5), h=st.integers(1, 3), w=st.integers(1, 3),
        bias=st.integers(-60, 700), seed=st.integers(0, 2**16))
 def test_random_ssa_graphs_on_the_emulator_cpu_reference_and_float_model(heads, d, h, w, bias,
-                                                                        seed, tmp_path):
-    check_graph(heads, d, (h, w), bias, seed, tmp_path)
+                                                                        seed, tmp_path, chip_runs):
+    check_graph(heads, d, (h, w), bias, seed, tmp_path, chip_runs)
 
 
 @pytest.mark.parametrize("heads,d,grid,order", [(2, 3, (2, 2), "k_first"),
                                                 (2, 4, (1, 2), "q_first")])
-def test_both_orders_with_busy_heads(heads, d, grid, order, tmp_path):
+def test_both_orders_with_busy_heads(heads, d, grid, order, tmp_path, chip_runs):
     """Fixed cases of each order (N = 4 > d = 3: k_first; N = 2 < d = 4: q_first) with
     attention LIFs that spike in some steps and not in others."""
-    got, want = check_graph(heads, d, grid, BUSY, 11, tmp_path)
+    got, want = check_graph(heads, d, grid, BUSY, 11, tmp_path, chip_runs)
     assert got == order
     assert 0.05 < want[-1].mean() < 0.95, want[-1].mean()
     assert all(0.05 < s.mean() < 0.95 for s in want[1:4]), [s.mean() for s in want]
@@ -169,7 +147,7 @@ def chip_time(graph, spikes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out, depth
 
 
-def test_the_delays_meet_each_products_factors_of_one_step(tmp_path):
+def test_the_delays_meet_each_products_factors_of_one_step(tmp_path, chip_runs):
     """On chip time (:func:`chip_time`), the y populations' counts reach the attention LIF at its
     depth, model step by model step, equal to that step's Q K^T V, in both orders; k_first's Q
     waits 2 steps for M (q_first's V for S). A port delay off by one step breaks both the run
@@ -177,8 +155,8 @@ def test_the_delays_meet_each_products_factors_of_one_step(tmp_path):
     for heads, d, grid, order, delayed in [(2, 3, (2, 2), "k_first", ("qm", (2, 0))),
                                            (2, 4, (1, 2), "q_first", ("sv", (0, 2)))]:
         enc, current, outs = ssa_graph(heads, d, grid, BUSY, 11)
-        graph = export(enc, (heads * d, *grid), tmp_path)
-        run = emulate(graph, current)
+        graph = chip_runs.export(enc, (heads * d, *grid), tmp_path)
+        run = chip_runs.emulate(graph, current, T)
         pops = {la.node.spec.stage: la for la in populations(graph) if la.node.spec.head == 1}
         assert pops[delayed[0]].node.delays == delayed[1] and pops["y"].node.spec.order == order
         sim, depth = chip_time(graph, run.spikes)
@@ -203,31 +181,17 @@ def test_the_delays_meet_each_products_factors_of_one_step(tmp_path):
             depths(bad, graph.metadata["synapse_delay_steps"])
 
 
-def lava_run(graph, current):
-    """The Lava backend's run of an exported chip graph, u, v and payloads recorded."""
-    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
-
-    return _Network(_lava(), graph_layers(graph), T, LavaBackend.handlers, FP.activation_shift,
-                    graph.metadata["synapse_delay_steps"], ".").record(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), state=True)
-
-
 @pytest.mark.lava
 @settings(max_examples=4, derandomize=True, database=None, deadline=None,
           phases=[Phase.explicit, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(heads=st.integers(1, 3), d=st.integers(1, 4), h=st.integers(1, 3), w=st.integers(1, 3),
        bias=st.integers(-60, 700), seed=st.integers(0, 2**16))
-def test_random_ssa_graphs_on_lava_equal_the_emulator(heads, d, h, w, bias, seed, tmp_path):
+def test_random_ssa_graphs_on_lava_equal_the_emulator(heads, d, h, w, bias, seed, tmp_path,
+                                                      chip_runs):
     """Lava (stock ``ProdNeuron``, ``GradedVec``, ``Sparse``/``DelaySparse``) on the same random
     exports: every LIF's u, v and spikes and every population's payloads, every step and
     sample, as on the emulator (a Lava run each, so fewer examples, the same every time)."""
     enc, current, _ = ssa_graph(heads, d, (h, w), bias, seed)
-    graph = export(enc, (heads * d, h, w), tmp_path)
-    lava, emu = lava_run(graph, current), emulate(graph, current)
-    assert list(lava.spikes) == list(emu.spikes) and sorted(lava.payloads) == sorted(emu.payloads)
-    for name in emu.spikes:
-        for var in ("spikes", "u", "v"):
-            np.testing.assert_array_equal(getattr(lava, var)[name], getattr(emu, var)[name],
-                                          err_msg=f"{name} {var}")
-    for name, p in emu.payloads.items():
-        np.testing.assert_array_equal(lava.payloads[name], p, err_msg=name)
+    graph = chip_runs.export(enc, (heads * d, h, w), tmp_path)
+    chip_runs.assert_lava_equals_emulator(chip_runs.lava(graph, current, T),
+                                          chip_runs.emulate(graph, current, T))

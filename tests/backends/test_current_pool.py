@@ -10,7 +10,6 @@ padding counted as 0, the bias pooled with the current (lost from the LIF), a le
 by one step (on Lava too: a level's delay left out of its synapses, a readout sign flipped)."""
 import dataclasses
 
-import nir
 import numpy as np
 import pytest
 import torch
@@ -18,22 +17,16 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spikeclip_deploy.backends.base import chip_input, input_mantissa
+from spikeclip_deploy.backends.base import chip_input
 from spikeclip_deploy.backends.cpu import run_graph, with_attention
-from spikeclip_deploy.backends.emulator import Emulation
 from spikeclip_deploy.exchange.attention import fire
 from spikeclip_deploy.exchange.current_pool import PoolNode, pooled
 from spikeclip_deploy.exchange.nirgraph import depths, graph_layers
-from spikeclip_deploy.hardware import load_profile
-from spikeclip_deploy.lowering.graph import run_passes, to_nir, trace
-from spikeclip_deploy.lowering.passes import LoweringContext, passes_named
 from spikeclip_deploy.nn.chip_graph import ChipGraph, HostMaxPool
 from spikeclip_deploy.nn.encoders import SpikingEncoder
 from spikeclip_deploy.nn.lif import MultiStepLIF
-from spikeclip_deploy.targets import get_target
 
 T = 4
-FP = load_profile("loihi2").fixed_point
 B = 3
 
 
@@ -68,15 +61,6 @@ def pool_graph(c0, c, grid, kernel, stride, padding, bias, scale, sign, seed):
     return enc, current, outs
 
 
-def export(enc, shape, tmp_path, target="loihi"):
-    t = get_target(target)
-    ctx = LoweringContext(t.name, load_profile(t.hardware) if t.hardware else None, None)
-    g = run_passes(trace(enc, "image", torch.zeros(1, *shape)), passes_named(t.passes), ctx)
-    path = tmp_path / f"{target}.nir"
-    nir.write(path, to_nir(g))
-    return nir.read(path)
-
-
 def window_max(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
     """``x [..., C, H, W]`` -> each window's maximum over its in-bounds values, by loops."""
     h, w = x.shape[-2:]
@@ -94,14 +78,14 @@ def levels(graph) -> list:
     return [la for la in graph_layers(graph) if isinstance(la.node, PoolNode)]
 
 
-def check_graph(c0, c, grid, kernel, stride, padding, bias, scale, sign, seed, tmp_path):
+def check_graph(c0, c, grid, kernel, stride, padding, bias, scale, sign, seed, tmp_path,
+                chip_runs):
     """The module docstring's equalities on one random graph; -> (float spikes, relay
     payloads)."""
     enc, current, outs = pool_graph(c0, c, grid, kernel, stride, padding, bias, scale, sign,
                                     seed)
-    graph = export(enc, (c0, *grid), tmp_path)
-    run = Emulation(graph_layers(graph), T, FP, graph.metadata["synapse_delay_steps"], ".").run(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
+    graph = chip_runs.export(enc, (c0, *grid), tmp_path)
+    run = chip_runs.emulate(graph, current, T)
     want = [outs[i].transpose(0, 1).numpy().astype(np.uint8) for i in enc.stack.lif_indices()]
     lifs = list(run.spikes)
     cpu = run_graph(with_attention(graph), lifs,
@@ -112,7 +96,7 @@ def check_graph(c0, c, grid, kernel, stride, padding, bias, scale, sign, seed, t
         assert np.array_equal(e, w), f"emulator vs float {name}: {np.argwhere(e != w)[:5].tolist()}"
     relay = run.payloads["host0_relay"]  # [B, T, C, H, W]
     maxima = window_max(relay, kernel, stride, padding)
-    np.testing.assert_array_equal(run.u["lif1"], maxima << FP.activation_shift)
+    np.testing.assert_array_equal(run.u["lif1"], maxima << chip_runs.fixed_point.activation_shift)
     pops = levels(graph)
     assert [la.name for la in pops] == [f"host0_l{k}" for k in range(1, len(pops) + 1)]
     x = relay.reshape(B, T, -1)
@@ -131,19 +115,20 @@ def check_graph(c0, c, grid, kernel, stride, padding, bias, scale, sign, seed, t
        bias=st.integers(-400, 400), scale=st.sampled_from([3, 40, 127]),
        sign=st.sampled_from([-1, 0, 1]), seed=st.integers(0, 2**16))
 def test_random_pool_graphs_on_the_emulator_cpu_reference_and_float_model(
-        c0, c, h, w, geometry, bias, scale, sign, seed, tmp_path):
+        c0, c, h, w, geometry, bias, scale, sign, seed, tmp_path, chip_runs):
     kernel, stride, padding = geometry
     if min(h, w) + 2 * padding < kernel:
         return
-    check_graph(c0, c, (h, w), kernel, stride, padding, bias, scale, sign, seed, tmp_path)
+    check_graph(c0, c, (h, w), kernel, stride, padding, bias, scale, sign, seed, tmp_path,
+                chip_runs)
 
 
 @pytest.mark.parametrize("sign,bias", [(-1, 600), (1, -300), (0, 0)])
-def test_currents_of_each_sign_with_busy_lifs(sign, bias, tmp_path):
+def test_currents_of_each_sign_with_busy_lifs(sign, bias, tmp_path, chip_runs):
     """Fixed cases: 3x3, stride 2, padding 1 on 7 x 6 (windows of 4, 6 and 9 values): currents
     all of one sign (all at most 0: padding counted as 0 would win the border windows), or
     mixed, and LIFs that spike in some steps and not in others."""
-    want, relay = check_graph(2, 3, (7, 6), 3, 2, 1, bias, 127, sign, 5, tmp_path)
+    want, relay = check_graph(2, 3, (7, 6), 3, 2, 1, bias, 127, sign, 5, tmp_path, chip_runs)
     assert (relay * sign >= 0).all() and (relay != 0).mean() > 0.5
     assert all(0.05 < s.mean() < 0.95 for s in want[1:]), [s.mean() for s in want]
 
@@ -170,18 +155,17 @@ def chip_time(layers: list, step: int, relay: np.ndarray, depth: dict[str, int]
     return out
 
 
-def test_the_delays_bring_each_steps_maxima_to_the_lif(tmp_path):
+def test_the_delays_bring_each_steps_maxima_to_the_lif(tmp_path, chip_runs):
     """On chip time, the last level's readout reaches the pooled LIF at its depth, model step by
     model step, equal to that step's maxima: 6 synapse hops from the convolution (relay, 4
     levels, LIF) where the host pool had 1. A level whose synapses hold a step more: the depths
     count it, and chip time brings the maxima to the LIF's later window; where they did not,
     the LIF would read steps mixed."""
     enc, current, _ = pool_graph(2, 3, (7, 6), 3, 2, 1, 0, 127, 0, 5)
-    graph = export(enc, (2, 7, 6), tmp_path)
+    graph = chip_runs.export(enc, (2, 7, 6), tmp_path)
     layers = graph_layers(graph)
     step = graph.metadata["synapse_delay_steps"]
-    run = Emulation(layers, T, FP, step, ".").run(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
+    run = chip_runs.emulate(graph, current, T)
     relay = run.payloads["host0_relay"]
     maxima = window_max(relay, 3, 2, 1).reshape(B, T, -1)
     pops = levels(graph)
@@ -201,28 +185,6 @@ def test_the_delays_bring_each_steps_maxima_to_the_lif(tmp_path):
     assert not np.array_equal(pooled(tree, sim[last][:, arrive:arrive + T]), maxima)
 
 
-def lava_run(graph, current, layers=None):
-    """The Lava backend's run of an exported chip graph (or of its ``layers``), u, v and
-    payloads recorded."""
-    from spikeclip_deploy.backends.lava import LavaBackend, _lava, _Network
-
-    return _Network(_lava(), layers or graph_layers(graph), T, LavaBackend.handlers,
-                    FP.activation_shift, graph.metadata["synapse_delay_steps"], ".").record(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), state=True)
-
-
-def assert_lava_equals_emulator(lava, emu):
-    """Every LIF's spikes, u and v and every relay's and level's payloads, every step and
-    sample."""
-    assert list(lava.spikes) == list(emu.spikes) and sorted(lava.payloads) == sorted(emu.payloads)
-    for name in emu.spikes:
-        for var in ("spikes", "u", "v"):
-            np.testing.assert_array_equal(getattr(lava, var)[name], getattr(emu, var)[name],
-                                          err_msg=f"{name} {var}")
-    for name, p in emu.payloads.items():
-        np.testing.assert_array_equal(lava.payloads[name], p, err_msg=name)
-
-
 @pytest.mark.lava
 @settings(max_examples=3, derandomize=True, database=None, deadline=None,
           phases=[Phase.explicit, Phase.generate],
@@ -233,7 +195,7 @@ def assert_lava_equals_emulator(lava, emu):
        bias=st.integers(-400, 400), scale=st.sampled_from([3, 40, 127]),
        sign=st.sampled_from([-1, 0, 1]), seed=st.integers(0, 2**16))
 def test_random_pool_graphs_on_lava_equal_the_emulator(c0, c, h, w, geometry, bias, scale, sign,
-                                                      seed, tmp_path):
+                                                      seed, tmp_path, chip_runs):
     """Lava (stock ``GradedVec`` relay, ``GradedReluVec`` levels, graded ``Sparse`` of signed
     weights) on the same random exports as the emulator: spikes, u, v and payloads (a Lava run
     each, so fewer examples, the same every time; the first: 3x3, stride 2, padding 1 on 7 x 6,
@@ -242,22 +204,19 @@ def test_random_pool_graphs_on_lava_equal_the_emulator(c0, c, h, w, geometry, bi
     if min(h, w) + 2 * padding < kernel:
         return
     enc, current, _ = pool_graph(c0, c, (h, w), kernel, stride, padding, bias, scale, sign, seed)
-    graph = export(enc, (c0, h, w), tmp_path)
-    emu = Emulation(graph_layers(graph), T, FP, graph.metadata["synapse_delay_steps"], ".").run(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
-    assert_lava_equals_emulator(lava_run(graph, current), emu)
+    graph = chip_runs.export(enc, (c0, h, w), tmp_path)
+    chip_runs.assert_lava_equals_emulator(chip_runs.lava(graph, current, T),
+                                          chip_runs.emulate(graph, current, T))
 
 
 @pytest.mark.lava
-def test_a_level_held_a_step_more_on_lava_still_equals_the_emulator(tmp_path):
+def test_a_level_held_a_step_more_on_lava_still_equals_the_emulator(tmp_path, chip_runs):
     """A level whose synapses hold their input a step more (``delay`` 1): Lava's
     ``DelaySparse`` holds it, the depths count it, and every LIF and payload equals the
     emulator's of the export as written."""
     enc, current, _ = pool_graph(2, 3, (7, 6), 3, 2, 1, 0, 127, 0, 5)
-    graph = export(enc, (2, 7, 6), tmp_path)
-    layers = graph_layers(graph)
+    graph = chip_runs.export(enc, (2, 7, 6), tmp_path)
     late = [dataclasses.replace(la, node=dataclasses.replace(la.node, delay=1))
-            if la.name == "host0_l2" else la for la in layers]
-    emu = Emulation(layers, T, FP, graph.metadata["synapse_delay_steps"], ".").run(
-        input_mantissa(current.numpy().astype(np.float64), graph, "image"), record_state=True)
-    assert_lava_equals_emulator(lava_run(graph, current, late), emu)
+            if la.name == "host0_l2" else la for la in graph_layers(graph)]
+    chip_runs.assert_lava_equals_emulator(chip_runs.lava(graph, current, T, late),
+                                          chip_runs.emulate(graph, current, T))
