@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
@@ -296,10 +296,11 @@ class Emulation:
                 self.replicas.append(self.replica())
             jobs = [_workers(n).submit(em._rows, mant, replace(batch, acts={}), pieces)
                     for em, pieces in zip(self.replicas, shards(len(mant), self.chunk, n))]
-            for job in jobs:
-                job.result()
+            wait(jobs)  # all done before any error is raised: none still runs on a replica
             if torch.get_num_threads() != threads:  # a worker's start set torch's default
                 torch.set_num_threads(threads)
+            for job in jobs:
+                job.result()
         else:
             self._rows(mant, batch, shards(len(mant), self.chunk, 1)[0])
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),

@@ -124,6 +124,20 @@ def test_lif_bounds_by_hand():
         one_lif([2**47], 4095, 2048, 1)  # 2^47 << 6 = 2^53
 
 
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
+def test_a_refusal_on_a_worker_thread_reaches_the_caller():
+    """Two samples on two worker threads, the second beyond 2^53: the run is refused."""
+    import numba
+
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    emulation = Emulation([ChipLayer("lif0", lif((1,), 4095, 2048, 1), (INPUT,))], 4, FP, 1, ".")
+    emulation.chunk = 1
+    with pytest.raises(ExportError, match="LIF 'lif0': its state can exceed 2\\^53"):
+        emulation.run(np.array([[1], [2**47]]))
+    assert len(emulation.replicas) == 2
+
+
 def test_u_wraps_and_v_saturates_at_24_bits_by_hand():
     """u = 131073 << 6 = 8388672 > 2^23 wraps once to 8388672 - 2^24 = -8388544, and
     -131072 << 6 = -2^23 to +2^23 (Lava wraps at <= -2^23); v (no decay) saturates at
