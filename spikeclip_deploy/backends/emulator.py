@@ -29,8 +29,9 @@ step :math:`t` is its source's spikes at step :math:`t`. The emulator therefore 
 layer: a synapse's :math:`T` steps in one batched product (copies of one synapse for several
 readers, which differ only in their delays, computed once; :mod:`.emulator_gemm` chooses
 its kernel), a LIF's :math:`T` steps in one compiled pass per sample (:mod:`.emulator_lif`,
-int64). Image layers are held channels last (``[B, T, H, W, C]``) and returned in PyTorch
-layout.
+int32 or int64). Image layers are held channels last (``[B, T, H, W, C]``) and returned in
+PyTorch layout. With several threads, the samples run in shards on worker threads of one
+thread each (:meth:`Emulation.run`).
 
 Every value is an integer; bounds (a LIF's inputs' bounds from their weights, or the batch's
 actual maxima where those are too loose, :math:`T`, its bias, decays and threshold) keep every
@@ -38,12 +39,16 @@ value below :math:`2^{53}`, or the run is refused: each operation is then exact.
 """
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from functools import cache, cached_property
 from pathlib import Path
 
 import nir
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -84,6 +89,9 @@ def odd_part(k: int) -> tuple[int, int]:
     return k >> j, j
 
 
+#: ``lif_steps``'s state outputs where no state is recorded
+_NO_STATE = np.empty((0, 0, 0), dtype=np.int64)
+
 #: the types whose values int32 holds (float32 ones: exact integers below 2^24)
 NARROW = {torch.int8, torch.int16, torch.int32, torch.float32}
 
@@ -99,6 +107,8 @@ class Lif:
     top: int  # 2^(n-1): u wraps above it, v saturates below it (models.py:101-102)
     decay_bits: int
     bias: torch.Tensor  # b_m 2^b_e per neuron, int64, the emulator's layout
+    _by_type: dict[type, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)  # :meth:`_constants`
 
     def biggest(self, a: int, steps: int) -> int:
         r"""A bound on every value the LIF computes for inputs :math:`|2^a a_{in}| \le` ``a``
@@ -126,8 +136,8 @@ class Lif:
 
     def window(self, ins: list[tuple[torch.Tensor, int]], spikes: torch.Tensor,
                state: tuple[torch.Tensor, torch.Tensor] | None, biggest: int) -> None:
-        """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, scale)``,
-        ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum` ``scale x`` -> ``spikes`` (int8),
+        """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, e)``,
+        ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum x\,2^e` -> ``spikes`` (int8),
         and ``state`` (``u``, ``v``) if given, in int32 where ``biggest`` (:meth:`biggest`)
         is below :math:`2^{31}`, else int64. Inputs of mixed types run as one: int32 where
         each is narrower or float32 (exact below :math:`2^{24}`), else int64."""
@@ -136,22 +146,31 @@ class Lif:
             torch.int64
         xs = tuple(np.ascontiguousarray(x.to(common).reshape(len(x), x.shape[1], -1).numpy())
                    for x, _ in ins)  # one array type: a tuple numba indexes at run time
-        none = np.empty((0, 0, 0), dtype=np.int64)
         flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
-        (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
         work = np.int32 if biggest < INT32_EXACT else np.int64
-        lif_steps(xs, np.array([scale for _, scale in ins], dtype=work),
-                  self.bias.reshape(-1).numpy().astype(work, copy=False),
-                  np.array([mu, self.decay_bits - ju, mv, self.decay_bits - jv, self.vth,
-                            self.top], dtype=work), flat(spikes),
-                  *(map(flat, state) if state else (none, none)))
+        bias, consts = self._constants(work)
+        lif_steps(xs, np.array([e for _, e in ins], dtype=work), bias, consts, flat(spikes),
+                  *(map(flat, state) if state else (_NO_STATE, _NO_STATE)))
+
+    def _constants(self, work: type) -> tuple[np.ndarray, np.ndarray]:
+        """The flat bias and :func:`~.emulator_lif.lif_steps`'s ``consts`` in ``work`` (made
+        once per type)."""
+        if work not in self._by_type:
+            (mu, ju), (mv, jv) = odd_part(self.keep_u), odd_part(self.keep_v)
+            self._by_type[work] = (
+                self.bias.reshape(-1).numpy().astype(work),
+                np.array([mu, self.decay_bits - ju, mv, self.decay_bits - jv, self.vth,
+                          self.top], dtype=work))
+        return self._by_type[work]
 
 
 @dataclass
 class _Batch:
     """A run in progress: ``size`` samples, computed ``rows`` at a time; the chunk's layer
     outputs (a LIF's spikes ``[rows, T, *inner]`` int8, a synapse's or host op's
-    :class:`~.emulator_synapses.Current`); every LIF's spikes (and state) for all samples."""
+    :class:`~.emulator_synapses.Current`); every LIF's spikes (and state) for all samples,
+    shared by the copies (:func:`dataclasses.replace`) that worker threads compute other rows
+    in."""
 
     size: int
     record_state: bool
@@ -161,13 +180,38 @@ class _Batch:
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
     payloads: dict[str, torch.Tensor] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the first use
 
     def full(self, store: dict[str, torch.Tensor], name: str, shape: tuple[int, ...],
              dtype: type) -> torch.Tensor:
         """``store[name]`` (``[size, *shape]``, allocated on first use), at ``rows``."""
-        if name not in store:  # numpy's memory (huge pages): fewer page faults than torch's
-            store[name] = torch.from_numpy(np.empty((self.size, *shape), dtype=dtype))
+        if name not in store:
+            with self.lock:
+                if name not in store:  # numpy's memory (huge pages): fewer page faults
+                    store[name] = torch.from_numpy(np.empty((self.size, *shape), dtype=dtype))
         return store[name][self.rows]
+
+
+def _one_thread() -> None:
+    """A worker's start: one torch and one numba thread (both counts are the calling
+    thread's own: numba's kernels then run serially, :func:`~..machine.by_threads`)."""
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+
+
+@cache
+def _workers(n: int) -> ThreadPoolExecutor:
+    """``n`` worker threads of one thread each (:func:`_one_thread`), made on first use and
+    kept; an idle one waits on its queue, never spins."""
+    return ThreadPoolExecutor(n, thread_name_prefix="emulator", initializer=_one_thread)
+
+
+def shards(samples: int, chunk: int, workers: int) -> list[list[slice]]:
+    """``samples`` rows in pieces of at most ``chunk`` (and of at most an equal share, so that
+    each worker has one), dealt to ``workers`` in turn."""
+    size = max(1, min(chunk, -(-samples // workers)))
+    pieces = [slice(lo, min(lo + size, samples)) for lo in range(0, samples, size)]
+    return [pieces[j::workers] for j in range(workers)]
 
 
 def _numpy(store: dict[str, torch.Tensor], own: frozenset[str] = frozenset()
@@ -209,6 +253,7 @@ class Emulation:
         summed = summed_synapses(layers)
         self.populations = [la.name for la in layers
                             if isinstance(la.node, (AttentionNode, PoolNode))]
+        self.replicas: list[Emulation] = [self]  # one per worker thread (:meth:`run`)
         for la in layers:
             node = la.node
             if isinstance(node, (nir.Affine, nir.Conv2d)):
@@ -235,18 +280,48 @@ class Emulation:
                                          2 ** (fp.state_bits - 1), fp.decay_bits, bias)
 
     def run(self, mant: np.ndarray, record_state: bool = False) -> ChipRun:
-        """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state)."""
+        """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state).
+
+        With ``n`` > 1 threads (the calling thread's torch and numba counts,
+        :func:`~..machine.set_threads`) and ``B`` > 1, the samples run in :func:`shards` on
+        ``n`` worker threads of one thread each, each on a :meth:`replica` of its own (the
+        operations scale poorly over threads; the samples are independent); else on this
+        thread, each operation on its ``n`` threads."""
         mant = torch.as_tensor(np.asarray(mant))
         batch = _Batch(len(mant), record_state)
-        with torch.no_grad():
-            for lo in range(0, len(mant), self.chunk):
-                batch.rows = slice(lo, lo + self.chunk)
-                batch.acts = {INPUT: self._input(mant[batch.rows])}
-                for la in self.layers:
-                    HANDLERS[type(la.node)](self, la, batch)
+        threads = torch.get_num_threads()
+        n = min(threads, numba.get_num_threads(), len(mant))
+        if n > 1:
+            while len(self.replicas) < n:
+                self.replicas.append(self.replica())
+            jobs = [_workers(n).submit(em._rows, mant, replace(batch, acts={}), pieces)
+                    for em, pieces in zip(self.replicas, shards(len(mant), self.chunk, n))]
+            wait(jobs)  # all done before any error is raised: none still runs on a replica
+            if torch.get_num_threads() != threads:  # a worker's start set torch's default
+                torch.set_num_threads(threads)
+            for job in jobs:
+                job.result()
+        else:
+            self._rows(mant, batch, shards(len(mant), self.chunk, 1)[0])
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
                        _numpy(batch.u), _numpy(batch.v),
                        _numpy(batch.payloads, frozenset(self.populations)))
+
+    def replica(self) -> Emulation:
+        """This emulation with buffers of its own (its synapses' too), to run beside it."""
+        twin = copy.copy(self)
+        twin.buffers, twin.replicas = {}, []
+        twin.synapses = {k: s.replica() for k, s in self.synapses.items()}
+        return twin
+
+    def _rows(self, mant: torch.Tensor, batch: _Batch, pieces: list[slice]) -> None:
+        """Runs the samples of ``pieces`` (each a chunk) into ``batch``."""
+        with torch.no_grad():
+            for rows in pieces:
+                batch.rows = rows
+                batch.acts = {INPUT: self._input(mant[rows])}
+                for la in self.layers:
+                    HANDLERS[type(la.node)](self, la, batch)
 
     def _input(self, m: torch.Tensor) -> Current:
         """A chunk's input mantissas ``[N, *in]`` (integer-valued, any type) as the first LIF's
@@ -368,7 +443,7 @@ class Emulation:
         spikes = batch.full(batch.spikes, la.name, (steps, *inner), np.int8)
         state = tuple(batch.full(x, la.name, (steps, *inner), np.int64)
                       for x in (batch.u, batch.v)) if batch.record_state else None
-        lif.window([(c.y, 2 ** (c.exp + shift)) for c in ins], spikes, state, biggest)
+        lif.window([(c.y, c.exp + shift) for c in ins], spikes, state, biggest)
         batch.acts[la.name] = spikes
 
 

@@ -12,7 +12,9 @@ Winograd transforms round.
 """
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,6 +102,10 @@ def im2col(x, out, sh, sw, ph, pw, dh, dw):
                                 out[i, oy, ox, ky, kx, ch] = 0
 
 
+#: one kernel choice at a time (replicas on worker threads make theirs at once)
+_CHOOSING = threading.Lock()
+
+
 class Synapse:
     """One synapse layer, prepared once: its weights as a matrix ``W [K, N]`` (int64), the
     kernel chosen on the first call (when the rows of a call are known); ``bound`` caps its
@@ -117,8 +123,16 @@ class Synapse:
         """``cols(dtype) [rows, K] @ W`` (times :math:`2^k`) on the chosen kernel, the columns
         made in its input type."""
         if self.kernel is None:
-            self.kernel, self.k = choose(self.name, self.matrix, self.bound_in, rows)
+            with _CHOOSING:  # measured one at a time (the timings' cache is not thread-safe)
+                self.kernel, self.k = choose(self.name, self.matrix, self.bound_in, rows)
         return self.kernel(cols(self.kernel.in_dtype))
+
+    def replica(self) -> Synapse:
+        """This synapse with buffers of its own (its kernel chosen again, on its first call,
+        from the cached timings), to run beside it on another thread."""
+        twin = copy.copy(self)
+        twin.kernel = None
+        return twin
 
     def __call__(self, s: torch.Tensor) -> Current:
         raise NotImplementedError
@@ -138,6 +152,7 @@ class Conv(Synapse):
         w = np.asarray(node.weight).astype(np.int64)  # [Cout, Cin/groups, kh, kw]
         self.name, self.node, self.bound_in = name, node, bound_in
         self._cols: torch.Tensor | None = None  # im2col's columns (:meth:`_columns`)
+        self._hws: dict[tuple[int, int], tuple[int, int]] = {}  # :meth:`_out_hw`
         self.geometry = (tuple(w.shape[2:]), pair(node.stride), pair(node.padding),
                          pair(node.dilation))
         self.groups, self.state_bits = int(np.asarray(node.groups)), state_bits
@@ -150,6 +165,17 @@ class Conv(Synapse):
             self.w = torch.as_tensor(w, dtype=float_dtype(bound_in * max_fan_in(w))
                                      ).contiguous(memory_format=torch.channels_last)
 
+    def replica(self) -> Conv:
+        twin = super().replica()
+        twin._cols = None
+        return twin
+
+    def _out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The output's height and width on an input of ``hw`` (computed once per ``hw``)."""
+        if hw not in self._hws:
+            self._hws[hw] = conv_out_hw(self.node, hw)
+        return self._hws[hw]
+
     def _columns(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialized ``shape`` tensor of ``dtype`` in memory reused from call to call
         (fresh memory costs page faults), valid until the next call."""
@@ -161,8 +187,7 @@ class Conv(Synapse):
     def __call__(self, s: torch.Tensor) -> Current:
         if self.groups == 1:
             pointwise = self.geometry == ((1, 1), (1, 1), (0, 0), (1, 1))
-            ho, wo = (s.shape[1:3] if pointwise else
-                      conv_out_hw(self.node, tuple(s.shape[1:3])))
+            ho, wo = s.shape[1:3] if pointwise else self._out_hw(tuple(s.shape[1:3]))
             rows = len(s) * ho * wo
 
             def cols(dtype: torch.dtype | None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from spikeclip_deploy.backends import get_backend
-from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif
+from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif, shards
 from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS
 from spikeclip_deploy.backends.emulator_synapses import lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
@@ -122,6 +122,20 @@ def test_lif_bounds_by_hand():
     assert exact(2**50, 0, 2048) and not exact(2**51, 0, 2048)
     with pytest.raises(ExportError, match="LIF 'lif0': its state can exceed 2\\^53"):
         one_lif([2**47], 4095, 2048, 1)  # 2^47 << 6 = 2^53
+
+
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
+def test_a_refusal_on_a_worker_thread_reaches_the_caller():
+    """Two samples on two worker threads, the second beyond 2^53: the run is refused."""
+    import numba
+
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    emulation = Emulation([ChipLayer("lif0", lif((1,), 4095, 2048, 1), (INPUT,))], 4, FP, 1, ".")
+    emulation.chunk = 1
+    with pytest.raises(ExportError, match="LIF 'lif0': its state can exceed 2\\^53"):
+        emulation.run(np.array([[1], [2**47]]))
+    assert len(emulation.replicas) == 2
 
 
 def test_u_wraps_and_v_saturates_at_24_bits_by_hand():
@@ -546,3 +560,57 @@ def test_chunked_runs_equal_lava():
         assert_same_runs(emulation.run(mant, record_state=True), want, f"{samples}: ")
     for kernel in KERNELS:
         assert_same_runs(emulate_forced(kernel, layers, 4, mant), want, f"{kernel}: ")
+
+
+@pytest.mark.parametrize("samples, chunk, workers", [(64, 16, 2), (5, 16, 2), (5, 2, 2),
+                                                      (7, 3, 3), (3, 16, 3), (1, 1, 1)])
+def test_shards_deal_every_sample_once_and_each_worker_some(samples, chunk, workers):
+    dealt = shards(samples, chunk, workers)
+    assert len(dealt) == workers and all(dealt)
+    rows = [r for pieces in dealt for piece in pieces for r in range(piece.start, piece.stop)]
+    assert sorted(rows) == list(range(samples))
+    assert max(p.stop - p.start for pieces in dealt for p in pieces) <= chunk
+
+
+def wide_residual(rng):
+    """lif0 -> syn1 -> lif1 -> syn2 -> lif2, skip: lif0 -> lif2 (delayed one step), every
+    convolution 3x3 with padding 1 and a bias per channel on LIFs of 3 x 21 x 20 = 1260
+    neurons: a block of :data:`~spikeclip_deploy.backends.emulator_lif.BLOCK` and a part of
+    another; u keeping part of its value at lif1, two inputs at lif2."""
+    shape = (3, 21, 20)
+
+    def conv3(delay):
+        w = rng.integers(-60, 60, (3, 3, 3, 3)) * 2
+        return conv(3, 3, 1, (3, 3), (1, 1), (1, 1), (1, 1), w, rng.integers(-8, 8, 3) / 4,
+                    delay)
+
+    return [ChipLayer("lif0", lif(shape, 4095, 2048, 20), (INPUT,)),
+            ChipLayer("syn1", conv3(0), ("lif0",)),
+            ChipLayer("skip", conv3(1), ("lif0",)),
+            ChipLayer("lif1", lif(shape, 1024, 2048, 20), ("syn1",)),
+            ChipLayer("syn2", conv3(0), ("lif1",)),
+            ChipLayer("lif2", lif(shape, 4095, 1000, 40), ("syn2", "skip"))]
+
+
+@pytest.mark.lava
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
+def test_blocks_of_neurons_and_samples_on_worker_threads_equal_lava():
+    """LIFs wider than a block, and five samples in chunks of two run on two worker threads
+    (their state recorded), as on Lava; and as on one thread."""
+    import numba
+
+    from spikeclip_deploy.backends.emulator_lif import BLOCK
+
+    layers = wide_residual(np.random.default_rng(4))
+    assert BLOCK < 3 * 21 * 20 < 2 * BLOCK
+    mant = np.random.default_rng(5).integers(-500, 3000, (5, 3, 21, 20))
+    want = lava_record(layers, mant, 4)
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        numba.set_num_threads(threads)
+        emulation = Emulation(layers, 4, FP, 1, ".")
+        emulation.chunk = 2
+        run = emulation.run(mant, record_state=True)
+        assert len(emulation.replicas) == threads
+        assert all(0 < s.mean() < 1 for s in run.spikes.values())
+        assert_same_runs(run, want, f"{threads} thread(s): ")
