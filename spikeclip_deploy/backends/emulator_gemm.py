@@ -87,8 +87,8 @@ def _sparse_rows(cols, w, out):
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def _spike_rows(cols, w, out):
     """``out[m] = sum_k w[k]`` over the ``k`` with ``cols[m, k]`` nonzero (spikes: 1), summed in
-    ``out``'s type; each row's firing inputs listed first, rows in blocks of
-    :data:`SPIKE_ROW_BLOCK`."""
+    ``out``'s type; each row's firing inputs listed first, their rows then added four at a time
+    (one load and store of ``out`` per four), rows in blocks of :data:`SPIKE_ROW_BLOCK`."""
     m, k = cols.shape
     n = w.shape[1]
     for block in prange((m + SPIKE_ROW_BLOCK - 1) // SPIKE_ROW_BLOCK):
@@ -100,10 +100,16 @@ def _spike_rows(cols, w, out):
                 count += cols[i, kk] != 0
             for j in range(n):
                 out[i, j] = 0
-            for f in range(count):
-                row = fired[f]
+            f = 0
+            while f + 4 <= count:
+                r0, r1, r2, r3 = fired[f], fired[f + 1], fired[f + 2], fired[f + 3]
                 for j in range(n):
-                    out[i, j] += w[row, j]
+                    out[i, j] += (w[r0, j] + w[r1, j]) + (w[r2, j] + w[r3, j])
+                f += 4
+            for g in range(f, count):
+                r0 = fired[g]  # a local: a store to out might alias fired[g] for LLVM
+                for j in range(n):
+                    out[i, j] += w[r0, j]
 
 
 class Kernel:
