@@ -157,8 +157,11 @@ def int_mm_fallback() -> None:
     call = emulator_gemm.Int8.__call__
 
     def fallback(self, cols):
-        with torch.backends.mkldnn.flags(enabled=False):
+        before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+        try:  # (not mkldnn.flags(): it warns of TF32 on every call)
             return call(self, cols)
+        finally:
+            torch.backends.mkldnn.enabled = before
 
     emulator_gemm.Int8.__call__ = fallback
 

@@ -260,15 +260,18 @@ def _load() -> dict[str, dict[str, float]]:
 
 def _seconds(kernels: dict[str, Kernel], cols: torch.Tensor, repeats: int = 5
              ) -> dict[str, float]:
-    """Each kernel's best time on ``cols`` of ``repeats`` rounds, the kernels taking turns (a
-    burst of other work then slows them alike), after a warm-up (and numba's compilation)."""
+    """Each kernel's best time on ``cols`` (made in its input type first, as the synapses make
+    them) of ``repeats`` rounds, the kernels taking turns (a burst of other work then slows
+    them alike), after a warm-up (and numba's compilation)."""
     best = dict.fromkeys(kernels, float("inf"))
+    inputs = {name: cols if kernel.in_dtype is None else cols.to(kernel.in_dtype)
+              for name, kernel in kernels.items()}
     for name, kernel in kernels.items():
-        kernel(cols)
+        kernel(inputs[name])
     for _ in range(repeats):
         for name, kernel in kernels.items():
             start = time.perf_counter()
-            kernel(cols)
+            kernel(inputs[name])
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
