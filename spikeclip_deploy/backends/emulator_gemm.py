@@ -6,8 +6,9 @@ With :math:`W = 2^k W'` (:math:`k` the weights' common power of two) and inputs
 sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{io}|`, so:
 
 - ``int8``: ``torch._int_mm`` (int8 x int8 -> int32) where :math:`W'` and the inputs fit int8
-  and :math:`S < 2^{31}`; fast only where the CPU has int8 dot products (VNNI, AMX) and oneDNN
-  serves it, elsewhere a slow fallback;
+  and :math:`S < 2^{31}`, and where a probe finds it exact (:func:`int_mm_exact`); fast only
+  where the CPU has int8 dot products (VNNI, AMX) and oneDNN serves it, elsewhere a slow
+  fallback;
 - ``onednn``: binary spikes only (:math:`b = 1`) as uint8 times :math:`W'` in int8, oneDNN's
   int8 matmul (``torch.ops.onednn.qlinear_pointwise``, scales 1, zero points 0: int32 sums
   written as float32) where :math:`S < 2^{24}`; it honours oneDNN's instruction-set cap and
@@ -38,6 +39,7 @@ import json
 import logging
 import os
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +149,8 @@ class Int8(Kernel):
 
     @classmethod
     def exact(cls, w: np.ndarray, bound_in: int) -> bool:
-        return bound_in <= 127 and fits_int8(w) and super().exact(w, bound_in)
+        return bound_in <= 127 and fits_int8(w) and super().exact(w, bound_in) and \
+            int_mm_exact(torch.backends.mkldnn.enabled)
 
     def _layout(self, w: torch.Tensor) -> torch.Tensor:
         return row_major(w.to(torch.int8))
@@ -223,6 +226,16 @@ def row_major(x: torch.Tensor) -> torch.Tensor:
     counts a matrix with a length-1 axis as contiguous whatever that axis's stride, and
     ``torch._int_mm`` on the CPU reads such a stride as the row length (wrong sums)."""
     return x if x.stride() == (x.shape[1], 1) else x.clone(memory_format=torch.contiguous_format)
+
+
+@cache
+def int_mm_exact(onednn: bool) -> bool:
+    """Whether ``torch._int_mm`` sums exactly on this machine (with oneDNN on or off): where
+    torch sends it to oneDNN's int8 x int8 kernel without int8 dot products (under an
+    instruction-set cap, say), the inputs shifted to uint8 (1 -> 129) make int16 pair sums
+    saturate: 64 ones times -128 must give -8192."""
+    ones = torch.ones((32, 64), dtype=torch.int8)
+    return bool((torch._int_mm(ones, torch.full((64, 32), -128, dtype=torch.int8)) == -8192).all())
 
 
 def fits_int8(w: np.ndarray) -> bool:

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS, choose, power_of_two
+from spikeclip_deploy.backends.emulator_gemm import (FORCE_ENV, KERNELS, choose, int_mm_exact,
+                                                     power_of_two)
 from spikeclip_deploy.backends.emulator_synapses import Conv, Dense
 from spikeclip_deploy.errors import ExportError
 
@@ -73,6 +74,28 @@ def test_spikes_sums_in_int16_below_2_15_by_hand(monkeypatch, total, dtype):
     c = dense(torch.ones((2, 300), dtype=torch.int8))
     assert dense.kernel.name == "spikes" and c.y.dtype == dtype
     assert c.y.tolist() == [[total], [total]]
+
+
+def saturating_int_mm(a, b):
+    """``a @ b`` as oneDNN's int8 x int8 kernel computes it without int8 dot products: ``a``
+    shifted to uint8 (+128), products summed in pairs saturating to int16, the shift's
+    ``128 sum(b)`` taken off."""
+    u, w = a.to(torch.int32) + 128, b.to(torch.int32)
+    pairs = (u[:, :, None] * w[None]).reshape(len(a), -1, 2, w.shape[1]).sum(2)
+    return pairs.clamp(-(2**15), 2**15 - 1).sum(1) - 128 * w.sum(0)
+
+
+def test_int8_is_exact_nowhere_where_int_mm_saturates(monkeypatch, request):
+    """With a ``torch._int_mm`` whose pair sums saturate the probe fails: no synapse runs on
+    int8, not even forced; onednn (uint8 inputs, no shift) stays."""
+    request.addfinalizer(int_mm_exact.cache_clear)
+    monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
+    int_mm_exact.cache_clear()
+    w = np.array([[-128], [127]])
+    assert [n for n, k in KERNELS.items() if k.exact(w, 1)] == \
+        ["onednn", "float32", "float64", "spikes", "sparse", "int64"]
+    monkeypatch.setenv(FORCE_ENV, "int8")
+    assert choose("syn", w, 1, 4)[0].name != "int8"
 
 
 def test_dense_floors_its_exponent_by_hand(kernel):
@@ -141,7 +164,7 @@ def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilatio
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
     assert got.bound == np.abs(w).reshape(c, -1).sum(1).max()
     if groups == 1:  # forced where exact
-        assert syn.kernel.name == kernel or (kernel in ("int8", "onednn") and weights == "any")
+        assert syn.kernel.name == kernel or not KERNELS[kernel].exact(syn.matrix >> syn.k, 1)
 
 
 @pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="torch without NNPACK")
