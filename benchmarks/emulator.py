@@ -9,21 +9,21 @@ Run from the repository root::
     .venv/bin/python benchmarks/emulator.py
 
 It prints the CPU's model, vector extensions and instruction-set caps first. To emulate a CPU
-without int8 dot products (AVX2 only) on one that has them, cap every library's instruction set
-and put ``torch._int_mm`` on its fallback::
+without int8 dot products (AVX2 only) on one that has them, cap every library's instruction
+set::
 
     DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
-        NUMBA_CPU_NAME=haswell .venv/bin/python benchmarks/emulator.py --int-mm-fallback
+        NUMBA_CPU_NAME=haswell .venv/bin/python benchmarks/emulator.py
 
 torch sends ``_int_mm`` to oneDNN where the CPU itself (not the cap) has int8 dot products, so
-under the cap alone it runs oneDNN's capped s8 x s8 kernel, whose int16 pair sums saturate (not
-exact; no AVX2-only CPU runs it): ``--int-mm-fallback`` runs it with oneDNN off, as torch does
-there. ``--no-onednn`` turns oneDNN off for all of torch instead, grouped convolutions included
-(a slower path than an AVX2 CPU takes; the ``onednn`` kernel calls oneDNN directly and stays).
-The caps cannot change the microarchitecture (this CPU's cores, caches and clock run the AVX2
-code) nor a library that reads the CPU's flags itself. Exports are made when absent. Images
-are seeded random uint8 images; the host computes their input mantissas once, outside every
-timing. Per model and condition:
+under the cap it runs oneDNN's capped int8 x int8 kernel, whose pair sums saturate: the
+emulator's probe (``emulator_gemm.int_mm_exact``) then leaves the ``int8`` kernel out, as an
+AVX2-only CPU's slow fallback would never be chosen. ``--no-onednn`` turns oneDNN off for all
+of torch, grouped convolutions included (a slower path than an AVX2 CPU takes; the ``onednn``
+kernel calls oneDNN directly and stays). The caps cannot change the microarchitecture (this
+CPU's cores, caches and clock run the AVX2 code) nor a library that reads the CPU's flags
+itself. Exports are made when absent. Images are seeded random uint8 images; the host computes
+their input mantissas once, outside every timing. Per model and condition:
 
 - Lava, im2col lowering (this package's default): one run of ``--lava-images`` images (fewer
   for the paper-size encoder) and one of the first image only, each in a process of its own
@@ -65,8 +65,8 @@ from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
-from spikeclip_deploy.backends.emulator_gemm import (KERNELS, density_step, measure_rows,
-                                                     power_of_two)
+from spikeclip_deploy.backends.emulator_gemm import (KERNELS, density_step, int_mm_exact,
+                                                     measure_rows, power_of_two)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
@@ -150,20 +150,6 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         timed_macs += rows * k * n
         seconds += times[best] * rows / m
     return macs / images, timed_macs / seconds, kernels
-
-
-def int_mm_fallback() -> None:
-    """Runs the ``int8`` kernel's ``torch._int_mm`` with oneDNN off (its fallback)."""
-    call = emulator_gemm.Int8.__call__
-
-    def fallback(self, cols):
-        before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-        try:  # (not mkldnn.flags(): it warns of TF32 on every call)
-            return call(self, cols)
-        finally:
-            torch.backends.mkldnn.enabled = before
-
-    emulator_gemm.Int8.__call__ = fallback
 
 
 class Load:
@@ -269,9 +255,6 @@ def main() -> None:
     ap.add_argument("--no-onednn", action="store_true",
                     help="torch without oneDNN (torch._int_mm's fallback, and grouped "
                          "convolutions on torch's own path)")
-    ap.add_argument("--int-mm-fallback", action="store_true",
-                    help="torch._int_mm on its fallback (oneDNN off around it), as torch runs it "
-                         "on a CPU without int8 dot products")
     ap.add_argument("--conditions", default="quiet,load",
                     help="quiet, load (one busy process per core) or both")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -279,15 +262,13 @@ def main() -> None:
     if args.child:
         return child(*args.child)
     torch.backends.mkldnn.enabled = not args.no_onednn
-    if args.int_mm_fallback:
-        int_mm_fallback()
     # the emulator's kernel choices measured in this run, not read from a cache
     os.environ["SPIKECLIP_CACHE"] = tempfile.mkdtemp(prefix="emulator-benchmark-")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; vector extensions: "
           f"{' '.join(vector_extensions()) or 'none of ' + ' '.join(VECTOR_FLAGS)}; caps: "
-          f"{isa_caps() or 'none'}{'; torch._int_mm on its fallback' * args.int_mm_fallback}; "
-          f"torch {torch.__version__}, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+          f"{isa_caps() or 'none'}; torch {torch.__version__}, capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; torch._int_mm "
+          f"{'exact' if int_mm_exact(torch.backends.mkldnn.enabled) else 'saturates here'}")
     models = [("shipped default", export_of(DEFAULT, "checkpoint", default_out(DEFAULT, "loihi")),
                args.default_lava_images, 0),
               ("tiny", export_of(TINY, "checkpoint", default_out(TINY, "loihi")),
