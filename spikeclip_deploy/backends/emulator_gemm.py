@@ -160,6 +160,8 @@ class Int8(Kernel):
 
 
 class Onednn(Kernel):
+    """(Its output is new memory each call: the op takes no ``out``.)"""
+
     name, in_dtype, out_dtype, limit = "onednn", torch.uint8, torch.float32, FLOAT32_EXACT
 
     @classmethod
