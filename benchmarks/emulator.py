@@ -8,11 +8,22 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/emulator.py
 
-It prints the CPU's model, vector extensions and instruction-set caps first (run it under
-``DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` for an AVX2 cap, or with ``--no-onednn`` for
-``torch._int_mm``'s fallback without oneDNN). Exports are made when absent. Images are seeded
-random uint8 images; the host computes their input mantissas once, outside every timing. Per
-model and condition:
+It prints the CPU's model, vector extensions and instruction-set caps first. To emulate a CPU
+without int8 dot products (AVX2 only) on one that has them, cap every library's instruction
+set::
+
+    DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        NUMBA_CPU_NAME=haswell .venv/bin/python benchmarks/emulator.py
+
+torch sends ``_int_mm`` to oneDNN where the CPU itself (not the cap) has int8 dot products, so
+under the cap it runs oneDNN's capped int8 x int8 kernel, whose pair sums saturate: the
+emulator's probe (``emulator_gemm.int_mm_exact``) then leaves the ``int8`` kernel out, as an
+AVX2-only CPU's slow fallback would never be chosen. ``--no-onednn`` turns oneDNN off for all
+of torch, grouped convolutions included (a slower path than an AVX2 CPU takes; the ``onednn``
+kernel calls oneDNN directly and stays). The caps cannot change the microarchitecture (this
+CPU's cores, caches and clock run the AVX2 code) nor a library that reads the CPU's flags
+itself. Exports are made when absent. Images are seeded random uint8 images; the host computes
+their input mantissas once, outside every timing. Per model and condition:
 
 - Lava, im2col lowering (this package's default): one run of ``--lava-images`` images (fewer
   for the paper-size encoder) and one of the first image only, each in a process of its own
@@ -25,9 +36,9 @@ model and condition:
   with the threads ``verify`` would take (the cores other work leaves idle) and with one
   thread, and whether its spikes equal Lava's (every LIF, step and neuron);
 - the bound: the multiply-accumulates of one image (every distinct synapse once) at the rate
-  of the fastest exact GEMM kernel at each synapse's shape (measured right after the
-  emulator, as the emulator measures its choice: which one is printed), and the emulator's
-  share of it;
+  of the fastest exact GEMM kernel at each synapse's shape and input density (measured right
+  after the emulator, as the emulator measures its choice: which one is printed; the sparse
+  kernels' rates count the dense product's MACs), and the emulator's share of it;
 - the emulator's images/s over the fastest Lava figure.
 
 Last line: ``speedup R``, the minimum of that ratio over the models and both conditions.
@@ -54,7 +65,8 @@ from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
-from spikeclip_deploy.backends.emulator_gemm import KERNELS, measure_rows, power_of_two
+from spikeclip_deploy.backends.emulator_gemm import (KERNELS, density_step, int_mm_exact,
+                                                     measure_rows, power_of_two)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
@@ -113,8 +125,8 @@ def export_of(model: str, init: str, out: Path) -> Path:
 
 def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
     """(MACs of one image, MACs/s of the fastest exact kernel at each distinct synapse's GEMM
-    shape for ``images`` images, measured now, how many synapses each kernel is fastest on);
-    grouped convolutions count at the others' rate."""
+    shape for ``images`` images and its input density in the emulator's run, measured now, how
+    many synapses each kernel is fastest on); grouped convolutions count at the others' rate."""
     em = emu.emulations["image"]
     by_name = {la.name: la for la in em.layers}
     macs, timed_macs, seconds, kernels = 0, 0, 0.0, {}
@@ -132,7 +144,7 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         exact = [name for name, kernel in KERNELS.items() if kernel.exact(wq, syn.bound_in)
                  and name != "int64"]
         m = measure_rows(wq, rows)
-        times = emulator_gemm.measure(wq, m, exact)
+        times = emulator_gemm.measure(wq, m, exact, density_step(syn.density))
         best = min(exact, key=times.get)
         kernels[best] = kernels.get(best, 0) + 1
         timed_macs += rows * k * n
@@ -241,7 +253,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int,
                     help="emulator threads [the cores other work leaves idle]")
     ap.add_argument("--no-onednn", action="store_true",
-                    help="torch without oneDNN (torch._int_mm's fallback)")
+                    help="torch without oneDNN (torch._int_mm's fallback, and grouped "
+                         "convolutions on torch's own path)")
     ap.add_argument("--conditions", default="quiet,load",
                     help="quiet, load (one busy process per core) or both")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -254,7 +267,8 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; vector extensions: "
           f"{' '.join(vector_extensions()) or 'none of ' + ' '.join(VECTOR_FLAGS)}; caps: "
           f"{isa_caps() or 'none'}; torch {torch.__version__}, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+          f"{torch.backends.cpu.get_cpu_capability()}; torch._int_mm "
+          f"{'exact' if int_mm_exact(torch.backends.mkldnn.enabled) else 'saturates here'}")
     models = [("shipped default", export_of(DEFAULT, "checkpoint", default_out(DEFAULT, "loihi")),
                args.default_lava_images, 0),
               ("tiny", export_of(TINY, "checkpoint", default_out(TINY, "loihi")),

@@ -14,8 +14,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: environment variables that cap the instruction sets oneDNN and ATen use (read at start-up)
-ISA_CAPS = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+#: environment variables that cap the instruction sets oneDNN, ATen, MKL and numba use (read at
+#: start-up)
+ISA_CAPS = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+            "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME")
 #: the flags (of /proc/cpuinfo) that decide which kernels are fast: vector widths, int8 dot
 #: products (VNNI), matrix units (AMX)
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",

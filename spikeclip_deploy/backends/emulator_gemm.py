@@ -6,16 +6,28 @@ With :math:`W = 2^k W'` (:math:`k` the weights' common power of two) and inputs
 sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{io}|`, so:
 
 - ``int8``: ``torch._int_mm`` (int8 x int8 -> int32) where :math:`W'` and the inputs fit int8
-  and :math:`S < 2^{31}`; fast only where the CPU has int8 dot products (VNNI, AMX) and oneDNN
-  serves it, elsewhere a slow fallback;
+  and :math:`S < 2^{31}`, and where a probe finds it exact (:func:`int_mm_exact`); fast only
+  where the CPU has int8 dot products (VNNI, AMX) and oneDNN serves it, elsewhere a slow
+  fallback;
+- ``onednn``: binary spikes only (:math:`b = 1`) as uint8 times :math:`W'` in int8, oneDNN's
+  int8 matmul (``torch.ops.onednn.qlinear_pointwise``, scales 1, zero points 0: int32 sums
+  written as float32) where :math:`S < 2^{24}`; it honours oneDNN's instruction-set cap and
+  runs on CPUs without int8 dot products too (``vpmaddubsw``, whose int16 pair sums
+  :math:`|W'_{io} + W'_{i'o}| \le 256` never saturate), about twice float32's rate there;
 - ``float32`` / ``float64``: BLAS GEMM where :math:`S < 2^{24}` / :math:`2^{53}` (every sum in
   any order is then an exact integer);
-- ``sparse``: the weight rows of the nonzero inputs accumulated in int64 (:math:`S < 2^{63}`;
-  numba, parallel over rows), cheaper where few inputs spike and the GEMMs are slow;
+- ``spikes``: binary spikes only (:math:`b = 1`, inputs 0 or 1): the weight rows of the inputs
+  that fire summed in int16 where :math:`S < 2^{15}`, else int32 (:math:`S < 2^{31}`; every
+  partial sum is a sum of some of the :math:`|W'_{io}|`, so never beyond :math:`S`): one
+  vector add per 16 or 8 outputs and firing input (numba, parallel over blocks of rows),
+  cheapest where few inputs fire and the CPU has no int8 dot products;
+- ``sparse``: the weight rows of the nonzero inputs times the inputs accumulated in int64
+  (:math:`S < 2^{63}`; numba, parallel over rows), for graded inputs;
 - ``int64``: torch's integer GEMM, only where nothing faster is exact.
 
-Each exact kernel is timed once per shape (:math:`M` capped at :data:`MEASURE_MACS` / KN rows,
-inputs spiking at :data:`SPIKE_DENSITY`) and the times cached in
+Each exact kernel is timed once per shape and density (:math:`M` capped at
+:data:`MEASURE_MACS` / KN rows, inputs firing at the first call's share of nonzero inputs,
+rounded to :data:`DENSITY_STEP`; :data:`SPIKE_DENSITY` where unknown) and the times cached in
 ``cache_dir()/emulator-kernels/`` under a key of the CPU model, its flags, the instruction-set
 caps in the environment, torch's version and threads (a capped run never reuses an uncapped
 choice). ``$SPIKECLIP_EMU_KERNEL`` forces one kernel wherever it is exact (tests run each).
@@ -27,6 +39,7 @@ import json
 import logging
 import os
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +53,20 @@ from ..paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-#: forces one kernel (where exact): int8, float32, float64, sparse or int64
+#: forces one kernel (where exact): int8, onednn, float32, float64, spikes, sparse or int64
 FORCE_ENV = "SPIKECLIP_EMU_KERNEL"
 #: multiply-accumulates of one timed product (rows capped to fit): a millisecond or so
 MEASURE_MACS = 2**26
-#: the inputs' density when timing (the shipped models fire 5-15 % of their neurons a step)
+#: the inputs' density when timing where the synapse's is unknown (the shipped models fire
+#: 5-30 % of their neurons a step)
 SPIKE_DENSITY = 0.1
+#: densities are timed at multiples of this (the sparse kernels' times follow the density)
+DENSITY_STEP = 0.05
 #: float32 holds every integer below 2^24 exactly, float64 every one below 2^53
 FLOAT32_EXACT, FLOAT64_EXACT = 2**24, 2**53
-INT32_EXACT, INT64_EXACT = 2**31, 2**63
+INT16_EXACT, INT32_EXACT, INT64_EXACT = 2**15, 2**31, 2**63
+#: rows of one task of :func:`_spike_rows` (each lists its firing inputs in a buffer of its own)
+SPIKE_ROW_BLOCK = 256
 
 
 @by_threads
@@ -65,6 +83,35 @@ def _sparse_rows(cols, w, out):
             if c != 0:
                 for j in range(n):
                     out[i, j] += c * w[kk, j]
+
+
+@by_threads
+@njit(cache=True, parallel=True, nogil=True, boundscheck=False)
+def _spike_rows(cols, w, out):
+    """``out[m] = sum_k w[k]`` over the ``k`` with ``cols[m, k]`` nonzero (spikes: 1), summed in
+    ``out``'s type; each row's firing inputs listed first, their rows then added four at a time
+    (one load and store of ``out`` per four), rows in blocks of :data:`SPIKE_ROW_BLOCK`."""
+    m, k = cols.shape
+    n = w.shape[1]
+    for block in prange((m + SPIKE_ROW_BLOCK - 1) // SPIKE_ROW_BLOCK):
+        fired = np.empty(k, np.intp)
+        for i in range(block * SPIKE_ROW_BLOCK, min(m, (block + 1) * SPIKE_ROW_BLOCK)):
+            count = 0
+            for kk in range(k):  # branch-free: every index written, the firing ones kept
+                fired[count] = kk
+                count += cols[i, kk] != 0
+            for j in range(n):
+                out[i, j] = 0
+            f = 0
+            while f + 4 <= count:
+                r0, r1, r2, r3 = fired[f], fired[f + 1], fired[f + 2], fired[f + 3]
+                for j in range(n):
+                    out[i, j] += (w[r0, j] + w[r1, j]) + (w[r2, j] + w[r3, j])
+                f += 4
+            for g in range(f, count):
+                r0 = fired[g]  # a local: a store to out might alias fired[g] for LLVM
+                for j in range(n):
+                    out[i, j] += w[r0, j]
 
 
 class Kernel:
@@ -102,14 +149,35 @@ class Int8(Kernel):
 
     @classmethod
     def exact(cls, w: np.ndarray, bound_in: int) -> bool:
-        return bound_in <= 127 and -128 <= w.min(initial=0) and w.max(initial=0) <= 127 and \
-            super().exact(w, bound_in)
+        return bound_in <= 127 and fits_int8(w) and super().exact(w, bound_in) and \
+            int_mm_exact(torch.backends.mkldnn.enabled)
 
     def _layout(self, w: torch.Tensor) -> torch.Tensor:
         return row_major(w.to(torch.int8))
 
     def __call__(self, cols: torch.Tensor) -> torch.Tensor:
         return torch._int_mm(row_major(cols.to(torch.int8)), self.w, out=self.out(len(cols)))
+
+
+class Onednn(Kernel):
+    """(Its output is new memory each call: the op takes no ``out``.)"""
+
+    name, in_dtype, out_dtype, limit = "onednn", torch.uint8, torch.float32, FLOAT32_EXACT
+
+    @classmethod
+    def exact(cls, w: np.ndarray, bound_in: int) -> bool:
+        return bound_in == 1 and torch.backends.mkldnn.is_available() and fits_int8(w) and \
+            super().exact(w, bound_in)
+
+    def _layout(self, w: torch.Tensor) -> torch.Tensor:
+        n = w.shape[1]
+        self.scales, self.zero_points = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+        return torch.ops.onednn.qlinear_prepack(w.to(torch.int8).t().contiguous(), None)
+
+    def __call__(self, cols: torch.Tensor) -> torch.Tensor:
+        return torch.ops.onednn.qlinear_pointwise(
+            row_major(cols.to(torch.uint8)), 1.0, 0, self.w, self.scales, self.zero_points,
+            None, 1.0, 0, torch.float32, "none", [], "")
 
 
 class Float32(Kernel):
@@ -124,6 +192,23 @@ class Int64(Kernel):
     name, in_dtype, out_dtype, limit = "int64", torch.int64, torch.int64, INT64_EXACT
 
 
+class Spikes(Kernel):
+    name, in_dtype, limit = "spikes", torch.int8, INT32_EXACT
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.out_dtype = torch.int16 if max_fan_in(w.T) < INT16_EXACT else torch.int32
+        super().__init__(w)
+
+    @classmethod
+    def exact(cls, w: np.ndarray, bound_in: int) -> bool:
+        return bound_in == 1 and super().exact(w, bound_in)
+
+    def __call__(self, cols: torch.Tensor) -> torch.Tensor:
+        out = self.out(len(cols))
+        _spike_rows(row_major(cols).numpy(), self.w.numpy(), out.numpy())
+        return out
+
+
 class Sparse(Kernel):
     name, in_dtype, out_dtype, limit = "sparse", None, torch.int64, INT64_EXACT
 
@@ -134,7 +219,8 @@ class Sparse(Kernel):
 
 
 #: every kernel, fastest first where the machine has int8 dot products (ties keep this order)
-KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (Int8, Float32, Float64, Sparse, Int64)}
+KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (Int8, Onednn, Float32, Float64, Spikes,
+                                                          Sparse, Int64)}
 
 
 def row_major(x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +228,21 @@ def row_major(x: torch.Tensor) -> torch.Tensor:
     counts a matrix with a length-1 axis as contiguous whatever that axis's stride, and
     ``torch._int_mm`` on the CPU reads such a stride as the row length (wrong sums)."""
     return x if x.stride() == (x.shape[1], 1) else x.clone(memory_format=torch.contiguous_format)
+
+
+@cache
+def int_mm_exact(onednn: bool) -> bool:
+    """Whether ``torch._int_mm`` sums exactly on this machine (with oneDNN on or off): where
+    torch sends it to oneDNN's int8 x int8 kernel without int8 dot products (under an
+    instruction-set cap, say), the inputs shifted to uint8 (1 -> 129) make int16 pair sums
+    saturate: 64 ones times -128 must give -8192."""
+    ones = torch.ones((32, 64), dtype=torch.int8)
+    return bool((torch._int_mm(ones, torch.full((64, 32), -128, dtype=torch.int8)) == -8192).all())
+
+
+def fits_int8(w: np.ndarray) -> bool:
+    """Whether every weight fits int8."""
+    return -128 <= w.min(initial=0) and w.max(initial=0) <= 127
 
 
 def max_fan_in(w: np.ndarray) -> int:
@@ -174,15 +275,18 @@ def _load() -> dict[str, dict[str, float]]:
 
 def _seconds(kernels: dict[str, Kernel], cols: torch.Tensor, repeats: int = 5
              ) -> dict[str, float]:
-    """Each kernel's best time on ``cols`` of ``repeats`` rounds, the kernels taking turns (a
-    burst of other work then slows them alike), after a warm-up (and numba's compilation)."""
+    """Each kernel's best time on ``cols`` (made in its input type first, as the synapses make
+    them) of ``repeats`` rounds, the kernels taking turns (a burst of other work then slows
+    them alike), after a warm-up (and numba's compilation)."""
     best = dict.fromkeys(kernels, float("inf"))
+    inputs = {name: cols if kernel.in_dtype is None else cols.to(kernel.in_dtype)
+              for name, kernel in kernels.items()}
     for name, kernel in kernels.items():
-        kernel(cols)
+        kernel(inputs[name])
     for _ in range(repeats):
         for name, kernel in kernels.items():
             start = time.perf_counter()
-            kernel(cols)
+            kernel(inputs[name])
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -193,33 +297,43 @@ def measure_rows(w: np.ndarray, rows: int) -> int:
     return max(1, min(rows, MEASURE_MACS // max(1, w.shape[0] * w.shape[1])))
 
 
-def measure(w: np.ndarray, rows: int, names: list[str]) -> dict[str, float]:
-    """Seconds of each kernel in ``names`` on ``W [K, N]`` and ``rows`` rows of spikes (at
-    :data:`SPIKE_DENSITY`), measured now."""
+def density_step(density: float) -> float:
+    """``density`` rounded to a multiple of :data:`DENSITY_STEP` (at least one)."""
+    return max(1, round(density / DENSITY_STEP)) * DENSITY_STEP
+
+
+def measure(w: np.ndarray, rows: int, names: list[str], density: float = SPIKE_DENSITY
+            ) -> dict[str, float]:
+    """Seconds of each kernel in ``names`` on ``W [K, N]`` and ``rows`` rows of spikes firing
+    at ``density``, measured now."""
     cols = (torch.rand((rows, w.shape[0]), generator=torch.Generator().manual_seed(0))
-            < SPIKE_DENSITY).to(torch.int8)
+            < density).to(torch.int8)
     return _seconds({name: KERNELS[name](w) for name in names}, cols)
 
 
-def timings(w: np.ndarray, rows: int, names: list[str]) -> dict[str, float]:
-    """Seconds of each kernel in ``names`` on ``W [K, N]`` at (at most) ``rows`` rows, from
-    the cache or measured now (and cached)."""
-    m = measure_rows(w, rows)
-    shape = f"{m}x{w.shape[0]}x{w.shape[1]}"
+def timings(w: np.ndarray, rows: int, names: list[str], density: float = SPIKE_DENSITY
+            ) -> dict[str, float]:
+    """Seconds of each kernel in ``names`` on ``W [K, N]`` at (at most) ``rows`` rows of
+    inputs firing at ``density`` (:func:`density_step`), from the cache or measured now (and
+    cached)."""
+    m, density = measure_rows(w, rows), density_step(density)
+    shape = f"{m}x{w.shape[0]}x{w.shape[1]}@{density:.2f}"
     known = _load().setdefault(shape, {})
     missing = [name for name in names if name not in known]
     if missing:
-        known.update(measure(w, m, missing))
+        known.update(measure(w, m, missing, density))
         machine = machine_key()
         write_cache(_cache_path(), lambda tmp: tmp.write_text(json.dumps(
             {"machine": machine, "shapes": _timings}, indent=1) + "\n"), "emulator kernel")
     return {name: known[name] for name in names}
 
 
-def choose(name: str, w: np.ndarray, bound_in: int, rows: int) -> tuple[Kernel, int]:
+def choose(name: str, w: np.ndarray, bound_in: int, rows: int,
+           density: float = SPIKE_DENSITY) -> tuple[Kernel, int]:
     """The fastest exact kernel for synapse ``name``'s ``W [K, N]`` (int64) on inputs
-    :math:`|x| \\le` ``bound_in``, ``rows`` rows a call (or ``$SPIKECLIP_EMU_KERNEL`` where it
-    is exact), prepared, and ``k`` (its product times :math:`2^k` is ``cols @ W``)."""
+    :math:`|x| \\le` ``bound_in``, ``rows`` rows a call, a share ``density`` of them nonzero
+    (or ``$SPIKECLIP_EMU_KERNEL`` where it is exact), prepared, and ``k`` (its product times
+    :math:`2^k` is ``cols @ W``)."""
     k = power_of_two(w)
     wq = w >> k
     exact = [n for n, kernel in KERNELS.items() if kernel.exact(wq, bound_in)]
@@ -235,10 +349,10 @@ def choose(name: str, w: np.ndarray, bound_in: int, rows: int) -> tuple[Kernel, 
     else:
         if len(exact) > 1:  # int64, torch's integer GEMM: never faster than the others
             exact.remove("int64")
-        times = timings(wq, rows, exact)
+        times = timings(wq, rows, exact, density)
         pick = min(exact, key=times.get)
         why = ", ".join(f"{n} {1e3 * t:.3g} ms" for n, t in times.items())
-    log.info("synapse %s: [%d x %d] @ [%d x %d] on %s (%s)", name, rows, wq.shape[0],
-             *wq.shape, pick, why)
+    log.info("synapse %s: [%d x %d] @ [%d x %d], density %.3f, on %s (%s)", name, rows,
+             wq.shape[0], *wq.shape, density, pick, why)
     return KERNELS[pick](wq), k
 

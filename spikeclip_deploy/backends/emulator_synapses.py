@@ -117,14 +117,19 @@ class Synapse:
     matrix: np.ndarray
     kernel: Kernel | None = None
     k: int = 0
+    density: float = 0.0  # the share of nonzero inputs the kernel was chosen at
 
     def _product(self, cols: Callable[[torch.dtype | None], torch.Tensor], rows: int
                  ) -> torch.Tensor:
         """``cols(dtype) [rows, K] @ W`` (times :math:`2^k`) on the chosen kernel, the columns
-        made in its input type."""
+        made in its input type (on the first call, in their own type first: the kernel is
+        chosen at their share of nonzero inputs, ``density``)."""
         if self.kernel is None:
+            first = cols(None)
+            self.density = int(torch.count_nonzero(first)) / max(1, first.numel())
             with _CHOOSING:  # measured one at a time (the timings' cache is not thread-safe)
-                self.kernel, self.k = choose(self.name, self.matrix, self.bound_in, rows)
+                self.kernel, self.k = choose(self.name, self.matrix, self.bound_in, rows,
+                                             self.density)
         return self.kernel(cols(self.kernel.in_dtype))
 
     def replica(self) -> Synapse:

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS, choose, power_of_two
+from spikeclip_deploy.backends.emulator_gemm import (FORCE_ENV, KERNELS, choose, int_mm_exact,
+                                                     power_of_two)
 from spikeclip_deploy.backends.emulator_synapses import Conv, Dense
 from spikeclip_deploy.errors import ExportError
 
@@ -29,13 +30,20 @@ def test_power_of_two_by_hand():
 
 def test_the_kernels_are_chosen_within_their_bounds_by_hand(monkeypatch):
     """W = [[254], [-256]] = 2 [[127], [-128]]: S = b (127 + 128) = 255 b. Binary spikes: every
-    kernel is exact (int64 only where nothing else is); b = 2^23: S = 255 2^23 >= 2^31: no int8
+    kernel is exact (int64 only where nothing else is); b = 2: neither onednn nor spikes (binary
+    inputs only); b = 2^23: S = 255 2^23 >= 2^31: no int8
     (its inputs beyond int8 too), >= 2^24: no float32; b = 2^46: S >= 2^53: sparse and int64
-    (int64 only where forced); b = 2^56: S >= 2^63: refused."""
+    (int64 only where forced); b = 2^56: S >= 2^63: refused. int8 and onednn take weights in
+    [-128, 127] only."""
     w = np.array([[254], [-256]])
-    def exact(b):
+    def exact(b, w=w):
         return [n for n, k in KERNELS.items() if k.exact(w >> power_of_two(w), b)]
-    assert exact(1) == ["int8", "float32", "float64", "sparse", "int64"]
+    assert exact(1) == ["int8", "onednn", "float32", "float64", "spikes", "sparse", "int64"]
+    assert exact(2) == ["int8", "float32", "float64", "sparse", "int64"]
+    for w8, fits in ((np.array([[-128], [127]]), True), (np.array([[-129], [127]]), False),
+                     (np.array([[-127], [128]]), False)):  # int8's range, odd: k = 0
+        assert {"int8", "onednn"} <= set(exact(1, w8)) if fits else \
+            not {"int8", "onednn"} & set(exact(1, w8))
     assert exact(2**23) == ["float64", "sparse", "int64"]
     assert exact(2**46) == ["sparse", "int64"]
     for name in KERNELS:  # forced where exact, else the fastest exact one but int64
@@ -47,8 +55,47 @@ def test_the_kernels_are_chosen_within_their_bounds_by_hand(monkeypatch):
     with pytest.raises(ExportError, match="synapse 'syn': its sums can reach 2\\^63"):
         choose("syn", w, 2**56, 4)
     monkeypatch.setenv(FORCE_ENV, "int4")
-    with pytest.raises(ExportError, match="names no kernel; use one of int8, float32"):
+    with pytest.raises(ExportError, match="names no kernel; use one of int8, onednn, float32"):
         choose("syn", w, 1, 4)
+
+
+@pytest.mark.parametrize("total, dtype", [(2**15 - 1, torch.int16), (2**15, torch.int32),
+                                          (-(2**15), torch.int32)])
+def test_spikes_sums_in_int16_below_2_15_by_hand(monkeypatch, total, dtype):
+    """``spikes`` on 300 inputs whose weights sum to ``total`` (S = |total|), every input firing
+    (the one sum that reaches S): int16 where S < 2^15 (32767 is exact there), int32 from 2^15
+    on (32768 and -32768 exact)."""
+    monkeypatch.setenv(FORCE_ENV, "spikes")
+    w = np.full(300, abs(total) // 300)
+    w[: abs(total) % 300] += 1
+    w *= np.sign(total)
+    dense = Dense(nir.Affine(weight=w[None], bias=np.zeros(1),
+                             metadata={"loihi": {"weight_exp": 0}}), 16)
+    c = dense(torch.ones((2, 300), dtype=torch.int8))
+    assert dense.kernel.name == "spikes" and c.y.dtype == dtype
+    assert c.y.tolist() == [[total], [total]]
+
+
+def saturating_int_mm(a, b):
+    """``a @ b`` as oneDNN's int8 x int8 kernel computes it without int8 dot products: ``a``
+    shifted to uint8 (+128), products summed in pairs saturating to int16, the shift's
+    ``128 sum(b)`` taken off."""
+    u, w = a.to(torch.int32) + 128, b.to(torch.int32)
+    pairs = (u[:, :, None] * w[None]).reshape(len(a), -1, 2, w.shape[1]).sum(2)
+    return pairs.clamp(-(2**15), 2**15 - 1).sum(1) - 128 * w.sum(0)
+
+
+def test_int8_is_exact_nowhere_where_int_mm_saturates(monkeypatch, request):
+    """With a ``torch._int_mm`` whose pair sums saturate the probe fails: no synapse runs on
+    int8, not even forced; onednn (uint8 inputs, no shift) stays."""
+    request.addfinalizer(int_mm_exact.cache_clear)
+    monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
+    int_mm_exact.cache_clear()
+    w = np.array([[-128], [127]])
+    assert [n for n, k in KERNELS.items() if k.exact(w, 1)] == \
+        ["onednn", "float32", "float64", "spikes", "sparse", "int64"]
+    monkeypatch.setenv(FORCE_ENV, "int8")
+    assert choose("syn", w, 1, 4)[0].name != "int8"
 
 
 def test_dense_floors_its_exponent_by_hand(kernel):
@@ -99,7 +146,7 @@ def conv_node(w, stride=1, padding=0, dilation=1, groups=1, hw=(6, 5)):
     (3, 2, 1, 1, 1, "int8"),
     (3, (2, 1), (0, 2), (2, 1), 1, "even"),
     (1, 1, 0, 1, 1, "int8"),  # pointwise: no im2col
-    (3, 1, 1, 1, 1, "any"),  # odd and beyond int8: no int8 kernel
+    (3, 1, 1, 1, 1, "any"),  # odd and beyond int8: neither int8 nor onednn
     (3, 2, 1, 1, 4, "even"),  # grouped (depthwise): float convolution
 ])
 def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilation, groups,
@@ -117,7 +164,7 @@ def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilatio
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
     assert got.bound == np.abs(w).reshape(c, -1).sum(1).max()
     if groups == 1:  # forced where exact
-        assert syn.kernel.name == kernel or (kernel == "int8" and weights == "any")
+        assert syn.kernel.name == kernel or not KERNELS[kernel].exact(syn.matrix >> syn.k, 1)
 
 
 @pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="torch without NNPACK")
