@@ -132,7 +132,8 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
         # the float model's first pieces run beside the rest of the set-up: the tokenizer, the
         # export, the backends
-        queue = stack.enter_context(_beside(torch.get_num_threads() if plan else 1))
+        beside = torch.get_num_threads() > 1 and bool(plan)
+        queue = stack.enter_context(_beside(torch.get_num_threads() if beside else 1))
         floats = FloatPieces(model, ds.images, sel.index.numpy(), cfg.batch_size, bool(plan),
                              queue)
         floats.submit_ahead(0)
@@ -160,7 +161,8 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
                 weights[key] = b.class_weights(query, templates)
         log.info("time: set-up (model, data, export, backends, class weights) %.1f s",
                  time.perf_counter() - start)
-        run = _stream(ds.images, sel, plan, backends, weights, cfg.batch_size, floats, queue)
+        run = _stream(ds.images, sel, plan, backends, weights, cfg.batch_size, floats, queue,
+                      beside)
         described = {key: {"backend": name, "runs": backends[key].description, "limit": cap}
                      for key, name, cap in plan}
     return {
@@ -211,11 +213,12 @@ def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
 
 
 def _stream(images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
-            batch_size: int, floats: FloatPieces, queue: WorkQueue) -> dict[str, Any]:
+            batch_size: int, floats: FloatPieces, queue: WorkQueue, beside: bool
+            ) -> dict[str, Any]:
     """The batch loop: predictions, spike tallies (the float model's too, in the chip graph's
     LIFs), pairwise divergence, and the spike raster of the selection's first image. The float
     model runs in pieces (:mod:`.float_model`) on ``queue`` (:func:`_beside`): with two or more
-    threads (:func:`~..machine.set_threads`), a thread of its own takes them beside the
+    threads (:func:`~..machine.set_threads`; ``beside``), a thread of its own takes them beside the
     backends, the threads split between them (each part then runs on whole cores: their
     operations scale poorly over threads), and this thread, its own part of a batch done, takes
     the pieces of the batch still waiting. A backend that forks (Lava) runs only while no piece
@@ -244,7 +247,6 @@ def _stream(images: torch.Tensor, sel: Selection, plan, backends: dict, weights:
                                             else None)
             seconds["float model"] += took
 
-    threads = torch.get_num_threads()
     with progress(None, total=n, desc="verify", unit="img") as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
@@ -289,7 +291,7 @@ def _stream(images: torch.Tensor, sel: Selection, plan, backends: dict, weights:
         lap("tallies and divergence")
     log.info("time: %s%s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
              " (the float model on both threads, beside the rest, from the set-up on: the other "
-             "parts add up to the stream's wall time)" if threads > 1 and backends else "")
+             "parts add up to the stream's wall time)" if beside else "")
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()},
