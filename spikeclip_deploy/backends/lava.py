@@ -244,6 +244,10 @@ class _Network:
         self.period = time_steps  # a new sample every T steps (class docstring)
         self.drain = max(self.depth.values())  # steps the last sample takes after its T
 
+    def steps(self, samples: int) -> int:
+        """The Lava steps a run of ``samples`` samples takes: :math:`BT + D`."""
+        return samples * self.period + self.drain
+
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
         return list(self.record(inputs).spikes.values())
@@ -253,7 +257,7 @@ class _Network:
         ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows
         and every relay's payloads."""
         b, p = len(inputs), self.period
-        steps = b * p + self.drain
+        steps = self.steps(b)
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
         data = np.repeat(data, p, axis=-1)  # each sample's input for its T steps, then zeros
         data = np.concatenate([data, np.zeros((*data.shape[:-1], self.drain), np.int32)], -1)
