@@ -24,7 +24,7 @@ from .work_queue import WorkQueue
 #: images the float model runs at once: its tensors then stay small enough for the allocator
 #: to reuse (fresh memory costs page faults); each image's numbers are those of a whole batch
 FLOAT_ROWS = 16
-#: images submitted beyond the current batch's end (their counts wait in memory: about 140 kB
+#: images submitted beyond the current batch's end (their counts wait in memory: about 150 kB
 #: an image for the shipped default)
 LEAD = 1024
 #: a piece's result: (its images' first and end positions in the selection, their features,
