@@ -123,7 +123,7 @@ def child(source: str, lowering: str, args) -> None:
     spikes = net.run(quantize_input(w.current, q))
     sec = time.perf_counter() - t0
     lifs = [la.name for la in w.layers if isinstance(la.node, nir.LIF)]
-    print(json.dumps({"steps": int(len(w.current) * net.period), "seconds": sec,
+    print(json.dumps({"steps": net.steps(len(w.current)), "seconds": sec,
                       "self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # KiB
                       "children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
                       "layers": len(w.layers),

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,11 @@ def fit_image(img: Image.Image, size: int) -> torch.Tensor:
     ``size x size`` keeps its pixels)."""
     rgb = Image.fromarray(_rgb_array(img))
     if rgb.size != (size, size):
+        # imported here: torchvision takes about a second to import, and images of the
+        # model's size (a decoded dataset's cache, CIFAR) never need it
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
         rgb = TF.center_crop(TF.resize(rgb, size, InterpolationMode.BICUBIC), size)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 

@@ -4,7 +4,7 @@ outputs with an export's."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -22,19 +22,29 @@ def model_source(model: str, init: str = "checkpoint", seed: int = 0
     random initialisation of a registered config (:func:`~.nn.init.random_init`: to check an
     architecture's deployability and cost before training it; the manifest says
     ``"weights": "random-init"``)."""
+    net, info, tokenizer = model_first(model, init, seed)
+    return net, tokenizer(), info
+
+
+def model_first(model: str, init: str = "checkpoint", seed: int = 0
+                ) -> tuple[SpikeCLIP, dict[str, Any], Callable[[], Any]]:
+    """:func:`model_source`'s model and description, and a function that loads its tokenizer
+    (a checkpoint's imports transformers, a second or two: a caller may start other work
+    first)."""
     if init == "random":
         config = get_config(model)
-        return random_init(config, seed), tokenizer_for_vocab(config.vocab_size), {
+        return random_init(config, seed), {
             "name": config.name, "weights": "random-init", "seed": seed,
-            "checkpoint_sha256": None, "metrics": {}}
+            "checkpoint_sha256": None, "metrics": {}}, \
+            lambda: tokenizer_for_vocab(config.vocab_size)
     if init != "checkpoint":
         raise ExportError(f"unknown --init '{init}'; choose checkpoint or random")
     ckpt = resolve_checkpoint(model)
-    model, card, _ = load_model(str(ckpt))
-    check_finite(model, ckpt)
-    return model, load_tokenizer(ckpt), {
+    net, card, _ = load_model(str(ckpt))
+    check_finite(net, ckpt)
+    return net, {
         "name": ckpt.stem, "weights": "checkpoint", "checkpoint_sha256": card["sha256"],
-        "metrics": card["metadata"].get("metrics", {})}
+        "metrics": card["metadata"].get("metrics", {})}, lambda: load_tokenizer(ckpt)
 
 
 def check_finite(model: torch.nn.Module, source: Path) -> None:

@@ -23,8 +23,9 @@ and benchmarked against. A whole batch runs in one simulation (see :class:`_Netw
 ``RingBuffer`` source feeds each sample's quantized input current to the first LIF (direct
 coding), ``LIFReset`` zeroes ``u`` and ``v`` at each layer's sample boundary (Lava never resets
 state by itself), and spike recorders write every layer's spikes to memory-mapped files. Lava
-delays every synapse layer's output by one step, so a sample takes ``T + depth`` steps and a
-LIF's spikes are read from its window ``depth .. depth+T-1``.
+delays every synapse layer's output by one step, so a LIF's spikes of a sample are read from its
+window ``depth .. depth+T-1`` after the sample's first step; the samples follow each other
+every ``T`` steps, each layer taking the next sample as soon as it is done with one.
 """
 from __future__ import annotations
 
@@ -218,12 +219,17 @@ def no_inherited_garbage() -> Iterator[None]:
 class _Network:
     r"""One encoder's chip graph as Lava processes, run once over a whole batch.
 
-    Sample :math:`k` occupies steps :math:`kP+1 .. kP+P` with :math:`P = T + D` (:math:`D` the
-    deepest layer's chip-step offset, :func:`~spikeclip_deploy.exchange.nirgraph.depths`: each
-    synapse delays by one step, plus its aligning delay). The source drives the input LIFs with
-    sample :math:`k`'s input mantissa through the whole period (``a_in << shift`` equals the bias
-    ``mant << shift``); a LIF of depth :math:`d` is reset at step :math:`kP+1+d` and its window is
-    steps :math:`kP+1+d .. kP+d+T`. Several synapses into one LIF sum at its input port.
+    The source drives the input LIFs with sample :math:`k`'s input mantissa at steps
+    :math:`kT+1 .. kT+T` (``a_in << shift`` equals the bias ``mant << shift``), zeros after the
+    last sample; a layer of depth :math:`d` (its chip-step offset,
+    :func:`~spikeclip_deploy.exchange.nirgraph.depths`: each synapse delays by one step, plus its
+    aligning delay) holds sample :math:`k` in its window, steps :math:`kT+1+d .. kT+d+T`, and a
+    LIF is reset at the window's first step. Every path into a layer is aligned (``depths``
+    refuses a graph where it is not) and every other process is memoryless or a fixed delay, so
+    a window sees only its own sample: the samples are pipelined, one every :math:`T` steps,
+    :math:`BT + D` steps for :math:`B` samples (:math:`D` the deepest layer's depth), where a
+    period of :math:`T + D` per sample would take :math:`B(T + D)`. Several synapses into one
+    LIF sum at its input port.
     :meth:`record` with ``state`` also reads every LIF's ``u`` and ``v`` after each step
     (``StateRecorder``) and cuts the same windows from them.
     """
@@ -235,7 +241,12 @@ class _Network:
         self.export_dir = export_dir
         self.shift = shift  # activation shift: inputs and biases enter the state << shift
         self.depth = depths(layers, synapse_delay)
-        self.period = time_steps + max(self.depth.values())
+        self.period = time_steps  # a new sample every T steps (class docstring)
+        self.drain = max(self.depth.values())  # steps the last sample takes after its T
+
+    def steps(self, samples: int) -> int:
+        """The Lava steps a run of ``samples`` samples takes: :math:`BT + D`."""
+        return samples * self.period + self.drain
 
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
@@ -246,9 +257,10 @@ class _Network:
         ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows
         and every relay's payloads."""
         b, p = len(inputs), self.period
-        steps = b * p
+        steps = self.steps(b)
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
-        data = np.repeat(data, p, axis=-1)  # each sample's input for its whole period
+        data = np.repeat(data, p, axis=-1)  # each sample's input for its T steps, then zeros
+        data = np.concatenate([data, np.zeros((*data.shape[:-1], self.drain), np.int32)], -1)
         source = self.L["Source"](data=data)
         by_name = {la.name: la for la in self.layers}
         summed = summed_synapses(self.layers)

@@ -193,20 +193,29 @@ class ChipGraph(nn.ModuleList):
         if not is_neuron(self[-1]):
             raise ValueError("the chip graph must end in a LIF layer (its spikes leave the chip)")
 
-    def forward(self, current: torch.Tensor, time_steps: int) -> list[torch.Tensor]:
-        """Constant host current ``[B, ...]`` -> every layer's output ``[T, B, ...]``."""
+    def forward(self, current: torch.Tensor, time_steps: int,
+                counts: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Constant host current ``[B, ...]`` -> every layer's output ``[T, B, ...]``; with a
+        dict ``counts`` (inference), each LIF layer's spike counts over the steps ``[B, ...]``
+        go there under its index where its compiled pass counted them
+        (:meth:`~.lif.MultiStepLIF.spikes_and_counts`)."""
         host = current.unsqueeze(0).expand(time_steps, *current.shape)
         outs: list[torch.Tensor] = []
+        sums: dict[tuple[int, ...], torch.Tensor] | None = (
+            None if torch.is_grad_enabled() else {})
         for layer, ins in zip(self, self.inputs):
             if isinstance(layer, HostOp):
                 t, b = outs[ins[0]].shape[:2]
                 y = layer.output_grid(layer(*(outs[j].flatten(0, 1) for j in ins)))
                 outs.append(y.reshape(t, b, *y.shape[1:]))
                 continue
-            x = outs[ins[0]] if ins[0] != HOST_INPUT else host
-            for j in ins[1:]:
-                x = x + (outs[j] if j != HOST_INPUT else host)
-            if is_neuron(layer):
+            x = _fan_in(ins, outs, host, sums)
+            if counts is not None and isinstance(layer, MultiStepLIF) and layer.fused:
+                y, c = layer.spikes_and_counts(x)
+                if c is not None:
+                    counts[len(outs)] = c
+                outs.append(y)
+            elif is_neuron(layer):
                 outs.append(layer(x))
             else:  # stateless: fold time into the batch
                 t, b = x.shape[:2]
@@ -226,6 +235,24 @@ class ChipGraph(nn.ModuleList):
         max-pool (its OR LIF)."""
         return [i for i, layer in enumerate(self)
                 if is_neuron(layer) or isinstance(layer, SpikeMaxPool)]
+
+
+def _fan_in(ins: tuple[int, ...], outs: list[torch.Tensor], host: torch.Tensor,
+            sums: dict[tuple[int, ...], torch.Tensor] | None) -> torch.Tensor:
+    """The sum of the outputs of layers ``ins``, added left to right. With ``sums`` (without
+    gradients), every partial sum is kept there under its layers, and a later fan-in whose
+    inputs begin with the same layers starts from it: the same additions in the same order, so
+    the same values (a residual stream's readers each add one term more than the last)."""
+    def out(j: int) -> torch.Tensor:
+        return outs[j] if j != HOST_INPUT else host
+
+    k = next((m for m in range(len(ins), 1, -1) if ins[:m] in sums), 1) if sums else 1
+    x = sums[ins[:k]] if k > 1 else out(ins[0])
+    for m in range(k, len(ins)):
+        x = x + out(ins[m])
+        if sums is not None:
+            sums[ins[:m + 1]] = x
+    return x
 
 
 class GraphBuilder:

@@ -79,6 +79,15 @@ class SpikingEncoder(nn.Module):
         outs = self.stack(self.current(inputs), self.time_steps)
         return [outs[i] for i in self.stack.spike_indices()]
 
+    def chip_counts(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Inference: (the last LIF's spikes ``[T, B, ...]``, each LIF of :meth:`chip_spikes`
+        its spike counts over the steps ``[B, ...]``), counted where the compiled LIF pass made
+        the spikes, else summed from them."""
+        counted: dict[int, torch.Tensor] = {}
+        outs = self.stack(self.current(inputs), self.time_steps, counted)
+        return outs[-1], [counted[i] if i in counted else outs[i].sum(0)
+                          for i in self.stack.spike_indices()]
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.readout(self.run_stack(self.current(inputs))[-1])
 

@@ -134,16 +134,27 @@ def compiled_inference(x: torch.Tensor) -> bool:
         and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
-def _lif_spikes(x: torch.Tensor, tau: float, v_th: float) -> torch.Tensor:
-    """Spikes only (no gradient needed): one compiled pass (:mod:`.lif_kernel`) where
-    :func:`compiled_inference`, else the eager loop; the same values either way."""
+def count_type(time_steps: int) -> type:
+    """The type a neuron's spike count over ``time_steps`` steps is exact in: uint8 below 256
+    steps."""
+    return np.uint8 if time_steps < 256 else np.int64
+
+
+def _lif_spikes(x: torch.Tensor, tau: float, v_th: float
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes only (no gradient needed), ``x [T, N]`` -> (spikes, each neuron's count over the
+    steps ``[N]`` (:func:`count_type`) or None): one compiled pass (:mod:`.lif_kernel`) where
+    :func:`compiled_inference`, counting too, else the eager loop; the same spikes either
+    way."""
     if not compiled_inference(x):
-        return _lif_forward_eager(x, tau, v_th, keep_h=False)[0]
+        return _lif_forward_eager(x, tau, v_th, keep_h=False)[0], None
     from .lif_kernel import lif_spikes_rows  # numba: only where a model runs inference
 
     out = torch.empty_like(x)
-    lif_spikes_rows(x.numpy(), np.array([tau, v_th, 0, 1], dtype=x.numpy().dtype), out.numpy())
-    return out
+    counts = np.empty(x.shape[1], dtype=count_type(x.shape[0]))
+    lif_spikes_rows(x.numpy(), np.array([tau, v_th, 0, 1], dtype=x.numpy().dtype), out.numpy(),
+                    counts)
+    return out, torch.from_numpy(counts)
 
 
 def _lif_backward_eager(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float,
@@ -218,6 +229,10 @@ class _Rows:
     def unflat(self, y: torch.Tensor) -> torch.Tensor:
         return y.view(self.shape).permute(self.inverse)
 
+    def unflat_step(self, y: torch.Tensor) -> torch.Tensor:
+        """A ``[N]`` result (one value per neuron) -> the shape of one step, ``x[0]``'s."""
+        return y.view(self.shape[1:]).permute([d - 1 for d in self.inverse[1:]])
+
 
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
@@ -265,8 +280,7 @@ class MultiStepLIF(nn.Module):
             use_compile = compile_enabled() if use_compile is None else bool(use_compile)
             if torch.is_grad_enabled() and x.requires_grad:
                 return _FusedLIF.apply(x, self.tau, self.v_threshold, self.alpha, use_compile)
-            rows = _Rows(x)
-            return rows.unflat(_lif_spikes(rows.flat(x), self.tau, self.v_threshold))
+            return self.spikes_and_counts(x)[0]
         v = torch.zeros_like(x[0])
         out = []
         for x_t in x:
@@ -275,6 +289,14 @@ class MultiStepLIF(nn.Module):
             v = h * (1.0 - s.detach())
             out.append(s)
         return torch.stack(out)
+
+    def spikes_and_counts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inference (no gradient) of the fused layer: (spikes ``[T, ...]``, each neuron's
+        spike count over the steps ``[...]`` where the compiled pass counted them, else
+        None)."""
+        rows = _Rows(x)
+        spikes, counts = _lif_spikes(rows.flat(x), self.tau, self.v_threshold)
+        return rows.unflat(spikes), None if counts is None else rows.unflat_step(counts)
 
     def extra_repr(self) -> str:
         use_compile = getattr(self, "use_compile", None)

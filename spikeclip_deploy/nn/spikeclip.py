@@ -54,6 +54,14 @@ class SpikeCLIP(nn.Module):
         spikes = self.image.chip_spikes(self.normalize(images_uint8))
         return F.normalize(self.image.readout(spikes[-1]), dim=-1), spikes
 
+    def encode_image_counts(self, images_uint8: torch.Tensor
+                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Inference: (:meth:`encode_image`, the image encoder's spike counts over the steps
+        ``[B, ...]`` per chip LIF, :meth:`~.encoders.SpikingEncoder.chip_counts`), from one
+        forward pass."""
+        last, counts = self.image.chip_counts(self.normalize(images_uint8))
+        return F.normalize(self.image.readout(last), dim=-1), counts
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(tokens), dim=-1)
 

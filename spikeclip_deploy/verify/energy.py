@@ -56,6 +56,7 @@ import numpy as np
 
 from ..errors import ConfigError, LoweringError
 from ..hardware import ChipEnergyModel, EnergyModel
+from ..nn.lif import count_type
 from ..exchange.resources import fan_out, flops
 from ..exchange.attention import AttentionNode
 from ..exchange.current_pool import PoolNode
@@ -215,7 +216,7 @@ class SpikeTally:
         strides. Each LIF's spikes are counted over the steps once (per sample and neuron:
         exact in uint8 below 256 steps), then :meth:`add_counts`."""
         b = len(spikes[0])
-        acc = self._count_type()
+        acc = count_type(self.data["time_steps"])
         self.add_counts([np.add.reduce(s.astype(acc, copy=False), axis=1, dtype=acc)
                          .reshape(b, -1) for s in spikes], spikes)
 
@@ -226,7 +227,7 @@ class SpikeTally:
         is exact); each synapse reading a LIF takes its counts (times its fan-out, in int64).
         Where :attr:`needs_steps`, ``spikes`` are the per-step spikes :meth:`add` takes."""
         d = self.data
-        acc = self._count_type()
+        acc = count_type(d["time_steps"])
         counts = {name: c.astype(acc, copy=False)
                   for name, c in zip(d["lif_shapes"], counts, strict=True)}
         b = len(next(iter(counts.values())))
@@ -247,10 +248,6 @@ class SpikeTally:
                                  "call add, not add_counts")
             self._add_attention(dict(zip(d["lif_shapes"], spikes)), counts)
         d["n"] += b
-
-    def _count_type(self) -> type:
-        """The type a neuron's count over the steps is exact in: uint8 below 256 steps."""
-        return np.uint8 if self.data["time_steps"] < 256 else np.int64
 
     @property
     def needs_steps(self) -> bool:

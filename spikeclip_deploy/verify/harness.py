@@ -16,7 +16,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
@@ -34,13 +34,14 @@ from ..exchange.manifest import DIGEST
 from ..progress import progress
 from ..label_sets import resolve_labels, resolve_templates
 from ..mapping import assume, chip_of, map_side
-from ..model_source import model_source
+from ..model_source import model_first
 from ..robustness import with_distractors, with_synonyms
 from ..targets import export_target
 from ..zeroshot import class_weights, predict, student_text_encoder, warn_indistinct_labels
 from .chip_energy import placement_state
 from .divergence import Divergence
 from .energy import SpikeTally
+from .float_model import FloatPieces
 from .results import (
     KEYS,
     ORDER,
@@ -65,9 +66,6 @@ ExportMaker = Callable[[str, str, str, int, Path], Path]
 #: ``(result, raster or None) -> None``: draws a verification's figures (the command line passes
 #: its plotter for ``--plots``)
 Figures = Callable[[dict[str, Any], dict[str, Any] | None], None]
-#: images the float model runs at once: its tensors then stay small enough for the allocator
-#: to reuse (fresh memory costs page faults); each image's numbers are those of a whole batch
-FLOAT_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -121,18 +119,28 @@ def _plan(cfg: VerifyConfig, ann: str | None) -> list[tuple[str, str, int | None
 def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
     """Run the verification's evaluation -> its partial result (see :mod:`.results`)."""
     start = time.perf_counter()
-    model, tokenizer, info = model_source(cfg.model, cfg.init, cfg.init_seed)
+    model, info, load_tokenizer = model_first(cfg.model, cfg.init, cfg.init_seed)
     ds = load_dataset(cfg.data, model.cfg.image_size, download=cfg.download)
     sel = select(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.limit, cfg.shard)
     classes = (resolve_labels(cfg.labels, ds.class_names) if cfg.labels
                else list(ds.class_names))
     query = with_distractors(with_synonyms(classes, cfg.synonym_fraction), cfg.noisy_factor)
     templates = resolve_templates(cfg.templates)
-    warn_indistinct_labels(tokenizer, query)
     plan = _plan(cfg, model.cfg.ann_reason())
     target = export_target(cfg.target).name
     backends, export, energy = {}, None, None  # no plan: the float model only
     with owned_tempdir(None, "spikeclip-verify-") as workdir, ExitStack() as stack:
+        # the float model's first pieces run beside the rest of the set-up: the tokenizer, the
+        # export, the backends
+        beside = torch.get_num_threads() > 1 and bool(plan)
+        queue = stack.enter_context(_beside(torch.get_num_threads() if beside else 1))
+        floats = FloatPieces(model, ds.images, sel.index.numpy(), cfg.batch_size, bool(plan),
+                             queue)
+        floats.submit_ahead(0)
+        tokenizer = load_tokenizer()
+        warn_indistinct_labels(tokenizer, query)
+        weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
+                                          templates).numpy()}
         if plan:
             export_dir = cfg.export or export_made_by(cfg.make_export, cfg.model, target,
                                                       cfg.init, cfg.init_seed, workdir / target)
@@ -148,12 +156,13 @@ def evaluate(cfg: VerifyConfig) -> dict[str, Any]:
                 energy.update(chip_model=cfg.chip_energy_model,
                               placement=_placement(first.export_dir, cfg.system,
                                                    cfg.assumptions))
-        weights = {"float": class_weights(student_text_encoder(model, tokenizer), query,
-                                          templates).numpy()}
-        weights.update({key: b.class_weights(query, templates) for key, b in backends.items()})
+        for key, b in backends.items():
+            with queue.hold() if b.forks else nullcontext():  # no float piece while it forks
+                weights[key] = b.class_weights(query, templates)
         log.info("time: set-up (model, data, export, backends, class weights) %.1f s",
                  time.perf_counter() - start)
-        run = _stream(model, ds.images, sel, plan, backends, weights, cfg.batch_size)
+        run = _stream(ds.images, sel, plan, backends, weights, cfg.batch_size, floats, queue,
+                      beside)
         described = {key: {"backend": name, "runs": backends[key].description, "limit": cap}
                      for key, name, cap in plan}
     return {
@@ -203,15 +212,17 @@ def evaluate_sharded(cfg: VerifyConfig) -> dict[str, Any] | None:
     return merge_partials(parts) if rank == 0 else None
 
 
-def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
-            batch_size: int) -> dict[str, Any]:
+def _stream(images: torch.Tensor, sel: Selection, plan, backends: dict, weights: dict,
+            batch_size: int, floats: FloatPieces, queue: WorkQueue, beside: bool
+            ) -> dict[str, Any]:
     """The batch loop: predictions, spike tallies (the float model's too, in the chip graph's
     LIFs), pairwise divergence, and the spike raster of the selection's first image. The float
-    model runs in pieces of :data:`FLOAT_ROWS` images (:mod:`.work_queue`); with two or more
-    threads (:func:`~..machine.set_threads`), a thread of its own takes them beside the
+    model runs in pieces (:mod:`.float_model`) on ``queue`` (:func:`_beside`): with two or more
+    threads (:func:`~..machine.set_threads`; ``beside``), a thread of its own takes them beside the
     backends, the threads split between them (each part then runs on whole cores: their
     operations scale poorly over threads), and this thread, its own part of a batch done, takes
-    the pieces still waiting. A backend that forks (Lava) runs only while no piece runs."""
+    the pieces of the batch still waiting. A backend that forks (Lava) runs only while no piece
+    runs."""
     n = len(sel.index)
     positions = sel.positions.numpy()
     preds = {key: np.full(n, -1, dtype=np.int64) for key in ("float", *backends)}
@@ -228,50 +239,33 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
         seconds[what] += time.perf_counter() - clock
         clock = time.perf_counter()
 
-    def float_piece(part: torch.Tensor, start: int) -> Callable[[], tuple[Any, float]]:
-        def job() -> tuple[Any, float]:
-            """Predict ``part``, the images from ``start`` -> (their tally: the spikes as
-            :meth:`~.energy.SpikeTally.add` takes them, or counts as ``add_counts`` does, or
-            None; seconds)."""
-            began, tally = time.perf_counter(), None
-            with torch.inference_mode():
-                if backends:
-                    feats, float_spikes = model.encode_image_spikes(part)
-                    tally = (("add", [s.to(torch.uint8).transpose(0, 1).numpy()
-                                      for s in float_spikes])
-                             if tallies["float"].needs_steps else
-                             ("add_counts", [s.sum(0).reshape(len(part), -1).numpy()
-                                             for s in float_spikes]))
-                else:
-                    feats = model.encode_image(part)
-            preds["float"][start:start + len(part)] = predict(feats.numpy(), weights["float"])
-            return tally, time.perf_counter() - began
-        return job
-
-    def float_tally(queue: WorkQueue) -> None:
-        for tally, took in queue.done():
-            if tally is not None:
-                getattr(tallies["float"], tally[0])(tally[1])
+    def float_tally() -> None:
+        for (lo, hi, feats, counts, steps), took in queue.done():
+            preds["float"][lo:hi] = predict(feats, weights["float"])
+            if counts is not None:
+                tallies["float"].add_counts(counts, steps if tallies["float"].needs_steps
+                                            else None)
             seconds["float model"] += took
 
-    threads = torch.get_num_threads()
-    with _beside(threads if backends else 1) as queue, \
-            progress(None, total=n, desc="verify", unit="img") as bar:
+    with progress(None, total=n, desc="verify", unit="img") as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             batch = images[sel.index[sl]]
-            for lo in range(0, len(batch), FLOAT_ROWS):
-                queue.submit(float_piece(batch[lo:lo + FLOAT_ROWS], start + lo))
+            mine = floats.pieces_before(start + len(batch))  # this batch's pieces
+            floats.submit_ahead(start + len(batch))
             spikes = {}
             for key, name, cap in plan:
                 take = positions[sl] < cap if cap is not None else np.ones(len(batch), bool)
                 if take.any():
-                    if backends[key].forks:  # no float piece may run while it forks
-                        queue.help()
+                    forks = backends[key].forks
+                    if forks:
+                        queue.help(mine)
                         lap("float model (on this thread)")
-                        queue.idle()
-                        lap("waiting for the float model")
-                    feats, s = backends[key].encode_images(batch[torch.from_numpy(take)].numpy())
+                    with queue.hold() if forks else nullcontext():  # no float piece runs
+                        if forks:
+                            lap("waiting for the float model")
+                        feats, s = backends[key].encode_images(
+                            batch[torch.from_numpy(take)].numpy())
                     preds[key][np.flatnonzero(take) + start] = predict(feats, weights[key])
                     lap(name)
                     tallies[key].add(s)
@@ -286,18 +280,18 @@ def _stream(model, images: torch.Tensor, sel: Selection, plan, backends: dict, w
             if raster is None and spikes and positions[start] == 0:
                 raster = _raster(spikes, tallies, int(sel.index[start]))
             lap("tallies and divergence")
-            queue.help()  # the float pieces the other thread has not taken
+            queue.help(mine)  # this batch's float pieces the other thread has not taken
             lap("float model (on this thread)")
-            float_tally(queue)
+            float_tally()
             lap("tallies and divergence")
             bar.update(len(batch))
         queue.idle()
         lap("waiting for the float model")
-        float_tally(queue)
+        float_tally()
         lap("tallies and divergence")
     log.info("time: %s%s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
-             " (the float model on both threads, beside the rest: the other parts add up to "
-             "the stream's wall time)" if threads > 1 and backends else "")
+             " (the float model on both threads, beside the rest, from the set-up on: the other "
+             "parts add up to the stream's wall time)" if beside else "")
     return {"preds": {k: v.tolist() for k, v in preds.items()},
             "tallies": {k: t.state() for k, t in tallies.items()},
             "divergence": {f"{a}_vs_{b}": d.state() for (a, b), d in divs.items()},

@@ -19,14 +19,15 @@ class WorkQueue:
     """A queue of jobs (``() -> result``), run by whoever takes each first: the worker thread
     of :func:`work_queue` (if any) or the caller in :meth:`help`. :meth:`done` yields the
     results in submission order, as far as they are finished; :meth:`idle` returns once no
-    thread runs a job (then a process may fork: no job holds a lock of another thread). A job's
-    exception is raised in the caller, by the next :meth:`done` or :meth:`idle`."""
+    thread runs a job, and inside :meth:`hold` no job runs (then a process may fork: no job holds
+    a lock of another thread). A job's exception is raised in the caller, by the next
+    :meth:`done` or :meth:`idle`."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._waiting: deque[tuple[int, Callable[[], Any]]] = deque()
         self._finished: dict[int, Any] = {}
-        self._submitted = self._taken = self._running = 0
+        self._submitted = self._taken = self._running = self._held = 0
         self._error: BaseException | None = None
         self._closed = False
 
@@ -36,10 +37,30 @@ class WorkQueue:
             self._submitted += 1
             self._cv.notify_all()
 
-    def help(self) -> None:
-        """Run the jobs waiting, here, until none waits."""
-        while (got := self._take(block=False)) is not None:
+    @property
+    def submitted(self) -> int:
+        """How many jobs were submitted (the next one's index)."""
+        return self._submitted
+
+    def help(self, below: int | None = None) -> None:
+        """Run the jobs waiting, here, until none waits (with ``below``: none of an index below
+        it, in submission order from 0)."""
+        while (got := self._take(block=False, below=below)) is not None:
             self._run(*got)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """A block in which no job runs: it begins once the running ones are done, and no
+        thread takes a job until it ends (the jobs waiting stay waiting)."""
+        with self._cv:
+            self._held += 1
+            self._cv.wait_for(lambda: self._running == 0)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._held -= 1
+                self._cv.notify_all()
 
     def idle(self) -> None:
         """:meth:`help`, then wait until no thread runs a job."""
@@ -60,10 +81,12 @@ class WorkQueue:
                 self._taken += 1
             yield result
 
-    def close(self) -> None:
-        """Let the worker end once no job waits."""
+    def close(self, drop: bool = False) -> None:
+        """Let the worker end once no job waits (with ``drop``, the waiting ones dropped)."""
         with self._cv:
             self._closed = True
+            if drop:
+                self._waiting.clear()
             self._cv.notify_all()
 
     def work(self) -> None:
@@ -71,11 +94,13 @@ class WorkQueue:
         while (got := self._take(block=True)) is not None:
             self._run(*got)
 
-    def _take(self, block: bool) -> tuple[int, Callable[[], Any]] | None:
+    def _take(self, block: bool, below: int | None = None
+              ) -> tuple[int, Callable[[], Any]] | None:
         with self._cv:
             if block:
-                self._cv.wait_for(lambda: self._waiting or self._closed)
-            if not self._waiting:
+                self._cv.wait_for(lambda: (self._waiting and not self._held) or self._closed)
+            if not self._waiting or self._held or (below is not None
+                                                   and self._waiting[0][0] >= below):
                 return None
             self._running += 1
             return self._waiting.popleft()
@@ -104,7 +129,8 @@ class WorkQueue:
 def work_queue(worker: bool, initializer: Callable[[], None] | None = None
                ) -> Iterator[WorkQueue]:
     """A :class:`WorkQueue`; with ``worker``, a thread (set up by ``initializer``) runs its jobs
-    too, until the block ends (the jobs still waiting then run first)."""
+    too, until the block ends (the jobs still waiting then run first, unless the block ends in
+    an error: then they are dropped)."""
     queue = WorkQueue()
     if not worker:
         yield queue
@@ -119,6 +145,9 @@ def work_queue(worker: bool, initializer: Callable[[], None] | None = None
     thread.start()
     try:
         yield queue
+    except BaseException:
+        queue.close(drop=True)
+        raise
     finally:
         queue.close()
         thread.join()

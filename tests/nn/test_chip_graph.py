@@ -1,9 +1,10 @@
-"""The chip graph: fan-in sums in the same time step, spike max-pooling is an OR."""
+"""The chip graph: fan-in sums in the same time step (in inference, partial sums reused with the
+same values), spike max-pooling is an OR, each LIF's spikes counted in inference."""
 import pytest
 import torch
 from torch import nn
 
-from spikeclip_deploy.nn.chip_graph import ChipGraph, SpikeMaxPool
+from spikeclip_deploy.nn.chip_graph import ChipGraph, SpikeMaxPool, _fan_in
 from spikeclip_deploy.nn.lif import MultiStepLIF
 
 
@@ -34,6 +35,37 @@ def test_residual_fan_in_by_hand():
         assert outs[2].flatten().tolist() == [0, 0, 1, 0]
         assert outs[4].flatten().tolist() == [0, 0, 0, 0]
         assert graph(0.9)(x, time_steps=4)[4].flatten().tolist() == [0, 0, 1, 0]
+
+
+def test_fan_in_reuses_partial_sums_with_the_same_values():
+    # terms of very different sizes: another order of the additions rounds differently
+    torch.manual_seed(0)
+    outs = [torch.randn(2, 3, 50) * 10.0 ** (3 * k) for k in range(5)]
+    host = torch.randn(2, 3, 50)
+    sums = {}
+    for ins in [(0,), (0, 1), (0, 1, 2), (-1, 0, 1, 2, 3), (0, 1, 2, 3, 4), (0, 2), (0, 1, 3)]:
+        alone = outs[ins[0]] if ins[0] >= 0 else host
+        for j in ins[1:]:
+            alone = alone + (outs[j] if j >= 0 else host)
+        assert torch.equal(_fan_in(ins, outs, host, sums), alone)
+        assert torch.equal(_fan_in(ins, outs, host, None), alone)
+    assert {(0, 1), (0, 1, 2), (0, 1, 2, 3, 4), (0, 1, 3)} <= set(sums)
+
+
+def test_inference_counts_every_lif_and_keeps_every_output():
+    layers = [MultiStepLIF(2.0, 1.0), nn.Linear(6, 6), MultiStepLIF(2.0, 0.5), nn.Linear(6, 6),
+              MultiStepLIF(2.0, 0.5)]
+    g = ChipGraph(layers, inputs=[(-1,), (0,), (1,), (2,), (1, 3)])
+    x = torch.randn(5, 6) * 3
+    counts = {}
+    with torch.no_grad():
+        plain = g(x, time_steps=4)
+        counted = g(x, time_steps=4, counts=counts)
+    assert all(torch.equal(a, b) for a, b in zip(plain, counted, strict=True))
+    assert sorted(counts) == [0, 2, 4]
+    for i, c in counts.items():
+        assert torch.equal(c.long(), plain[i].sum(0).long())
+    assert all(0 < int(counts[i].sum()) for i in counts)
 
 
 def test_chain_default_and_checks():

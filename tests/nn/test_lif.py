@@ -186,3 +186,16 @@ def test_compiled_inference_equals_the_eager_loop(dtype, tau, v_th):
         compiled = MultiStepLIF(tau, v_th)(x)
     assert compiled.dtype == dtype and torch.equal(compiled, eager)
     assert 0 < compiled.sum() < compiled.numel() and ties.shape[1] > 1000
+    with torch.no_grad():  # the spikes counted over the steps in the same pass
+        spikes, counts = MultiStepLIF(tau, v_th).spikes_and_counts(x)
+    assert torch.equal(spikes, eager) and counts.dtype == torch.uint8
+    assert torch.equal(counts.long(), eager.sum(0).long())
+
+
+def test_counts_come_back_in_the_shape_and_layout_of_a_step():
+    # [T, B, C, H, W] with the channels innermost in memory (channels-last)
+    x = (torch.randn(3, 2, 4, 6, 5) * 2).permute(0, 1, 4, 2, 3)
+    with torch.no_grad():
+        spikes, counts = MultiStepLIF(2.0, 1.0).spikes_and_counts(x)
+    assert counts.shape == (2, 5, 4, 6) and torch.equal(counts.long(), spikes.sum(0).long())
+    assert 0 < int(counts.sum()) < 3 * counts.numel()

@@ -66,9 +66,10 @@ def test_every_image_by_default_emulator_on_all_lava_on_a_sample(micro_ckpt, mic
 @pytest.mark.lava
 def test_the_float_model_beside_the_backends_changes_nothing(micro_ckpt, micro_exports,
                                                              image_folder, monkeypatch):
-    """With two threads the float model runs in a thread of its own: the partial result is one
-    thread's, the threads are restored after, and Lava (which forks) never runs while the float
-    model does (its first batch is held long enough to be caught running)."""
+    """With two threads the float model runs in a thread of its own, from the set-up on: the
+    partial result is one thread's, the threads are restored after, and Lava (which forks)
+    never runs while the float model does, neither on the images nor on the class weights' texts
+    in the set-up (its first piece is held long enough to be caught running)."""
     import threading
     import time
 
@@ -81,31 +82,35 @@ def test_the_float_model_beside_the_backends_changes_nothing(micro_ckpt, micro_e
     torch.set_num_threads(1)
     one = evaluate(cfg)
     spans = {"float": [], "lava": []}
-    floats, lava = SpikeCLIP.encode_image_spikes, LavaBackend.encode_images
+    lava = LavaBackend.run_chip
 
-    def float_model(self, images):
+    def timed(floats):
+        def float_model(self, images):
+            began = time.perf_counter()
+            if not spans["float"]:
+                time.sleep(1.0)
+            out = floats(self, images)
+            spans["float"].append((began, time.perf_counter(), threading.get_ident()))
+            return out
+        return float_model
+
+    def on_lava(self, side, current):
         began = time.perf_counter()
-        if not spans["float"]:
-            time.sleep(1.0)
-        out = floats(self, images)
-        spans["float"].append((began, time.perf_counter(), threading.get_ident()))
+        out = lava(self, side, current)
+        spans["lava"].append((began, time.perf_counter(), side))
         return out
 
-    def on_lava(self, images):
-        began = time.perf_counter()
-        out = lava(self, images)
-        spans["lava"].append((began, time.perf_counter()))
-        return out
-
-    monkeypatch.setattr(SpikeCLIP, "encode_image_spikes", float_model)
-    monkeypatch.setattr(LavaBackend, "encode_images", on_lava)
+    for name in ("encode_image_spikes", "encode_image_counts"):
+        monkeypatch.setattr(SpikeCLIP, name, timed(getattr(SpikeCLIP, name)))
+    monkeypatch.setattr(LavaBackend, "run_chip", on_lava)
     torch.set_num_threads(2)
     numba.set_num_threads(2)
     two = evaluate(cfg)
     assert torch.get_num_threads() == 2 and numba.get_num_threads() == 2
     assert {ident for *_, ident in spans["float"]} - {threading.get_ident()}
-    assert spans["lava"] and all(end <= l0 or f0 >= l1 for f0, end, _ in spans["float"]
-                                 for l0, l1 in spans["lava"])
+    assert {side for *_, side in spans["lava"]} == {"text", "image"}
+    assert all(end <= l0 or f0 >= l1 for f0, end, _ in spans["float"]
+               for l0, l1, _ in spans["lava"])
     assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
 
 

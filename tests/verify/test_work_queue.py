@@ -2,6 +2,7 @@
 results come back in submission order, ``idle`` returns only once no job runs, and a job's error
 reaches the caller."""
 import threading
+import time
 
 import pytest
 
@@ -73,3 +74,41 @@ def test_without_a_worker_the_caller_runs_every_job():
         assert list(q.done()) == []
         q.help()
         assert list(q.done()) == [(i, threading.get_ident()) for i in range(3)]
+
+
+def test_no_job_starts_while_held_and_the_hold_waits_for_the_running_one():
+    started, release = threading.Event(), threading.Event()
+    ran = []
+
+    def job(i, block=False):
+        def run():
+            if block:
+                started.set()
+                release.wait(10)  # bounded: a failing test ends
+            ran.append(i)
+            return i
+        return run
+
+    with work_queue(True) as q:
+        q.submit(job(0, block=True))
+        started.wait(10)  # the worker runs job 0
+        threading.Timer(0.2, release.set).start()
+        with q.hold():
+            assert ran == [0]  # the hold began once job 0 was done
+            q.submit(job(1))
+            time.sleep(0.3)  # time for the worker to take it, were it not held
+            q.help()
+            assert ran == [0]
+        q.idle()
+        assert list(q.done()) == [0, 1]
+
+
+def test_help_below_an_index_leaves_the_later_jobs_waiting():
+    with work_queue(False) as q:
+        for i in range(4):
+            q.submit(lambda i=i: i)
+        assert q.submitted == 4
+        q.help(below=2)
+        assert list(q.done()) == [0, 1]
+        q.help()
+        assert list(q.done()) == [2, 3]
