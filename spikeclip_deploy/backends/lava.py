@@ -241,12 +241,11 @@ class _Network:
         self.export_dir = export_dir
         self.shift = shift  # activation shift: inputs and biases enter the state << shift
         self.depth = depths(layers, synapse_delay)
-        self.period = time_steps  # a new sample every T steps (class docstring)
         self.drain = max(self.depth.values())  # steps the last sample takes after its T
 
     def steps(self, samples: int) -> int:
         """The Lava steps a run of ``samples`` samples takes: :math:`BT + D`."""
-        return samples * self.period + self.drain
+        return samples * self.time_steps + self.drain  # a new sample every T steps
 
     def run(self, inputs: np.ndarray) -> list[np.ndarray]:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> spikes ``[B, T, *shape]`` per LIF."""
@@ -256,7 +255,7 @@ class _Network:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes and, with
         ``state`` (about twice the run time), its ``u`` and ``v`` after every step of its windows
         and every relay's payloads."""
-        b, p = len(inputs), self.period
+        b, p = len(inputs), self.time_steps  # a sample's period: T steps
         steps = self.steps(b)
         data = np.stack([to_lava_layout(x) for x in inputs], -1).astype(np.int32)
         data = np.repeat(data, p, axis=-1)  # each sample's input for its T steps, then zeros
@@ -384,7 +383,7 @@ class _Network:
     def _windows(self, rec: np.ndarray, name: str, b: int) -> np.ndarray:
         """A LIF's recording ``[steps, *lava_shape]`` -> its ``b`` windows ``[B, T, *shape]``
         (PyTorch layout)."""
-        rows = (np.arange(b)[:, None] * self.period + self.depth[name]
+        rows = (np.arange(b)[:, None] * self.time_steps + self.depth[name]
                 + np.arange(self.time_steps)[None, :])
         windows = rec[rows.reshape(-1)]  # [B*T, *lava_shape]
         return np.stack([from_lava_layout(np.moveaxis(w, 0, -1))

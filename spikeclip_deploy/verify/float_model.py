@@ -49,7 +49,7 @@ class FloatPieces:
         self._model, self._images, self._index = model, images, index
         self._spikes, self._queue = spikes, queue
         self._steps = spikes and any(isinstance(m, SpikeAttention) for m in model.modules())
-        self._count = torch.from_numpy(np.zeros(0, count_type(model.cfg.time_steps))).dtype
+        self._count = count_type(model.cfg.time_steps)
         self._starts = [s + lo for s in range(0, n, batch_size)
                         for lo in range(0, min(batch_size, n - s), FLOAT_ROWS)]
         self._ends = [min(lo + FLOAT_ROWS, (lo // batch_size + 1) * batch_size, n)
@@ -80,6 +80,7 @@ class FloatPieces:
                 else:
                     feats, counts = self._model.encode_image_counts(part)
                 if counts is not None:
-                    counts = [c.reshape(len(part), -1).to(self._count).numpy() for c in counts]
+                    counts = [c.reshape(len(part), -1).numpy().astype(self._count, copy=False)
+                              for c in counts]
             return (lo, hi, feats.numpy(), counts, steps), time.perf_counter() - began
         return job

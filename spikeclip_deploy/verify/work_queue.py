@@ -37,11 +37,6 @@ class WorkQueue:
             self._submitted += 1
             self._cv.notify_all()
 
-    @property
-    def submitted(self) -> int:
-        """How many jobs were submitted (the next one's index)."""
-        return self._submitted
-
     def help(self, below: int | None = None) -> None:
         """Run the jobs waiting, here, until none waits (with ``below``: none of an index below
         it, in submission order from 0)."""
