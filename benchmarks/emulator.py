@@ -35,7 +35,8 @@ their input mantissas once, outside every timing. Per model and condition:
 - the emulator: median images/s of ``--repeats`` runs of ``--images`` images after a warm-up,
   with the threads ``verify`` would take (the cores other work leaves idle) and with one
   thread, and whether its spikes equal Lava's (every LIF, step and neuron);
-- the bound: the multiply-accumulates of one image (every distinct synapse once) at the rate
+- the bound: the multiply-accumulates of one image (every distinct synapse the emulator runs
+  once: a fused fan-in's whole product, not its parts) at the rate
   of the fastest exact GEMM kernel at each synapse's shape and input density (measured right
   after the emulator, as the emulator measures its choice: which one is printed; the sparse
   kernels' rates count the dense product's MACs), and the emulator's share of it. With ``n``
@@ -130,9 +131,11 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
     shape for ``images`` images and its input density in the emulator's run, measured now, how
     many synapses each kernel is fastest on); grouped convolutions count at the others' rate."""
     em = emu.emulations["image"]
-    by_name = {la.name: la for la in em.layers}
+    by_name = {la.name: la for la in em.fused}
     macs, timed_macs, seconds, kernels = 0, 0, 0.0, {}
     for name, syn in em.synapses.items():
+        if name not in by_name:  # a part of a fused fan-in (run where state is recorded)
+            continue
         node = by_name[name].node
         w = np.asarray(node.weight)  # [out, in (per group), kernel...]
         rows = images * em.time_steps

@@ -436,7 +436,8 @@ def test_random_streams_equal_lava(network):
 @st.composite
 def split_networks(draw):
     r"""(layers, input mantissas, T): a dense layer's fan-in split into 2-5 parts summed on a
-    chain of graded relays, as the ``split_fan_in`` pass writes it: ``lif0 -part_k-> sum_k``,
+    chain of graded relays, as the ``split_fan_in`` pass writes it (its metadata ``part_of``,
+    ``fan_in_of`` too): ``lif0 -part_k-> sum_k``,
     :math:`sum_k = sum_{k-1} + part_k`, ``lif1`` reading the last; part :math:`k` (its own run
     of columns, zero elsewhere; part 0 the bias) held :math:`k` steps; weights, exponents (one
     for all parts), decays and thresholds as in :func:`networks`."""
@@ -450,10 +451,11 @@ def split_networks(draw):
         wk = np.zeros_like(w)
         wk[:, k * width:(k + 1) * width] = w[:, k * width:(k + 1) * width]
         part = nir.Affine(weight=wk, bias=np.asarray(whole.bias) * (k == 0),
-                          metadata={**whole.metadata, "delay": k})
+                          metadata={**whole.metadata, "delay": k, "part_of": "whole"})
         layers.append(ChipLayer(f"part{k}", part, ("lif0",)))
-        layers.append(ChipLayer(f"sum{k}", relay(reader.tau.shape, {}),
-                                ((f"sum{k - 1}",) if k else ()) + (f"part{k}",)))
+        sum_k = relay(reader.tau.shape, {})
+        sum_k.metadata["fan_in_of"] = "whole"
+        layers.append(ChipLayer(f"sum{k}", sum_k, ((f"sum{k - 1}",) if k else ()) + (f"part{k}",)))
     layers.append(ChipLayer("lif1", reader, (f"sum{n_parts - 1}",)))
     top = draw(st.sampled_from([4095, 2**17 + 1]))
     mant = seeded_ints(draw, (b, n_in), -top - 1, top, (-top - 1, top))
@@ -465,11 +467,22 @@ def split_networks(draw):
 @given(split_networks())
 def test_random_split_fan_ins_equal_lava(network):
     """A fan-in split on graded relays: every relay's payloads and both LIFs' u, v and spikes,
-    every step and sample, as on Lava."""
+    every step and sample, as on Lava; and the spikes of a run that records no state, where
+    the emulator sums the parts in one product wherever that is exact (a part's exponent not
+    negative, Lava's weights of the parts summing to the whole's)."""
     layers, mant, t = network
-    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state=True)
+    emulation = Emulation(layers, t, FP, 1, ".")
+    got = emulation.run(mant, record_state=True)
     event(f"{len(got.payloads)} parts")
-    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+    want = lava_record(layers, mant, t)
+    assert_same_runs(got, want, f"{len(layers)} layers, T={t}: ")
+    fused = [la.name for la in emulation.fused] == ["lif0", "whole", f"sum{len(got.payloads) - 1}",
+                                                    "lif1"]
+    event("fused" if fused else "not fused")
+    if not fused:
+        assert [la.name for la in emulation.fused] == [la.name for la in layers]
+    for name, spikes in emulation.run(mant).spikes.items():
+        assert_same(name, "spikes", spikes, want.spikes[name], "no state recorded: ")
 
 
 def test_a_relay_sums_its_inputs_by_hand():
