@@ -68,8 +68,8 @@ from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
-from spikeclip_deploy.backends.emulator_gemm import (KERNELS, density_step, int_mm_exact,
-                                                     measure_rows, power_of_two)
+from spikeclip_deploy.backends.emulator_gemm import (density_step, int_mm_exact, measure_rows,
+                                                     power_of_two)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
@@ -146,8 +146,7 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         if isinstance(node, nir.Conv2d) and int(np.asarray(node.groups)) > 1:
             continue
         wq = syn.matrix >> power_of_two(syn.matrix)
-        exact = [name for name, kernel in KERNELS.items() if kernel.exact(wq, syn.bound_in)
-                 and name != "int64"]
+        exact = emulator_gemm.exact_kernels(wq, syn.bound_in, timed=True)
         m = measure_rows(wq, rows)
         times = emulator_gemm.measure(wq, m, exact, density_step(syn.density))
         best = min(exact, key=times.get)

@@ -605,6 +605,30 @@ def wide_residual(rng):
             ChipLayer("lif2", lif(shape, 4095, 1000, 40), ("syn2", "skip"))]
 
 
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
+def test_worker_threads_share_each_synapses_kernel_choice(monkeypatch):
+    """On two worker threads, each synapse's kernel is chosen once (by whichever replica runs
+    it first) and every replica runs that kernel, with buffers of its own."""
+    import numba
+
+    from spikeclip_deploy.backends import emulator_synapses
+
+    calls = []
+    choose = emulator_synapses.choose
+    monkeypatch.setattr(emulator_synapses, "choose",
+                        lambda name, *a: calls.append(name) or choose(name, *a))
+    emulation = Emulation(wide_residual(np.random.default_rng(4)), 4, FP, 1, ".")
+    emulation.chunk = 2
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    emulation.run(np.random.default_rng(5).integers(-500, 3000, (5, 3, 21, 20)))
+    assert len(emulation.replicas) == 2
+    assert sorted(calls) == sorted(emulation.synapses) == ["skip", "syn1", "syn2"]
+    for name in emulation.synapses:
+        a, b = (em.synapses[name].kernel for em in emulation.replicas)
+        assert a is not b and a.name == b.name, name
+
+
 @pytest.mark.lava
 @pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
 def test_blocks_of_neurons_and_samples_on_worker_threads_equal_lava():
