@@ -36,10 +36,11 @@ their input mantissas once, outside every timing. Per model and condition:
   with the threads ``verify`` would take (the cores other work leaves idle) and with one
   thread, and whether its spikes equal Lava's (every LIF, step and neuron);
 - the bound: the multiply-accumulates of one image (every distinct synapse the emulator runs
-  once: a fused fan-in's whole product, not its parts) at the rate
-  of the fastest exact GEMM kernel at each synapse's shape and input density (measured right
-  after the emulator, as the emulator measures its choice: which one is printed; the sparse
-  kernels' rates count the dense product's MACs), and the emulator's share of it. With ``n``
+  once: a fused fan-in's whole product, not its parts) at the rate of the fastest exact
+  kernel at each synapse's shape and input density (a product's kernels at its GEMM shape, a
+  convolution's direct one too; measured right after the emulator, as the emulator measures
+  its choice: which one is printed; the sparse kernels' rates count the dense product's
+  MACs), and the emulator's share of it. With ``n``
   threads, the faster of the kernels on ``n`` threads each and ``n`` times their rate on one
   thread (the emulator's ``n`` workers each run their own products on one thread);
 - the emulator's images/s over the fastest Lava figure.
@@ -58,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import nir
@@ -68,8 +70,8 @@ from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
-from spikeclip_deploy.backends.emulator_gemm import (density_step, int_mm_exact, measure_rows,
-                                                     power_of_two)
+from spikeclip_deploy.backends.emulator_gemm import (DirectConv, density_step, int_mm_exact,
+                                                     measure_rows, power_of_two, random_spikes)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
@@ -126,10 +128,27 @@ def export_of(model: str, init: str, out: Path) -> Path:
     return out
 
 
+def direct_seconds(syn, node: nir.Conv2d, samples: int) -> float | None:
+    """Seconds of oneDNN's direct convolution (``DirectConv``) of convolution ``syn`` on
+    ``samples`` samples of random spikes at the synapse's input density, where it is exact
+    (else None): at most as many samples as ``MEASURE_MACS`` multiply-accumulates hold, the time
+    scaled to ``samples``."""
+    if not syn.direct_exact():
+        return None
+    hw = tuple(int(v) for v in np.asarray(node.input_shape))
+    positions = int(np.prod(conv_out_hw(node, hw)))
+    timed = max(1, min(samples, emulator_gemm.MEASURE_MACS // (positions * syn.weight.size)))
+    x = random_spikes((timed, *hw, syn.weight.shape[1] * syn.groups), density_step(syn.density))
+    conv = syn.make_direct()
+    return emulator_gemm.seconds({"direct": partial(conv, x)})["direct"] * samples / timed
+
+
 def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
-    """(MACs of one image, MACs/s of the fastest exact kernel at each distinct synapse's GEMM
-    shape for ``images`` images and its input density in the emulator's run, measured now, how
-    many synapses each kernel is fastest on); grouped convolutions count at the others' rate."""
+    """(MACs of one image, MACs/s of the fastest exact kernel at each distinct synapse's shape
+    for ``images`` images and its input density in the emulator's run, measured now, how many
+    synapses each kernel is fastest on): a product's kernels at its GEMM shape, and a
+    convolution's direct kernel where it is exact; grouped convolutions without it count at
+    the others' rate."""
     em = emu.emulations["image"]
     by_name = {la.name: la for la in em.fused}
     macs, timed_macs, seconds, kernels = 0, 0, 0.0, {}
@@ -143,16 +162,23 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
             rows *= int(np.prod(conv_out_hw(node, tuple(np.asarray(node.input_shape)))))
         k, n = int(np.prod(w.shape[1:])), int(w.shape[0])
         macs += rows * k * n
-        if isinstance(node, nir.Conv2d) and int(np.asarray(node.groups)) > 1:
+        times = {}
+        if isinstance(node, nir.Conv2d):
+            direct = direct_seconds(syn, node, images * em.time_steps)
+            if direct is not None:
+                times[DirectConv.name] = direct
+        if hasattr(syn, "matrix"):  # a product (groups 1)
+            wq = syn.matrix >> power_of_two(syn.matrix)
+            exact = emulator_gemm.exact_kernels(wq, syn.bound_in, timed=True)
+            m = measure_rows(wq, rows)
+            times.update({kernel: t * rows / m for kernel, t in emulator_gemm.measure(
+                wq, m, exact, density_step(syn.density)).items()})
+        if not times:
             continue
-        wq = syn.matrix >> power_of_two(syn.matrix)
-        exact = emulator_gemm.exact_kernels(wq, syn.bound_in, timed=True)
-        m = measure_rows(wq, rows)
-        times = emulator_gemm.measure(wq, m, exact, density_step(syn.density))
-        best = min(exact, key=times.get)
+        best = min(times, key=times.get)
         kernels[best] = kernels.get(best, 0) + 1
         timed_macs += rows * k * n
-        seconds += times[best] * rows / m
+        seconds += times[best]
     return macs / images, timed_macs / seconds, kernels
 
 
@@ -192,10 +218,12 @@ def measure(name: str, export: Path, args, lava_images: int, ref_images: int,
     images = rng.integers(0, 255, (max(args.images, lava_images), 3, 32, 32), dtype=np.uint8)
     mant = input_mantissa(emu.host.image_current(images), graph, "image")
     em = emu.emulations["image"]
-    n_syn = sum(isinstance(la.node, (nir.Affine, nir.Conv2d)) for la in em.layers)
+    syn = [la.name for la in em.fused if isinstance(la.node, (nir.Affine, nir.Conv2d))]
     print(f"{name} ({export.name}), {condition}: image chip graph, T = {emu.time_steps}, "
-          f"{len(emu.lif_names('image'))} LIF layers, {n_syn} synapse layers "
-          f"({len(em.synapses)} distinct); load average {os.getloadavg()[0]:.2f}")
+          f"{len(emu.lif_names('image'))} LIF layers, {len(syn)} synapse layers run "
+          f"({sum(n in em.synapses for n in syn)} distinct; fan-ins fused: "
+          f"{len(em.layers) - len(em.fused)} layers fewer); load average "
+          f"{os.getloadavg()[0]:.2f}")
 
     one, full = (lava_run(export, "im2col", mant[:n]) for n in (1, lava_images))
     rates = [lava_images / full["seconds"]]

@@ -23,9 +23,12 @@ sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{
   cheapest where few inputs fire and the CPU has no int8 dot products;
 - ``sparse``: the weight rows of the nonzero inputs times the inputs accumulated in int64
   (:math:`S < 2^{63}`; numba, parallel over rows), for graded inputs;
-- ``int64``: torch's integer GEMM, only where nothing faster is exact.
+- ``int64``: torch's integer GEMM, only where nothing faster is exact;
+- ``onednn-conv`` (a convolution's, over its spikes rather than im2col's columns): as
+  ``onednn``, on oneDNN's int8 convolution (:class:`DirectConv`).
 
-Each exact kernel is timed once per shape and density (:math:`M` capped at
+Each exact kernel is timed once per shape and density (a convolution's direct kernel against
+im2col plus the fastest product: :meth:`.emulator_synapses.Conv.direct_conv`) (:math:`M` capped at
 :data:`MEASURE_MACS` / KN rows, inputs firing at the first call's share of nonzero inputs,
 rounded to :data:`DENSITY_STEP`; :data:`SPIKE_DENSITY` where unknown) and the times cached in
 ``cache_dir()/emulator-kernels/`` under a key of the CPU model, its flags, the instruction-set
@@ -39,7 +42,8 @@ import json
 import logging
 import os
 import time
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +57,8 @@ from ..paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-#: forces one kernel (where exact): int8, onednn, float32, float64, spikes, sparse or int64
+#: forces one kernel (where exact): int8, onednn, float32, float64, spikes, sparse, int64 or
+#: onednn-conv (a convolution's, :class:`DirectConv`)
 FORCE_ENV = "SPIKECLIP_EMU_KERNEL"
 #: multiply-accumulates of one timed product (rows capped to fit): a millisecond or so
 MEASURE_MACS = 2**26
@@ -223,6 +228,33 @@ KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (Int8, Onednn, Float32, F
                                                           Sparse, Int64)}
 
 
+class DirectConv:
+    r"""A convolution of binary spikes (as uint8) by :math:`W'` (``[Cout, Cin / groups, kh, kw]``,
+    int8) on oneDNN's int8 convolution (``torch.ops.onednn.qconv_pointwise``, scales 1,
+    zero points 0: int32 sums written as float32): exact where the ``onednn`` product is
+    (:math:`S < 2^{24}`, and no int16 pair sum of ``vpmaddubsw`` saturates), without im2col's
+    columns. Its output is new memory each call."""
+
+    name = "onednn-conv"
+
+    def __init__(self, w: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
+                 dilation: tuple[int, int], groups: int = 1) -> None:
+        n = len(w)
+        self.scales, self.zero_points = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+        self.geometry = [list(stride), list(padding), list(dilation), groups]
+        self.w = torch.ops.onednn.qconv_prepack(torch.as_tensor(w).to(torch.int8), self.scales,
+                                                1.0, 0, *self.geometry, None)
+
+    exact = Onednn.exact  # on the weights as a matrix
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        """Spikes ``[N, H, W, C]`` (int8, channels last) -> sums ``[N, Ho, Wo, Cout]``."""
+        x = s.contiguous().view(torch.uint8).permute(0, 3, 1, 2)  # NCHW, channels last
+        return torch.ops.onednn.qconv_pointwise(
+            x, 1.0, 0, self.w, self.scales, self.zero_points, None, *self.geometry, 1.0, 0,
+            torch.float32, "none", [], "").permute(0, 2, 3, 1)
+
+
 def row_major(x: torch.Tensor) -> torch.Tensor:
     """``x`` (2-D) with the strides of a C-ordered matrix, copied if it has other ones: torch
     counts a matrix with a length-1 axis as contiguous whatever that axis's stride, and
@@ -273,20 +305,16 @@ def _load() -> dict[str, dict[str, float]]:
     return _timings
 
 
-def _seconds(kernels: dict[str, Kernel], cols: torch.Tensor, repeats: int = 5
-             ) -> dict[str, float]:
-    """Each kernel's best time on ``cols`` (made in its input type first, as the synapses make
-    them) of ``repeats`` rounds, the kernels taking turns (a burst of other work then slows
-    them alike), after a warm-up (and numba's compilation)."""
-    best = dict.fromkeys(kernels, float("inf"))
-    inputs = {name: cols if kernel.in_dtype is None else cols.to(kernel.in_dtype)
-              for name, kernel in kernels.items()}
-    for name, kernel in kernels.items():
-        kernel(inputs[name])
+def seconds(calls: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Each call's best time of ``repeats`` rounds, the calls taking turns (a burst of other
+    work then slows them alike), after a warm-up (and numba's compilation)."""
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()
     for _ in range(repeats):
-        for name, kernel in kernels.items():
+        for name, call in calls.items():
             start = time.perf_counter()
-            kernel(inputs[name])
+            call()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -302,13 +330,36 @@ def density_step(density: float) -> float:
     return max(1, round(density / DENSITY_STEP)) * DENSITY_STEP
 
 
+def random_spikes(shape: tuple[int, ...], density: float) -> torch.Tensor:
+    """Spikes (int8 0/1) of ``shape``, firing at ``density`` (seeded)."""
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < density
+            ).to(torch.int8)
+
+
 def measure(w: np.ndarray, rows: int, names: list[str], density: float = SPIKE_DENSITY
             ) -> dict[str, float]:
     """Seconds of each kernel in ``names`` on ``W [K, N]`` and ``rows`` rows of spikes firing
-    at ``density``, measured now."""
-    cols = (torch.rand((rows, w.shape[0]), generator=torch.Generator().manual_seed(0))
-            < density).to(torch.int8)
-    return _seconds({name: KERNELS[name](w) for name in names}, cols)
+    at ``density``, measured now (the inputs made in each kernel's type first, as the synapses
+    make them)."""
+    cols = random_spikes((rows, w.shape[0]), density)
+    kernels = {name: KERNELS[name](w) for name in names}
+    inputs = {name: cols if k.in_dtype is None else cols.to(k.in_dtype)
+              for name, k in kernels.items()}
+    return seconds({name: partial(k, inputs[name]) for name, k in kernels.items()})
+
+
+def cached(key: str, names: list[str], measure_now: Callable[[list[str]], dict[str, float]]
+           ) -> dict[str, float]:
+    """Seconds of each of ``names`` for ``key`` (a shape and density), from this machine's
+    cache or measured now by ``measure_now`` (those missing) and cached."""
+    known = _load().setdefault(key, {})
+    missing = [name for name in names if name not in known]
+    if missing:
+        known.update(measure_now(missing))
+        machine = machine_key()
+        write_cache(_cache_path(), lambda tmp: tmp.write_text(json.dumps(
+            {"machine": machine, "shapes": _timings}, indent=1) + "\n"), "emulator kernel")
+    return {name: known[name] for name in names}
 
 
 def timings(w: np.ndarray, rows: int, names: list[str], density: float = SPIKE_DENSITY
@@ -317,15 +368,8 @@ def timings(w: np.ndarray, rows: int, names: list[str], density: float = SPIKE_D
     inputs firing at ``density`` (:func:`density_step`), from the cache or measured now (and
     cached)."""
     m, density = measure_rows(w, rows), density_step(density)
-    shape = f"{m}x{w.shape[0]}x{w.shape[1]}@{density:.2f}"
-    known = _load().setdefault(shape, {})
-    missing = [name for name in names if name not in known]
-    if missing:
-        known.update(measure(w, m, missing, density))
-        machine = machine_key()
-        write_cache(_cache_path(), lambda tmp: tmp.write_text(json.dumps(
-            {"machine": machine, "shapes": _timings}, indent=1) + "\n"), "emulator kernel")
-    return {name: known[name] for name in names}
+    return cached(f"{m}x{w.shape[0]}x{w.shape[1]}@{density:.2f}", names,
+                  lambda missing: measure(w, m, missing, density))
 
 
 def exact_kernels(w: np.ndarray, bound_in: int, timed: bool = False) -> list[str]:
@@ -334,6 +378,15 @@ def exact_kernels(w: np.ndarray, bound_in: int, timed: bool = False) -> list[str
     is the only one."""
     exact = [n for n, kernel in KERNELS.items() if kernel.exact(w, bound_in)]
     return [n for n in exact if n != "int64"] or exact if timed else exact
+
+
+def forced_kernel() -> str | None:
+    """The kernel ``$SPIKECLIP_EMU_KERNEL`` forces (None where unset)."""
+    forced = os.environ.get(FORCE_ENV) or None
+    if forced and forced not in (*KERNELS, DirectConv.name):
+        raise ExportError(f"${FORCE_ENV}={forced!r} names no kernel; use one of "
+                          f"{', '.join((*KERNELS, DirectConv.name))}, or unset it")
+    return forced
 
 
 def choose(name: str, w: np.ndarray, bound_in: int, rows: int,
@@ -348,10 +401,7 @@ def choose(name: str, w: np.ndarray, bound_in: int, rows: int,
     if not exact:
         raise ExportError(f"synapse '{name}': its sums can reach 2^63 ({bound_in} x "
                           f"{max_fan_in(wq.T)} << {k}); re-export with smaller weights")
-    forced = os.environ.get(FORCE_ENV)
-    if forced and forced not in KERNELS:
-        raise ExportError(f"${FORCE_ENV}={forced!r} names no kernel; use one of "
-                          f"{', '.join(KERNELS)}, or unset it")
+    forced = forced_kernel()
     if forced in exact:
         pick, why = forced, f"${FORCE_ENV}"
     else:

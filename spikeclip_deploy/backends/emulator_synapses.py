@@ -13,6 +13,7 @@ Winograd transforms round.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -27,7 +28,11 @@ from numba import njit, prange
 from ..errors import ExportError
 from ..exchange.nirgraph import conv_out_hw, pair
 from ..machine import by_threads
-from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, KERNELS, Kernel, choose, max_fan_in
+from .emulator_gemm import (FLOAT32_EXACT, FLOAT64_EXACT, KERNELS, DirectConv, Kernel, cached,
+                            MEASURE_MACS, choose, density_step, exact_kernels, forced_kernel,
+                            max_fan_in, power_of_two, random_spikes, seconds, timings)
+
+log = logging.getLogger(__name__)
 
 
 def lava_weights(w: np.ndarray, bits: int) -> np.ndarray:
@@ -131,7 +136,7 @@ class Synapse:
             with _CHOOSING:  # one at a time (the timings' cache is not thread-safe)
                 if self.choice is None:
                     self.choice = {}
-                if self.choice:
+                if "name" in self.choice:
                     kernel = KERNELS[self.choice["name"]](self.matrix >> self.choice["k"])
                 else:
                     first = cols(None)
@@ -155,11 +160,16 @@ class Synapse:
         raise NotImplementedError
 
 
+#: a 1x1 convolution's geometry (kernel, stride, padding, dilation): a product as it is
+POINTWISE = ((1, 1), (1, 1), (0, 0), (1, 1))
+
+
 class Conv(Synapse):
     """Lava's ``Conv`` (``PyConvModelFixed``): the raw kernel, no ``weight_exp`` (a nonzero one
     is refused, as the Lava backend refuses it), the sum wrapped to ``state_bits`` signed bits
-    (its ``a_buf``, lava/proc/conv/models.py:75-79) where the bound can reach that; one product
-    over im2col columns (groups 1), else a float convolution (channels last)."""
+    (its ``a_buf``, lava/proc/conv/models.py:75-79) where the bound can reach that; on oneDNN's
+    int8 convolution where that is exact and faster (:meth:`direct_conv`), else one product
+    over im2col columns (groups 1) or a float convolution (channels last)."""
 
     def __init__(self, name: str, node: nir.Conv2d, state_bits: int, bound_in: int = 1) -> None:
         exp = int(node.metadata["loihi"]["weight_exp"])
@@ -167,9 +177,10 @@ class Conv(Synapse):
             raise ExportError(f"convolution '{name}' has weight_exp {exp}, which Lava's Conv "
                               f"ignores; re-export with a hardware profile whose weight_exp is 0")
         w = np.asarray(node.weight).astype(np.int64)  # [Cout, Cin/groups, kh, kw]
-        self.name, self.node, self.bound_in = name, node, bound_in
+        self.name, self.node, self.bound_in, self.weight = name, node, bound_in, w
         self._cols: torch.Tensor | None = None  # im2col's columns (:meth:`_columns`)
         self._hws: dict[tuple[int, int], tuple[int, int]] = {}  # :meth:`_out_hw`
+        self._direct: DirectConv | bool | None = None  # :meth:`direct_conv`
         self.geometry = (tuple(w.shape[2:]), pair(node.stride), pair(node.padding),
                          pair(node.dilation))
         self.groups, self.state_bits = int(np.asarray(node.groups)), state_bits
@@ -184,8 +195,73 @@ class Conv(Synapse):
 
     def replica(self) -> Conv:
         twin = super().replica()
-        twin._cols = None
+        twin._cols, twin._direct = None, None
         return twin
+
+    def direct_conv(self, s: torch.Tensor, hw: tuple[int, int]) -> DirectConv | None:
+        """The direct kernel (:class:`~.emulator_gemm.DirectConv`) where :meth:`_direct_faster`
+        finds it so, decided on the first call of this synapse or its replicas; else None."""
+        if self._direct is None:
+            with _CHOOSING:
+                if self.choice is None:
+                    self.choice = {}
+                if "direct" not in self.choice:
+                    self.choice["density"] = int(torch.count_nonzero(s)) / max(1, s.numel())
+                    self.choice["direct"] = self._direct_faster(s, hw, self.choice["density"])
+            self.density = self.choice["density"]
+            self._direct = self.choice["direct"] and self.make_direct()
+            if self._direct:
+                self.k = power_of_two(self.weight)
+        return self._direct or None
+
+    def direct_exact(self) -> bool:
+        """Whether the direct kernel is exact here: binary inputs, :math:`W'` within the
+        ``onednn`` product's bounds."""
+        wq = self.weight >> power_of_two(self.weight)
+        return self.bound_in == 1 and DirectConv.exact(wq.reshape(len(wq), -1).T, 1)
+
+    def make_direct(self) -> DirectConv:
+        """This convolution's :math:`W'` on the direct kernel (its product times :math:`2^k`)."""
+        return DirectConv(self.weight >> power_of_two(self.weight), *self.geometry[1:],
+                          self.groups)
+
+    def _direct_faster(self, s: torch.Tensor, hw: tuple[int, int], density: float) -> bool:
+        """Whether the direct kernel is exact here (binary inputs) and faster than the other
+        way, or forced (``$SPIKECLIP_EMU_KERNEL``): timed against im2col plus the fastest exact
+        product (groups 1) or the float convolution, on ``n`` samples of random spikes at
+        ``density`` (``s``'s; ``n`` as many as a product's timing rows hold), by timings cached
+        per machine (:func:`~.emulator_gemm.cached`)."""
+        if not self.direct_exact():
+            return False
+        if forced_kernel():
+            return forced_kernel() == DirectConv.name
+        density = density_step(density)
+        (kh, kw), stride, padding, dilation = self.geometry
+        n = max(1, min(len(s), MEASURE_MACS // (hw[0] * hw[1] * self.weight.size)))
+        other = ["float"] if self.groups > 1 else [] if self.geometry == POINTWISE else ["im2col"]
+
+        def measure_now(names: list[str]) -> dict[str, float]:
+            x = random_spikes((n, *s.shape[1:]), density)
+            out = np.empty((n, *hw, kh, kw, s.shape[-1]) if other == ["im2col"] else 0, np.int8)
+            direct = self.make_direct()
+            calls = {DirectConv.name: lambda: direct(x), "float": lambda: self._float_conv(x),
+                     "im2col": lambda: im2col(x.numpy(), out, *stride, *padding, *dilation)}
+            return seconds({name: calls[name] for name in names})
+
+        key = f"conv {n}x{'x'.join(map(str, s.shape[1:]))} -> {self.weight.shape}/{self.groups} " \
+              f"{self.geometry[1:]}@{density:.2f}"
+        times = cached(key, [DirectConv.name, *other], measure_now)
+        way = sum(times[name] for name in other)
+        if self.groups == 1:  # the product (over im2col's columns)
+            m = self.matrix >> power_of_two(self.matrix)
+            way += min(timings(m, n * hw[0] * hw[1], exact_kernels(m, 1, timed=True),
+                               density).values())
+        faster = times[DirectConv.name] < way
+        log.info("synapse %s: %s (direct %.3g ms, %s %.3g ms)", self.name,
+                 DirectConv.name if faster else "not direct", 1e3 * times[DirectConv.name],
+                 "float" if self.groups > 1 else " and ".join([*other, "the fastest product"]),
+                 1e3 * way)
+        return faster
 
     def _out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """The output's height and width on an input of ``hw`` (computed once per ``hw``)."""
@@ -201,27 +277,37 @@ class Conv(Synapse):
             self._cols = torch.empty(size, dtype=dtype)
         return self._cols[:size].view(shape)
 
+    def _float_conv(self, s: torch.Tensor) -> torch.Tensor:
+        """A grouped convolution in float (``[N, H, W, C]`` is ``[N, C, H, W]`` channels last:
+        no copy either way), never on NNPACK (its Winograd transforms round)."""
+        _, stride, padding, dilation = self.geometry
+        with torch.backends.nnpack.flags(enabled=False):
+            return F.conv2d(s.permute(0, 3, 1, 2).to(self.w.dtype), self.w, stride=stride,
+                            padding=padding, dilation=dilation, groups=self.groups
+                            ).permute(0, 2, 3, 1)
+
     def __call__(self, s: torch.Tensor) -> Current:
-        if self.groups == 1:
-            pointwise = self.geometry == ((1, 1), (1, 1), (0, 0), (1, 1))
-            ho, wo = s.shape[1:3] if pointwise else self._out_hw(tuple(s.shape[1:3]))
-            rows = len(s) * ho * wo
+        pointwise = self.groups == 1 and self.geometry == POINTWISE
+        ho, wo = s.shape[1:3] if pointwise else self._out_hw(tuple(s.shape[1:3]))
+        direct = self.direct_conv(s, (ho, wo))
+        if direct is not None:
+            return self._current(direct(s))
+        if self.groups > 1:
+            return self._current(self._float_conv(s))
+        rows = len(s) * ho * wo
 
-            def cols(dtype: torch.dtype | None) -> torch.Tensor:
-                if pointwise:
-                    return (s if dtype is None else s.to(dtype)).reshape(rows, -1)
-                (kh, kw), stride, padding, dilation = self.geometry
-                out = self._columns((len(s), ho, wo, kh, kw, s.shape[-1]), dtype or s.dtype)
-                im2col(s.numpy(), out.numpy(), *stride, *padding, *dilation)
-                return out.view(rows, -1)
+        def cols(dtype: torch.dtype | None) -> torch.Tensor:
+            if pointwise:
+                return (s if dtype is None else s.to(dtype)).reshape(rows, -1)
+            (kh, kw), stride, padding, dilation = self.geometry
+            out = self._columns((len(s), ho, wo, kh, kw, s.shape[-1]), dtype or s.dtype)
+            im2col(s.numpy(), out.numpy(), *stride, *padding, *dilation)
+            return out.view(rows, -1)
 
-            y = self._product(cols, rows).reshape(len(s), ho, wo, -1)
-        else:  # [N, H, W, C] is [N, C, H, W] channels last: no copy either way
-            _, stride, padding, dilation = self.geometry
-            with torch.backends.nnpack.flags(enabled=False):  # Winograd: not exact
-                y = F.conv2d(s.permute(0, 3, 1, 2).to(self.w.dtype), self.w, stride=stride,
-                             padding=padding, dilation=dilation, groups=self.groups
-                             ).permute(0, 2, 3, 1)
+        return self._current(self._product(cols, rows).reshape(len(s), ho, wo, -1))
+
+    def _current(self, y: torch.Tensor) -> Current:
+        """The sums ``y`` (times :math:`2^k`) as Lava's ``Conv`` sends them (wrapped)."""
         out = Current(y, self.k, self.bound)
         if not self.wraps:
             return out

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif, shards
-from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS
-from spikeclip_deploy.backends.emulator_synapses import lava_weights, wrap
+from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS, DirectConv, power_of_two
+from spikeclip_deploy.backends.emulator_synapses import Conv, lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
 from spikeclip_deploy.hardware import load_profile
@@ -390,7 +390,7 @@ def test_random_networks_equal_lava(network):
     """Every LIF's u, v and spikes, every step and sample, as on Lava."""
     layers, mant, t = network
     want = lava_record(layers, mant, t)
-    for kernel in KERNELS:  # each forced where it is exact
+    for kernel in (*KERNELS, DirectConv.name):  # each forced where it is exact
         got = emulate_forced(kernel, layers, t, mant)
         assert_same_runs(got, want, f"{kernel}, {len(layers)} layers, T={t}: ")
     kind = "convolutional" if layers[0].node.tau.ndim == 3 else "dense"
@@ -412,8 +412,17 @@ def emulate_forced(kernel, layers, t, mant):
     finally:
         os.environ.pop(FORCE_ENV) if old is None else os.environ.update({FORCE_ENV: old})
     for syn in emulation.synapses.values():
-        if syn.kernel is not None and KERNELS[kernel].exact(syn.matrix >> syn.k, syn.bound_in):
+        if kernel == DirectConv.name:  # every convolution, where exact
+            if isinstance(syn, Conv):
+                w = syn.weight >> power_of_two(syn.weight)
+                assert bool(syn._direct) == (-128 <= w.min() and w.max() <= 127 and np.abs(
+                    w).reshape(len(w), -1).sum(1).max() < 2**24), syn.name
+        elif syn.kernel is not None and KERNELS[kernel].exact(syn.matrix >> syn.k,
+                                                              syn.bound_in):
             assert syn.kernel.name == kernel, (syn.name, kernel)
+    if kernel == DirectConv.name:
+        event(f"{sum(bool(getattr(s, '_direct', 0)) for s in emulation.synapses.values())} "
+              f"direct convolution(s)")
     return run
 
 
@@ -608,25 +617,57 @@ def wide_residual(rng):
 @pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
 def test_worker_threads_share_each_synapses_kernel_choice(monkeypatch):
     """On two worker threads, each synapse's kernel is chosen once (by whichever replica runs
-    it first) and every replica runs that kernel, with buffers of its own."""
+    it first: the direct convolution or not, then the product's kernel where not direct) and
+    every replica runs that kernel, with buffers of its own."""
     import numba
 
     from spikeclip_deploy.backends import emulator_synapses
+    from spikeclip_deploy.backends.emulator_synapses import Conv
 
     calls = []
-    choose = emulator_synapses.choose
+    choose, faster = emulator_synapses.choose, Conv._direct_faster
     monkeypatch.setattr(emulator_synapses, "choose",
-                        lambda name, *a: calls.append(name) or choose(name, *a))
+                        lambda name, *a: calls.append(("product", name)) or choose(name, *a))
+    monkeypatch.setattr(Conv, "_direct_faster",
+                        lambda syn, *a: calls.append(("direct", syn.name)) or faster(syn, *a))
     emulation = Emulation(wide_residual(np.random.default_rng(4)), 4, FP, 1, ".")
     emulation.chunk = 2
     torch.set_num_threads(2)
     numba.set_num_threads(2)
     emulation.run(np.random.default_rng(5).integers(-500, 3000, (5, 3, 21, 20)))
     assert len(emulation.replicas) == 2
-    assert sorted(calls) == sorted(emulation.synapses) == ["skip", "syn1", "syn2"]
+    names = sorted(emulation.synapses)
+    assert names == ["skip", "syn1", "syn2"]
+    assert sorted(n for kind, n in calls if kind == "direct") == names
+    assert sorted(n for kind, n in calls if kind == "product") == \
+        [n for n in names if not emulation.synapses[n].choice["direct"]]
+    for name in names:
+        a, b = (em.synapses[name] for em in emulation.replicas)
+        ka, kb = (s._direct or s.kernel for s in (a, b))
+        assert ka is not kb and ka.name == kb.name, name
+
+
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
+def test_replicas_made_after_a_run_make_their_own_direct_convolutions(monkeypatch):
+    """A run on one thread, then on two (replicas made after the first run's choices): each
+    replica runs the direct convolution chosen then (forced here) on a kernel of its own."""
+    import numba
+
+    monkeypatch.setenv(FORCE_ENV, DirectConv.name)
+    emulation = Emulation(wide_residual(np.random.default_rng(4)), 4, FP, 1, ".")
+    mant = np.random.default_rng(5).integers(-500, 3000, (4, 3, 21, 20))
+    torch.set_num_threads(1)
+    one = emulation.run(mant).spikes
+    assert len(emulation.replicas) == 1
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    two = emulation.run(mant).spikes
+    assert len(emulation.replicas) == 2
     for name in emulation.synapses:
-        a, b = (em.synapses[name].kernel for em in emulation.replicas)
-        assert a is not b and a.name == b.name, name
+        a, b = (em.synapses[name]._direct for em in emulation.replicas)
+        assert a and b and a is not b, name
+    for name in one:
+        assert np.array_equal(one[name], two[name]), name
 
 
 @pytest.mark.lava

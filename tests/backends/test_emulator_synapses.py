@@ -1,21 +1,28 @@
 """The emulator's synapses: the kernels' exactness bounds and the Dense exponent by hand,
-convolutions (each kernel forced in turn over im2col columns, or float) against a float64
-convolution, graded inputs, and the 24-bit wrap applied exactly where a sum reaches it."""
+convolutions (each kernel forced in turn over im2col columns, or float, or oneDNN's direct
+convolution) against a float64 convolution, graded inputs, and the 24-bit wrap applied exactly where a sum reaches it."""
 import nir
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeclip_deploy.backends.emulator_gemm import (FORCE_ENV, KERNELS, choose, int_mm_exact,
-                                                     power_of_two)
+from spikeclip_deploy.backends.emulator_gemm import (FORCE_ENV, KERNELS, DirectConv, choose,
+                                                     int_mm_exact, power_of_two)
 from spikeclip_deploy.backends.emulator_synapses import Conv, Dense
 from spikeclip_deploy.errors import ExportError
 
 
 @pytest.fixture(params=list(KERNELS))
 def kernel(request, monkeypatch):
-    """Each kernel forced in turn."""
+    """Each product's kernel forced in turn."""
+    monkeypatch.setenv(FORCE_ENV, request.param)
+    return request.param
+
+
+@pytest.fixture(params=[*KERNELS, DirectConv.name])
+def conv_kernel(request, monkeypatch):
+    """Each kernel forced in turn, a convolution's direct one too."""
     monkeypatch.setenv(FORCE_ENV, request.param)
     return request.param
 
@@ -150,7 +157,7 @@ def conv_node(w, stride=1, padding=0, dilation=1, groups=1, hw=(6, 5)):
     (3, 2, 1, 1, 4, "even"),  # grouped (depthwise): float convolution
 ])
 def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilation, groups,
-                                                   weights, kernel):
+                                                   weights, conv_kernel):
     rng = np.random.default_rng(size + groups)
     c = 4
     w = rng.integers(-256, 256, (c, c // groups, size, size))
@@ -163,7 +170,10 @@ def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilatio
                     dilation=dilation, groups=groups)
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
     assert got.bound == np.abs(w).reshape(c, -1).sum(1).max()
-    if groups == 1:  # forced where exact
+    k, kernel = power_of_two(w), conv_kernel
+    if kernel == DirectConv.name:  # every one where its weights fit int8
+        assert bool(syn._direct) == (-128 <= (w >> k).min() and (w >> k).max() <= 127)
+    elif groups == 1:  # forced where exact
         assert syn.kernel.name == kernel or not KERNELS[kernel].exact(syn.matrix >> syn.k, 1)
 
 
@@ -177,6 +187,7 @@ def test_a_depthwise_convolution_is_exact_with_onednn_off(monkeypatch):
     syn = Conv("c", conv_node(w, padding=1, groups=c, hw=(16, 16)), 24)
     s = torch.from_numpy(rng.random((64, c, 16, 16)) < 0.3)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    monkeypatch.setenv(FORCE_ENV, "float64")  # not the direct kernel: torch's convolution
     got = syn(s.to(torch.int8).permute(0, 2, 3, 1).contiguous())
     want = F.conv2d(s.double(), torch.from_numpy(w).double(), padding=1, groups=c)
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
@@ -191,3 +202,19 @@ def test_a_convolution_wraps_where_a_sum_reaches_2_23():
     assert (int(one.y.flatten()[0]) << one.exp, one.bound) == (5_000_000, 5_000_000)
     both = syn(torch.tensor([[[[1, 1]]]], dtype=torch.int8))
     assert (int(both.y.flatten()[0]) << both.exp, both.bound) == (9_000_000 - 2**24, 2**23)
+
+
+@pytest.mark.parametrize("weight", [-128, 127])
+def test_the_direct_convolution_is_exact_at_int8s_ends(weight, monkeypatch):
+    """Every input firing, every weight -128 (or 127) of 192 channels x 3 x 3: interior sums
+    -128 x 1728 = -221184 (127 x 1728 = 219456), fewer at the border, as a float64
+    convolution gives them (no int16 pair sum saturates)."""
+    monkeypatch.setenv(FORCE_ENV, DirectConv.name)
+    w = np.full((8, 192, 3, 3), weight)
+    syn = Conv("c", conv_node(w, padding=1, hw=(6, 6)), 24)
+    s = torch.ones((2, 6, 6, 192), dtype=torch.int8)
+    got = syn(s)
+    assert syn._direct
+    want = F.conv2d(s.permute(0, 3, 1, 2).double(), torch.from_numpy(w).double(), padding=1)
+    assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
+    assert want[0, 0, 1, 1] == weight * 1728
