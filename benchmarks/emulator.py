@@ -35,7 +35,8 @@ their input mantissas once, outside every timing. Per model and condition:
 - the emulator: median images/s of ``--repeats`` runs of ``--images`` images after a warm-up,
   with the threads ``verify`` would take (the cores other work leaves idle) and with one
   thread, and whether its spikes equal Lava's (every LIF, step and neuron);
-- the bound: the multiply-accumulates of one image (every distinct synapse once) at the rate
+- the bound: the multiply-accumulates of one image (every distinct synapse the emulator runs
+  once: a fused fan-in's whole product, not its parts) at the rate
   of the fastest exact GEMM kernel at each synapse's shape and input density (measured right
   after the emulator, as the emulator measures its choice: which one is printed; the sparse
   kernels' rates count the dense product's MACs), and the emulator's share of it. With ``n``
@@ -67,8 +68,8 @@ from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
-from spikeclip_deploy.backends.emulator_gemm import (KERNELS, density_step, int_mm_exact,
-                                                     measure_rows, power_of_two)
+from spikeclip_deploy.backends.emulator_gemm import (density_step, int_mm_exact, measure_rows,
+                                                     power_of_two)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.exchange.manifest import load_export
 from spikeclip_deploy.export import ExportConfig, default_out, export_model
@@ -130,9 +131,11 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
     shape for ``images`` images and its input density in the emulator's run, measured now, how
     many synapses each kernel is fastest on); grouped convolutions count at the others' rate."""
     em = emu.emulations["image"]
-    by_name = {la.name: la for la in em.layers}
+    by_name = {la.name: la for la in em.fused}
     macs, timed_macs, seconds, kernels = 0, 0, 0.0, {}
     for name, syn in em.synapses.items():
+        if name not in by_name:  # a part of a fused fan-in (run where state is recorded)
+            continue
         node = by_name[name].node
         w = np.asarray(node.weight)  # [out, in (per group), kernel...]
         rows = images * em.time_steps
@@ -143,8 +146,7 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         if isinstance(node, nir.Conv2d) and int(np.asarray(node.groups)) > 1:
             continue
         wq = syn.matrix >> power_of_two(syn.matrix)
-        exact = [name for name, kernel in KERNELS.items() if kernel.exact(wq, syn.bound_in)
-                 and name != "int64"]
+        exact = emulator_gemm.exact_kernels(wq, syn.bound_in, timed=True)
         m = measure_rows(wq, rows)
         times = emulator_gemm.measure(wq, m, exact, density_step(syn.density))
         best = min(exact, key=times.get)

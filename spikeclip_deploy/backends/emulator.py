@@ -62,6 +62,7 @@ from ..exchange.manifest import chip_record
 from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
 from .base import Backend, ChipRun, input_mantissa
 from . import emulator_attention as attention
+from .emulator_fusion import fuse_fan_ins
 from .emulator_lif import lif_steps, sum_terms
 from .emulator_gemm import FLOAT64_EXACT, INT32_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
@@ -288,7 +289,6 @@ class Emulation:
         #: each relay's sum and the input, reused from chunk to chunk (fresh memory costs page
         #: faults)
         self.buffers: dict[str, torch.Tensor] = {}
-        self.deferred = deferred_relays(layers)
         summed = summed_synapses(layers)
         self.populations = [la.name for la in layers
                             if isinstance(la.node, (AttentionNode, PoolNode))]
@@ -301,9 +301,7 @@ class Emulation:
                     self.copy_of[la.name] = first[key]
                     continue
                 first[key] = la.name
-                self.synapses[la.name] = (Dense(node, fp.weight_bits, name=la.name)
-                                          if isinstance(node, nir.Affine)
-                                          else Conv(la.name, node, fp.state_bits))
+                self.synapses[la.name] = self._synapse_of(la)
             elif isinstance(node, HostOpNode):
                 self.host_ops[la.name] = HostOpRunner(Path(export_dir), node.metadata)
             elif isinstance(node, nir.LIF):
@@ -317,6 +315,33 @@ class Emulation:
                                          2**fp.decay_bits - int(q["dv"]),
                                          int(q["vth"]) << fp.threshold_shift,
                                          2 ** (fp.state_bits - 1), fp.decay_bits, bias)
+        #: the layers a run that records no state computes: fan-in chains fused
+        self.fused = fuse_fan_ins(layers, self._fusable)
+        #: the relays whose sums are never formed, of a run that records state (``True``: every
+        #: layer) and of one that does not (the fused layers)
+        self.deferred = {True: deferred_relays(layers), False: deferred_relays(self.fused)}
+        for la in self.fused:
+            if isinstance(la.node, (nir.Affine, nir.Conv2d)) and la.name not in self.synapses \
+                    and la.name not in self.copy_of:
+                self.synapses[la.name] = self._synapse_of(la)
+
+    def _synapse_of(self, la: ChipLayer) -> Synapse:
+        """Synapse layer ``la`` prepared (:mod:`.emulator_synapses`)."""
+        if isinstance(la.node, nir.Affine):
+            return Dense(la.node, self.fp.weight_bits, name=la.name)
+        return Conv(la.name, la.node, self.fp.state_bits)
+
+    def _fusable(self, parts: list[ChipLayer], whole: ChipLayer) -> bool:
+        """Whether the relays of a fan-in chain of ``parts`` receive ``whole``'s product
+        (:mod:`.emulator_fusion`): no convolution's sum wraps (a part's wrap is its own, and
+        the whole's would come from the sum); a dense part's exponent is not negative (each
+        part's sum would be floored) and Lava's weights of the parts (clipped, the lowest bit
+        of a matrix of both signs dropped: each part's own) sum to the whole's."""
+        syns = [self._synapse_of(la) for la in (*parts, whole)]
+        if isinstance(whole.node, nir.Conv2d):
+            return not any(s.wraps for s in syns)
+        return min(s.exp for s in syns) >= 0 and len({s.exp for s in syns}) == 1 and \
+            np.array_equal(sum(s.matrix for s in syns[:-1]), syns[-1].matrix)
 
     def run(self, mant: np.ndarray, record_state: bool = False) -> ChipRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state).
@@ -325,15 +350,17 @@ class Emulation:
         :func:`~..machine.set_threads`) and ``B`` > 1, the samples run in :func:`shards` on
         ``n`` worker threads of one thread each, each on a :meth:`replica` of its own (the
         operations scale poorly over threads; the samples are independent); else on this
-        thread, each operation on its ``n`` threads."""
+        thread, each operation on its ``n`` threads. Without ``record_state``, fan-in chains
+        run fused (:mod:`.emulator_fusion`)."""
         mant = torch.as_tensor(np.asarray(mant))
+        layers = self.layers if record_state else self.fused
         batch = _Batch(len(mant), record_state)
         threads = torch.get_num_threads()
         n = min(threads, numba.get_num_threads(), len(mant))
         if n > 1:
             while len(self.replicas) < n:
                 self.replicas.append(self.replica())
-            jobs = [_workers(n).submit(em._rows, mant, replace(batch, acts={}), pieces)
+            jobs = [_workers(n).submit(em._rows, mant, replace(batch, acts={}), pieces, layers)
                     for em, pieces in zip(self.replicas, shards(len(mant), self.chunk, n))]
             wait(jobs)  # all done before any error is raised: none still runs on a replica
             if torch.get_num_threads() != threads:  # a worker's start set torch's default
@@ -341,7 +368,7 @@ class Emulation:
             for job in jobs:
                 job.result()
         else:
-            self._rows(mant, batch, shards(len(mant), self.chunk, 1)[0])
+            self._rows(mant, batch, shards(len(mant), self.chunk, 1)[0], layers)
         return ChipRun(_numpy({k: s.view(torch.uint8) for k, s in batch.spikes.items()}),
                        _numpy(batch.u), _numpy(batch.v),
                        _numpy(batch.payloads, frozenset(self.populations)))
@@ -353,13 +380,14 @@ class Emulation:
         twin.synapses = {k: s.replica() for k, s in self.synapses.items()}
         return twin
 
-    def _rows(self, mant: torch.Tensor, batch: _Batch, pieces: list[slice]) -> None:
-        """Runs the samples of ``pieces`` (each a chunk) into ``batch``."""
+    def _rows(self, mant: torch.Tensor, batch: _Batch, pieces: list[slice],
+              layers: list[ChipLayer]) -> None:
+        """Runs ``layers`` on the samples of ``pieces`` (each a chunk) into ``batch``."""
         with torch.no_grad():
             for rows in pieces:
                 batch.rows = rows
                 batch.acts = {INPUT: self._input(mant[rows])}
-                for la in self.layers:
+                for la in layers:
                     HANDLERS[type(la.node)](self, la, batch)
 
     def _input(self, m: torch.Tensor) -> Current:
@@ -400,10 +428,10 @@ class Emulation:
     def _relay(self, la: ChipLayer, batch: _Batch) -> None:
         """A graded stream relay: the exact sum of its inputs (a payload of at most
         ``graded_payload_bits`` bits, which the export checked statically), delivered to each
-        reader by an identity synapse: its terms (:func:`terms`) where it is :attr:`deferred`,
-        else :meth:`_sum`."""
+        reader by an identity synapse: its terms (:func:`terms`) where the run defers it
+        (:attr:`deferred`), else :meth:`_sum`."""
         ins = [t for i in la.inputs for t in terms(batch.acts[i])]
-        if la.name in self.deferred:
+        if la.name in self.deferred[batch.record_state]:
             batch.acts[la.name] = tuple(ins)
             if batch.record_state:
                 self._record_payloads(la.name, self._sum(la.name, ins).y, batch)

@@ -328,6 +328,14 @@ def timings(w: np.ndarray, rows: int, names: list[str], density: float = SPIKE_D
     return {name: known[name] for name in names}
 
 
+def exact_kernels(w: np.ndarray, bound_in: int, timed: bool = False) -> list[str]:
+    """The kernels exact on ``W' [K, N]`` and inputs :math:`|x| \\le` ``bound_in``; where
+    ``timed``, without ``int64`` (torch's integer GEMM, never faster than the others) unless it
+    is the only one."""
+    exact = [n for n, kernel in KERNELS.items() if kernel.exact(w, bound_in)]
+    return [n for n in exact if n != "int64"] or exact if timed else exact
+
+
 def choose(name: str, w: np.ndarray, bound_in: int, rows: int,
            density: float = SPIKE_DENSITY) -> tuple[Kernel, int]:
     """The fastest exact kernel for synapse ``name``'s ``W [K, N]`` (int64) on inputs
@@ -336,7 +344,7 @@ def choose(name: str, w: np.ndarray, bound_in: int, rows: int,
     :math:`2^k` is ``cols @ W``)."""
     k = power_of_two(w)
     wq = w >> k
-    exact = [n for n, kernel in KERNELS.items() if kernel.exact(wq, bound_in)]
+    exact = exact_kernels(wq, bound_in)
     if not exact:
         raise ExportError(f"synapse '{name}': its sums can reach 2^63 ({bound_in} x "
                           f"{max_fan_in(wq.T)} << {k}); re-export with smaller weights")
@@ -347,8 +355,7 @@ def choose(name: str, w: np.ndarray, bound_in: int, rows: int,
     if forced in exact:
         pick, why = forced, f"${FORCE_ENV}"
     else:
-        if len(exact) > 1:  # int64, torch's integer GEMM: never faster than the others
-            exact.remove("int64")
+        exact = exact_kernels(wq, bound_in, timed=True)
         times = timings(wq, rows, exact, density)
         pick = min(exact, key=times.get)
         why = ", ".join(f"{n} {1e3 * t:.3g} ms" for n, t in times.items())

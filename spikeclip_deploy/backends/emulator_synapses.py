@@ -27,7 +27,7 @@ from numba import njit, prange
 from ..errors import ExportError
 from ..exchange.nirgraph import conv_out_hw, pair
 from ..machine import by_threads
-from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, Kernel, choose, max_fan_in
+from .emulator_gemm import FLOAT32_EXACT, FLOAT64_EXACT, KERNELS, Kernel, choose, max_fan_in
 
 
 def lava_weights(w: np.ndarray, bits: int) -> np.ndarray:
@@ -118,23 +118,35 @@ class Synapse:
     kernel: Kernel | None = None
     k: int = 0
     density: float = 0.0  # the share of nonzero inputs the kernel was chosen at
+    #: the chosen kernel's name, ``k`` and ``density``: shared by this synapse's replicas
+    choice: dict | None = None
 
     def _product(self, cols: Callable[[torch.dtype | None], torch.Tensor], rows: int
                  ) -> torch.Tensor:
         """``cols(dtype) [rows, K] @ W`` (times :math:`2^k`) on the chosen kernel, the columns
-        made in its input type (on the first call, in their own type first: the kernel is
-        chosen at their share of nonzero inputs, ``density``)."""
+        made in its input type (on the first call of this synapse or its replicas, in their own
+        type first: the kernel is chosen at their share of nonzero inputs, ``density``; a
+        replica then takes the same kernel, with buffers of its own)."""
         if self.kernel is None:
-            first = cols(None)
-            self.density = int(torch.count_nonzero(first)) / max(1, first.numel())
-            with _CHOOSING:  # measured one at a time (the timings' cache is not thread-safe)
-                self.kernel, self.k = choose(self.name, self.matrix, self.bound_in, rows,
-                                             self.density)
+            with _CHOOSING:  # one at a time (the timings' cache is not thread-safe)
+                if self.choice is None:
+                    self.choice = {}
+                if self.choice:
+                    kernel = KERNELS[self.choice["name"]](self.matrix >> self.choice["k"])
+                else:
+                    first = cols(None)
+                    density = int(torch.count_nonzero(first)) / max(1, first.numel())
+                    kernel, k = choose(self.name, self.matrix, self.bound_in, rows, density)
+                    self.choice.update(name=kernel.name, k=k, density=density)
+                self.kernel, self.k, self.density = kernel, self.choice["k"], \
+                    self.choice["density"]
         return self.kernel(cols(self.kernel.in_dtype))
 
     def replica(self) -> Synapse:
-        """This synapse with buffers of its own (its kernel chosen again, on its first call,
-        from the cached timings), to run beside it on another thread."""
+        """This synapse with buffers of its own (its kernel made again, on its first call: the
+        one this synapse and its other replicas chose), to run beside it on another thread."""
+        if self.choice is None:
+            self.choice = {}
         twin = copy.copy(self)
         twin.kernel = None
         return twin

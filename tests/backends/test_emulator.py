@@ -435,22 +435,24 @@ def test_random_streams_equal_lava(network):
 
 
 def split_parts(whole, n_parts, width):
-    """``whole``'s fan-in split as the ``split_fan_in`` pass writes it: part :math:`k` its own
-    run of ``width`` columns (zero elsewhere; part 0 the bias), held :math:`k` steps."""
+    """``whole``'s fan-in split as the ``split_fan_in`` pass writes it (``part_of``: "whole"):
+    part :math:`k` its own run of ``width`` columns (zero elsewhere; part 0 the bias), held
+    :math:`k` steps."""
     w = np.asarray(whole.weight)
     parts = []
     for k in range(n_parts):
         wk = np.zeros_like(w)
         wk[:, k * width:(k + 1) * width] = w[:, k * width:(k + 1) * width]
         parts.append(nir.Affine(weight=wk, bias=np.asarray(whole.bias) * (k == 0),
-                                metadata={**whole.metadata, "delay": k}))
+                                metadata={**whole.metadata, "delay": k, "part_of": "whole"}))
     return parts
 
 
 @st.composite
 def split_networks(draw):
     r"""(layers, input mantissas, T): a dense layer's fan-in split into 2-5 parts summed on a
-    chain of graded relays, as the ``split_fan_in`` pass writes it: ``lif0 -part_k-> sum_k``,
+    chain of graded relays, as the ``split_fan_in`` pass writes it (its metadata ``part_of``,
+    ``fan_in_of`` too): ``lif0 -part_k-> sum_k``,
     :math:`sum_k = sum_{k-1} + part_k`, ``lif1`` reading the last; part :math:`k` (its own run
     of columns, zero elsewhere; part 0 the bias) held :math:`k` steps; weights, exponents (one
     for all parts), decays and thresholds as in :func:`networks`."""
@@ -461,8 +463,9 @@ def split_networks(draw):
     whole, reader = affine(draw, (n_in,), lambda s: lif_params(draw, s))
     for k, part in enumerate(split_parts(whole, n_parts, width)):
         layers.append(ChipLayer(f"part{k}", part, ("lif0",)))
-        layers.append(ChipLayer(f"sum{k}", relay(reader.tau.shape, {}),
-                                ((f"sum{k - 1}",) if k else ()) + (f"part{k}",)))
+        sum_k = relay(reader.tau.shape, {})
+        sum_k.metadata["fan_in_of"] = "whole"
+        layers.append(ChipLayer(f"sum{k}", sum_k, ((f"sum{k - 1}",) if k else ()) + (f"part{k}",)))
     layers.append(ChipLayer("lif1", reader, (f"sum{n_parts - 1}",)))
     top = draw(st.sampled_from([4095, 2**17 + 1]))
     mant = seeded_ints(draw, (b, n_in), -top - 1, top, (-top - 1, top))
@@ -474,11 +477,22 @@ def split_networks(draw):
 @given(split_networks())
 def test_random_split_fan_ins_equal_lava(network):
     """A fan-in split on graded relays: every relay's payloads and both LIFs' u, v and spikes,
-    every step and sample, as on Lava."""
+    every step and sample, as on Lava; and the spikes of a run that records no state, where
+    the emulator sums the parts in one product wherever that is exact (a part's exponent not
+    negative, Lava's weights of the parts summing to the whole's)."""
     layers, mant, t = network
-    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state=True)
+    emulation = Emulation(layers, t, FP, 1, ".")
+    got = emulation.run(mant, record_state=True)
     event(f"{len(got.payloads)} parts")
-    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+    want = lava_record(layers, mant, t)
+    assert_same_runs(got, want, f"{len(layers)} layers, T={t}: ")
+    fused = [la.name for la in emulation.fused] == ["lif0", "whole", f"sum{len(got.payloads) - 1}",
+                                                    "lif1"]
+    event("fused" if fused else "not fused")
+    if not fused:
+        assert [la.name for la in emulation.fused] == [la.name for la in layers]
+    for name, spikes in emulation.run(mant).spikes.items():
+        assert_same(name, "spikes", spikes, want.spikes[name], "no state recorded: ")
 
 
 @st.composite
@@ -487,9 +501,11 @@ def split_stream_networks(draw):
     -syn1-> relay1 -> lif1``; ``lif1``'s synapse split into 2-4 parts summed on a chain of
     relays that starts from ``relay1`` (the residual: ``sum0 = relay1 + part0``, :math:`sum_k =
     sum_{k-1} + part_k`) and ends in ``relay2 -> lif2``; ``relay3 = relay2 + syn3 (lif2) ->
-    lif3``. Relays read by one reader hand it their terms; ``relay1`` (two readers, one term)
-    too; ``relay2`` (two readers, :math:`k + 1` terms) forms its sum where :math:`k \geq 3`
-    (:func:`~spikeclip_deploy.backends.emulator.deferred_relays`)."""
+    lif3`` (the parts and relays marked as ``split_fan_in`` marks them). Relays read by one
+    reader hand it their terms; ``relay1`` (two readers, one term) too; ``relay2`` (two
+    readers, :math:`k + 1` terms) forms its sum where :math:`k \geq 3`
+    (:func:`~spikeclip_deploy.backends.emulator.deferred_relays`); where the chain is fused
+    (a run without state), ``relay2`` hands on two terms."""
     t, b, n_parts = draw(st.integers(1, 12)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
     width = draw(st.integers(1, 3))
     first, shape = (n_parts * width,), (n_parts * width,)
@@ -508,9 +524,10 @@ def split_stream_networks(draw):
               ChipLayer("lif1", lif1, ("relay1",))]
     for k, part in enumerate(split_parts(whole, n_parts, width)):
         last = k == n_parts - 1
+        sum_k = relay(shape, {"relay3": 1} if last else {})
+        sum_k.metadata["fan_in_of"] = "whole"
         layers += [ChipLayer(f"part{k}", part, ("lif1",)),
-                   ChipLayer("relay2" if last else f"sum{k}",
-                             relay(shape, {"relay3": 1} if last else {}),
+                   ChipLayer("relay2" if last else f"sum{k}", sum_k,
                              (f"sum{k - 1}" if k else "relay1", f"part{k}"))]
     layers += [ChipLayer("lif2", lif2, ("relay2",)), ChipLayer("syn3", syn3, ("lif2",)),
                ChipLayer("relay3", relay(shape, {}), ("relay2", "syn3")),
@@ -526,12 +543,16 @@ def split_stream_networks(draw):
 def test_random_split_streams_equal_lava(network):
     """A fan-in split on a residual stream, its relays' sums formed or handed on as terms:
     every relay's payloads and every LIF's u, v and spikes, every step and sample, as on
-    Lava."""
+    Lava; and the spikes of a run that records no state (the chain fused where exact)."""
     layers, mant, t = network
     emulation = Emulation(layers, t, FP, 1, ".")
-    event(f"relay2 {'deferred' if 'relay2' in emulation.deferred else 'formed'}")
+    event(f"relay2 {'deferred' if 'relay2' in emulation.deferred[True] else 'formed'}")
+    event("fused" if len(emulation.fused) < len(layers) else "not fused")
     got = emulation.run(mant, record_state=True)
-    assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
+    want = lava_record(layers, mant, t)
+    assert_same_runs(got, want, f"{len(layers)} layers, T={t}: ")
+    for name, spikes in emulation.run(mant).spikes.items():
+        assert_same(name, "spikes", spikes, want.spikes[name], "no state recorded: ")
 
 
 @settings(max_examples=40, derandomize=True, database=None, deadline=None,
@@ -545,7 +566,7 @@ def test_deferred_relays_run_as_formed_sums(network, record_state):
     with mock.patch.object(emulator, "deferred_relays", lambda layers: frozenset()):
         formed = Emulation(layers, t, FP, 1, ".")
         want = formed.run(mant, record_state)
-    assert not formed.deferred
+    assert not any(formed.deferred.values())
     if record_state:
         assert_same_runs(got, want, f"{len(layers)} layers, T={t}: ")
     for name, s in want.spikes.items():
@@ -670,6 +691,30 @@ def wide_residual(rng):
             ChipLayer("lif1", lif(shape, 1024, 2048, 20), ("syn1",)),
             ChipLayer("syn2", conv3(0), ("lif1",)),
             ChipLayer("lif2", lif(shape, 4095, 1000, 40), ("syn2", "skip"))]
+
+
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one CPU")
+def test_worker_threads_share_each_synapses_kernel_choice(monkeypatch):
+    """On two worker threads, each synapse's kernel is chosen once (by whichever replica runs
+    it first) and every replica runs that kernel, with buffers of its own."""
+    import numba
+
+    from spikeclip_deploy.backends import emulator_synapses
+
+    calls = []
+    choose = emulator_synapses.choose
+    monkeypatch.setattr(emulator_synapses, "choose",
+                        lambda name, *a: calls.append(name) or choose(name, *a))
+    emulation = Emulation(wide_residual(np.random.default_rng(4)), 4, FP, 1, ".")
+    emulation.chunk = 2
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    emulation.run(np.random.default_rng(5).integers(-500, 3000, (5, 3, 21, 20)))
+    assert len(emulation.replicas) == 2
+    assert sorted(calls) == sorted(emulation.synapses) == ["skip", "syn1", "syn2"]
+    for name in emulation.synapses:
+        a, b = (em.synapses[name].kernel for em in emulation.replicas)
+        assert a is not b and a.name == b.name, name
 
 
 @pytest.mark.lava
