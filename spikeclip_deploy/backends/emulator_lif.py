@@ -88,12 +88,12 @@ BLOCK = 1024
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _add_terms(a, xs, shifts, first, i, t, j0, m):
-    """``a[:m] = sum_{k >= first} xs[k][i, t, j0:j0 + m] 2^shifts[k]`` (each ``x``'s one step
+def _add_rest(a, xs, shifts, i, t, j0, m):
+    """``a[:m] = sum_{k >= 1} xs[k][i, t, j0:j0 + m] 2^shifts[k]`` (each ``x``'s one step
     where it holds one), in ``a``'s type."""
     for jj in range(m):
         a[jj] = 0
-    for k in range(first, len(xs)):
+    for k in range(1, len(xs)):
         x, shift = xs[k], shifts[k]
         row = x[i, t if x.shape[1] > 1 else 0, j0:j0 + m]
         for jj in range(m):
@@ -104,14 +104,21 @@ def _add_terms(a, xs, shifts, first, i, t, j0, m):
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def sum_terms(xs, shifts, out):
     r"""``out [N, T, F]`` :math:`= \sum_k` ``xs[k]`` :math:`2^{s_k}` (``shifts``) in one pass,
-    in ``out``'s type (``xs`` as in :func:`lif_steps`, whose values, and every partial sum,
-    that type holds). Samples run in parallel, as :func:`lif_steps`."""
+    in ``out``'s type (``xs`` as in :func:`lif_steps`, whose values and sum that type holds),
+    in blocks of :data:`BLOCK` as :func:`lif_steps` sums its inputs. Samples run in parallel,
+    as there."""
     n, steps, f = out.shape
+    x0, s0 = xs[0], shifts[0]
     for i in prange(n):
+        a = np.zeros(BLOCK, dtype=out.dtype)
         for t in range(steps):
             for j0 in range(0, f, BLOCK):
                 m = min(BLOCK, f - j0)
-                _add_terms(out[i, t, j0:j0 + m], xs, shifts, 0, i, t, j0, m)
+                _add_rest(a, xs, shifts, i, t, j0, m)
+                x = x0[i, t if x0.shape[1] > 1 else 0, j0:j0 + m]
+                o = out[i, t, j0:j0 + m]
+                for jj in range(m):
+                    o[jj] = narrow(shift_left(narrow(x[jj], a[jj]), s0) + a[jj], a[jj])
 
 
 @by_threads
@@ -149,7 +156,7 @@ def lif_steps(xs, shifts, bias, consts, spikes, u_out, v_out):
                 x = x0[i, t if x0.shape[1] > 1 else 0, j0:j0 + m]
                 rest = len(xs) > 1  # known when compiled: a tuple's length is in its type
                 if rest:
-                    _add_terms(a, xs, shifts, 1, i, t, j0, m)
+                    _add_rest(a, xs, shifts, i, t, j0, m)
                 row = spikes[i, t, j0:j0 + m]
                 if mu == zero:  # u keeps nothing of its last value: its decay is 0
                     for jj in range(m):
