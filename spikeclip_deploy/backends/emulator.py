@@ -29,9 +29,10 @@ step :math:`t` is its source's spikes at step :math:`t`. The emulator therefore 
 layer: a synapse's :math:`T` steps in one batched product (copies of one synapse for several
 readers, which differ only in their delays, computed once; :mod:`.emulator_gemm` chooses
 its kernel), a LIF's :math:`T` steps in one compiled pass per sample (:mod:`.emulator_lif`,
-int32 or int64). Image layers are held channels last (``[B, T, H, W, C]``) and returned in
-PyTorch layout. With several threads, the samples run in shards on worker threads of one
-thread each (:meth:`Emulation.run`).
+int32 or int64) that also sums its inputs, a relay's sum in one pass, or not at all where its
+readers (LIFs and relays) take its terms instead (:func:`deferred_relays`). Image layers are
+held channels last (``[B, T, H, W, C]``) and returned in PyTorch layout. With several threads,
+the samples run in shards on worker threads of one thread each (:meth:`Emulation.run`).
 
 Every value is an integer; bounds (a LIF's inputs' bounds from their weights, or the batch's
 actual maxima where those are too loose, :math:`T`, its bias, decays and threshold) keep every
@@ -62,7 +63,7 @@ from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_syn
 from .base import Backend, ChipRun, input_mantissa
 from . import emulator_attention as attention
 from .emulator_fusion import fuse_fan_ins
-from .emulator_lif import lif_steps
+from .emulator_lif import lif_steps, sum_terms
 from .emulator_gemm import FLOAT64_EXACT, INT32_EXACT
 from .emulator_synapses import Conv, Current, Dense, Synapse
 from .host_runtime import HostOpRunner
@@ -95,6 +96,22 @@ _NO_STATE = np.empty((0, 0, 0), dtype=np.int64)
 
 #: the types whose values int32 holds (float32 ones: exact integers below 2^24)
 NARROW = {torch.int8, torch.int16, torch.int32, torch.float32}
+
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    """``[N, T, *inner]`` -> ``[N, T, F]`` (a view where ``x`` is contiguous)."""
+    return x.reshape(len(x), x.shape[1], -1).numpy()
+
+
+def term_arrays(ys: list[torch.Tensor], work: type) -> tuple[np.ndarray, ...]:
+    """Terms ``[N, 1 or T, *inner]`` as C-ordered ``[N, 1 or T, F]`` arrays of one type (a
+    tuple numba indexes at run time): theirs where they share one, else int32 where each is
+    narrower or float32 (exact below :math:`2^{24}`) or the sum is computed in int32 (``work``:
+    then every term lies within it), else int64."""
+    types = {y.dtype for y in ys}
+    common = types.pop() if len(types) == 1 else torch.int32 if (
+        types <= NARROW or work == np.int32) else torch.int64
+    return tuple(np.ascontiguousarray(_flat(y.to(common))) for y in ys)
 
 
 @dataclass(frozen=True)
@@ -140,18 +157,13 @@ class Lif:
         """The steps of one window (:func:`.emulator_lif.lif_steps`): inputs ``(x, e)``,
         ``x [N, 1 or T, *inner]``, :math:`2^a a_{in} = \sum x\,2^e` -> ``spikes`` (int8),
         and ``state`` (``u``, ``v``) if given, in int32 where ``biggest`` (:meth:`biggest`)
-        is below :math:`2^{31}`, else int64. Inputs of mixed types run as one: int32 where
-        each is narrower or float32 (exact below :math:`2^{24}`), else int64."""
-        types = {x.dtype for x, _ in ins}
-        common = types.pop() if len(types) == 1 else torch.int32 if types <= NARROW else \
-            torch.int64
-        xs = tuple(np.ascontiguousarray(x.to(common).reshape(len(x), x.shape[1], -1).numpy())
-                   for x, _ in ins)  # one array type: a tuple numba indexes at run time
-        flat = (lambda t: t.reshape(len(t), t.shape[1], -1).numpy())
+        is below :math:`2^{31}`, else int64 (inputs of mixed types in one,
+        :func:`term_arrays`)."""
         work = np.int32 if biggest < INT32_EXACT else np.int64
         bias, consts = self._constants(work)
-        lif_steps(xs, np.array([e for _, e in ins], dtype=work), bias, consts, flat(spikes),
-                  *(map(flat, state) if state else (_NO_STATE, _NO_STATE)))
+        lif_steps(term_arrays([x for x, _ in ins], work), np.array([e for _, e in ins], dtype=work),
+                  bias, consts, _flat(spikes),
+                  *(map(_flat, state) if state else (_NO_STATE, _NO_STATE)))
 
     def _constants(self, work: type) -> tuple[np.ndarray, np.ndarray]:
         """The flat bias and :func:`~.emulator_lif.lif_steps`'s ``consts`` in ``work`` (made
@@ -169,14 +181,14 @@ class Lif:
 class _Batch:
     """A run in progress: ``size`` samples, computed ``rows`` at a time; the chunk's layer
     outputs (a LIF's spikes ``[rows, T, *inner]`` int8, a synapse's or host op's
-    :class:`~.emulator_synapses.Current`); every LIF's spikes (and state) for all samples,
-    shared by the copies (:func:`dataclasses.replace`) that worker threads compute other rows
-    in."""
+    :class:`~.emulator_synapses.Current`, a deferred relay's terms); every LIF's spikes (and
+    state) for all samples, shared by the copies (:func:`dataclasses.replace`) that worker
+    threads compute other rows in."""
 
     size: int
     record_state: bool
     rows: slice = field(default_factory=lambda: slice(0))
-    acts: dict[str, torch.Tensor | Current] = field(default_factory=dict)
+    acts: dict[str, torch.Tensor | Current | tuple[Current, ...]] = field(default_factory=dict)
     spikes: dict[str, torch.Tensor] = field(default_factory=dict)
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -232,6 +244,32 @@ def _synapse_key(la: ChipLayer) -> tuple:
             w.tobytes())
 
 
+def terms(act: Current | tuple[Current, ...]) -> tuple[Current, ...]:
+    """What a layer's output adds to a sum: a deferred relay's terms, else the output."""
+    return act if isinstance(act, tuple) else (act,)
+
+
+def deferred_relays(layers: list[ChipLayer]) -> frozenset[str]:
+    r"""The relays whose sums are never formed: read only by LIFs and relays, they hand their
+    readers their terms (:func:`terms`), which a LIF sums in its own pass (:meth:`Lif.window`)
+    and a relay passes on or sums. Where it saves passes over memory: formed, a sum of
+    :math:`k` terms costs :math:`k` reads and a write, and each of its :math:`R` readers reads
+    it; deferred, each reader reads the :math:`k` terms: deferred where
+    :math:`R k \le k + 1 + R` (one reader: always)."""
+    readers: dict[str, list[ChipLayer]] = {}
+    for la in layers:
+        for i in la.inputs:
+            readers.setdefault(i, []).append(la)
+    handed: dict[str, int] = {}  # a deferred relay -> the terms it hands on
+    for la in layers:
+        if isinstance(la.node, nir.Scale):
+            near, k = readers.get(la.name, []), sum(handed.get(i, 1) for i in la.inputs)
+            if all(isinstance(r.node, (nir.LIF, nir.Scale)) for r in near) and \
+                    len(near) * k <= k + 1 + len(near):
+                handed[la.name] = k
+    return frozenset(handed)
+
+
 class Emulation:
     """One encoder's chip graph, ready to emulate batches (weights prepared once)."""
 
@@ -279,6 +317,9 @@ class Emulation:
                                          2 ** (fp.state_bits - 1), fp.decay_bits, bias)
         #: the layers a run that records no state computes: fan-in chains fused
         self.fused = fuse_fan_ins(layers, self._fusable)
+        #: the relays whose sums are never formed, of a run that records state (``True``: every
+        #: layer) and of one that does not (the fused layers)
+        self.deferred = {True: deferred_relays(layers), False: deferred_relays(self.fused)}
         for la in self.fused:
             if isinstance(la.node, (nir.Affine, nir.Conv2d)) and la.name not in self.synapses \
                     and la.name not in self.copy_of:
@@ -386,30 +427,40 @@ class Emulation:
 
     def _relay(self, la: ChipLayer, batch: _Batch) -> None:
         """A graded stream relay: the exact sum of its inputs (a payload of at most
-        ``graded_payload_bits`` bits, which the export checked statically), in int32 where the
-        inputs' bounds sum below :math:`2^{31}`, else int64 (every partial sum is far below
-        :math:`2^{63}`), one pass per input into a buffer the next chunk reuses; delivered to
-        each reader by an identity synapse."""
-        ins = [batch.acts[i] for i in la.inputs]
+        ``graded_payload_bits`` bits, which the export checked statically), delivered to each
+        reader by an identity synapse: its terms (:func:`terms`) where the run defers it
+        (:attr:`deferred`), else :meth:`_sum`."""
+        ins = [t for i in la.inputs for t in terms(batch.acts[i])]
+        if la.name in self.deferred[batch.record_state]:
+            batch.acts[la.name] = tuple(ins)
+            if batch.record_state:
+                self._record_payloads(la.name, self._sum(la.name, ins).y, batch)
+            return
+        c = batch.acts[la.name] = self._sum(la.name, ins)
+        if batch.record_state:
+            self._record_payloads(la.name, c.y, batch)
+
+    def _sum(self, name: str, ins: list[Current]) -> Current:
+        """The terms ``ins`` summed, in int32 where their bounds sum below :math:`2^{31}`, else
+        int64 (every partial sum is far below :math:`2^{63}`), in one pass
+        (:func:`~.emulator_lif.sum_terms`) into a buffer of relay ``name`` the next chunk
+        reuses."""
         bound = sum(c.bound for c in ins)
         dtype = torch.int32 if bound < INT32_EXACT else torch.int64
         shape = torch.broadcast_shapes(*(c.y.shape for c in ins))  # [B, 1 or T, *inner]
-        y = self.buffers.get(la.name)
+        y = self.buffers.get(name)
         if y is None or y.dtype != dtype or len(y) < shape[0] or y.shape[1:] != shape[1:]:
-            y = self.buffers[la.name] = torch.empty(shape, dtype=dtype)
+            y = self.buffers[name] = torch.empty(shape, dtype=dtype)
         y = y[:shape[0]]
-        for k, c in enumerate(ins):
-            term = c.y.to(dtype)  # ``c.y`` itself where it has that type
-            if k:
-                y.add_(term, alpha=2**c.exp)
-            elif c.exp:
-                y.copy_(term).mul_(2**c.exp)
-            else:
-                y.copy_(term)
-        batch.acts[la.name] = Current(y, 0, bound)
-        if batch.record_state:
-            out = batch.full(batch.payloads, la.name, (self.time_steps, *y.shape[2:]), np.int64)
-            out.copy_(y.expand(out.shape))
+        work = np.int32 if dtype == torch.int32 else np.int64
+        sum_terms(term_arrays([c.y for c in ins], work),
+                  np.array([c.exp for c in ins], dtype=work), _flat(y))
+        return Current(y, 0, bound)
+
+    def _record_payloads(self, name: str, y: torch.Tensor, batch: _Batch) -> None:
+        """A relay's payloads ``y`` (``[N, 1 or T, *inner]``) at ``batch``'s rows, every step."""
+        out = batch.full(batch.payloads, name, (self.time_steps, *y.shape[2:]), np.int64)
+        out.copy_(y.expand(out.shape))
 
     def _attention(self, la: ChipLayer, batch: _Batch) -> None:
         """An attention population (:mod:`.emulator_attention`): a product population holds its
@@ -458,9 +509,13 @@ class Emulation:
 
     def _lif(self, la: ChipLayer, batch: _Batch) -> None:
         lif, steps, shift = self.lifs[la.name], self.time_steps, self.fp.activation_shift
-        ins = [batch.acts[i] for i in la.inputs]
+        acts = [batch.acts[i] for i in la.inputs]
+        ins = [t for a in acts for t in terms(a)]
         biggest = lif.biggest(sum(c.bound << shift for c in ins), steps)
-        if biggest >= INT32_EXACT:  # loose bounds: the batch's own maxima may be smaller
+        if biggest >= INT32_EXACT:  # loose bounds: the batch's own maxima (of each input's sum,
+            # the deferred relays' summed) may be smaller
+            ins = [self._sum(i, list(a)) if isinstance(a, tuple) else a
+                   for i, a in zip(la.inputs, acts)]
             biggest = min(biggest, lif.biggest(sum(c.actual() << shift for c in ins), steps))
         if biggest >= FLOAT64_EXACT:
             raise ExportError(f"LIF '{la.name}': its state can exceed 2^53, beyond Lava's int32 "

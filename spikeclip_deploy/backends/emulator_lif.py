@@ -102,6 +102,27 @@ def _add_rest(a, xs, shifts, i, t, j0, m):
 
 @by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
+def sum_terms(xs, shifts, out):
+    r"""``out [N, T, F]`` :math:`= \sum_k` ``xs[k]`` :math:`2^{s_k}` (``shifts``) in one pass,
+    in ``out``'s type (``xs`` as in :func:`lif_steps`, whose values and sum that type holds),
+    in blocks of :data:`BLOCK` as :func:`lif_steps` sums its inputs. Samples run in parallel,
+    as there."""
+    n, steps, f = out.shape
+    x0, s0 = xs[0], shifts[0]
+    for i in prange(n):
+        a = np.zeros(BLOCK, dtype=out.dtype)
+        for t in range(steps):
+            for j0 in range(0, f, BLOCK):
+                m = min(BLOCK, f - j0)
+                _add_rest(a, xs, shifts, i, t, j0, m)
+                x = x0[i, t if x0.shape[1] > 1 else 0, j0:j0 + m]
+                o = out[i, t, j0:j0 + m]
+                for jj in range(m):
+                    o[jj] = narrow(shift_left(narrow(x[jj], a[jj]), s0) + a[jj], a[jj])
+
+
+@by_threads
+@njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def lif_steps(xs, shifts, bias, consts, spikes, u_out, v_out):
     """Inputs ``xs`` (a tuple of C-ordered ``[N, 1 or T, F]`` arrays of one integer-valued
     type; one step held for all: a tuple costs a call far less than a typed list) ->

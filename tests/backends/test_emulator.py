@@ -14,6 +14,7 @@ Residual streams and fan-in splits on graded relays are generated too (``stream_
 ``split_networks``). The residual, delayed-convolution, native and host-op networks are
 compared in tests/backends/test_graphs.py and test_host_ops.py, where Lava runs them already."""
 import os
+from unittest import mock
 
 import nir
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from spikeclip_deploy.backends import get_backend
+from spikeclip_deploy.backends import emulator, get_backend
 from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif, shards
 from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS, DirectConv, power_of_two
 from spikeclip_deploy.backends.emulator_synapses import Conv, lava_weights, wrap
@@ -442,6 +443,20 @@ def test_random_streams_equal_lava(network):
     assert_same_runs(got, lava_record(layers, mant, t), f"{len(layers)} layers, T={t}: ")
 
 
+def split_parts(whole, n_parts, width):
+    """``whole``'s fan-in split as the ``split_fan_in`` pass writes it (``part_of``: "whole"):
+    part :math:`k` its own run of ``width`` columns (zero elsewhere; part 0 the bias), held
+    :math:`k` steps."""
+    w = np.asarray(whole.weight)
+    parts = []
+    for k in range(n_parts):
+        wk = np.zeros_like(w)
+        wk[:, k * width:(k + 1) * width] = w[:, k * width:(k + 1) * width]
+        parts.append(nir.Affine(weight=wk, bias=np.asarray(whole.bias) * (k == 0),
+                                metadata={**whole.metadata, "delay": k, "part_of": "whole"}))
+    return parts
+
+
 @st.composite
 def split_networks(draw):
     r"""(layers, input mantissas, T): a dense layer's fan-in split into 2-5 parts summed on a
@@ -455,12 +470,7 @@ def split_networks(draw):
     n_in = n_parts * width
     layers = [ChipLayer("lif0", lif_params(draw, (n_in,)), (INPUT,))]
     whole, reader = affine(draw, (n_in,), lambda s: lif_params(draw, s))
-    w = np.asarray(whole.weight)
-    for k in range(n_parts):
-        wk = np.zeros_like(w)
-        wk[:, k * width:(k + 1) * width] = w[:, k * width:(k + 1) * width]
-        part = nir.Affine(weight=wk, bias=np.asarray(whole.bias) * (k == 0),
-                          metadata={**whole.metadata, "delay": k, "part_of": "whole"})
+    for k, part in enumerate(split_parts(whole, n_parts, width)):
         layers.append(ChipLayer(f"part{k}", part, ("lif0",)))
         sum_k = relay(reader.tau.shape, {})
         sum_k.metadata["fan_in_of"] = "whole"
@@ -492,6 +502,84 @@ def test_random_split_fan_ins_equal_lava(network):
         assert [la.name for la in emulation.fused] == [la.name for la in layers]
     for name, spikes in emulation.run(mant).spikes.items():
         assert_same(name, "spikes", spikes, want.spikes[name], "no state recorded: ")
+
+
+@st.composite
+def split_stream_networks(draw):
+    r"""(layers, input mantissas, T): the paper-size encoder's stream in small, dense: ``lif0
+    -syn1-> relay1 -> lif1``; ``lif1``'s synapse split into 2-4 parts summed on a chain of
+    relays that starts from ``relay1`` (the residual: ``sum0 = relay1 + part0``, :math:`sum_k =
+    sum_{k-1} + part_k`) and ends in ``relay2 -> lif2``; ``relay3 = relay2 + syn3 (lif2) ->
+    lif3`` (the parts and relays marked as ``split_fan_in`` marks them). Relays read by one
+    reader hand it their terms; ``relay1`` (two readers, one term) too; ``relay2`` (two
+    readers, :math:`k + 1` terms) forms its sum where :math:`k \geq 3`
+    (:func:`~spikeclip_deploy.backends.emulator.deferred_relays`); where the chain is fused
+    (a run without state), ``relay2`` hands on two terms."""
+    t, b, n_parts = draw(st.integers(1, 12)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    width = draw(st.integers(1, 3))
+    first, shape = (n_parts * width,), (n_parts * width,)
+    bias_exp = draw(st.integers(0, 7))
+
+    def reader(s):
+        node = lif_params(draw, s)
+        node.metadata["loihi"]["bias_exp"] = bias_exp
+        return node
+    syn1, lif1 = affine(draw, first, reader, 0, shape, 3)
+    whole, lif2 = affine(draw, shape, reader, 0, shape, 3)
+    syn3, lif3 = affine(draw, shape, reader, 0, shape, 3)
+    layers = [ChipLayer("lif0", lif_params(draw, first), (INPUT,)),
+              ChipLayer("syn1", syn1, ("lif0",)),
+              ChipLayer("relay1", relay(shape, {"sum0": 1}), ("syn1",)),
+              ChipLayer("lif1", lif1, ("relay1",))]
+    for k, part in enumerate(split_parts(whole, n_parts, width)):
+        last = k == n_parts - 1
+        sum_k = relay(shape, {"relay3": 1} if last else {})
+        sum_k.metadata["fan_in_of"] = "whole"
+        layers += [ChipLayer(f"part{k}", part, ("lif1",)),
+                   ChipLayer("relay2" if last else f"sum{k}", sum_k,
+                             (f"sum{k - 1}" if k else "relay1", f"part{k}"))]
+    layers += [ChipLayer("lif2", lif2, ("relay2",)), ChipLayer("syn3", syn3, ("lif2",)),
+               ChipLayer("relay3", relay(shape, {}), ("relay2", "syn3")),
+               ChipLayer("lif3", lif3, ("relay3",))]
+    top = draw(st.sampled_from([4095, 2**17 + 1]))
+    mant = seeded_ints(draw, (b, *first), -top - 1, top, (-top - 1, top))
+    return layers, mant, t
+
+
+@pytest.mark.lava
+@LAVA_CASES
+@given(split_stream_networks())
+def test_random_split_streams_equal_lava(network):
+    """A fan-in split on a residual stream, its relays' sums formed or handed on as terms:
+    every relay's payloads and every LIF's u, v and spikes, every step and sample, as on
+    Lava; and the spikes of a run that records no state (the chain fused where exact)."""
+    layers, mant, t = network
+    emulation = Emulation(layers, t, FP, 1, ".")
+    event(f"relay2 {'deferred' if 'relay2' in emulation.deferred[True] else 'formed'}")
+    event("fused" if len(emulation.fused) < len(layers) else "not fused")
+    got = emulation.run(mant, record_state=True)
+    want = lava_record(layers, mant, t)
+    assert_same_runs(got, want, f"{len(layers)} layers, T={t}: ")
+    for name, spikes in emulation.run(mant).spikes.items():
+        assert_same(name, "spikes", spikes, want.spikes[name], "no state recorded: ")
+
+
+@settings(max_examples=40, derandomize=True, database=None, deadline=None,
+          phases=[Phase.explicit, Phase.generate])
+@given(split_stream_networks(), st.booleans())
+def test_deferred_relays_run_as_formed_sums(network, record_state):
+    """Relays handing their readers their terms: the same spikes (and state) as with every
+    relay's sum formed."""
+    layers, mant, t = network
+    got = Emulation(layers, t, FP, 1, ".").run(mant, record_state)
+    with mock.patch.object(emulator, "deferred_relays", lambda layers: frozenset()):
+        formed = Emulation(layers, t, FP, 1, ".")
+        want = formed.run(mant, record_state)
+    assert not any(formed.deferred.values())
+    if record_state:
+        assert_same_runs(got, want, f"{len(layers)} layers, T={t}: ")
+    for name, s in want.spikes.items():
+        assert_same(name, "spikes", got.spikes[name], s)
 
 
 def test_a_relay_sums_its_inputs_by_hand():
