@@ -27,13 +27,15 @@ sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{
 - ``onednn-conv`` (a convolution's, over its spikes rather than im2col's columns): as
   ``onednn``, on oneDNN's int8 convolution (:class:`DirectConv`).
 
-Each exact kernel is timed once per shape and density (a convolution's direct kernel against
-im2col plus the fastest product: :meth:`.emulator_synapses.Conv.direct_conv`) (:math:`M` capped at
+Each exact kernel is timed once per shape and density (:math:`M` capped at
 :data:`MEASURE_MACS` / KN rows, inputs firing at the first call's share of nonzero inputs,
 rounded to :data:`DENSITY_STEP`; :data:`SPIKE_DENSITY` where unknown) and the times cached in
 ``cache_dir()/emulator-kernels/`` under a key of the CPU model, its flags, the instruction-set
 caps in the environment, torch's version and threads (a capped run never reuses an uncapped
-choice). ``$SPIKECLIP_EMU_KERNEL`` forces one kernel wherever it is exact (tests run each).
+choice); a convolution's direct kernel is timed and cached the same way, against im2col plus
+the fastest product or the float grouped convolution
+(:meth:`.emulator_synapses.Conv.direct_conv`). ``$SPIKECLIP_EMU_KERNEL`` forces one kernel
+wherever it is exact (tests run each).
 """
 from __future__ import annotations
 

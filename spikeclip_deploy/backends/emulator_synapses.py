@@ -123,8 +123,9 @@ class Synapse:
     kernel: Kernel | None = None
     k: int = 0
     density: float = 0.0  # the share of nonzero inputs the kernel was chosen at
-    #: the chosen kernel's name, ``k`` and ``density``: shared by this synapse's replicas
-    choice: dict | None = None
+    #: the chosen kernel's name, ``k`` and ``density`` (a convolution's: whether direct):
+    #: one dict, shared by this synapse's replicas
+    choice: dict
 
     def _product(self, cols: Callable[[torch.dtype | None], torch.Tensor], rows: int
                  ) -> torch.Tensor:
@@ -134,8 +135,6 @@ class Synapse:
         replica then takes the same kernel, with buffers of its own)."""
         if self.kernel is None:
             with _CHOOSING:  # one at a time (the timings' cache is not thread-safe)
-                if self.choice is None:
-                    self.choice = {}
                 if "name" in self.choice:
                     kernel = KERNELS[self.choice["name"]](self.matrix >> self.choice["k"])
                 else:
@@ -150,8 +149,6 @@ class Synapse:
     def replica(self) -> Synapse:
         """This synapse with buffers of its own (its kernel made again, on its first call: the
         one this synapse and its other replicas chose), to run beside it on another thread."""
-        if self.choice is None:
-            self.choice = {}
         twin = copy.copy(self)
         twin.kernel = None
         return twin
@@ -178,6 +175,7 @@ class Conv(Synapse):
                               f"ignores; re-export with a hardware profile whose weight_exp is 0")
         w = np.asarray(node.weight).astype(np.int64)  # [Cout, Cin/groups, kh, kw]
         self.name, self.node, self.bound_in, self.weight = name, node, bound_in, w
+        self.choice = {}
         self._cols: torch.Tensor | None = None  # im2col's columns (:meth:`_columns`)
         self._hws: dict[tuple[int, int], tuple[int, int]] = {}  # :meth:`_out_hw`
         self._direct: DirectConv | bool | None = None  # :meth:`direct_conv`
@@ -203,8 +201,6 @@ class Conv(Synapse):
         finds it so, decided on the first call of this synapse or its replicas; else None."""
         if self._direct is None:
             with _CHOOSING:
-                if self.choice is None:
-                    self.choice = {}
                 if "direct" not in self.choice:
                     self.choice["density"] = int(torch.count_nonzero(s)) / max(1, s.numel())
                     self.choice["direct"] = self._direct_faster(s, hw, self.choice["density"])
@@ -325,7 +321,7 @@ class Dense(Synapse):
     def __init__(self, node: nir.Affine, weight_bits: int, bound_in: int = 1,
                  name: str = "dense") -> None:
         w = lava_weights(node.weight, weight_bits)  # [out, in]
-        self.name, self.bound_in, self.matrix = name, bound_in, w.T
+        self.name, self.bound_in, self.matrix, self.choice = name, bound_in, w.T, {}
         self.exp = int(node.metadata["loihi"]["weight_exp"])
         self.bound = -((-bound_in * max_fan_in(w)) >> max(-self.exp, 0)) << max(self.exp, 0)
 
