@@ -59,7 +59,8 @@ from ..exchange.chip import FixedPoint
 from ..exchange.attention import AttentionNode, fire
 from ..exchange.current_pool import PoolNode
 from ..exchange.manifest import chip_record
-from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, depths, summed_synapses
+from ..exchange.nirgraph import (INPUT, ChipLayer, HostOpNode, depths, readers,
+                                 summed_synapses)
 from .base import Backend, ChipRun, input_mantissa
 from . import emulator_attention as attention
 from .emulator_fusion import fuse_fan_ins
@@ -256,14 +257,11 @@ def deferred_relays(layers: list[ChipLayer]) -> frozenset[str]:
     :math:`k` terms costs :math:`k` reads and a write, and each of its :math:`R` readers reads
     it; deferred, each reader reads the :math:`k` terms: deferred where
     :math:`R k \le k + 1 + R` (one reader: always)."""
-    readers: dict[str, list[ChipLayer]] = {}
-    for la in layers:
-        for i in la.inputs:
-            readers.setdefault(i, []).append(la)
+    read_by = readers(layers)
     handed: dict[str, int] = {}  # a deferred relay -> the terms it hands on
     for la in layers:
         if isinstance(la.node, nir.Scale):
-            near, k = readers.get(la.name, []), sum(handed.get(i, 1) for i in la.inputs)
+            near, k = read_by.get(la.name, []), sum(handed.get(i, 1) for i in la.inputs)
             if all(isinstance(r.node, (nir.LIF, nir.Scale)) for r in near) and \
                     len(near) * k <= k + 1 + len(near):
                 handed[la.name] = k
@@ -315,15 +313,12 @@ class Emulation:
                                          2**fp.decay_bits - int(q["dv"]),
                                          int(q["vth"]) << fp.threshold_shift,
                                          2 ** (fp.state_bits - 1), fp.decay_bits, bias)
-        #: the layers a run that records no state computes: fan-in chains fused
+        #: the layers a run that records no state computes: fan-in chains fused (each fused
+        #: product's synapse prepared by :meth:`_fusable`)
         self.fused = fuse_fan_ins(layers, self._fusable)
         #: the relays whose sums are never formed, of a run that records state (``True``: every
         #: layer) and of one that does not (the fused layers)
         self.deferred = {True: deferred_relays(layers), False: deferred_relays(self.fused)}
-        for la in self.fused:
-            if isinstance(la.node, (nir.Affine, nir.Conv2d)) and la.name not in self.synapses \
-                    and la.name not in self.copy_of:
-                self.synapses[la.name] = self._synapse_of(la)
 
     def _synapse_of(self, la: ChipLayer) -> Synapse:
         """Synapse layer ``la`` prepared (:mod:`.emulator_synapses`)."""
@@ -336,12 +331,18 @@ class Emulation:
         (:mod:`.emulator_fusion`): no convolution's sum wraps (a part's wrap is its own, and
         the whole's would come from the sum); a dense part's exponent is not negative (each
         part's sum would be floored) and Lava's weights of the parts (clipped, the lowest bit
-        of a matrix of both signs dropped: each part's own) sum to the whole's."""
-        syns = [self._synapse_of(la) for la in (*parts, whole)]
+        of a matrix of both signs dropped: each part's own) sum to the whole's. Where it does,
+        ``whole``'s synapse joins :attr:`synapses`."""
+        syns = [self.synapses[self.copy_of.get(la.name, la.name)] for la in parts]
+        syns.append(self._synapse_of(whole))
         if isinstance(whole.node, nir.Conv2d):
-            return not any(s.wraps for s in syns)
-        return min(s.exp for s in syns) >= 0 and len({s.exp for s in syns}) == 1 and \
-            np.array_equal(sum(s.matrix for s in syns[:-1]), syns[-1].matrix)
+            fusable = not any(s.wraps for s in syns)
+        else:
+            fusable = min(s.exp for s in syns) >= 0 and len({s.exp for s in syns}) == 1 and \
+                np.array_equal(sum(s.matrix for s in syns[:-1]), syns[-1].matrix)
+        if fusable:
+            self.synapses[whole.name] = syns[-1]
+        return fusable
 
     def run(self, mant: np.ndarray, record_state: bool = False) -> ChipRun:
         """Input mantissas ``[B, *in]`` (PyTorch layout) -> every LIF's spikes (and state).

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..exchange.nirgraph import ChipLayer, is_relay
+from ..exchange.nirgraph import ChipLayer, is_relay, readers
 
 
 def fan_in_chains(layers: list[ChipLayer]) -> dict[str, tuple[list[ChipLayer], list[ChipLayer]]]:
@@ -35,10 +35,7 @@ def fan_in_chains(layers: list[ChipLayer]) -> dict[str, tuple[list[ChipLayer], l
     source, each read by its relay only; each relay but the last read by the next only) and
     :math:`L` names no layer."""
     names = {la.name for la in layers}
-    readers: dict[str, list[str]] = {}
-    for la in layers:
-        for i in la.inputs:
-            readers.setdefault(i, []).append(la.name)
+    read_by = {name: [la.name for la in them] for name, them in readers(layers).items()}
     parts: dict[str, list[ChipLayer]] = {}
     relays: dict[str, list[ChipLayer]] = {}
     for la in layers:
@@ -53,9 +50,9 @@ def fan_in_chains(layers: list[ChipLayer]) -> dict[str, tuple[list[ChipLayer], l
         if cut in names or len(ps) < 2 or len(rs) != len(ps) or \
                 len({(type(p.node), p.inputs) for p in ps}) != 1 or len(ps[0].inputs) != 1:
             continue
-        ok = all(readers.get(p.name) == [r.name] and r.inputs[-1] == p.name
+        ok = all(read_by.get(p.name) == [r.name] and r.inputs[-1] == p.name
                  for p, r in zip(ps, rs))
-        ok = ok and all(readers.get(a.name) == [b.name] and b.inputs == (a.name, ps[k + 1].name)
+        ok = ok and all(read_by.get(a.name) == [b.name] and b.inputs == (a.name, ps[k + 1].name)
                         for k, (a, b) in enumerate(zip(rs, rs[1:])))
         if ok:
             chains[cut] = (ps, rs)

@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from functools import cached_property
 from dataclasses import dataclass
 
 import nir
@@ -207,19 +208,23 @@ class Conv(Synapse):
             self.density = self.choice["density"]
             self._direct = self.choice["direct"] and self.make_direct()
             if self._direct:
-                self.k = power_of_two(self.weight)
+                self.k = self.shift
         return self._direct or None
+
+    @cached_property
+    def shift(self) -> int:
+        """:math:`k`, the weights' common power of two (:math:`W = 2^k W'`)."""
+        return power_of_two(self.weight)
 
     def direct_exact(self) -> bool:
         """Whether the direct kernel is exact here: binary inputs, :math:`W'` within the
         ``onednn`` product's bounds."""
-        wq = self.weight >> power_of_two(self.weight)
+        wq = self.weight >> self.shift
         return self.bound_in == 1 and DirectConv.exact(wq.reshape(len(wq), -1).T, 1)
 
     def make_direct(self) -> DirectConv:
         """This convolution's :math:`W'` on the direct kernel (its product times :math:`2^k`)."""
-        return DirectConv(self.weight >> power_of_two(self.weight), *self.geometry[1:],
-                          self.groups)
+        return DirectConv(self.weight >> self.shift, *self.geometry[1:], self.groups)
 
     def _direct_faster(self, s: torch.Tensor, hw: tuple[int, int], density: float) -> bool:
         """Whether the direct kernel is exact here (binary inputs) and faster than the other
@@ -229,8 +234,9 @@ class Conv(Synapse):
         per machine (:func:`~.emulator_gemm.cached`)."""
         if not self.direct_exact():
             return False
-        if forced_kernel():
-            return forced_kernel() == DirectConv.name
+        forced = forced_kernel()
+        if forced:
+            return forced == DirectConv.name
         density = density_step(density)
         (kh, kw), stride, padding, dilation = self.geometry
         n = max(1, min(len(s), MEASURE_MACS // (hw[0] * hw[1] * self.weight.size)))
@@ -249,7 +255,7 @@ class Conv(Synapse):
         times = cached(key, [DirectConv.name, *other], measure_now)
         way = sum(times[name] for name in other)
         if self.groups == 1:  # the product (over im2col's columns)
-            m = self.matrix >> power_of_two(self.matrix)
+            m = self.matrix >> self.shift
             way += min(timings(m, n * hw[0] * hw[1], exact_kernels(m, 1, timed=True),
                                density).values())
         faster = times[DirectConv.name] < way

@@ -180,6 +180,16 @@ class ChipLayer:
     inputs: tuple[str, ...]  # summed (a host op: its arguments); ``INPUT``: the host current
 
 
+def readers(layers: list[ChipLayer]) -> dict[str, list[ChipLayer]]:
+    """Per layer name, the layers that read it, in ``layers``' order (a layer read by none: no
+    entry)."""
+    out: dict[str, list[ChipLayer]] = {}
+    for la in layers:
+        for i in la.inputs:
+            out.setdefault(i, []).append(la)
+    return out
+
+
 def graph_layers(graph: nir.NIRGraph) -> list[ChipLayer]:
     """The graph's layers in topological order, keeping the graph's own order where it allows
     (the order they were traced in); grouped convolutions regrouped (:func:`regroup`), attention

@@ -48,7 +48,7 @@ from ..errors import ExportError
 from ..exchange.attention import AttentionNode
 from ..exchange.current_pool import PoolNode
 from ..exchange.fixed_point import bias_mantissa
-from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair
+from ..exchange.nirgraph import INPUT, ChipLayer, HostOpNode, is_relay, pair, readers
 from ..fileutil import write_bytes
 from ..hardware import ChipProfile
 
@@ -116,10 +116,7 @@ def _unexpressible(la: ChipLayer, by_name: dict[str, ChipLayer]) -> str | None:
 def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
     """Cut a chip graph into netx chains; returns (chains, {layer left out: why})."""
     by_name = {la.name: la for la in layers}
-    readers: dict[str, int] = {}
-    for la in layers:
-        for i in la.inputs:
-            readers[i] = readers.get(i, 0) + 1
+    read_by = readers(layers)
     chains: list[Segment] = []
     ends: dict[str, Segment] = {}  # LIF name -> the chain it ends
     left_out: dict[str, str] = {}
@@ -155,7 +152,8 @@ def segments(layers: list[ChipLayer]) -> tuple[list[Segment], dict[str, str]]:
         syn = by_name[la.inputs[0]]
         (pre,) = syn.inputs
         chain = ends.pop(pre, None)
-        if chain is None or readers[pre] != 1:  # pre's spikes leave its chain: a new one reads them
+        # read elsewhere too, pre's spikes leave its chain: a new one reads them
+        if chain is None or len(read_by[pre]) != 1:
             chain = Segment(pre)
             chains.append(chain)
         chain.layers += [syn, la]
