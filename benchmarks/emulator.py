@@ -38,7 +38,7 @@ their input mantissas once, outside every timing. Per model and condition:
 - the bound: the multiply-accumulates of one image (every distinct synapse the emulator runs
   once: a fused fan-in's whole product, not its parts) at the rate of the fastest exact
   kernel at each synapse's shape and input density (a product's kernels at its GEMM shape, a
-  convolution's direct one too; measured right after the emulator, as the emulator measures
+  convolution's direct ones too; measured right after the emulator, as the emulator measures
   its choice: which one is printed; the sparse kernels' rates count the dense product's
   MACs), and the emulator's share of it. With ``n``
   threads, the faster of the kernels on ``n`` threads each and ``n`` times their rate on one
@@ -70,7 +70,7 @@ from lava_conv import delayed_synapses
 from spikeclip_deploy.backends import get_backend
 from spikeclip_deploy.backends.base import input_mantissa
 from spikeclip_deploy.backends import emulator_gemm
-from spikeclip_deploy.backends.emulator_gemm import (DirectConv, density_step, int_mm_exact,
+from spikeclip_deploy.backends.emulator_gemm import (density_step, int_mm_exact,
                                                      measure_rows, power_of_two, random_spikes)
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.exchange.manifest import load_export
@@ -128,26 +128,26 @@ def export_of(model: str, init: str, out: Path) -> Path:
     return out
 
 
-def direct_seconds(syn, node: nir.Conv2d, samples: int) -> float | None:
-    """Seconds of oneDNN's direct convolution (``DirectConv``) of convolution ``syn`` on
-    ``samples`` samples of random spikes at the synapse's input density, where it is exact
-    (else None): at most as many samples as ``MEASURE_MACS`` multiply-accumulates hold, the time
-    scaled to ``samples``."""
-    if not syn.direct_exact():
-        return None
+def direct_seconds(syn, node: nir.Conv2d, samples: int) -> dict[str, float]:
+    """Seconds of each direct kernel exact on convolution ``syn`` (``CONV_KERNELS``) on
+    ``samples`` samples of random spikes at the synapse's input density: at most as many
+    samples as ``MEASURE_MACS`` multiply-accumulates hold, the time scaled to ``samples``."""
+    names = syn.direct_kernels()
+    if not names:
+        return {}
     hw = tuple(int(v) for v in np.asarray(node.input_shape))
     positions = int(np.prod(conv_out_hw(node, hw)))
     timed = max(1, min(samples, emulator_gemm.MEASURE_MACS // (positions * syn.weight.size)))
     x = random_spikes((timed, *hw, syn.weight.shape[1] * syn.groups), density_step(syn.density))
-    conv = syn.make_direct()
-    return emulator_gemm.seconds({"direct": partial(conv, x)})["direct"] * samples / timed
+    times = emulator_gemm.seconds({name: partial(syn.make_direct(name), x) for name in names})
+    return {name: t * samples / timed for name, t in times.items()}
 
 
 def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
     """(MACs of one image, MACs/s of the fastest exact kernel at each distinct synapse's shape
     for ``images`` images and its input density in the emulator's run, measured now, how many
     synapses each kernel is fastest on): a product's kernels at its GEMM shape, and a
-    convolution's direct kernel where it is exact; grouped convolutions without it count at
+    convolution's direct kernels where they are exact; grouped convolutions without it count at
     the others' rate."""
     em = emu.emulations["image"]
     by_name = {la.name: la for la in em.fused}
@@ -164,9 +164,7 @@ def gemm_bound(emu, images: int) -> tuple[float, float, dict[str, int]]:
         macs += rows * k * n
         times = {}
         if isinstance(node, nir.Conv2d):
-            direct = direct_seconds(syn, node, images * em.time_steps)
-            if direct is not None:
-                times[DirectConv.name] = direct
+            times.update(direct_seconds(syn, node, images * em.time_steps))
         if hasattr(syn, "matrix"):  # a product (groups 1)
             wq = syn.matrix >> power_of_two(syn.matrix)
             exact = emulator_gemm.exact_kernels(wq, syn.bound_in, timed=True)

@@ -24,16 +24,18 @@ sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{
 - ``sparse``: the weight rows of the nonzero inputs times the inputs accumulated in int64
   (:math:`S < 2^{63}`; numba, parallel over rows), for graded inputs;
 - ``int64``: torch's integer GEMM, only where nothing faster is exact;
-- ``onednn-conv`` (a convolution's, over its spikes rather than im2col's columns): as
-  ``onednn``, on oneDNN's int8 convolution (:class:`DirectConv`).
+- a convolution's direct kernels (over its spikes rather than im2col's columns,
+  :data:`CONV_KERNELS`): ``onednn-conv``, as ``onednn`` on oneDNN's int8 convolution
+  (:class:`OnednnConv`); ``spikes-conv``, as ``spikes`` with each input pixel's firing channels
+  listed once rather than once per output reading it (:class:`SpikeConv`, groups 1).
 
 Each exact kernel is timed once per shape and density (:math:`M` capped at
 :data:`MEASURE_MACS` / KN rows, inputs firing at the first call's share of nonzero inputs,
 rounded to :data:`DENSITY_STEP`; :data:`SPIKE_DENSITY` where unknown) and the times cached in
 ``cache_dir()/emulator-kernels/`` under a key of the CPU model, its flags, the instruction-set
 caps in the environment, torch's version and threads (a capped run never reuses an uncapped
-choice); a convolution's direct kernel is timed and cached the same way, against im2col plus
-the fastest product or the float grouped convolution
+choice); a convolution's exact direct kernels are timed and cached the same way, against
+im2col plus the fastest product or the float grouped convolution
 (:meth:`.emulator_synapses.Conv.direct_conv`). ``$SPIKECLIP_EMU_KERNEL`` forces one kernel
 wherever it is exact (tests run each).
 """
@@ -42,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -53,6 +56,7 @@ import torch
 from numba import njit, prange
 
 from ..errors import ExportError
+from ..exchange.nirgraph import out_hw
 from ..fileutil import write_cache
 from ..machine import by_threads, machine_key
 from ..paths import cache_dir
@@ -60,7 +64,7 @@ from ..paths import cache_dir
 log = logging.getLogger(__name__)
 
 #: forces one kernel (where exact): int8, onednn, float32, float64, spikes, sparse, int64 or
-#: onednn-conv (a convolution's, :class:`DirectConv`)
+#: a convolution's onednn-conv or spikes-conv (:data:`CONV_KERNELS`)
 FORCE_ENV = "SPIKECLIP_EMU_KERNEL"
 #: multiply-accumulates of one timed product (rows capped to fit): a millisecond or so
 MEASURE_MACS = 2**26
@@ -92,33 +96,82 @@ def _sparse_rows(cols, w, out):
                     out[i, j] += c * w[kk, j]
 
 
+@njit(cache=True, inline="always")
+def _fired(x, fired):
+    """The indices ``k`` of the nonzero ``x[k]`` listed in ``fired`` (branch-free: every index
+    written, the firing ones kept); their count."""
+    count = 0
+    for k in range(len(x)):
+        fired[count] = k
+        count += x[k] != 0
+    return count
+
+
+@njit(cache=True, inline="always")
+def _add_rows(w, fired, count, o):
+    """``o = sum_f w[fired[f]]`` over ``f < count``, in ``o``'s type: the rows added four at a
+    time (one load and store of ``o`` per four)."""
+    n = len(o)
+    for j in range(n):
+        o[j] = 0
+    f = 0
+    while f + 4 <= count:
+        w0, w1, w2, w3 = w[fired[f]], w[fired[f + 1]], w[fired[f + 2]], w[fired[f + 3]]
+        for j in range(n):
+            o[j] += (w0[j] + w1[j]) + (w2[j] + w3[j])
+        f += 4
+    for g in range(f, count):
+        w0 = w[fired[g]]  # a local: a store to o might alias fired[g] for LLVM
+        for j in range(n):
+            o[j] += w0[j]
+
+
 @by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
 def _spike_rows(cols, w, out):
     """``out[m] = sum_k w[k]`` over the ``k`` with ``cols[m, k]`` nonzero (spikes: 1), summed in
-    ``out``'s type; each row's firing inputs listed first, their rows then added four at a time
-    (one load and store of ``out`` per four), rows in blocks of :data:`SPIKE_ROW_BLOCK`."""
+    ``out``'s type; each row's firing inputs listed first (:func:`_fired`), their rows then
+    added (:func:`_add_rows`), rows in blocks of :data:`SPIKE_ROW_BLOCK`."""
     m, k = cols.shape
-    n = w.shape[1]
     for block in prange((m + SPIKE_ROW_BLOCK - 1) // SPIKE_ROW_BLOCK):
         fired = np.empty(k, np.intp)
         for i in range(block * SPIKE_ROW_BLOCK, min(m, (block + 1) * SPIKE_ROW_BLOCK)):
-            count = 0
-            for kk in range(k):  # branch-free: every index written, the firing ones kept
-                fired[count] = kk
-                count += cols[i, kk] != 0
-            for j in range(n):
-                out[i, j] = 0
-            f = 0
-            while f + 4 <= count:
-                r0, r1, r2, r3 = fired[f], fired[f + 1], fired[f + 2], fired[f + 3]
-                for j in range(n):
-                    out[i, j] += (w[r0, j] + w[r1, j]) + (w[r2, j] + w[r3, j])
-                f += 4
-            for g in range(f, count):
-                r0 = fired[g]  # a local: a store to out might alias fired[g] for LLVM
-                for j in range(n):
-                    out[i, j] += w[r0, j]
+            _add_rows(w, fired, _fired(cols[i], fired), out[i])
+
+
+@by_threads
+@njit(cache=True, parallel=True, nogil=True, boundscheck=False)
+def _spike_conv(x, w, out, sh, sw, ph, pw, dh, dw):
+    """``out [N, Ho, Wo, Cout]`` = the convolution of spikes ``x [N, H, W, C]`` by
+    ``w [kh, kw, C, Cout]`` at strides ``sh, sw``, zero padding ``ph, pw`` and dilation
+    ``dh, dw``, summed in ``out``'s type: each input pixel's firing channels listed once
+    (:func:`_fired`), each output's rows of ``w`` (tap and channel) gathered from its receptive
+    field's lists and added (:func:`_add_rows`). Samples in parallel."""
+    n, h, wd, c = x.shape
+    kh, kw = w.shape[0], w.shape[1]
+    rows_of = w.reshape(kh * kw * c, w.shape[3])
+    _, ho, wo, _ = out.shape
+    for i in prange(n):
+        fired = np.empty((h, wd, c), np.int32)  # int32: a quarter of the lists' memory less
+        counts = np.empty((h, wd), np.intp)
+        for y in range(h):
+            for xx in range(wd):
+                counts[y, xx] = _fired(x[i, y, xx], fired[y, xx])
+        rows = np.empty(kh * kw * c, np.int32)
+        for oy in range(ho):
+            for ox in range(wo):
+                count = 0
+                for ky in range(kh):
+                    y = oy * sh - ph + ky * dh
+                    if 0 <= y < h:
+                        for kx in range(kw):
+                            xx = ox * sw - pw + kx * dw
+                            if 0 <= xx < wd:
+                                base, listed = (ky * kw + kx) * c, fired[y, xx]
+                                for q in range(counts[y, xx]):
+                                    rows[count + q] = base + listed[q]
+                                count += counts[y, xx]
+                _add_rows(rows_of, rows, count, out[i, oy, ox])
 
 
 class Kernel:
@@ -230,12 +283,37 @@ KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (Int8, Onednn, Float32, F
                                                           Sparse, Int64)}
 
 
-class DirectConv:
-    r"""A convolution of binary spikes (as uint8) by :math:`W'` (``[Cout, Cin / groups, kh, kw]``,
-    int8) on oneDNN's int8 convolution (``torch.ops.onednn.qconv_pointwise``, scales 1,
-    zero points 0: int32 sums written as float32): exact where the ``onednn`` product is
-    (:math:`S < 2^{24}`, and no int16 pair sum of ``vpmaddubsw`` saturates), without im2col's
-    columns. Its output is new memory each call."""
+class ConvKernel:
+    """A convolution of binary spikes ``[N, H, W, C]`` (int8, channels last) by :math:`W'`
+    (``[Cout, Cin / groups, kh, kw]``, int64) computed directly, without im2col's columns ->
+    sums ``[N, Ho, Wo, Cout]``, exact where :meth:`exact` holds."""
+
+    name: str
+
+    def __init__(self, w: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
+                 dilation: tuple[int, int], groups: int = 1) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def exact(cls, w: np.ndarray, groups: int, bound_in: int) -> bool:
+        """Whether it is exact for :math:`W'` ``w``, ``groups`` groups and inputs
+        :math:`|x| \le` ``bound_in``."""
+        raise NotImplementedError
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def as_matrix(w: np.ndarray) -> np.ndarray:
+    """A convolution's weights ``[Cout, ...]`` as a product's ``[K, Cout]`` (for bounds)."""
+    return w.reshape(len(w), -1).T
+
+
+class OnednnConv(ConvKernel):
+    r"""On oneDNN's int8 convolution (``torch.ops.onednn.qconv_pointwise``, the spikes as uint8,
+    :math:`W'` as int8, scales 1, zero points 0: int32 sums written as float32), any groups:
+    exact where the ``onednn`` product is (:math:`S < 2^{24}`, and no int16 pair sum of
+    ``vpmaddubsw`` saturates). Its output is new memory each call."""
 
     name = "onednn-conv"
 
@@ -247,14 +325,51 @@ class DirectConv:
         self.w = torch.ops.onednn.qconv_prepack(torch.as_tensor(w).to(torch.int8), self.scales,
                                                 1.0, 0, *self.geometry, None)
 
-    exact = Onednn.exact  # on the weights as a matrix
+    @classmethod
+    def exact(cls, w: np.ndarray, groups: int, bound_in: int) -> bool:
+        return Onednn.exact(as_matrix(w), bound_in)
 
     def __call__(self, s: torch.Tensor) -> torch.Tensor:
-        """Spikes ``[N, H, W, C]`` (int8, channels last) -> sums ``[N, Ho, Wo, Cout]``."""
         x = s.contiguous().view(torch.uint8).permute(0, 3, 1, 2)  # NCHW, channels last
         return torch.ops.onednn.qconv_pointwise(
             x, 1.0, 0, self.w, self.scales, self.zero_points, None, *self.geometry, 1.0, 0,
             torch.float32, "none", [], "").permute(0, 2, 3, 1)
+
+
+class SpikeConv(ConvKernel):
+    """The ``spikes`` product's sums without its columns (:func:`_spike_conv`): each input
+    pixel's firing channels listed once, not once per output that reads it; groups 1, exact
+    where ``spikes`` is (int16 where :math:`S < 2^{15}`, else int32). Its output buffer is
+    reused from call to call, valid until the next call."""
+
+    name = "spikes-conv"
+
+    def __init__(self, w: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
+                 dilation: tuple[int, int], groups: int = 1) -> None:
+        dtype = torch.int16 if max_fan_in(w) < INT16_EXACT else torch.int32
+        self.w = torch.as_tensor(w.transpose(2, 3, 1, 0)).to(dtype).contiguous()  # [kh kw C Co]
+        self.geometry = (tuple(w.shape[2:]), stride, padding, dilation)
+        self._out: torch.Tensor | None = None
+
+    @classmethod
+    def exact(cls, w: np.ndarray, groups: int, bound_in: int) -> bool:
+        return groups == 1 and Spikes.exact(as_matrix(w), bound_in)
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        kernel, stride, padding, dilation = self.geometry
+        shape = (len(s), *out_hw(tuple(s.shape[1:3]), kernel, stride, padding, dilation),
+                 self.w.shape[3])
+        size = math.prod(shape)
+        if self._out is None or len(self._out) < size:
+            self._out = torch.empty(size, dtype=self.w.dtype)
+        out = self._out[:size].view(shape)
+        _spike_conv(s.contiguous().numpy(), self.w.numpy(), out.numpy(), *stride, *padding,
+                    *dilation)
+        return out
+
+
+#: the convolutions' direct kernels
+CONV_KERNELS: dict[str, type[ConvKernel]] = {k.name: k for k in (OnednnConv, SpikeConv)}
 
 
 def row_major(x: torch.Tensor) -> torch.Tensor:
@@ -385,9 +500,9 @@ def exact_kernels(w: np.ndarray, bound_in: int, timed: bool = False) -> list[str
 def forced_kernel() -> str | None:
     """The kernel ``$SPIKECLIP_EMU_KERNEL`` forces (None where unset)."""
     forced = os.environ.get(FORCE_ENV) or None
-    if forced and forced not in (*KERNELS, DirectConv.name):
+    if forced and forced not in (*KERNELS, *CONV_KERNELS):
         raise ExportError(f"${FORCE_ENV}={forced!r} names no kernel; use one of "
-                          f"{', '.join((*KERNELS, DirectConv.name))}, or unset it")
+                          f"{', '.join((*KERNELS, *CONV_KERNELS))}, or unset it")
     return forced
 
 

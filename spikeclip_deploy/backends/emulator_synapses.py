@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from dataclasses import dataclass
 
 import nir
@@ -29,9 +29,10 @@ from numba import njit, prange
 from ..errors import ExportError
 from ..exchange.nirgraph import conv_out_hw, pair
 from ..machine import by_threads
-from .emulator_gemm import (FLOAT32_EXACT, FLOAT64_EXACT, KERNELS, DirectConv, Kernel, cached,
-                            MEASURE_MACS, choose, density_step, exact_kernels, forced_kernel,
-                            max_fan_in, power_of_two, random_spikes, seconds, timings)
+from .emulator_gemm import (CONV_KERNELS, FLOAT32_EXACT, FLOAT64_EXACT, KERNELS, ConvKernel,
+                            Kernel, cached, MEASURE_MACS, choose, density_step, exact_kernels,
+                            forced_kernel, max_fan_in, power_of_two, random_spikes, seconds,
+                            timings)
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,8 @@ class Conv(Synapse):
     """Lava's ``Conv`` (``PyConvModelFixed``): the raw kernel, no ``weight_exp`` (a nonzero one
     is refused, as the Lava backend refuses it), the sum wrapped to ``state_bits`` signed bits
     (its ``a_buf``, lava/proc/conv/models.py:75-79) where the bound can reach that; on oneDNN's
-    int8 convolution where that is exact and faster (:meth:`direct_conv`), else one product
-    over im2col columns (groups 1) or a float convolution (channels last)."""
+    direct kernel where one is exact and faster (:meth:`direct_conv`), else one product over
+    im2col columns (groups 1) or a float convolution (channels last)."""
 
     def __init__(self, name: str, node: nir.Conv2d, state_bits: int, bound_in: int = 1) -> None:
         exp = int(node.metadata["loihi"]["weight_exp"])
@@ -179,7 +180,7 @@ class Conv(Synapse):
         self.choice = {}
         self._cols: torch.Tensor | None = None  # im2col's columns (:meth:`_columns`)
         self._hws: dict[tuple[int, int], tuple[int, int]] = {}  # :meth:`_out_hw`
-        self._direct: DirectConv | bool | None = None  # :meth:`direct_conv`
+        self._direct: ConvKernel | bool | None = None  # :meth:`direct_conv`
         self.geometry = (tuple(w.shape[2:]), pair(node.stride), pair(node.padding),
                          pair(node.dilation))
         self.groups, self.state_bits = int(np.asarray(node.groups)), state_bits
@@ -197,16 +198,17 @@ class Conv(Synapse):
         twin._cols, twin._direct = None, None
         return twin
 
-    def direct_conv(self, s: torch.Tensor, hw: tuple[int, int]) -> DirectConv | None:
-        """The direct kernel (:class:`~.emulator_gemm.DirectConv`) where :meth:`_direct_faster`
-        finds it so, decided on the first call of this synapse or its replicas; else None."""
+    def direct_conv(self, s: torch.Tensor, hw: tuple[int, int]) -> ConvKernel | None:
+        """The direct kernel (:data:`~.emulator_gemm.CONV_KERNELS`) :meth:`_fastest_direct`
+        picks, decided on the first call of this synapse or its replicas; else None."""
         if self._direct is None:
             with _CHOOSING:
                 if "direct" not in self.choice:
                     self.choice["density"] = int(torch.count_nonzero(s)) / max(1, s.numel())
-                    self.choice["direct"] = self._direct_faster(s, hw, self.choice["density"])
+                    self.choice["direct"] = self._fastest_direct(s, hw, self.choice["density"])
             self.density = self.choice["density"]
-            self._direct = self.choice["direct"] and self.make_direct()
+            self._direct = self.choice["direct"] is not None and \
+                self.make_direct(self.choice["direct"])
             if self._direct:
                 self.k = self.shift
         return self._direct or None
@@ -216,27 +218,30 @@ class Conv(Synapse):
         """:math:`k`, the weights' common power of two (:math:`W = 2^k W'`)."""
         return power_of_two(self.weight)
 
-    def direct_exact(self) -> bool:
-        """Whether the direct kernel is exact here: binary inputs, :math:`W'` within the
-        ``onednn`` product's bounds."""
+    def direct_kernels(self) -> list[str]:
+        """The direct kernels exact here (on :math:`W'`, this synapse's groups and inputs)."""
         wq = self.weight >> self.shift
-        return self.bound_in == 1 and DirectConv.exact(wq.reshape(len(wq), -1).T, 1)
+        return [name for name, kernel in CONV_KERNELS.items()
+                if kernel.exact(wq, self.groups, self.bound_in)]
 
-    def make_direct(self) -> DirectConv:
-        """This convolution's :math:`W'` on the direct kernel (its product times :math:`2^k`)."""
-        return DirectConv(self.weight >> self.shift, *self.geometry[1:], self.groups)
+    def make_direct(self, name: str) -> ConvKernel:
+        """This convolution's :math:`W'` on direct kernel ``name`` (its sums times
+        :math:`2^k`)."""
+        return CONV_KERNELS[name](self.weight >> self.shift, *self.geometry[1:], self.groups)
 
-    def _direct_faster(self, s: torch.Tensor, hw: tuple[int, int], density: float) -> bool:
-        """Whether the direct kernel is exact here (binary inputs) and faster than the other
-        way, or forced (``$SPIKECLIP_EMU_KERNEL``): timed against im2col plus the fastest exact
-        product (groups 1) or the float convolution, on ``n`` samples of random spikes at
-        ``density`` (``s``'s; ``n`` as many as a product's timing rows hold), by timings cached
-        per machine (:func:`~.emulator_gemm.cached`)."""
-        if not self.direct_exact():
-            return False
+    def _fastest_direct(self, s: torch.Tensor, hw: tuple[int, int], density: float
+                        ) -> str | None:
+        """The fastest exact direct kernel where it is faster than the other way, or the one
+        forced (``$SPIKECLIP_EMU_KERNEL``) where it is exact; else None: timed against im2col
+        plus the fastest exact product (groups 1) or the float convolution, on ``n`` samples of
+        random spikes at ``density`` (``s``'s; ``n`` as many as a product's timing rows hold), by
+        timings cached per machine (:func:`~.emulator_gemm.cached`)."""
+        direct = self.direct_kernels()
         forced = forced_kernel()
         if forced:
-            return forced == DirectConv.name
+            return forced if forced in direct else None
+        if not direct:
+            return None
         density = density_step(density)
         (kh, kw), stride, padding, dilation = self.geometry
         n = max(1, min(len(s), MEASURE_MACS // (hw[0] * hw[1] * self.weight.size)))
@@ -245,25 +250,27 @@ class Conv(Synapse):
         def measure_now(names: list[str]) -> dict[str, float]:
             x = random_spikes((n, *s.shape[1:]), density)
             out = np.empty((n, *hw, kh, kw, s.shape[-1]) if other == ["im2col"] else 0, np.int8)
-            direct = self.make_direct()
-            calls = {DirectConv.name: lambda: direct(x), "float": lambda: self._float_conv(x),
-                     "im2col": lambda: im2col(x.numpy(), out, *stride, *padding, *dilation)}
+            calls = {name: partial(self.make_direct(name), x) for name in direct}
+            calls.update({"float": lambda: self._float_conv(x),
+                          "im2col": lambda: im2col(x.numpy(), out, *stride, *padding,
+                                                   *dilation)})
             return seconds({name: calls[name] for name in names})
 
         key = f"conv {n}x{'x'.join(map(str, s.shape[1:]))} -> {self.weight.shape}/{self.groups} " \
               f"{self.geometry[1:]}@{density:.2f}"
-        times = cached(key, [DirectConv.name, *other], measure_now)
+        times = cached(key, [*direct, *other], measure_now)
         way = sum(times[name] for name in other)
         if self.groups == 1:  # the product (over im2col's columns)
             m = self.matrix >> self.shift
             way += min(timings(m, n * hw[0] * hw[1], exact_kernels(m, 1, timed=True),
                                density).values())
-        faster = times[DirectConv.name] < way
-        log.info("synapse %s: %s (direct %.3g ms, %s %.3g ms)", self.name,
-                 DirectConv.name if faster else "not direct", 1e3 * times[DirectConv.name],
+        best = min(direct, key=times.get)
+        pick = best if times[best] < way else None
+        log.info("synapse %s: %s (%s; %s %.3g ms)", self.name, pick or "not direct",
+                 ", ".join(f"{name} {1e3 * times[name]:.3g} ms" for name in direct),
                  "float" if self.groups > 1 else " and ".join([*other, "the fastest product"]),
                  1e3 * way)
-        return faster
+        return pick
 
     def _out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """The output's height and width on an input of ``hw`` (computed once per ``hw``)."""

@@ -39,9 +39,15 @@ def pair(v) -> tuple[int, int]:
 
 def conv_out_hw(node: nir.Conv2d, hw: tuple[int, int]) -> tuple[int, int]:
     """Output height and width of a convolution (or a sum-pool written as one) on ``hw``."""
-    k = np.asarray(node.weight).shape[2:]
-    return tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, kk, s, p, d in
-                 zip(hw, k, pair(node.stride), pair(node.padding), pair(node.dilation)))
+    return out_hw(hw, np.asarray(node.weight).shape[2:], pair(node.stride), pair(node.padding),
+                  pair(node.dilation))
+
+
+def out_hw(hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+           padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
+    """Output height and width of a convolution of that geometry on ``hw``."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                 zip(hw, kernel, stride, padding, dilation))
 
 
 def part_columns(node: nir.NIRNode) -> tuple[int, int]:

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from spikeclip_deploy.backends import emulator, get_backend
 from spikeclip_deploy.backends.emulator import Emulation, EmulatorBackend, Lif, shards
-from spikeclip_deploy.backends.emulator_gemm import FORCE_ENV, KERNELS, DirectConv, power_of_two
+from spikeclip_deploy.backends.emulator_gemm import (CONV_KERNELS, FORCE_ENV, KERNELS,
+                                                     OnednnConv, SpikeConv, power_of_two)
 from spikeclip_deploy.backends.emulator_synapses import Conv, lava_weights, wrap
 from spikeclip_deploy.errors import ExportError
 from spikeclip_deploy.export import ExportConfig, export_model
@@ -391,7 +392,7 @@ def test_random_networks_equal_lava(network):
     """Every LIF's u, v and spikes, every step and sample, as on Lava."""
     layers, mant, t = network
     want = lava_record(layers, mant, t)
-    for kernel in (*KERNELS, DirectConv.name):  # each forced where it is exact
+    for kernel in (*KERNELS, *CONV_KERNELS):  # each forced where it is exact
         got = emulate_forced(kernel, layers, t, mant)
         assert_same_runs(got, want, f"{kernel}, {len(layers)} layers, T={t}: ")
     kind = "convolutional" if layers[0].node.tau.ndim == 3 else "dense"
@@ -413,17 +414,20 @@ def emulate_forced(kernel, layers, t, mant):
     finally:
         os.environ.pop(FORCE_ENV) if old is None else os.environ.update({FORCE_ENV: old})
     for syn in emulation.synapses.values():
-        if kernel == DirectConv.name:  # every convolution, where exact
+        if kernel in CONV_KERNELS:  # every convolution, where exact
             if isinstance(syn, Conv):
                 w = syn.weight >> power_of_two(syn.weight)
-                assert bool(syn._direct) == (-128 <= w.min() and w.max() <= 127 and np.abs(
-                    w).reshape(len(w), -1).sum(1).max() < 2**24), syn.name
+                fan_in = np.abs(w).reshape(len(w), -1).sum(1).max()
+                assert bool(syn._direct) == (
+                    -128 <= w.min() and w.max() <= 127 and fan_in < 2**24
+                    if kernel == OnednnConv.name else syn.groups == 1 and fan_in < 2**31
+                ), syn.name
         elif syn.kernel is not None and KERNELS[kernel].exact(syn.matrix >> syn.k,
                                                               syn.bound_in):
             assert syn.kernel.name == kernel, (syn.name, kernel)
-    if kernel == DirectConv.name:
+    if kernel in CONV_KERNELS:
         event(f"{sum(bool(getattr(s, '_direct', 0)) for s in emulation.synapses.values())} "
-              f"direct convolution(s)")
+              f"direct convolution(s) on {kernel}")
     return run
 
 
@@ -713,11 +717,11 @@ def test_worker_threads_share_each_synapses_kernel_choice(monkeypatch):
     from spikeclip_deploy.backends.emulator_synapses import Conv
 
     calls = []
-    choose, faster = emulator_synapses.choose, Conv._direct_faster
+    choose, fastest = emulator_synapses.choose, Conv._fastest_direct
     monkeypatch.setattr(emulator_synapses, "choose",
                         lambda name, *a: calls.append(("product", name)) or choose(name, *a))
-    monkeypatch.setattr(Conv, "_direct_faster",
-                        lambda syn, *a: calls.append(("direct", syn.name)) or faster(syn, *a))
+    monkeypatch.setattr(Conv, "_fastest_direct",
+                        lambda syn, *a: calls.append(("direct", syn.name)) or fastest(syn, *a))
     emulation = Emulation(wide_residual(np.random.default_rng(4)), 4, FP, 1, ".")
     emulation.chunk = 2
     torch.set_num_threads(2)
@@ -741,7 +745,7 @@ def test_replicas_made_after_a_run_make_their_own_direct_convolutions(monkeypatc
     replica runs the direct convolution chosen then (forced here) on a kernel of its own."""
     import numba
 
-    monkeypatch.setenv(FORCE_ENV, DirectConv.name)
+    monkeypatch.setenv(FORCE_ENV, SpikeConv.name)
     emulation = Emulation(wide_residual(np.random.default_rng(4)), 4, FP, 1, ".")
     mant = np.random.default_rng(5).integers(-500, 3000, (4, 3, 21, 20))
     torch.set_num_threads(1)

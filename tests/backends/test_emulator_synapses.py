@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeclip_deploy.backends.emulator_gemm import (FORCE_ENV, KERNELS, DirectConv, choose,
+from spikeclip_deploy.backends.emulator_gemm import (CONV_KERNELS, FORCE_ENV, KERNELS,
+                                                     OnednnConv, SpikeConv, choose,
                                                      int_mm_exact, power_of_two)
 from spikeclip_deploy.backends.emulator_synapses import Conv, Dense
 from spikeclip_deploy.errors import ExportError
@@ -20,9 +21,9 @@ def kernel(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=[*KERNELS, DirectConv.name])
+@pytest.fixture(params=[*KERNELS, *CONV_KERNELS])
 def conv_kernel(request, monkeypatch):
-    """Each kernel forced in turn, a convolution's direct one too."""
+    """Each kernel forced in turn, a convolution's direct ones too."""
     monkeypatch.setenv(FORCE_ENV, request.param)
     return request.param
 
@@ -171,10 +172,31 @@ def test_convolutions_equal_a_float64_convolution(size, stride, padding, dilatio
     assert torch.equal(got.y.double().permute(0, 3, 1, 2) * 2**got.exp, want)
     assert got.bound == np.abs(w).reshape(c, -1).sum(1).max()
     k, kernel = power_of_two(w), conv_kernel
-    if kernel == DirectConv.name:  # every one where its weights fit int8
+    if kernel == OnednnConv.name:  # every one where its weights fit int8
         assert bool(syn._direct) == (-128 <= (w >> k).min() and (w >> k).max() <= 127)
+    elif kernel == SpikeConv.name:  # every one of one group (S < 2^31 here)
+        assert bool(syn._direct) == (groups == 1)
     elif groups == 1:  # forced where exact
         assert syn.kernel.name == kernel or not KERNELS[kernel].exact(syn.matrix >> syn.k, 1)
+
+
+@pytest.mark.parametrize("scale, dtype", [(1, torch.int16), (64, torch.int16),
+                                          (65, torch.int32)])
+def test_spikes_conv_by_hand(monkeypatch, scale, dtype):
+    """``spikes-conv``, a 3 x 3 kernel ``scale`` x [[1, 2, 4], [8, 16, 32], [64, 128, 256]] at
+    padding 1 on a 3 x 3 image firing everywhere but the centre: the centre sums every weight
+    but 16 (495 ``scale``); the top-left corner reads pixels (0, 0), (0, 1), (1, 0) through
+    taps (1, 1), (1, 2), (2, 1) (the centre's tap (2, 2) silent): 16 + 32 + 128 = 176
+    ``scale``; int16 while S = 511 ``scale`` < 2^15 (``scale`` 64), else int32."""
+    monkeypatch.setenv(FORCE_ENV, SpikeConv.name)
+    w = scale * 2 ** np.arange(9).reshape(1, 1, 3, 3)
+    syn = Conv("c", conv_node(w, padding=1, hw=(3, 3)), 24)
+    s = torch.ones((1, 3, 3, 1), dtype=torch.int8)
+    s[0, 1, 1, 0] = 0
+    got = syn(s)
+    assert isinstance(syn._direct, SpikeConv) and got.y.dtype == dtype
+    y = got.y[0, :, :, 0].to(torch.int64) << got.exp
+    assert (int(y[1, 1]), int(y[0, 0])) == (495 * scale, 176 * scale)
 
 
 @pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="torch without NNPACK")
@@ -209,7 +231,7 @@ def test_the_direct_convolution_is_exact_at_int8s_ends(weight, monkeypatch):
     """Every input firing, every weight -128 (or 127) of 192 channels x 3 x 3: interior sums
     -128 x 1728 = -221184 (127 x 1728 = 219456), fewer at the border, as a float64
     convolution gives them (no int16 pair sum saturates)."""
-    monkeypatch.setenv(FORCE_ENV, DirectConv.name)
+    monkeypatch.setenv(FORCE_ENV, OnednnConv.name)
     w = np.full((8, 192, 3, 3), weight)
     syn = Conv("c", conv_node(w, padding=1, hw=(6, 6)), 24)
     s = torch.ones((2, 6, 6, 192), dtype=torch.int8)
