@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -283,25 +284,20 @@ KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (Int8, Onednn, Float32, F
                                                           Sparse, Int64)}
 
 
-class ConvKernel:
+class ConvKernel(Protocol):
     """A convolution of binary spikes ``[N, H, W, C]`` (int8, channels last) by :math:`W'`
     (``[Cout, Cin / groups, kh, kw]``, int64) computed directly, without im2col's columns ->
-    sums ``[N, Ho, Wo, Cout]``, exact where :meth:`exact` holds."""
+    sums ``[N, Ho, Wo, Cout]``, exact where :meth:`exact` holds; made by ``cls(W', stride,
+    padding, dilation, groups)``."""
 
     name: str
-
-    def __init__(self, w: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
-                 dilation: tuple[int, int], groups: int = 1) -> None:
-        raise NotImplementedError
 
     @classmethod
     def exact(cls, w: np.ndarray, groups: int, bound_in: int) -> bool:
         """Whether it is exact for :math:`W'` ``w``, ``groups`` groups and inputs
         :math:`|x| \le` ``bound_in``."""
-        raise NotImplementedError
 
-    def __call__(self, s: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def __call__(self, s: torch.Tensor) -> torch.Tensor: ...
 
 
 def as_matrix(w: np.ndarray) -> np.ndarray:
@@ -309,7 +305,7 @@ def as_matrix(w: np.ndarray) -> np.ndarray:
     return w.reshape(len(w), -1).T
 
 
-class OnednnConv(ConvKernel):
+class OnednnConv:
     r"""On oneDNN's int8 convolution (``torch.ops.onednn.qconv_pointwise``, the spikes as uint8,
     :math:`W'` as int8, scales 1, zero points 0: int32 sums written as float32), any groups:
     exact where the ``onednn`` product is (:math:`S < 2^{24}`, and no int16 pair sum of
@@ -336,7 +332,7 @@ class OnednnConv(ConvKernel):
             torch.float32, "none", [], "").permute(0, 2, 3, 1)
 
 
-class SpikeConv(ConvKernel):
+class SpikeConv:
     """The ``spikes`` product's sums without its columns (:func:`_spike_conv`): each input
     pixel's firing channels listed once, not once per output that reads it; groups 1, exact
     where ``spikes`` is (int16 where :math:`S < 2^{15}`, else int32). Its output buffer is

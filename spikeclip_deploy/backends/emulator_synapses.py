@@ -250,11 +250,10 @@ class Conv(Synapse):
         def measure_now(names: list[str]) -> dict[str, float]:
             x = random_spikes((n, *s.shape[1:]), density)
             out = np.empty((n, *hw, kh, kw, s.shape[-1]) if other == ["im2col"] else 0, np.int8)
-            calls = {name: partial(self.make_direct(name), x) for name in direct}
-            calls.update({"float": lambda: self._float_conv(x),
-                          "im2col": lambda: im2col(x.numpy(), out, *stride, *padding,
-                                                   *dilation)})
-            return seconds({name: calls[name] for name in names})
+            calls = {"float": lambda: self._float_conv(x),
+                     "im2col": lambda: im2col(x.numpy(), out, *stride, *padding, *dilation)}
+            return seconds({name: calls[name] if name in calls else
+                            partial(self.make_direct(name), x) for name in names})
 
         key = f"conv {n}x{'x'.join(map(str, s.shape[1:]))} -> {self.weight.shape}/{self.groups} " \
               f"{self.geometry[1:]}@{density:.2f}"
