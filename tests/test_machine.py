@@ -49,6 +49,13 @@ def test_an_isa_cap_changes_the_kernel_cache(monkeypatch):
     assert machine.isa_caps() == {"DNNL_MAX_CPU_ISA": "AVX2"}
 
 
+def test_another_version_of_the_kernels_has_its_own_kernel_cache(monkeypatch):
+    """Timings cached by other code of the kernels are never read: the code is in the key."""
+    plain = emulator_gemm._cache_path()
+    monkeypatch.setattr(emulator_gemm, "kernels_code", lambda: "another version")
+    assert emulator_gemm._cache_path() != plain
+
+
 def test_by_threads_runs_the_serial_compile_on_one_thread():
     """A thread of one numba thread runs the serial compile (never numba's pool, which two
     threads may not enter at once), a thread of more the parallel one: the same results."""

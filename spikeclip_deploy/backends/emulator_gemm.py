@@ -34,7 +34,7 @@ Each exact kernel is timed once per shape and density (:math:`M` capped at
 rounded to :data:`DENSITY_STEP`; :data:`SPIKE_DENSITY` where unknown) and the times cached in
 ``cache_dir()/emulator-kernels/`` under a key of the CPU model, its flags, the instruction-set
 caps in the environment, torch's version and threads (a capped run never reuses an uncapped
-choice); a convolution's exact direct kernels are timed and cached the same way, against
+choice) and the kernels' code (:func:`kernels_code`); a convolution's exact direct kernels are timed and cached the same way, against
 im2col plus the fastest product or the float grouped convolution
 (:meth:`.emulator_synapses.Conv.direct_conv`). ``$SPIKECLIP_EMU_KERNEL`` forces one kernel
 wherever it is exact (tests run each).
@@ -55,6 +55,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from numba import njit, prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ..errors import ExportError
 from ..exchange.nirgraph import out_hw
@@ -97,14 +98,29 @@ def _sparse_rows(cols, w, out):
                     out[i, j] += c * w[kk, j]
 
 
+def spike_words(x: np.ndarray) -> np.ndarray:
+    """Spikes ``x [..., K]`` (int8; nonzero: fired) as bits: ``[..., ceil(K / 64)]`` uint64, bit
+    ``b`` of word ``q`` input ``64 q + b`` (numpy's packbits, little bit order, zero-padded)."""
+    k = x.shape[-1]
+    words = np.zeros((*x.shape[:-1], -(-k // 64) * 8), np.uint8)
+    words[..., :-(-k // 8)] = np.packbits(x.view(np.uint8), axis=-1, bitorder="little")
+    return words.view(np.uint64)
+
+
+_ONE = np.uint64(1)
+
+
 @njit(cache=True, inline="always")
-def _fired(x, fired):
-    """The indices ``k`` of the nonzero ``x[k]`` listed in ``fired`` (branch-free: every index
-    written, the firing ones kept); their count."""
+def _fired(words, fired):
+    """The inputs whose bits are set in ``words`` (:func:`spike_words`) listed in ``fired``;
+    their count (a word's set bits found by counting its trailing zeros, each then cleared)."""
     count = 0
-    for k in range(len(x)):
-        fired[count] = k
-        count += x[k] != 0
+    for q in range(len(words)):
+        x = words[q]
+        while x:
+            fired[count] = 64 * q + np.intp(trailing_zeros(x))
+            count += 1
+            x &= x - _ONE
     return count
 
 
@@ -129,35 +145,37 @@ def _add_rows(w, fired, count, o):
 
 @by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
-def _spike_rows(cols, w, out):
-    """``out[m] = sum_k w[k]`` over the ``k`` with ``cols[m, k]`` nonzero (spikes: 1), summed in
-    ``out``'s type; each row's firing inputs listed first (:func:`_fired`), their rows then
-    added (:func:`_add_rows`), rows in blocks of :data:`SPIKE_ROW_BLOCK`."""
-    m, k = cols.shape
+def _spike_rows(bits, w, out):
+    """``out[m] = sum_k w[k]`` over the ``k`` whose bit is set in row ``m`` of ``bits``
+    (:func:`spike_words`: the spikes that fire), summed in ``out``'s type; each row's firing
+    inputs listed first (:func:`_fired`), their rows then added (:func:`_add_rows`), rows in
+    blocks of :data:`SPIKE_ROW_BLOCK`."""
+    m = bits.shape[0]
     for block in prange((m + SPIKE_ROW_BLOCK - 1) // SPIKE_ROW_BLOCK):
-        fired = np.empty(k, np.intp)
+        fired = np.empty(64 * bits.shape[1], np.intp)
         for i in range(block * SPIKE_ROW_BLOCK, min(m, (block + 1) * SPIKE_ROW_BLOCK)):
-            _add_rows(w, fired, _fired(cols[i], fired), out[i])
+            _add_rows(w, fired, _fired(bits[i], fired), out[i])
 
 
 @by_threads
 @njit(cache=True, parallel=True, nogil=True, boundscheck=False)
-def _spike_conv(x, w, out, sh, sw, ph, pw, dh, dw):
-    """``out [N, Ho, Wo, Cout]`` = the convolution of spikes ``x [N, H, W, C]`` by
-    ``w [kh, kw, C, Cout]`` at strides ``sh, sw``, zero padding ``ph, pw`` and dilation
-    ``dh, dw``, summed in ``out``'s type: each input pixel's firing channels listed once
-    (:func:`_fired`), each output's rows of ``w`` (tap and channel) gathered from its receptive
-    field's lists and added (:func:`_add_rows`). Samples in parallel."""
-    n, h, wd, c = x.shape
-    kh, kw = w.shape[0], w.shape[1]
+def _spike_conv(bits, w, out, sh, sw, ph, pw, dh, dw):
+    """``out [N, Ho, Wo, Cout]`` = the convolution of spikes ``[N, H, W, C]`` (as ``bits``,
+    :func:`spike_words` over ``C``) by ``w [kh, kw, C, Cout]`` at strides ``sh, sw``, zero
+    padding ``ph, pw`` and dilation ``dh, dw``, summed in ``out``'s type: each input pixel's
+    firing channels listed once (:func:`_fired`), each output's rows of ``w`` (tap and channel)
+    gathered from its receptive field's lists and added (:func:`_add_rows`). Samples in
+    parallel."""
+    n, h, wd = bits.shape[:3]
+    kh, kw, c = w.shape[0], w.shape[1], w.shape[2]
     rows_of = w.reshape(kh * kw * c, w.shape[3])
     _, ho, wo, _ = out.shape
     for i in prange(n):
-        fired = np.empty((h, wd, c), np.int32)  # int32: a quarter of the lists' memory less
+        fired = np.empty((h, wd, 64 * bits.shape[3]), np.int32)  # half intp's memory
         counts = np.empty((h, wd), np.intp)
         for y in range(h):
             for xx in range(wd):
-                counts[y, xx] = _fired(x[i, y, xx], fired[y, xx])
+                counts[y, xx] = _fired(bits[i, y, xx], fired[y, xx])
         rows = np.empty(kh * kw * c, np.int32)
         for oy in range(ho):
             for ox in range(wo):
@@ -266,7 +284,7 @@ class Spikes(Kernel):
 
     def __call__(self, cols: torch.Tensor) -> torch.Tensor:
         out = self.out(len(cols))
-        _spike_rows(row_major(cols).numpy(), self.w.numpy(), out.numpy())
+        _spike_rows(spike_words(row_major(cols).numpy()), self.w.numpy(), out.numpy())
         return out
 
 
@@ -294,7 +312,7 @@ class ConvKernel(Protocol):
 
     @classmethod
     def exact(cls, w: np.ndarray, groups: int, bound_in: int) -> bool:
-        """Whether it is exact for :math:`W'` ``w``, ``groups`` groups and inputs
+        r"""Whether it is exact for :math:`W'` ``w``, ``groups`` groups and inputs
         :math:`|x| \le` ``bound_in``."""
 
     def __call__(self, s: torch.Tensor) -> torch.Tensor: ...
@@ -359,7 +377,7 @@ class SpikeConv:
         if self._out is None or len(self._out) < size:
             self._out = torch.empty(size, dtype=self.w.dtype)
         out = self._out[:size].view(shape)
-        _spike_conv(s.contiguous().numpy(), self.w.numpy(), out.numpy(), *stride, *padding,
+        _spike_conv(spike_words(s.numpy()), self.w.numpy(), out.numpy(), *stride, *padding,
                     *dilation)
         return out
 
@@ -401,8 +419,17 @@ def power_of_two(w: np.ndarray) -> int:
     return (common & -common).bit_length() - 1 if common else 0
 
 
+@cache
+def kernels_code() -> str:
+    """A hash of the kernels' code (this module's and the synapses', which time im2col and the
+    float convolution): timings cached by another version of them are not reused."""
+    here = Path(__file__)
+    return hashlib.sha256(b"".join(
+        f.read_bytes() for f in (here, here.with_name("emulator_synapses.py")))).hexdigest()[:16]
+
+
 def _cache_path() -> Path:
-    key = json.dumps(machine_key(), sort_keys=True)
+    key = json.dumps({**machine_key(), "code": kernels_code()}, sort_keys=True)
     return cache_dir() / "emulator-kernels" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeclip_deploy.backends.emulator_gemm import (CONV_KERNELS, FORCE_ENV, KERNELS,
-                                                     OnednnConv, SpikeConv, choose,
+                                                     OnednnConv, SpikeConv, choose, spike_words,
                                                      int_mm_exact, power_of_two)
 from spikeclip_deploy.backends.emulator_synapses import Conv, Dense
 from spikeclip_deploy.errors import ExportError
@@ -26,6 +26,16 @@ def conv_kernel(request, monkeypatch):
     """Each kernel forced in turn, a convolution's direct ones too."""
     monkeypatch.setenv(FORCE_ENV, request.param)
     return request.param
+
+
+def test_spike_words_by_hand():
+    """Inputs 0, 63, 64 and 70 of 72 firing (-1 counts as firing: nonzero): word 0 holds bits 0
+    and 63, word 1 bits 0 and 6 (inputs 64 and 70), zero-padded beyond input 71."""
+    x = np.zeros((2, 72), dtype=np.int8)
+    x[0, [0, 63, 64]] = 1
+    x[0, 70] = -1
+    words = spike_words(x)
+    assert words.dtype == np.uint64 and words.tolist() == [[1 + 2**63, 1 + 2**6], [0, 0]]
 
 
 def test_power_of_two_by_hand():
