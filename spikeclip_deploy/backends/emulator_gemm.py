@@ -18,9 +18,10 @@ sum of a row is an integer of magnitude at most :math:`S = b \max_o \sum_i |W'_{
   any order is then an exact integer);
 - ``spikes``: binary spikes only (:math:`b = 1`, inputs 0 or 1): the weight rows of the inputs
   that fire summed in int16 where :math:`S < 2^{15}`, else int32 (:math:`S < 2^{31}`; every
-  partial sum is a sum of some of the :math:`|W'_{io}|`, so never beyond :math:`S`): one
-  vector add per 16 or 8 outputs and firing input (numba, parallel over blocks of rows),
-  cheapest where few inputs fire and the CPU has no int8 dot products;
+  partial sum is a sum of some of the :math:`|W'_{io}|`, so never beyond :math:`S`), the
+  firing inputs found from their bits (:func:`spike_words`): one vector add per 16 or 8
+  outputs and firing input (numba, parallel over blocks of rows), cheapest where few inputs
+  fire and the CPU has no int8 dot products;
 - ``sparse``: the weight rows of the nonzero inputs times the inputs accumulated in int64
   (:math:`S < 2^{63}`; numba, parallel over rows), for graded inputs;
 - ``int64``: torch's integer GEMM, only where nothing faster is exact;
