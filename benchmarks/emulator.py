@@ -130,14 +130,13 @@ def export_of(model: str, init: str, out: Path) -> Path:
 
 def direct_seconds(syn, node: nir.Conv2d, samples: int) -> dict[str, float]:
     """Seconds of each direct kernel exact on convolution ``syn`` (``CONV_KERNELS``) on
-    ``samples`` samples of random spikes at the synapse's input density: at most as many
-    samples as ``MEASURE_MACS`` multiply-accumulates hold, the time scaled to ``samples``."""
+    ``samples`` samples of random spikes at the synapse's input density: as many samples as
+    the emulator's own timing takes (``Conv.timed_samples``), the time scaled to ``samples``."""
     names = syn.direct_kernels()
     if not names:
         return {}
     hw = tuple(int(v) for v in np.asarray(node.input_shape))
-    positions = int(np.prod(conv_out_hw(node, hw)))
-    timed = max(1, min(samples, emulator_gemm.MEASURE_MACS // (positions * syn.weight.size)))
+    timed = syn.timed_samples(samples, conv_out_hw(node, hw))
     x = random_spikes((timed, *hw, syn.weight.shape[1] * syn.groups), density_step(syn.density))
     times = emulator_gemm.seconds({name: partial(syn.make_direct(name), x) for name in names})
     return {name: t * samples / timed for name, t in times.items()}

@@ -194,6 +194,13 @@ def _spike_conv(bits, w, out, sh, sw, ph, pw, dh, dw):
                 _add_rows(rows_of, rows, count, out[i, oy, ox])
 
 
+def reused(buf: torch.Tensor | None, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """A flat buffer of at least ``size`` elements of ``dtype``: ``buf`` where it is one, else
+    new memory (a buffer kept from call to call: fresh memory costs page faults)."""
+    return buf if buf is not None and buf.dtype == dtype and len(buf) >= size else \
+        torch.empty(size, dtype=dtype)
+
+
 class Kernel:
     """One exact product with ``W'`` ``[K, N]`` (int64) prepared; ``in_dtype`` the type its
     inputs are converted to first (None: any); its output buffer is reused from call to call
@@ -216,9 +223,9 @@ class Kernel:
         return w.to(self.out_dtype).contiguous()
 
     def out(self, m: int) -> torch.Tensor:
-        if self._out is None or len(self._out) < m:
-            self._out = torch.empty((m, self.w.shape[1]), dtype=self.out_dtype)
-        return self._out[:m]
+        size = m * self.w.shape[1]
+        self._out = reused(self._out, size, self.out_dtype)
+        return self._out[:size].view(m, self.w.shape[1])
 
     def __call__(self, cols: torch.Tensor) -> torch.Tensor:
         return torch.mm(row_major(cols.to(self.w.dtype)), self.w, out=self.out(len(cols)))
@@ -375,8 +382,7 @@ class SpikeConv:
         shape = (len(s), *out_hw(tuple(s.shape[1:3]), kernel, stride, padding, dilation),
                  self.w.shape[3])
         size = math.prod(shape)
-        if self._out is None or len(self._out) < size:
-            self._out = torch.empty(size, dtype=self.w.dtype)
+        self._out = reused(self._out, size, self.w.dtype)
         out = self._out[:size].view(shape)
         _spike_conv(spike_words(s.numpy()), self.w.numpy(), out.numpy(), *stride, *padding,
                     *dilation)

@@ -31,8 +31,8 @@ from ..exchange.nirgraph import conv_out_hw, pair
 from ..machine import by_threads
 from .emulator_gemm import (CONV_KERNELS, FLOAT32_EXACT, FLOAT64_EXACT, KERNELS, ConvKernel,
                             Kernel, cached, MEASURE_MACS, choose, density_step, exact_kernels,
-                            forced_kernel, max_fan_in, power_of_two, random_spikes, seconds,
-                            timings)
+                            forced_kernel, max_fan_in, power_of_two, random_spikes, reused,
+                            seconds, timings)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class Synapse:
     kernel: Kernel | None = None
     k: int = 0
     density: float = 0.0  # the share of nonzero inputs the kernel was chosen at
-    #: the chosen kernel's name, ``k`` and ``density`` (a convolution's: whether direct):
-    #: one dict, shared by this synapse's replicas
+    #: the chosen kernel's name, ``k`` and ``density`` (a convolution's: its direct kernel's
+    #: name, or None): one dict, shared by this synapse's replicas
     choice: dict
 
     def _product(self, cols: Callable[[torch.dtype | None], torch.Tensor], rows: int
@@ -166,9 +166,10 @@ POINTWISE = ((1, 1), (1, 1), (0, 0), (1, 1))
 class Conv(Synapse):
     """Lava's ``Conv`` (``PyConvModelFixed``): the raw kernel, no ``weight_exp`` (a nonzero one
     is refused, as the Lava backend refuses it), the sum wrapped to ``state_bits`` signed bits
-    (its ``a_buf``, lava/proc/conv/models.py:75-79) where the bound can reach that; on oneDNN's
-    direct kernel where one is exact and faster (:meth:`direct_conv`), else one product over
-    im2col columns (groups 1) or a float convolution (channels last)."""
+    (its ``a_buf``, lava/proc/conv/models.py:75-79) where the bound can reach that; on a direct
+    kernel over its spikes (oneDNN's int8 convolution or ``spikes-conv``) where one is exact and
+    faster (:meth:`direct_conv`), else one product over im2col columns (groups 1) or a float
+    convolution (channels last)."""
 
     def __init__(self, name: str, node: nir.Conv2d, state_bits: int, bound_in: int = 1) -> None:
         exp = int(node.metadata["loihi"]["weight_exp"])
@@ -224,6 +225,11 @@ class Conv(Synapse):
         return [name for name, kernel in CONV_KERNELS.items()
                 if kernel.exact(wq, self.groups, self.bound_in)]
 
+    def timed_samples(self, samples: int, hw: tuple[int, int]) -> int:
+        """The samples (of ``samples``) a timing of this convolution takes, its output ``hw``:
+        at most as many as :data:`~.emulator_gemm.MEASURE_MACS` multiply-accumulates hold."""
+        return max(1, min(samples, MEASURE_MACS // (hw[0] * hw[1] * self.weight.size)))
+
     def make_direct(self, name: str) -> ConvKernel:
         """This convolution's :math:`W'` on direct kernel ``name`` (its sums times
         :math:`2^k`)."""
@@ -244,7 +250,7 @@ class Conv(Synapse):
             return None
         density = density_step(density)
         (kh, kw), stride, padding, dilation = self.geometry
-        n = max(1, min(len(s), MEASURE_MACS // (hw[0] * hw[1] * self.weight.size)))
+        n = self.timed_samples(len(s), hw)
         other = ["float"] if self.groups > 1 else [] if self.geometry == POINTWISE else ["im2col"]
 
         def measure_now(names: list[str]) -> dict[str, float]:
@@ -281,8 +287,7 @@ class Conv(Synapse):
         """An uninitialized ``shape`` tensor of ``dtype`` in memory reused from call to call
         (fresh memory costs page faults), valid until the next call."""
         size = math.prod(shape)
-        if self._cols is None or self._cols.dtype != dtype or len(self._cols) < size:
-            self._cols = torch.empty(size, dtype=dtype)
+        self._cols = reused(self._cols, size, dtype)
         return self._cols[:size].view(shape)
 
     def _float_conv(self, s: torch.Tensor) -> torch.Tensor:
